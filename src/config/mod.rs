@@ -1,0 +1,328 @@
+//! Configuration: the built-in catalog, the user's `config.toml` merged over it, and validation into the
+//! [`Config`] the rest of the proxy reads.
+//!
+//! Loading happens in two stages (raw → validated) so that an unknown key is reported with its line by the TOML
+//! parser, and a missing or inconsistent value is reported with the provider or model it belongs to.
+
+mod raw;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use raw::RawConfig;
+
+/// The built-in catalog, embedded in the binary.
+pub const BUILTIN_CATALOG: &str = include_str!("catalog.toml");
+
+/// Default request body limit: agents send long conversations and base64 images.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// A secret value (an API key). Its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+    /// The only way to read the secret; grep for it when auditing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A provider's API key after `${VAR}` expansion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiKey {
+    /// The provider needs no key (a local server, say), or the user relies on clients' own keys.
+    None,
+    Ready(Secret),
+    /// The configuration names an environment variable that is not set (or empty).
+    Missing {
+        var: String,
+    },
+}
+
+/// A provider's base URL after `${VAR}` expansion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaseUrl {
+    Ready(String),
+    Missing { var: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    OpenAiCompatible,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAiCompatible => "openai-compatible",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timeouts {
+    /// TCP + TLS connection establishment.
+    pub connect: Duration,
+    /// From sending the request to the response headers.
+    pub first_byte: Duration,
+    /// Longest silence allowed between two body chunks.
+    pub idle: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Total attempts, the first included (1 = never retry).
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// No retry starts after this much time has passed since the first attempt.
+    pub deadline: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub key: String,
+    pub kind: ProviderKind,
+    pub base_url: BaseUrl,
+    pub api_key: ApiKey,
+    pub timeouts: Timeouts,
+    pub retry: RetryPolicy,
+    pub requests_per_minute: Option<u32>,
+}
+
+/// Which tokenizer counts a model's tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenizerSpec {
+    Cl100kBase,
+    O200kBase,
+    /// A tiktoken-format vocabulary on disk with its pre-tokenizer pattern.
+    File {
+        path: PathBuf,
+        pattern: String,
+    },
+}
+
+impl fmt::Display for TokenizerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenizerSpec::Cl100kBase => f.write_str("cl100k_base"),
+            TokenizerSpec::O200kBase => f.write_str("o200k_base"),
+            TokenizerSpec::File { path, .. } => write!(f, "file:{}", path.display()),
+        }
+    }
+}
+
+/// Prices in USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Prices {
+    pub input: f64,
+    pub output: f64,
+    pub cached_input: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Model {
+    /// Catalog key, e.g. `nvidia/kimi-k2.5`.
+    pub key: String,
+    pub provider: String,
+    /// The id the provider knows the model by.
+    pub upstream_id: String,
+    pub max_context_size: u64,
+    pub tokenizer: TokenizerSpec,
+    pub prices: Prices,
+    pub capabilities: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: Option<SocketAddr>,
+    pub max_body_bytes: usize,
+    /// Forward the client's own `Authorization` when the provider has no usable key.
+    pub forward_client_key: bool,
+    /// How long in-flight requests may run on after SIGINT/SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub providers: BTreeMap<String, Arc<Provider>>,
+    pub models: BTreeMap<String, Arc<Model>>,
+}
+
+/// Where `${VAR}` values come from; injectable so tests never touch the process environment.
+pub trait EnvSource {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> EnvSource for F {
+    fn var(&self, name: &str) -> Option<String> {
+        self(name)
+    }
+}
+
+impl Config {
+    /// Loads the built-in catalog, merges `path` over it when given, and validates the result.
+    pub fn load(path: Option<&Path>, env: &dyn EnvSource) -> Result<Config, ConfigError> {
+        let user = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Some((path.display().to_string(), text))
+            }
+            None => None,
+        };
+        let user_ref = user
+            .as_ref()
+            .map(|(origin, text)| (origin.as_str(), text.as_str()));
+        Self::from_sources(user_ref, env)
+    }
+
+    /// Like [`Config::load`], from text: `user` is `(origin for messages, TOML text)`.
+    pub fn from_sources(
+        user: Option<(&str, &str)>,
+        env: &dyn EnvSource,
+    ) -> Result<Config, ConfigError> {
+        let builtin = RawConfig::parse("built-in catalog", BUILTIN_CATALOG)?;
+        let merged = match user {
+            Some((origin, text)) => {
+                let user = RawConfig::parse(origin, text)?;
+                if user.builtin_catalog == Some(false) {
+                    user
+                } else {
+                    builtin.merge(user)
+                }
+            }
+            None => builtin,
+        };
+        merged.validate(env)
+    }
+
+    /// Providers whose key or base URL names an unset environment variable: `(provider, variable)`.
+    pub fn missing_variables(&self) -> Vec<(String, String)> {
+        let mut missing = Vec::new();
+        for provider in self.providers.values() {
+            if let BaseUrl::Missing { var } = &provider.base_url {
+                missing.push((provider.key.clone(), var.clone()));
+            }
+            if let ApiKey::Missing { var } = &provider.api_key {
+                missing.push((provider.key.clone(), var.clone()));
+            }
+        }
+        missing
+    }
+}
+
+/// Expands every `${VAR}` in `value`. Returns the first unset (or empty) variable's name on failure.
+pub fn expand_vars(value: &str, env: &dyn EnvSource) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            // An unterminated `${` is literal text.
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let name = &after[..end];
+        match env.var(name) {
+            Some(v) if !v.is_empty() => out.push_str(&v),
+            _ => return Err(name.to_string()),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Renders the resolved catalog for `check-config`, secrets replaced by their status.
+pub fn describe(config: &Config) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "providers ({}):", config.providers.len());
+    for p in config.providers.values() {
+        let url = match &p.base_url {
+            BaseUrl::Ready(url) => url.clone(),
+            BaseUrl::Missing { var } => format!("<unset: ${{{var}}}>"),
+        };
+        let key = match &p.api_key {
+            ApiKey::None => "none".to_string(),
+            ApiKey::Ready(_) => "set".to_string(),
+            ApiKey::Missing { var } => format!("MISSING (${{{var}}} is not set)"),
+        };
+        let rpm = p
+            .requests_per_minute
+            .map(|r| format!(", {r} req/min"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {:<12} {} {}  key: {key}; timeouts connect {:?} / first byte {:?} / idle {:?}; {} attempts{rpm}",
+            p.key,
+            p.kind.as_str(),
+            url,
+            p.timeouts.connect,
+            p.timeouts.first_byte,
+            p.timeouts.idle,
+            p.retry.max_attempts,
+        );
+    }
+    let _ = writeln!(out, "models ({}):", config.models.len());
+    for m in config.models.values() {
+        let _ = writeln!(
+            out,
+            "  {:<36} -> {:<11} {:<44} ctx {:>8}  {:<11}  ${}/{}/{} per Mtok in/out/cached  [{}]",
+            m.key,
+            m.provider,
+            m.upstream_id,
+            m.max_context_size,
+            m.tokenizer.to_string(),
+            m.prices.input,
+            m.prices.output,
+            m.prices.cached_input,
+            m.capabilities.join(", ")
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

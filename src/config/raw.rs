@@ -1,0 +1,451 @@
+//! The file format as written by users: every field optional so a user file can override single fields of the
+//! built-in catalog; unknown keys are rejected by the parser with their line.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{
+    ApiKey, BaseUrl, Config, ConfigError, DEFAULT_MAX_BODY_BYTES, EnvSource, Model, Prices,
+    Provider, ProviderKind, RetryPolicy, ServerConfig, Timeouts, TokenizerSpec, expand_vars,
+};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `false` drops the built-in catalog: only the user's providers and models exist.
+    pub builtin_catalog: Option<bool>,
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    pub models: BTreeMap<String, RawModel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    pub forward_client_key: Option<bool>,
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub base_url: Option<String>,
+    pub api_key: Option<String>,
+    pub requests_per_minute: Option<u32>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub retry: RawRetry,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect_ms: Option<u64>,
+    pub first_byte_ms: Option<u64>,
+    pub idle_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub max_attempts: Option<u32>,
+    pub initial_backoff_ms: Option<u64>,
+    pub max_backoff_ms: Option<u64>,
+    pub deadline_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    pub max_context_size: Option<u64>,
+    pub tokenizer: Option<RawTokenizer>,
+    pub input_price: Option<f64>,
+    pub output_price: Option<f64>,
+    pub cached_input_price: Option<f64>,
+    pub capabilities: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawTokenizer {
+    Name(String),
+    File(RawTokenizerFile),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokenizerFile {
+    pub file: PathBuf,
+    pub pattern: String,
+}
+
+// Defaults are generous: a reasoning model may think for minutes before its first byte.
+const DEFAULT_CONNECT_MS: u64 = 10_000;
+const DEFAULT_FIRST_BYTE_MS: u64 = 300_000;
+const DEFAULT_IDLE_MS: u64 = 120_000;
+const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+const DEFAULT_INITIAL_BACKOFF_MS: u64 = 250;
+const DEFAULT_MAX_BACKOFF_MS: u64 = 8_000;
+const DEFAULT_RETRY_DEADLINE_MS: u64 = 30_000;
+const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
+
+fn merge_opt<T>(base: Option<T>, over: Option<T>) -> Option<T> {
+    over.or(base)
+}
+
+impl RawConfig {
+    pub fn parse(origin: &str, text: &str) -> Result<RawConfig, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// `over`'s fields win; tables merge key by key.
+    pub fn merge(self, over: RawConfig) -> RawConfig {
+        let mut providers = self.providers;
+        for (key, p) in over.providers {
+            let merged = match providers.remove(&key) {
+                Some(base) => base.merge(p),
+                None => p,
+            };
+            providers.insert(key, merged);
+        }
+        let mut models = self.models;
+        for (key, m) in over.models {
+            let merged = match models.remove(&key) {
+                Some(base) => base.merge(m),
+                None => m,
+            };
+            models.insert(key, merged);
+        }
+        RawConfig {
+            builtin_catalog: merge_opt(self.builtin_catalog, over.builtin_catalog),
+            server: RawServer {
+                listen: merge_opt(self.server.listen, over.server.listen),
+                max_body_bytes: merge_opt(self.server.max_body_bytes, over.server.max_body_bytes),
+                forward_client_key: merge_opt(
+                    self.server.forward_client_key,
+                    over.server.forward_client_key,
+                ),
+                shutdown_grace_ms: merge_opt(
+                    self.server.shutdown_grace_ms,
+                    over.server.shutdown_grace_ms,
+                ),
+            },
+            providers,
+            models,
+        }
+    }
+
+    pub fn validate(self, env: &dyn EnvSource) -> Result<Config, ConfigError> {
+        let mut errors = Vec::new();
+
+        let listen = match &self.server.listen {
+            Some(text) => match text.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    errors.push(format!("server.listen: `{text}` is not an ADDRESS:PORT"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let max_body_bytes = self.server.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes == 0 {
+            errors.push("server.max_body_bytes must be greater than 0".to_string());
+        }
+        let server = ServerConfig {
+            listen,
+            max_body_bytes,
+            forward_client_key: self.server.forward_client_key.unwrap_or(true),
+            shutdown_grace: Duration::from_millis(
+                self.server
+                    .shutdown_grace_ms
+                    .unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
+            ),
+        };
+
+        let mut providers = BTreeMap::new();
+        for (key, raw) in self.providers {
+            if let Some(p) = raw.validate(&key, env, &mut errors) {
+                providers.insert(key, Arc::new(p));
+            }
+        }
+
+        let mut models = BTreeMap::new();
+        for (key, raw) in self.models {
+            if let Some(m) = raw.validate(&key, &providers, &mut errors) {
+                models.insert(key, Arc::new(m));
+            }
+        }
+
+        if errors.is_empty() {
+            Ok(Config {
+                server,
+                providers,
+                models,
+            })
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+}
+
+impl RawProvider {
+    fn merge(self, over: RawProvider) -> RawProvider {
+        RawProvider {
+            kind: merge_opt(self.kind, over.kind),
+            base_url: merge_opt(self.base_url, over.base_url),
+            api_key: merge_opt(self.api_key, over.api_key),
+            requests_per_minute: merge_opt(self.requests_per_minute, over.requests_per_minute),
+            timeouts: RawTimeouts {
+                connect_ms: merge_opt(self.timeouts.connect_ms, over.timeouts.connect_ms),
+                first_byte_ms: merge_opt(self.timeouts.first_byte_ms, over.timeouts.first_byte_ms),
+                idle_ms: merge_opt(self.timeouts.idle_ms, over.timeouts.idle_ms),
+            },
+            retry: RawRetry {
+                max_attempts: merge_opt(self.retry.max_attempts, over.retry.max_attempts),
+                initial_backoff_ms: merge_opt(
+                    self.retry.initial_backoff_ms,
+                    over.retry.initial_backoff_ms,
+                ),
+                max_backoff_ms: merge_opt(self.retry.max_backoff_ms, over.retry.max_backoff_ms),
+                deadline_ms: merge_opt(self.retry.deadline_ms, over.retry.deadline_ms),
+            },
+        }
+    }
+
+    fn validate(
+        self,
+        key: &str,
+        env: &dyn EnvSource,
+        errors: &mut Vec<String>,
+    ) -> Option<Provider> {
+        let start = errors.len();
+        let kind = match self.kind.as_deref() {
+            None | Some("openai-compatible") | Some("openai") => ProviderKind::OpenAiCompatible,
+            Some(other) => {
+                errors.push(format!(
+                    "providers.{key}.type: unknown provider type `{other}` (supported: openai-compatible)"
+                ));
+                ProviderKind::OpenAiCompatible
+            }
+        };
+        let base_url = match self.base_url.as_deref() {
+            None => {
+                errors.push(format!("providers.{key}.base_url is required"));
+                BaseUrl::Missing { var: String::new() }
+            }
+            Some(template) => match expand_vars(template, env) {
+                Ok(url) => {
+                    let trimmed = url.trim_end_matches('/').to_string();
+                    match trimmed.parse::<http::Uri>() {
+                        Ok(uri)
+                            if matches!(uri.scheme_str(), Some("http" | "https"))
+                                && uri.host().is_some() =>
+                        {
+                            BaseUrl::Ready(trimmed)
+                        }
+                        _ => {
+                            errors.push(format!(
+                                "providers.{key}.base_url: `{trimmed}` is not an http:// or https:// URL"
+                            ));
+                            BaseUrl::Missing { var: String::new() }
+                        }
+                    }
+                }
+                Err(var) => BaseUrl::Missing { var },
+            },
+        };
+        let api_key = match self.api_key.as_deref() {
+            None | Some("") => ApiKey::None,
+            Some(template) => match expand_vars(template, env) {
+                Ok(value) => ApiKey::Ready(super::Secret::new(value)),
+                Err(var) => ApiKey::Missing { var },
+            },
+        };
+        let ms = |v: Option<u64>, d: u64| Duration::from_millis(v.unwrap_or(d));
+        let timeouts = Timeouts {
+            connect: ms(self.timeouts.connect_ms, DEFAULT_CONNECT_MS),
+            first_byte: ms(self.timeouts.first_byte_ms, DEFAULT_FIRST_BYTE_MS),
+            idle: ms(self.timeouts.idle_ms, DEFAULT_IDLE_MS),
+        };
+        for (name, value) in [
+            ("connect_ms", timeouts.connect),
+            ("first_byte_ms", timeouts.first_byte),
+            ("idle_ms", timeouts.idle),
+        ] {
+            if value.is_zero() {
+                errors.push(format!(
+                    "providers.{key}.timeouts.{name} must be greater than 0"
+                ));
+            }
+        }
+        let retry = RetryPolicy {
+            max_attempts: self.retry.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            initial_backoff: ms(self.retry.initial_backoff_ms, DEFAULT_INITIAL_BACKOFF_MS),
+            max_backoff: ms(self.retry.max_backoff_ms, DEFAULT_MAX_BACKOFF_MS),
+            deadline: ms(self.retry.deadline_ms, DEFAULT_RETRY_DEADLINE_MS),
+        };
+        if retry.max_attempts == 0 {
+            errors.push(format!(
+                "providers.{key}.retry.max_attempts must be at least 1"
+            ));
+        }
+        if self.requests_per_minute == Some(0) {
+            errors.push(format!(
+                "providers.{key}.requests_per_minute must be at least 1"
+            ));
+        }
+        if errors.len() > start {
+            return None;
+        }
+        Some(Provider {
+            key: key.to_string(),
+            kind,
+            base_url,
+            api_key,
+            timeouts,
+            retry,
+            requests_per_minute: self.requests_per_minute,
+        })
+    }
+}
+
+impl RawModel {
+    fn merge(self, over: RawModel) -> RawModel {
+        RawModel {
+            provider: merge_opt(self.provider, over.provider),
+            model: merge_opt(self.model, over.model),
+            max_context_size: merge_opt(self.max_context_size, over.max_context_size),
+            tokenizer: merge_opt(self.tokenizer, over.tokenizer),
+            input_price: merge_opt(self.input_price, over.input_price),
+            output_price: merge_opt(self.output_price, over.output_price),
+            cached_input_price: merge_opt(self.cached_input_price, over.cached_input_price),
+            capabilities: merge_opt(self.capabilities, over.capabilities),
+        }
+    }
+
+    fn validate(
+        self,
+        key: &str,
+        providers: &BTreeMap<String, Arc<Provider>>,
+        errors: &mut Vec<String>,
+    ) -> Option<Model> {
+        let start = errors.len();
+        let provider = match self.provider {
+            Some(p) if providers.contains_key(&p) => p,
+            Some(p) => {
+                errors.push(format!(
+                    "models.\"{key}\".provider: no provider named `{p}`"
+                ));
+                return None;
+            }
+            None => {
+                errors.push(format!("models.\"{key}\".provider is required"));
+                return None;
+            }
+        };
+        // The upstream id defaults to the key without its provider prefix.
+        let upstream_id = self.model.unwrap_or_else(|| {
+            key.strip_prefix(&format!("{provider}/"))
+                .unwrap_or(key)
+                .to_string()
+        });
+        let max_context_size = match self.max_context_size {
+            Some(0) | None => {
+                errors.push(format!(
+                    "models.\"{key}\".max_context_size is required and must be greater than 0"
+                ));
+                0
+            }
+            Some(n) => n,
+        };
+        let tokenizer = match self.tokenizer {
+            None => default_tokenizer(&upstream_id),
+            Some(RawTokenizer::Name(name)) => match name.as_str() {
+                "cl100k_base" | "cl100k" => TokenizerSpec::Cl100kBase,
+                "o200k_base" | "o200k" => TokenizerSpec::O200kBase,
+                other => {
+                    errors.push(format!(
+                        "models.\"{key}\".tokenizer: unknown encoding `{other}` (use cl100k_base, o200k_base or {{ file = \"…\", pattern = \"…\" }})"
+                    ));
+                    TokenizerSpec::Cl100kBase
+                }
+            },
+            Some(RawTokenizer::File(f)) => TokenizerSpec::File {
+                path: f.file,
+                pattern: f.pattern,
+            },
+        };
+        let prices = Prices {
+            input: self.input_price.unwrap_or(0.0),
+            output: self.output_price.unwrap_or(0.0),
+            cached_input: self.cached_input_price.or(self.input_price).unwrap_or(0.0),
+        };
+        for (name, value) in [
+            ("input_price", prices.input),
+            ("output_price", prices.output),
+            ("cached_input_price", prices.cached_input),
+        ] {
+            if !value.is_finite() || value < 0.0 {
+                errors.push(format!(
+                    "models.\"{key}\".{name} must be a non-negative number"
+                ));
+            }
+        }
+        if errors.len() > start {
+            return None;
+        }
+        Some(Model {
+            key: key.to_string(),
+            provider,
+            upstream_id,
+            max_context_size,
+            tokenizer,
+            prices,
+            capabilities: self.capabilities.unwrap_or_default(),
+        })
+    }
+}
+
+/// OpenAI's newer models use o200k; everything else is counted with cl100k unless configured otherwise.
+fn default_tokenizer(upstream_id: &str) -> TokenizerSpec {
+    let id = upstream_id
+        .rsplit('/')
+        .next()
+        .unwrap_or(upstream_id)
+        .to_ascii_lowercase();
+    let o200k = [
+        "gpt-4o",
+        "gpt-4.1",
+        "gpt-4.5",
+        "gpt-5",
+        "gpt-oss",
+        "chatgpt-4o",
+        "o1",
+        "o3",
+        "o4",
+    ];
+    if o200k.iter().any(|prefix| id.starts_with(prefix)) {
+        TokenizerSpec::O200kBase
+    } else {
+        TokenizerSpec::Cl100kBase
+    }
+}

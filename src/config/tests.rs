@@ -1,0 +1,194 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+
+fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let pairs: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+#[test]
+fn builtin_catalog_covers_the_promised_providers() {
+    let config = Config::from_sources(None, &env_of(&[])).unwrap();
+    for provider in [
+        "moonshot",
+        "kimi-code",
+        "nvidia",
+        "openrouter",
+        "mistral",
+        "groq",
+        "cerebras",
+        "siliconflow",
+        "gemini",
+        "deepseek",
+        "openai",
+        "cloudflare",
+    ] {
+        assert!(
+            config.providers.contains_key(provider),
+            "missing provider {provider}"
+        );
+        assert!(
+            config.models.values().any(|m| m.provider == provider),
+            "provider {provider} has no model"
+        );
+    }
+    assert_eq!(config.models["nvidia/kimi-k2.5"].max_context_size, 262_144);
+    assert_eq!(
+        config.models["openai/gpt-4o"].tokenizer,
+        TokenizerSpec::O200kBase
+    );
+    assert_eq!(
+        config.models["moonshot/kimi-k2.5"].tokenizer,
+        TokenizerSpec::Cl100kBase
+    );
+    assert_eq!(
+        config.models["nvidia/gpt-oss-120b"].tokenizer,
+        TokenizerSpec::O200kBase
+    );
+}
+
+#[test]
+fn unset_variables_are_reported_not_sent() {
+    let config = Config::from_sources(None, &env_of(&[("NVIDIA_API_KEY", "nv-secret")])).unwrap();
+    assert!(
+        matches!(&config.providers["nvidia"].api_key, ApiKey::Ready(s) if s.expose() == "nv-secret")
+    );
+    assert_eq!(
+        config.providers["openai"].api_key,
+        ApiKey::Missing {
+            var: "OPENAI_API_KEY".into()
+        }
+    );
+    assert_eq!(
+        config.providers["cloudflare"].base_url,
+        BaseUrl::Missing {
+            var: "CLOUDFLARE_ACCOUNT_ID".into()
+        }
+    );
+    let missing = config.missing_variables();
+    assert!(missing.contains(&("openai".to_string(), "OPENAI_API_KEY".to_string())));
+    assert!(!missing.iter().any(|(p, _)| p == "nvidia"));
+}
+
+#[test]
+fn empty_variable_counts_as_unset() {
+    let config = Config::from_sources(None, &env_of(&[("OPENAI_API_KEY", "")])).unwrap();
+    assert!(matches!(
+        config.providers["openai"].api_key,
+        ApiKey::Missing { .. }
+    ));
+}
+
+#[test]
+fn user_file_overrides_single_fields_and_adds_entries() {
+    let user = r#"
+        [providers.nvidia]
+        requests_per_minute = 20
+        [providers.nvidia.timeouts]
+        idle_ms = 5000
+
+        [providers.local]
+        base_url = "http://127.0.0.1:11434/v1/"
+
+        [models."local/qwen"]
+        provider = "local"
+        model = "qwen2.5-coder:7b"
+        max_context_size = 32768
+        tokenizer = { file = "/tmp/vocab.tiktoken", pattern = "\\w+" }
+    "#;
+    let config = Config::from_sources(Some(("config.toml", user)), &env_of(&[])).unwrap();
+    let nvidia = &config.providers["nvidia"];
+    assert_eq!(nvidia.requests_per_minute, Some(20));
+    assert_eq!(nvidia.timeouts.idle, Duration::from_secs(5));
+    assert_eq!(
+        nvidia.base_url,
+        BaseUrl::Ready("https://integrate.api.nvidia.com/v1".into())
+    );
+    let local = &config.providers["local"];
+    assert_eq!(
+        local.base_url,
+        BaseUrl::Ready("http://127.0.0.1:11434/v1".into())
+    );
+    assert_eq!(local.api_key, ApiKey::None);
+    assert!(matches!(
+        config.models["local/qwen"].tokenizer,
+        TokenizerSpec::File { .. }
+    ));
+    assert!(
+        config.models.contains_key("openai/gpt-4o"),
+        "built-ins are kept"
+    );
+}
+
+#[test]
+fn builtin_catalog_can_be_switched_off() {
+    let user = r#"
+        builtin_catalog = false
+        [providers.mock]
+        base_url = "http://127.0.0.1:9/v1"
+        [models."mock/m"]
+        provider = "mock"
+        max_context_size = 1000
+    "#;
+    let config = Config::from_sources(Some(("c.toml", user)), &env_of(&[])).unwrap();
+    assert_eq!(config.providers.len(), 1);
+    assert_eq!(config.models.len(), 1);
+    assert_eq!(config.models["mock/m"].upstream_id, "m");
+}
+
+#[test]
+fn unknown_key_is_an_error_with_line_and_name() {
+    let user =
+        "[server]\nlisten = \"127.0.0.1:8000\"\n\n[providers.nvidia]\nrequests_per_minut = 40\n";
+    let err = Config::from_sources(Some(("my.toml", user)), &env_of(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("my.toml"), "{err}");
+    assert!(err.contains("requests_per_minut"), "{err}");
+    assert!(err.contains("line 5"), "{err}");
+}
+
+#[test]
+fn inconsistent_entries_are_all_reported() {
+    let user = r#"
+        [providers.bad]
+        base_url = "ftp://example.com"
+        [models."x/y"]
+        provider = "nowhere"
+        max_context_size = 10
+        [models."x/z"]
+        provider = "nvidia"
+    "#;
+    let err = Config::from_sources(Some(("c.toml", user)), &env_of(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("providers.bad.base_url"), "{err}");
+    assert!(err.contains("no provider named `nowhere`"), "{err}");
+    assert!(err.contains("models.\"x/z\".max_context_size"), "{err}");
+}
+
+#[test]
+fn secrets_never_show_in_debug_or_description() {
+    let config =
+        Config::from_sources(None, &env_of(&[("OPENAI_API_KEY", "sk-canary-123")])).unwrap();
+    assert!(!format!("{config:?}").contains("sk-canary-123"));
+    assert!(!describe(&config).contains("sk-canary-123"));
+}
+
+#[test]
+fn expand_vars_handles_several_and_literal_text() {
+    let env = env_of(&[("A", "1"), ("B", "2")]);
+    assert_eq!(expand_vars("x${A}y${B}z", &env).unwrap(), "x1y2z");
+    assert_eq!(expand_vars("no vars", &env).unwrap(), "no vars");
+    assert_eq!(expand_vars("${C}", &env).unwrap_err(), "C");
+    assert_eq!(expand_vars("tail ${", &env).unwrap(), "tail ${");
+}

@@ -1,0 +1,9 @@
+//! kimi-proxy: a transparent, fast proxy for OpenAI-compatible LLM providers that counts every token.
+//!
+//! Modules follow the data flow: `config` → `proxy` (route, forward) → `server` (sockets, shutdown); `cli`
+//! describes the command line.
+
+pub mod cli;
+pub mod config;
+pub mod proxy;
+pub mod server;

@@ -1,0 +1,188 @@
+//! Errors the proxy itself produces, rendered in the OpenAI error format so every client SDK can read them.
+//! Errors that come from the upstream are never rewritten: their status and body pass through.
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+
+/// Marks a response whose error was produced by kimi-proxy rather than by the provider.
+pub const PROXY_ERROR_HEADER: &str = "x-kimi-proxy-error";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("request body is not valid JSON: {message} (line {line}, column {column})")]
+    InvalidJson {
+        message: String,
+        line: usize,
+        column: usize,
+    },
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("request body exceeds the limit of {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    #[error("{}", unknown_model_message(.model, .suggestions))]
+    UnknownModel {
+        model: String,
+        suggestions: Vec<String>,
+    },
+    #[error(
+        "provider `{provider}` has no API key: environment variable {var} is not set (set it, or send your own key in the Authorization header)"
+    )]
+    MissingApiKey { provider: String, var: String },
+    #[error(
+        "provider `{provider}` is not usable: environment variable {var} (used in its base_url) is not set"
+    )]
+    MissingBaseUrlVar { provider: String, var: String },
+    #[error("upstream `{provider}` is unreachable: {reason}")]
+    UpstreamUnreachable { provider: String, reason: String },
+    #[error("upstream `{provider}` did not answer within {timeout_ms} ms ({phase})")]
+    UpstreamTimeout {
+        provider: String,
+        phase: &'static str,
+        timeout_ms: u128,
+    },
+    #[error("no route for {method} {path}")]
+    NotFound { method: String, path: String },
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(String),
+}
+
+fn unknown_model_message(model: &str, suggestions: &[String]) -> String {
+    if suggestions.is_empty() {
+        format!("The model `{model}` does not exist in the kimi-proxy catalog.")
+    } else {
+        format!(
+            "The model `{model}` does not exist in the kimi-proxy catalog. Closest matches: {}.",
+            suggestions.join(", ")
+        )
+    }
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::InvalidJson { .. }
+            | ProxyError::InvalidRequest(_)
+            | ProxyError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::UnknownModel { .. } | ProxyError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::MissingApiKey { .. } | ProxyError::MissingBaseUrlVar { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// OpenAI's `error.type`.
+    pub fn error_type(&self) -> &'static str {
+        match self.status() {
+            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::NOT_FOUND => {
+                "invalid_request_error"
+            }
+            StatusCode::METHOD_NOT_ALLOWED => "invalid_request_error",
+            StatusCode::SERVICE_UNAVAILABLE => "configuration_error",
+            _ => "upstream_error",
+        }
+    }
+
+    /// A stable machine-readable code (`error.code`), also the value of the `x-kimi-proxy-error` header.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::InvalidJson { .. } => "invalid_json",
+            ProxyError::InvalidRequest(_) => "invalid_request",
+            ProxyError::BodyTooLarge { .. } => "body_too_large",
+            ProxyError::BodyRead(_) => "body_read_error",
+            ProxyError::UnknownModel { .. } => "model_not_found",
+            ProxyError::MissingApiKey { .. } => "missing_api_key",
+            ProxyError::MissingBaseUrlVar { .. } => "missing_base_url_variable",
+            ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
+            ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::NotFound { .. } => "not_found",
+            ProxyError::MethodNotAllowed(_) => "method_not_allowed",
+        }
+    }
+
+    pub fn body_json(&self) -> serde_json::Value {
+        let param = match self {
+            ProxyError::UnknownModel { .. } => serde_json::Value::from("model"),
+            _ => serde_json::Value::Null,
+        };
+        serde_json::json!({
+            "error": {
+                "message": self.to_string(),
+                "type": self.error_type(),
+                "param": param,
+                "code": self.code(),
+            }
+        })
+    }
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let body = self.body_json().to_string();
+        let mut response = (self.status(), body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.code()));
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_renders_openai_shape() {
+        let errors = [
+            ProxyError::InvalidJson {
+                message: "x".into(),
+                line: 1,
+                column: 2,
+            },
+            ProxyError::BodyTooLarge { limit: 10 },
+            ProxyError::UnknownModel {
+                model: "m".into(),
+                suggestions: vec!["a".into()],
+            },
+            ProxyError::MissingApiKey {
+                provider: "p".into(),
+                var: "V".into(),
+            },
+            ProxyError::UpstreamUnreachable {
+                provider: "p".into(),
+                reason: "r".into(),
+            },
+            ProxyError::UpstreamTimeout {
+                provider: "p".into(),
+                phase: "first byte",
+                timeout_ms: 5,
+            },
+        ];
+        let statuses = [400, 413, 404, 503, 502, 504];
+        for (e, status) in errors.iter().zip(statuses) {
+            assert_eq!(e.status().as_u16(), status);
+            let body = e.body_json();
+            assert!(body["error"]["message"].is_string());
+            assert!(body["error"]["type"].is_string());
+            assert!(body["error"]["code"].is_string());
+        }
+    }
+
+    #[test]
+    fn missing_key_names_the_variable() {
+        let e = ProxyError::MissingApiKey {
+            provider: "nvidia".into(),
+            var: "NVIDIA_API_KEY".into(),
+        };
+        assert!(e.to_string().contains("NVIDIA_API_KEY"));
+        assert!(e.to_string().contains("nvidia"));
+    }
+}

@@ -1,0 +1,89 @@
+//! Header handling per RFC 9110 §7.6.1: hop-by-hop headers belong to one connection and are never forwarded.
+
+use http::header::{self, HeaderMap, HeaderName};
+
+/// Headers that are hop-by-hop by definition, whatever `Connection` says.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including every header that `Connection` lists.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The client's headers as they go upstream: hop-by-hop, `Host` and framing removed (the client library sets
+/// them for the new connection and body), and `Accept-Encoding` removed so the upstream answers in identity
+/// encoding: bodies pass through untouched and stay readable for token accounting.
+pub fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
+    let mut headers = client.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::ACCEPT_ENCODING);
+    headers
+}
+
+/// The upstream's headers as they go back to the client.
+pub fn client_response_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut headers = upstream.clone();
+    strip_hop_by_hop(&mut headers);
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn connection_listed_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("x-request-id", HeaderValue::from_static("abc"));
+        h.insert("retry-after", HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
+        assert_eq!(h.get("x-request-id").unwrap(), "abc");
+        assert_eq!(h.get("retry-after").unwrap(), "3");
+    }
+
+    #[test]
+    fn upstream_headers_drop_host_and_encoding() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("127.0.0.1:8000"));
+        h.insert("content-length", HeaderValue::from_static("12"));
+        h.insert("accept-encoding", HeaderValue::from_static("gzip"));
+        h.insert("x-custom", HeaderValue::from_static("kept"));
+        let out = upstream_request_headers(&h);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out.get("x-custom").unwrap(), "kept");
+    }
+}

@@ -1,0 +1,128 @@
+//! Test harness: the real `kimi-proxy` binary on an ephemeral port, in front of the project's mock upstream.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub use mock_upstream::MockUpstream;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_kimi-proxy");
+
+/// A running proxy process. Killed on drop.
+pub struct Proxy {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Starts the binary with `config` (TOML) and exactly the environment `env` (nothing inherited, so no real
+    /// key on the machine can leak into a test).
+    pub async fn start(config: &str, env: &[(&str, &str)]) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
+        let mut command = Command::new(BIN);
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env_clear()
+            .env("KIMI_PROXY_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("spawn kimi-proxy");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("proxy did not start within 20 s")
+            .unwrap()
+            .expect("proxy exited before listening");
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("listening line")
+            .parse()
+            .expect("address");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Proxy { child, addr, dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("proxy.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+/// A config with only the mock provider: `mock/model` → upstream id `mock-model`, key from `$MOCK_KEY`.
+pub fn mock_config(mock: &MockUpstream, extra: &str) -> String {
+    format!(
+        r#"
+builtin_catalog = false
+
+[server]
+shutdown_grace_ms = 3000
+
+[providers.mock]
+base_url = "{base}"
+api_key = "${{MOCK_KEY}}"
+[providers.mock.retry]
+max_attempts = 3
+initial_backoff_ms = 10
+max_backoff_ms = 40
+deadline_ms = 5000
+
+[models."mock/model"]
+provider = "mock"
+model = "mock-model"
+max_context_size = 100000
+
+{extra}
+"#,
+        base = mock.base_url()
+    )
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+pub fn chat_body(model: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": model,
+        "stream": stream,
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Say hello."}
+        ]
+    })
+}
