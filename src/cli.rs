@@ -25,6 +25,25 @@ pub enum Command {
     Serve(ServeArgs),
     /// Validate a configuration file and print the resolved catalog, without secrets.
     CheckConfig(ConfigArgs),
+    /// Count the tokens of a text (ordinary text, no special tokens) or, with --chat, of a chat request.
+    CountTokens(CountTokensArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CountTokensArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// A catalog model (its tokenizer is used) or an encoding: cl100k_base, o200k_base.
+    #[arg(long, default_value = "cl100k_base")]
+    pub model: String,
+    /// The input is a chat-completions request (JSON): count its prompt the way the provider frames it.
+    #[arg(long)]
+    pub chat: bool,
+    /// Print details as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Input file; `-` or nothing reads standard input.
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

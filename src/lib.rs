@@ -3,7 +3,10 @@
 //! Modules follow the data flow: `config` → `proxy` (route, forward) → `server` (sockets, shutdown); `cli`
 //! describes the command line.
 
+pub mod accounting;
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod proxy;
 pub mod server;
+pub mod tokens;

@@ -34,6 +34,7 @@ fn main() -> anyhow::Result<()> {
             writeln!(out, "configuration OK")?;
             Ok(())
         }
+        Command::CountTokens(args) => count_tokens(args),
         Command::Serve(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -42,6 +43,87 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(serve(args))
         }
     }
+}
+
+fn count_tokens(args: cli::CountTokensArgs) -> anyhow::Result<()> {
+    use kimi_proxy::config::TokenizerSpec;
+    use kimi_proxy::tokens::{Tokenizer, cache::MessageCache, chat};
+    use std::io::Read;
+
+    let tokenizer = match args.model.as_str() {
+        "cl100k_base" | "cl100k" => Tokenizer::cl100k_base(),
+        "o200k_base" | "o200k" => Tokenizer::o200k_base(),
+        name => {
+            let config = Config::load(args.config.config.as_deref(), &ProcessEnv)?;
+            let catalog = kimi_proxy::proxy::route::Catalog::new(&config);
+            let Some(model) = catalog.resolve(name) else {
+                let close = catalog.suggestions(name);
+                anyhow::bail!(
+                    "unknown model or encoding `{name}` (closest: {})",
+                    close.join(", ")
+                );
+            };
+            match &model.tokenizer {
+                TokenizerSpec::Cl100kBase => Tokenizer::cl100k_base(),
+                TokenizerSpec::O200kBase => Tokenizer::o200k_base(),
+                TokenizerSpec::File { path, pattern } => {
+                    Tokenizer::from_tiktoken_file(path, pattern)?
+                }
+            }
+        }
+    };
+    let mut input = String::new();
+    match args.file.as_deref() {
+        Some(path) if path != std::path::Path::new("-") => {
+            input = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+        }
+        _ => {
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("cannot read standard input")?;
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    if args.chat {
+        let request: serde_json::Value =
+            serde_json::from_str(&input).context("the input is not JSON")?;
+        let count = chat::count_request(&request, &tokenizer, &MessageCache::new(1 << 20));
+        if args.json {
+            let mut value = serde_json::to_value(&count)?;
+            value["tokenizer"] = tokenizer.name().into();
+            writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+        } else {
+            writeln!(out, "{}", count.total)?;
+            writeln!(
+                out,
+                "  messages {}  system {}  user {}  assistant {}  tool results {}  tool calls {}  tool schemas {}  media {}  framing {}{}",
+                count.messages,
+                count.system,
+                count.user,
+                count.assistant,
+                count.tool_results,
+                count.tool_calls,
+                count.tools_schema,
+                count.media,
+                count.framing,
+                if count.estimated {
+                    "  (includes estimates)"
+                } else {
+                    ""
+                }
+            )?;
+        }
+    } else {
+        let tokens = tokenizer.count(&input);
+        if args.json {
+            let value = serde_json::json!({"tokens": tokens, "bytes": input.len(), "tokenizer": tokenizer.name()});
+            writeln!(out, "{value}")?;
+        } else {
+            writeln!(out, "{tokens}")?;
+        }
+    }
+    Ok(())
 }
 
 async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {

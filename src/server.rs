@@ -26,7 +26,9 @@ pub enum ServerError {
 
 /// Every route of the product.
 pub fn app(state: Arc<ProxyState>) -> Router {
+    let api = crate::api::router(Arc::clone(&state.accounting));
     proxy::router(state)
+        .merge(api)
         .fallback(proxy::not_found)
         .method_not_allowed_fallback(proxy::method_not_allowed)
 }

@@ -115,6 +115,9 @@ pub struct Provider {
     pub timeouts: Timeouts,
     pub retry: RetryPolicy,
     pub requests_per_minute: Option<u32>,
+    /// The provider understands `stream_options.include_usage`: the proxy asks for the usage chunk on streams
+    /// (and hides it from clients that did not ask).
+    pub stream_usage: bool,
 }
 
 /// Which tokenizer counts a model's tokens.

@@ -44,6 +44,7 @@ pub struct RawProvider {
     pub base_url: Option<String>,
     pub api_key: Option<String>,
     pub requests_per_minute: Option<u32>,
+    pub stream_usage: Option<bool>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
     #[serde(default)]
@@ -214,6 +215,7 @@ impl RawProvider {
             base_url: merge_opt(self.base_url, over.base_url),
             api_key: merge_opt(self.api_key, over.api_key),
             requests_per_minute: merge_opt(self.requests_per_minute, over.requests_per_minute),
+            stream_usage: merge_opt(self.stream_usage, over.stream_usage),
             timeouts: RawTimeouts {
                 connect_ms: merge_opt(self.timeouts.connect_ms, over.timeouts.connect_ms),
                 first_byte_ms: merge_opt(self.timeouts.first_byte_ms, over.timeouts.first_byte_ms),
@@ -324,6 +326,7 @@ impl RawProvider {
             timeouts,
             retry,
             requests_per_minute: self.requests_per_minute,
+            stream_usage: self.stream_usage.unwrap_or(true),
         })
     }
 }

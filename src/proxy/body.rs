@@ -1,5 +1,6 @@
 //! The response body as it flows back to the client: frames are passed on the moment they arrive, never
-//! collected, and a stream that falls silent for longer than the idle timeout is cut.
+//! collected, seen by the request's accounting tracker on the way, and a stream that falls silent for longer
+//! than the idle timeout is cut.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -10,6 +11,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::accounting::tracker::{Outcome, Tracker};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     #[error("upstream sent nothing for {0:?}; stream cut")]
@@ -19,25 +22,29 @@ pub enum ForwardError {
 }
 
 /// Wraps the upstream body. Dropping it (the client went away) drops the upstream body too, which closes the
-/// upstream connection and so cancels the generation at once.
+/// upstream connection and so cancels the generation at once; the tracker then records the request as
+/// ended by the client.
 pub struct ForwardBody {
     inner: Incoming,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
     provider: String,
-    bytes: u64,
-    finished: bool,
+    tracker: Tracker,
+    /// The rewritten frame changed the length, so the upstream's size hint no longer holds.
+    rewritten: bool,
+    done: bool,
 }
 
 impl ForwardBody {
-    pub fn new(inner: Incoming, idle: Duration, provider: String) -> Self {
+    pub fn new(inner: Incoming, idle: Duration, provider: String, tracker: Tracker) -> Self {
         Self {
             inner,
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
             provider,
-            bytes: 0,
-            finished: false,
+            tracker,
+            rewritten: false,
+            done: false,
         }
     }
 }
@@ -51,48 +58,69 @@ impl Body for ForwardBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ForwardError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.bytes += data.len() as u64;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            return match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let deadline = Instant::now() + this.idle;
+                    this.timer.as_mut().reset(deadline);
+                    let data = match frame.into_data() {
+                        Ok(data) => data,
+                        Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                    };
+                    match this.tracker.on_data(&data) {
+                        None => Poll::Ready(Some(Ok(Frame::data(data)))),
+                        Some(replacement) => {
+                            this.rewritten = true;
+                            if replacement.is_empty() {
+                                continue;
+                            }
+                            Poll::Ready(Some(Ok(Frame::data(replacement))))
+                        }
+                    }
                 }
-                let deadline = Instant::now() + this.idle;
-                this.timer.as_mut().reset(deadline);
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(error))) => {
-                this.finished = true;
-                tracing::warn!(provider = %this.provider, bytes = this.bytes, %error, "upstream body failed mid-way");
-                Poll::Ready(Some(Err(error.into())))
-            }
-            Poll::Ready(None) => {
-                this.finished = true;
-                Poll::Ready(None)
-            }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => {
-                    this.finished = true;
-                    tracing::warn!(provider = %this.provider, idle_ms = this.idle.as_millis() as u64, "upstream stream idle; cut");
-                    Poll::Ready(Some(Err(ForwardError::Idle(this.idle))))
+                Poll::Ready(Some(Err(error))) => {
+                    this.done = true;
+                    tracing::warn!(provider = %this.provider, %error, "upstream body failed mid-way");
+                    this.tracker
+                        .finish(Outcome::UpstreamFailed(error.to_string()));
+                    Poll::Ready(Some(Err(error.into())))
                 }
-                Poll::Pending => Poll::Pending,
-            },
+                Poll::Ready(None) => {
+                    this.done = true;
+                    let held = this.tracker.take_held();
+                    this.tracker.finish(Outcome::Complete);
+                    match held {
+                        Some(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                        None => Poll::Ready(None),
+                    }
+                }
+                Poll::Pending => match this.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.done = true;
+                        tracing::warn!(provider = %this.provider, idle_ms = this.idle.as_millis() as u64, "upstream stream idle; cut");
+                        this.tracker.finish(Outcome::IdleTimeout);
+                        Poll::Ready(Some(Err(ForwardError::Idle(this.idle))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                },
+            };
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // Never report the end before the tracker saw it: hyper would skip polling and the record would look
+        // like a client that left.
+        self.done
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for ForwardBody {
-    fn drop(&mut self) {
-        if !self.finished && !self.inner.is_end_stream() {
-            tracing::debug!(provider = %self.provider, bytes = self.bytes, "client went away; upstream request cancelled");
+        if self.rewritten {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod upstream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
@@ -23,6 +24,8 @@ use http::{HeaderValue, Uri, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
 
+use crate::accounting::tracker::{self, RequestContext, Tracker};
+use crate::accounting::{Accounting, DEFAULT_MESSAGE_CACHE_BYTES};
 use crate::config::{ApiKey, BaseUrl, Config, Provider};
 use body::ForwardBody;
 use error::ProxyError;
@@ -40,6 +43,7 @@ pub struct ProxyState {
     pub config: Arc<Config>,
     pub catalog: Catalog,
     pub upstreams: HashMap<String, Upstream>,
+    pub accounting: Arc<Accounting>,
     /// `/v1/models` never changes while the process runs: rendered once.
     models_json: Bytes,
 }
@@ -58,10 +62,13 @@ impl ProxyState {
             );
         }
         let models_json = Bytes::from(render_models(&catalog).to_string());
+        let accounting = Accounting::new(DEFAULT_MESSAGE_CACHE_BYTES);
+        accounting.preload(&config);
         Ok(ProxyState {
             config,
             catalog,
             upstreams,
+            accounting,
             models_json,
         })
     }
@@ -135,6 +142,8 @@ async fn chat_completions(State(state): State<Arc<ProxyState>>, request: Request
 }
 
 async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, ProxyError> {
+    let started = Instant::now();
+    let started_at_ms = unix_ms();
     let (parts, body) = request.into_parts();
     let limit = state.config.server.max_body_bytes;
     let declared = parts
@@ -162,6 +171,12 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
             "`model` is required and must be a string".to_string(),
         ));
     };
+    let streaming = object.get("stream").and_then(Value::as_bool) == Some(true);
+    let client_asked_usage = object
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        == Some(true);
 
     let Some(model) = state.catalog.resolve(requested).cloned() else {
         return Err(ProxyError::UnknownModel {
@@ -176,15 +191,6 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
         });
     };
     let provider = &upstream.provider;
-    let base_url = match &provider.base_url {
-        BaseUrl::Ready(url) => url,
-        BaseUrl::Missing { var } => {
-            return Err(ProxyError::MissingBaseUrlVar {
-                provider: provider.key.clone(),
-                var: var.clone(),
-            });
-        }
-    };
 
     // Rewrite the body only when something must change; otherwise the client's bytes go upstream as they are.
     let rename = requested != model.upstream_id;
@@ -195,30 +201,150 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
         );
     }
     let fixes = toolcalls::normalize_tool_calls(&mut json);
-    let body = if rename || fixes.total() > 0 {
-        Bytes::from(
-            serde_json::to_vec(&json)
-                .map_err(|e| ProxyError::InvalidRequest(format!("cannot re-encode: {e}")))?,
-        )
+    let plain_body = if rename || fixes.total() > 0 {
+        encode(&json)?
     } else {
         bytes
     };
+    // Ask for the usage chunk the client did not ask for; the tracker removes it from what the client sees.
+    let inject_usage = streaming && provider.stream_usage && !client_asked_usage;
+    let injected_body = if inject_usage {
+        Some(with_usage_requested(&mut json)?)
+    } else {
+        None
+    };
 
-    let mut headers = headers::upstream_request_headers(&parts.headers);
-    apply_credentials(
-        &mut headers,
-        provider,
-        state.config.server.forward_client_key,
-    )?;
+    let tokenizer = state.accounting.tokenizer_for(&model);
+    let body_len = plain_body.len();
+    let prompt = state
+        .accounting
+        .count_prompt(json, body_len, tokenizer.tokenizer.clone());
+    let mut context = RequestContext {
+        id: state.accounting.next_id(),
+        started,
+        started_at_ms,
+        model: Arc::clone(&model),
+        tokenizer,
+        streaming,
+        attempts: 0,
+        tool_call_fixes: fixes.total(),
+        usage_injected: injected_body.is_some(),
+        status: 0,
+        upstream_headers_us: None,
+    };
 
-    let uri = upstream_uri(base_url, parts.uri.query())?;
-    let outgoing = OutgoingRequest { uri, headers, body };
-    let answer = upstream::send_with_retries(&upstream.client, provider, &outgoing).await?;
+    let prepared = match &provider.base_url {
+        BaseUrl::Ready(base_url) => upstream_uri(base_url, parts.uri.query()).and_then(|uri| {
+            let mut headers = headers::upstream_request_headers(&parts.headers);
+            apply_credentials(
+                &mut headers,
+                provider,
+                state.config.server.forward_client_key,
+            )?;
+            Ok((uri, headers))
+        }),
+        BaseUrl::Missing { var } => Err(ProxyError::MissingBaseUrlVar {
+            provider: provider.key.clone(),
+            var: var.clone(),
+        }),
+    };
+    let (uri, headers) = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            tracker::record_proxy_error(&state.accounting, context, prompt, error.code());
+            return Err(error);
+        }
+    };
+
+    let mut outgoing = OutgoingRequest {
+        uri,
+        headers,
+        body: injected_body.unwrap_or_else(|| plain_body.clone()),
+    };
+    let mut answer = upstream::send_with_retries(&upstream.client, provider, &outgoing).await;
+    // A strict provider may refuse `stream_options`: ask once more exactly as the client did.
+    if context.usage_injected
+        && let Ok(refused) = &answer
+        && matches!(refused.response.status().as_u16(), 400 | 422)
+    {
+        tracing::info!(provider = %provider.key, "provider refused stream_options.include_usage; sending the request unchanged");
+        context.usage_injected = false;
+        let attempts = refused.attempts;
+        outgoing.body = plain_body;
+        answer = upstream::send_with_retries(&upstream.client, provider, &outgoing).await;
+        if let Ok(again) = &mut answer {
+            again.attempts += attempts;
+        }
+    }
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(error) => {
+            tracker::record_proxy_error(&state.accounting, context, prompt, error.code());
+            return Err(error);
+        }
+    };
 
     let (mut response_parts, incoming) = answer.response.into_parts();
+    context.attempts = answer.attempts;
+    context.status = response_parts.status.as_u16();
+    context.upstream_headers_us = Some(started.elapsed().as_micros() as u64);
     response_parts.headers = headers::client_response_headers(&response_parts.headers);
-    let body = ForwardBody::new(incoming, provider.timeouts.idle, provider.key.clone());
+    if context.usage_injected {
+        // The body may lose an event: its length is no longer the upstream's.
+        response_parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    let event_stream = response_parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let tracker = Tracker::new(Arc::clone(&state.accounting), context, prompt, event_stream);
+    let body = ForwardBody::new(
+        incoming,
+        provider.timeouts.idle,
+        provider.key.clone(),
+        tracker,
+    );
     Ok(Response::from_parts(response_parts, Body::new(body)))
+}
+
+fn encode(json: &Value) -> Result<Bytes, ProxyError> {
+    serde_json::to_vec(json)
+        .map(Bytes::from)
+        .map_err(|e| ProxyError::InvalidRequest(format!("cannot re-encode the request: {e}")))
+}
+
+/// The body with `stream_options.include_usage = true`; `json` is left as it was.
+fn with_usage_requested(json: &mut Value) -> Result<Bytes, ProxyError> {
+    let Some(object) = json.as_object_mut() else {
+        return encode(json);
+    };
+    let previous = object.get("stream_options").cloned();
+    let mut options = match &previous {
+        Some(Value::Object(options)) => options.clone(),
+        _ => serde_json::Map::new(),
+    };
+    options.insert("include_usage".to_string(), Value::Bool(true));
+    object.insert("stream_options".to_string(), Value::Object(options));
+    let body = encode(json);
+    if let Some(object) = json.as_object_mut() {
+        match previous {
+            Some(previous) => {
+                object.insert("stream_options".to_string(), previous);
+            }
+            None => {
+                object.shift_remove("stream_options");
+            }
+        }
+    }
+    body
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ProxyError> {

@@ -1,0 +1,240 @@
+//! The per-request accounting record — defined once, consumed by the store and the dashboard — and the
+//! machinery that fills it without ever delaying the request: prompt counting beside the forward, completion
+//! counting as the answer passes, reconciliation with the provider's usage, cost, and self-calibration.
+
+pub mod calibration;
+pub mod record;
+pub mod tracker;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use serde_json::Value;
+
+use crate::config::{Config, Model, TokenizerSpec};
+use crate::tokens::Tokenizer;
+use crate::tokens::cache::{CacheStats, MessageCache};
+use crate::tokens::chat::{PromptCount, count_request};
+pub use calibration::Calibration;
+pub use record::RequestRecord;
+
+/// Requests whose body is larger than this are counted on a blocking-capable thread.
+const INLINE_COUNT_LIMIT: usize = 32 * 1024;
+/// How many finished records `/api/requests/recent` keeps in memory.
+const RECENT_CAPACITY: usize = 256;
+/// Default memory for the per-message cache.
+pub const DEFAULT_MESSAGE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// A model's tokenizer and whether it is the model's own (exact) or a stand-in (estimate).
+#[derive(Clone, Debug)]
+pub struct ModelTokenizer {
+    pub tokenizer: Tokenizer,
+    pub exact: bool,
+}
+
+/// Shared accounting state.
+pub struct Accounting {
+    cache: MessageCache,
+    /// Vocabularies loaded from disk, by model key (filled in the background at start-up).
+    loaded: Mutex<HashMap<String, Tokenizer>>,
+    calibration: Mutex<HashMap<String, Calibration>>,
+    recent: Mutex<VecDeque<Arc<RequestRecord>>>,
+    next_id: AtomicU64,
+    pub totals: Totals,
+}
+
+/// Counters since start, readable without a lock.
+#[derive(Default)]
+pub struct Totals {
+    pub requests: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+    pub cost_micro_usd: AtomicU64,
+}
+
+impl Accounting {
+    pub fn new(message_cache_bytes: u64) -> Arc<Accounting> {
+        Arc::new(Accounting {
+            cache: MessageCache::new(message_cache_bytes),
+            loaded: Mutex::new(HashMap::new()),
+            calibration: Mutex::new(HashMap::new()),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_CAPACITY)),
+            next_id: AtomicU64::new(1),
+            totals: Totals::default(),
+        })
+    }
+
+    /// Warms the embedded encoders and loads vocabulary files, on a background thread: start-up and the first
+    /// request never wait for it.
+    pub fn preload(self: &Arc<Self>, config: &Config) {
+        let files: Vec<(String, std::path::PathBuf, String)> = config
+            .models
+            .values()
+            .filter_map(|m| match &m.tokenizer {
+                TokenizerSpec::File { path, pattern } => {
+                    Some((m.key.clone(), path.clone(), pattern.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let this = Arc::clone(self);
+        let spawned = std::thread::Builder::new().name("tokenizer-preload".into()).spawn(move || {
+            let started = std::time::Instant::now();
+            Tokenizer::cl100k_base().count("warm up");
+            Tokenizer::o200k_base().count("warm up");
+            tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "embedded tokenizers ready");
+            let mut by_path: HashMap<(std::path::PathBuf, String), Tokenizer> = HashMap::new();
+            for (model, path, pattern) in files {
+                let key = (path.clone(), pattern.clone());
+                let tokenizer = match by_path.get(&key) {
+                    Some(t) => t.clone(),
+                    None => match Tokenizer::from_tiktoken_file(&path, &pattern) {
+                        Ok(t) => {
+                            by_path.insert(key, t.clone());
+                            t
+                        }
+                        Err(error) => {
+                            tracing::warn!(model = %model, %error, "tokenizer file unusable; counting with cl100k_base as an estimate");
+                            continue;
+                        }
+                    },
+                };
+                tracing::info!(model = %model, path = %path.display(), "tokenizer vocabulary loaded");
+                this.loaded.lock().insert(model, tokenizer);
+            }
+        });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot start the tokenizer preload thread");
+        }
+    }
+
+    /// The tokenizer that counts `model`'s tokens.
+    pub fn tokenizer_for(&self, model: &Model) -> ModelTokenizer {
+        match &model.tokenizer {
+            TokenizerSpec::Cl100kBase => ModelTokenizer {
+                tokenizer: Tokenizer::cl100k_base(),
+                exact: is_openai_model(model),
+            },
+            TokenizerSpec::O200kBase => ModelTokenizer {
+                tokenizer: Tokenizer::o200k_base(),
+                exact: is_openai_model(model),
+            },
+            TokenizerSpec::File { .. } => match self.loaded.lock().get(&model.key) {
+                Some(t) => ModelTokenizer {
+                    tokenizer: t.clone(),
+                    exact: true,
+                },
+                None => ModelTokenizer {
+                    tokenizer: Tokenizer::cl100k_base(),
+                    exact: false,
+                },
+            },
+        }
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts the prompt beside the forward: inline on a task for small bodies, on the blocking pool for large
+    /// ones. The caller joins the handle when the record is finished.
+    pub fn count_prompt(
+        self: &Arc<Self>,
+        request: Value,
+        body_len: usize,
+        tokenizer: Tokenizer,
+    ) -> tokio::task::JoinHandle<(PromptCount, u64)> {
+        let this = Arc::clone(self);
+        let work = move || {
+            let started = std::time::Instant::now();
+            let count = count_request(&request, &tokenizer, &this.cache);
+            (count, started.elapsed().as_micros() as u64)
+        };
+        if body_len > INLINE_COUNT_LIMIT {
+            tokio::task::spawn_blocking(work)
+        } else {
+            tokio::spawn(async move { work() })
+        }
+    }
+
+    /// The calibrated prompt estimate for `model`, and the ratio applied.
+    pub fn calibrate(&self, model: &str, estimate: u64) -> (u64, Option<f64>) {
+        match self
+            .calibration
+            .lock()
+            .get(model)
+            .and_then(Calibration::ratio)
+        {
+            Some(ratio) => (((estimate as f64) * ratio).round() as u64, Some(ratio)),
+            None => (estimate, None),
+        }
+    }
+
+    /// Learns from a request that has both an estimate and the provider's figure.
+    pub fn learn(&self, model: &str, estimated: u64, reported: u64) {
+        self.calibration
+            .lock()
+            .entry(model.to_string())
+            .or_default()
+            .observe(estimated, reported);
+    }
+
+    pub fn calibration_snapshot(&self) -> Vec<(String, Calibration)> {
+        let mut all: Vec<(String, Calibration)> = self
+            .calibration
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Takes a finished record: totals, the recent ring. Never blocks for long: two short locks.
+    pub fn record(&self, record: RequestRecord) -> Arc<RequestRecord> {
+        let record = Arc::new(record);
+        self.totals.requests.fetch_add(1, Ordering::Relaxed);
+        self.totals
+            .prompt_tokens
+            .fetch_add(record.prompt_tokens, Ordering::Relaxed);
+        self.totals
+            .completion_tokens
+            .fetch_add(record.completion_tokens, Ordering::Relaxed);
+        self.totals
+            .cost_micro_usd
+            .fetch_add((record.cost_usd * 1e6).round() as u64, Ordering::Relaxed);
+        let mut recent = self.recent.lock();
+        if recent.len() == RECENT_CAPACITY {
+            recent.pop_front();
+        }
+        recent.push_back(Arc::clone(&record));
+        record
+    }
+
+    /// The most recent records, newest first.
+    pub fn recent(&self, limit: usize) -> Vec<Arc<RequestRecord>> {
+        self.recent
+            .lock()
+            .iter()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+}
+
+/// OpenAI's own models are counted exactly by their tokenizer; everything else is an estimate.
+fn is_openai_model(model: &Model) -> bool {
+    let id = model
+        .upstream_id
+        .rsplit('/')
+        .next()
+        .unwrap_or(&model.upstream_id);
+    model.provider == "openai" && (id.starts_with("gpt-") || id.starts_with('o'))
+}

@@ -1,0 +1,104 @@
+//! The accounting record of one proxied request.
+
+use serde::Serialize;
+
+use crate::config::Prices;
+use crate::tokens::chat::PromptCount;
+
+/// Everything known about one request once it is over. The store writes it, the dashboard shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestRecord {
+    pub id: u64,
+    /// Unix time in milliseconds when the request arrived.
+    pub started_at_ms: i64,
+    /// Catalog key, provider key and the id sent upstream.
+    pub model: String,
+    pub provider: String,
+    pub upstream_model: String,
+    pub streaming: bool,
+    /// HTTP status the client received (0 when the client left before the headers).
+    pub status: u16,
+    /// Why the request did not complete normally, if it did not.
+    pub error_kind: Option<String>,
+
+    /// Our prompt count with the model's tokenizer, and the same after calibration.
+    pub prompt_estimated: u64,
+    pub prompt_calibrated: u64,
+    pub calibration_ratio: Option<f64>,
+    /// The provider's prompt figure.
+    pub prompt_reported: Option<u64>,
+    /// Our completion count (content + reasoning + tool calls).
+    pub completion_estimated: u64,
+    pub completion_reported: Option<u64>,
+    pub cached_reported: Option<u64>,
+    pub reasoning_estimated: u64,
+    pub reasoning_reported: Option<u64>,
+    /// The figures that count: the provider's where it reported them, ours (calibrated) otherwise.
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// True when `prompt_tokens`/`completion_tokens` include an estimate.
+    pub tokens_estimated: bool,
+    /// `1 - |estimate - reported| / reported` for the prompt, when the provider reported it.
+    pub prompt_accuracy: Option<f64>,
+    pub completion_accuracy: Option<f64>,
+    /// Whether our count used the model's own tokenizer.
+    pub tokenizer: String,
+    pub tokenizer_exact: bool,
+    pub prompt_breakdown: PromptCount,
+
+    pub cost_usd: f64,
+    pub cost_estimated: bool,
+
+    pub counting_us: u64,
+    pub latency_us: u64,
+    pub ttft_us: Option<u64>,
+    pub upstream_headers_us: Option<u64>,
+    pub attempts: u32,
+    pub tool_call_fixes: u32,
+    pub usage_injected: bool,
+    pub finish_reason: Option<String>,
+    pub response_bytes: u64,
+    /// Per-message content hashes, for recognising the conversation this request continues.
+    #[serde(skip)]
+    pub message_hashes: Vec<u64>,
+}
+
+/// Cost in USD: cached prompt tokens at the cached price, the rest of the prompt at the input price.
+pub fn cost_usd(prices: &Prices, prompt: u64, cached: u64, completion: u64) -> f64 {
+    let cached = cached.min(prompt);
+    ((prompt - cached) as f64 * prices.input
+        + cached as f64 * prices.cached_input
+        + completion as f64 * prices.output)
+        / 1_000_000.0
+}
+
+/// `1 - |estimate - reported| / reported`, floored at 0.
+pub fn accuracy(estimate: u64, reported: u64) -> Option<f64> {
+    (reported > 0)
+        .then(|| (1.0 - (estimate as f64 - reported as f64).abs() / reported as f64).max(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_uses_cached_price_for_cached_tokens() {
+        let prices = Prices {
+            input: 2.0,
+            output: 8.0,
+            cached_input: 0.5,
+        };
+        let cost = cost_usd(&prices, 1_000_000, 400_000, 100_000);
+        assert!((cost - (0.6 * 2.0 + 0.4 * 0.5 + 0.1 * 8.0)).abs() < 1e-12);
+        assert_eq!(cost_usd(&prices, 10, 50, 0), 10.0 * 0.5 / 1e6);
+    }
+
+    #[test]
+    fn accuracy_bounds() {
+        assert_eq!(accuracy(100, 100), Some(1.0));
+        assert_eq!(accuracy(90, 100), Some(0.9));
+        assert_eq!(accuracy(500, 100), Some(0.0));
+        assert_eq!(accuracy(5, 0), None);
+    }
+}

@@ -1,0 +1,430 @@
+//! Follows one request's answer as it passes through the proxy: counts streamed output incrementally, keeps
+//! (bounded) non-streamed bodies to read their usage, removes the usage chunk the proxy itself asked for, and
+//! finishes the record when the answer ends, fails, or the client leaves.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+use super::record::{RequestRecord, accuracy, cost_usd};
+use super::{Accounting, ModelTokenizer};
+use crate::config::Model;
+use crate::tokens::Tokenizer;
+use crate::tokens::chat::PromptCount;
+use crate::tokens::stream::{CompletionCounter, EventKind, SseParser};
+use crate::tokens::usage::{self, ReportedUsage};
+
+/// Largest SSE event that is parsed (bigger ones pass through uncounted).
+const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
+/// Largest non-streamed body kept to read its usage (bigger ones pass through uncounted).
+const MAX_JSON_BYTES: usize = 8 * 1024 * 1024;
+
+/// What is known about a request before its answer starts.
+pub struct RequestContext {
+    pub id: u64,
+    pub started: Instant,
+    pub started_at_ms: i64,
+    pub model: Arc<Model>,
+    pub tokenizer: ModelTokenizer,
+    pub streaming: bool,
+    pub attempts: u32,
+    pub tool_call_fixes: u32,
+    pub usage_injected: bool,
+    pub status: u16,
+    pub upstream_headers_us: Option<u64>,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Complete,
+    UpstreamFailed(String),
+    IdleTimeout,
+    ClientGone,
+    /// The proxy answered with its own error (code of `ProxyError`).
+    ProxyError(&'static str),
+}
+
+enum Mode {
+    Sse {
+        parser: SseParser,
+        counter: Box<CompletionCounter>,
+        /// Drop the usage-only event (the proxy added `include_usage`, the client did not ask for it).
+        strip_usage: bool,
+        /// Raw bytes of the event in progress, held back while stripping.
+        held: BytesMut,
+    },
+    Json {
+        chunks: Vec<Bytes>,
+        bytes: usize,
+        overflow: bool,
+    },
+}
+
+pub struct Tracker {
+    accounting: Arc<Accounting>,
+    context: Option<RequestContext>,
+    prompt: Option<JoinHandle<(PromptCount, u64)>>,
+    mode: Mode,
+    first_byte: Option<Instant>,
+    response_bytes: u64,
+}
+
+impl Tracker {
+    pub fn new(
+        accounting: Arc<Accounting>,
+        context: RequestContext,
+        prompt: JoinHandle<(PromptCount, u64)>,
+        event_stream: bool,
+    ) -> Tracker {
+        let mode = if event_stream {
+            Mode::Sse {
+                parser: SseParser::new(MAX_EVENT_BYTES),
+                counter: Box::new(CompletionCounter::new(context.tokenizer.tokenizer.clone())),
+                strip_usage: context.usage_injected,
+                held: BytesMut::new(),
+            }
+        } else {
+            Mode::Json {
+                chunks: Vec::new(),
+                bytes: 0,
+                overflow: false,
+            }
+        };
+        Tracker {
+            accounting,
+            context: Some(context),
+            prompt: Some(prompt),
+            mode,
+            first_byte: None,
+            response_bytes: 0,
+        }
+    }
+
+    /// Sees one frame of the answer. Returns `None` to forward the frame as it is (the usual case, zero-copy),
+    /// or the bytes to forward instead (possibly empty) when an event had to be removed.
+    pub fn on_data(&mut self, data: &Bytes) -> Option<Bytes> {
+        if self.first_byte.is_none() {
+            self.first_byte = Some(Instant::now());
+        }
+        self.response_bytes += data.len() as u64;
+        match &mut self.mode {
+            Mode::Json {
+                chunks,
+                bytes,
+                overflow,
+            } => {
+                if !*overflow {
+                    if *bytes + data.len() > MAX_JSON_BYTES {
+                        *overflow = true;
+                        chunks.clear();
+                    } else {
+                        *bytes += data.len();
+                        chunks.push(data.clone());
+                    }
+                }
+                None
+            }
+            Mode::Sse {
+                parser,
+                counter,
+                strip_usage: false,
+                ..
+            } => {
+                parser.feed(data, |event| {
+                    counter.on_event(event.data);
+                });
+                None
+            }
+            Mode::Sse {
+                parser,
+                counter,
+                strip_usage: true,
+                held,
+            } => {
+                let mut output = BytesMut::new();
+                let mut last_end = 0;
+                parser.feed(data, |event| {
+                    let kind = counter.on_event(event.data);
+                    if kind == EventKind::UsageOnly {
+                        held.clear();
+                    } else {
+                        output.extend_from_slice(held);
+                        held.clear();
+                        output.extend_from_slice(&data[last_end..event.end]);
+                    }
+                    last_end = event.end;
+                });
+                held.extend_from_slice(&data[last_end..]);
+                if held.len() > MAX_EVENT_BYTES {
+                    // Not an event stream we understand: stop holding anything back.
+                    output.extend_from_slice(held);
+                    held.clear();
+                }
+                if output.len() == data.len() {
+                    None
+                } else {
+                    Some(output.freeze())
+                }
+            }
+        }
+    }
+
+    /// Bytes held back at the end of the stream (an unterminated last event): forwarded as they are.
+    pub fn take_held(&mut self) -> Option<Bytes> {
+        match &mut self.mode {
+            Mode::Sse { held, .. } if !held.is_empty() => Some(held.split().freeze()),
+            _ => None,
+        }
+    }
+
+    /// Tokens counted so far in a stream (for live progress).
+    pub fn running_completion(&self) -> u64 {
+        match &self.mode {
+            Mode::Sse { counter, .. } => counter.running(),
+            Mode::Json { .. } => 0,
+        }
+    }
+
+    /// Finishes the record (once). The prompt count is joined and the record built on a task of its own.
+    pub fn finish(&mut self, outcome: Outcome) {
+        let Some(context) = self.context.take() else {
+            return;
+        };
+        let prompt = self.prompt.take();
+        let ended = Instant::now();
+        let completion = match std::mem::replace(
+            &mut self.mode,
+            Mode::Json {
+                chunks: Vec::new(),
+                bytes: 0,
+                overflow: true,
+            },
+        ) {
+            Mode::Sse { mut counter, .. } => {
+                let tokens = counter.finish();
+                Completion {
+                    total: tokens.total(),
+                    reasoning: tokens.reasoning,
+                    usage: counter.usage,
+                    finish_reason: counter.finish_reason.clone(),
+                }
+            }
+            Mode::Json {
+                chunks, overflow, ..
+            } => {
+                if overflow {
+                    Completion::default()
+                } else {
+                    let body: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+                    json_completion(&body, &context.tokenizer.tokenizer)
+                }
+            }
+        };
+        let finished = Finished {
+            latency_us: ended.duration_since(context.started).as_micros() as u64,
+            ttft_us: self
+                .first_byte
+                .map(|t| t.duration_since(context.started).as_micros() as u64),
+            response_bytes: self.response_bytes,
+            outcome,
+            completion,
+        };
+        let accounting = Arc::clone(&self.accounting);
+        let job = async move {
+            let (prompt, counting_us) = match prompt {
+                Some(handle) => handle.await.unwrap_or_default(),
+                None => (PromptCount::default(), 0),
+            };
+            let record = build_record(&accounting, context, prompt, counting_us, finished);
+            tracing::debug!(
+                id = record.id,
+                model = %record.model,
+                status = record.status,
+                prompt = record.prompt_tokens,
+                completion = record.completion_tokens,
+                estimated = record.tokens_estimated,
+                "request recorded"
+            );
+            accounting.record(record);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(job);
+            }
+            Err(_) => tracing::debug!("no runtime left to finish a record"),
+        }
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.finish(Outcome::ClientGone);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Completion {
+    total: u64,
+    reasoning: u64,
+    usage: Option<ReportedUsage>,
+    finish_reason: Option<String>,
+}
+
+struct Finished {
+    latency_us: u64,
+    ttft_us: Option<u64>,
+    response_bytes: u64,
+    outcome: Outcome,
+    completion: Completion,
+}
+
+/// Reads a whole chat completion: the provider's usage and our own count of what it generated.
+fn json_completion(body: &[u8], tokenizer: &Tokenizer) -> Completion {
+    let usage = usage::from_completion_body(body);
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return Completion {
+            usage,
+            ..Default::default()
+        };
+    };
+    let mut completion = Completion {
+        usage,
+        ..Default::default()
+    };
+    for choice in value
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if completion.finish_reason.is_none() {
+            completion.finish_reason = choice
+                .get("finish_reason")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+        }
+        let Some(message) = choice.get("message") else {
+            continue;
+        };
+        if let Some(text) = message.get("content").and_then(Value::as_str) {
+            completion.total += tokenizer.count(text) as u64;
+        }
+        if let Some(text) = message
+            .get("reasoning_content")
+            .or_else(|| message.get("reasoning"))
+            .and_then(Value::as_str)
+        {
+            let reasoning = tokenizer.count(text) as u64;
+            completion.reasoning += reasoning;
+            completion.total += reasoning;
+        }
+        for call in message
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let function = call.get("function");
+            for field in ["name", "arguments"] {
+                if let Some(text) = function.and_then(|f| f.get(field)).and_then(Value::as_str) {
+                    completion.total += tokenizer.count(text) as u64;
+                }
+            }
+        }
+    }
+    completion
+}
+
+fn build_record(
+    accounting: &Accounting,
+    context: RequestContext,
+    mut prompt: PromptCount,
+    counting_us: u64,
+    finished: Finished,
+) -> RequestRecord {
+    let model = &context.model;
+    let usage = finished.completion.usage.unwrap_or_default();
+    let prompt_estimated = prompt.total;
+    let (prompt_calibrated, calibration_ratio) = accounting.calibrate(&model.key, prompt_estimated);
+    if let Some(reported) = usage.prompt {
+        accounting.learn(&model.key, prompt_estimated, reported);
+    }
+    let completion_estimated = finished.completion.total;
+    let prompt_tokens = usage.prompt.unwrap_or(prompt_calibrated);
+    let completion_tokens = usage.completion.unwrap_or(completion_estimated);
+    let tokens_estimated = usage.prompt.is_none() || usage.completion.is_none();
+    let cached = usage.cached.unwrap_or(0);
+    let error_kind = match &finished.outcome {
+        Outcome::Complete if context.status >= 400 => {
+            Some(format!("upstream_http_{}", context.status))
+        }
+        Outcome::Complete => None,
+        Outcome::UpstreamFailed(_) => Some("upstream_stream_error".to_string()),
+        Outcome::IdleTimeout => Some("upstream_idle_timeout".to_string()),
+        Outcome::ClientGone => Some("client_disconnected".to_string()),
+        Outcome::ProxyError(code) => Some((*code).to_string()),
+    };
+    // An upstream that failed before answering generated nothing billable we know of.
+    let billable = !matches!(finished.outcome, Outcome::ProxyError(_)) && context.status < 400;
+    let cost = if billable {
+        cost_usd(&model.prices, prompt_tokens, cached, completion_tokens)
+    } else {
+        0.0
+    };
+    RequestRecord {
+        id: context.id,
+        started_at_ms: context.started_at_ms,
+        model: model.key.clone(),
+        provider: model.provider.clone(),
+        upstream_model: model.upstream_id.clone(),
+        streaming: context.streaming,
+        status: context.status,
+        error_kind,
+        prompt_estimated,
+        prompt_calibrated,
+        calibration_ratio,
+        prompt_reported: usage.prompt,
+        completion_estimated,
+        completion_reported: usage.completion,
+        cached_reported: usage.cached,
+        reasoning_estimated: finished.completion.reasoning,
+        reasoning_reported: usage.reasoning,
+        prompt_tokens,
+        completion_tokens,
+        tokens_estimated,
+        prompt_accuracy: usage.prompt.and_then(|r| accuracy(prompt_estimated, r)),
+        completion_accuracy: usage
+            .completion
+            .and_then(|r| accuracy(completion_estimated, r)),
+        tokenizer: context.tokenizer.tokenizer.name().to_string(),
+        tokenizer_exact: context.tokenizer.exact,
+        message_hashes: std::mem::take(&mut prompt.message_hashes),
+        prompt_breakdown: prompt,
+        cost_usd: cost,
+        cost_estimated: billable && tokens_estimated,
+        counting_us,
+        latency_us: finished.latency_us,
+        ttft_us: finished.ttft_us,
+        upstream_headers_us: context.upstream_headers_us,
+        attempts: context.attempts,
+        tool_call_fixes: context.tool_call_fixes,
+        usage_injected: context.usage_injected,
+        finish_reason: finished.completion.finish_reason,
+        response_bytes: finished.response_bytes,
+    }
+}
+
+/// Records a request that the proxy answered with its own error after the model was known.
+pub fn record_proxy_error(
+    accounting: &Arc<Accounting>,
+    context: RequestContext,
+    prompt: JoinHandle<(PromptCount, u64)>,
+    code: &'static str,
+) {
+    let mut tracker = Tracker::new(Arc::clone(accounting), context, prompt, false);
+    tracker.finish(Outcome::ProxyError(code));
+}

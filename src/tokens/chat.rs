@@ -1,0 +1,287 @@
+//! Prompt tokens of a chat request, framed the way OpenAI frames chat models: 3 tokens per message, 1 more for
+//! a `name`, 3 to prime the reply. Text is counted exactly for the tokenizer; tool-call formatting, tool schemas
+//! and images are estimates and are marked so.
+
+use serde::Serialize;
+use serde_json::Value;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_128_with_seed};
+
+use super::Tokenizer;
+use super::cache::{MessageCache, MessageTokens};
+
+pub const TOKENS_PER_MESSAGE: u32 = 3;
+pub const TOKENS_PER_NAME: u32 = 1;
+pub const REPLY_PRIMING: u64 = 3;
+/// Per tool call in an assistant message: the call's framing around its name and arguments (estimate).
+pub const TOKENS_PER_TOOL_CALL: u32 = 3;
+/// Per tool definition in `tools` (estimate), on top of its JSON's tokens.
+pub const TOKENS_PER_TOOL_SCHEMA: u64 = 8;
+/// An image at `detail: low`: OpenAI's fixed price.
+pub const IMAGE_LOW_TOKENS: u32 = 85;
+/// Any other image: a 1024×1024 image at high detail (85 + 4 tiles × 170). The size is unknown without decoding.
+pub const IMAGE_DEFAULT_TOKENS: u32 = 765;
+
+/// The prompt's token count with its breakdown.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PromptCount {
+    pub total: u64,
+    pub messages: u64,
+    pub system: u64,
+    pub user: u64,
+    pub assistant: u64,
+    pub tool_results: u64,
+    pub tool_calls: u64,
+    pub tools_schema: u64,
+    pub media: u64,
+    pub framing: u64,
+    /// Some part (tool formatting, schemas, images) is an estimate.
+    pub estimated: bool,
+    pub cache_hits: u32,
+    pub cache_misses: u32,
+    /// A content hash per message, in order: conversations are recognised by their prefixes.
+    #[serde(skip)]
+    pub message_hashes: Vec<u64>,
+}
+
+/// Counts a chat request's prompt. Messages come from `cache` when already seen with this tokenizer.
+pub fn count_request(request: &Value, tokenizer: &Tokenizer, cache: &MessageCache) -> PromptCount {
+    let mut count = PromptCount::default();
+    let seed = xxh3_64(tokenizer.name().as_bytes());
+    let messages = request.get("messages").and_then(Value::as_array);
+    for message in messages.into_iter().flatten() {
+        let serialized = serde_json::to_vec(message).unwrap_or_default();
+        count.message_hashes.push(xxh3_64(&serialized));
+        let key = xxh3_128_with_seed(&serialized, seed);
+        let (tokens, hit) = cache.get_or_count(key, || count_message(message, tokenizer));
+        if hit {
+            count.cache_hits += 1;
+        } else {
+            count.cache_misses += 1;
+        }
+        count.messages += 1;
+        count.framing += u64::from(tokens.framing);
+        count.tool_calls += u64::from(tokens.tool_calls);
+        count.media += u64::from(tokens.media);
+        count.estimated |= tokens.estimated;
+        let text = u64::from(tokens.text);
+        match message.get("role").and_then(Value::as_str) {
+            Some("system" | "developer") => count.system += text,
+            Some("assistant") => count.assistant += text,
+            Some("tool" | "function") => count.tool_results += text,
+            _ => count.user += text,
+        }
+    }
+    if count.messages > 0 {
+        count.framing += REPLY_PRIMING;
+    }
+    if let Some(tools) = request.get("tools").and_then(Value::as_array) {
+        for tool in tools {
+            let definition = tool.get("function").unwrap_or(tool);
+            let json = serde_json::to_string(definition).unwrap_or_default();
+            count.tools_schema += tokenizer.count(&json) as u64 + TOKENS_PER_TOOL_SCHEMA;
+            count.estimated = true;
+        }
+    }
+    count.total = count.system
+        + count.user
+        + count.assistant
+        + count.tool_results
+        + count.tool_calls
+        + count.tools_schema
+        + count.media
+        + count.framing;
+    count
+}
+
+/// Counts one message, uncached.
+pub fn count_message(message: &Value, tokenizer: &Tokenizer) -> MessageTokens {
+    let mut tokens = MessageTokens {
+        framing: TOKENS_PER_MESSAGE,
+        ..Default::default()
+    };
+    let Some(object) = message.as_object() else {
+        return tokens;
+    };
+    if let Some(role) = object.get("role").and_then(Value::as_str) {
+        tokens.framing += tokenizer.count(role) as u32;
+    }
+    if let Some(name) = object.get("name").and_then(Value::as_str) {
+        tokens.framing += tokenizer.count(name) as u32 + TOKENS_PER_NAME;
+    }
+    match object.get("content") {
+        Some(Value::String(text)) => tokens.text += tokenizer.count(text) as u32,
+        Some(Value::Array(parts)) => {
+            for part in parts {
+                count_part(part, tokenizer, &mut tokens);
+            }
+        }
+        _ => {}
+    }
+    if let Some(Value::String(refusal)) = object.get("refusal") {
+        tokens.text += tokenizer.count(refusal) as u32;
+    }
+    if let Some(Value::String(reasoning)) = object.get("reasoning_content") {
+        tokens.text += tokenizer.count(reasoning) as u32;
+    }
+    if let Some(calls) = object.get("tool_calls").and_then(Value::as_array) {
+        for call in calls {
+            let function = call.get("function");
+            let name = function
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let arguments = match function.and_then(|f| f.get("arguments")) {
+                Some(Value::String(text)) => tokenizer.count(text),
+                Some(other) => tokenizer.count(&other.to_string()),
+                None => 0,
+            };
+            tokens.tool_calls += (tokenizer.count(name) + arguments) as u32 + TOKENS_PER_TOOL_CALL;
+            tokens.estimated = true;
+        }
+    }
+    if let Some(Value::String(id)) = object.get("tool_call_id") {
+        tokens.framing += tokenizer.count(id) as u32;
+        tokens.estimated = true;
+    }
+    tokens
+}
+
+fn count_part(part: &Value, tokenizer: &Tokenizer, tokens: &mut MessageTokens) {
+    match part.get("type").and_then(Value::as_str) {
+        Some("text" | "input_text") => {
+            if let Some(text) = part.get("text").and_then(Value::as_str) {
+                tokens.text += tokenizer.count(text) as u32;
+            }
+        }
+        Some("image_url" | "input_image") => {
+            let detail = part
+                .get("image_url")
+                .and_then(|i| i.get("detail"))
+                .and_then(Value::as_str);
+            tokens.media += if detail == Some("low") {
+                IMAGE_LOW_TOKENS
+            } else {
+                IMAGE_DEFAULT_TOKENS
+            };
+            tokens.estimated = true;
+        }
+        _ => {
+            // Audio, files and unknown parts: not counted, so the figure is an estimate.
+            tokens.estimated = true;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    fn counted(request: &Value) -> PromptCount {
+        count_request(
+            request,
+            &Tokenizer::cl100k_base(),
+            &MessageCache::new(1 << 20),
+        )
+    }
+
+    #[test]
+    fn matches_openai_cookbook_framing() {
+        // OpenAI's cookbook example: these messages are 129 prompt tokens for gpt-4 / gpt-3.5-turbo-0613.
+        let request = json!({"messages": [
+            {"role": "system", "content": "You are a helpful, pattern-following assistant that translates corporate jargon into plain English."},
+            {"role": "system", "name": "example_user", "content": "New synergies will help drive top-line growth."},
+            {"role": "system", "name": "example_assistant", "content": "Things working well together will increase revenue."},
+            {"role": "system", "name": "example_user", "content": "Let's circle back when we have more bandwidth to touch base on opportunities for increased leverage."},
+            {"role": "system", "name": "example_assistant", "content": "Let's talk later when we're less busy about how to do better."},
+            {"role": "user", "content": "This late pivot means we don't have time to boil the ocean for the client deliverable."}
+        ]});
+        let count = counted(&request);
+        assert_eq!(count.total, 129);
+        assert!(!count.estimated);
+        assert_eq!(count.messages, 6);
+    }
+
+    #[test]
+    fn parts_tools_and_images() {
+        let request = json!({
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "What is in this image?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}}
+                ]},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":\"cat\"}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "c1", "content": "a cat"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+        });
+        let count = counted(&request);
+        assert!(count.estimated);
+        assert_eq!(count.media, u64::from(IMAGE_LOW_TOKENS));
+        assert!(count.tool_calls > 0 && count.tools_schema > 0 && count.tool_results > 0);
+        assert_eq!(
+            count.total,
+            count.user
+                + count.assistant
+                + count.tool_results
+                + count.tool_calls
+                + count.tools_schema
+                + count.media
+                + count.framing
+                + count.system
+        );
+    }
+
+    #[test]
+    fn cache_makes_a_turn_count_only_new_messages() {
+        let cache = MessageCache::new(1 << 20);
+        let tokenizer = Tokenizer::cl100k_base();
+        let mut messages = vec![json!({"role": "system", "content": "Be brief."})];
+        let mut last_total = 0;
+        for turn in 0..20 {
+            messages.push(json!({"role": "user", "content": format!("question number {turn}")}));
+            let count = count_request(&json!({"messages": messages}), &tokenizer, &cache);
+            // Turn 0: system + user; later turns: the previous answer + the new question.
+            assert_eq!(count.cache_misses, 2, "turn {turn}");
+            assert!(count.total > last_total);
+            last_total = count.total;
+            // Same figure as an uncached count.
+            let fresh = count_request(
+                &json!({"messages": messages}),
+                &tokenizer,
+                &MessageCache::new(1 << 20),
+            );
+            assert_eq!(count.total, fresh.total);
+            messages.push(json!({"role": "assistant", "content": format!("answer {turn}")}));
+        }
+    }
+
+    #[test]
+    fn tokenizers_do_not_share_cache_entries() {
+        let cache = MessageCache::new(1 << 20);
+        let request =
+            json!({"messages": [{"role": "user", "content": "naïve 世界 🎉 tokenization"}]});
+        let cl = count_request(&request, &Tokenizer::cl100k_base(), &cache);
+        let o = count_request(&request, &Tokenizer::o200k_base(), &cache);
+        assert_eq!(o.cache_misses, 1);
+        assert_eq!(
+            cl.message_hashes, o.message_hashes,
+            "content hashes do not depend on the tokenizer"
+        );
+    }
+
+    #[test]
+    fn odd_shapes_do_not_panic() {
+        for request in [
+            json!({}),
+            json!({"messages": 5}),
+            json!({"messages": [1, null, "x", {"content": 3}]}),
+            json!({"tools": [1]}),
+        ] {
+            let _ = counted(&request);
+        }
+    }
+}

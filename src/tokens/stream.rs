@@ -1,0 +1,525 @@
+//! Streamed output: an incremental SSE parser and an incremental token counter, both linear in the total
+//! input and bounded in memory.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use super::Tokenizer;
+use super::usage::{ReportedUsage, WireUsage};
+
+/// Counts tokens of a text that arrives in pieces, with a final count equal to counting the whole text at once.
+///
+/// BPE never merges across pre-tokenizer pieces, but the last pieces of a prefix may still change when more
+/// text arrives (a word grows, a whitespace run extends). Holding back the last two pieces is enough for both
+/// encodings (measured on 1 MiB and randomised chunkings; one piece is not). To stay linear when a single piece
+/// grows without end (a megabyte of spaces), the pending text is only re-split once it has doubled since the
+/// last split.
+#[derive(Debug, Clone)]
+pub struct IncrementalCounter {
+    pending: String,
+    counted: usize,
+    /// Length of `pending` right after the last split.
+    settled_len: usize,
+}
+
+/// Pieces held back at every split.
+const HOLD_BACK: usize = 2;
+/// Pending text shorter than this is never re-split: small deltas are only appended.
+const MIN_RESPLIT: usize = 64;
+
+impl Default for IncrementalCounter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl IncrementalCounter {
+    pub fn new() -> Self {
+        Self {
+            pending: String::new(),
+            counted: 0,
+            settled_len: 0,
+        }
+    }
+
+    pub fn push(&mut self, tokenizer: &Tokenizer, text: &str) {
+        self.pending.push_str(text);
+        // Amortised linear: split again only once the pending text has doubled since the last split.
+        if self.pending.len() >= (2 * self.settled_len).max(MIN_RESPLIT) {
+            self.settle(tokenizer);
+        }
+    }
+
+    fn settle(&mut self, tokenizer: &Tokenizer) {
+        let pieces: Vec<&str> = tokenizer.split(&self.pending).collect();
+        if pieces.len() > HOLD_BACK {
+            let done = &pieces[..pieces.len() - HOLD_BACK];
+            let consumed: usize = done.iter().map(|p| p.len()).sum();
+            self.counted += done.iter().map(|p| tokenizer.count_piece(p)).sum::<usize>();
+            self.pending.drain(..consumed);
+        }
+        self.settled_len = self.pending.len();
+    }
+
+    /// Tokens counted so far (lags the text by at most a couple of pieces); cheap enough to read on every
+    /// progress tick.
+    pub fn counted(&self) -> usize {
+        self.counted
+    }
+
+    /// The running count including an exact count of the held-back text.
+    pub fn current(&self, tokenizer: &Tokenizer) -> usize {
+        self.counted + tokenizer.count(&self.pending)
+    }
+
+    /// The final count.
+    pub fn finish(&mut self, tokenizer: &Tokenizer) -> usize {
+        self.counted += tokenizer.count(&self.pending);
+        self.pending.clear();
+        self.settled_len = 0;
+        self.counted
+    }
+
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// One complete SSE event found by [`SseParser::feed`].
+pub struct SseEvent<'a> {
+    /// The `data:` lines joined with `\n`.
+    pub data: &'a [u8],
+    /// Offset just past the blank line that ended the event, within the chunk being fed.
+    pub end: usize,
+}
+
+/// An incremental `text/event-stream` parser (WHATWG rules: `\n`, `\r\n` and `\r` line ends, `data:` lines joined,
+/// `:` comments and other fields ignored). Events larger than `max_event_bytes` are skipped, not buffered.
+#[derive(Debug)]
+pub struct SseParser {
+    line: Vec<u8>,
+    data: Vec<u8>,
+    has_data: bool,
+    last_was_cr: bool,
+    oversized: bool,
+    max_event_bytes: usize,
+    pub skipped_events: u64,
+}
+
+impl SseParser {
+    pub fn new(max_event_bytes: usize) -> Self {
+        Self {
+            line: Vec::new(),
+            data: Vec::new(),
+            has_data: false,
+            last_was_cr: false,
+            oversized: false,
+            max_event_bytes,
+            skipped_events: 0,
+        }
+    }
+
+    /// Feeds a chunk; calls `on_event` for every event that completes inside it.
+    pub fn feed(&mut self, chunk: &[u8], mut on_event: impl FnMut(SseEvent<'_>)) {
+        let mut pos = 0;
+        if self.last_was_cr && chunk.first() == Some(&b'\n') {
+            pos = 1; // the `\n` of a `\r\n` split across chunks
+        }
+        self.last_was_cr = false;
+        while pos < chunk.len() {
+            let rest = &chunk[pos..];
+            let Some(offset) = memchr::memchr2(b'\n', b'\r', rest) else {
+                self.append_line(rest);
+                return;
+            };
+            self.append_line(&rest[..offset]);
+            let mut next = pos + offset + 1;
+            if rest[offset] == b'\r' {
+                match chunk.get(next) {
+                    Some(b'\n') => next += 1,
+                    None => self.last_was_cr = true,
+                    Some(_) => {}
+                }
+            }
+            if self.end_line() {
+                if self.oversized {
+                    self.skipped_events += 1;
+                } else {
+                    on_event(SseEvent {
+                        data: &self.data,
+                        end: next,
+                    });
+                }
+                self.data.clear();
+                self.has_data = false;
+                self.oversized = false;
+            }
+            pos = next;
+        }
+    }
+
+    fn append_line(&mut self, bytes: &[u8]) {
+        if self.oversized {
+            return;
+        }
+        if self.line.len() + self.data.len() + bytes.len() > self.max_event_bytes {
+            self.oversized = true;
+            self.line.clear();
+            self.data.clear();
+            return;
+        }
+        self.line.extend_from_slice(bytes);
+    }
+
+    /// Handles a completed line; returns true when it was the blank line that ends an event with data.
+    fn end_line(&mut self) -> bool {
+        if self.line.is_empty() {
+            return self.has_data || self.oversized;
+        }
+        if !self.oversized {
+            let line = &self.line[..];
+            if let Some(value) = line.strip_prefix(b"data") {
+                let value = match value.first() {
+                    None => Some(&value[..0]),
+                    Some(b':') => Some(value[1..].strip_prefix(b" ").unwrap_or(&value[1..])),
+                    Some(_) => None, // a field named e.g. `database`
+                };
+                if let Some(value) = value {
+                    if self.has_data {
+                        self.data.push(b'\n');
+                    }
+                    self.data.extend_from_slice(value);
+                    self.has_data = true;
+                }
+            }
+        }
+        self.line.clear();
+        false
+    }
+}
+
+// === chat.completion.chunk, borrowed where possible ===
+
+#[derive(Deserialize)]
+struct WireChunk<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Vec<WireChoice<'a>>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireChoice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<WireDelta<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct WireDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<Cow<'a, str>>,
+    /// OpenRouter and some vLLM builds name it `reasoning`.
+    #[serde(borrow, default)]
+    reasoning: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<WireToolCallDelta<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct WireToolCallDelta<'a> {
+    #[serde(default)]
+    index: Option<usize>,
+    #[serde(borrow, default)]
+    function: Option<WireFunctionDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireFunctionDelta<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+/// Most tool calls a stream may carry before further ones are ignored (bounds memory).
+const MAX_TOOL_CALLS: usize = 128;
+
+/// What one parsed event meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A chunk with choices (content, reasoning, tool calls, or a finish reason).
+    Delta,
+    /// A chunk with `choices: []` and `usage`: what `stream_options.include_usage` adds.
+    UsageOnly,
+    Done,
+    /// Not JSON, or not a chunk: passed on, not counted.
+    Unparsed,
+}
+
+/// Counts a streamed completion as it passes: content, reasoning and tool-call arguments, each with its own
+/// incremental counter, plus the provider's usage if a chunk carries it.
+#[derive(Debug)]
+pub struct CompletionCounter {
+    tokenizer: Tokenizer,
+    content: IncrementalCounter,
+    reasoning: IncrementalCounter,
+    tool_arguments: Vec<IncrementalCounter>,
+    tool_names: usize,
+    pub usage: Option<ReportedUsage>,
+    pub finish_reason: Option<String>,
+    pub events: u64,
+    pub done: bool,
+}
+
+/// Final figures of a completion.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompletionTokens {
+    pub content: u64,
+    pub reasoning: u64,
+    pub tool_calls: u64,
+}
+
+impl CompletionTokens {
+    pub fn total(&self) -> u64 {
+        self.content + self.reasoning + self.tool_calls
+    }
+}
+
+impl CompletionCounter {
+    pub fn new(tokenizer: Tokenizer) -> Self {
+        Self {
+            tokenizer,
+            content: IncrementalCounter::new(),
+            reasoning: IncrementalCounter::new(),
+            tool_arguments: Vec::new(),
+            tool_names: 0,
+            usage: None,
+            finish_reason: None,
+            events: 0,
+            done: false,
+        }
+    }
+
+    /// Accounts one SSE event's data.
+    pub fn on_event(&mut self, data: &[u8]) -> EventKind {
+        self.events += 1;
+        if data == b"[DONE]" {
+            self.done = true;
+            return EventKind::Done;
+        }
+        let Ok(chunk) = serde_json::from_slice::<WireChunk<'_>>(data) else {
+            return EventKind::Unparsed;
+        };
+        if let Some(usage) = chunk.usage.as_ref().and_then(WireUsage::normalize) {
+            self.usage = Some(usage);
+        }
+        let choices = chunk.choices.unwrap_or_default();
+        if choices.is_empty() {
+            return if chunk.usage.is_some() {
+                EventKind::UsageOnly
+            } else {
+                EventKind::Unparsed
+            };
+        }
+        for choice in choices {
+            if let Some(reason) = choice.finish_reason {
+                self.finish_reason = Some(reason.into_owned());
+            }
+            let Some(delta) = choice.delta else { continue };
+            if let Some(text) = delta.content {
+                self.content.push(&self.tokenizer, &text);
+            }
+            if let Some(text) = delta.reasoning_content.or(delta.reasoning) {
+                self.reasoning.push(&self.tokenizer, &text);
+            }
+            for call in delta.tool_calls.unwrap_or_default() {
+                let index = call.index.unwrap_or(0);
+                if index >= MAX_TOOL_CALLS {
+                    continue;
+                }
+                if self.tool_arguments.len() <= index {
+                    self.tool_arguments
+                        .resize_with(index + 1, IncrementalCounter::new);
+                }
+                if let Some(function) = call.function {
+                    if let Some(name) = function.name {
+                        self.tool_names += self.tokenizer.count(&name);
+                    }
+                    if let Some(arguments) = function.arguments {
+                        self.tool_arguments[index].push(&self.tokenizer, &arguments);
+                    }
+                }
+            }
+        }
+        EventKind::Delta
+    }
+
+    /// Tokens so far, cheap (for live progress).
+    pub fn running(&self) -> u64 {
+        let tools: usize = self
+            .tool_arguments
+            .iter()
+            .map(IncrementalCounter::counted)
+            .sum();
+        (self.content.counted() + self.reasoning.counted() + tools + self.tool_names) as u64
+    }
+
+    pub fn finish(&mut self) -> CompletionTokens {
+        let tokenizer = self.tokenizer.clone();
+        let tools: usize = self
+            .tool_arguments
+            .iter_mut()
+            .map(|c| c.finish(&tokenizer))
+            .sum();
+        CompletionTokens {
+            content: self.content.finish(&tokenizer) as u64,
+            reasoning: self.reasoning.finish(&tokenizer) as u64,
+            tool_calls: (tools + self.tool_names) as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn count_in_chunks(tokenizer: &Tokenizer, text: &str, cuts: &[usize]) -> usize {
+        let mut counter = IncrementalCounter::new();
+        let mut start = 0;
+        for &cut in cuts {
+            let mut end = (start + cut).min(text.len());
+            while !text.is_char_boundary(end) {
+                end += 1;
+            }
+            counter.push(tokenizer, &text[start..end]);
+            start = end;
+        }
+        counter.push(tokenizer, &text[start..]);
+        counter.finish(tokenizer)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        #[test]
+        fn incremental_equals_whole(
+            text in "([ \t\r\n]{1,6}|[a-zA-Z]{1,9}|'s|'LL|[0-9]{1,7}|[\u{4e00}-\u{4e20}]{1,4}|🎉|👨\u{200d}👩|[.,;:!?(){}\"]{1,3}|\\PC){0,120}",
+            cuts in prop::collection::vec(1usize..12, 0..60),
+        ) {
+            for tokenizer in [Tokenizer::cl100k_base(), Tokenizer::o200k_base()] {
+                prop_assert_eq!(count_in_chunks(&tokenizer, &text, &cuts), tokenizer.count(&text), "{}", tokenizer.name());
+            }
+        }
+    }
+
+    #[test]
+    fn long_unsplittable_runs_stay_linear_and_exact() {
+        let tokenizer = Tokenizer::cl100k_base();
+        let text = " ".repeat(200_000) + "x" + &"a".repeat(100_000);
+        let mut counter = IncrementalCounter::new();
+        for chunk in text.as_bytes().chunks(3) {
+            counter.push(&tokenizer, std::str::from_utf8(chunk).unwrap());
+        }
+        assert_eq!(counter.finish(&tokenizer), tokenizer.count(&text));
+    }
+
+    fn events_of(stream: &[u8], cut_every: usize) -> Vec<String> {
+        let mut parser = SseParser::new(1 << 20);
+        let mut out = Vec::new();
+        for chunk in stream.chunks(cut_every.max(1)) {
+            parser.feed(chunk, |e| {
+                out.push(String::from_utf8_lossy(e.data).into_owned())
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn sse_line_endings_comments_and_multiline_data() {
+        let stream = b": keep-alive\n\ndata: {\"a\":1}\r\n\r\ndata:x\rdata: y\r\revent: ignored\ndata: [DONE]\n\n";
+        for cut in 1..stream.len() {
+            assert_eq!(
+                events_of(stream, cut),
+                ["{\"a\":1}", "x\ny", "[DONE]"],
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn sse_event_end_offsets_point_past_the_blank_line() {
+        let stream = b"data: a\n\ndata: b\n\n";
+        let mut parser = SseParser::new(1024);
+        let mut ends = Vec::new();
+        parser.feed(stream, |e| ends.push(e.end));
+        assert_eq!(ends, [9, 18]);
+    }
+
+    #[test]
+    fn oversized_events_are_skipped_not_buffered() {
+        let mut parser = SseParser::new(16);
+        let mut out = Vec::new();
+        let big = format!("data: {}\n\ndata: ok\n\n", "x".repeat(100));
+        parser.feed(big.as_bytes(), |e| out.push(e.data.to_vec()));
+        assert_eq!(out, [b"ok".to_vec()]);
+        assert_eq!(parser.skipped_events, 1);
+    }
+
+    #[test]
+    fn completion_counter_reads_chunks() {
+        let tokenizer = Tokenizer::cl100k_base();
+        let mut counter = CompletionCounter::new(tokenizer.clone());
+        let events = [
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"reasoning_content":"Let me think"},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"Hello "},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"world"},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c","type":"function","function":{"name":"get_weather","arguments":""}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"city\": \"Paris\"}"}}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":9,"total_tokens":19,"prompt_tokens_details":{"cached_tokens":4}}}"#,
+            "[DONE]",
+        ];
+        let kinds: Vec<EventKind> = events
+            .iter()
+            .map(|e| counter.on_event(e.as_bytes()))
+            .collect();
+        assert_eq!(kinds[7], EventKind::UsageOnly);
+        assert_eq!(kinds[8], EventKind::Done);
+        let tokens = counter.finish();
+        assert_eq!(tokens.content, tokenizer.count("Hello world") as u64);
+        assert_eq!(tokens.reasoning, tokenizer.count("Let me think") as u64);
+        assert_eq!(
+            tokens.tool_calls,
+            (tokenizer.count("get_weather") + tokenizer.count("{\"city\": \"Paris\"}")) as u64
+        );
+        let usage = counter.usage.unwrap();
+        assert_eq!(
+            (usage.prompt, usage.completion, usage.cached),
+            (Some(10), Some(9), Some(4))
+        );
+        assert_eq!(counter.finish_reason.as_deref(), Some("tool_calls"));
+        assert!(counter.done);
+    }
+
+    #[test]
+    fn garbage_events_are_ignored() {
+        let mut counter = CompletionCounter::new(Tokenizer::cl100k_base());
+        for data in [
+            &b"not json"[..],
+            b"{\"choices\": 5}",
+            b"{}",
+            b"\xff\xfe",
+            b"[1,2]",
+        ] {
+            let _ = counter.on_event(data);
+        }
+        assert_eq!(counter.finish().total(), 0);
+    }
+}

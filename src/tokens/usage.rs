@@ -1,0 +1,122 @@
+//! The provider's own token figures (`usage`), in the shapes providers actually send.
+
+use serde::Deserialize;
+
+/// `usage` as found on the wire. Every field is optional: providers differ.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct WireUsage {
+    #[serde(default)]
+    pub prompt_tokens: Option<u64>,
+    #[serde(default)]
+    pub completion_tokens: Option<u64>,
+    #[serde(default)]
+    pub total_tokens: Option<u64>,
+    /// OpenAI: `prompt_tokens_details.cached_tokens`.
+    #[serde(default)]
+    pub prompt_tokens_details: Option<PromptDetails>,
+    /// OpenAI: `completion_tokens_details.reasoning_tokens`.
+    #[serde(default)]
+    pub completion_tokens_details: Option<CompletionDetails>,
+    /// Moonshot/Kimi report cache hits at the top level.
+    #[serde(default)]
+    pub cached_tokens: Option<u64>,
+    /// DeepSeek.
+    #[serde(default)]
+    pub prompt_cache_hit_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct PromptDetails {
+    #[serde(default)]
+    pub cached_tokens: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct CompletionDetails {
+    #[serde(default)]
+    pub reasoning_tokens: Option<u64>,
+}
+
+/// The provider's figures, normalised.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ReportedUsage {
+    pub prompt: Option<u64>,
+    pub completion: Option<u64>,
+    pub cached: Option<u64>,
+    pub reasoning: Option<u64>,
+}
+
+impl WireUsage {
+    /// `None` when the object carries no figure at all (some providers send `"usage": null` or `{}`).
+    pub fn normalize(&self) -> Option<ReportedUsage> {
+        let prompt = self.prompt_tokens;
+        let completion = self
+            .completion_tokens
+            .or_else(|| Some(self.total_tokens?.saturating_sub(prompt?)));
+        let cached = self
+            .prompt_tokens_details
+            .as_ref()
+            .and_then(|d| d.cached_tokens)
+            .or(self.cached_tokens)
+            .or(self.prompt_cache_hit_tokens);
+        let reasoning = self
+            .completion_tokens_details
+            .as_ref()
+            .and_then(|d| d.reasoning_tokens);
+        if prompt.is_none() && completion.is_none() {
+            return None;
+        }
+        Some(ReportedUsage {
+            prompt,
+            completion,
+            cached,
+            reasoning,
+        })
+    }
+}
+
+/// Reads `usage` from a whole (non-streaming) chat completion body.
+pub fn from_completion_body(body: &[u8]) -> Option<ReportedUsage> {
+    #[derive(Deserialize)]
+    struct Body {
+        #[serde(default)]
+        usage: Option<WireUsage>,
+    }
+    serde_json::from_slice::<Body>(body)
+        .ok()?
+        .usage?
+        .normalize()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn provider_shapes() {
+        let openai = br#"{"usage":{"prompt_tokens":100,"completion_tokens":20,"total_tokens":120,
+            "prompt_tokens_details":{"cached_tokens":64},"completion_tokens_details":{"reasoning_tokens":12}}}"#;
+        assert_eq!(
+            from_completion_body(openai).unwrap(),
+            ReportedUsage {
+                prompt: Some(100),
+                completion: Some(20),
+                cached: Some(64),
+                reasoning: Some(12)
+            }
+        );
+        let moonshot = br#"{"usage":{"prompt_tokens":50,"completion_tokens":5,"total_tokens":55,"cached_tokens":32}}"#;
+        assert_eq!(from_completion_body(moonshot).unwrap().cached, Some(32));
+        let deepseek = br#"{"usage":{"prompt_tokens":50,"completion_tokens":5,"prompt_cache_hit_tokens":8,"prompt_cache_miss_tokens":42}}"#;
+        assert_eq!(from_completion_body(deepseek).unwrap().cached, Some(8));
+        let total_only = br#"{"usage":{"prompt_tokens":50,"total_tokens":55}}"#;
+        assert_eq!(
+            from_completion_body(total_only).unwrap().completion,
+            Some(5)
+        );
+        assert_eq!(from_completion_body(br#"{"usage":null}"#), None);
+        assert_eq!(from_completion_body(br#"{"usage":{}}"#), None);
+        assert_eq!(from_completion_body(b"garbage"), None);
+    }
+}
