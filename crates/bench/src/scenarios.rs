@@ -1,0 +1,443 @@
+//! The scenarios: each one measured directly against the mock and through the proxy in the same run,
+//! alternating sides round by round (direct, proxy, proxy, direct, ...) so drift hits both equally.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+
+use crate::body;
+use crate::loadgen::{self, RunResult, Spec};
+use crate::procs;
+
+/// The chat completions route, the same on both sides.
+pub const PATH: &str = "/v1/chat/completions";
+
+/// Scenario names, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum Scenario {
+    Latency,
+    Throughput,
+    Streaming,
+    StreamsConcurrency,
+    Memory,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Latency => "latency",
+            Scenario::Throughput => "throughput",
+            Scenario::Streaming => "streaming",
+            Scenario::StreamsConcurrency => "streams-concurrency",
+            Scenario::Memory => "memory",
+        }
+    }
+}
+
+/// Every parameter of a run; printed in the report.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The arguments the bench was run with, for the report's rerun line.
+    pub args: String,
+    pub quick: bool,
+    pub scenarios: Vec<Scenario>,
+    /// Load generator worker threads.
+    pub threads: usize,
+    /// Rounds per side for latency, throughput and streaming.
+    pub rounds: usize,
+    /// Warm-up before each measured round (latency and throughput; streaming warms up with one stream per VU).
+    pub warmup: Duration,
+    pub body_bytes: usize,
+    /// Measured requests per side (all rounds together).
+    pub latency_requests: u64,
+    pub throughput_concurrency: usize,
+    /// Measured time per side (all rounds together).
+    pub throughput_duration: Duration,
+    pub streaming_concurrency: usize,
+    /// Measured streams per side (all rounds together).
+    pub streaming_requests: u64,
+    pub chunks: u32,
+    pub chunk_delay_ms: u32,
+    /// Stream counts of the streams-concurrency scenario.
+    pub streams: Vec<usize>,
+}
+
+impl Settings {
+    pub fn new(quick: bool) -> Settings {
+        Settings {
+            args: String::new(),
+            quick,
+            scenarios: vec![
+                Scenario::Latency,
+                Scenario::Throughput,
+                Scenario::Streaming,
+                Scenario::StreamsConcurrency,
+                Scenario::Memory,
+            ],
+            threads: 1,
+            rounds: 3,
+            warmup: Duration::from_millis(if quick { 300 } else { 500 }),
+            body_bytes: body::chat_body(false).len(),
+            latency_requests: if quick { 1_000 } else { 5_000 },
+            throughput_concurrency: 50,
+            throughput_duration: Duration::from_secs(if quick { 3 } else { 10 }),
+            streaming_concurrency: 10,
+            streaming_requests: if quick { 30 } else { 150 },
+            chunks: 64,
+            chunk_delay_ms: 20,
+            streams: if quick { vec![100] } else { vec![100, 1_000] },
+        }
+    }
+
+    pub fn has(&self, scenario: Scenario) -> bool {
+        self.scenarios.contains(&scenario)
+    }
+
+    /// Round `round`'s share of `total`: the rounds add up to exactly `total`.
+    fn per_round(&self, total: u64, round: usize) -> u64 {
+        let rounds = u64::try_from(self.rounds.max(1)).unwrap_or(1);
+        let round = u64::try_from(round).unwrap_or(0);
+        total / rounds + u64::from(round < total % rounds)
+    }
+
+    fn stream_headers(&self) -> anyhow::Result<Vec<(HeaderName, HeaderValue)>> {
+        Ok(vec![
+            (
+                HeaderName::from_static("x-mock-chunks"),
+                HeaderValue::from_str(&self.chunks.to_string())?,
+            ),
+            (
+                HeaderName::from_static("x-mock-chunk-delay-ms"),
+                HeaderValue::from_str(&self.chunk_delay_ms.to_string())?,
+            ),
+        ])
+    }
+
+    /// Nominal length of one stream.
+    fn stream_length(&self) -> Duration {
+        Duration::from_millis(u64::from(self.chunks + 1) * u64::from(self.chunk_delay_ms))
+    }
+}
+
+/// One scenario's figures for both sides.
+#[derive(Clone, Debug)]
+pub struct Pair {
+    pub direct: RunResult,
+    pub proxy: RunResult,
+}
+
+/// One stream count of the streams-concurrency scenario.
+#[derive(Clone, Debug)]
+pub struct StreamsRun {
+    pub streams: usize,
+    pub pair: Pair,
+    /// Peak proxy RSS sampled while the proxy side ran.
+    pub proxy_peak_rss: Option<u64>,
+}
+
+/// Proxy RSS at the moments the report names.
+#[derive(Clone, Debug, Default)]
+pub struct Memory {
+    pub idle: Option<u64>,
+    pub after_load: Option<u64>,
+    /// `VmHWM`: the highest RSS over the proxy's whole life.
+    pub high_water: Option<u64>,
+}
+
+/// Everything measured.
+#[derive(Clone, Debug, Default)]
+pub struct Results {
+    pub latency: Option<Pair>,
+    pub throughput: Option<Pair>,
+    pub streaming: Option<Pair>,
+    pub streams: Vec<StreamsRun>,
+    pub memory: Option<Memory>,
+    /// From the servers' start to the end of the last scenario.
+    pub elapsed: Duration,
+    /// CPU use over that time.
+    pub cpu: Option<crate::cpu::Usage>,
+}
+
+/// The two endpoints under test.
+#[derive(Clone, Copy, Debug)]
+pub struct Targets {
+    pub mock: SocketAddr,
+    pub proxy: SocketAddr,
+    pub proxy_pid: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Direct,
+    Proxy,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Direct => "direct",
+            Side::Proxy => "proxy",
+        }
+    }
+}
+
+/// Runs `make_spec` for `rounds` rounds per side, alternating the order (ABBA), and merges each side.
+/// `warm`, if given, is run (and discarded, except for its error count) right before each measured run.
+async fn alternate(
+    label: &str,
+    targets: Targets,
+    rounds: usize,
+    warm: Option<&dyn Fn(SocketAddr) -> Spec>,
+    make_spec: impl Fn(SocketAddr, usize) -> Spec,
+) -> anyhow::Result<Pair> {
+    let mut direct = RunResult::empty()?;
+    let mut proxy = RunResult::empty()?;
+    for round in 0..rounds.max(1) {
+        let order = if round % 2 == 0 {
+            [Side::Direct, Side::Proxy]
+        } else {
+            [Side::Proxy, Side::Direct]
+        };
+        for side in order {
+            let addr = match side {
+                Side::Direct => targets.mock,
+                Side::Proxy => targets.proxy,
+            };
+            let warm_errors = match warm {
+                Some(warm) => {
+                    let warmed = loadgen::run(warm(addr)).await?;
+                    warmed.errors + warmed.warmup_errors
+                }
+                None => 0,
+            };
+            let mut result = loadgen::run(make_spec(addr, round)).await?;
+            result.warmup_errors += warm_errors;
+            progress(label, round, rounds, side, &result);
+            match side {
+                Side::Direct => direct.merge(&result)?,
+                Side::Proxy => proxy.merge(&result)?,
+            }
+        }
+    }
+    Ok(Pair { direct, proxy })
+}
+
+fn progress(label: &str, round: usize, rounds: usize, side: Side, result: &RunResult) {
+    let latency = loadgen::Summary::of(&result.latency);
+    let mut line = format!(
+        "kimi-bench: {label} round {}/{} {:<6} ok={} errors={} {:.0} req/s latency p50={}µs p99={}µs",
+        round + 1,
+        rounds.max(1),
+        side.name(),
+        result.ok,
+        result.errors,
+        result.rps(),
+        latency.p50,
+        latency.p99,
+    );
+    if !result.ttft.is_empty() {
+        let ttft = loadgen::Summary::of(&result.ttft);
+        let gaps = loadgen::Summary::of(&result.gaps);
+        line.push_str(&format!(
+            " ttft p99={}µs gap p99={}µs gap max={}µs",
+            ttft.p99, gaps.p99, gaps.max
+        ));
+    }
+    if let Some(sample) = result.error_samples.first() {
+        line.push_str(&format!(" first error: {sample}"));
+    }
+    eprintln!("{line}");
+}
+
+pub async fn latency(settings: &Settings, targets: Targets, body: Bytes) -> anyhow::Result<Pair> {
+    alternate("latency", targets, settings.rounds, None, |addr, round| {
+        Spec {
+            addr,
+            path: PATH.into(),
+            body: body.clone(),
+            headers: Vec::new(),
+            concurrency: 1,
+            requests: settings.per_round(settings.latency_requests, round),
+            warmup: settings.warmup,
+            duration: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+            streaming: false,
+            stagger: Duration::ZERO,
+        }
+    })
+    .await
+}
+
+pub async fn throughput(
+    settings: &Settings,
+    targets: Targets,
+    body: Bytes,
+) -> anyhow::Result<Pair> {
+    let rounds = u32::try_from(settings.rounds.max(1)).unwrap_or(1);
+    let per_round = settings.throughput_duration / rounds;
+    alternate("throughput", targets, settings.rounds, None, |addr, _| {
+        Spec {
+            addr,
+            path: PATH.into(),
+            body: body.clone(),
+            headers: Vec::new(),
+            concurrency: settings.throughput_concurrency,
+            requests: 10_000_000,
+            warmup: settings.warmup,
+            duration: per_round,
+            request_timeout: Duration::from_secs(10),
+            streaming: false,
+            stagger: Duration::ZERO,
+        }
+    })
+    .await
+}
+
+pub async fn streaming(settings: &Settings, targets: Targets, body: Bytes) -> anyhow::Result<Pair> {
+    // Round 0 has the largest share; it sizes the time limit.
+    let per_round = settings.per_round(settings.streaming_requests, 0);
+    let headers = settings.stream_headers()?;
+    let concurrency = settings.streaming_concurrency;
+    let waves = u32::try_from(per_round.div_ceil(u64::try_from(concurrency.max(1)).unwrap_or(1)))
+        .unwrap_or(u32::MAX);
+    // Room for every wave (and the stagger) at three times the nominal stream length.
+    let duration = settings.stream_length() * waves.saturating_add(1) * 3 + Duration::from_secs(5);
+    // Warm-up: two short unpaced streams per VU (fills the proxy's upstream pool, wakes both servers).
+    let warm = |addr| Spec {
+        addr,
+        path: PATH.into(),
+        body: body.clone(),
+        headers: vec![(
+            HeaderName::from_static("x-mock-chunks"),
+            HeaderValue::from_static("2"),
+        )],
+        concurrency,
+        requests: 2 * u64::try_from(concurrency).unwrap_or(1),
+        warmup: Duration::ZERO,
+        duration: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(10),
+        streaming: true,
+        stagger: Duration::ZERO,
+    };
+    alternate(
+        "streaming",
+        targets,
+        settings.rounds,
+        Some(&warm),
+        |addr, round| {
+            Spec {
+                addr,
+                path: PATH.into(),
+                body: body.clone(),
+                headers: headers.clone(),
+                concurrency,
+                requests: settings.per_round(settings.streaming_requests, round),
+                warmup: Duration::ZERO,
+                duration,
+                request_timeout: settings.stream_length() * 5 + Duration::from_secs(5),
+                streaming: true,
+                // Spread the first streams over one stream length so the VUs don't run in lockstep waves.
+                stagger: settings.stream_length(),
+            }
+        },
+    )
+    .await
+}
+
+/// N streams started together, one round per side (direct first); samples the proxy's RSS on its side.
+pub async fn streams_concurrency(
+    settings: &Settings,
+    targets: Targets,
+    body: Bytes,
+) -> anyhow::Result<Vec<StreamsRun>> {
+    let headers = settings.stream_headers()?;
+    let mut runs = Vec::new();
+    for &streams in &settings.streams {
+        let spec = |addr| Spec {
+            addr,
+            path: PATH.into(),
+            body: body.clone(),
+            headers: headers.clone(),
+            concurrency: streams,
+            requests: u64::try_from(streams).unwrap_or(u64::MAX),
+            warmup: Duration::ZERO,
+            duration: Duration::from_secs(30),
+            request_timeout: settings.stream_length() * 10 + Duration::from_secs(10),
+            streaming: true,
+            stagger: Duration::ZERO,
+        };
+        let label = format!("streams-concurrency x{streams}");
+        let direct = loadgen::run(spec(targets.mock)).await?;
+        progress(&label, 0, 1, Side::Direct, &direct);
+        // Let the direct side's connections close before measuring the proxy.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let sampler = RssSampler::start(targets.proxy_pid);
+        let proxy = loadgen::run(spec(targets.proxy)).await;
+        let peak = sampler.stop().await;
+        let proxy = proxy?;
+        progress(&label, 0, 1, Side::Proxy, &proxy);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        runs.push(StreamsRun {
+            streams,
+            pair: Pair { direct, proxy },
+            proxy_peak_rss: peak,
+        });
+    }
+    Ok(runs)
+}
+
+/// Samples a process's RSS every 10 ms in the background and keeps the peak.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(0));
+        let task = {
+            let stop = Arc::clone(&stop);
+            let peak = Arc::clone(&peak);
+            tokio::spawn(async move {
+                // Bounded: at most 10 minutes of samples even if never stopped.
+                for _ in 0..60_000 {
+                    if let Some(rss) = procs::rss_bytes(pid) {
+                        peak.fetch_max(rss, Ordering::Relaxed);
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        RssSampler { stop, peak, task }
+    }
+
+    async fn stop(self) -> Option<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        let peak = self.peak.load(Ordering::Relaxed);
+        (peak > 0).then_some(peak)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_split_totals_exactly() {
+        let settings = Settings::new(true);
+        let shares: Vec<u64> = (0..3).map(|r| settings.per_round(1_000, r)).collect();
+        assert_eq!(shares, vec![334, 333, 333]);
+        assert_eq!(settings.per_round(30, 2), 10);
+        assert_eq!(settings.stream_length(), Duration::from_millis(1_300));
+    }
+}
