@@ -84,7 +84,7 @@ fn conversation(turns: usize) -> Vec<Value> {
 fn per_turn(c: &mut Criterion) {
     let tokenizer = Tokenizer::cl100k_base();
     let messages = conversation(100);
-    let full = json!({"messages": messages});
+    let full = serde_json::to_vec(&json!({"messages": messages})).unwrap_or_default();
     let total = count_request(&full, &tokenizer, &MessageCache::new(1 << 20)).total;
     eprintln!("conversation: {} messages, {total} tokens", messages.len());
     let mut group = c.benchmark_group("count_turn_100");
@@ -94,7 +94,8 @@ fn per_turn(c: &mut Criterion) {
     });
     // Cached: the first 99 turns were seen; the last turn's 3 messages are new.
     let cache = MessageCache::new(64 << 20);
-    let previous = json!({"messages": messages[..messages.len() - 3]});
+    let previous = serde_json::to_vec(&json!({"messages": messages[..messages.len() - 3]}))
+        .unwrap_or_default();
     count_request(&previous, &tokenizer, &cache);
     group.bench_function("cached_new_turn", |b| {
         b.iter_batched(

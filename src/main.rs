@@ -86,9 +86,8 @@ fn count_tokens(args: cli::CountTokensArgs) -> anyhow::Result<()> {
     }
     let mut out = std::io::stdout().lock();
     if args.chat {
-        let request: serde_json::Value =
-            serde_json::from_str(&input).context("the input is not JSON")?;
-        let count = chat::count_request(&request, &tokenizer, &MessageCache::new(1 << 20));
+        serde_json::from_str::<serde::de::IgnoredAny>(&input).context("the input is not JSON")?;
+        let count = chat::count_request(input.as_bytes(), &tokenizer, &MessageCache::new(1 << 20));
         if args.json {
             let mut value = serde_json::to_value(&count)?;
             value["tokenizer"] = tokenizer.name().into();

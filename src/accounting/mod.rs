@@ -10,8 +10,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
-use serde_json::Value;
 
 use crate::config::{Config, Model, TokenizerSpec};
 use crate::tokens::Tokenizer;
@@ -66,8 +66,8 @@ impl Accounting {
         })
     }
 
-    /// Warms the embedded encoders and loads vocabulary files, on a background thread: start-up and the first
-    /// request never wait for it.
+    /// Loads vocabulary files on a background thread: start-up and the first request never wait for it. The
+    /// embedded encoders are decoded on first use instead (a proxy serving only cl100k models never holds o200k).
     pub fn preload(self: &Arc<Self>, config: &Config) {
         let files: Vec<(String, std::path::PathBuf, String)> = config
             .models
@@ -81,10 +81,6 @@ impl Accounting {
             .collect();
         let this = Arc::clone(self);
         let spawned = std::thread::Builder::new().name("tokenizer-preload".into()).spawn(move || {
-            let started = std::time::Instant::now();
-            Tokenizer::cl100k_base().count("warm up");
-            Tokenizer::o200k_base().count("warm up");
-            tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "embedded tokenizers ready");
             let mut by_path: HashMap<(std::path::PathBuf, String), Tokenizer> = HashMap::new();
             for (model, path, pattern) in files {
                 let key = (path.clone(), pattern.clone());
@@ -142,17 +138,19 @@ impl Accounting {
     /// ones. The caller joins the handle when the record is finished.
     pub fn count_prompt(
         self: &Arc<Self>,
-        request: Value,
-        body_len: usize,
+        body: Bytes,
         tokenizer: Tokenizer,
     ) -> tokio::task::JoinHandle<(PromptCount, u64)> {
         let this = Arc::clone(self);
+        let large = body.len() > INLINE_COUNT_LIMIT;
+        // A vocabulary that is still to be decoded (first use) is decoded here, off the async workers.
+        let blocking = large || !tokenizer.is_ready();
         let work = move || {
             let started = std::time::Instant::now();
-            let count = count_request(&request, &tokenizer, &this.cache);
+            let count = count_request(&body, &tokenizer, &this.cache);
             (count, started.elapsed().as_micros() as u64)
         };
-        if body_len > INLINE_COUNT_LIMIT {
+        if blocking {
             tokio::task::spawn_blocking(work)
         } else {
             tokio::spawn(async move { work() })

@@ -189,55 +189,60 @@ impl Tracker {
         }
     }
 
-    /// Finishes the record (once). The prompt count is joined and the record built on a task of its own.
+    /// Finishes the record (once). The prompt count is joined and the completion figures settled on a task of
+    /// its own: by then the tokenizer is decoded (the prompt count did it off the async workers).
     pub fn finish(&mut self, outcome: Outcome) {
         let Some(context) = self.context.take() else {
             return;
         };
         let prompt = self.prompt.take();
         let ended = Instant::now();
-        let completion = match std::mem::replace(
+        let mode = std::mem::replace(
             &mut self.mode,
             Mode::Json {
                 chunks: Vec::new(),
                 bytes: 0,
                 overflow: true,
             },
-        ) {
-            Mode::Sse { mut counter, .. } => {
-                let tokens = counter.finish();
-                Completion {
-                    total: tokens.total(),
-                    reasoning: tokens.reasoning,
-                    usage: counter.usage,
-                    finish_reason: counter.finish_reason.clone(),
-                }
-            }
-            Mode::Json {
-                chunks, overflow, ..
-            } => {
-                if overflow {
-                    Completion::default()
-                } else {
-                    let body: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-                    json_completion(&body, &context.tokenizer.tokenizer)
-                }
-            }
-        };
-        let finished = Finished {
-            latency_us: ended.duration_since(context.started).as_micros() as u64,
-            ttft_us: self
-                .first_byte
-                .map(|t| t.duration_since(context.started).as_micros() as u64),
-            response_bytes: self.response_bytes,
-            outcome,
-            completion,
-        };
+        );
+        let latency_us = ended.duration_since(context.started).as_micros() as u64;
+        let ttft_us = self
+            .first_byte
+            .map(|t| t.duration_since(context.started).as_micros() as u64);
+        let response_bytes = self.response_bytes;
         let accounting = Arc::clone(&self.accounting);
         let job = async move {
             let (prompt, counting_us) = match prompt {
                 Some(handle) => handle.await.unwrap_or_default(),
                 None => (PromptCount::default(), 0),
+            };
+            let completion = match mode {
+                Mode::Sse { mut counter, .. } => {
+                    let tokens = counter.finish();
+                    Completion {
+                        total: tokens.total(),
+                        reasoning: tokens.reasoning,
+                        usage: counter.usage,
+                        finish_reason: counter.finish_reason.take(),
+                    }
+                }
+                Mode::Json {
+                    chunks, overflow, ..
+                } => {
+                    if overflow {
+                        Completion::default()
+                    } else {
+                        let body: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+                        json_completion(&body, &context.tokenizer.tokenizer)
+                    }
+                }
+            };
+            let finished = Finished {
+                latency_us,
+                ttft_us,
+                response_bytes,
+                outcome,
+                completion,
             };
             let record = build_record(&accounting, context, prompt, counting_us, finished);
             tracing::debug!(

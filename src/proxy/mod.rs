@@ -6,6 +6,7 @@
 pub mod body;
 pub mod error;
 pub mod headers;
+pub mod request;
 pub mod route;
 pub mod toolcalls;
 pub mod upstream;
@@ -30,6 +31,7 @@ use crate::config::{ApiKey, BaseUrl, Config, Provider};
 use body::ForwardBody;
 use error::ProxyError;
 use route::Catalog;
+use toolcalls::ToolCallFixes;
 use upstream::{HttpClient, OutgoingRequest};
 
 /// A provider with its pooled client.
@@ -156,28 +158,8 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
     }
     let bytes = read_body(body, limit).await?;
 
-    let mut json: Value = serde_json::from_slice(&bytes).map_err(|e| ProxyError::InvalidJson {
-        message: e.to_string(),
-        line: e.line(),
-        column: e.column(),
-    })?;
-    let Some(object) = json.as_object() else {
-        return Err(ProxyError::InvalidRequest(
-            "the body must be a JSON object".to_string(),
-        ));
-    };
-    let Some(requested) = object.get("model").and_then(Value::as_str) else {
-        return Err(ProxyError::InvalidRequest(
-            "`model` is required and must be a string".to_string(),
-        ));
-    };
-    let streaming = object.get("stream").and_then(Value::as_bool) == Some(true);
-    let client_asked_usage = object
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        == Some(true);
-
+    let view = request::inspect(&bytes)?;
+    let requested = view.model.as_str();
     let Some(model) = state.catalog.resolve(requested).cloned() else {
         return Err(ProxyError::UnknownModel {
             model: requested.to_string(),
@@ -192,33 +174,37 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
     };
     let provider = &upstream.provider;
 
-    // Rewrite the body only when something must change; otherwise the client's bytes go upstream as they are.
+    // The client's bytes go upstream as they are unless something must change: the model id (spliced), the
+    // usage request (spliced; the tracker hides the extra chunk), or broken tool calls (re-encoded).
     let rename = requested != model.upstream_id;
-    if rename && let Some(object) = json.as_object_mut() {
-        object.insert(
-            "model".to_string(),
-            Value::String(model.upstream_id.clone()),
-        );
-    }
-    let fixes = toolcalls::normalize_tool_calls(&mut json);
-    let plain_body = if rename || fixes.total() > 0 {
-        encode(&json)?
-    } else {
-        bytes
-    };
-    // Ask for the usage chunk the client did not ask for; the tracker removes it from what the client sees.
-    let inject_usage = streaming && provider.stream_usage && !client_asked_usage;
-    let injected_body = if inject_usage {
-        Some(with_usage_requested(&mut json)?)
-    } else {
-        None
-    };
+    let inject_usage = view.streaming && provider.stream_usage && !view.client_asked_usage;
+    let (plain_body, injected_body, fixes) =
+        if view.needs_tool_fix || (inject_usage && view.has_stream_options) {
+            rebuild_body(
+                &bytes,
+                rename.then_some(model.upstream_id.as_str()),
+                inject_usage,
+            )?
+        } else {
+            let plain = if rename {
+                let id = serde_json::to_vec(&model.upstream_id).unwrap_or_default();
+                request::splice(&bytes, view.model_range.clone(), &id)
+            } else {
+                bytes.clone()
+            };
+            let injected = if inject_usage {
+                request::request_usage(&plain)
+            } else {
+                None
+            };
+            (plain, injected, ToolCallFixes::default())
+        };
+    let streaming = view.streaming;
 
     let tokenizer = state.accounting.tokenizer_for(&model);
-    let body_len = plain_body.len();
     let prompt = state
         .accounting
-        .count_prompt(json, body_len, tokenizer.tokenizer.clone());
+        .count_prompt(bytes, tokenizer.tokenizer.clone());
     let mut context = RequestContext {
         id: state.accounting.next_id(),
         started,
@@ -314,30 +300,44 @@ fn encode(json: &Value) -> Result<Bytes, ProxyError> {
         .map_err(|e| ProxyError::InvalidRequest(format!("cannot re-encode the request: {e}")))
 }
 
-/// The body with `stream_options.include_usage = true`; `json` is left as it was.
-fn with_usage_requested(json: &mut Value) -> Result<Bytes, ProxyError> {
+/// The slow path: parse into a tree, rename the model, mend tool calls, ask for usage; re-encode. Returns the
+/// body as the client meant it (mended), the same with the usage request, and what was mended.
+fn rebuild_body(
+    bytes: &[u8],
+    upstream_id: Option<&str>,
+    inject_usage: bool,
+) -> Result<(Bytes, Option<Bytes>, ToolCallFixes), ProxyError> {
+    let mut json: Value = serde_json::from_slice(bytes).map_err(|e| ProxyError::InvalidJson {
+        message: e.to_string(),
+        line: e.line(),
+        column: e.column(),
+    })?;
     let Some(object) = json.as_object_mut() else {
-        return encode(json);
+        return Err(ProxyError::InvalidRequest(
+            "the body must be a JSON object".to_string(),
+        ));
     };
-    let previous = object.get("stream_options").cloned();
-    let mut options = match &previous {
-        Some(Value::Object(options)) => options.clone(),
-        _ => serde_json::Map::new(),
-    };
-    options.insert("include_usage".to_string(), Value::Bool(true));
-    object.insert("stream_options".to_string(), Value::Object(options));
-    let body = encode(json);
-    if let Some(object) = json.as_object_mut() {
-        match previous {
-            Some(previous) => {
-                object.insert("stream_options".to_string(), previous);
-            }
-            None => {
-                object.shift_remove("stream_options");
-            }
-        }
+    if let Some(id) = upstream_id {
+        object.insert("model".to_string(), Value::String(id.to_string()));
     }
-    body
+    let fixes = toolcalls::normalize_tool_calls(&mut json);
+    let plain = encode(&json)?;
+    let injected = match (inject_usage, json.as_object_mut()) {
+        (true, Some(object)) => {
+            let options = object
+                .entry("stream_options")
+                .or_insert_with(|| Value::Object(serde_json::Map::new()));
+            if !options.is_object() {
+                *options = Value::Object(serde_json::Map::new());
+            }
+            if let Some(options) = options.as_object_mut() {
+                options.insert("include_usage".to_string(), Value::Bool(true));
+            }
+            Some(encode(&json)?)
+        }
+        _ => None,
+    };
+    Ok((plain, injected, fixes))
 }
 
 fn unix_ms() -> i64 {

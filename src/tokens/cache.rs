@@ -3,9 +3,21 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Whose text a cached count is, for the prompt breakdown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    System,
+    #[default]
+    User,
+    Assistant,
+    Tool,
+    ToolSchema,
+}
+
 /// The counted parts of one message (without the per-request framing).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MessageTokens {
+    pub role: Role,
     /// Role, name and the per-message framing.
     pub framing: u32,
     /// Text content (exact for the tokenizer).

@@ -4,10 +4,11 @@
 
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_128_with_seed};
 
 use super::Tokenizer;
-use super::cache::{MessageCache, MessageTokens};
+use super::cache::{MessageCache, MessageTokens, Role};
 
 pub const TOKENS_PER_MESSAGE: u32 = 3;
 pub const TOKENS_PER_NAME: u32 = 1;
@@ -43,16 +44,39 @@ pub struct PromptCount {
     pub message_hashes: Vec<u64>,
 }
 
-/// Counts a chat request's prompt. Messages come from `cache` when already seen with this tokenizer.
-pub fn count_request(request: &Value, tokenizer: &Tokenizer, cache: &MessageCache) -> PromptCount {
+#[derive(serde::Deserialize)]
+struct RawRequest<'a> {
+    #[serde(borrow, default)]
+    messages: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tools: Option<&'a RawValue>,
+}
+
+/// Counts a chat request's prompt from its JSON bytes. Each message (and tool definition) is looked up in
+/// `cache` by a hash of its bytes — resent history costs a hash, not a tokenisation — and parsed only on a miss.
+pub fn count_request(body: &[u8], tokenizer: &Tokenizer, cache: &MessageCache) -> PromptCount {
     let mut count = PromptCount::default();
+    let Ok(request) = serde_json::from_slice::<RawRequest<'_>>(body) else {
+        count.estimated = true;
+        return count;
+    };
     let seed = xxh3_64(tokenizer.name().as_bytes());
-    let messages = request.get("messages").and_then(Value::as_array);
-    for message in messages.into_iter().flatten() {
-        let serialized = serde_json::to_vec(message).unwrap_or_default();
-        count.message_hashes.push(xxh3_64(&serialized));
-        let key = xxh3_128_with_seed(&serialized, seed);
-        let (tokens, hit) = cache.get_or_count(key, || count_message(message, tokenizer));
+    let messages: Vec<&RawValue> = request
+        .messages
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or_default();
+    for raw in messages {
+        let bytes = raw.get().as_bytes();
+        count.message_hashes.push(xxh3_64(bytes));
+        let key = xxh3_128_with_seed(bytes, seed);
+        let (tokens, hit) =
+            cache.get_or_count(key, || match serde_json::from_str::<Value>(raw.get()) {
+                Ok(message) => count_message(&message, tokenizer),
+                Err(_) => MessageTokens {
+                    estimated: true,
+                    ..Default::default()
+                },
+            });
         if hit {
             count.cache_hits += 1;
         } else {
@@ -64,23 +88,39 @@ pub fn count_request(request: &Value, tokenizer: &Tokenizer, cache: &MessageCach
         count.media += u64::from(tokens.media);
         count.estimated |= tokens.estimated;
         let text = u64::from(tokens.text);
-        match message.get("role").and_then(Value::as_str) {
-            Some("system" | "developer") => count.system += text,
-            Some("assistant") => count.assistant += text,
-            Some("tool" | "function") => count.tool_results += text,
-            _ => count.user += text,
+        match tokens.role {
+            Role::System => count.system += text,
+            Role::Assistant => count.assistant += text,
+            Role::Tool => count.tool_results += text,
+            Role::User | Role::ToolSchema => count.user += text,
         }
     }
     if count.messages > 0 {
         count.framing += REPLY_PRIMING;
     }
-    if let Some(tools) = request.get("tools").and_then(Value::as_array) {
-        for tool in tools {
-            let definition = tool.get("function").unwrap_or(tool);
-            let json = serde_json::to_string(definition).unwrap_or_default();
-            count.tools_schema += tokenizer.count(&json) as u64 + TOKENS_PER_TOOL_SCHEMA;
-            count.estimated = true;
-        }
+    let tools: Vec<&RawValue> = request
+        .tools
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or_default();
+    for raw in tools {
+        let key = xxh3_128_with_seed(raw.get().as_bytes(), seed ^ TOOLS_SEED);
+        let (tokens, _) = cache.get_or_count(key, || {
+            let text = match serde_json::from_str::<Value>(raw.get()) {
+                Ok(tool) => {
+                    let definition = tool.get("function").unwrap_or(&tool);
+                    tokenizer.count(&definition.to_string()) as u32
+                }
+                Err(_) => 0,
+            };
+            MessageTokens {
+                text,
+                role: Role::ToolSchema,
+                estimated: true,
+                ..Default::default()
+            }
+        });
+        count.tools_schema += u64::from(tokens.text) + TOKENS_PER_TOOL_SCHEMA;
+        count.estimated = true;
     }
     count.total = count.system
         + count.user
@@ -93,6 +133,9 @@ pub fn count_request(request: &Value, tokenizer: &Tokenizer, cache: &MessageCach
     count
 }
 
+/// Separates tool-definition cache keys from message keys.
+const TOOLS_SEED: u64 = 0x746f_6f6c_735f_5f5f;
+
 /// Counts one message, uncached.
 pub fn count_message(message: &Value, tokenizer: &Tokenizer) -> MessageTokens {
     let mut tokens = MessageTokens {
@@ -104,6 +147,12 @@ pub fn count_message(message: &Value, tokenizer: &Tokenizer) -> MessageTokens {
     };
     if let Some(role) = object.get("role").and_then(Value::as_str) {
         tokens.framing += tokenizer.count(role) as u32;
+        tokens.role = match role {
+            "system" | "developer" => Role::System,
+            "assistant" => Role::Assistant,
+            "tool" | "function" => Role::Tool,
+            _ => Role::User,
+        };
     }
     if let Some(name) = object.get("name").and_then(Value::as_str) {
         tokens.framing += tokenizer.count(name) as u32 + TOKENS_PER_NAME;
@@ -179,11 +228,15 @@ mod tests {
     use serde_json::json;
 
     fn counted(request: &Value) -> PromptCount {
-        count_request(
+        count(
             request,
             &Tokenizer::cl100k_base(),
             &MessageCache::new(1 << 20),
         )
+    }
+
+    fn count(request: &Value, tokenizer: &Tokenizer, cache: &MessageCache) -> PromptCount {
+        count_request(&serde_json::to_vec(request).unwrap(), tokenizer, cache)
     }
 
     #[test]
@@ -243,18 +296,18 @@ mod tests {
         let mut last_total = 0;
         for turn in 0..20 {
             messages.push(json!({"role": "user", "content": format!("question number {turn}")}));
-            let count = count_request(&json!({"messages": messages}), &tokenizer, &cache);
+            let counted = count(&json!({"messages": messages}), &tokenizer, &cache);
             // Turn 0: system + user; later turns: the previous answer + the new question.
-            assert_eq!(count.cache_misses, 2, "turn {turn}");
-            assert!(count.total > last_total);
-            last_total = count.total;
+            assert_eq!(counted.cache_misses, 2, "turn {turn}");
+            assert!(counted.total > last_total);
+            last_total = counted.total;
             // Same figure as an uncached count.
-            let fresh = count_request(
+            let fresh = count(
                 &json!({"messages": messages}),
                 &tokenizer,
                 &MessageCache::new(1 << 20),
             );
-            assert_eq!(count.total, fresh.total);
+            assert_eq!(counted.total, fresh.total);
             messages.push(json!({"role": "assistant", "content": format!("answer {turn}")}));
         }
     }
@@ -264,8 +317,8 @@ mod tests {
         let cache = MessageCache::new(1 << 20);
         let request =
             json!({"messages": [{"role": "user", "content": "naïve 世界 🎉 tokenization"}]});
-        let cl = count_request(&request, &Tokenizer::cl100k_base(), &cache);
-        let o = count_request(&request, &Tokenizer::o200k_base(), &cache);
+        let cl = count(&request, &Tokenizer::cl100k_base(), &cache);
+        let o = count(&request, &Tokenizer::o200k_base(), &cache);
         assert_eq!(o.cache_misses, 1);
         assert_eq!(
             cl.message_hashes, o.message_hashes,

@@ -11,6 +11,7 @@ pub mod usage;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use base64::Engine;
 
@@ -23,8 +24,40 @@ pub struct Tokenizer {
 
 #[derive(Clone)]
 enum Inner {
-    Builtin(&'static bpe_openai::Tokenizer),
+    Builtin(Builtin),
     Loaded(Arc<bpe_openai::Tokenizer>),
+}
+
+/// The embedded encodings. Each is decoded on first use (cl100k ~20 ms and ~31 MB, o200k ~50 ms and ~66 MB),
+/// so a proxy that only serves cl100k models never pays for o200k.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Builtin {
+    Cl100k,
+    O200k,
+}
+
+static CL100K_READY: AtomicBool = AtomicBool::new(false);
+static O200K_READY: AtomicBool = AtomicBool::new(false);
+
+impl Builtin {
+    fn flag(self) -> &'static AtomicBool {
+        match self {
+            Builtin::Cl100k => &CL100K_READY,
+            Builtin::O200k => &O200K_READY,
+        }
+    }
+
+    fn get(self) -> &'static bpe_openai::Tokenizer {
+        let tokenizer = match self {
+            Builtin::Cl100k => bpe_openai::cl100k_base(),
+            Builtin::O200k => bpe_openai::o200k_base(),
+        };
+        let flag = self.flag();
+        if !flag.load(Ordering::Relaxed) {
+            flag.store(true, Ordering::Release);
+        }
+        tokenizer
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,10 +82,10 @@ pub enum TokenizerError {
 }
 
 impl Tokenizer {
-    /// GPT-3.5/4's encoding. The vocabulary is decoded on first use (~100 ms), never downloaded.
+    /// GPT-3.5/4's encoding. The vocabulary is embedded and decoded on first use, never downloaded.
     pub fn cl100k_base() -> Tokenizer {
         Tokenizer {
-            inner: Inner::Builtin(bpe_openai::cl100k_base()),
+            inner: Inner::Builtin(Builtin::Cl100k),
             name: Arc::from("cl100k_base"),
         }
     }
@@ -60,7 +93,7 @@ impl Tokenizer {
     /// GPT-4o/4.1/5, o-series and gpt-oss's encoding.
     pub fn o200k_base() -> Tokenizer {
         Tokenizer {
-            inner: Inner::Builtin(bpe_openai::o200k_base()),
+            inner: Inner::Builtin(Builtin::O200k),
             name: Arc::from("o200k_base"),
         }
     }
@@ -92,9 +125,23 @@ impl Tokenizer {
 
     fn bpe(&self) -> &bpe_openai::Tokenizer {
         match &self.inner {
-            Inner::Builtin(t) => t,
+            Inner::Builtin(b) => b.get(),
             Inner::Loaded(t) => t,
         }
+    }
+
+    /// Whether the vocabulary is decoded: using a tokenizer that is not ready blocks the caller while it
+    /// decodes, which an async worker must not do.
+    pub fn is_ready(&self) -> bool {
+        match &self.inner {
+            Inner::Builtin(b) => b.flag().load(Ordering::Acquire),
+            Inner::Loaded(_) => true,
+        }
+    }
+
+    /// Decodes the vocabulary now (call it where blocking is fine).
+    pub fn warm(&self) {
+        let _ = self.bpe();
     }
 
     /// The number of tokens of `text` as ordinary text.

@@ -45,8 +45,9 @@ impl IncrementalCounter {
 
     pub fn push(&mut self, tokenizer: &Tokenizer, text: &str) {
         self.pending.push_str(text);
-        // Amortised linear: split again only once the pending text has doubled since the last split.
-        if self.pending.len() >= (2 * self.settled_len).max(MIN_RESPLIT) {
+        // Amortised linear: split again only once the pending text has doubled since the last split. A
+        // tokenizer still decoding its vocabulary is not waited for: the text is counted once it is ready.
+        if self.pending.len() >= (2 * self.settled_len).max(MIN_RESPLIT) && tokenizer.is_ready() {
             self.settle(tokenizer);
         }
     }
@@ -248,6 +249,7 @@ struct WireFunctionDelta<'a> {
 
 /// Most tool calls a stream may carry before further ones are ignored (bounds memory).
 const MAX_TOOL_CALLS: usize = 128;
+const MAX_TOOL_NAME_BYTES: usize = 16 * 1024;
 
 /// What one parsed event meant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,7 +271,8 @@ pub struct CompletionCounter {
     content: IncrementalCounter,
     reasoning: IncrementalCounter,
     tool_arguments: Vec<IncrementalCounter>,
-    tool_names: usize,
+    /// Tool names, one per line, counted at the end (names are short and few).
+    tool_names: String,
     pub usage: Option<ReportedUsage>,
     pub finish_reason: Option<String>,
     pub events: u64,
@@ -297,7 +300,7 @@ impl CompletionCounter {
             content: IncrementalCounter::new(),
             reasoning: IncrementalCounter::new(),
             tool_arguments: Vec::new(),
-            tool_names: 0,
+            tool_names: String::new(),
             usage: None,
             finish_reason: None,
             events: 0,
@@ -347,8 +350,11 @@ impl CompletionCounter {
                         .resize_with(index + 1, IncrementalCounter::new);
                 }
                 if let Some(function) = call.function {
-                    if let Some(name) = function.name {
-                        self.tool_names += self.tokenizer.count(&name);
+                    if let Some(name) = function.name
+                        && self.tool_names.len() + name.len() < MAX_TOOL_NAME_BYTES
+                    {
+                        self.tool_names.push_str(&name);
+                        self.tool_names.push('\n');
                     }
                     if let Some(arguments) = function.arguments {
                         self.tool_arguments[index].push(&self.tokenizer, &arguments);
@@ -366,7 +372,7 @@ impl CompletionCounter {
             .iter()
             .map(IncrementalCounter::counted)
             .sum();
-        (self.content.counted() + self.reasoning.counted() + tools + self.tool_names) as u64
+        (self.content.counted() + self.reasoning.counted() + tools) as u64
     }
 
     pub fn finish(&mut self) -> CompletionTokens {
@@ -376,10 +382,15 @@ impl CompletionCounter {
             .iter_mut()
             .map(|c| c.finish(&tokenizer))
             .sum();
+        let names: usize = self
+            .tool_names
+            .lines()
+            .map(|name| tokenizer.count(name))
+            .sum();
         CompletionTokens {
             content: self.content.finish(&tokenizer) as u64,
             reasoning: self.reasoning.finish(&tokenizer) as u64,
-            tool_calls: (tools + self.tool_names) as u64,
+            tool_calls: (tools + names) as u64,
         }
     }
 }

@@ -1,0 +1,238 @@
+//! Reading a chat request without building it: the hot path scans the body once with borrowed types (no tree,
+//! no allocation per message), and changes it — the model id, the usage request — by splicing bytes. Only a
+//! request whose tool calls need mending is parsed into a tree and re-encoded.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::error::ProxyError;
+
+/// What the proxy needs to know about a chat request.
+#[derive(Debug)]
+pub struct ChatRequestView {
+    pub model: String,
+    /// Byte range of the `model` value (with its quotes) in the body.
+    pub model_range: Range<usize>,
+    pub streaming: bool,
+    pub has_stream_options: bool,
+    pub client_asked_usage: bool,
+    /// Some assistant tool call lacks an id or carries arguments that are not a JSON string.
+    pub needs_tool_fix: bool,
+}
+
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    stream: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    stream_options: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    messages: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct PeekMessage<'a> {
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<PeekCall<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct PeekCall<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    function: Option<PeekFunction<'a>>,
+}
+
+#[derive(Deserialize)]
+struct PeekFunction<'a> {
+    #[serde(borrow, default)]
+    arguments: Option<&'a RawValue>,
+}
+
+/// Scans `body`. Errors are the client's: invalid JSON (with line and column), not an object, no model.
+pub fn inspect(body: &[u8]) -> Result<ChatRequestView, ProxyError> {
+    let peek: Peek<'_> = match serde_json::from_slice(body) {
+        Ok(peek) => peek,
+        Err(error) => {
+            // Tell a syntax error (where) from valid JSON of the wrong shape (what).
+            return Err(
+                match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                    Err(syntax) => ProxyError::InvalidJson {
+                        message: syntax.to_string(),
+                        line: syntax.line(),
+                        column: syntax.column(),
+                    },
+                    Ok(_) => ProxyError::InvalidRequest(format!(
+                        "the body must be a chat request object: {error}"
+                    )),
+                },
+            );
+        }
+    };
+    let Some(raw_model) = peek.model else {
+        return Err(ProxyError::InvalidRequest(
+            "`model` is required".to_string(),
+        ));
+    };
+    let Ok(model) = serde_json::from_str::<Cow<'_, str>>(raw_model.get()) else {
+        return Err(ProxyError::InvalidRequest(
+            "`model` must be a string".to_string(),
+        ));
+    };
+    let streaming = peek.stream.is_some_and(|raw| raw.get() == "true");
+    let client_asked_usage = peek.stream_options.is_some_and(|raw| {
+        serde_json::from_str::<serde_json::Value>(raw.get())
+            .ok()
+            .and_then(|v| v.get("include_usage").and_then(serde_json::Value::as_bool))
+            == Some(true)
+    });
+    let needs_tool_fix = peek
+        .messages
+        .is_some_and(|raw| messages_need_tool_fix(raw.get()));
+    Ok(ChatRequestView {
+        model: model.into_owned(),
+        model_range: offset_in(body, raw_model.get()),
+        streaming,
+        has_stream_options: peek.stream_options.is_some(),
+        client_asked_usage,
+        needs_tool_fix,
+    })
+}
+
+/// Where `part` (a slice of `body`) lies in `body`.
+fn offset_in(body: &[u8], part: &str) -> Range<usize> {
+    let start = (part.as_ptr() as usize).saturating_sub(body.as_ptr() as usize);
+    start..start + part.len()
+}
+
+fn messages_need_tool_fix(messages: &str) -> bool {
+    // Cheap pre-check: most requests have no tool call at all.
+    if !messages.contains("\"tool_calls\"") {
+        return false;
+    }
+    let Ok(list) = serde_json::from_str::<Vec<&RawValue>>(messages) else {
+        return false;
+    };
+    list.iter()
+        .filter(|m| m.get().contains("\"tool_calls\""))
+        .filter_map(|m| serde_json::from_str::<PeekMessage<'_>>(m.get()).ok())
+        .flat_map(|m| m.tool_calls.unwrap_or_default())
+        .any(|call| {
+            let id_ok = call
+                .id
+                .is_some_and(|id| id.get().starts_with('"') && id.get() != "\"\"");
+            let arguments_ok = match call.function.and_then(|f| f.arguments) {
+                None => true,
+                Some(raw) if raw.get() == "null" => true,
+                Some(raw) => serde_json::from_str::<Cow<'_, str>>(raw.get())
+                    .is_ok_and(|text| serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok()),
+            };
+            !(id_ok && arguments_ok)
+        })
+}
+
+/// `body` with `range` replaced by `replacement`.
+pub fn splice(body: &[u8], range: Range<usize>, replacement: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(body.len() + replacement.len());
+    out.extend_from_slice(&body[..range.start]);
+    out.extend_from_slice(replacement);
+    out.extend_from_slice(&body[range.end..]);
+    out.freeze()
+}
+
+/// `body` (an object without `stream_options`) with `"stream_options":{"include_usage":true}` as its first
+/// member.
+pub fn request_usage(body: &[u8]) -> Option<Bytes> {
+    const MEMBER: &[u8] = br#""stream_options":{"include_usage":true},"#;
+    let brace = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    (body[brace] == b'{').then(|| splice(body, brace + 1..brace + 1, MEMBER))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn reads_the_fields_and_where_the_model_is() {
+        let body = br#" {"messages": [], "model": "nvidia/kimi-k2.5", "stream": true, "stream_options": {"include_usage": true}}"#;
+        let view = inspect(body).unwrap();
+        assert_eq!(view.model, "nvidia/kimi-k2.5");
+        assert_eq!(&body[view.model_range.clone()], br#""nvidia/kimi-k2.5""#);
+        assert!(view.streaming && view.has_stream_options && view.client_asked_usage);
+        assert!(!view.needs_tool_fix);
+    }
+
+    #[test]
+    fn escaped_model_names_keep_their_range() {
+        let body = br#"{"model": "a\/b\u0063"}"#;
+        let view = inspect(body).unwrap();
+        assert_eq!(view.model, "a/bc");
+        let renamed = splice(body, view.model_range, br#""x""#);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&renamed).unwrap(),
+            json!({"model": "x"})
+        );
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        assert!(matches!(
+            inspect(b"{\"model\": \n ,}"),
+            Err(ProxyError::InvalidJson { line: 2, .. })
+        ));
+        assert!(matches!(
+            inspect(b"[1]"),
+            Err(ProxyError::InvalidRequest(_))
+        ));
+        assert!(matches!(inspect(b"{}"), Err(ProxyError::InvalidRequest(_))));
+        assert!(matches!(
+            inspect(b"{\"model\": 5}"),
+            Err(ProxyError::InvalidRequest(_))
+        ));
+    }
+
+    #[test]
+    fn detects_tool_calls_that_need_mending() {
+        let ok = json!({"model": "m", "messages": [{"role": "assistant", "tool_calls": [
+            {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}}]}]});
+        assert!(
+            !inspect(&serde_json::to_vec(&ok).unwrap())
+                .unwrap()
+                .needs_tool_fix
+        );
+        for broken in [
+            json!({"type": "function", "function": {"name": "f", "arguments": "{}"}}),
+            json!({"id": "", "type": "function", "function": {"name": "f", "arguments": "{}"}}),
+            json!({"id": "a", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}}),
+            json!({"id": "a", "type": "function", "function": {"name": "f", "arguments": "{'x': 1}"}}),
+        ] {
+            let body =
+                json!({"model": "m", "messages": [{"role": "assistant", "tool_calls": [broken]}]});
+            assert!(
+                inspect(&serde_json::to_vec(&body).unwrap())
+                    .unwrap()
+                    .needs_tool_fix,
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn usage_request_is_spliced_in() {
+        let body = br#"  {"model":"m","stream":true}"#;
+        let out = request_usage(body).unwrap();
+        let value: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["stream_options"]["include_usage"], true);
+        assert_eq!(value["model"], "m");
+        assert!(request_usage(b"[]").is_none());
+    }
+}
