@@ -14,9 +14,10 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::config::{Config, Model, TokenizerSpec};
+use crate::proxy::request::RequestLayout;
 use crate::tokens::Tokenizer;
 use crate::tokens::cache::{CacheStats, MessageCache};
-use crate::tokens::chat::{PromptCount, count_request};
+use crate::tokens::chat::{PromptCount, count_layout};
 pub use calibration::Calibration;
 pub use record::RequestRecord;
 
@@ -32,6 +33,81 @@ pub const DEFAULT_MESSAGE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 pub struct ModelTokenizer {
     pub tokenizer: Tokenizer,
     pub exact: bool,
+}
+
+/// A prompt count to be made.
+pub struct PromptJob {
+    accounting: Arc<Accounting>,
+    body: Bytes,
+    layout: RequestLayout,
+    tokenizer: Tokenizer,
+}
+
+/// A prompt count, made or in the making.
+pub enum PromptCounting {
+    Done((PromptCount, u64)),
+    Running(tokio::task::JoinHandle<(PromptCount, u64)>),
+}
+
+impl PromptCounting {
+    pub async fn resolve(self) -> (PromptCount, u64) {
+        match self {
+            PromptCounting::Done(done) => done,
+            PromptCounting::Running(handle) => handle.await.unwrap_or_default(),
+        }
+    }
+}
+
+impl PromptJob {
+    /// Large bodies, and a vocabulary still to be decoded (first use), go to the blocking pool; the rest is
+    /// counted where it stands — a few microseconds, mostly cache lookups.
+    pub fn needs_blocking(&self) -> bool {
+        self.body.len() > INLINE_COUNT_LIMIT || !self.tokenizer.is_ready()
+    }
+
+    fn count(self) -> (PromptCount, u64) {
+        let started = std::time::Instant::now();
+        let count = count_layout(
+            &self.body,
+            &self.layout,
+            &self.tokenizer,
+            &self.accounting.cache,
+        );
+        (count, started.elapsed().as_micros() as u64)
+    }
+
+    pub fn run_here(self) -> PromptCounting {
+        PromptCounting::Done(self.count())
+    }
+
+    pub fn spawn_blocking(self) -> PromptCounting {
+        PromptCounting::Running(tokio::task::spawn_blocking(move || self.count()))
+    }
+
+    /// Counts beside `send`: in the same task, after yielding once so the request is on the wire first.
+    pub async fn beside<T>(
+        self,
+        send: impl std::future::Future<Output = T>,
+    ) -> (T, PromptCounting) {
+        if self.needs_blocking() {
+            let counting = self.spawn_blocking();
+            (send.await, counting)
+        } else {
+            tokio::join!(send, async move {
+                tokio::task::yield_now().await;
+                self.run_here()
+            })
+        }
+    }
+
+    /// Counts now (blocking pool when needed), for requests that end before anything is sent.
+    pub fn start(self) -> PromptCounting {
+        if self.needs_blocking() {
+            self.spawn_blocking()
+        } else {
+            self.run_here()
+        }
+    }
 }
 
 /// Shared accounting state.
@@ -134,26 +210,18 @@ impl Accounting {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Counts the prompt beside the forward: inline on a task for small bodies, on the blocking pool for large
-    /// ones. The caller joins the handle when the record is finished.
-    pub fn count_prompt(
+    /// Prepares the prompt count of a request (nothing is counted yet).
+    pub fn prompt_job(
         self: &Arc<Self>,
         body: Bytes,
+        layout: RequestLayout,
         tokenizer: Tokenizer,
-    ) -> tokio::task::JoinHandle<(PromptCount, u64)> {
-        let this = Arc::clone(self);
-        let large = body.len() > INLINE_COUNT_LIMIT;
-        // A vocabulary that is still to be decoded (first use) is decoded here, off the async workers.
-        let blocking = large || !tokenizer.is_ready();
-        let work = move || {
-            let started = std::time::Instant::now();
-            let count = count_request(&body, &tokenizer, &this.cache);
-            (count, started.elapsed().as_micros() as u64)
-        };
-        if blocking {
-            tokio::task::spawn_blocking(work)
-        } else {
-            tokio::spawn(async move { work() })
+    ) -> PromptJob {
+        PromptJob {
+            accounting: Arc::clone(self),
+            body,
+            layout,
+            tokenizer,
         }
     }
 

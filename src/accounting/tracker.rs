@@ -7,10 +7,9 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use serde_json::Value;
-use tokio::task::JoinHandle;
 
 use super::record::{RequestRecord, accuracy, cost_usd};
-use super::{Accounting, ModelTokenizer};
+use super::{Accounting, ModelTokenizer, PromptCounting};
 use crate::config::Model;
 use crate::tokens::Tokenizer;
 use crate::tokens::chat::PromptCount;
@@ -67,7 +66,7 @@ enum Mode {
 pub struct Tracker {
     accounting: Arc<Accounting>,
     context: Option<RequestContext>,
-    prompt: Option<JoinHandle<(PromptCount, u64)>>,
+    prompt: Option<PromptCounting>,
     mode: Mode,
     first_byte: Option<Instant>,
     response_bytes: u64,
@@ -77,7 +76,7 @@ impl Tracker {
     pub fn new(
         accounting: Arc<Accounting>,
         context: RequestContext,
-        prompt: JoinHandle<(PromptCount, u64)>,
+        prompt: PromptCounting,
         event_stream: bool,
     ) -> Tracker {
         let mode = if event_stream {
@@ -213,7 +212,7 @@ impl Tracker {
         let accounting = Arc::clone(&self.accounting);
         let job = async move {
             let (prompt, counting_us) = match prompt {
-                Some(handle) => handle.await.unwrap_or_default(),
+                Some(counting) => counting.resolve().await,
                 None => (PromptCount::default(), 0),
             };
             let completion = match mode {
@@ -427,7 +426,7 @@ fn build_record(
 pub fn record_proxy_error(
     accounting: &Arc<Accounting>,
     context: RequestContext,
-    prompt: JoinHandle<(PromptCount, u64)>,
+    prompt: PromptCounting,
     code: &'static str,
 ) {
     let mut tracker = Tracker::new(Arc::clone(accounting), context, prompt, false);

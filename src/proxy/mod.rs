@@ -202,9 +202,9 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
     let streaming = view.streaming;
 
     let tokenizer = state.accounting.tokenizer_for(&model);
-    let prompt = state
+    let prompt_job = state
         .accounting
-        .count_prompt(bytes, tokenizer.tokenizer.clone());
+        .prompt_job(bytes, view.layout, tokenizer.tokenizer.clone());
     let mut context = RequestContext {
         id: state.accounting.next_id(),
         started,
@@ -237,7 +237,12 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
     let (uri, headers) = match prepared {
         Ok(prepared) => prepared,
         Err(error) => {
-            tracker::record_proxy_error(&state.accounting, context, prompt, error.code());
+            tracker::record_proxy_error(
+                &state.accounting,
+                context,
+                prompt_job.start(),
+                error.code(),
+            );
             return Err(error);
         }
     };
@@ -247,7 +252,13 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
         headers,
         body: injected_body.unwrap_or_else(|| plain_body.clone()),
     };
-    let mut answer = upstream::send_with_retries(&upstream.client, provider, &outgoing).await;
+    let (mut answer, prompt) = prompt_job
+        .beside(upstream::send_with_retries(
+            &upstream.client,
+            provider,
+            &outgoing,
+        ))
+        .await;
     // A strict provider may refuse `stream_options`: ask once more exactly as the client did.
     if context.usage_injected
         && let Ok(refused) = &answer

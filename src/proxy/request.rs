@@ -22,8 +22,19 @@ pub struct ChatRequestView {
     pub client_asked_usage: bool,
     /// Some assistant tool call lacks an id or carries arguments that are not a JSON string.
     pub needs_tool_fix: bool,
+    /// Where each message and each tool definition lies in the body: token counting hashes these slices
+    /// without parsing the body again.
+    pub layout: RequestLayout,
 }
 
+/// Byte ranges of a request's messages and tool definitions.
+#[derive(Debug, Clone, Default)]
+pub struct RequestLayout {
+    pub messages: Vec<Range<usize>>,
+    pub tools: Vec<Range<usize>>,
+}
+
+/// The common shape, read in one pass: messages and tools as lists of raw slices.
 #[derive(Deserialize)]
 struct Peek<'a> {
     #[serde(borrow, default)]
@@ -33,7 +44,20 @@ struct Peek<'a> {
     #[serde(borrow, default)]
     stream_options: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    messages: Option<&'a RawValue>,
+    messages: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default)]
+    tools: Option<Vec<&'a RawValue>>,
+}
+
+/// Any other shape (messages not a list, say): still forwarded, the provider will judge it.
+#[derive(Deserialize)]
+struct LoosePeek<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    stream: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    stream_options: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -56,25 +80,35 @@ struct PeekFunction<'a> {
     arguments: Option<&'a RawValue>,
 }
 
-/// Scans `body`. Errors are the client's: invalid JSON (with line and column), not an object, no model.
+/// Scans `body` (once, in the usual case). Errors are the client's: invalid JSON (with line and column), not
+/// an object, no model.
 pub fn inspect(body: &[u8]) -> Result<ChatRequestView, ProxyError> {
     let peek: Peek<'_> = match serde_json::from_slice(body) {
         Ok(peek) => peek,
-        Err(error) => {
+        Err(error) => match serde_json::from_slice::<LoosePeek<'_>>(body) {
+            Ok(loose) => Peek {
+                model: loose.model,
+                stream: loose.stream,
+                stream_options: loose.stream_options,
+                messages: None,
+                tools: None,
+            },
             // Tell a syntax error (where) from valid JSON of the wrong shape (what).
-            return Err(
-                match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-                    Err(syntax) => ProxyError::InvalidJson {
-                        message: syntax.to_string(),
-                        line: syntax.line(),
-                        column: syntax.column(),
+            Err(_) => {
+                return Err(
+                    match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                        Err(syntax) => ProxyError::InvalidJson {
+                            message: syntax.to_string(),
+                            line: syntax.line(),
+                            column: syntax.column(),
+                        },
+                        Ok(_) => ProxyError::InvalidRequest(format!(
+                            "the body must be a chat request object: {error}"
+                        )),
                     },
-                    Ok(_) => ProxyError::InvalidRequest(format!(
-                        "the body must be a chat request object: {error}"
-                    )),
-                },
-            );
-        }
+                );
+            }
+        },
     };
     let Some(raw_model) = peek.model else {
         return Err(ProxyError::InvalidRequest(
@@ -93,9 +127,17 @@ pub fn inspect(body: &[u8]) -> Result<ChatRequestView, ProxyError> {
             .and_then(|v| v.get("include_usage").and_then(serde_json::Value::as_bool))
             == Some(true)
     });
-    let needs_tool_fix = peek
-        .messages
-        .is_some_and(|raw| messages_need_tool_fix(raw.get()));
+    let messages = peek.messages.unwrap_or_default();
+    let needs_tool_fix = messages_need_tool_fix(&messages);
+    let layout = RequestLayout {
+        messages: messages.iter().map(|m| offset_in(body, m.get())).collect(),
+        tools: peek
+            .tools
+            .unwrap_or_default()
+            .iter()
+            .map(|t| offset_in(body, t.get()))
+            .collect(),
+    };
     Ok(ChatRequestView {
         model: model.into_owned(),
         model_range: offset_in(body, raw_model.get()),
@@ -103,6 +145,7 @@ pub fn inspect(body: &[u8]) -> Result<ChatRequestView, ProxyError> {
         has_stream_options: peek.stream_options.is_some(),
         client_asked_usage,
         needs_tool_fix,
+        layout,
     })
 }
 
@@ -112,16 +155,14 @@ fn offset_in(body: &[u8], part: &str) -> Range<usize> {
     start..start + part.len()
 }
 
-fn messages_need_tool_fix(messages: &str) -> bool {
-    // Cheap pre-check: most requests have no tool call at all.
-    if !messages.contains("\"tool_calls\"") {
-        return false;
-    }
-    let Ok(list) = serde_json::from_str::<Vec<&RawValue>>(messages) else {
-        return false;
-    };
-    list.iter()
-        .filter(|m| m.get().contains("\"tool_calls\""))
+fn messages_need_tool_fix(messages: &[&RawValue]) -> bool {
+    messages
+        .iter()
+        // Cheap pre-check: most messages have no tool call at all.
+        .filter(|m| {
+            m.get().starts_with('{')
+                && memchr::memmem::find(m.get().as_bytes(), b"\"tool_calls\"").is_some()
+        })
         .filter_map(|m| serde_json::from_str::<PeekMessage<'_>>(m.get()).ok())
         .flat_map(|m| m.tool_calls.unwrap_or_default())
         .any(|call| {
@@ -169,6 +210,33 @@ mod tests {
         assert_eq!(&body[view.model_range.clone()], br#""nvidia/kimi-k2.5""#);
         assert!(view.streaming && view.has_stream_options && view.client_asked_usage);
         assert!(!view.needs_tool_fix);
+        assert!(view.layout.messages.is_empty());
+    }
+
+    #[test]
+    fn layout_points_at_each_message_and_tool() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"a"}, {"role":"assistant","content":"b"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#;
+        let view = inspect(body).unwrap();
+        let slices: Vec<&[u8]> = view
+            .layout
+            .messages
+            .iter()
+            .map(|r| &body[r.clone()])
+            .collect();
+        assert_eq!(
+            slices,
+            [
+                &br#"{"role":"user","content":"a"}"#[..],
+                br#"{"role":"assistant","content":"b"}"#
+            ]
+        );
+        assert_eq!(
+            &body[view.layout.tools[0].clone()],
+            br#"{"type":"function","function":{"name":"f"}}"#
+        );
+        // A body of another shape is still read (and forwarded).
+        let odd = inspect(br#"{"model":"m","messages":"hi"}"#).unwrap();
+        assert!(odd.layout.messages.is_empty());
     }
 
     #[test]

@@ -5,10 +5,11 @@
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use xxhash_rust::xxh3::{xxh3_64, xxh3_128_with_seed};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
 use super::Tokenizer;
 use super::cache::{MessageCache, MessageTokens, Role};
+use crate::proxy::request::RequestLayout;
 
 pub const TOKENS_PER_MESSAGE: u32 = 3;
 pub const TOKENS_PER_NAME: u32 = 1;
@@ -47,30 +48,69 @@ pub struct PromptCount {
 #[derive(serde::Deserialize)]
 struct RawRequest<'a> {
     #[serde(borrow, default)]
-    messages: Option<&'a RawValue>,
+    messages: Option<Vec<&'a RawValue>>,
     #[serde(borrow, default)]
-    tools: Option<&'a RawValue>,
+    tools: Option<Vec<&'a RawValue>>,
 }
 
 /// Counts a chat request's prompt from its JSON bytes. Each message (and tool definition) is looked up in
 /// `cache` by a hash of its bytes — resent history costs a hash, not a tokenisation — and parsed only on a miss.
 pub fn count_request(body: &[u8], tokenizer: &Tokenizer, cache: &MessageCache) -> PromptCount {
-    let mut count = PromptCount::default();
     let Ok(request) = serde_json::from_slice::<RawRequest<'_>>(body) else {
-        count.estimated = true;
-        return count;
+        return PromptCount {
+            estimated: true,
+            ..Default::default()
+        };
     };
-    let seed = xxh3_64(tokenizer.name().as_bytes());
-    let messages: Vec<&RawValue> = request
+    let messages: Vec<&[u8]> = request
         .messages
-        .and_then(|raw| serde_json::from_str(raw.get()).ok())
-        .unwrap_or_default();
-    for raw in messages {
-        let bytes = raw.get().as_bytes();
-        count.message_hashes.push(xxh3_64(bytes));
-        let key = xxh3_128_with_seed(bytes, seed);
+        .unwrap_or_default()
+        .iter()
+        .map(|m| m.get().as_bytes())
+        .collect();
+    let tools: Vec<&[u8]> = request
+        .tools
+        .unwrap_or_default()
+        .iter()
+        .map(|t| t.get().as_bytes())
+        .collect();
+    count_parts(&messages, &tools, tokenizer, cache)
+}
+
+/// Like [`count_request`], for a body whose messages and tools were already located (the proxy's scan).
+pub fn count_layout(
+    body: &[u8],
+    layout: &RequestLayout,
+    tokenizer: &Tokenizer,
+    cache: &MessageCache,
+) -> PromptCount {
+    let slice = |range: &std::ops::Range<usize>| body.get(range.clone());
+    let messages: Vec<&[u8]> = layout.messages.iter().filter_map(slice).collect();
+    let tools: Vec<&[u8]> = layout.tools.iter().filter_map(slice).collect();
+    count_parts(&messages, &tools, tokenizer, cache)
+}
+
+/// One pass of xxh3-128 per message: the low half is the message's content hash (the same for every
+/// tokenizer), the whole mixed with the tokenizer is the cache key.
+fn hashes(bytes: &[u8], tokenizer_seed: u64) -> (u64, u128) {
+    let hash = xxh3_128(bytes);
+    let seed = u128::from(tokenizer_seed);
+    (hash as u64, hash ^ (seed << 64 | seed))
+}
+
+fn count_parts(
+    messages: &[&[u8]],
+    tools: &[&[u8]],
+    tokenizer: &Tokenizer,
+    cache: &MessageCache,
+) -> PromptCount {
+    let mut count = PromptCount::default();
+    let seed = xxh3_64(tokenizer.name().as_bytes());
+    for bytes in messages {
+        let (content_hash, key) = hashes(bytes, seed);
+        count.message_hashes.push(content_hash);
         let (tokens, hit) =
-            cache.get_or_count(key, || match serde_json::from_str::<Value>(raw.get()) {
+            cache.get_or_count(key, || match serde_json::from_slice::<Value>(bytes) {
                 Ok(message) => count_message(&message, tokenizer),
                 Err(_) => MessageTokens {
                     estimated: true,
@@ -98,14 +138,10 @@ pub fn count_request(body: &[u8], tokenizer: &Tokenizer, cache: &MessageCache) -
     if count.messages > 0 {
         count.framing += REPLY_PRIMING;
     }
-    let tools: Vec<&RawValue> = request
-        .tools
-        .and_then(|raw| serde_json::from_str(raw.get()).ok())
-        .unwrap_or_default();
     for raw in tools {
-        let key = xxh3_128_with_seed(raw.get().as_bytes(), seed ^ TOOLS_SEED);
+        let (_, key) = hashes(raw, seed ^ TOOLS_SEED);
         let (tokens, _) = cache.get_or_count(key, || {
-            let text = match serde_json::from_str::<Value>(raw.get()) {
+            let text = match serde_json::from_slice::<Value>(raw) {
                 Ok(tool) => {
                     let definition = tool.get("function").unwrap_or(&tool);
                     tokenizer.count(&definition.to_string()) as u32
