@@ -27,6 +27,8 @@ const INLINE_COUNT_LIMIT: usize = 32 * 1024;
 const RECENT_CAPACITY: usize = 256;
 /// Default memory for the per-message cache.
 pub const DEFAULT_MESSAGE_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// Default length of the stored preview of the last user message.
+pub const DEFAULT_PREVIEW_CHARS: usize = 60;
 
 /// A model's tokenizer and whether it is the model's own (exact) or a stand-in (estimate).
 #[derive(Clone, Debug)]
@@ -72,6 +74,7 @@ impl PromptJob {
             &self.layout,
             &self.tokenizer,
             &self.accounting.cache,
+            self.accounting.preview_chars,
         );
         (count, started.elapsed().as_micros() as u64)
     }
@@ -119,6 +122,15 @@ pub struct Accounting {
     recent: Mutex<VecDeque<Arc<RequestRecord>>>,
     next_id: AtomicU64,
     pub totals: Totals,
+    sinks: parking_lot::RwLock<Vec<Arc<dyn RecordSink>>>,
+    /// Characters of the last user message kept as a preview (0: none).
+    pub preview_chars: usize,
+}
+
+/// Receives every finished record (the store, the live hub). `offer` must not block: hand the record to a
+/// bounded queue and return; if the queue is full, count the record as dropped.
+pub trait RecordSink: Send + Sync {
+    fn offer(&self, record: &Arc<RequestRecord>);
 }
 
 /// Counters since start, readable without a lock.
@@ -131,7 +143,7 @@ pub struct Totals {
 }
 
 impl Accounting {
-    pub fn new(message_cache_bytes: u64) -> Arc<Accounting> {
+    pub fn new(message_cache_bytes: u64, preview_chars: usize) -> Arc<Accounting> {
         Arc::new(Accounting {
             cache: MessageCache::new(message_cache_bytes),
             loaded: Mutex::new(HashMap::new()),
@@ -139,6 +151,8 @@ impl Accounting {
             recent: Mutex::new(VecDeque::with_capacity(RECENT_CAPACITY)),
             next_id: AtomicU64::new(1),
             totals: Totals::default(),
+            sinks: parking_lot::RwLock::new(Vec::new()),
+            preview_chars,
         })
     }
 
@@ -276,7 +290,15 @@ impl Accounting {
             recent.pop_front();
         }
         recent.push_back(Arc::clone(&record));
+        drop(recent);
+        for sink in self.sinks.read().iter() {
+            sink.offer(&record);
+        }
         record
+    }
+
+    pub fn add_sink(&self, sink: Arc<dyn RecordSink>) {
+        self.sinks.write().push(sink);
     }
 
     /// The most recent records, newest first.

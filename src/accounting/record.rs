@@ -58,6 +58,10 @@ pub struct RequestRecord {
     pub usage_injected: bool,
     pub finish_reason: Option<String>,
     pub response_bytes: u64,
+    /// The first characters of the last user message (configurable, may be off). Never the whole prompt.
+    pub preview: Option<String>,
+    /// The conversation id the client gave, if any.
+    pub client_session: Option<String>,
     /// Per-message content hashes, for recognising the conversation this request continues.
     #[serde(skip)]
     pub message_hashes: Vec<u64>,

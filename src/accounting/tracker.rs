@@ -34,6 +34,8 @@ pub struct RequestContext {
     pub usage_injected: bool,
     pub status: u16,
     pub upstream_headers_us: Option<u64>,
+    /// The conversation id the client gave (`X-Session-Id`, `metadata.session_id`, `user`).
+    pub client_session: Option<String>,
 }
 
 /// How a request ended.
@@ -407,6 +409,8 @@ fn build_record(
         tokenizer: context.tokenizer.tokenizer.name().to_string(),
         tokenizer_exact: context.tokenizer.exact,
         message_hashes: std::mem::take(&mut prompt.message_hashes),
+        preview: prompt.preview.take(),
+        client_session: context.client_session,
         prompt_breakdown: prompt,
         cost_usd: cost,
         cost_estimated: billable && tokens_estimated,

@@ -26,7 +26,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
 
 use crate::accounting::tracker::{self, RequestContext, Tracker};
-use crate::accounting::{Accounting, DEFAULT_MESSAGE_CACHE_BYTES};
+use crate::accounting::{Accounting, DEFAULT_MESSAGE_CACHE_BYTES, DEFAULT_PREVIEW_CHARS};
 use crate::config::{ApiKey, BaseUrl, Config, Provider};
 use body::ForwardBody;
 use error::ProxyError;
@@ -64,7 +64,7 @@ impl ProxyState {
             );
         }
         let models_json = Bytes::from(render_models(&catalog).to_string());
-        let accounting = Accounting::new(DEFAULT_MESSAGE_CACHE_BYTES);
+        let accounting = Accounting::new(DEFAULT_MESSAGE_CACHE_BYTES, DEFAULT_PREVIEW_CHARS);
         accounting.preload(&config);
         Ok(ProxyState {
             config,
@@ -200,6 +200,12 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
             (plain, injected, ToolCallFixes::default())
         };
     let streaming = view.streaming;
+    let client_session = parts
+        .headers
+        .get("x-session-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(request::clean_session_id)
+        .or(view.client_session);
 
     let tokenizer = state.accounting.tokenizer_for(&model);
     let prompt_job = state
@@ -217,6 +223,7 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
         usage_injected: injected_body.is_some(),
         status: 0,
         upstream_headers_us: None,
+        client_session,
     };
 
     let prepared = match &provider.base_url {

@@ -25,6 +25,18 @@ pub struct ChatRequestView {
     /// Where each message and each tool definition lies in the body: token counting hashes these slices
     /// without parsing the body again.
     pub layout: RequestLayout,
+    /// The conversation id the client gave in the body: `metadata.session_id`, else `user`.
+    pub client_session: Option<String>,
+}
+
+/// Longest client-given session id kept.
+pub const MAX_SESSION_ID: usize = 128;
+
+/// A client-given session id, if usable: trimmed, non-empty, printable, bounded.
+pub fn clean_session_id(raw: &str) -> Option<String> {
+    let id = raw.trim();
+    (!id.is_empty() && id.len() <= MAX_SESSION_ID && !id.chars().any(char::is_control))
+        .then(|| id.to_string())
 }
 
 /// Byte ranges of a request's messages and tool definitions.
@@ -47,6 +59,10 @@ struct Peek<'a> {
     messages: Option<Vec<&'a RawValue>>,
     #[serde(borrow, default)]
     tools: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default)]
+    user: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    metadata: Option<&'a RawValue>,
 }
 
 /// Any other shape (messages not a list, say): still forwarded, the provider will judge it.
@@ -92,6 +108,8 @@ pub fn inspect(body: &[u8]) -> Result<ChatRequestView, ProxyError> {
                 stream_options: loose.stream_options,
                 messages: None,
                 tools: None,
+                user: None,
+                metadata: None,
             },
             // Tell a syntax error (where) from valid JSON of the wrong shape (what).
             Err(_) => {
@@ -138,7 +156,19 @@ pub fn inspect(body: &[u8]) -> Result<ChatRequestView, ProxyError> {
             .map(|t| offset_in(body, t.get()))
             .collect(),
     };
+    let from_metadata = peek.metadata.and_then(|raw| {
+        serde_json::from_str::<serde_json::Value>(raw.get())
+            .ok()?
+            .get("session_id")?
+            .as_str()
+            .and_then(clean_session_id)
+    });
+    let from_user = peek
+        .user
+        .and_then(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).ok())
+        .and_then(|user| clean_session_id(&user));
     Ok(ChatRequestView {
+        client_session: from_metadata.or(from_user),
         model: model.into_owned(),
         model_range: offset_in(body, raw_model.get()),
         streaming,
@@ -211,6 +241,18 @@ mod tests {
         assert!(view.streaming && view.has_stream_options && view.client_asked_usage);
         assert!(!view.needs_tool_fix);
         assert!(view.layout.messages.is_empty());
+        assert_eq!(view.client_session, None);
+    }
+
+    #[test]
+    fn session_ids_from_metadata_then_user() {
+        let both =
+            inspect(br#"{"model":"m","user":"u-1","metadata":{"session_id":"s-9"}}"#).unwrap();
+        assert_eq!(both.client_session.as_deref(), Some("s-9"));
+        let user = inspect(br#"{"model":"m","user":"  u-1 "}"#).unwrap();
+        assert_eq!(user.client_session.as_deref(), Some("u-1"));
+        let bad = inspect(br#"{"model":"m","user":"a\nb"}"#).unwrap();
+        assert_eq!(bad.client_session, None);
     }
 
     #[test]

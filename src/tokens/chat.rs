@@ -43,6 +43,50 @@ pub struct PromptCount {
     /// A content hash per message, in order: conversations are recognised by their prefixes.
     #[serde(skip)]
     pub message_hashes: Vec<u64>,
+    /// The start of the last user message (see [`preview`]).
+    #[serde(skip)]
+    pub preview: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct RoleAndContent<'a> {
+    #[serde(borrow, default)]
+    role: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+}
+
+/// The first `chars` characters of the last user message's text, whitespace collapsed; `None` when `chars` is
+/// 0 or there is no user text. Only that one message is parsed.
+pub fn preview(messages: &[&[u8]], chars: usize) -> Option<String> {
+    if chars == 0 {
+        return None;
+    }
+    for bytes in messages.iter().rev() {
+        let Ok(message) = serde_json::from_slice::<RoleAndContent<'_>>(bytes) else {
+            continue;
+        };
+        if message.role.as_deref() != Some("user") {
+            continue;
+        }
+        let content = message.content?;
+        let text: String = match serde_json::from_str::<std::borrow::Cow<'_, str>>(content.get()) {
+            Ok(text) => text.into_owned(),
+            Err(_) => serde_json::from_str::<Vec<Value>>(content.get())
+                .ok()?
+                .iter()
+                .filter_map(|part| part.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        let collapsed: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut out: String = collapsed.chars().take(chars).collect();
+        if collapsed.chars().count() > chars {
+            out.push('…');
+        }
+        return (!out.is_empty()).then_some(out);
+    }
+    None
 }
 
 #[derive(serde::Deserialize)]
@@ -83,11 +127,14 @@ pub fn count_layout(
     layout: &RequestLayout,
     tokenizer: &Tokenizer,
     cache: &MessageCache,
+    preview_chars: usize,
 ) -> PromptCount {
     let slice = |range: &std::ops::Range<usize>| body.get(range.clone());
     let messages: Vec<&[u8]> = layout.messages.iter().filter_map(slice).collect();
     let tools: Vec<&[u8]> = layout.tools.iter().filter_map(slice).collect();
-    count_parts(&messages, &tools, tokenizer, cache)
+    let mut count = count_parts(&messages, &tools, tokenizer, cache);
+    count.preview = preview(&messages, preview_chars);
+    count
 }
 
 /// One pass of xxh3-128 per message: the low half is the message's content hash (the same for every
@@ -360,6 +407,23 @@ mod tests {
             cl.message_hashes, o.message_hashes,
             "content hashes do not depend on the tokenizer"
         );
+    }
+
+    #[test]
+    fn preview_is_the_start_of_the_last_user_message() {
+        let messages = [
+            &br#"{"role":"user","content":"first question"}"#[..],
+            br#"{"role":"assistant","content":"answer"}"#,
+            br#"{"role":"user","content":[{"type":"text","text":"  second\n\n question  is long"}]}"#,
+            br#"{"role":"tool","content":"x"}"#,
+        ];
+        assert_eq!(preview(&messages, 15).as_deref(), Some("second question…"));
+        assert_eq!(
+            preview(&messages, 100).as_deref(),
+            Some("second question is long")
+        );
+        assert_eq!(preview(&messages, 0), None);
+        assert_eq!(preview(&messages[1..2], 10), None);
     }
 
     #[test]
