@@ -57,36 +57,140 @@ struct RoleAndContent<'a> {
 }
 
 /// The first `chars` characters of the last user message's text, whitespace collapsed; `None` when `chars` is
-/// 0 or there is no user text. Only that one message is parsed.
+/// 0 or there is no user text. Only that one message is scanned, and only the beginning of its text is
+/// decoded: the cost does not grow with the message.
 pub fn preview(messages: &[&[u8]], chars: usize) -> Option<String> {
     if chars == 0 {
         return None;
     }
     for bytes in messages.iter().rev() {
-        let Ok(message) = serde_json::from_slice::<RoleAndContent<'_>>(bytes) else {
-            continue;
+        let raw = match user_content_fast(bytes) {
+            Some(Some(raw)) => raw,
+            Some(None) => continue,
+            None => {
+                let Ok(message) = serde_json::from_slice::<RoleAndContent<'_>>(bytes) else {
+                    continue;
+                };
+                if message.role.as_deref() != Some("user") {
+                    continue;
+                }
+                message.content?.get()
+            }
         };
-        if message.role.as_deref() != Some("user") {
-            continue;
-        }
-        let content = message.content?;
-        let text: String = match serde_json::from_str::<std::borrow::Cow<'_, str>>(content.get()) {
-            Ok(text) => text.into_owned(),
-            Err(_) => serde_json::from_str::<Vec<Value>>(content.get())
-                .ok()?
-                .iter()
-                .filter_map(|part| part.get("text").and_then(Value::as_str))
-                .collect::<Vec<_>>()
-                .join(" "),
+        let text = if raw.starts_with('"') {
+            json_string_prefix(raw, chars)
+        } else {
+            // Content parts: the first text parts, each decoded from its start only.
+            let parts = serde_json::from_str::<Vec<TextPart<'_>>>(raw).ok()?;
+            let mut text = String::new();
+            for part in parts.iter().filter_map(|p| p.text) {
+                if text.chars().count() > chars {
+                    break;
+                }
+                text.push(' ');
+                text.push_str(&json_string_prefix(part.get(), chars));
+            }
+            text
         };
-        let collapsed: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-        let mut out: String = collapsed.chars().take(chars).collect();
-        if collapsed.chars().count() > chars {
-            out.push('…');
-        }
-        return (!out.is_empty()).then_some(out);
+        return collapse(&text, chars);
     }
     None
+}
+
+/// Finds a message's role and string content without scanning the whole message (a user message can be
+/// megabytes of pasted code): `Some(Some(content))` for a user message with string content, `Some(None)` for
+/// another role, `None` when unsure (then the caller parses the message).
+fn user_content_fast(bytes: &[u8]) -> Option<Option<&str>> {
+    // An unescaped `"role"` cannot occur inside a JSON string (its quotes would be escaped).
+    let role = value_after_key(bytes, b"\"role\"")?;
+    if !role.starts_with(b"\"") {
+        return None;
+    }
+    if !role.starts_with(b"\"user\"") {
+        return Some(None);
+    }
+    let content = value_after_key(bytes, b"\"content\"")?;
+    if !content.starts_with(b"\"") {
+        return None; // content parts: let serde read them
+    }
+    // Cut on a char boundary well past what a preview needs; the decoder stops at the budget anyway.
+    let mut end = content.len().min(64 * 1024);
+    while end < content.len() && (content[end] & 0xc0) == 0x80 {
+        end += 1;
+    }
+    std::str::from_utf8(&content[..end]).ok().map(Some)
+}
+
+/// The bytes after `key` and its colon, when `key` occurs exactly once at the top level (checked loosely: once
+/// in the whole message).
+fn value_after_key<'a>(bytes: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
+    let at = memchr::memmem::find(bytes, key)?;
+    let rest = &bytes[at + key.len()..];
+    if memchr::memmem::find(rest, key).is_some() {
+        return None;
+    }
+    let rest = rest.trim_ascii_start().strip_prefix(b":")?;
+    Some(rest.trim_ascii_start())
+}
+
+#[derive(serde::Deserialize)]
+struct TextPart<'a> {
+    #[serde(borrow, default)]
+    text: Option<&'a RawValue>,
+}
+
+/// Whitespace runs collapsed to one space, cut at `chars` characters (with an ellipsis when cut).
+fn collapse(text: &str, chars: usize) -> Option<String> {
+    let mut out = String::new();
+    let mut taken = 0;
+    for word in text.split_whitespace() {
+        if taken >= chars {
+            out.push('…');
+            return Some(out);
+        }
+        if taken > 0 {
+            out.push(' ');
+            taken += 1;
+        }
+        for c in word.chars() {
+            if taken >= chars {
+                out.push('…');
+                return Some(out);
+            }
+            out.push(c);
+            taken += 1;
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Decodes the beginning of a JSON string literal (`raw` starts with its opening quote): about `chars`
+/// characters plus room for whitespace runs, never the whole string.
+fn json_string_prefix(raw: &str, chars: usize) -> String {
+    let budget = chars.saturating_mul(4).max(64);
+    let mut out = String::new();
+    let mut iter = raw.chars().skip(1);
+    while let Some(c) = iter.next() {
+        if out.len() >= budget {
+            break;
+        }
+        match c {
+            '"' => break,
+            '\\' => match iter.next() {
+                Some('n' | 't' | 'r' | 'f' | 'b') => out.push(' '),
+                Some('u') => {
+                    let hex: String = iter.by_ref().take(4).collect();
+                    let unit = u32::from_str_radix(&hex, 16).unwrap_or(0xfffd);
+                    // A lone or paired surrogate is not worth decoding for a preview.
+                    out.push(char::from_u32(unit).unwrap_or('\u{fffd}'));
+                }
+                Some(other) => out.push(other),
+                None => break,
+            },
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[derive(serde::Deserialize)]
@@ -418,6 +522,41 @@ mod tests {
             br#"{"role":"tool","content":"x"}"#,
         ];
         assert_eq!(preview(&messages, 15).as_deref(), Some("second question…"));
+        let escaped = [&br#"{"role":"user","content":"caf\u00e9 \"quoted\"\ttab"}"#[..]];
+        assert_eq!(
+            preview(&escaped, 40).as_deref(),
+            Some("café \"quoted\" tab")
+        );
+        for (message, expected) in [
+            (
+                &br#"{"content":"hi there","role":"user"}"#[..],
+                Some("hi there"),
+            ),
+            (
+                br#"{"role" : "user" , "content" : "spaced"}"#,
+                Some("spaced"),
+            ),
+            (
+                br#"{"role":"user","content":"a","extra":{"role":"system"}}"#,
+                Some("a"),
+            ),
+            (br#"{"role":"assistant","content":"no"}"#, None),
+        ] {
+            assert_eq!(
+                preview(&[message], 20).as_deref(),
+                expected,
+                "{}",
+                String::from_utf8_lossy(message)
+            );
+        }
+        let long = format!(
+            r#"{{"role":"user","content":"{}"}}"#,
+            "word ".repeat(100_000)
+        );
+        assert_eq!(
+            preview(&[long.as_bytes()], 9).as_deref(),
+            Some("word word…")
+        );
         assert_eq!(
             preview(&messages, 100).as_deref(),
             Some("second question is long")
