@@ -212,6 +212,54 @@ async fn a_stream_that_breaks_keeps_its_partial_count() {
 }
 
 #[tokio::test]
+async fn running_counts_are_visible_while_the_stream_is_live() {
+    let (_mock, proxy) = setup().await;
+    let response = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-mock-chunks", "60")
+        .header("x-mock-chunk-delay-ms", "25")
+        .json(&chat_body("mock/model", true))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = response.bytes_stream();
+    let mut seen = Vec::new();
+    let mut received = 0;
+    while let Some(chunk) = stream.next().await {
+        received += 1;
+        chunk.unwrap();
+        if received % 15 == 0 {
+            let live: Vec<Value> = client()
+                .get(proxy.url("/api/requests/live"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(live.len(), 1, "{live:?}");
+            assert_eq!(live[0]["model"], "mock/model");
+            seen.push(live[0]["completion_tokens"].as_u64().unwrap());
+        }
+    }
+    assert!(seen.len() >= 3, "{seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "tokens count up: {seen:?}"
+    );
+    records(&proxy, 1).await;
+    let live: Vec<Value> = client()
+        .get(proxy.url("/api/requests/live"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(live.is_empty(), "{live:?}");
+}
+
+#[tokio::test]
 async fn a_client_that_leaves_is_recorded() {
     let (_mock, proxy) = setup().await;
     let response = client()

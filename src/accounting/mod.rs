@@ -3,6 +3,7 @@
 //! counting as the answer passes, reconciliation with the provider's usage, cost, and self-calibration.
 
 pub mod calibration;
+pub mod live;
 pub mod record;
 pub mod tracker;
 
@@ -123,6 +124,8 @@ pub struct Accounting {
     next_id: AtomicU64,
     pub totals: Totals,
     sinks: parking_lot::RwLock<Vec<Arc<dyn RecordSink>>>,
+    /// Requests in flight with their running counts.
+    pub live: live::LiveRequests,
     /// Characters of the last user message kept as a preview (0: none).
     pub preview_chars: usize,
 }
@@ -152,6 +155,7 @@ impl Accounting {
             next_id: AtomicU64::new(1),
             totals: Totals::default(),
             sinks: parking_lot::RwLock::new(Vec::new()),
+            live: live::LiveRequests::default(),
             preview_chars,
         })
     }

@@ -9,6 +9,9 @@ use bytes::{Bytes, BytesMut};
 use serde_json::Value;
 
 use super::record::{RequestRecord, accuracy, cost_usd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::live::LiveRequest;
 use super::{Accounting, ModelTokenizer, PromptCounting};
 use crate::config::Model;
 use crate::tokens::Tokenizer;
@@ -67,6 +70,7 @@ enum Mode {
 
 pub struct Tracker {
     accounting: Arc<Accounting>,
+    live: Arc<LiveRequest>,
     context: Option<RequestContext>,
     prompt: Option<PromptCounting>,
     mode: Mode,
@@ -95,8 +99,18 @@ impl Tracker {
                 overflow: false,
             }
         };
+        let live = Arc::new(LiveRequest {
+            id: context.id,
+            started_at_ms: context.started_at_ms,
+            model: context.model.key.clone(),
+            provider: context.model.provider.clone(),
+            streaming: context.streaming,
+            completion_tokens: AtomicU64::new(0),
+        });
+        accounting.live.insert(Arc::clone(&live));
         Tracker {
             accounting,
+            live,
             context: Some(context),
             prompt: Some(prompt),
             mode,
@@ -165,6 +179,9 @@ impl Tracker {
                     output.extend_from_slice(held);
                     held.clear();
                 }
+                self.live
+                    .completion_tokens
+                    .store(counter.running(), Ordering::Relaxed);
                 if output.len() == data.len() {
                     None
                 } else {
@@ -196,6 +213,7 @@ impl Tracker {
         let Some(context) = self.context.take() else {
             return;
         };
+        self.accounting.live.remove(context.id);
         let prompt = self.prompt.take();
         let ended = Instant::now();
         let mode = std::mem::replace(

@@ -14,6 +14,7 @@ use crate::accounting::Accounting;
 pub fn router(accounting: Arc<Accounting>) -> Router {
     Router::new()
         .route("/api/requests/recent", get(recent_requests))
+        .route("/api/requests/live", get(live_requests))
         .route("/api/tokens", get(token_stats))
         .with_state(accounting)
 }
@@ -32,6 +33,10 @@ async fn recent_requests(
     let records: Vec<&crate::accounting::RequestRecord> =
         records.iter().map(AsRef::as_ref).collect();
     Json(records).into_response()
+}
+
+async fn live_requests(State(accounting): State<Arc<Accounting>>) -> Response {
+    Json(accounting.live.snapshot()).into_response()
 }
 
 async fn token_stats(State(accounting): State<Arc<Accounting>>) -> Response {
