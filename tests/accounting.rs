@@ -181,6 +181,12 @@ async fn non_streaming_answers_are_reconciled_with_their_usage() {
     assert!(record["prompt_accuracy"].as_f64().is_some());
     assert_eq!(record["model"], "mock/model");
     assert_eq!(record["provider"], "mock");
+    assert_eq!(
+        record["error_kind"],
+        Value::Null,
+        "a complete answer is not an error"
+    );
+    assert_eq!(record["finish_reason"], "stop");
 }
 
 #[tokio::test]

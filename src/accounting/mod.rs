@@ -15,6 +15,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::config::{Config, Model, TokenizerSpec};
+use crate::monitor::Monitor;
 use crate::proxy::request::RequestLayout;
 use crate::tokens::Tokenizer;
 use crate::tokens::cache::{CacheStats, MessageCache};
@@ -126,6 +127,8 @@ pub struct Accounting {
     sinks: parking_lot::RwLock<Vec<Arc<dyn RecordSink>>>,
     /// Requests in flight with their running counts.
     pub live: live::LiveRequests,
+    /// The proxy's own latency histograms and rates.
+    pub monitor: Arc<Monitor>,
     /// Characters of the last user message kept as a preview (0: none).
     pub preview_chars: usize,
 }
@@ -156,6 +159,7 @@ impl Accounting {
             totals: Totals::default(),
             sinks: parking_lot::RwLock::new(Vec::new()),
             live: live::LiveRequests::default(),
+            monitor: Monitor::new(),
             preview_chars,
         })
     }
@@ -295,6 +299,7 @@ impl Accounting {
         }
         recent.push_back(Arc::clone(&record));
         drop(recent);
+        self.monitor.record_request(&record);
         for sink in self.sinks.read().iter() {
             sink.offer(&record);
         }

@@ -53,6 +53,10 @@ pub struct RequestRecord {
     pub latency_us: u64,
     pub ttft_us: Option<u64>,
     pub upstream_headers_us: Option<u64>,
+    /// From sending upstream to the upstream's response headers (retries included).
+    pub upstream_us: Option<u64>,
+    /// Time spent in the proxy itself before sending and after the upstream's headers, upstream excluded.
+    pub overhead_us: Option<u64>,
     pub attempts: u32,
     pub tool_call_fixes: u32,
     pub usage_injected: bool,

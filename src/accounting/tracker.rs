@@ -14,15 +14,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::live::LiveRequest;
 use super::{Accounting, ModelTokenizer, PromptCounting};
 use crate::config::Model;
+use crate::monitor::Metric;
 use crate::tokens::Tokenizer;
 use crate::tokens::chat::PromptCount;
 use crate::tokens::stream::{CompletionCounter, EventKind, SseParser};
 use crate::tokens::usage::{self, ReportedUsage};
 
 /// Largest SSE event that is parsed (bigger ones pass through uncounted).
-const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
+const MAX_EVENT_BYTES: usize = 1024 * 1024;
 /// Largest non-streamed body kept to read its usage (bigger ones pass through uncounted).
-const MAX_JSON_BYTES: usize = 8 * 1024 * 1024;
+const MAX_JSON_BYTES: usize = 2 * 1024 * 1024;
 
 /// What is known about a request before its answer starts.
 pub struct RequestContext {
@@ -37,6 +38,8 @@ pub struct RequestContext {
     pub usage_injected: bool,
     pub status: u16,
     pub upstream_headers_us: Option<u64>,
+    pub upstream_us: Option<u64>,
+    pub overhead_us: Option<u64>,
     /// The conversation id the client gave (`X-Session-Id`, `metadata.session_id`, `user`).
     pub client_session: Option<String>,
 }
@@ -75,6 +78,7 @@ pub struct Tracker {
     prompt: Option<PromptCounting>,
     mode: Mode,
     first_byte: Option<Instant>,
+    last_frame: Option<Instant>,
     response_bytes: u64,
 }
 
@@ -115,6 +119,7 @@ impl Tracker {
             prompt: Some(prompt),
             mode,
             first_byte: None,
+            last_frame: None,
             response_bytes: 0,
         }
     }
@@ -122,9 +127,15 @@ impl Tracker {
     /// Sees one frame of the answer. Returns `None` to forward the frame as it is (the usual case, zero-copy),
     /// or the bytes to forward instead (possibly empty) when an event had to be removed.
     pub fn on_data(&mut self, data: &Bytes) -> Option<Bytes> {
+        let now = Instant::now();
         if self.first_byte.is_none() {
-            self.first_byte = Some(Instant::now());
+            self.first_byte = Some(now);
         }
+        if let (Some(last), Mode::Sse { .. }) = (self.last_frame, &self.mode) {
+            let gap = now.duration_since(last).as_micros() as u64;
+            self.accounting.monitor.record(Metric::InterChunkGap, gap);
+        }
+        self.last_frame = Some(now);
         self.response_bytes += data.len() as u64;
         match &mut self.mode {
             Mode::Json {
@@ -436,6 +447,8 @@ fn build_record(
         latency_us: finished.latency_us,
         ttft_us: finished.ttft_us,
         upstream_headers_us: context.upstream_headers_us,
+        upstream_us: context.upstream_us,
+        overhead_us: context.overhead_us,
         attempts: context.attempts,
         tool_call_fixes: context.tool_call_fixes,
         usage_injected: context.usage_injected,

@@ -16,6 +16,8 @@ pub fn router(accounting: Arc<Accounting>) -> Router {
         .route("/api/requests/recent", get(recent_requests))
         .route("/api/requests/live", get(live_requests))
         .route("/api/tokens", get(token_stats))
+        .route("/api/stats", get(stats))
+        .route("/metrics", get(metrics))
         .with_state(accounting)
 }
 
@@ -37,6 +39,64 @@ async fn recent_requests(
 
 async fn live_requests(State(accounting): State<Arc<Accounting>>) -> Response {
     Json(accounting.live.snapshot()).into_response()
+}
+
+/// The proxy's own performance: percentiles per histogram and window, rates, memory, open streams, cache.
+async fn stats(State(accounting): State<Arc<Accounting>>) -> Response {
+    let monitor = accounting.monitor.snapshot();
+    Json(serde_json::json!({
+        "uptime_s": monitor.uptime_s,
+        "requests_total": monitor.requests_total,
+        "requests_per_s": monitor.requests_per_s,
+        "error_rate": monitor.error_rate,
+        "errors_last_minute": monitor.errors_last_minute,
+        "errors_total": monitor.errors_total,
+        "open_requests": accounting.live.len(),
+        "rss_bytes": monitor.rss_bytes,
+        "message_cache": accounting.cache_stats(),
+        "histograms_us": monitor.histograms,
+        "by_model_us": monitor.by_label,
+    }))
+    .into_response()
+}
+
+/// Prometheus text exposition.
+async fn metrics(State(accounting): State<Arc<Accounting>>) -> Response {
+    let cache = accounting.cache_stats();
+    let rss = memory_stats::memory_stats()
+        .map(|m| m.physical_mem as f64)
+        .unwrap_or(0.0);
+    let gauges = [
+        (
+            "kimi_proxy_open_requests",
+            "Requests in flight.",
+            accounting.live.len() as f64,
+        ),
+        (
+            "kimi_proxy_resident_memory_bytes",
+            "Resident memory of the process.",
+            rss,
+        ),
+        (
+            "kimi_proxy_message_cache_hit_ratio",
+            "Hit ratio of the per-message token cache.",
+            cache.hit_rate,
+        ),
+        (
+            "kimi_proxy_message_cache_entries",
+            "Entries in the per-message token cache.",
+            cache.entries as f64,
+        ),
+    ];
+    let text = crate::monitor::prometheus::render(&accounting.monitor, &gauges);
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn token_stats(State(accounting): State<Arc<Accounting>>) -> Response {

@@ -70,16 +70,31 @@ impl Body for ForwardBody {
                         Ok(data) => data,
                         Err(frame) => return Poll::Ready(Some(Ok(frame))),
                     };
-                    match this.tracker.on_data(&data) {
-                        None => Poll::Ready(Some(Ok(Frame::data(data)))),
+                    let mut out = match this.tracker.on_data(&data) {
+                        None => data,
                         Some(replacement) => {
                             this.rewritten = true;
-                            if replacement.is_empty() {
-                                continue;
-                            }
-                            Poll::Ready(Some(Ok(Frame::data(replacement))))
+                            replacement
                         }
+                    };
+                    // A body with a length ends with its last byte: hyper will not poll for the end, so the
+                    // record is finished here.
+                    if this.inner.is_end_stream() {
+                        this.done = true;
+                        if let Some(held) = this.tracker.take_held() {
+                            let mut joined = bytes::BytesMut::from(&out[..]);
+                            joined.extend_from_slice(&held);
+                            out = joined.freeze();
+                        }
+                        this.tracker.finish(Outcome::Complete);
                     }
+                    if out.is_empty() {
+                        if this.done {
+                            return Poll::Ready(None);
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(out))))
                 }
                 Poll::Ready(Some(Err(error))) => {
                     this.done = true;

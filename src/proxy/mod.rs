@@ -34,6 +34,9 @@ use route::Catalog;
 use toolcalls::ToolCallFixes;
 use upstream::{HttpClient, OutgoingRequest};
 
+/// Tells the client how long the proxy itself took (microseconds, upstream excluded).
+pub const OVERHEAD_HEADER: &str = "x-kimi-proxy-overhead-us";
+
 /// A provider with its pooled client.
 pub struct Upstream {
     pub provider: Arc<Provider>,
@@ -223,6 +226,8 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
         usage_injected: injected_body.is_some(),
         status: 0,
         upstream_headers_us: None,
+        upstream_us: None,
+        overhead_us: None,
         client_session,
     };
 
@@ -259,6 +264,7 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
         headers,
         body: injected_body.unwrap_or_else(|| plain_body.clone()),
     };
+    let sent_at = Instant::now();
     let (mut answer, prompt) = prompt_job
         .beside(upstream::send_with_retries(
             &upstream.client,
@@ -288,8 +294,10 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
         }
     };
 
+    let headers_at = Instant::now();
     let (mut response_parts, incoming) = answer.response.into_parts();
     context.attempts = answer.attempts;
+    context.upstream_us = Some(headers_at.duration_since(sent_at).as_micros() as u64);
     context.status = response_parts.status.as_u16();
     context.upstream_headers_us = Some(started.elapsed().as_micros() as u64);
     response_parts.headers = headers::client_response_headers(&response_parts.headers);
@@ -302,6 +310,13 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
+    // Time in the proxy: before sending, and from the upstream's headers to ours (the body streams after).
+    let overhead = sent_at.duration_since(started) + headers_at.elapsed();
+    let overhead_us = overhead.as_micros() as u64;
+    context.overhead_us = Some(overhead_us);
+    response_parts
+        .headers
+        .insert(OVERHEAD_HEADER, HeaderValue::from(overhead_us));
     let tracker = Tracker::new(Arc::clone(&state.accounting), context, prompt, event_stream);
     let body = ForwardBody::new(
         incoming,

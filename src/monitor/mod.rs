@@ -1,0 +1,433 @@
+//! The proxy's own performance: HDR histograms (microseconds) over rolling windows, request and error rates,
+//! process memory — for `/api/stats`, `/metrics` and the dashboard.
+//!
+//! Memory is bounded by construction: a fixed set of metrics, a fixed number of time slots, and at most
+//! [`MAX_LABELS`] provider/model labels (further models are folded into `other`).
+
+pub mod prometheus;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::accounting::RequestRecord;
+
+/// What is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    /// Request arrival to the last byte sent to the client.
+    Latency,
+    /// Time spent in the proxy itself, upstream excluded.
+    Overhead,
+    /// Request arrival to the first body byte sent to the client.
+    Ttft,
+    /// Between two successive frames of a stream.
+    InterChunkGap,
+    /// Request sent upstream to the upstream's response headers (retries included).
+    Upstream,
+    /// Counting the prompt's tokens.
+    Counting,
+    /// One store batch, written and committed.
+    StoreBatch,
+    /// Fanning one event out to the dashboards.
+    Broadcast,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 8] = [
+        Metric::Latency,
+        Metric::Overhead,
+        Metric::Ttft,
+        Metric::InterChunkGap,
+        Metric::Upstream,
+        Metric::Counting,
+        Metric::StoreBatch,
+        Metric::Broadcast,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Metric::Latency => "latency",
+            Metric::Overhead => "overhead",
+            Metric::Ttft => "ttft",
+            Metric::InterChunkGap => "inter_chunk_gap",
+            Metric::Upstream => "upstream",
+            Metric::Counting => "counting",
+            Metric::StoreBatch => "store_batch",
+            Metric::Broadcast => "broadcast",
+        }
+    }
+
+    /// Metrics also kept per provider/model.
+    fn labelled(self) -> bool {
+        matches!(
+            self,
+            Metric::Latency | Metric::Overhead | Metric::Ttft | Metric::Upstream
+        )
+    }
+}
+
+/// One slot of the rolling window.
+const SLOT: Duration = Duration::from_secs(15);
+/// Five minutes of slots.
+const SLOTS: usize = 20;
+/// Provider/model labels kept separately.
+pub const MAX_LABELS: usize = 16;
+/// Highest value tracked: one hour in microseconds (longer values are clamped).
+const HIGHEST_US: u64 = 3_600_000_000;
+
+/// Two significant figures: ~1% resolution in ~13 KB, the same for every histogram.
+#[expect(
+    clippy::expect_used,
+    reason = "constant bounds, checked by the unit tests"
+)]
+fn new_histogram() -> Histogram<u32> {
+    Histogram::new_with_bounds(1, HIGHEST_US, 2).expect("valid histogram bounds")
+}
+
+/// A histogram since start plus one per time slot for the last five minutes.
+struct Windowed {
+    total: Histogram<u32>,
+    slots: VecDeque<(u64, Histogram<u32>)>,
+}
+
+impl Windowed {
+    fn new() -> Self {
+        Self {
+            total: new_histogram(),
+            slots: VecDeque::with_capacity(SLOTS + 1),
+        }
+    }
+
+    fn record(&mut self, slot: u64, value_us: u64) {
+        let value = value_us.clamp(1, HIGHEST_US);
+        let _ = self.total.record(value);
+        if self.slots.back().is_none_or(|(s, _)| *s != slot) {
+            let mut recycled = if self.slots.len() >= SLOTS {
+                self.slots
+                    .pop_front()
+                    .map(|(_, h)| h)
+                    .unwrap_or_else(new_histogram)
+            } else {
+                new_histogram()
+            };
+            recycled.reset();
+            self.slots.push_back((slot, recycled));
+        }
+        if let Some((_, histogram)) = self.slots.back_mut() {
+            let _ = histogram.record(value);
+        }
+    }
+
+    /// The merged histogram of the slots within `window` slots of `now_slot` (or since start).
+    fn merged(&self, now_slot: u64, window: Option<u64>) -> Histogram<u32> {
+        let Some(window) = window else {
+            return self.total.clone();
+        };
+        let mut merged = new_histogram();
+        for (slot, histogram) in &self.slots {
+            if now_slot.saturating_sub(*slot) < window {
+                let _ = merged.add(histogram);
+            }
+        }
+        merged
+    }
+}
+
+/// The windows `/api/stats` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Window {
+    LastMinute,
+    Last5Minutes,
+    SinceStart,
+}
+
+impl Window {
+    pub const ALL: [Window; 3] = [Window::LastMinute, Window::Last5Minutes, Window::SinceStart];
+
+    fn slots(self) -> Option<u64> {
+        match self {
+            Window::LastMinute => Some(60 / SLOT.as_secs()),
+            Window::Last5Minutes => Some(SLOTS as u64),
+            Window::SinceStart => None,
+        }
+    }
+}
+
+/// Percentiles of one histogram.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Summary {
+    pub count: u64,
+    pub p50: u64,
+    pub p95: u64,
+    pub p99: u64,
+    pub max: u64,
+    pub mean: f64,
+}
+
+impl Summary {
+    fn of(h: &Histogram<u32>) -> Summary {
+        if h.is_empty() {
+            return Summary::default();
+        }
+        Summary {
+            count: h.len(),
+            p50: h.value_at_quantile(0.50),
+            p95: h.value_at_quantile(0.95),
+            p99: h.value_at_quantile(0.99),
+            max: h.max(),
+            mean: h.mean(),
+        }
+    }
+}
+
+struct State {
+    overall: HashMap<Metric, Windowed>,
+    labelled: HashMap<(String, Metric), Windowed>,
+    labels: Vec<String>,
+    /// Requests and errors per slot, for rates: (slot, requests, errors by kind).
+    counts: VecDeque<(u64, u64, BTreeMap<String, u64>)>,
+    requests_total: u64,
+    errors_total: BTreeMap<String, u64>,
+}
+
+/// Shared monitor. Recording takes one short lock.
+pub struct Monitor {
+    started: Instant,
+    state: Mutex<State>,
+}
+
+impl Monitor {
+    pub fn new() -> Arc<Monitor> {
+        Arc::new(Monitor {
+            started: Instant::now(),
+            state: Mutex::new(State {
+                overall: Metric::ALL.iter().map(|m| (*m, Windowed::new())).collect(),
+                labelled: HashMap::new(),
+                labels: Vec::new(),
+                counts: VecDeque::with_capacity(SLOTS + 1),
+                requests_total: 0,
+                errors_total: BTreeMap::new(),
+            }),
+        })
+    }
+
+    fn slot(&self) -> u64 {
+        self.started.elapsed().as_secs() / SLOT.as_secs()
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Records one value of an unlabelled measurement (gaps, store batches, broadcasts).
+    pub fn record(&self, metric: Metric, value_us: u64) {
+        let slot = self.slot();
+        let mut state = self.state.lock();
+        if let Some(w) = state.overall.get_mut(&metric) {
+            w.record(slot, value_us);
+        }
+    }
+
+    /// Records a finished request: its timings overall and under its label, its outcome for the rates.
+    pub fn record_request(&self, record: &RequestRecord) {
+        let slot = self.slot();
+        let label = format!(
+            "{}/{}",
+            record.provider,
+            record.model.rsplit('/').next().unwrap_or(&record.model)
+        );
+        let values = [
+            (Metric::Latency, Some(record.latency_us)),
+            (Metric::Overhead, record.overhead_us),
+            (Metric::Ttft, record.ttft_us),
+            (Metric::Upstream, record.upstream_us),
+            (Metric::Counting, Some(record.counting_us)),
+        ];
+        let mut state = self.state.lock();
+        let state = &mut *state;
+        let label = if state.labels.contains(&label) {
+            label
+        } else if state.labels.len() < MAX_LABELS {
+            state.labels.push(label.clone());
+            label
+        } else {
+            "other".to_string()
+        };
+        for (metric, value) in values {
+            let Some(value) = value else { continue };
+            if let Some(w) = state.overall.get_mut(&metric) {
+                w.record(slot, value);
+            }
+            if metric.labelled() {
+                state
+                    .labelled
+                    .entry((label.clone(), metric))
+                    .or_insert_with(Windowed::new)
+                    .record(slot, value);
+            }
+        }
+        state.requests_total += 1;
+        if state.counts.back().is_none_or(|(s, _, _)| *s != slot) {
+            if state.counts.len() >= SLOTS {
+                state.counts.pop_front();
+            }
+            state.counts.push_back((slot, 0, BTreeMap::new()));
+        }
+        if let Some((_, requests, errors)) = state.counts.back_mut() {
+            *requests += 1;
+            if let Some(kind) = &record.error_kind {
+                *errors.entry(kind.clone()).or_default() += 1;
+            }
+        }
+        if let Some(kind) = &record.error_kind {
+            *state.errors_total.entry(kind.clone()).or_default() += 1;
+        }
+    }
+
+    /// Percentiles per metric and window, overall and per label.
+    pub fn snapshot(&self) -> MonitorSnapshot {
+        let now = self.slot();
+        let state = self.state.lock();
+        let mut histograms = BTreeMap::new();
+        for metric in Metric::ALL {
+            let Some(w) = state.overall.get(&metric) else {
+                continue;
+            };
+            let windows = Window::ALL
+                .iter()
+                .map(|window| {
+                    (
+                        window_name(*window),
+                        Summary::of(&w.merged(now, window.slots())),
+                    )
+                })
+                .collect();
+            histograms.insert(metric.name(), windows);
+        }
+        let mut by_label: BTreeMap<String, BTreeMap<&'static str, Summary>> = BTreeMap::new();
+        for ((label, metric), w) in &state.labelled {
+            by_label.entry(label.clone()).or_default().insert(
+                metric.name(),
+                Summary::of(&w.merged(now, Window::Last5Minutes.slots())),
+            );
+        }
+        // Rates over the last minute (the current, partial slot included).
+        let minute = Window::LastMinute.slots().unwrap_or(4);
+        let recent: Vec<&(u64, u64, BTreeMap<String, u64>)> = state
+            .counts
+            .iter()
+            .filter(|(s, _, _)| now.saturating_sub(*s) < minute)
+            .collect();
+        let recent_requests: u64 = recent.iter().map(|(_, r, _)| r).sum();
+        let mut recent_errors: BTreeMap<String, u64> = BTreeMap::new();
+        for (_, _, errors) in &recent {
+            for (kind, n) in errors {
+                *recent_errors.entry(kind.clone()).or_default() += n;
+            }
+        }
+        let covered =
+            (self.started.elapsed().as_secs_f64()).clamp(1.0, (minute * SLOT.as_secs()) as f64);
+        let error_count: u64 = recent_errors.values().sum();
+        MonitorSnapshot {
+            uptime_s: self.started.elapsed().as_secs(),
+            requests_total: state.requests_total,
+            requests_per_s: recent_requests as f64 / covered,
+            error_rate: if recent_requests == 0 {
+                0.0
+            } else {
+                error_count as f64 / recent_requests as f64
+            },
+            errors_last_minute: recent_errors,
+            errors_total: state.errors_total.clone(),
+            histograms,
+            by_label,
+            rss_bytes: memory_stats::memory_stats().map(|m| m.physical_mem as u64),
+        }
+    }
+
+    /// The since-start histograms for Prometheus: (metric, label or None, histogram).
+    pub(crate) fn with_totals<R>(
+        &self,
+        f: impl FnOnce(Vec<(Metric, Option<&str>, &Histogram<u32>)>, u64, &BTreeMap<String, u64>) -> R,
+    ) -> R {
+        let state = self.state.lock();
+        let mut all: Vec<(Metric, Option<&str>, &Histogram<u32>)> = Vec::new();
+        for metric in Metric::ALL {
+            if let Some(w) = state.overall.get(&metric) {
+                all.push((metric, None, &w.total));
+            }
+        }
+        let mut labelled: Vec<_> = state.labelled.iter().collect();
+        labelled.sort_by(|a, b| a.0.cmp(b.0));
+        for ((label, metric), w) in labelled {
+            all.push((*metric, Some(label.as_str()), &w.total));
+        }
+        f(all, state.requests_total, &state.errors_total)
+    }
+}
+
+fn window_name(window: Window) -> &'static str {
+    match window {
+        Window::LastMinute => "last_minute",
+        Window::Last5Minutes => "last_5_minutes",
+        Window::SinceStart => "since_start",
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct MonitorSnapshot {
+    pub uptime_s: u64,
+    pub requests_total: u64,
+    pub requests_per_s: f64,
+    pub error_rate: f64,
+    pub errors_last_minute: BTreeMap<String, u64>,
+    pub errors_total: BTreeMap<String, u64>,
+    /// metric → window → percentiles (microseconds).
+    pub histograms: BTreeMap<&'static str, BTreeMap<&'static str, Summary>>,
+    /// provider/model → metric → percentiles over the last 5 minutes.
+    pub by_label: BTreeMap<String, BTreeMap<&'static str, Summary>>,
+    pub rss_bytes: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn percentiles_of_a_known_distribution() {
+        let mut w = Windowed::new();
+        // 1..=10_000 µs, uniform: p50 ≈ 5000, p99 ≈ 9900 (2 significant figures: within 1%).
+        for v in 1..=10_000u64 {
+            w.record(0, v);
+        }
+        let s = Summary::of(&w.merged(0, None));
+        assert_eq!(s.count, 10_000);
+        assert!((s.p50 as f64 - 5000.0).abs() / 5000.0 < 0.01, "{s:?}");
+        assert!((s.p99 as f64 - 9900.0).abs() / 9900.0 < 0.01, "{s:?}");
+        assert!((s.max as f64 - 10_000.0).abs() / 10_000.0 < 0.01, "{s:?}");
+    }
+
+    #[test]
+    fn windows_forget_old_slots() {
+        let mut w = Windowed::new();
+        w.record(0, 100);
+        w.record(10, 200);
+        w.record(25, 300);
+        // At slot 25: the last minute (4 slots) holds only slot 25; five minutes (20) holds 10 and 25.
+        assert_eq!(w.merged(25, Some(4)).len(), 1);
+        assert_eq!(w.merged(25, Some(20)).len(), 2);
+        assert_eq!(w.merged(25, None).len(), 3);
+        for slot in 0..100 {
+            w.record(slot, 5);
+        }
+        assert!(w.slots.len() <= SLOTS);
+    }
+}

@@ -1,0 +1,88 @@
+//! End-to-end tests of the proxy's own monitoring: the overhead header, `/api/stats`, `/metrics`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{MockUpstream, Proxy, chat_body, client, mock_config};
+use serde_json::Value;
+
+#[tokio::test]
+async fn stats_and_metrics_reflect_the_traffic() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = Proxy::start(&mock_config(&mock, ""), &[("MOCK_KEY", "k")]).await;
+    for i in 0..6 {
+        let response = client()
+            .post(proxy.url("/v1/chat/completions"))
+            .header("x-mock-chunks", "10")
+            .json(&chat_body("mock/model", i == 0))
+            .send()
+            .await
+            .unwrap();
+        let overhead = response.headers()["x-kimi-proxy-overhead-us"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(overhead.parse::<u64>().is_ok(), "{overhead}");
+        response.bytes().await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stats = loop {
+        let stats: Value = client()
+            .get(proxy.url("/api/stats"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if stats["requests_total"] == 6 {
+            break stats;
+        }
+        assert!(Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let latency = &stats["histograms_us"]["latency"];
+    assert_eq!(latency["since_start"]["count"], 6);
+    assert_eq!(latency["last_minute"]["count"], 6);
+    assert!(
+        latency["since_start"]["p99"].as_u64().unwrap()
+            >= latency["since_start"]["p50"].as_u64().unwrap()
+    );
+    assert!(
+        stats["histograms_us"]["inter_chunk_gap"]["since_start"]["count"]
+            .as_u64()
+            .unwrap()
+            >= 10
+    );
+    assert_eq!(
+        stats["histograms_us"]["overhead"]["since_start"]["count"],
+        6
+    );
+    assert!(stats["rss_bytes"].as_u64().unwrap() > 1_000_000);
+    assert!(stats["requests_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(stats["error_rate"], 0.0);
+    assert_eq!(stats["by_model_us"]["mock/model"]["latency"]["count"], 6);
+
+    let metrics = client().get(proxy.url("/metrics")).send().await.unwrap();
+    assert!(
+        metrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("kimi_proxy_requests_total 6"), "{text}");
+    assert!(
+        text.contains("kimi_proxy_latency_seconds_bucket{le=\"+Inf\"} 6"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "kimi_proxy_latency_seconds_bucket{provider=\"mock\",model=\"model\",le=\"+Inf\"} 6"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("kimi_proxy_open_requests 0"), "{text}");
+}
