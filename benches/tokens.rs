@@ -7,7 +7,7 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use kimi_proxy::tokens::Tokenizer;
 use kimi_proxy::tokens::cache::MessageCache;
-use kimi_proxy::tokens::chat::count_request;
+use kimi_proxy::tokens::chat::{count_layout, count_request};
 use kimi_proxy::tokens::stream::{CompletionCounter, SseParser};
 use serde_json::{Value, json};
 
@@ -84,7 +84,7 @@ fn conversation(turns: usize) -> Vec<Value> {
 fn per_turn(c: &mut Criterion) {
     let tokenizer = Tokenizer::cl100k_base();
     let messages = conversation(100);
-    let full = serde_json::to_vec(&json!({"messages": messages})).unwrap_or_default();
+    let full = serde_json::to_vec(&json!({"model": "m", "messages": messages})).unwrap_or_default();
     let total = count_request(&full, &tokenizer, &MessageCache::new(1 << 20)).total;
     eprintln!("conversation: {} messages, {total} tokens", messages.len());
     let mut group = c.benchmark_group("count_turn_100");
@@ -94,8 +94,9 @@ fn per_turn(c: &mut Criterion) {
     });
     // Cached: the first 99 turns were seen; the last turn's 3 messages are new.
     let cache = MessageCache::new(64 << 20);
-    let previous = serde_json::to_vec(&json!({"messages": messages[..messages.len() - 3]}))
-        .unwrap_or_default();
+    let previous =
+        serde_json::to_vec(&json!({"model": "m", "messages": messages[..messages.len() - 3]}))
+            .unwrap_or_default();
     count_request(&previous, &tokenizer, &cache);
     group.bench_function("cached_new_turn", |b| {
         b.iter_batched(
@@ -111,6 +112,34 @@ fn per_turn(c: &mut Criterion) {
     group.bench_function("cached_all_seen", |b| {
         count_request(&full, &tokenizer, &cache);
         b.iter(|| count_request(black_box(&full), &tokenizer, &cache).total)
+    });
+    // What the proxy does: the request was already scanned on the hot path (its layout is known), so a turn
+    // costs one hash per message plus the tokenisation of what is new.
+    let layout = match kimi_proxy::proxy::request::inspect(&full) {
+        Ok(view) => view.layout,
+        Err(_) => return,
+    };
+    let previous_layout = match kimi_proxy::proxy::request::inspect(&previous) {
+        Ok(view) => view.layout,
+        Err(_) => return,
+    };
+    group.bench_function("layout_new_turn", |b| {
+        b.iter_batched(
+            || {
+                let cache = MessageCache::new(64 << 20);
+                count_layout(&previous, &previous_layout, &tokenizer, &cache, 60);
+                cache
+            },
+            |cache| count_layout(black_box(&full), &layout, &tokenizer, &cache, 60).total,
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    group.bench_function("layout_all_seen", |b| {
+        count_layout(&full, &layout, &tokenizer, &cache, 60);
+        b.iter(|| count_layout(black_box(&full), &layout, &tokenizer, &cache, 60).total)
+    });
+    group.bench_function("scan_only", |b| {
+        b.iter(|| kimi_proxy::proxy::request::inspect(black_box(&full)).is_ok())
     });
     group.finish();
 }
