@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
+/// The database's file name in the data directory.
+pub const DEFAULT_DB_FILE: &str = "kimi-proxy.db";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +29,86 @@ pub enum Command {
     CheckConfig(ConfigArgs),
     /// Count the tokens of a text (ordinary text, no special tokens) or, with --chat, of a chat request.
     CountTokens(CountTokensArgs),
+    /// Sessions in the database (works while the server runs).
+    Sessions(SessionsArgs),
+    /// Requests in the database (works while the server runs).
+    Requests(RequestsArgs),
+}
+
+/// Where the database is: `--db`, else `[store] path`, else `<data-dir>/kimi-proxy.db`.
+#[derive(Debug, clap::Args)]
+pub struct DbArgs {
+    /// Configuration file (its `[store] path` is used).
+    #[arg(long, env = "KIMI_PROXY_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Where the database and other state live.
+    #[arg(long, env = "KIMI_PROXY_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// The database file (overrides `[store] path`).
+    #[arg(long, env = "KIMI_PROXY_DB", global = true)]
+    pub db: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SessionsArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(subcommand)]
+    pub command: SessionsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List sessions, most recently active first.
+    List {
+        #[arg(long, short = 'n', default_value_t = 50)]
+        limit: u32,
+        /// last_activity, created_at, cost or requests.
+        #[arg(long, default_value = "last_activity")]
+        sort: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one session with its aggregates and latest requests.
+    Show {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a session's requests to standard output.
+    Export {
+        id: i64,
+        #[arg(long, default_value = "csv")]
+        format: String,
+    },
+    /// Delete sessions and their requests.
+    Delete {
+        #[arg(required = true)]
+        ids: Vec<i64>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RequestsArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(subcommand)]
+    pub command: RequestsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RequestsCommand {
+    /// Print the latest requests; --follow keeps printing new ones.
+    Tail {
+        #[arg(short = 'n', long = "lines", default_value_t = 20)]
+        lines: u32,
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -63,6 +145,24 @@ pub struct ServeArgs {
     /// Where the database and other state live.
     #[arg(long, env = "KIMI_PROXY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The database file (overrides `[store] path`; default `<data-dir>/kimi-proxy.db`).
+    #[arg(long, env = "KIMI_PROXY_DB")]
+    pub db: Option<PathBuf>,
+}
+
+/// The database file: the command line's, else the configured one (relative to the data directory), else
+/// `<data-dir>/kimi-proxy.db`.
+pub fn resolve_db_path(
+    cli: Option<PathBuf>,
+    configured: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+) -> PathBuf {
+    match (cli, configured) {
+        (Some(path), _) => path,
+        (None, Some(path)) if path.is_absolute() => path.to_path_buf(),
+        (None, Some(path)) => data_dir.join(path),
+        (None, None) => data_dir.join(DEFAULT_DB_FILE),
+    }
 }
 
 /// `$XDG_DATA_HOME/kimi-proxy`, else `~/.local/share/kimi-proxy`, else `./kimi-proxy-data`.

@@ -1,7 +1,7 @@
 //! kimi-proxy: a transparent, fast proxy for OpenAI-compatible LLM providers that counts every token.
 //!
-//! Modules follow the data flow: `config` → `proxy` (route, forward) → `server` (sockets, shutdown); `cli`
-//! describes the command line.
+//! Modules follow the data flow: `config` → `proxy` (route, forward) → `accounting` (records) → `store` (SQLite,
+//! sessions) → `server` (sockets, shutdown); `cli` describes the command line.
 
 pub mod accounting;
 pub mod api;
@@ -10,4 +10,5 @@ pub mod config;
 pub mod monitor;
 pub mod proxy;
 pub mod server;
+pub mod store;
 pub mod tokens;

@@ -40,6 +40,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::CountTokens(args) => count_tokens(args),
+        Command::Sessions(args) => sessions(args),
+        Command::Requests(args) => requests(args),
         Command::Serve(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -130,14 +132,65 @@ fn count_tokens(args: cli::CountTokensArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The database file of a store command.
+fn db_path(args: &cli::DbArgs) -> anyhow::Result<std::path::PathBuf> {
+    let config = Config::load(args.config.as_deref(), &ProcessEnv)?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(cli::default_data_dir);
+    Ok(cli::resolve_db_path(
+        args.db.clone(),
+        config.store.path.as_deref(),
+        &data_dir,
+    ))
+}
+
+fn sessions(args: cli::SessionsArgs) -> anyhow::Result<()> {
+    use kimi_proxy::store::cli as store_cli;
+    let path = db_path(&args.db)?;
+    let mut out = std::io::stdout().lock();
+    match args.command {
+        cli::SessionsCommand::List { limit, sort, json } => {
+            store_cli::sessions_list(&path, limit, &sort, json, &mut out)?
+        }
+        cli::SessionsCommand::Show { id, json } => {
+            store_cli::sessions_show(&path, id, json, &mut out)?
+        }
+        cli::SessionsCommand::Export { id, format } => {
+            store_cli::sessions_export(&path, id, &format, &mut out)?
+        }
+        cli::SessionsCommand::Delete { ids } => store_cli::sessions_delete(&path, &ids, &mut out)?,
+    }
+    Ok(())
+}
+
+fn requests(args: cli::RequestsArgs) -> anyhow::Result<()> {
+    let path = db_path(&args.db)?;
+    let mut out = std::io::stdout().lock();
+    match args.command {
+        cli::RequestsCommand::Tail {
+            lines,
+            follow,
+            json,
+        } => kimi_proxy::store::cli::requests_tail(&path, lines, follow, json, &mut out)?,
+    }
+    Ok(())
+}
+
 async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
-    let config = Config::load(args.config.config.as_deref(), &ProcessEnv)?;
+    let mut config = Config::load(args.config.config.as_deref(), &ProcessEnv)?;
     for (provider, var) in config.missing_variables() {
         tracing::warn!(provider = %provider, variable = %var, "environment variable is not set; requests to this provider get 503 unless the client sends its own key");
     }
     let data_dir = args.data_dir.unwrap_or_else(cli::default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let db = cli::resolve_db_path(args.db, config.store.path.as_deref(), &data_dir);
+    if config.store.enabled
+        && let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create the directory {}", parent.display()))?;
+    }
+    config.store.path = Some(db);
 
     let listen = match (args.listen, config.server.listen) {
         (Some(addr), _) | (None, Some(addr)) => addr,

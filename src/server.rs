@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::proxy::{self, ProxyState};
+use crate::store::api::StoreApi;
+use crate::store::{StoreError, StoreSink, WriterOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -22,11 +24,24 @@ pub enum ServerError {
     Client(#[from] proxy::upstream::ClientBuildError),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-/// Every route of the product.
+/// How long a shutdown waits for the records of the last requests.
+const RECORDS_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Every route of the product (without the store's).
 pub fn app(state: Arc<ProxyState>) -> Router {
-    let api = crate::api::router(Arc::clone(&state.accounting));
+    app_with_store(state, None)
+}
+
+/// Every route of the product, the store's included when it runs.
+pub fn app_with_store(state: Arc<ProxyState>, store: Option<Arc<StoreApi>>) -> Router {
+    let mut api = crate::api::router(Arc::clone(&state.accounting));
+    if let Some(store) = store {
+        api = api.merge(crate::store::api::router(store));
+    }
     proxy::router(state)
         .merge(api)
         .fallback(proxy::not_found)
@@ -46,15 +61,67 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
+    let state = Arc::new(ProxyState::new(Arc::clone(&config))?);
+    let sink = start_store(&config, &state).await?;
+    let store = sink.as_ref().map(|sink| StoreApi::new(Arc::clone(sink)));
+    let result = run(&config, Arc::clone(&state), store, listener, shutdown).await;
+    if let Some(sink) = sink {
+        // The last records are finished on tasks of their own (a prompt count may still be running): wait for
+        // them (bounded), then commit everything queued before the process ends.
+        let deadline = tokio::time::Instant::now() + RECORDS_GRACE;
+        while state.accounting.unfinished() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let left = state.accounting.unfinished();
+        if left > 0 {
+            tracing::warn!(records = left, "shutting down without the last records");
+        }
+        let _ = tokio::task::spawn_blocking(move || sink.shutdown()).await;
+    }
+    result
+}
+
+/// Opens the database and registers its sink, when the store is enabled.
+async fn start_store(
+    config: &Config,
+    state: &ProxyState,
+) -> Result<Option<Arc<StoreSink>>, ServerError> {
+    if !config.store.enabled {
+        tracing::info!("store disabled: requests are not persisted");
+        return Ok(None);
+    }
+    let path = config
+        .store
+        .path
+        .clone()
+        .unwrap_or_else(|| crate::cli::default_data_dir().join(crate::cli::DEFAULT_DB_FILE));
+    let options = WriterOptions::for_config(config);
+    let shown = path.display().to_string();
+    let sink = tokio::task::spawn_blocking(move || StoreSink::start(&path, options))
+        .await
+        .map_err(|e| ServerError::Store(StoreError::Other(format!("store start failed: {e}"))))??;
+    state
+        .accounting
+        .add_sink(Arc::clone(&sink) as Arc<dyn crate::accounting::RecordSink>);
+    tracing::info!(path = %shown, session_mode = config.store.session_mode.as_str(), "store open");
+    Ok(Some(sink))
+}
+
+async fn run(
+    config: &Config,
+    state: Arc<ProxyState>,
+    store: Option<Arc<StoreApi>>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
     let grace = config.server.shutdown_grace;
-    let state = Arc::new(ProxyState::new(config)?);
     let listener = listener.tap_io(|tcp| {
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
     });
     let stop = shutdown.clone();
-    let server = axum::serve(listener, app(state))
+    let server = axum::serve(listener, app_with_store(state, store))
         .with_graceful_shutdown(async move { stop.cancelled().await });
     let mut task = tokio::spawn(async move { server.await });
     tokio::select! {

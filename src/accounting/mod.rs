@@ -232,6 +232,13 @@ impl Accounting {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Requests given an id whose record was not taken yet (in flight, or being finished on its task). Every
+    /// request with an id ends in exactly one record.
+    pub fn unfinished(&self) -> u64 {
+        let issued = self.next_id.load(Ordering::Relaxed).saturating_sub(1);
+        issued.saturating_sub(self.totals.requests.load(Ordering::Relaxed))
+    }
+
     /// Prepares the prompt count of a request (nothing is counted yet).
     pub fn prompt_job(
         self: &Arc<Self>,

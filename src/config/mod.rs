@@ -173,9 +173,68 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
 }
 
+/// How requests without a client-given session id are grouped into sessions (`[store] session_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionMode {
+    /// Recognise the conversation a request continues (by its message prefix); a new one starts a session.
+    Conversation,
+    /// Everything goes to the active session (one is created when none is active).
+    Active,
+}
+
+impl SessionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionMode::Conversation => "conversation",
+            SessionMode::Active => "active",
+        }
+    }
+}
+
+/// The embedded request store (`[store]`).
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub enabled: bool,
+    /// The database file as configured (a relative path is relative to the data directory); `None`: the
+    /// default `<data-dir>/kimi-proxy.db`. The command line resolves the final path.
+    pub path: Option<PathBuf>,
+    /// Characters of the last user message kept as a preview (0: none).
+    pub preview_chars: usize,
+    /// Requests older than this many days are deleted at start and daily.
+    pub retention_days: Option<u32>,
+    /// Records waiting for the writer; more are dropped (and counted).
+    pub queue_capacity: usize,
+    /// Largest transaction, in rows.
+    pub batch_rows: usize,
+    /// Longest time a record waits for its transaction.
+    pub flush_interval: Duration,
+    pub session_mode: SessionMode,
+}
+
+pub const DEFAULT_STORE_PREVIEW_CHARS: usize = 60;
+pub const DEFAULT_STORE_QUEUE_CAPACITY: usize = 10_000;
+pub const DEFAULT_STORE_BATCH_ROWS: usize = 512;
+pub const DEFAULT_STORE_FLUSH_INTERVAL_MS: u64 = 100;
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            enabled: true,
+            path: None,
+            preview_chars: DEFAULT_STORE_PREVIEW_CHARS,
+            retention_days: None,
+            queue_capacity: DEFAULT_STORE_QUEUE_CAPACITY,
+            batch_rows: DEFAULT_STORE_BATCH_ROWS,
+            flush_interval: Duration::from_millis(DEFAULT_STORE_FLUSH_INTERVAL_MS),
+            session_mode: SessionMode::Conversation,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
+    pub store: StoreConfig,
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub models: BTreeMap<String, Arc<Model>>,
 }
@@ -308,6 +367,23 @@ pub fn describe(config: &Config) -> String {
             p.retry.max_attempts,
         );
     }
+    let store = &config.store;
+    let _ = writeln!(
+        out,
+        "store: {}{}; session mode {}; preview {} chars; retention {}",
+        if store.enabled { "enabled" } else { "disabled" },
+        store
+            .path
+            .as_ref()
+            .map(|p| format!(", path {}", p.display()))
+            .unwrap_or_default(),
+        store.session_mode.as_str(),
+        store.preview_chars,
+        store
+            .retention_days
+            .map(|d| format!("{d} days"))
+            .unwrap_or_else(|| "none".to_string()),
+    );
     let _ = writeln!(out, "models ({}):", config.models.len());
     for m in config.models.values() {
         let _ = writeln!(

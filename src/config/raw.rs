@@ -11,7 +11,8 @@ use serde::Deserialize;
 
 use super::{
     ApiKey, BaseUrl, Config, ConfigError, DEFAULT_MAX_BODY_BYTES, EnvSource, Model, Prices,
-    Provider, ProviderKind, RetryPolicy, ServerConfig, Timeouts, TokenizerSpec, expand_vars,
+    Provider, ProviderKind, RetryPolicy, ServerConfig, SessionMode, StoreConfig, Timeouts,
+    TokenizerSpec, expand_vars,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -21,6 +22,8 @@ pub struct RawConfig {
     pub builtin_catalog: Option<bool>,
     #[serde(default)]
     pub server: RawServer,
+    #[serde(default)]
+    pub store: RawStore,
     #[serde(default)]
     pub providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
@@ -34,6 +37,77 @@ pub struct RawServer {
     pub max_body_bytes: Option<usize>,
     pub forward_client_key: Option<bool>,
     pub shutdown_grace_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub enabled: Option<bool>,
+    pub path: Option<PathBuf>,
+    pub preview_chars: Option<usize>,
+    pub retention_days: Option<u32>,
+    pub queue_capacity: Option<usize>,
+    pub batch_rows: Option<usize>,
+    pub flush_interval_ms: Option<u64>,
+    pub session_mode: Option<String>,
+}
+
+impl RawStore {
+    fn merge(self, over: RawStore) -> RawStore {
+        RawStore {
+            enabled: merge_opt(self.enabled, over.enabled),
+            path: merge_opt(self.path, over.path),
+            preview_chars: merge_opt(self.preview_chars, over.preview_chars),
+            retention_days: merge_opt(self.retention_days, over.retention_days),
+            queue_capacity: merge_opt(self.queue_capacity, over.queue_capacity),
+            batch_rows: merge_opt(self.batch_rows, over.batch_rows),
+            flush_interval_ms: merge_opt(self.flush_interval_ms, over.flush_interval_ms),
+            session_mode: merge_opt(self.session_mode, over.session_mode),
+        }
+    }
+
+    fn validate(self, errors: &mut Vec<String>) -> StoreConfig {
+        let defaults = StoreConfig::default();
+        let session_mode = match self.session_mode.as_deref() {
+            None | Some("conversation") => SessionMode::Conversation,
+            Some("active") => SessionMode::Active,
+            Some(other) => {
+                errors.push(format!(
+                    "store.session_mode: unknown mode `{other}` (use \"conversation\" or \"active\")"
+                ));
+                SessionMode::Conversation
+            }
+        };
+        let mut at_least_one = |name: &str, value: Option<u64>| {
+            if value == Some(0) {
+                errors.push(format!("store.{name} must be greater than 0"));
+            }
+        };
+        at_least_one("queue_capacity", self.queue_capacity.map(|v| v as u64));
+        at_least_one("batch_rows", self.batch_rows.map(|v| v as u64));
+        at_least_one("flush_interval_ms", self.flush_interval_ms);
+        at_least_one("retention_days", self.retention_days.map(u64::from));
+        if self.path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            errors.push("store.path must not be empty".to_string());
+        }
+        StoreConfig {
+            enabled: self.enabled.unwrap_or(defaults.enabled),
+            path: self.path,
+            preview_chars: self.preview_chars.unwrap_or(defaults.preview_chars),
+            retention_days: self.retention_days,
+            queue_capacity: self
+                .queue_capacity
+                .unwrap_or(defaults.queue_capacity)
+                .max(1),
+            batch_rows: self.batch_rows.unwrap_or(defaults.batch_rows).max(1),
+            flush_interval: self
+                .flush_interval_ms
+                .map(Duration::from_millis)
+                .unwrap_or(defaults.flush_interval)
+                .max(Duration::from_millis(1)),
+            session_mode,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -137,6 +211,7 @@ impl RawConfig {
         }
         RawConfig {
             builtin_catalog: merge_opt(self.builtin_catalog, over.builtin_catalog),
+            store: self.store.merge(over.store),
             server: RawServer {
                 listen: merge_opt(self.server.listen, over.server.listen),
                 max_body_bytes: merge_opt(self.server.max_body_bytes, over.server.max_body_bytes),
@@ -182,6 +257,8 @@ impl RawConfig {
             ),
         };
 
+        let store = self.store.validate(&mut errors);
+
         let mut providers = BTreeMap::new();
         for (key, raw) in self.providers {
             if let Some(p) = raw.validate(&key, env, &mut errors) {
@@ -199,6 +276,7 @@ impl RawConfig {
         if errors.is_empty() {
             Ok(Config {
                 server,
+                store,
                 providers,
                 models,
             })

@@ -26,7 +26,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
 
 use crate::accounting::tracker::{self, RequestContext, Tracker};
-use crate::accounting::{Accounting, DEFAULT_MESSAGE_CACHE_BYTES, DEFAULT_PREVIEW_CHARS};
+use crate::accounting::{Accounting, DEFAULT_MESSAGE_CACHE_BYTES};
 use crate::config::{ApiKey, BaseUrl, Config, Provider};
 use body::ForwardBody;
 use error::ProxyError;
@@ -67,7 +67,7 @@ impl ProxyState {
             );
         }
         let models_json = Bytes::from(render_models(&catalog).to_string());
-        let accounting = Accounting::new(DEFAULT_MESSAGE_CACHE_BYTES, DEFAULT_PREVIEW_CHARS);
+        let accounting = Accounting::new(DEFAULT_MESSAGE_CACHE_BYTES, config.store.preview_chars);
         accounting.preload(&config);
         Ok(ProxyState {
             config,

@@ -1,0 +1,550 @@
+//! The store's HTTP API: sessions, their requests, exports, statistics, maintenance. Reads run on read-only
+//! connections on the blocking pool; changes go through the writer thread (one writer, in order with the
+//! records). Errors are JSON: `{"error": {"message", "type", "code"}}`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::export::{self, Format};
+use super::query::{self, Order, RequestFilter, SessionSort, StatusFilter};
+use super::{Readers, StoreError, StoreSink};
+
+/// Shared by the store routes.
+pub struct StoreApi {
+    pub sink: Arc<StoreSink>,
+    pub readers: Readers,
+}
+
+impl StoreApi {
+    pub fn new(sink: Arc<StoreSink>) -> Arc<StoreApi> {
+        let readers = Readers::new(sink.path());
+        Arc::new(StoreApi { sink, readers })
+    }
+}
+
+pub fn router(api: Arc<StoreApi>) -> Router {
+    Router::new()
+        .route(
+            "/api/sessions",
+            get(list_sessions)
+                .post(create_session)
+                .delete(delete_sessions),
+        )
+        .route(
+            "/api/sessions/{id}",
+            get(get_session)
+                .patch(rename_session)
+                .delete(delete_session),
+        )
+        .route("/api/sessions/{id}/activate", post(activate))
+        .route("/api/sessions/{id}/deactivate", post(deactivate))
+        .route("/api/sessions/{id}/requests", get(session_requests))
+        .route("/api/sessions/{id}/export", get(export_session))
+        .route("/api/export", get(export_all))
+        .route("/api/stats/store", get(store_stats))
+        .route("/api/maintenance/retention", post(retention))
+        .with_state(api)
+}
+
+/// An API error in the OpenAI format.
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn unknown_session(id: i64) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            kind: "not_found_error",
+            code: "unknown_session",
+            message: format!("no session {id}"),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        match error {
+            StoreError::UnknownSession(id) => ApiError::unknown_session(id),
+            StoreError::Closed => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                kind: "store_error",
+                code: "store_closed",
+                message: error.to_string(),
+            },
+            other => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                kind: "store_error",
+                code: "store_unavailable",
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": {"message": self.message, "type": self.kind, "code": self.code}})),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn query_error(rejection: QueryRejection) -> ApiError {
+    ApiError::bad_request("invalid_parameter", rejection.body_text())
+}
+
+fn json_error(rejection: JsonRejection) -> ApiError {
+    ApiError::bad_request("invalid_body", rejection.body_text())
+}
+
+fn session_id(text: &str) -> Result<i64, ApiError> {
+    text.parse::<i64>().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_parameter",
+            format!("`{text}` is not a session id (an integer)"),
+        )
+    })
+}
+
+/// Runs a read on the blocking pool.
+async fn read<T: Send + 'static>(
+    api: &Arc<StoreApi>,
+    f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let api = Arc::clone(api);
+    tokio::task::spawn_blocking(move || api.readers.with(f))
+        .await
+        .map_err(|e| ApiError::from(StoreError::Other(format!("read task failed: {e}"))))?
+        .map_err(ApiError::from)
+}
+
+const MAX_PAGE: u32 = 1000;
+
+fn page(limit: Option<u32>, default: u32) -> Result<u32, ApiError> {
+    match limit {
+        Some(0) => Err(ApiError::bad_request(
+            "invalid_parameter",
+            "limit must be at least 1",
+        )),
+        Some(n) if n > MAX_PAGE => Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("limit must be at most {MAX_PAGE}"),
+        )),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionsQuery {
+    limit: Option<u32>,
+    offset: Option<u64>,
+    sort: Option<SessionSort>,
+    order: Option<Order>,
+}
+
+async fn list_sessions(
+    State(api): State<Arc<StoreApi>>,
+    query: Result<Query<SessionsQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = query.map_err(query_error)?;
+    let limit = page(q.limit, 50)?;
+    let offset = q.offset.unwrap_or(0);
+    let sort = q.sort.unwrap_or(SessionSort::LastActivity);
+    let order = q.order.unwrap_or(Order::Desc);
+    let (sessions, total) = read(&api, move |conn| {
+        Ok((
+            query::list_sessions(conn, sort, order, limit, offset)?,
+            query::count_sessions(conn)?,
+        ))
+    })
+    .await?;
+    Ok(Json(json!({
+        "object": "list",
+        "data": sessions,
+        "total": total,
+        "limit": limit,
+        "offset": offset,
+    }))
+    .into_response())
+}
+
+async fn get_session(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> ApiResult {
+    let id = session_id(&id)?;
+    match read(&api, move |conn| query::get_session(conn, id)).await? {
+        Some(session) => Ok(Json(session).into_response()),
+        None => Err(ApiError::unknown_session(id)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateSession {
+    name: String,
+    model: Option<String>,
+    /// Make it the active session (default true).
+    activate: Option<bool>,
+}
+
+async fn create_session(
+    State(api): State<Arc<StoreApi>>,
+    body: Result<Json<CreateSession>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body.map_err(json_error)?;
+    let name = clean_name(&body.name)?;
+    let model = body.model.filter(|m| !m.trim().is_empty());
+    let activate = body.activate.unwrap_or(true);
+    let id = api
+        .sink
+        .execute(move |state| {
+            let (store, resolver) = state.parts()?;
+            store.create_session(resolver, &name, model.as_deref(), activate)
+        })
+        .await?;
+    let session = read(&api, move |conn| query::get_session(conn, id)).await?;
+    Ok((StatusCode::CREATED, Json(session)).into_response())
+}
+
+fn clean_name(name: &str) -> Result<String, ApiError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "name must be 1 to 200 printable characters",
+        ));
+    }
+    Ok(name.to_string())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenameSession {
+    name: String,
+}
+
+async fn rename_session(
+    State(api): State<Arc<StoreApi>>,
+    Path(id): Path<String>,
+    body: Result<Json<RenameSession>, JsonRejection>,
+) -> ApiResult {
+    let id = session_id(&id)?;
+    let Json(body) = body.map_err(json_error)?;
+    let name = clean_name(&body.name)?;
+    api.sink
+        .execute(move |state| state.store()?.rename_session(id, &name))
+        .await?;
+    session_response(&api, id).await
+}
+
+async fn session_response(api: &Arc<StoreApi>, id: i64) -> ApiResult {
+    match read(api, move |conn| query::get_session(conn, id)).await? {
+        Some(session) => Ok(Json(session).into_response()),
+        None => Err(ApiError::unknown_session(id)),
+    }
+}
+
+async fn activate(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> ApiResult {
+    let id = session_id(&id)?;
+    api.sink
+        .execute(move |state| state.store()?.set_active(id, true))
+        .await?;
+    session_response(&api, id).await
+}
+
+async fn deactivate(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> ApiResult {
+    let id = session_id(&id)?;
+    api.sink
+        .execute(move |state| state.store()?.set_active(id, false))
+        .await?;
+    session_response(&api, id).await
+}
+
+async fn delete_session(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> ApiResult {
+    let id = session_id(&id)?;
+    let deleted = api
+        .sink
+        .execute(move |state| {
+            let (store, resolver) = state.parts()?;
+            store.delete_sessions(Some(resolver), &[id])
+        })
+        .await?;
+    if deleted == 0 {
+        return Err(ApiError::unknown_session(id));
+    }
+    Ok(Json(json!({"deleted": [id]})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteSessions {
+    ids: Vec<i64>,
+}
+
+async fn delete_sessions(
+    State(api): State<Arc<StoreApi>>,
+    body: Result<Json<DeleteSessions>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body.map_err(json_error)?;
+    if body.ids.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "ids must name at least one session",
+        ));
+    }
+    let ids = body.ids;
+    let count = ids.len();
+    let deleted = api
+        .sink
+        .execute(move |state| {
+            let (store, resolver) = state.parts()?;
+            store.delete_sessions(Some(resolver), &ids)
+        })
+        .await?;
+    Ok(Json(json!({"requested": count, "deleted": deleted})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestsQuery {
+    limit: Option<u32>,
+    offset: Option<u64>,
+    status: Option<String>,
+    model: Option<String>,
+    since: Option<i64>,
+    until: Option<i64>,
+}
+
+async fn session_requests(
+    State(api): State<Arc<StoreApi>>,
+    Path(id): Path<String>,
+    query: Result<Query<RequestsQuery>, QueryRejection>,
+) -> ApiResult {
+    let id = session_id(&id)?;
+    let Query(q) = query.map_err(query_error)?;
+    let limit = page(q.limit, 100)?;
+    let offset = q.offset.unwrap_or(0);
+    let status = match q.status.as_deref() {
+        None => None,
+        Some(text) => Some(StatusFilter::parse(text).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_parameter",
+                format!("status must be a status code, `ok` or `error`, not `{text}`"),
+            )
+        })?),
+    };
+    let filter = RequestFilter {
+        session: Some(id),
+        since: q.since,
+        until: q.until,
+        status,
+        model: q.model,
+    };
+    let found = read(&api, move |conn| {
+        if query::get_session(conn, id)?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(query::list_requests(conn, &filter, limit, offset)?))
+    })
+    .await?;
+    match found {
+        Some(requests) => Ok(Json(json!({
+            "object": "list",
+            "session_id": id,
+            "data": requests,
+            "limit": limit,
+            "offset": offset,
+        }))
+        .into_response()),
+        None => Err(ApiError::unknown_session(id)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportQuery {
+    format: Option<String>,
+    since: Option<i64>,
+    until: Option<i64>,
+}
+
+fn export_format(text: Option<&str>) -> Result<Format, ApiError> {
+    match text {
+        None => Ok(Format::Json),
+        Some(text) => Format::parse(text).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_parameter",
+                format!("format must be `csv` or `json`, not `{text}`"),
+            )
+        }),
+    }
+}
+
+async fn export_session(
+    State(api): State<Arc<StoreApi>>,
+    Path(id): Path<String>,
+    query: Result<Query<ExportQuery>, QueryRejection>,
+) -> ApiResult {
+    let id = session_id(&id)?;
+    let Query(q) = query.map_err(query_error)?;
+    let format = export_format(q.format.as_deref())?;
+    if read(&api, move |conn| query::get_session(conn, id))
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::unknown_session(id));
+    }
+    let filter = RequestFilter {
+        session: Some(id),
+        since: q.since,
+        until: q.until,
+        ..RequestFilter::default()
+    };
+    Ok(stream_export(
+        &api,
+        filter,
+        format,
+        &format!("session-{id}-requests"),
+    ))
+}
+
+async fn export_all(
+    State(api): State<Arc<StoreApi>>,
+    query: Result<Query<ExportQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = query.map_err(query_error)?;
+    let format = export_format(q.format.as_deref())?;
+    let filter = RequestFilter {
+        since: q.since,
+        until: q.until,
+        ..RequestFilter::default()
+    };
+    Ok(stream_export(&api, filter, format, "requests"))
+}
+
+/// Chunks in flight between the reader thread and the client.
+const EXPORT_CHANNEL: usize = 4;
+
+/// The export as a streamed body: a blocking reader pages through the rows and sends chunks over a bounded
+/// channel; a slow client slows the reader down, a client that leaves stops it.
+fn stream_export(
+    api: &Arc<StoreApi>,
+    filter: RequestFilter,
+    format: Format,
+    stem: &str,
+) -> Response {
+    let (sender, receiver) =
+        tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_CHANNEL);
+    let api = Arc::clone(api);
+    tokio::task::spawn_blocking(move || {
+        let result = api.readers.with(|conn| {
+            export::export_requests(conn, &filter, format, export::PAGE_ROWS, |chunk| {
+                sender.blocking_send(Ok(Bytes::from(chunk))).is_ok()
+            })
+        });
+        if let Err(error) = result {
+            tracing::warn!(%error, "export failed");
+            let _ = sender.blocking_send(Err(std::io::Error::other(error.to_string())));
+        }
+    });
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    if let Ok(value) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"kimi-proxy-{stem}.{}\"",
+        format.extension()
+    )) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    response
+}
+
+async fn store_stats(State(api): State<Arc<StoreApi>>) -> ApiResult {
+    let writer = api.sink.stats();
+    let path = api.sink.path().to_path_buf();
+    let shown = path.display().to_string();
+    let counts = read(&api, move |conn| query::store_counts(conn, &path)).await;
+    let (database, error) = match counts {
+        Ok(counts) => (serde_json::to_value(counts).unwrap_or_default(), None),
+        Err(error) => (serde_json::Value::Null, Some(error.message)),
+    };
+    Ok(Json(json!({
+        "path": shown,
+        "database": database,
+        "database_error": error,
+        "writer": writer,
+        "options": {
+            "session_mode": api.sink.options().session_mode.as_str(),
+            "queue_capacity": api.sink.options().queue_capacity,
+            "batch_rows": api.sink.options().batch_rows,
+            "flush_interval_ms": api.sink.options().flush_interval.as_millis() as u64,
+            "preview_chars": api.sink.options().preview_chars,
+            "retention_days": api.sink.options().retention_days,
+        }
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionBody {
+    days: u32,
+    /// Give the space back to the file system (default true).
+    vacuum: Option<bool>,
+}
+
+async fn retention(
+    State(api): State<Arc<StoreApi>>,
+    body: Result<Json<RetentionBody>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body.map_err(json_error)?;
+    if body.days == 0 {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            "days must be at least 1",
+        ));
+    }
+    let vacuum = body.vacuum.unwrap_or(true);
+    let days = body.days;
+    let outcome = api
+        .sink
+        .execute(move |state| {
+            let (store, resolver) = state.parts()?;
+            store.apply_retention(Some(resolver), days, vacuum)
+        })
+        .await?;
+    Ok(Json(outcome).into_response())
+}

@@ -1,0 +1,284 @@
+//! `kimi-proxy sessions …` and `kimi-proxy requests tail`: the same database, from another process, while the
+//! server runs. Reads use a read-only connection; `delete` writes (WAL and the busy timeout let it share).
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use serde_json::{Map, Value};
+
+use super::export::{self, Format};
+use super::query::{self, Order, RequestFilter, SessionSort};
+use super::{Store, StoreError, open_read_only};
+
+/// Errors of the store commands.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// A read-only connection; an older schema is upgraded first (that one write is unavoidable).
+pub fn reader(path: &Path) -> Result<Connection, StoreError> {
+    match open_read_only(path) {
+        Err(StoreError::Outdated { .. }) => {
+            drop(Store::open(path)?);
+            open_read_only(path)
+        }
+        other => other,
+    }
+}
+
+pub fn sessions_list(
+    path: &Path,
+    limit: u32,
+    sort: &str,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let sort: SessionSort =
+        serde_json::from_value(Value::String(sort.to_string())).map_err(|_| {
+            CliError::Usage(format!(
+                "--sort must be last_activity, created_at, cost or requests, not `{sort}`"
+            ))
+        })?;
+    let conn = reader(path)?;
+    let sessions = query::list_sessions(&conn, sort, Order::Desc, limit, 0)?;
+    if json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&sessions).unwrap_or_default()
+        )?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:>6}  {:<12} {:>7} {:>5} {:>12} {:>12} {:>10} {:>8}  {:<20}  NAME",
+        "ID",
+        "SOURCE",
+        "REQS",
+        "ERR",
+        "PROMPT",
+        "COMPLETION",
+        "COST $",
+        "CONTEXT",
+        "LAST ACTIVITY (UTC)"
+    )?;
+    for s in sessions {
+        let context = s
+            .context_used
+            .map(|u| format!("{:.0}%", u * 100.0))
+            .unwrap_or_else(|| "-".to_string());
+        writeln!(
+            out,
+            "{:>6}{} {:<12} {:>7} {:>5} {:>12} {:>12} {:>10.4} {:>8}  {:<20}  {}",
+            s.id,
+            if s.active { "*" } else { " " },
+            s.source,
+            s.request_count,
+            s.error_count,
+            s.prompt_tokens,
+            s.completion_tokens,
+            s.cost_usd,
+            context,
+            iso_utc(s.last_activity_ms),
+            s.name.as_deref().unwrap_or("")
+        )?;
+    }
+    Ok(())
+}
+
+pub fn sessions_show(
+    path: &Path,
+    id: i64,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let conn = reader(path)?;
+    let Some(session) = query::get_session(&conn, id)? else {
+        return Err(StoreError::UnknownSession(id).into());
+    };
+    let filter = RequestFilter {
+        session: Some(id),
+        ..RequestFilter::default()
+    };
+    let requests = query::list_requests(&conn, &filter, 20, 0)?;
+    if json {
+        let value = serde_json::json!({"session": session, "latest_requests": requests});
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        )?;
+        return Ok(());
+    }
+    let value = serde_json::to_value(&session).unwrap_or_default();
+    if let Value::Object(fields) = value {
+        for (key, value) in fields {
+            writeln!(out, "{key:<18} {}", plain(&value))?;
+        }
+    }
+    writeln!(out, "\nlatest requests:")?;
+    for request in requests.iter().rev() {
+        writeln!(out, "{}", request_line(request))?;
+    }
+    Ok(())
+}
+
+pub fn sessions_export(
+    path: &Path,
+    id: i64,
+    format: &str,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let format = Format::parse(format)
+        .ok_or_else(|| CliError::Usage(format!("--format must be csv or json, not `{format}`")))?;
+    let conn = reader(path)?;
+    if query::get_session(&conn, id)?.is_none() {
+        return Err(StoreError::UnknownSession(id).into());
+    }
+    let filter = RequestFilter {
+        session: Some(id),
+        ..RequestFilter::default()
+    };
+    let mut failed = None;
+    export::export_requests(&conn, &filter, format, export::PAGE_ROWS, |chunk| match out
+        .write_all(&chunk)
+    {
+        Ok(()) => true,
+        Err(error) => {
+            failed = Some(error);
+            false
+        }
+    })?;
+    match failed {
+        Some(error) => Err(error.into()),
+        None => Ok(out.flush()?),
+    }
+}
+
+pub fn sessions_delete(path: &Path, ids: &[i64], out: &mut dyn Write) -> Result<(), CliError> {
+    if !path.exists() {
+        return Err(StoreError::Missing(path.to_path_buf()).into());
+    }
+    let mut store = Store::open(path)?;
+    let deleted = store.delete_sessions(None, ids)?;
+    writeln!(out, "deleted {deleted} of {} sessions", ids.len())?;
+    Ok(())
+}
+
+pub fn requests_tail(
+    path: &Path,
+    lines: u32,
+    follow: bool,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let conn = reader(path)?;
+    let mut last = 0;
+    let print = |rows: Vec<Map<String, Value>>,
+                 last: &mut i64,
+                 out: &mut dyn Write|
+     -> Result<(), CliError> {
+        for row in rows {
+            if let Some(id) = row.get("id").and_then(Value::as_i64) {
+                *last = (*last).max(id);
+            }
+            if json {
+                writeln!(out, "{}", Value::Object(row))?;
+            } else {
+                writeln!(out, "{}", request_line(&row))?;
+            }
+        }
+        out.flush()?;
+        Ok(())
+    };
+    print(query::last_requests(&conn, lines)?, &mut last, out)?;
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let rows = query::requests_after(&conn, last, 1000)?;
+        print(rows, &mut last, out)?;
+    }
+}
+
+fn plain(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// One request on one line.
+pub fn request_line(row: &Map<String, Value>) -> String {
+    let int = |key: &str| row.get(key).and_then(Value::as_i64).unwrap_or(0);
+    let text = |key: &str| row.get(key).and_then(Value::as_str).unwrap_or("");
+    let session = row
+        .get("session_id")
+        .and_then(Value::as_i64)
+        .map(|s| format!("s{s}"))
+        .unwrap_or_else(|| "-".to_string());
+    let preview = text("preview");
+    format!(
+        "{}  #{:<7} {:<6} {:<28} {:>3}  {:>7} + {:<6} tok  ${:<9.5} {:>7} ms{}{}",
+        iso_utc(int("started_at")),
+        int("id"),
+        session,
+        text("model"),
+        int("status"),
+        int("prompt_tokens"),
+        int("completion_tokens"),
+        row.get("cost_usd").and_then(Value::as_f64).unwrap_or(0.0),
+        int("latency_us") / 1000,
+        if preview.is_empty() { "" } else { "  " },
+        if preview.is_empty() {
+            String::new()
+        } else {
+            format!("{preview:?}")
+        }
+    )
+}
+
+/// `2026-01-02T03:04:05Z` from Unix milliseconds.
+pub fn iso_utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso_utc(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(iso_utc(1_767_323_045_000), "2026-01-02T03:04:05Z");
+    }
+}

@@ -1,0 +1,153 @@
+//! The versioned schema. `MIGRATIONS[i]` upgrades a database from version `i` to `i + 1`; version 0 is an
+//! empty file. Migrations only ever get appended: a released one is never edited.
+
+/// The schema version this build writes.
+pub const LATEST_VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub const MIGRATIONS: &[&str] = &[
+    // v1: sessions with incrementally maintained aggregates, one row per request.
+    r#"
+CREATE TABLE sessions (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
+    name              TEXT,
+    model             TEXT,
+    created_at        INTEGER NOT NULL,
+    last_activity     INTEGER NOT NULL,
+    source            TEXT NOT NULL CHECK (source IN ('manual', 'client', 'conversation', 'active')),
+    client_key        TEXT UNIQUE,
+    request_count     INTEGER NOT NULL DEFAULT 0,
+    error_count       INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    cached_tokens     INTEGER NOT NULL DEFAULT 0,
+    cost_usd          REAL NOT NULL DEFAULT 0,
+    context_tokens    INTEGER NOT NULL DEFAULT 0,
+    active            INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX sessions_by_last_activity ON sessions (last_activity);
+
+CREATE TABLE requests (
+    id                   INTEGER PRIMARY KEY,
+    record_id            INTEGER NOT NULL,
+    session_id           INTEGER REFERENCES sessions (id) ON DELETE CASCADE,
+    started_at           INTEGER NOT NULL,
+    model                TEXT NOT NULL,
+    provider             TEXT NOT NULL,
+    upstream_model       TEXT NOT NULL,
+    streaming            INTEGER NOT NULL,
+    status               INTEGER NOT NULL,
+    error_kind           TEXT,
+    prompt_estimated     INTEGER NOT NULL,
+    prompt_calibrated    INTEGER NOT NULL,
+    calibration_ratio    REAL,
+    prompt_reported      INTEGER,
+    completion_estimated INTEGER NOT NULL,
+    completion_reported  INTEGER,
+    cached_reported      INTEGER,
+    reasoning_estimated  INTEGER NOT NULL,
+    reasoning_reported   INTEGER,
+    prompt_tokens        INTEGER NOT NULL,
+    completion_tokens    INTEGER NOT NULL,
+    tokens_estimated     INTEGER NOT NULL,
+    prompt_accuracy      REAL,
+    completion_accuracy  REAL,
+    tokenizer            TEXT NOT NULL,
+    tokenizer_exact      INTEGER NOT NULL,
+    cost_usd             REAL NOT NULL,
+    cost_estimated       INTEGER NOT NULL,
+    counting_us          INTEGER NOT NULL,
+    latency_us           INTEGER NOT NULL,
+    ttft_us              INTEGER,
+    upstream_headers_us  INTEGER,
+    attempts             INTEGER NOT NULL,
+    tool_call_fixes      INTEGER NOT NULL,
+    usage_injected       INTEGER NOT NULL,
+    finish_reason        TEXT,
+    response_bytes       INTEGER NOT NULL,
+    preview              TEXT,
+    client_session       TEXT,
+    message_count        INTEGER NOT NULL
+);
+CREATE INDEX requests_by_session_time ON requests (session_id, started_at);
+CREATE INDEX requests_by_time ON requests (started_at);
+"#,
+    // v2: the context gauge's denominator, sort orders of the session list, at most one active session, alerts,
+    // the upstream/proxy time split.
+    r#"
+ALTER TABLE sessions ADD COLUMN context_window INTEGER;
+ALTER TABLE requests ADD COLUMN upstream_us INTEGER;
+ALTER TABLE requests ADD COLUMN overhead_us INTEGER;
+CREATE INDEX sessions_by_created_at ON sessions (created_at);
+CREATE INDEX sessions_by_cost ON sessions (cost_usd);
+CREATE INDEX sessions_by_requests ON sessions (request_count);
+UPDATE sessions SET active = 0 WHERE active = 1 AND id <> (SELECT max(id) FROM sessions WHERE active = 1);
+CREATE UNIQUE INDEX sessions_one_active ON sessions (active) WHERE active = 1;
+
+CREATE TABLE alerts (
+    id          INTEGER PRIMARY KEY,
+    created_at  INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    severity    TEXT NOT NULL CHECK (severity IN ('info', 'warning', 'error')),
+    session_id  INTEGER REFERENCES sessions (id) ON DELETE SET NULL,
+    message     TEXT NOT NULL,
+    resolved_at INTEGER
+);
+CREATE INDEX alerts_by_time ON alerts (created_at);
+CREATE INDEX alerts_by_session ON alerts (session_id);
+"#,
+];
+
+/// The columns of `requests` in the order the writer binds them (`id` excluded).
+pub const REQUEST_COLUMNS: &[&str] = &[
+    "record_id",
+    "session_id",
+    "started_at",
+    "model",
+    "provider",
+    "upstream_model",
+    "streaming",
+    "status",
+    "error_kind",
+    "prompt_estimated",
+    "prompt_calibrated",
+    "calibration_ratio",
+    "prompt_reported",
+    "completion_estimated",
+    "completion_reported",
+    "cached_reported",
+    "reasoning_estimated",
+    "reasoning_reported",
+    "prompt_tokens",
+    "completion_tokens",
+    "tokens_estimated",
+    "prompt_accuracy",
+    "completion_accuracy",
+    "tokenizer",
+    "tokenizer_exact",
+    "cost_usd",
+    "cost_estimated",
+    "counting_us",
+    "latency_us",
+    "ttft_us",
+    "upstream_headers_us",
+    "attempts",
+    "tool_call_fixes",
+    "usage_injected",
+    "finish_reason",
+    "response_bytes",
+    "preview",
+    "client_session",
+    "message_count",
+    "upstream_us",
+    "overhead_us",
+];
+
+/// Columns read back as booleans.
+pub const BOOLEAN_COLUMNS: &[&str] = &[
+    "streaming",
+    "tokens_estimated",
+    "tokenizer_exact",
+    "cost_estimated",
+    "usage_injected",
+    "active",
+];

@@ -1,0 +1,559 @@
+//! The single writer: a bounded queue filled on the request path, drained by one thread that commits batches.
+//!
+//! A batch is committed when it holds `batch_rows` records or `batch_bytes` bytes, or `flush_interval` after its
+//! first record arrived. A failing write (disk full, file gone, read-only) is retried with backoff, at most
+//! [`MAX_BATCH_ATTEMPTS`] times, then its records are counted as dropped; the connection is reopened, so
+//! writing resumes by itself when the disk recovers. Meanwhile the queue fills and new records are dropped at
+//! the door (counted): memory stays bounded, the proxy never waits.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use super::sessions::SessionResolver;
+use super::{Store, StoreError, unix_ms};
+use crate::accounting::{RecordSink, RequestRecord};
+use crate::config::{Config, SessionMode, StoreConfig};
+
+/// A batch that failed this many times is dropped.
+pub const MAX_BATCH_ATTEMPTS: u32 = 3;
+const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often retention runs when configured.
+const RETENTION_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// The writer's settings.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    pub queue_capacity: usize,
+    /// Records queued may not hold more than this many bytes in total (approximately).
+    pub queue_bytes: usize,
+    pub batch_rows: usize,
+    pub batch_bytes: usize,
+    pub flush_interval: Duration,
+    pub session_mode: SessionMode,
+    pub preview_chars: usize,
+    pub retention_days: Option<u32>,
+    /// Context window per catalog model key.
+    pub context_windows: HashMap<String, u64>,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions::from_config(&StoreConfig::default())
+    }
+}
+
+impl WriterOptions {
+    pub fn from_config(store: &StoreConfig) -> WriterOptions {
+        WriterOptions {
+            queue_capacity: store.queue_capacity,
+            queue_bytes: 256 * 1024 * 1024,
+            batch_rows: store.batch_rows,
+            batch_bytes: 4 * 1024 * 1024,
+            flush_interval: store.flush_interval,
+            session_mode: store.session_mode,
+            preview_chars: store.preview_chars,
+            retention_days: store.retention_days,
+            context_windows: HashMap::new(),
+        }
+    }
+
+    /// The options of a whole configuration, with each model's context window.
+    pub fn for_config(config: &Config) -> WriterOptions {
+        let mut options = WriterOptions::from_config(&config.store);
+        options.context_windows = config
+            .models
+            .values()
+            .map(|m| (m.key.clone(), m.max_context_size))
+            .collect();
+        options
+    }
+}
+
+/// The writer's counters since start.
+#[derive(Default)]
+struct Counters {
+    queued: AtomicUsize,
+    queued_bytes: AtomicUsize,
+    offered: AtomicU64,
+    written: AtomicU64,
+    dropped: AtomicU64,
+    batches: AtomicU64,
+    write_errors: AtomicU64,
+    last_drop_log_ms: AtomicI64,
+    last_error: Mutex<Option<(i64, String)>>,
+}
+
+/// A snapshot of the writer's counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct WriterStats {
+    /// Records waiting in the queue.
+    pub queued: usize,
+    pub queued_bytes: usize,
+    pub queue_capacity: usize,
+    pub offered: u64,
+    pub written: u64,
+    /// Records lost: queue full, store shut down, or a batch that could not be written.
+    pub dropped: u64,
+    pub batches: u64,
+    pub write_errors: u64,
+    pub last_error: Option<String>,
+    pub last_error_at_ms: Option<i64>,
+    /// The writer has an open, working database.
+    pub healthy: bool,
+}
+
+/// What the writer thread works on; commands get it mutably.
+pub struct WriterState {
+    path: PathBuf,
+    store: Option<Store>,
+    /// The file the resolver's session ids belong to.
+    identity: Option<(u64, u64)>,
+    pub resolver: SessionResolver,
+}
+
+impl WriterState {
+    /// The open database, reopening it when needed.
+    pub fn store(&mut self) -> Result<&mut Store, StoreError> {
+        if let Some(store) = &self.store
+            && store.check_file().is_err()
+        {
+            tracing::warn!(path = %self.path.display(), "database file removed or replaced; reopening");
+            self.store = None;
+        }
+        if self.store.is_none() {
+            let store = Store::open(&self.path)?;
+            if store.identity() != self.identity {
+                // Another file (recreated after a loss): its session ids are not the ones remembered.
+                tracing::warn!(path = %self.path.display(), "a different database file: session memory reset");
+                self.resolver.reset();
+                self.identity = store.identity();
+            }
+            self.store = Some(store);
+        }
+        match self.store.as_mut() {
+            Some(store) => Ok(store),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    /// The store and the session resolver together.
+    pub fn parts(&mut self) -> Result<(&mut Store, &mut SessionResolver), StoreError> {
+        self.store()?;
+        match self.store.as_mut() {
+            Some(store) => Ok((store, &mut self.resolver)),
+            None => Err(StoreError::Closed),
+        }
+    }
+}
+
+type Command = Box<dyn FnOnce(&mut WriterState) + Send>;
+
+enum Message {
+    Record(Arc<RequestRecord>, usize),
+    Command(Command),
+    Shutdown,
+}
+
+/// The record sink that feeds the store. Cheap to share (`Arc`).
+pub struct StoreSink {
+    sender: SyncSender<Message>,
+    counters: Arc<Counters>,
+    closed: AtomicBool,
+    healthy: Arc<AtomicBool>,
+    stopping: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    options: WriterOptions,
+    path: PathBuf,
+}
+
+impl StoreSink {
+    /// Opens the database (errors here are reported: a newer schema, an unusable path) and starts the writer.
+    pub fn start(path: &Path, options: WriterOptions) -> Result<Arc<StoreSink>, StoreError> {
+        let store = Store::open(path)?;
+        let identity = store.identity();
+        let (sender, receiver) = mpsc::sync_channel(options.queue_capacity.max(1));
+        let counters = Arc::new(Counters::default());
+        let healthy = Arc::new(AtomicBool::new(true));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            state: WriterState {
+                path: path.to_path_buf(),
+                store: Some(store),
+                identity,
+                resolver: SessionResolver::new(
+                    options.session_mode,
+                    options.preview_chars,
+                    options.context_windows.clone(),
+                ),
+            },
+            receiver,
+            counters: Arc::clone(&counters),
+            healthy: Arc::clone(&healthy),
+            stopping: Arc::clone(&stopping),
+            options: options.clone(),
+            backoff: INITIAL_BACKOFF,
+            retry_at: None,
+            next_retention: options.retention_days.map(|_| Instant::now()),
+        };
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| StoreError::Other(format!("cannot start the store writer: {e}")))?;
+        Ok(Arc::new(StoreSink {
+            sender,
+            counters,
+            closed: AtomicBool::new(false),
+            healthy,
+            stopping,
+            thread: Mutex::new(Some(thread)),
+            options,
+            path: path.to_path_buf(),
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn options(&self) -> &WriterOptions {
+        &self.options
+    }
+
+    pub fn stats(&self) -> WriterStats {
+        let c = &self.counters;
+        let last = c.last_error.lock().clone();
+        WriterStats {
+            queued: c.queued.load(Ordering::Relaxed),
+            queued_bytes: c.queued_bytes.load(Ordering::Relaxed),
+            queue_capacity: self.options.queue_capacity,
+            offered: c.offered.load(Ordering::Relaxed),
+            written: c.written.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            write_errors: c.write_errors.load(Ordering::Relaxed),
+            last_error_at_ms: last.as_ref().map(|(at, _)| *at),
+            last_error: last.map(|(_, message)| message),
+            healthy: self.healthy.load(Ordering::Relaxed),
+        }
+    }
+
+    fn drop_records(&self, n: u64, why: &str) {
+        self.counters.dropped.fetch_add(n, Ordering::Relaxed);
+        log_drop(&self.counters, n, why);
+    }
+
+    /// Runs `f` on the writer thread, after every record queued before it (blocking: not on an async worker).
+    pub fn execute_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut WriterState) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        let (reply, answer) = mpsc::sync_channel(1);
+        let command: Command = Box::new(move |state| {
+            let _ = reply.send(f(state));
+        });
+        self.sender
+            .send(Message::Command(command))
+            .map_err(|_| StoreError::Closed)?;
+        answer.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// [`StoreSink::execute_blocking`] from async code.
+    pub async fn execute<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&mut WriterState) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || this.execute_blocking(f))
+            .await
+            .map_err(|e| StoreError::Other(format!("store task failed: {e}")))?
+    }
+
+    /// Waits until every record offered so far is written (or dropped).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.execute_blocking(|_| Ok(()))
+    }
+
+    /// Closes the queue, lets the writer commit everything queued, and joins it. Idempotent.
+    pub fn shutdown(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let handle = self.thread.lock().take();
+        // If the writer is failing, it drops what it cannot write instead of waiting out its backoff.
+        self.stopping.store(true, Ordering::Release);
+        let _ = self.sender.send(Message::Shutdown);
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            tracing::error!("the store writer panicked");
+        }
+        let stats = self.stats();
+        tracing::info!(
+            written = stats.written,
+            dropped = stats.dropped,
+            "store closed"
+        );
+    }
+}
+
+impl RecordSink for StoreSink {
+    fn offer(&self, record: &Arc<RequestRecord>) {
+        let counters = &self.counters;
+        counters.offered.fetch_add(1, Ordering::Relaxed);
+        if self.closed.load(Ordering::Acquire) {
+            self.drop_records(1, "store shut down");
+            return;
+        }
+        let bytes = approximate_size(record);
+        let before = counters.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if before + bytes > self.options.queue_bytes {
+            counters.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.drop_records(1, "store queue full (bytes)");
+            return;
+        }
+        counters.queued.fetch_add(1, Ordering::Relaxed);
+        match self
+            .sender
+            .try_send(Message::Record(Arc::clone(record), bytes))
+        {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                counters.queued.fetch_sub(1, Ordering::Relaxed);
+                counters.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                self.drop_records(1, "store queue full");
+            }
+        }
+    }
+}
+
+/// Logs dropped records at most once per second.
+fn log_drop(counters: &Counters, n: u64, why: &str) {
+    let now = unix_ms();
+    let last = counters.last_drop_log_ms.load(Ordering::Relaxed);
+    if now - last >= 1000
+        && counters
+            .last_drop_log_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            dropped = n,
+            total_dropped = counters.dropped.load(Ordering::Relaxed),
+            "{why}: request records dropped"
+        );
+    }
+}
+
+/// Memory a queued record holds, roughly.
+fn approximate_size(record: &RequestRecord) -> usize {
+    let strings = record.model.len()
+        + record.provider.len()
+        + record.upstream_model.len()
+        + record.tokenizer.len()
+        + record.error_kind.as_ref().map_or(0, String::len)
+        + record.finish_reason.as_ref().map_or(0, String::len)
+        + record.preview.as_ref().map_or(0, String::len)
+        + record.client_session.as_ref().map_or(0, String::len);
+    std::mem::size_of::<RequestRecord>() + strings + record.message_hashes.len() * 8
+}
+
+struct Writer {
+    state: WriterState,
+    receiver: Receiver<Message>,
+    counters: Arc<Counters>,
+    healthy: Arc<AtomicBool>,
+    stopping: Arc<AtomicBool>,
+    options: WriterOptions,
+    backoff: Duration,
+    /// After a failure, no write is attempted before this instant.
+    retry_at: Option<Instant>,
+    next_retention: Option<Instant>,
+}
+
+enum After {
+    Nothing,
+    Command(Command),
+    Shutdown,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut batch: Vec<Arc<RequestRecord>> = Vec::with_capacity(self.options.batch_rows);
+        loop {
+            self.housekeeping();
+            // Wait for the first record of a batch.
+            let first = match self.receiver.recv_timeout(Duration::from_secs(1)) {
+                Ok(message) => message,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => Message::Shutdown,
+            };
+            let mut bytes = 0;
+            let after = match first {
+                Message::Record(record, size) => {
+                    self.took(size);
+                    bytes += size;
+                    batch.push(record);
+                    self.fill(&mut batch, &mut bytes)
+                }
+                Message::Command(command) => After::Command(command),
+                Message::Shutdown => After::Shutdown,
+            };
+            self.commit(&mut batch);
+            match after {
+                After::Nothing => {}
+                After::Command(command) => command(&mut self.state),
+                After::Shutdown => {
+                    // Records offered concurrently with the shutdown may still sit in the queue.
+                    while let Ok(message) = self.receiver.try_recv() {
+                        match message {
+                            Message::Record(record, size) => {
+                                self.took(size);
+                                batch.push(record);
+                                if batch.len() >= self.options.batch_rows {
+                                    self.commit(&mut batch);
+                                }
+                            }
+                            Message::Command(command) => command(&mut self.state),
+                            Message::Shutdown => {}
+                        }
+                    }
+                    self.commit(&mut batch);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn took(&self, size: usize) {
+        self.counters.queued.fetch_sub(1, Ordering::Relaxed);
+        self.counters
+            .queued_bytes
+            .fetch_sub(size, Ordering::Relaxed);
+    }
+
+    /// Adds records until the batch is full or its time is up; stops early for a command or the shutdown.
+    fn fill(&mut self, batch: &mut Vec<Arc<RequestRecord>>, bytes: &mut usize) -> After {
+        let deadline = Instant::now() + self.options.flush_interval;
+        while batch.len() < self.options.batch_rows && *bytes < self.options.batch_bytes {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match self.receiver.recv_timeout(deadline - now) {
+                Ok(Message::Record(record, size)) => {
+                    self.took(size);
+                    *bytes += size;
+                    batch.push(record);
+                }
+                Ok(Message::Command(command)) => return After::Command(command),
+                Ok(Message::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                    return After::Shutdown;
+                }
+                Err(RecvTimeoutError::Timeout) => break,
+            }
+        }
+        After::Nothing
+    }
+
+    /// Writes the batch, retrying with backoff; drops it after [`MAX_BATCH_ATTEMPTS`] failures.
+    fn commit(&mut self, batch: &mut Vec<Arc<RequestRecord>>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut attempts = 0;
+        loop {
+            self.wait_for_retry();
+            let result = self
+                .state
+                .parts()
+                .and_then(|(store, resolver)| store.write_batch(batch, resolver));
+            match result {
+                Ok(()) => {
+                    self.counters
+                        .written
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    self.counters.batches.fetch_add(1, Ordering::Relaxed);
+                    batch.clear();
+                    if !self.healthy.swap(true, Ordering::Relaxed) {
+                        tracing::info!("store writable again");
+                    }
+                    self.backoff = INITIAL_BACKOFF;
+                    self.retry_at = None;
+                    return;
+                }
+                Err(error) => {
+                    attempts += 1;
+                    self.failed(&error);
+                    if attempts >= MAX_BATCH_ATTEMPTS || self.stopping.load(Ordering::Acquire) {
+                        let n = batch.len() as u64;
+                        self.counters.dropped.fetch_add(n, Ordering::Relaxed);
+                        tracing::warn!(records = n, %error, "store write failed; batch dropped");
+                        batch.clear();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn failed(&mut self, error: &StoreError) {
+        self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+        *self.counters.last_error.lock() = Some((unix_ms(), error.to_string()));
+        if self.healthy.swap(false, Ordering::Relaxed) {
+            tracing::error!(%error, "store write failed; retrying with backoff");
+        }
+        // The connection may be broken (file gone, I/O error): reopen it next time.
+        self.state.store = None;
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// Sleeps until the backoff is over (cut short by the shutdown).
+    fn wait_for_retry(&mut self) {
+        let Some(at) = self.retry_at else {
+            return;
+        };
+        while !self.stopping.load(Ordering::Acquire) {
+            let now = Instant::now();
+            if now >= at {
+                break;
+            }
+            std::thread::sleep((at - now).min(Duration::from_millis(50)));
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let (Some(days), Some(due)) = (self.options.retention_days, self.next_retention) else {
+            return;
+        };
+        if Instant::now() < due {
+            return;
+        }
+        self.next_retention = Some(Instant::now() + RETENTION_EVERY);
+        let result = self
+            .state
+            .parts()
+            .and_then(|(store, resolver)| store.apply_retention(Some(resolver), days, false));
+        match result {
+            Ok(outcome) => tracing::info!(
+                days,
+                sessions = outcome.sessions_deleted,
+                requests = outcome.requests_deleted,
+                "retention applied"
+            ),
+            Err(error) => tracing::warn!(%error, "retention failed"),
+        }
+    }
+}
