@@ -38,7 +38,7 @@ pub fn app(state: Arc<ProxyState>) -> Router {
 
 /// Every route of the product, the store's included when it runs.
 pub fn app_with_store(state: Arc<ProxyState>, store: Option<Arc<StoreApi>>) -> Router {
-    let mut api = crate::api::router(Arc::clone(&state.accounting));
+    let mut api = crate::api::router(Arc::clone(&state));
     if let Some(store) = store {
         api = api.merge(crate::store::api::router(store));
     }

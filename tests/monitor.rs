@@ -86,3 +86,54 @@ async fn stats_and_metrics_reflect_the_traffic() {
     );
     assert!(text.contains("kimi_proxy_open_requests 0"), "{text}");
 }
+
+#[tokio::test]
+async fn provider_budgets_answer_429_with_retry_after_before_the_provider_is_hit() {
+    let mock = MockUpstream::start().await.unwrap();
+    let config = mock_config(&mock, "").replace(
+        "[providers.mock.retry]",
+        "requests_per_minute = 2\nrate_limit_max_wait_ms = 300\n\n[providers.mock.retry]",
+    );
+    let proxy = Proxy::start(&config, &[("MOCK_KEY", "k")]).await;
+    let send = || {
+        client()
+            .post(proxy.url("/v1/chat/completions"))
+            .json(&chat_body("mock/model", false))
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(send().await.unwrap().status(), 200);
+    }
+    let refused = send().await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        refused.headers()["x-kimi-proxy-error"],
+        "rate_limit_exceeded"
+    );
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(
+        mock.stats()
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the provider never saw the third"
+    );
+
+    let stats: Value = client()
+        .get(proxy.url("/api/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["rate_limits"]["mock"]["requests_per_minute"], 2);
+    assert_eq!(stats["rate_limits"]["mock"]["requests_last_minute"], 2);
+}

@@ -9,16 +9,16 @@ use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
-use crate::accounting::Accounting;
+use crate::proxy::ProxyState;
 
-pub fn router(accounting: Arc<Accounting>) -> Router {
+pub fn router(state: Arc<ProxyState>) -> Router {
     Router::new()
         .route("/api/requests/recent", get(recent_requests))
         .route("/api/requests/live", get(live_requests))
         .route("/api/tokens", get(token_stats))
         .route("/api/stats", get(stats))
         .route("/metrics", get(metrics))
-        .with_state(accounting)
+        .with_state(state)
 }
 
 #[derive(Deserialize)]
@@ -27,9 +27,10 @@ struct RecentQuery {
 }
 
 async fn recent_requests(
-    State(accounting): State<Arc<Accounting>>,
+    State(state): State<Arc<ProxyState>>,
     Query(query): Query<RecentQuery>,
 ) -> Response {
+    let accounting = &state.accounting;
     let limit = query.limit.unwrap_or(50).min(256);
     let records = accounting.recent(limit);
     let records: Vec<&crate::accounting::RequestRecord> =
@@ -37,12 +38,14 @@ async fn recent_requests(
     Json(records).into_response()
 }
 
-async fn live_requests(State(accounting): State<Arc<Accounting>>) -> Response {
+async fn live_requests(State(state): State<Arc<ProxyState>>) -> Response {
+    let accounting = &state.accounting;
     Json(accounting.live.snapshot()).into_response()
 }
 
 /// The proxy's own performance: percentiles per histogram and window, rates, memory, open streams, cache.
-async fn stats(State(accounting): State<Arc<Accounting>>) -> Response {
+async fn stats(State(state): State<Arc<ProxyState>>) -> Response {
+    let accounting = &state.accounting;
     let monitor = accounting.monitor.snapshot();
     Json(serde_json::json!({
         "uptime_s": monitor.uptime_s,
@@ -54,6 +57,7 @@ async fn stats(State(accounting): State<Arc<Accounting>>) -> Response {
         "open_requests": accounting.live.len(),
         "rss_bytes": monitor.rss_bytes,
         "message_cache": accounting.cache_stats(),
+        "rate_limits": state.rate_limits(),
         "histograms_us": monitor.histograms,
         "by_model_us": monitor.by_label,
     }))
@@ -61,7 +65,8 @@ async fn stats(State(accounting): State<Arc<Accounting>>) -> Response {
 }
 
 /// Prometheus text exposition.
-async fn metrics(State(accounting): State<Arc<Accounting>>) -> Response {
+async fn metrics(State(state): State<Arc<ProxyState>>) -> Response {
+    let accounting = &state.accounting;
     let cache = accounting.cache_stats();
     let rss = memory_stats::memory_stats()
         .map(|m| m.physical_mem as f64)
@@ -99,7 +104,8 @@ async fn metrics(State(accounting): State<Arc<Accounting>>) -> Response {
         .into_response()
 }
 
-async fn token_stats(State(accounting): State<Arc<Accounting>>) -> Response {
+async fn token_stats(State(state): State<Arc<ProxyState>>) -> Response {
+    let accounting = &state.accounting;
     let calibration: Vec<serde_json::Value> = accounting
         .calibration_snapshot()
         .into_iter()

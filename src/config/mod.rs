@@ -115,6 +115,10 @@ pub struct Provider {
     pub timeouts: Timeouts,
     pub retry: RetryPolicy,
     pub requests_per_minute: Option<u32>,
+    /// Tokens (prompt + completion) per minute the provider allows.
+    pub tokens_per_minute: Option<u32>,
+    /// A request over budget waits up to this long, then gets a 429.
+    pub rate_limit_max_wait: Duration,
     /// The provider understands `stream_options.include_usage`: the proxy asks for the usage chunk on streams
     /// (and hides it from clients that did not ask).
     pub stream_usage: bool,

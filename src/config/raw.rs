@@ -118,6 +118,8 @@ pub struct RawProvider {
     pub base_url: Option<String>,
     pub api_key: Option<String>,
     pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+    pub rate_limit_max_wait_ms: Option<u64>,
     pub stream_usage: Option<bool>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
@@ -178,6 +180,8 @@ const DEFAULT_INITIAL_BACKOFF_MS: u64 = 250;
 const DEFAULT_MAX_BACKOFF_MS: u64 = 8_000;
 const DEFAULT_RETRY_DEADLINE_MS: u64 = 30_000;
 const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
+/// How long a request may wait for its provider's budget before the client gets a 429.
+const DEFAULT_RATE_LIMIT_MAX_WAIT_MS: u64 = 20_000;
 
 fn merge_opt<T>(base: Option<T>, over: Option<T>) -> Option<T> {
     over.or(base)
@@ -293,6 +297,11 @@ impl RawProvider {
             base_url: merge_opt(self.base_url, over.base_url),
             api_key: merge_opt(self.api_key, over.api_key),
             requests_per_minute: merge_opt(self.requests_per_minute, over.requests_per_minute),
+            tokens_per_minute: merge_opt(self.tokens_per_minute, over.tokens_per_minute),
+            rate_limit_max_wait_ms: merge_opt(
+                self.rate_limit_max_wait_ms,
+                over.rate_limit_max_wait_ms,
+            ),
             stream_usage: merge_opt(self.stream_usage, over.stream_usage),
             timeouts: RawTimeouts {
                 connect_ms: merge_opt(self.timeouts.connect_ms, over.timeouts.connect_ms),
@@ -388,6 +397,11 @@ impl RawProvider {
                 "providers.{key}.retry.max_attempts must be at least 1"
             ));
         }
+        if self.tokens_per_minute == Some(0) {
+            errors.push(format!(
+                "providers.{key}.tokens_per_minute must be at least 1"
+            ));
+        }
         if self.requests_per_minute == Some(0) {
             errors.push(format!(
                 "providers.{key}.requests_per_minute must be at least 1"
@@ -404,6 +418,11 @@ impl RawProvider {
             timeouts,
             retry,
             requests_per_minute: self.requests_per_minute,
+            tokens_per_minute: self.tokens_per_minute,
+            rate_limit_max_wait: Duration::from_millis(
+                self.rate_limit_max_wait_ms
+                    .unwrap_or(DEFAULT_RATE_LIMIT_MAX_WAIT_MS),
+            ),
             stream_usage: self.stream_usage.unwrap_or(true),
         })
     }

@@ -42,6 +42,15 @@ pub enum ProxyError {
         phase: &'static str,
         timeout_ms: u128,
     },
+    #[error(
+        "provider `{provider}` budget ({limit}) is used up: retry in {} s",
+        retry_after.as_secs_f64().ceil()
+    )]
+    RateLimited {
+        provider: String,
+        limit: &'static str,
+        retry_after: std::time::Duration,
+    },
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
     #[error("method {0} is not allowed here")]
@@ -73,6 +82,7 @@ impl ProxyError {
             }
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -84,6 +94,7 @@ impl ProxyError {
             }
             StatusCode::METHOD_NOT_ALLOWED => "invalid_request_error",
             StatusCode::SERVICE_UNAVAILABLE => "configuration_error",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
             _ => "upstream_error",
         }
     }
@@ -100,6 +111,7 @@ impl ProxyError {
             ProxyError::MissingBaseUrlVar { .. } => "missing_base_url_variable",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
+            ProxyError::RateLimited { .. } => "rate_limit_exceeded",
             ProxyError::NotFound { .. } => "not_found",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
         }
@@ -131,6 +143,10 @@ impl IntoResponse for ProxyError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.code()));
+        if let ProxyError::RateLimited { retry_after, .. } = &self {
+            let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
     }
 }

@@ -6,6 +6,7 @@
 pub mod body;
 pub mod error;
 pub mod headers;
+pub mod ratelimit;
 pub mod request;
 pub mod route;
 pub mod toolcalls;
@@ -26,10 +27,11 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
 
 use crate::accounting::tracker::{self, RequestContext, Tracker};
-use crate::accounting::{Accounting, DEFAULT_MESSAGE_CACHE_BYTES};
+use crate::accounting::{Accounting, DEFAULT_MESSAGE_CACHE_BYTES, RecordSink};
 use crate::config::{ApiKey, BaseUrl, Config, Provider};
 use body::ForwardBody;
 use error::ProxyError;
+use ratelimit::RateLimiter;
 use route::Catalog;
 use toolcalls::ToolCallFixes;
 use upstream::{HttpClient, OutgoingRequest};
@@ -41,6 +43,22 @@ pub const OVERHEAD_HEADER: &str = "x-kimi-proxy-overhead-us";
 pub struct Upstream {
     pub provider: Arc<Provider>,
     pub client: HttpClient,
+    /// The provider's budgets, when it has any.
+    pub limiter: Option<Arc<RateLimiter>>,
+}
+
+/// Charges each provider's token budget with what its requests really used.
+struct BudgetCharger(HashMap<String, Arc<RateLimiter>>);
+
+impl RecordSink for BudgetCharger {
+    fn offer(&self, record: &Arc<crate::accounting::RequestRecord>) {
+        if let Some(limiter) = self.0.get(&record.provider) {
+            limiter.charge(
+                record.prompt_tokens + record.completion_tokens,
+                tokio::time::Instant::now(),
+            );
+        }
+    }
 }
 
 /// Shared, read-only state of the proxy routes.
@@ -54,21 +72,46 @@ pub struct ProxyState {
 }
 
 impl ProxyState {
+    /// Budget usage per provider that has a budget.
+    pub fn rate_limits(&self) -> std::collections::BTreeMap<String, ratelimit::Usage> {
+        self.upstreams
+            .iter()
+            .filter_map(|(key, u)| u.limiter.as_ref().map(|l| (key.clone(), l.usage())))
+            .collect()
+    }
+
     pub fn new(config: Arc<Config>) -> Result<ProxyState, upstream::ClientBuildError> {
         let catalog = Catalog::new(&config);
         let mut upstreams = HashMap::new();
         for (key, provider) in &config.providers {
+            let limiter = RateLimiter::new(
+                provider.requests_per_minute,
+                provider.tokens_per_minute,
+                provider.rate_limit_max_wait,
+            )
+            .map(Arc::new);
             upstreams.insert(
                 key.clone(),
                 Upstream {
                     provider: provider.clone(),
                     client: upstream::build_client(provider)?,
+                    limiter,
                 },
             );
         }
         let models_json = Bytes::from(render_models(&catalog).to_string());
         let accounting = Accounting::new(DEFAULT_MESSAGE_CACHE_BYTES, config.store.preview_chars);
         accounting.preload(&config);
+        let limiters: HashMap<String, Arc<RateLimiter>> = upstreams
+            .iter()
+            .filter_map(|(key, u)| u.limiter.clone().map(|l| (key.clone(), l)))
+            .collect();
+        if limiters
+            .values()
+            .any(|l| l.usage().tokens_per_minute.is_some())
+        {
+            accounting.add_sink(Arc::new(BudgetCharger(limiters)));
+        }
         Ok(ProxyState {
             config,
             catalog,
@@ -259,6 +302,31 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
         }
     };
 
+    let ready_at = Instant::now();
+    if let Some(limiter) = &upstream.limiter {
+        match limiter.reserve(tokio::time::Instant::now()) {
+            Ok(wait) if wait.is_zero() => {}
+            Ok(wait) => {
+                tracing::debug!(provider = %provider.key, wait_ms = wait.as_millis() as u64, "waiting for the provider's budget");
+                tokio::time::sleep(wait).await;
+            }
+            Err(refusal) => {
+                let error = ProxyError::RateLimited {
+                    provider: provider.key.clone(),
+                    limit: refusal.limit,
+                    retry_after: refusal.retry_after,
+                };
+                tracker::record_proxy_error(
+                    &state.accounting,
+                    context,
+                    prompt_job.start(),
+                    error.code(),
+                );
+                return Err(error);
+            }
+        }
+    }
+
     let mut outgoing = OutgoingRequest {
         uri,
         headers,
@@ -311,7 +379,7 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     // Time in the proxy: before sending, and from the upstream's headers to ours (the body streams after).
-    let overhead = sent_at.duration_since(started) + headers_at.elapsed();
+    let overhead = ready_at.duration_since(started) + headers_at.elapsed();
     let overhead_us = overhead.as_micros() as u64;
     context.overhead_us = Some(overhead_us);
     response_parts

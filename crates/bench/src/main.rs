@@ -2,11 +2,13 @@
 //!
 //! Builds `kimi-proxy` and `mock-upstream` in release, starts both on loopback, drives them with the
 //! in-crate load generator (direct to the mock and through the proxy, alternating), and writes a markdown
-//! report (default `bench-results/report.md`, also printed on stdout). Progress goes to stderr.
+//! report (default `bench-results/report.md`, also printed on stdout). Progress goes to stderr. With
+//! `--peers litellm,portkey` the same scenarios also run through peer gateways pointed at the same mock.
 
 mod body;
 mod cpu;
 mod loadgen;
+mod peers;
 mod procs;
 mod report;
 mod scenarios;
@@ -19,8 +21,9 @@ use anyhow::{Context, bail};
 use clap::Parser;
 
 use crate::loadgen::Spec;
+use crate::peers::{Peer, PeerServer};
 use crate::procs::Server;
-use crate::scenarios::{Memory, Results, Scenario, Settings, Targets};
+use crate::scenarios::{Endpoint, Memory, Results, Scenario, Settings, Targets};
 
 /// Benchmark kimi-proxy against its mock upstream: proxy vs direct, same run, same machine.
 #[derive(Parser, Debug)]
@@ -52,6 +55,18 @@ struct Args {
     /// Don't run `cargo build`; use the binaries already in target/release.
     #[arg(long)]
     skip_build: bool,
+    /// Peer gateways to measure beside kimi-proxy, comma-separated (installed on first use under --peers-dir).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    peers: Vec<Peer>,
+    /// Where the peers are installed (default: `peers/` beside the report).
+    #[arg(long)]
+    peers_dir: Option<PathBuf>,
+    /// LiteLLM version to install from PyPI (`litellm[proxy]==VERSION`).
+    #[arg(long, default_value = peers::LITELLM_VERSION)]
+    litellm_version: String,
+    /// `@portkey-ai/gateway` version to install from npm.
+    #[arg(long, default_value = peers::PORTKEY_VERSION)]
+    portkey_version: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,9 +83,12 @@ fn main() -> anyhow::Result<()> {
     if let Some(streams) = &args.streams {
         settings.streams = streams.iter().copied().filter(|&n| n > 0).collect();
     }
+    settings.peers = args.peers.clone();
+    settings.peers.sort();
+    settings.peers.dedup();
     if settings.has(Scenario::StreamsConcurrency) {
         let most = settings.streams.iter().copied().max().unwrap_or(0);
-        // The proxy holds two sockets per stream (client and upstream); keep headroom for everything else.
+        // A gateway holds two sockets per stream (client and upstream); keep headroom for everything else.
         let needed = u64::try_from(most).unwrap_or(u64::MAX).saturating_mul(2) + 1_024;
         let limit = procs::ensure_open_files(needed)?;
         eprintln!("kimi-bench: open-files limit {limit} (need {needed})");
@@ -85,9 +103,22 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
+    let peer_setup = PeerSetup {
+        dir: args.peers_dir.clone().unwrap_or_else(|| {
+            args.out
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .join("peers")
+        }),
+        versions: peers::Versions {
+            litellm: args.litellm_version.clone(),
+            portkey: args.portkey_version.clone(),
+        },
+    };
     let results = runtime.block_on(async {
         tokio::select! {
-            results = run(&settings, &binaries, &args.out) => results,
+            results = run(&settings, &binaries, &args.out, &peer_setup) => results,
             _ = tokio::signal::ctrl_c() => bail!("interrupted"),
         }
     })?;
@@ -126,10 +157,17 @@ impl Drop for ScratchDir {
     }
 }
 
+/// Where and which peers to install.
+struct PeerSetup {
+    dir: PathBuf,
+    versions: peers::Versions,
+}
+
 async fn run(
     settings: &Settings,
     binaries: &procs::Binaries,
     out: &Path,
+    peer_setup: &PeerSetup,
 ) -> anyhow::Result<Results> {
     let scratch = ScratchDir::new()?;
     let log_dir = out
@@ -138,6 +176,19 @@ async fn run(
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(log_dir)
         .with_context(|| format!("cannot create {}", log_dir.display()))?;
+
+    // Install the peers first (minutes the first time), so nothing is measured meanwhile.
+    let mut prepared = Vec::new();
+    let work = if settings.peers.is_empty() {
+        None
+    } else {
+        Some(peers::WorkDir::create(&peer_setup.dir)?)
+    };
+    if let Some(work) = &work {
+        for &peer in &settings.peers {
+            prepared.push(peers::prepare(peer, work, &peer_setup.versions).await);
+        }
+    }
 
     let mut mock = Server::start(
         "mock-upstream",
@@ -172,48 +223,107 @@ async fn run(
         "kimi-bench: mock-upstream on {} (pid {}), kimi-proxy on {} (pid {})",
         mock.addr, mock.pid, proxy.addr, proxy.pid
     );
-    let targets = Targets {
-        mock: mock.addr,
-        proxy: proxy.addr,
-        proxy_pid: proxy.pid,
+    let mut targets = Targets {
+        direct: Endpoint::new("direct", mock.addr, mock.pid),
+        proxy: Endpoint::new("proxy", proxy.addr, proxy.pid),
+        peers: Vec::new(),
     };
-
-    let started = std::time::Instant::now();
-    let watched = [std::process::id(), mock.pid, proxy.pid];
-    let cpu_before = cpu::Snapshot::take(&watched);
-    let mut results = Results::default();
+    let plain = body::chat_body(false);
+    let streamed = body::chat_body(true);
+    // Idle RSS right after start, before any request (the first one loads what the proxy loads lazily).
     let mut memory = Memory::default();
     if settings.has(Scenario::Memory) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         memory.idle = procs::rss_bytes(proxy.pid);
     }
+    smoke_test(&targets, &plain).await?;
 
-    let plain = body::chat_body(false);
-    let streamed = body::chat_body(true);
-    smoke_test(targets, &plain).await?;
+    // Start the peers against the same mock; one that fails to start or to answer is reported and left out.
+    let mut results = Results::default();
+    let mut servers: Vec<PeerServer> = Vec::new();
+    let mut peer_memory: Vec<Memory> = Vec::new();
+    if let Some(work) = &work {
+        for mut peer in prepared {
+            if let Some(server) = peers::start(&mut peer, mock.addr, work, log_dir).await {
+                let mut idle = Memory::default();
+                if settings.has(Scenario::Memory) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    idle.idle = procs::rss_sum(&server.pids());
+                }
+                match peer_smoke_test(&server, &plain, settings).await {
+                    Ok(notes) => {
+                        peer.report.notes.extend(notes);
+                        servers.push(server);
+                        peer_memory.push(idle);
+                    }
+                    Err(err) => {
+                        let message = format!("started, but failed the smoke test: {err:#}");
+                        eprintln!("kimi-bench: peer {} {message}", server.peer.name());
+                        peer.report.failure = Some(message);
+                        server.stop().await;
+                    }
+                }
+            }
+            results.peer_reports.push(peer.report);
+        }
+    }
+    for server in &servers {
+        targets.peers.push(Endpoint {
+            name: server.peer.name().into(),
+            addr: server.addr,
+            pid: server.pid,
+            headers: server.headers.clone(),
+        });
+        results.peers.push(server.peer.name().into());
+    }
+
+    let started = std::time::Instant::now();
+    let mut watched = vec![std::process::id(), mock.pid, proxy.pid];
+    for server in &servers {
+        watched.extend(server.pids());
+    }
+    let cpu_before = cpu::Snapshot::take(&watched);
 
     for scenario in &settings.scenarios {
         let scenario_start = std::time::Instant::now();
         match scenario {
             Scenario::Latency => {
-                results.latency = Some(scenarios::latency(settings, targets, plain.clone()).await?);
+                results.latency =
+                    Some(scenarios::latency(settings, &targets, plain.clone()).await?);
             }
             Scenario::Throughput => {
                 results.throughput =
-                    Some(scenarios::throughput(settings, targets, plain.clone()).await?);
+                    Some(scenarios::throughput(settings, &targets, plain.clone()).await?);
             }
             Scenario::Streaming => {
                 results.streaming =
-                    Some(scenarios::streaming(settings, targets, streamed.clone()).await?);
+                    Some(scenarios::streaming(settings, &targets, streamed.clone()).await?);
             }
             Scenario::StreamsConcurrency => {
                 results.streams =
-                    scenarios::streams_concurrency(settings, targets, streamed.clone()).await?;
+                    scenarios::streams_concurrency(settings, &targets, streamed.clone()).await?;
             }
             Scenario::Memory => {}
         }
         mock.check_alive()?;
         proxy.check_alive()?;
+        // A peer that dies is noted (its later sides fail fast and count as errors); the run goes on.
+        for server in &mut servers {
+            if let Err(err) = server.check_alive() {
+                let first = format!("{err:#}");
+                let first = first.lines().next().unwrap_or_default().to_owned();
+                eprintln!("kimi-bench: {first}");
+                if let Some(report) = results.peer_reports.iter_mut().find(|r| {
+                    r.peer == server.peer && !r.notes.iter().any(|n| n.contains("exited"))
+                }) {
+                    report.notes.push(format!(
+                        "**exited during the run** (noticed after the {} scenario: {first}); its later figures \
+                         are errors, see its log beside the report",
+                        scenario.name()
+                    ));
+                }
+            }
+        }
         eprintln!(
             "kimi-bench: {} took {:.1} s",
             scenario.name(),
@@ -226,42 +336,108 @@ async fn run(
         memory.after_load = procs::rss_bytes(proxy.pid);
         memory.high_water = procs::peak_rss_bytes(proxy.pid);
         results.memory = Some(memory);
+        for (server, memory) in servers.iter().zip(peer_memory.iter_mut()) {
+            let pids = server.pids();
+            memory.after_load = procs::rss_sum(&pids);
+            memory.high_water = procs::peak_rss_sum(&pids);
+        }
+        results.peer_memory = peer_memory;
     }
     results.elapsed = started.elapsed();
     results.cpu = cpu_before
         .zip(cpu::Snapshot::take(&watched))
         .and_then(|(before, after)| before.usage_until(&after));
+    for server in servers {
+        server.stop().await;
+    }
     proxy.stop().await;
     mock.stop().await;
     Ok(results)
 }
 
+/// One request (`requests` of them, one at a time) to `endpoint`; fails unless all succeed.
+async fn probe(
+    endpoint: &Endpoint,
+    body: &bytes::Bytes,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    streaming: bool,
+    requests: u64,
+) -> anyhow::Result<loadgen::RunResult> {
+    let result = loadgen::run(endpoint.aim(Spec {
+        addr: endpoint.addr,
+        path: scenarios::PATH.into(),
+        body: body.clone(),
+        headers,
+        concurrency: 1,
+        requests,
+        warmup: Duration::ZERO,
+        duration: Duration::from_secs(30),
+        request_timeout: Duration::from_secs(15),
+        streaming,
+        stagger: Duration::ZERO,
+    }))
+    .await?;
+    if result.ok != requests {
+        bail!(
+            "{} of {requests} requests to {} ({}) failed: {}",
+            requests - result.ok,
+            endpoint.name,
+            endpoint.addr,
+            result.error_samples.join("; ")
+        );
+    }
+    Ok(result)
+}
+
 /// One request to each side before measuring, so a broken setup fails fast with a clear message.
-async fn smoke_test(targets: Targets, body: &bytes::Bytes) -> anyhow::Result<()> {
-    for (name, addr) in [
-        ("mock-upstream", targets.mock),
-        ("kimi-proxy", targets.proxy),
-    ] {
-        let result = loadgen::run(Spec {
-            addr,
-            path: scenarios::PATH.into(),
-            body: body.clone(),
-            headers: Vec::new(),
-            concurrency: 1,
-            requests: 1,
-            warmup: Duration::ZERO,
-            duration: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(10),
-            streaming: false,
-            stagger: Duration::ZERO,
-        })
-        .await?;
-        if result.ok != 1 {
-            bail!(
-                "smoke test against {name} ({addr}) failed: {}",
-                result.error_samples.join("; ")
-            );
-        }
+async fn smoke_test(targets: &Targets, body: &bytes::Bytes) -> anyhow::Result<()> {
+    for endpoint in [&targets.direct, &targets.proxy] {
+        probe(endpoint, body, Vec::new(), false, 1)
+            .await
+            .with_context(|| format!("smoke test against {} failed", endpoint.name))?;
     }
     Ok(())
+}
+
+/// A peer's smoke test: a few plain requests and a paced stream. Returns notes for the report (e.g. when
+/// the peer does not pass the `x-mock-*` headers on, which makes its streaming figures incomparable).
+async fn peer_smoke_test(
+    server: &PeerServer,
+    plain: &bytes::Bytes,
+    settings: &Settings,
+) -> anyhow::Result<Vec<String>> {
+    let endpoint = Endpoint {
+        name: server.peer.name().into(),
+        addr: server.addr,
+        pid: server.pid,
+        headers: server.headers.clone(),
+    };
+    probe(&endpoint, plain, Vec::new(), false, 3).await?;
+    let (chunks, delay_ms) = (3u32, 150u64);
+    let paced = vec![
+        (
+            http::HeaderName::from_static("x-mock-chunks"),
+            http::HeaderValue::from(chunks),
+        ),
+        (
+            http::HeaderName::from_static("x-mock-chunk-delay-ms"),
+            http::HeaderValue::from(delay_ms),
+        ),
+    ];
+    let streamed = body::chat_body(true);
+    let result = probe(&endpoint, &streamed, paced, true, 1).await?;
+    let took = loadgen::Summary::of(&result.latency).max;
+    let mut notes = Vec::new();
+    if took < u64::from(chunks) * delay_ms * 1_000 {
+        notes.push(format!(
+            "**The `x-mock-*` headers do not seem to reach the mock through {}**: a stream asked for {chunks} \
+             chunks {delay_ms} ms apart took {:.0} ms, so its streaming figures are for the mock's default \
+             stream shape, not {} chunks x {} ms.",
+            endpoint.name,
+            took as f64 / 1e3,
+            settings.chunks,
+            settings.chunk_delay_ms
+        ));
+    }
+    Ok(notes)
 }

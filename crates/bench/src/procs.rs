@@ -223,6 +223,63 @@ pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
     status_field_kb(&status, "VmHWM:").map(|kb| kb * 1024)
 }
 
+/// `root` and all its live descendants (from the parent pids in /proc/*/stat), `root` first.
+pub fn process_tree(root: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(ppid) = std::fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .and_then(|stat| parent_pid(&stat))
+            {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    descendants_of(root, &parents)
+}
+
+/// `root` followed by every pid whose chain of parents in `parents` (pid, ppid) reaches it.
+fn descendants_of(root: u32, parents: &[(u32, u32)]) -> Vec<u32> {
+    let mut tree = vec![root];
+    let mut next = 0;
+    // Bounded: each pid is added at most once, and the list only grows from `parents`.
+    while let Some(&pid) = tree.get(next) {
+        for &(child, ppid) in parents {
+            if ppid == pid && !tree.contains(&child) {
+                tree.push(child);
+            }
+        }
+        next += 1;
+    }
+    tree
+}
+
+/// The parent pid from the text of /proc/PID/stat (`pid (comm) state ppid ...`; comm may hold spaces).
+fn parent_pid(stat: &str) -> Option<u32> {
+    let after = stat.get(stat.rfind(')')? + 1..)?;
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Summed resident set size of `pids` in bytes (`None` if none could be read).
+pub fn rss_sum(pids: &[u32]) -> Option<u64> {
+    let sizes: Vec<u64> = pids.iter().filter_map(|&pid| rss_bytes(pid)).collect();
+    (!sizes.is_empty()).then(|| sizes.iter().sum())
+}
+
+/// Summed peak resident set size (`VmHWM`) of `pids` in bytes: an upper bound of the tree's peak.
+pub fn peak_rss_sum(pids: &[u32]) -> Option<u64> {
+    let sizes: Vec<u64> = pids.iter().filter_map(|&pid| peak_rss_bytes(pid)).collect();
+    (!sizes.is_empty()).then(|| sizes.iter().sum())
+}
+
 fn status_field_kb(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
@@ -276,6 +333,17 @@ mod tests {
             Some(SocketAddr::from(([127, 0, 0, 1], 8000)))
         );
         assert_eq!(parse_listen_line("starting"), None);
+    }
+
+    #[test]
+    fn walks_process_trees() {
+        let parents = [(10, 1), (11, 10), (12, 11), (13, 1), (14, 10)];
+        assert_eq!(descendants_of(10, &parents), vec![10, 11, 14, 12]);
+        assert_eq!(descendants_of(13, &parents), vec![13]);
+        assert_eq!(parent_pid("42 (node (worker) x) S 7 42 42 0 -1"), Some(7));
+        let me = std::process::id();
+        assert_eq!(process_tree(me).first(), Some(&me));
+        assert!(rss_sum(&[me]).is_some_and(|b| b > 0));
     }
 
     #[test]

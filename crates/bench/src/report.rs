@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::loadgen::{RunResult, Summary};
-use crate::scenarios::{Pair, Results, Scenario, Settings};
+use crate::scenarios::{Memory, Pair, Results, Scenario, Settings};
 use crate::sysinfo::Machine;
 
 /// Added p99 latency at concurrency 1, µs.
@@ -231,6 +231,18 @@ pub fn render(settings: &Settings, machine: &Machine, results: &Results) -> Stri
             settings.chunk_delay_ms
         );
     }
+    if !settings.peers.is_empty() {
+        let _ = writeln!(
+            out,
+            "- peers: {} (installed, configured and measured as described under \"Peers side by side\")",
+            settings
+                .peers
+                .iter()
+                .map(|p| p.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if settings.has(Scenario::Memory) {
         let _ = writeln!(
             out,
@@ -444,6 +456,7 @@ pub fn render(settings: &Settings, machine: &Machine, results: &Results) -> Stri
             );
         }
     }
+    render_peers(&mut out, settings, results);
     let _ = writeln!(
         out,
         "\nRerun: `cargo run --release -p kimi-bench --{}{}`. Percentiles come from HdrHistogram (4 significant \
@@ -454,6 +467,356 @@ pub fn render(settings: &Settings, machine: &Machine, results: &Results) -> Stri
         settings.args
     );
     out
+}
+
+/// The sides' results of one scenario: direct, proxy, then each peer.
+fn sides(pair: &Pair) -> Vec<&RunResult> {
+    let mut sides = vec![&pair.direct, &pair.proxy];
+    sides.extend(pair.peers.iter());
+    sides
+}
+
+/// `| metric | direct | gateway (added) | ... |` from one value per side, the first being direct.
+fn multi_row(out: &mut String, metric: &str, values: &[u64]) {
+    let direct = values.first().copied().unwrap_or(0);
+    let mut line = format!("| {metric} |");
+    for (i, &value) in values.iter().enumerate() {
+        if i == 0 {
+            let _ = write!(line, " {} |", fmt_us(value));
+        } else {
+            let _ = write!(
+                line,
+                " {} ({}) |",
+                fmt_us(value),
+                fmt_added(added(value, direct))
+            );
+        }
+    }
+    let _ = writeln!(out, "{line}");
+}
+
+/// A row of one summary field over every side.
+fn summary_row(
+    out: &mut String,
+    metric: &str,
+    results: &[&RunResult],
+    pick: impl Fn(&RunResult) -> u64,
+) {
+    let values: Vec<u64> = results.iter().map(|r| pick(r)).collect();
+    multi_row(out, metric, &values);
+}
+
+fn multi_head(out: &mut String, columns: &[String]) {
+    let _ = writeln!(out, "| metric | {} |", columns.join(" | "));
+    let _ = writeln!(out, "|---|{}", "---:|".repeat(columns.len()));
+}
+
+fn multi_counts(out: &mut String, what: &str, results: &[&RunResult]) {
+    let cells: Vec<String> = results
+        .iter()
+        .map(|r| format!("{} / {}", r.ok, r.errors))
+        .collect();
+    let _ = writeln!(out, "| {what} ok / errors | {} |", cells.join(" | "));
+}
+
+fn multi_error_notes(out: &mut String, columns: &[String], results: &[&RunResult]) {
+    for (name, result) in columns.iter().zip(results.iter()).skip(2) {
+        if !result.error_samples.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nFirst {name} errors: {}",
+                result
+                    .error_samples
+                    .iter()
+                    .map(|e| format!("`{}`", e.replace('`', "'")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if result.warmup_errors > 0 {
+            let _ = writeln!(
+                out,
+                "\n{name}: {} errors during warm-up (not counted above).",
+                result.warmup_errors
+            );
+        }
+    }
+}
+
+fn latency_of(result: &RunResult) -> Summary {
+    Summary::of(&result.latency)
+}
+
+fn ttft_of(result: &RunResult) -> Summary {
+    Summary::of(&result.ttft)
+}
+
+fn gaps_of(result: &RunResult) -> Summary {
+    Summary::of(&result.gaps)
+}
+
+/// Mean number of event-carrying body frames per successful stream (gaps + 1).
+fn frames_per_stream(result: &RunResult) -> Option<f64> {
+    (result.ok > 0).then(|| result.gaps.len() as f64 / result.ok as f64 + 1.0)
+}
+
+/// The "Peers side by side" section: how each peer was set up, then every scenario with one column per side.
+fn render_peers(out: &mut String, settings: &Settings, results: &Results) {
+    if results.peer_reports.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n## Peers side by side\n");
+    let _ = writeln!(
+        out,
+        "The same scenarios, in the same run, through peer gateways pointed at the same mock. Every peer is one \
+         more side of each scenario: the sides take turns round by round (direct, proxy, peers, then the \
+         reverse), each after the same unrecorded warm-up, with the same body and `x-mock-*` headers (plus the \
+         headers the peer needs, below). A gateway cell reads `value (added vs direct)`; requests/s read \
+         `rate (share of direct)`. Each peer runs with its defaults apart from what is listed: that is what a \
+         user who installs it gets. They share the 2 cores with the load generator, the mock and kimi-proxy \
+         (idle while another side is measured). A peer's memory is the RSS of its whole process tree; \
+         \"idle\" is taken 0.5 s after it first answers its health check, before any chat request, as for \
+         kimi-proxy."
+    );
+    for report in &results.peer_reports {
+        let _ = writeln!(
+            out,
+            "\n### {} (`{}`)\n",
+            report.peer.title(),
+            report.peer.name()
+        );
+        match &report.failure {
+            Some(failure) => {
+                // The first line says what failed; the rest (a log's end) goes in a block.
+                let (head, details) = failure.trim().split_once('\n').unwrap_or((failure, ""));
+                let _ = writeln!(out, "- **not measured**: {}", head.trim());
+                if !details.trim().is_empty() {
+                    let _ = writeln!(out, "\n```text\n{}\n```\n", details.trim());
+                }
+            }
+            None => {
+                let _ = writeln!(out, "- measured: yes");
+            }
+        }
+        if !report.version.is_empty() {
+            let _ = writeln!(out, "- version: {}", report.version);
+        }
+        if !report.install.is_empty() {
+            let _ = writeln!(out, "- install: {}", report.install);
+        }
+        for line in &report.config {
+            let _ = writeln!(out, "- configuration: {line}");
+        }
+        if !report.command.is_empty() {
+            let _ = writeln!(out, "- command: `{}`", report.command);
+        }
+        if !report.requests.is_empty() {
+            let _ = writeln!(out, "- requests: {}", report.requests);
+        }
+        for note in &report.notes {
+            let _ = writeln!(out, "- note: {note}");
+        }
+        if let Some((path, lang, text)) = &report.config_file {
+            let _ = writeln!(out, "\n`{path}`:\n\n```{lang}\n{}\n```", text.trim_end());
+        }
+    }
+    if results.peers.is_empty() {
+        let _ = writeln!(out, "\nNo peer could be measured in this run.");
+        return;
+    }
+    let mut columns: Vec<String> = vec!["direct".into(), "kimi-proxy".into()];
+    columns.extend(results.peers.iter().cloned());
+
+    // Headline: one row per gateway.
+    let _ = writeln!(out, "\n### Summary\n");
+    let _ = writeln!(
+        out,
+        "| gateway | added p50 latency (c=1) | added p99 latency (c=1) | throughput vs direct (c={}) | added TTFT p99 (streaming) | idle RSS | RSS 2 s after the load |",
+        settings.throughput_concurrency
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    for (index, name) in columns.iter().enumerate().skip(1) {
+        let pick = |pair: &Option<Pair>| -> Option<(RunResult, RunResult)> {
+            let pair = pair.as_ref()?;
+            let sides = sides(pair);
+            Some(((*sides.first()?).clone(), (*sides.get(index)?).clone()))
+        };
+        let latency = pick(&results.latency).map_or_else(
+            || ("n/a".to_owned(), "n/a".to_owned()),
+            |(d, g)| {
+                let (d, g) = (latency_of(&d), latency_of(&g));
+                (
+                    fmt_added(added(g.p50, d.p50)),
+                    fmt_added(added(g.p99, d.p99)),
+                )
+            },
+        );
+        let throughput = pick(&results.throughput).map_or_else(
+            || "n/a".to_owned(),
+            |(d, g)| {
+                if d.rps() > 0.0 {
+                    format!("{:.1}%", g.rps() / d.rps() * 100.0)
+                } else {
+                    "n/a".into()
+                }
+            },
+        );
+        let ttft = pick(&results.streaming).map_or_else(
+            || "n/a".to_owned(),
+            |(d, g)| fmt_added(added(ttft_of(&g).p99, ttft_of(&d).p99)),
+        );
+        let memory = if index == 1 {
+            results.memory.clone()
+        } else {
+            results.peer_memory.get(index - 2).cloned()
+        };
+        let (idle, after) = memory.map_or((None, None), |m| (m.idle, m.after_load));
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} | {throughput} | {ttft} | {} | {} |",
+            latency.0,
+            latency.1,
+            fmt_mib(idle),
+            fmt_mib(after)
+        );
+    }
+
+    if let Some(pair) = &results.latency {
+        let all = sides(pair);
+        let _ = writeln!(
+            out,
+            "\n### latency (concurrency 1, non-streaming), all sides\n"
+        );
+        multi_head(out, &columns);
+        summary_row(out, "latency p50", &all, |r| latency_of(r).p50);
+        summary_row(out, "latency p90", &all, |r| latency_of(r).p90);
+        summary_row(out, "latency p99", &all, |r| latency_of(r).p99);
+        summary_row(out, "latency p99.9", &all, |r| latency_of(r).p999);
+        summary_row(out, "latency max", &all, |r| latency_of(r).max);
+        summary_row(out, "latency mean", &all, |r| {
+            latency_of(r).mean.round() as u64
+        });
+        multi_counts(out, "requests", &all);
+        multi_error_notes(out, &columns, &all);
+    }
+
+    if let Some(pair) = &results.throughput {
+        let all = sides(pair);
+        let _ = writeln!(
+            out,
+            "\n### throughput (concurrency {}, non-streaming), all sides\n",
+            settings.throughput_concurrency
+        );
+        multi_head(out, &columns);
+        let direct_rps = pair.direct.rps();
+        let cells: Vec<String> = all
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                if i == 0 {
+                    format!("{:.0}", r.rps())
+                } else if direct_rps > 0.0 {
+                    format!("{:.0} ({:.1}%)", r.rps(), r.rps() / direct_rps * 100.0)
+                } else {
+                    format!("{:.0}", r.rps())
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "| requests/s | {} |", cells.join(" | "));
+        summary_row(out, "latency p50", &all, |r| latency_of(r).p50);
+        summary_row(out, "latency p99", &all, |r| latency_of(r).p99);
+        multi_counts(out, "requests", &all);
+        multi_error_notes(out, &columns, &all);
+    }
+
+    if let Some(pair) = &results.streaming {
+        let all = sides(pair);
+        let _ = writeln!(
+            out,
+            "\n### streaming (concurrency {}, {} chunks x {} ms), all sides\n",
+            settings.streaming_concurrency, settings.chunks, settings.chunk_delay_ms
+        );
+        multi_head(out, &columns);
+        summary_row(out, "TTFT p50", &all, |r| ttft_of(r).p50);
+        summary_row(out, "TTFT p99", &all, |r| ttft_of(r).p99);
+        summary_row(out, "inter-chunk gap p50", &all, |r| gaps_of(r).p50);
+        summary_row(out, "inter-chunk gap p99", &all, |r| gaps_of(r).p99);
+        summary_row(out, "inter-chunk gap max", &all, |r| gaps_of(r).max);
+        summary_row(out, "whole stream p50", &all, |r| latency_of(r).p50);
+        let frames: Vec<String> = all
+            .iter()
+            .map(|r| frames_per_stream(r).map_or_else(|| "n/a".into(), |f| format!("{f:.1}")))
+            .collect();
+        let _ = writeln!(out, "| SSE frames per stream | {} |", frames.join(" | "));
+        multi_counts(out, "streams", &all);
+        multi_error_notes(out, &columns, &all);
+    }
+
+    for run in &results.streams {
+        let all = sides(&run.pair);
+        let _ = writeln!(
+            out,
+            "\n### {} concurrent streams ({} chunks x {} ms), all sides\n",
+            run.streams, settings.chunks, settings.chunk_delay_ms
+        );
+        multi_head(out, &columns);
+        multi_counts(out, "streams", &all);
+        summary_row(out, "TTFT p99", &all, |r| ttft_of(r).p99);
+        summary_row(out, "inter-chunk gap p50", &all, |r| gaps_of(r).p50);
+        summary_row(out, "inter-chunk gap p99", &all, |r| gaps_of(r).p99);
+        summary_row(out, "inter-chunk gap max", &all, |r| gaps_of(r).max);
+        let mut peaks = vec![String::new(), fmt_mib(run.proxy_peak_rss)];
+        peaks.extend(run.peer_peak_rss.iter().map(|&p| fmt_mib(p)));
+        let _ = writeln!(out, "| gateway peak RSS | {} |", peaks.join(" | "));
+        multi_error_notes(out, &columns, &all);
+    }
+
+    if let Some(memory) = &results.memory {
+        let gateways: Vec<Memory> = std::iter::once(memory.clone())
+            .chain(results.peer_memory.iter().cloned())
+            .collect();
+        let _ = writeln!(out, "\n### memory (RSS), all gateways\n");
+        let names = columns.get(1..).unwrap_or_default();
+        let _ = writeln!(out, "| when | {} |", names.join(" | "));
+        let _ = writeln!(out, "|---|{}", "---:|".repeat(names.len()));
+        let line = |what: &str, values: Vec<Option<u64>>| {
+            let cells: Vec<String> = values.into_iter().map(fmt_mib).collect();
+            format!("| {what} | {} |", cells.join(" | "))
+        };
+        let _ = writeln!(
+            out,
+            "{}",
+            line(
+                "idle after start",
+                gateways.iter().map(|m| m.idle).collect()
+            )
+        );
+        for run in &results.streams {
+            let mut peaks = vec![run.proxy_peak_rss];
+            peaks.extend(run.peer_peak_rss.iter().copied());
+            let _ = writeln!(
+                out,
+                "{}",
+                line(&format!("peak during {} streams", run.streams), peaks)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{}",
+            line(
+                "2 s after the load",
+                gateways.iter().map(|m| m.after_load).collect()
+            )
+        );
+        let _ = writeln!(
+            out,
+            "{}",
+            line(
+                "high-water mark (VmHWM, whole run)",
+                gateways.iter().map(|m| m.high_water).collect()
+            )
+        );
+    }
 }
 
 #[cfg(test)]
@@ -495,7 +858,11 @@ mod tests {
             commit: "abc1234".into(),
         };
         let results = Results {
-            latency: Some(Pair { direct, proxy }),
+            latency: Some(Pair {
+                direct,
+                proxy,
+                peers: Vec::new(),
+            }),
             memory: Some(Memory {
                 idle: Some(40 * 1024 * 1024),
                 after_load: None,
@@ -508,6 +875,72 @@ mod tests {
         assert!(report.contains("| added p99 latency at concurrency 1 ≤ 150 µs | +80 µs | pass |"));
         assert!(report.contains("| idle RSS ≤ 30 MiB | 40.0 MiB | **miss** |"));
         assert!(report.contains("| CPU | Test CPU |"));
+        Ok(())
+    }
+
+    #[test]
+    fn peers_get_columns_and_failures_are_reported() -> anyhow::Result<()> {
+        use crate::peers::{Peer, PeerReport};
+        let side = |us: u64, ok: u64| -> anyhow::Result<RunResult> {
+            let mut result = RunResult::empty()?;
+            for _ in 0..ok {
+                result.latency.saturating_record(us);
+            }
+            result.ok = ok;
+            result.elapsed = std::time::Duration::from_secs(1);
+            Ok(result)
+        };
+        let mut settings = Settings::new(true);
+        settings.peers = vec![Peer::Litellm, Peer::Portkey];
+        let machine = Machine {
+            cpu: "Test CPU".into(),
+            cores: 2,
+            kernel: "6.0".into(),
+            memory: "24.0 GiB".into(),
+            date: "2024-01-01 00:00:00 UTC".into(),
+            rustc: "rustc 1.95.0".into(),
+            commit: "abc1234".into(),
+        };
+        let measured = PeerReport {
+            peer: Peer::Litellm,
+            version: "litellm 9.9.9".into(),
+            install: "installed".into(),
+            config: vec!["no database".into()],
+            config_file: Some(("peers/litellm-config.yaml".into(), "yaml", "a: 1\n".into())),
+            command: "litellm --port 1".into(),
+            requests: "POST".into(),
+            notes: Vec::new(),
+            failure: None,
+        };
+        let failed = PeerReport {
+            peer: Peer::Portkey,
+            failure: Some("could not be installed: npm failed".into()),
+            version: String::new(),
+            install: String::new(),
+            config: Vec::new(),
+            config_file: None,
+            command: String::new(),
+            requests: String::new(),
+            notes: Vec::new(),
+        };
+        let results = Results {
+            throughput: Some(Pair {
+                direct: side(100, 1000)?,
+                proxy: side(180, 500)?,
+                peers: vec![side(2_100, 100)?],
+            }),
+            peers: vec!["litellm".into()],
+            peer_reports: vec![measured, failed],
+            ..Results::default()
+        };
+        let report = render(&settings, &machine, &results);
+        assert!(report.contains("## Peers side by side"));
+        assert!(report.contains("| metric | direct | kimi-proxy | litellm |"));
+        assert!(report.contains("| requests/s | 1000 | 500 (50.0%) | 100 (10.0%) |"));
+        assert!(report.contains("| latency p50 | 100 µs | 180 µs (+80 µs) | 2.10 ms (+2.00 ms) |"));
+        assert!(report.contains("| litellm | n/a | n/a | 10.0% | n/a | n/a | n/a |"));
+        assert!(report.contains("- **not measured**: could not be installed: npm failed"));
+        assert!(report.contains("```yaml\na: 1\n```"));
         Ok(())
     }
 }

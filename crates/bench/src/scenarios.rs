@@ -1,11 +1,13 @@
-//! The scenarios: each one measured directly against the mock and through the proxy in the same run,
-//! alternating sides round by round (direct, proxy, proxy, direct, ...) so drift hits both equally.
+//! The scenarios: each one measured directly against the mock, through the proxy and through any peer gateways
+//! in the same run, alternating sides round by round (direct, proxy, peers..., then the reverse) so drift hits
+//! every side equally.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use anyhow::Context;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
@@ -64,6 +66,8 @@ pub struct Settings {
     pub chunk_delay_ms: u32,
     /// Stream counts of the streams-concurrency scenario.
     pub streams: Vec<usize>,
+    /// Peer gateways measured beside the proxy (`--peers`).
+    pub peers: Vec<crate::peers::Peer>,
 }
 
 impl Settings {
@@ -90,6 +94,7 @@ impl Settings {
             chunks: 64,
             chunk_delay_ms: 20,
             streams: if quick { vec![100] } else { vec![100, 1_000] },
+            peers: Vec::new(),
         }
     }
 
@@ -104,7 +109,7 @@ impl Settings {
         total / rounds + u64::from(round < total % rounds)
     }
 
-    fn stream_headers(&self) -> anyhow::Result<Vec<(HeaderName, HeaderValue)>> {
+    pub fn stream_headers(&self) -> anyhow::Result<Vec<(HeaderName, HeaderValue)>> {
         Ok(vec![
             (
                 HeaderName::from_static("x-mock-chunks"),
@@ -123,11 +128,13 @@ impl Settings {
     }
 }
 
-/// One scenario's figures for both sides.
+/// One scenario's figures for every side.
 #[derive(Clone, Debug)]
 pub struct Pair {
     pub direct: RunResult,
     pub proxy: RunResult,
+    /// One per measured peer, in the order of [`Targets::peers`].
+    pub peers: Vec<RunResult>,
 }
 
 /// One stream count of the streams-concurrency scenario.
@@ -137,9 +144,11 @@ pub struct StreamsRun {
     pub pair: Pair,
     /// Peak proxy RSS sampled while the proxy side ran.
     pub proxy_peak_rss: Option<u64>,
+    /// Peak RSS of each peer (its whole process tree) while its side ran.
+    pub peer_peak_rss: Vec<Option<u64>>,
 }
 
-/// Proxy RSS at the moments the report names.
+/// A gateway's RSS at the moments the report names.
 #[derive(Clone, Debug, Default)]
 pub struct Memory {
     pub idle: Option<u64>,
@@ -160,79 +169,121 @@ pub struct Results {
     pub elapsed: Duration,
     /// CPU use over that time.
     pub cpu: Option<crate::cpu::Usage>,
+    /// Names of the measured peers: the columns after the proxy, in the order of `Pair::peers`.
+    pub peers: Vec<String>,
+    /// Every peer asked for, measured or not: how it was installed, configured and started.
+    pub peer_reports: Vec<crate::peers::PeerReport>,
+    /// Memory of each measured peer (its whole process tree).
+    pub peer_memory: Vec<Memory>,
 }
 
-/// The two endpoints under test.
-#[derive(Clone, Copy, Debug)]
-pub struct Targets {
-    pub mock: SocketAddr,
-    pub proxy: SocketAddr,
-    pub proxy_pid: u32,
+/// One endpoint under test: where it listens, its process, and the headers every request to it carries.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub pid: u32,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Side {
-    Direct,
-    Proxy,
-}
-
-impl Side {
-    fn name(self) -> &'static str {
-        match self {
-            Side::Direct => "direct",
-            Side::Proxy => "proxy",
+impl Endpoint {
+    pub fn new(name: &str, addr: SocketAddr, pid: u32) -> Endpoint {
+        Endpoint {
+            name: name.into(),
+            addr,
+            pid,
+            headers: Vec::new(),
         }
+    }
+
+    /// `spec` aimed at this endpoint, with its headers added.
+    pub fn aim(&self, mut spec: Spec) -> Spec {
+        spec.addr = self.addr;
+        spec.headers.extend(self.headers.iter().cloned());
+        spec
     }
 }
 
-/// Runs `make_spec` for `rounds` rounds per side, alternating the order (ABBA), and merges each side.
-/// `warm`, if given, is run (and discarded, except for its error count) right before each measured run.
+/// The endpoints under test: the mock (direct), the proxy, and the peers.
+#[derive(Clone, Debug)]
+pub struct Targets {
+    pub direct: Endpoint,
+    pub proxy: Endpoint,
+    pub peers: Vec<Endpoint>,
+}
+
+impl Targets {
+    /// Every side, in the order of a forward round: direct, proxy, peers.
+    fn sides(&self) -> Vec<&Endpoint> {
+        let mut sides = vec![&self.direct, &self.proxy];
+        sides.extend(self.peers.iter());
+        sides
+    }
+}
+
+/// The order of the sides in `round`: forward in even rounds, reversed in odd ones (ABBA for two sides).
+fn round_order(sides: usize, round: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..sides).collect();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
+/// Splits per-side results (direct, proxy, peers...) into a [`Pair`].
+fn into_pair(results: Vec<RunResult>) -> anyhow::Result<Pair> {
+    let mut results = results.into_iter();
+    let direct = results.next().context("no direct result")?;
+    let proxy = results.next().context("no proxy result")?;
+    Ok(Pair {
+        direct,
+        proxy,
+        peers: results.collect(),
+    })
+}
+
+/// Runs `make_spec` for `rounds` rounds per side, alternating the order of the sides (ABBA), and merges each
+/// side. `warm`, if given, is run (and discarded, except for its error count) right before each measured run.
 async fn alternate(
     label: &str,
-    targets: Targets,
+    targets: &Targets,
     rounds: usize,
     warm: Option<&dyn Fn(SocketAddr) -> Spec>,
     make_spec: impl Fn(SocketAddr, usize) -> Spec,
 ) -> anyhow::Result<Pair> {
-    let mut direct = RunResult::empty()?;
-    let mut proxy = RunResult::empty()?;
+    let sides = targets.sides();
+    let mut merged = Vec::with_capacity(sides.len());
+    for _ in &sides {
+        merged.push(RunResult::empty()?);
+    }
     for round in 0..rounds.max(1) {
-        let order = if round % 2 == 0 {
-            [Side::Direct, Side::Proxy]
-        } else {
-            [Side::Proxy, Side::Direct]
-        };
-        for side in order {
-            let addr = match side {
-                Side::Direct => targets.mock,
-                Side::Proxy => targets.proxy,
+        for index in round_order(sides.len(), round) {
+            let (Some(side), Some(total)) = (sides.get(index), merged.get_mut(index)) else {
+                continue;
             };
             let warm_errors = match warm {
                 Some(warm) => {
-                    let warmed = loadgen::run(warm(addr)).await?;
+                    let warmed = loadgen::run(side.aim(warm(side.addr))).await?;
                     warmed.errors + warmed.warmup_errors
                 }
                 None => 0,
             };
-            let mut result = loadgen::run(make_spec(addr, round)).await?;
+            let mut result = loadgen::run(side.aim(make_spec(side.addr, round))).await?;
             result.warmup_errors += warm_errors;
-            progress(label, round, rounds, side, &result);
-            match side {
-                Side::Direct => direct.merge(&result)?,
-                Side::Proxy => proxy.merge(&result)?,
-            }
+            progress(label, round, rounds, &side.name, &result);
+            total.merge(&result)?;
         }
     }
-    Ok(Pair { direct, proxy })
+    into_pair(merged)
 }
 
-fn progress(label: &str, round: usize, rounds: usize, side: Side, result: &RunResult) {
+fn progress(label: &str, round: usize, rounds: usize, side: &str, result: &RunResult) {
     let latency = loadgen::Summary::of(&result.latency);
     let mut line = format!(
-        "kimi-bench: {label} round {}/{} {:<6} ok={} errors={} {:.0} req/s latency p50={}µs p99={}µs",
+        "kimi-bench: {label} round {}/{} {:<7} ok={} errors={} {:.0} req/s latency p50={}µs p99={}µs",
         round + 1,
         rounds.max(1),
-        side.name(),
+        side,
         result.ok,
         result.errors,
         result.rps(),
@@ -253,7 +304,7 @@ fn progress(label: &str, round: usize, rounds: usize, side: Side, result: &RunRe
     eprintln!("{line}");
 }
 
-pub async fn latency(settings: &Settings, targets: Targets, body: Bytes) -> anyhow::Result<Pair> {
+pub async fn latency(settings: &Settings, targets: &Targets, body: Bytes) -> anyhow::Result<Pair> {
     alternate("latency", targets, settings.rounds, None, |addr, round| {
         Spec {
             addr,
@@ -274,7 +325,7 @@ pub async fn latency(settings: &Settings, targets: Targets, body: Bytes) -> anyh
 
 pub async fn throughput(
     settings: &Settings,
-    targets: Targets,
+    targets: &Targets,
     body: Bytes,
 ) -> anyhow::Result<Pair> {
     let rounds = u32::try_from(settings.rounds.max(1)).unwrap_or(1);
@@ -297,7 +348,11 @@ pub async fn throughput(
     .await
 }
 
-pub async fn streaming(settings: &Settings, targets: Targets, body: Bytes) -> anyhow::Result<Pair> {
+pub async fn streaming(
+    settings: &Settings,
+    targets: &Targets,
+    body: Bytes,
+) -> anyhow::Result<Pair> {
     // Round 0 has the largest share; it sizes the time limit.
     let per_round = settings.per_round(settings.streaming_requests, 0);
     let headers = settings.stream_headers()?;
@@ -348,49 +403,59 @@ pub async fn streaming(settings: &Settings, targets: Targets, body: Bytes) -> an
     .await
 }
 
-/// N streams started together, one round per side (direct first); samples the proxy's RSS on its side.
+/// N streams started together, one round per side (direct first, then the proxy, then each peer); samples the
+/// RSS of the gateway under load on its side.
 pub async fn streams_concurrency(
     settings: &Settings,
-    targets: Targets,
+    targets: &Targets,
     body: Bytes,
 ) -> anyhow::Result<Vec<StreamsRun>> {
     let headers = settings.stream_headers()?;
     let mut runs = Vec::new();
     for &streams in &settings.streams {
-        let spec = |addr| Spec {
-            addr,
-            path: PATH.into(),
-            body: body.clone(),
-            headers: headers.clone(),
-            concurrency: streams,
-            requests: u64::try_from(streams).unwrap_or(u64::MAX),
-            warmup: Duration::ZERO,
-            duration: Duration::from_secs(30),
-            request_timeout: settings.stream_length() * 10 + Duration::from_secs(10),
-            streaming: true,
-            stagger: Duration::ZERO,
+        let spec = |endpoint: &Endpoint| {
+            endpoint.aim(Spec {
+                addr: endpoint.addr,
+                path: PATH.into(),
+                body: body.clone(),
+                headers: headers.clone(),
+                concurrency: streams,
+                requests: u64::try_from(streams).unwrap_or(u64::MAX),
+                warmup: Duration::ZERO,
+                duration: Duration::from_secs(30),
+                request_timeout: settings.stream_length() * 10 + Duration::from_secs(10),
+                streaming: true,
+                stagger: Duration::ZERO,
+            })
         };
         let label = format!("streams-concurrency x{streams}");
-        let direct = loadgen::run(spec(targets.mock)).await?;
-        progress(&label, 0, 1, Side::Direct, &direct);
-        // Let the direct side's connections close before measuring the proxy.
+        let direct = loadgen::run(spec(&targets.direct)).await?;
+        progress(&label, 0, 1, &targets.direct.name, &direct);
+        let mut results = vec![direct];
+        let mut peaks = Vec::new();
+        for gateway in std::iter::once(&targets.proxy).chain(targets.peers.iter()) {
+            // Let the previous side's connections close before measuring the next one.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let sampler = RssSampler::start(procs::process_tree(gateway.pid));
+            let result = loadgen::run(spec(gateway)).await;
+            peaks.push(sampler.stop().await);
+            let result = result?;
+            progress(&label, 0, 1, &gateway.name, &result);
+            results.push(result);
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let sampler = RssSampler::start(targets.proxy_pid);
-        let proxy = loadgen::run(spec(targets.proxy)).await;
-        let peak = sampler.stop().await;
-        let proxy = proxy?;
-        progress(&label, 0, 1, Side::Proxy, &proxy);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut peaks = peaks.into_iter();
         runs.push(StreamsRun {
             streams,
-            pair: Pair { direct, proxy },
-            proxy_peak_rss: peak,
+            pair: into_pair(results)?,
+            proxy_peak_rss: peaks.next().flatten(),
+            peer_peak_rss: peaks.collect(),
         });
     }
     Ok(runs)
 }
 
-/// Samples a process's RSS every 10 ms in the background and keeps the peak.
+/// Samples the summed RSS of some processes every 10 ms in the background and keeps the peak.
 struct RssSampler {
     stop: Arc<AtomicBool>,
     peak: Arc<AtomicU64>,
@@ -398,7 +463,7 @@ struct RssSampler {
 }
 
 impl RssSampler {
-    fn start(pid: u32) -> RssSampler {
+    fn start(pids: Vec<u32>) -> RssSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicU64::new(0));
         let task = {
@@ -407,7 +472,7 @@ impl RssSampler {
             tokio::spawn(async move {
                 // Bounded: at most 10 minutes of samples even if never stopped.
                 for _ in 0..60_000 {
-                    if let Some(rss) = procs::rss_bytes(pid) {
+                    if let Some(rss) = procs::rss_sum(&pids) {
                         peak.fetch_max(rss, Ordering::Relaxed);
                     }
                     if stop.load(Ordering::Relaxed) {
@@ -439,5 +504,40 @@ mod tests {
         assert_eq!(shares, vec![334, 333, 333]);
         assert_eq!(settings.per_round(30, 2), 10);
         assert_eq!(settings.stream_length(), Duration::from_millis(1_300));
+    }
+
+    #[test]
+    fn rounds_alternate_the_order_of_all_sides() {
+        assert_eq!(round_order(2, 0), vec![0, 1]);
+        assert_eq!(round_order(2, 1), vec![1, 0]);
+        assert_eq!(round_order(4, 2), vec![0, 1, 2, 3]);
+        assert_eq!(round_order(4, 3), vec![3, 2, 1, 0]);
+    }
+
+    #[test]
+    fn endpoints_add_their_headers() {
+        let mut peer = Endpoint::new("peer", SocketAddr::from(([127, 0, 0, 1], 9)), 1);
+        peer.headers.push((
+            HeaderName::from_static("x-portkey-provider"),
+            HeaderValue::from_static("openai"),
+        ));
+        let spec = peer.aim(Spec {
+            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            path: PATH.into(),
+            body: Bytes::new(),
+            headers: vec![(
+                HeaderName::from_static("x-mock-chunks"),
+                HeaderValue::from_static("4"),
+            )],
+            concurrency: 1,
+            requests: 1,
+            warmup: Duration::ZERO,
+            duration: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            streaming: false,
+            stagger: Duration::ZERO,
+        });
+        assert_eq!(spec.addr, peer.addr);
+        assert_eq!(spec.headers.len(), 2);
     }
 }
