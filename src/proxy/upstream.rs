@@ -54,7 +54,7 @@ pub fn build_client(provider: &Provider) -> Result<HttpClient, ClientBuildError>
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
+        .pool_max_idle_per_host(32)
         .build(https))
 }
 
