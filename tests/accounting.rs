@@ -342,6 +342,7 @@ async fn proxy_errors_after_routing_are_recorded_too() {
     assert_eq!(response.status(), 503);
     let record = &records(&proxy, 1).await[0];
     assert_eq!(record["error_kind"], "missing_api_key");
+    assert_eq!(record["status"], 503, "the status the client got");
     assert_eq!(record["cost_usd"], 0.0);
     assert!(record["prompt_estimated"].as_u64().unwrap() > 0);
 }

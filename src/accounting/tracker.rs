@@ -463,7 +463,10 @@ pub fn record_proxy_error(
     context: RequestContext,
     prompt: PromptCounting,
     code: &'static str,
+    status: u16,
 ) {
+    let mut context = context;
+    context.status = status;
     let mut tracker = Tracker::new(Arc::clone(accounting), context, prompt, false);
     tracker.finish(Outcome::ProxyError(code));
 }

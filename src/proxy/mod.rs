@@ -297,6 +297,7 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
                 context,
                 prompt_job.start(),
                 error.code(),
+                error.status().as_u16(),
             );
             return Err(error);
         }
@@ -321,6 +322,7 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
                     context,
                     prompt_job.start(),
                     error.code(),
+                    error.status().as_u16(),
                 );
                 return Err(error);
             }
@@ -357,7 +359,13 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
     let answer = match answer {
         Ok(answer) => answer,
         Err(error) => {
-            tracker::record_proxy_error(&state.accounting, context, prompt, error.code());
+            tracker::record_proxy_error(
+                &state.accounting,
+                context,
+                prompt,
+                error.code(),
+                error.status().as_u16(),
+            );
             return Err(error);
         }
     };
