@@ -393,3 +393,31 @@ fn count_tokens_command() {
     assert_eq!(detail["estimated"], true);
     assert_eq!(detail["media"], 765);
 }
+
+#[tokio::test]
+async fn token_accounting_can_be_switched_off() {
+    let mock = MockUpstream::start().await.unwrap();
+    let config =
+        mock_config(&mock, "").replace("[server]\n", "[server]\ntoken_accounting = false\n");
+    let proxy = Proxy::start(&config, &[("MOCK_KEY", "k")]).await;
+    let body = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&chat_body("mock/model", true))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.ends_with("data: [DONE]\n\n"));
+    let seen = mock.last_request().unwrap().json().unwrap();
+    assert!(
+        seen.get("stream_options").is_none(),
+        "no usage request when accounting is off"
+    );
+    let record = &records(&proxy, 1).await[0];
+    assert_eq!(record["prompt_estimated"], 0);
+    assert_eq!(record["completion_estimated"], 0);
+    assert_eq!(record["status"], 200);
+    assert!(record["latency_us"].as_u64().unwrap() > 0, "still timed");
+}

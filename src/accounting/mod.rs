@@ -42,6 +42,8 @@ pub struct ModelTokenizer {
 /// A prompt count to be made.
 pub struct PromptJob {
     accounting: Arc<Accounting>,
+    /// False when token accounting is off: nothing is counted.
+    enabled: bool,
     body: Bytes,
     layout: RequestLayout,
     tokenizer: Tokenizer,
@@ -65,11 +67,20 @@ impl PromptCounting {
 impl PromptJob {
     /// Large bodies, and a vocabulary still to be decoded (first use), go to the blocking pool; the rest is
     /// counted where it stands — a few microseconds, mostly cache lookups.
+    /// Turns counting off for this request.
+    pub fn disabled(mut self) -> Self {
+        self.enabled = false;
+        self
+    }
+
     pub fn needs_blocking(&self) -> bool {
-        self.body.len() > INLINE_COUNT_LIMIT || !self.tokenizer.is_ready()
+        self.enabled && (self.body.len() > INLINE_COUNT_LIMIT || !self.tokenizer.is_ready())
     }
 
     fn count(self) -> (PromptCount, u64) {
+        if !self.enabled {
+            return (PromptCount::default(), 0);
+        }
         let started = std::time::Instant::now();
         let count = count_layout(
             &self.body,
@@ -248,6 +259,7 @@ impl Accounting {
     ) -> PromptJob {
         PromptJob {
             accounting: Arc::clone(self),
+            enabled: true,
             body,
             layout,
             tokenizer,

@@ -56,6 +56,8 @@ pub enum Outcome {
 }
 
 enum Mode {
+    /// Token accounting is off: frames are only timed.
+    Off,
     Sse {
         parser: SseParser,
         counter: Box<CompletionCounter>,
@@ -88,8 +90,11 @@ impl Tracker {
         context: RequestContext,
         prompt: PromptCounting,
         event_stream: bool,
+        counting: bool,
     ) -> Tracker {
-        let mode = if event_stream {
+        let mode = if !counting {
+            Mode::Off
+        } else if event_stream {
             Mode::Sse {
                 parser: SseParser::new(MAX_EVENT_BYTES),
                 counter: Box::new(CompletionCounter::new(context.tokenizer.tokenizer.clone())),
@@ -138,6 +143,7 @@ impl Tracker {
         self.last_frame = Some(now);
         self.response_bytes += data.len() as u64;
         match &mut self.mode {
+            Mode::Off => None,
             Mode::Json {
                 chunks,
                 bytes,
@@ -214,7 +220,7 @@ impl Tracker {
     pub fn running_completion(&self) -> u64 {
         match &self.mode {
             Mode::Sse { counter, .. } => counter.running(),
-            Mode::Json { .. } => 0,
+            Mode::Json { .. } | Mode::Off => 0,
         }
     }
 
@@ -247,6 +253,7 @@ impl Tracker {
                 None => (PromptCount::default(), 0),
             };
             let completion = match mode {
+                Mode::Off => Completion::default(),
                 Mode::Sse { mut counter, .. } => {
                     let tokens = counter.finish();
                     Completion {
@@ -467,6 +474,6 @@ pub fn record_proxy_error(
 ) {
     let mut context = context;
     context.status = status;
-    let mut tracker = Tracker::new(Arc::clone(accounting), context, prompt, false);
+    let mut tracker = Tracker::new(Arc::clone(accounting), context, prompt, false, true);
     tracker.finish(Outcome::ProxyError(code));
 }

@@ -175,6 +175,9 @@ pub struct ServerConfig {
     pub forward_client_key: bool,
     /// How long in-flight requests may run on after SIGINT/SIGTERM.
     pub shutdown_grace: Duration,
+    /// Count tokens (prompt and completion) and ask streams for their usage. Off, the proxy only forwards and
+    /// times requests (for measuring what accounting costs).
+    pub token_accounting: bool,
 }
 
 /// How requests without a client-given session id are grouped into sessions (`[store] session_mode`).

@@ -37,6 +37,7 @@ pub struct RawServer {
     pub max_body_bytes: Option<usize>,
     pub forward_client_key: Option<bool>,
     pub shutdown_grace_ms: Option<u64>,
+    pub token_accounting: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -227,6 +228,10 @@ impl RawConfig {
                     self.server.shutdown_grace_ms,
                     over.server.shutdown_grace_ms,
                 ),
+                token_accounting: merge_opt(
+                    self.server.token_accounting,
+                    over.server.token_accounting,
+                ),
             },
             providers,
             models,
@@ -259,6 +264,7 @@ impl RawConfig {
                     .shutdown_grace_ms
                     .unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
             ),
+            token_accounting: self.server.token_accounting.unwrap_or(true),
         };
 
         let store = self.store.validate(&mut errors);

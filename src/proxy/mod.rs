@@ -223,7 +223,9 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
     // The client's bytes go upstream as they are unless something must change: the model id (spliced), the
     // usage request (spliced; the tracker hides the extra chunk), or broken tool calls (re-encoded).
     let rename = requested != model.upstream_id;
-    let inject_usage = view.streaming && provider.stream_usage && !view.client_asked_usage;
+    let accounting_on = state.config.server.token_accounting;
+    let inject_usage =
+        accounting_on && view.streaming && provider.stream_usage && !view.client_asked_usage;
     let (plain_body, injected_body, fixes) =
         if view.needs_tool_fix || (inject_usage && view.has_stream_options) {
             rebuild_body(
@@ -257,6 +259,11 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
     let prompt_job = state
         .accounting
         .prompt_job(bytes, view.layout, tokenizer.tokenizer.clone());
+    let prompt_job = if accounting_on {
+        prompt_job
+    } else {
+        prompt_job.disabled()
+    };
     let mut context = RequestContext {
         id: state.accounting.next_id(),
         started,
@@ -393,7 +400,13 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
     response_parts
         .headers
         .insert(OVERHEAD_HEADER, HeaderValue::from(overhead_us));
-    let tracker = Tracker::new(Arc::clone(&state.accounting), context, prompt, event_stream);
+    let tracker = Tracker::new(
+        Arc::clone(&state.accounting),
+        context,
+        prompt,
+        event_stream,
+        accounting_on,
+    );
     let body = ForwardBody::new(
         incoming,
         provider.timeouts.idle,
