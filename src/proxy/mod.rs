@@ -27,7 +27,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
 
 use crate::accounting::tracker::{self, RequestContext, Tracker};
-use crate::accounting::{Accounting, DEFAULT_MESSAGE_CACHE_BYTES, RecordSink};
+use crate::accounting::{Accounting, DEFAULT_MESSAGE_CACHE_BYTES, PromptCounting, RecordSink};
 use crate::config::{ApiKey, BaseUrl, Config, Provider};
 use body::ForwardBody;
 use error::ProxyError;
@@ -299,14 +299,7 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
     let (uri, headers) = match prepared {
         Ok(prepared) => prepared,
         Err(error) => {
-            tracker::record_proxy_error(
-                &state.accounting,
-                context,
-                prompt_job.start(),
-                error.code(),
-                error.status().as_u16(),
-            );
-            return Err(error);
+            return Err(failed(state, context, prompt_job.start(), error));
         }
     };
 
@@ -324,14 +317,7 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
                     limit: refusal.limit,
                     retry_after: refusal.retry_after,
                 };
-                tracker::record_proxy_error(
-                    &state.accounting,
-                    context,
-                    prompt_job.start(),
-                    error.code(),
-                    error.status().as_u16(),
-                );
-                return Err(error);
+                return Err(failed(state, context, prompt_job.start(), error));
             }
         }
     }
@@ -366,14 +352,7 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
     let answer = match answer {
         Ok(answer) => answer,
         Err(error) => {
-            tracker::record_proxy_error(
-                &state.accounting,
-                context,
-                prompt,
-                error.code(),
-                error.status().as_u16(),
-            );
-            return Err(error);
+            return Err(failed(state, context, prompt, error));
         }
     };
 
@@ -414,6 +393,23 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
         tracker,
     );
     Ok(Response::from_parts(response_parts, Body::new(body)))
+}
+
+/// Records a request the proxy itself answered with `error` (after routing), and hands the error back.
+fn failed(
+    state: &ProxyState,
+    context: RequestContext,
+    prompt: PromptCounting,
+    error: ProxyError,
+) -> ProxyError {
+    tracker::record_proxy_error(
+        &state.accounting,
+        context,
+        prompt,
+        error.code(),
+        error.status().as_u16(),
+    );
+    error
 }
 
 fn encode(json: &Value) -> Result<Bytes, ProxyError> {
