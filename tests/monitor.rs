@@ -137,3 +137,120 @@ async fn provider_budgets_answer_429_with_retry_after_before_the_provider_is_hit
     assert_eq!(stats["rate_limits"]["mock"]["requests_per_minute"], 2);
     assert_eq!(stats["rate_limits"]["mock"]["requests_last_minute"], 2);
 }
+
+#[tokio::test]
+async fn response_cache_answers_repeated_deterministic_requests() {
+    let mock = MockUpstream::start().await.unwrap();
+    let config = format!(
+        "{}\n[cache]\nenabled = true\nttl_secs = 60\n",
+        mock_config(&mock, "")
+    );
+    let proxy = Proxy::start(&config, &[("MOCK_KEY", "k")]).await;
+    let mut body = chat_body("mock/model", false);
+    body["temperature"] = serde_json::json!(0);
+    let send = |body: Value, headers: Vec<(&'static str, &'static str)>| {
+        let mut request = client().post(proxy.url("/v1/chat/completions")).json(&body);
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        request.send()
+    };
+    let first = send(body.clone(), vec![]).await.unwrap();
+    assert!(first.headers().get("x-kimi-proxy-cache").is_none());
+    let first_body = first.bytes().await.unwrap();
+    // The answer is stored when its record is finished.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = send(body.clone(), vec![]).await.unwrap();
+    assert_eq!(second.status(), 200);
+    assert_eq!(second.headers()["x-kimi-proxy-cache"], "hit");
+    assert_eq!(
+        second.bytes().await.unwrap(),
+        first_body,
+        "the stored bytes, exactly"
+    );
+    assert_eq!(
+        mock.stats()
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+
+    // A streaming request is answered from the same entry, replayed as SSE.
+    let mut streaming = body.clone();
+    streaming["stream"] = Value::Bool(true);
+    let replay = send(streaming, vec![]).await.unwrap();
+    assert_eq!(replay.headers()["content-type"], "text/event-stream");
+    let text = replay.text().await.unwrap();
+    assert!(
+        text.contains("\"chat.completion.chunk\"") && text.ends_with("data: [DONE]\n\n"),
+        "{text}"
+    );
+
+    // Per request off, and non-deterministic requests, go upstream.
+    send(body.clone(), vec![("x-kimi-proxy-cache", "off")])
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let mut warm = body.clone();
+    warm["temperature"] = serde_json::json!(0.7);
+    send(warm, vec![]).await.unwrap().bytes().await.unwrap();
+    assert_eq!(
+        mock.stats()
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        3
+    );
+
+    // Errors are never stored: the same failing request reaches the provider each time.
+    let mut other = body.clone();
+    other["messages"][1]["content"] = Value::from("Something else.");
+    for _ in 0..2 {
+        let failing = send(other.clone(), vec![("x-mock-status", "500")])
+            .await
+            .unwrap();
+        assert_eq!(failing.status(), 500);
+        failing.bytes().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        mock.stats()
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        5
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let records: Vec<Value> = loop {
+        let list: Vec<Value> = client()
+            .get(proxy.url("/api/requests/recent"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if list.len() >= 7 {
+            break list;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let hits: Vec<&Value> = records.iter().filter(|r| r["cache_hit"] == true).collect();
+    assert_eq!(hits.len(), 2);
+    assert!(
+        hits.iter()
+            .all(|r| r["cost_usd"] == 0.0 && r["status"] == 200)
+    );
+    let stats: Value = client()
+        .get(proxy.url("/api/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["response_cache"]["hits"], 2);
+    assert_eq!(stats["response_cache"]["entries"], 1);
+}

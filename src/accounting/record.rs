@@ -60,6 +60,8 @@ pub struct RequestRecord {
     pub attempts: u32,
     pub tool_call_fixes: u32,
     pub usage_injected: bool,
+    /// Answered from the response cache: no upstream call, no cost.
+    pub cache_hit: bool,
     pub finish_reason: Option<String>,
     pub response_bytes: u64,
     /// The first characters of the last user message (configurable, may be off). Never the whole prompt.

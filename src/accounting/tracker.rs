@@ -15,6 +15,7 @@ use super::live::LiveRequest;
 use super::{Accounting, ModelTokenizer, PromptCounting};
 use crate::config::Model;
 use crate::monitor::Metric;
+use crate::proxy::cache::ResponseCache;
 use crate::tokens::Tokenizer;
 use crate::tokens::chat::PromptCount;
 use crate::tokens::stream::{CompletionCounter, EventKind, SseParser};
@@ -42,6 +43,10 @@ pub struct RequestContext {
     pub overhead_us: Option<u64>,
     /// The conversation id the client gave (`X-Session-Id`, `metadata.session_id`, `user`).
     pub client_session: Option<String>,
+    /// Where to store a successful non-streaming answer (the request is cacheable).
+    pub cache_store: Option<(Arc<ResponseCache>, u128)>,
+    /// The answer came from the response cache.
+    pub cache_hit: bool,
 }
 
 /// How a request ended.
@@ -270,7 +275,17 @@ impl Tracker {
                         Completion::default()
                     } else {
                         let body: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-                        json_completion(&body, &context.tokenizer.tokenizer)
+                        let completion = json_completion(&body, &context.tokenizer.tokenizer);
+                        // Only a complete, successful answer is stored; errors never are.
+                        let complete =
+                            matches!(outcome, Outcome::Complete) && context.status == 200;
+                        if let Some((cache, key)) = &context.cache_store
+                            && complete
+                            && completion.finish_reason.is_some()
+                        {
+                            cache.put(*key, Bytes::from(body));
+                        }
+                        completion
                     }
                 }
             };
@@ -411,7 +426,9 @@ fn build_record(
         Outcome::ProxyError(code) => Some((*code).to_string()),
     };
     // An upstream that failed before answering generated nothing billable we know of.
-    let billable = !matches!(finished.outcome, Outcome::ProxyError(_)) && context.status < 400;
+    let billable = !matches!(finished.outcome, Outcome::ProxyError(_))
+        && context.status < 400
+        && !context.cache_hit;
     let cost = if billable {
         cost_usd(&model.prices, prompt_tokens, cached, completion_tokens)
     } else {
@@ -459,6 +476,7 @@ fn build_record(
         attempts: context.attempts,
         tool_call_fixes: context.tool_call_fixes,
         usage_injected: context.usage_injected,
+        cache_hit: context.cache_hit,
         finish_reason: finished.completion.finish_reason,
         response_bytes: finished.response_bytes,
     }

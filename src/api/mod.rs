@@ -58,6 +58,7 @@ async fn stats(State(state): State<Arc<ProxyState>>) -> Response {
         "rss_bytes": monitor.rss_bytes,
         "message_cache": accounting.cache_stats(),
         "rate_limits": state.rate_limits(),
+        "response_cache": state.response_cache.stats(),
         "histograms_us": monitor.histograms,
         "by_model_us": monitor.by_label,
     }))

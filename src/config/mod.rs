@@ -165,6 +165,8 @@ pub struct Model {
     pub tokenizer: TokenizerSpec,
     pub prices: Prices,
     pub capabilities: Vec<String>,
+    /// Response cache for this model: `None` follows `[cache] enabled`.
+    pub cache: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -242,8 +244,20 @@ impl Default for StoreConfig {
 pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
+    pub cache: CacheConfig,
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub models: BTreeMap<String, Arc<Model>>,
+}
+
+/// The response cache.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Cache for every model (a model's `cache` and the `x-kimi-proxy-cache` header override it).
+    pub enabled: bool,
+    pub max_bytes: u64,
+    pub ttl: Duration,
+    /// Only requests with `temperature: 0` are cached.
+    pub deterministic_only: bool,
 }
 
 /// Where `${VAR}` values come from; injectable so tests never touch the process environment.

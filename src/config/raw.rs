@@ -10,8 +10,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    ApiKey, BaseUrl, Config, ConfigError, DEFAULT_MAX_BODY_BYTES, EnvSource, Model, Prices,
-    Provider, ProviderKind, RetryPolicy, ServerConfig, SessionMode, StoreConfig, Timeouts,
+    ApiKey, BaseUrl, CacheConfig, Config, ConfigError, DEFAULT_MAX_BODY_BYTES, EnvSource, Model,
+    Prices, Provider, ProviderKind, RetryPolicy, ServerConfig, SessionMode, StoreConfig, Timeouts,
     TokenizerSpec, expand_vars,
 };
 
@@ -24,6 +24,8 @@ pub struct RawConfig {
     pub server: RawServer,
     #[serde(default)]
     pub store: RawStore,
+    #[serde(default)]
+    pub cache: RawCache,
     #[serde(default)]
     pub providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
@@ -156,7 +158,21 @@ pub struct RawModel {
     pub output_price: Option<f64>,
     pub cached_input_price: Option<f64>,
     pub capabilities: Option<Vec<String>>,
+    pub cache: Option<bool>,
 }
+
+/// `[cache]`: the response cache, off unless enabled here, per model, or per request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub enabled: Option<bool>,
+    pub max_bytes: Option<u64>,
+    pub ttl_secs: Option<u64>,
+    pub deterministic_only: Option<bool>,
+}
+
+const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+const DEFAULT_CACHE_TTL_SECS: u64 = 3600;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -217,6 +233,15 @@ impl RawConfig {
         RawConfig {
             builtin_catalog: merge_opt(self.builtin_catalog, over.builtin_catalog),
             store: self.store.merge(over.store),
+            cache: RawCache {
+                enabled: merge_opt(self.cache.enabled, over.cache.enabled),
+                max_bytes: merge_opt(self.cache.max_bytes, over.cache.max_bytes),
+                ttl_secs: merge_opt(self.cache.ttl_secs, over.cache.ttl_secs),
+                deterministic_only: merge_opt(
+                    self.cache.deterministic_only,
+                    over.cache.deterministic_only,
+                ),
+            },
             server: RawServer {
                 listen: merge_opt(self.server.listen, over.server.listen),
                 max_body_bytes: merge_opt(self.server.max_body_bytes, over.server.max_body_bytes),
@@ -268,6 +293,15 @@ impl RawConfig {
         };
 
         let store = self.store.validate(&mut errors);
+        let cache = CacheConfig {
+            enabled: self.cache.enabled.unwrap_or(false),
+            max_bytes: self.cache.max_bytes.unwrap_or(DEFAULT_CACHE_BYTES),
+            ttl: Duration::from_secs(self.cache.ttl_secs.unwrap_or(DEFAULT_CACHE_TTL_SECS)),
+            deterministic_only: self.cache.deterministic_only.unwrap_or(true),
+        };
+        if cache.ttl.is_zero() {
+            errors.push("cache.ttl_secs must be greater than 0".to_string());
+        }
 
         let mut providers = BTreeMap::new();
         for (key, raw) in self.providers {
@@ -287,6 +321,7 @@ impl RawConfig {
             Ok(Config {
                 server,
                 store,
+                cache,
                 providers,
                 models,
             })
@@ -445,6 +480,7 @@ impl RawModel {
             output_price: merge_opt(self.output_price, over.output_price),
             cached_input_price: merge_opt(self.cached_input_price, over.cached_input_price),
             capabilities: merge_opt(self.capabilities, over.capabilities),
+            cache: merge_opt(self.cache, over.cache),
         }
     }
 
@@ -527,6 +563,7 @@ impl RawModel {
             tokenizer,
             prices,
             capabilities: self.capabilities.unwrap_or_default(),
+            cache: self.cache,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! answer back frame by frame.
 
 pub mod body;
+pub mod cache;
 pub mod error;
 pub mod headers;
 pub mod ratelimit;
@@ -30,6 +31,7 @@ use crate::accounting::tracker::{self, RequestContext, Tracker};
 use crate::accounting::{Accounting, DEFAULT_MESSAGE_CACHE_BYTES, PromptCounting, RecordSink};
 use crate::config::{ApiKey, BaseUrl, Config, Provider};
 use body::ForwardBody;
+use cache::ResponseCache;
 use error::ProxyError;
 use ratelimit::RateLimiter;
 use route::Catalog;
@@ -38,6 +40,9 @@ use upstream::{HttpClient, OutgoingRequest};
 
 /// Tells the client how long the proxy itself took (microseconds, upstream excluded).
 pub const OVERHEAD_HEADER: &str = "x-kimi-proxy-overhead-us";
+
+/// Per request: `on`/`off` overrides the response cache setting; on answers: `hit`.
+pub const CACHE_HEADER: &str = "x-kimi-proxy-cache";
 
 /// A provider with its pooled client.
 pub struct Upstream {
@@ -67,6 +72,7 @@ pub struct ProxyState {
     pub catalog: Catalog,
     pub upstreams: HashMap<String, Upstream>,
     pub accounting: Arc<Accounting>,
+    pub response_cache: Arc<ResponseCache>,
     /// `/v1/models` never changes while the process runs: rendered once.
     models_json: Bytes,
 }
@@ -112,11 +118,13 @@ impl ProxyState {
         {
             accounting.add_sink(Arc::new(BudgetCharger(limiters)));
         }
+        let response_cache = Arc::new(ResponseCache::new(config.cache.max_bytes, config.cache.ttl));
         Ok(ProxyState {
             config,
             catalog,
             upstreams,
             accounting,
+            response_cache,
             models_json,
         })
     }
@@ -255,6 +263,25 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
         .and_then(request::clean_session_id)
         .or(view.client_session);
 
+    let cache_wanted = match parts
+        .headers
+        .get(CACHE_HEADER)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("on" | "1" | "true") => true,
+        Some("off" | "0" | "false") => false,
+        _ => model.cache.unwrap_or(state.config.cache.enabled),
+    };
+    let cache_key = cache_wanted
+        .then(|| {
+            cache::cache_key(
+                &bytes,
+                &model.upstream_id,
+                state.config.cache.deterministic_only,
+            )
+        })
+        .flatten();
+
     let tokenizer = state.accounting.tokenizer_for(&model);
     let prompt_job = state
         .accounting
@@ -279,7 +306,24 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
         upstream_us: None,
         overhead_us: None,
         client_session,
+        cache_store: None,
+        cache_hit: false,
     };
+
+    if let Some(key) = cache_key {
+        if let Some(hit) = state.response_cache.get(key) {
+            return answer_from_cache(
+                state,
+                context,
+                prompt_job,
+                &hit.body,
+                view.client_asked_usage,
+            );
+        }
+        if !streaming {
+            context.cache_store = Some((Arc::clone(&state.response_cache), key));
+        }
+    }
 
     let prepared = match &provider.base_url {
         BaseUrl::Ready(base_url) => upstream_uri(base_url, parts.uri.query()).and_then(|uri| {
@@ -393,6 +437,45 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
         tracker,
     );
     Ok(Response::from_parts(response_parts, Body::new(body)))
+}
+
+/// Answers from the response cache: the stored JSON, or for a streaming request the same replayed as SSE;
+/// recorded like any request, with `cache_hit` and no cost.
+fn answer_from_cache(
+    state: &ProxyState,
+    mut context: RequestContext,
+    prompt_job: crate::accounting::PromptJob,
+    body: &Bytes,
+    include_usage: bool,
+) -> Result<Response, ProxyError> {
+    let (body, content_type) = if context.streaming {
+        let replay = cache::replay_sse(body, include_usage)
+            .ok_or_else(|| ProxyError::InvalidRequest("cached answer unreadable".to_string()))?;
+        (replay, "text/event-stream")
+    } else {
+        (body.clone(), "application/json")
+    };
+    context.cache_hit = true;
+    context.status = 200;
+    let overhead_us = context.started.elapsed().as_micros() as u64;
+    context.overhead_us = Some(overhead_us);
+    let streaming = context.streaming;
+    let counting = state.config.server.token_accounting;
+    let mut tracker = Tracker::new(
+        Arc::clone(&state.accounting),
+        context,
+        prompt_job.start(),
+        streaming,
+        counting,
+    );
+    let _ = tracker.on_data(&body);
+    tracker.finish(tracker::Outcome::Complete);
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+    headers.insert(OVERHEAD_HEADER, HeaderValue::from(overhead_us));
+    Ok(response)
 }
 
 /// Records a request the proxy itself answered with `error` (after routing), and hands the error back.

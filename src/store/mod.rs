@@ -193,6 +193,7 @@ impl Store {
                     record.message_hashes.len() as i64,
                     record.upstream_us.map(clamp),
                     record.overhead_us.map(clamp),
+                    record.cache_hit,
                 ])?;
                 if let Some(id) = session {
                     let window = resolver.context_window(&record.model);

@@ -95,6 +95,10 @@ CREATE TABLE alerts (
 CREATE INDEX alerts_by_time ON alerts (created_at);
 CREATE INDEX alerts_by_session ON alerts (session_id);
 "#,
+    // v3: answers served from the response cache.
+    r#"
+ALTER TABLE requests ADD COLUMN cache_hit INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// The columns of `requests` in the order the writer binds them (`id` excluded).
@@ -140,10 +144,12 @@ pub const REQUEST_COLUMNS: &[&str] = &[
     "message_count",
     "upstream_us",
     "overhead_us",
+    "cache_hit",
 ];
 
 /// Columns read back as booleans.
 pub const BOOLEAN_COLUMNS: &[&str] = &[
+    "cache_hit",
     "streaming",
     "tokens_estimated",
     "tokenizer_exact",
