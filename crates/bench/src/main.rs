@@ -35,14 +35,10 @@ struct Args {
     /// Where the markdown report goes (the servers' logs go beside it).
     #[arg(long, default_value = "bench-results/report.md")]
     out: PathBuf,
-    /// Scenarios to run, comma-separated.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "latency,throughput,streaming,streams-concurrency,memory"
-    )]
-    scenarios: Vec<Scenario>,
+    /// Scenarios to run, comma-separated: latency, throughput, streaming, streams-concurrency, frontier,
+    /// memory (default: all; --quick: all but frontier).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    scenarios: Option<Vec<Scenario>>,
     /// Worker threads of the load generator's runtime (the servers need the other cores).
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -55,6 +51,11 @@ struct Args {
     /// Don't run `cargo build`; use the binaries already in target/release.
     #[arg(long)]
     skip_build: bool,
+    /// Proxy modes to measure, comma-separated: `on` (token accounting and store, the default config) and
+    /// `off` (a second kimi-proxy with `[server] token_accounting = false` and `[store] enabled = false`,
+    /// measured as one more side of latency and throughput).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "on")]
+    modes: Vec<scenarios::Mode>,
     /// Peer gateways to measure beside kimi-proxy, comma-separated (installed on first use under --peers-dir).
     #[arg(long, value_enum, value_delimiter = ',')]
     peers: Vec<Peer>,
@@ -73,7 +74,10 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut settings = Settings::new(args.quick);
     settings.args = std::env::args().skip(1).collect::<Vec<_>>().join(" ");
-    settings.scenarios = args.scenarios.clone();
+    settings.scenarios = args
+        .scenarios
+        .clone()
+        .unwrap_or_else(|| Scenario::defaults(args.quick));
     settings.scenarios.sort();
     settings.scenarios.dedup();
     settings.threads = args.threads.max(1);
@@ -83,6 +87,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(streams) = &args.streams {
         settings.streams = streams.iter().copied().filter(|&n| n > 0).collect();
     }
+    settings.off = args.modes.contains(&scenarios::Mode::Off);
     settings.peers = args.peers.clone();
     settings.peers.sort();
     settings.peers.dedup();
@@ -199,7 +204,7 @@ async fn run(
     )
     .await?;
     let config_path = scratch.0.join("kimi-proxy.toml");
-    std::fs::write(&config_path, procs::proxy_config(mock.addr))
+    std::fs::write(&config_path, procs::proxy_config(mock.addr, true))
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let config_arg = config_path.to_string_lossy().into_owned();
     let data_arg = scratch.0.join("data").to_string_lossy().into_owned();
@@ -223,9 +228,43 @@ async fn run(
         "kimi-bench: mock-upstream on {} (pid {}), kimi-proxy on {} (pid {})",
         mock.addr, mock.pid, proxy.addr, proxy.pid
     );
+    // `--modes on,off`: a second proxy with token accounting and the store switched off.
+    let mut proxy_off = if settings.off {
+        let off_config = scratch.0.join("kimi-proxy-off.toml");
+        std::fs::write(&off_config, procs::proxy_config(mock.addr, false))
+            .with_context(|| format!("cannot write {}", off_config.display()))?;
+        let off_config_arg = off_config.to_string_lossy().into_owned();
+        let off_data_arg = scratch.0.join("data-off").to_string_lossy().into_owned();
+        let server = Server::start(
+            "kimi-proxy (accounting and store off)",
+            &binaries.proxy,
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+                &off_config_arg,
+                "--data-dir",
+                &off_data_arg,
+            ],
+            &log_dir.join("kimi-proxy-off.log"),
+            "kimi-proxy listening on",
+        )
+        .await?;
+        eprintln!(
+            "kimi-bench: kimi-proxy with accounting and store off on {} (pid {})",
+            server.addr, server.pid
+        );
+        Some(server)
+    } else {
+        None
+    };
     let mut targets = Targets {
         direct: Endpoint::new("direct", mock.addr, mock.pid),
         proxy: Endpoint::new("proxy", proxy.addr, proxy.pid),
+        off: proxy_off
+            .as_ref()
+            .map(|s| Endpoint::new("proxy-off", s.addr, s.pid)),
         peers: Vec::new(),
     };
     let plain = body::chat_body(false);
@@ -279,6 +318,7 @@ async fn run(
 
     let started = std::time::Instant::now();
     let mut watched = vec![std::process::id(), mock.pid, proxy.pid];
+    watched.extend(proxy_off.as_ref().map(|s| s.pid));
     for server in &servers {
         watched.extend(server.pids());
     }
@@ -303,10 +343,16 @@ async fn run(
                 results.streams =
                     scenarios::streams_concurrency(settings, &targets, streamed.clone()).await?;
             }
+            Scenario::Frontier => {
+                results.frontier = scenarios::frontier(settings, &targets, plain.clone()).await?;
+            }
             Scenario::Memory => {}
         }
         mock.check_alive()?;
         proxy.check_alive()?;
+        if let Some(off) = &mut proxy_off {
+            off.check_alive()?;
+        }
         // A peer that dies is noted (its later sides fail fast and count as errors); the run goes on.
         for server in &mut servers {
             if let Err(err) = server.check_alive() {
@@ -350,6 +396,9 @@ async fn run(
     for server in servers {
         server.stop().await;
     }
+    if let Some(off) = proxy_off {
+        off.stop().await;
+    }
     proxy.stop().await;
     mock.stop().await;
     Ok(results)
@@ -391,7 +440,10 @@ async fn probe(
 
 /// One request to each side before measuring, so a broken setup fails fast with a clear message.
 async fn smoke_test(targets: &Targets, body: &bytes::Bytes) -> anyhow::Result<()> {
-    for endpoint in [&targets.direct, &targets.proxy] {
+    for endpoint in [&targets.direct, &targets.proxy]
+        .into_iter()
+        .chain(targets.off.iter())
+    {
         probe(endpoint, body, Vec::new(), false, 1)
             .await
             .with_context(|| format!("smoke test against {} failed", endpoint.name))?;

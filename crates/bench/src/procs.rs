@@ -195,10 +195,18 @@ fn log_tail(path: &Path) -> String {
     lines.get(from..).unwrap_or_default().join("\n")
 }
 
-/// The proxy's configuration: one provider, the mock, serving `mock/model` as `mock-model`.
-pub fn proxy_config(mock: SocketAddr) -> String {
+/// The proxy's configuration: one provider, the mock, serving `mock/model` as `mock-model`. With
+/// `accounting_and_store` false, `[server] token_accounting = false` and `[store] enabled = false` are added
+/// (each table once).
+pub fn proxy_config(mock: SocketAddr, accounting_and_store: bool) -> String {
+    let off = if accounting_and_store {
+        ""
+    } else {
+        "\n[server]\ntoken_accounting = false\n\n[store]\nenabled = false\n"
+    };
     format!(
         "builtin_catalog = false\n\
+         {off}\
          \n\
          [providers.mock]\n\
          base_url = \"http://{mock}/v1\"\n\
@@ -344,6 +352,19 @@ mod tests {
         let me = std::process::id();
         assert_eq!(process_tree(me).first(), Some(&me));
         assert!(rss_sum(&[me]).is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn off_config_has_each_table_once() {
+        let mock = SocketAddr::from(([127, 0, 0, 1], 9));
+        let on = proxy_config(mock, true);
+        assert!(!on.contains("[server]") && !on.contains("[store]"));
+        let off = proxy_config(mock, false);
+        assert_eq!(off.matches("[server]").count(), 1);
+        assert_eq!(off.matches("[store]").count(), 1);
+        assert!(off.contains("token_accounting = false"));
+        assert!(off.contains("enabled = false"));
+        assert!(off.starts_with("builtin_catalog = false\n"));
     }
 
     #[test]

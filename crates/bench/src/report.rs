@@ -243,6 +243,29 @@ pub fn render(settings: &Settings, machine: &Machine, results: &Results) -> Stri
                 .join(", ")
         );
     }
+    if settings.has(Scenario::Frontier) {
+        let _ = writeln!(
+            out,
+            "- frontier: non-streaming, concurrency {} (stopping once both sides are past 10 ms p99 or \
+             failing), {:.1} s per side and step after a 300 ms warm-up, direct and proxy alternating which \
+             goes first",
+            settings
+                .frontier_steps
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            settings.frontier_step.as_secs_f64()
+        );
+    }
+    if settings.off {
+        let _ = writeln!(
+            out,
+            "- modes: on and off; \"proxy-off\" is a second kimi-proxy (own config file and data directory) \
+             with `[server] token_accounting = false` and `[store] enabled = false`, one more side of the \
+             latency and throughput rounds"
+        );
+    }
     if settings.has(Scenario::Memory) {
         let _ = writeln!(
             out,
@@ -443,6 +466,9 @@ pub fn render(settings: &Settings, machine: &Machine, results: &Results) -> Stri
         });
     }
 
+    render_modes(&mut out, settings, results);
+    render_frontier(&mut out, settings, results);
+
     if !targets.is_empty() {
         let _ = writeln!(out, "\n## Targets\n");
         let _ = writeln!(out, "| target | measured | result |\n|---|---:|---|");
@@ -467,6 +493,153 @@ pub fn render(settings: &Settings, machine: &Machine, results: &Results) -> Stri
         settings.args
     );
     out
+}
+
+/// `--modes on,off`: latency and throughput with the proxy on and off, and what accounting and the store cost.
+fn render_modes(out: &mut String, settings: &Settings, results: &Results) {
+    let latency = results
+        .latency
+        .as_ref()
+        .and_then(|p| p.off.as_ref().map(|off| (p, off)));
+    let throughput = results
+        .throughput
+        .as_ref()
+        .and_then(|p| p.off.as_ref().map(|off| (p, off)));
+    if latency.is_none() && throughput.is_none() {
+        return;
+    }
+    let _ = writeln!(out, "\n## Accounting and store: proxy on vs off\n");
+    let _ = writeln!(
+        out,
+        "\"proxy\" runs the default config (token accounting and the SQLite store on); \"proxy-off\" has \
+         `[server] token_accounting = false` and `[store] enabled = false` (requests only forwarded and \
+         timed). Both are sides of the same alternating rounds. A proxy cell reads `value (added vs direct)`; \
+         requests/s read `rate (share of direct)`.\n"
+    );
+    let columns: Vec<String> = vec!["direct".into(), "proxy (on)".into(), "proxy-off".into()];
+    let mut cost: Vec<String> = Vec::new();
+    if let Some((pair, off)) = latency {
+        let all = [&pair.direct, &pair.proxy, off];
+        let _ = writeln!(out, "### latency (concurrency 1, non-streaming)\n");
+        multi_head(out, &columns);
+        summary_row(out, "latency p50", &all, |r| latency_of(r).p50);
+        summary_row(out, "latency p99", &all, |r| latency_of(r).p99);
+        summary_row(out, "latency p99.9", &all, |r| latency_of(r).p999);
+        multi_counts(out, "requests", &all);
+        let (on, off) = (latency_of(&pair.proxy), latency_of(off));
+        cost.push(format!(
+            "{} at p50, {} at p99 (c=1)",
+            fmt_added(added(on.p50, off.p50)),
+            fmt_added(added(on.p99, off.p99))
+        ));
+        let _ = writeln!(out);
+    }
+    if let Some((pair, off)) = throughput {
+        let all = [&pair.direct, &pair.proxy, off];
+        let _ = writeln!(
+            out,
+            "### throughput (concurrency {}, non-streaming)\n",
+            settings.throughput_concurrency
+        );
+        multi_head(out, &columns);
+        let direct_rps = pair.direct.rps();
+        let cells: Vec<String> = all
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                if i > 0 && direct_rps > 0.0 {
+                    format!("{:.0} ({:.1}%)", r.rps(), r.rps() / direct_rps * 100.0)
+                } else {
+                    format!("{:.0}", r.rps())
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "| requests/s | {} |", cells.join(" | "));
+        summary_row(out, "latency p50", &all, |r| latency_of(r).p50);
+        summary_row(out, "latency p99", &all, |r| latency_of(r).p99);
+        multi_counts(out, "requests", &all);
+        let (on, off) = (pair.proxy.rps(), off.rps());
+        let share = if off > 0.0 {
+            format!(" ({:+.1}%)", (on - off) / off * 100.0)
+        } else {
+            String::new()
+        };
+        cost.push(format!(
+            "{:+.0} requests/s{share} at c={}",
+            on - off,
+            settings.throughput_concurrency
+        ));
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(
+        out,
+        "**What accounting and the store cost** (proxy on minus proxy off): {}.",
+        cost.join("; ")
+    );
+}
+
+/// p99 bounds of the frontier table, µs.
+const FRONTIER_BOUNDS_US: [u64; 3] = [1_000, 5_000, 10_000];
+
+/// The frontier scenario: every step, then the best rate under each p99 bound.
+fn render_frontier(out: &mut String, settings: &Settings, results: &Results) {
+    if results.frontier.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n## throughput frontier (non-streaming, {:.1} s per side and step)\n",
+        settings.frontier_step.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "| concurrency | direct requests/s | direct p99 | direct errors | proxy requests/s | proxy p99 | proxy errors |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|");
+    let point = |c: usize, r: &RunResult| (c, r.rps(), latency_of(r).p99, r.errors);
+    let mut direct = Vec::new();
+    let mut proxy = Vec::new();
+    for step in &results.frontier {
+        let d = point(step.concurrency, &step.direct);
+        let p = point(step.concurrency, &step.proxy);
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {} | {} | {:.0} | {} | {} |",
+            step.concurrency,
+            d.1,
+            fmt_us(d.2),
+            d.3,
+            p.1,
+            fmt_us(p.2),
+            p.3
+        );
+        direct.push(d);
+        proxy.push(p);
+    }
+    let _ = writeln!(
+        out,
+        "\nMost requests/s with p99 under the bound and no error (at concurrency):\n"
+    );
+    let _ = writeln!(out, "| p99 under | direct | proxy | proxy / direct |");
+    let _ = writeln!(out, "|---|---:|---:|---:|");
+    for bound in FRONTIER_BOUNDS_US {
+        let d = crate::scenarios::best_under(&direct, bound);
+        let p = crate::scenarios::best_under(&proxy, bound);
+        let cell = |best: Option<(usize, f64)>| {
+            best.map_or_else(|| "none".to_owned(), |(c, rps)| format!("{rps:.0} (c={c})"))
+        };
+        let ratio = match (d, p) {
+            (Some((_, d)), Some((_, p))) if d > 0.0 => format!("{:.1}%", p / d * 100.0),
+            _ => "n/a".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {ratio} |",
+            fmt_us(bound),
+            cell(d),
+            cell(p)
+        );
+    }
 }
 
 /// The sides' results of one scenario: direct, proxy, then each peer.
@@ -861,6 +1034,7 @@ mod tests {
             latency: Some(Pair {
                 direct,
                 proxy,
+                off: None,
                 peers: Vec::new(),
             }),
             memory: Some(Memory {
@@ -875,6 +1049,99 @@ mod tests {
         assert!(report.contains("| added p99 latency at concurrency 1 ≤ 150 µs | +80 µs | pass |"));
         assert!(report.contains("| idle RSS ≤ 30 MiB | 40.0 MiB | **miss** |"));
         assert!(report.contains("| CPU | Test CPU |"));
+        Ok(())
+    }
+
+    #[test]
+    fn modes_on_off_get_columns_and_a_cost_line() -> anyhow::Result<()> {
+        let side = |us: u64, ok: u64| -> anyhow::Result<RunResult> {
+            let mut result = RunResult::empty()?;
+            for _ in 0..ok {
+                result.latency.saturating_record(us);
+            }
+            result.ok = ok;
+            result.elapsed = std::time::Duration::from_secs(1);
+            Ok(result)
+        };
+        let mut settings = Settings::new(true);
+        settings.off = true;
+        let machine = Machine {
+            cpu: "Test CPU".into(),
+            cores: 2,
+            kernel: "6.0".into(),
+            memory: "24.0 GiB".into(),
+            date: "2024-01-01 00:00:00 UTC".into(),
+            rustc: "rustc 1.95.0".into(),
+            commit: "abc1234".into(),
+        };
+        let results = Results {
+            latency: Some(Pair {
+                direct: side(100, 100)?,
+                proxy: side(180, 100)?,
+                off: Some(side(150, 100)?),
+                peers: Vec::new(),
+            }),
+            throughput: Some(Pair {
+                direct: side(100, 1000)?,
+                proxy: side(180, 500)?,
+                off: Some(side(150, 800)?),
+                peers: Vec::new(),
+            }),
+            ..Results::default()
+        };
+        let report = render(&settings, &machine, &results);
+        assert!(report.contains("## Accounting and store: proxy on vs off"));
+        assert!(report.contains("| metric | direct | proxy (on) | proxy-off |"));
+        assert!(report.contains("| latency p50 | 100 µs | 180 µs (+80 µs) | 150 µs (+50 µs) |"));
+        assert!(report.contains("| requests/s | 1000 | 500 (50.0%) | 800 (80.0%) |"));
+        assert!(report.contains("+30 µs at p50, +30 µs at p99 (c=1)"));
+        assert!(report.contains("-300 requests/s (-37.5%) at c=50"));
+        Ok(())
+    }
+
+    #[test]
+    fn frontier_table_names_the_best_rate_per_bound() -> anyhow::Result<()> {
+        use crate::scenarios::FrontierStep;
+        let side = |us: u64, ok: u64| -> anyhow::Result<RunResult> {
+            let mut result = RunResult::empty()?;
+            for _ in 0..ok {
+                result.latency.saturating_record(us);
+            }
+            result.ok = ok;
+            result.elapsed = std::time::Duration::from_secs(1);
+            Ok(result)
+        };
+        let mut settings = Settings::new(false);
+        settings.scenarios = vec![Scenario::Frontier];
+        let machine = Machine {
+            cpu: "Test CPU".into(),
+            cores: 2,
+            kernel: "6.0".into(),
+            memory: "24.0 GiB".into(),
+            date: "2024-01-01 00:00:00 UTC".into(),
+            rustc: "rustc 1.95.0".into(),
+            commit: "abc1234".into(),
+        };
+        let results = Results {
+            frontier: vec![
+                FrontierStep {
+                    concurrency: 1,
+                    direct: side(200, 4_000)?,
+                    proxy: side(400, 2_000)?,
+                },
+                FrontierStep {
+                    concurrency: 8,
+                    direct: side(3_000, 9_000)?,
+                    proxy: side(6_000, 5_000)?,
+                },
+            ],
+            ..Results::default()
+        };
+        let report = render(&settings, &machine, &results);
+        assert!(report.contains("| 8 | 9000 | 3.00 ms | 0 | 5000 | 6.00 ms | 0 |"));
+        assert!(report.contains("| 1.00 ms | 4000 (c=1) | 2000 (c=1) | 50.0% |"));
+        assert!(report.contains("| 5.00 ms | 9000 (c=8) | 2000 (c=1) | 22.2% |"));
+        assert!(report.contains("| 10.00 ms | 9000 (c=8) | 5000 (c=8) | 55.6% |"));
         Ok(())
     }
 
@@ -927,6 +1194,7 @@ mod tests {
             throughput: Some(Pair {
                 direct: side(100, 1000)?,
                 proxy: side(180, 500)?,
+                off: None,
                 peers: vec![side(2_100, 100)?],
             }),
             peers: vec!["litellm".into()],

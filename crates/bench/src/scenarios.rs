@@ -25,19 +25,44 @@ pub enum Scenario {
     Throughput,
     Streaming,
     StreamsConcurrency,
+    Frontier,
     Memory,
 }
 
 impl Scenario {
+    /// The scenarios of a run without `--scenarios`: all of them, but no frontier with `--quick`.
+    pub fn defaults(quick: bool) -> Vec<Scenario> {
+        let mut all = vec![
+            Scenario::Latency,
+            Scenario::Throughput,
+            Scenario::Streaming,
+            Scenario::StreamsConcurrency,
+            Scenario::Frontier,
+            Scenario::Memory,
+        ];
+        if quick {
+            all.retain(|&s| s != Scenario::Frontier);
+        }
+        all
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Latency => "latency",
             Scenario::Throughput => "throughput",
             Scenario::Streaming => "streaming",
             Scenario::StreamsConcurrency => "streams-concurrency",
+            Scenario::Frontier => "frontier",
             Scenario::Memory => "memory",
         }
     }
+}
+
+/// Proxy modes (`--modes`): `on` is the default config, `off` switches token accounting and the store off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    On,
+    Off,
 }
 
 /// Every parameter of a run; printed in the report.
@@ -66,8 +91,15 @@ pub struct Settings {
     pub chunk_delay_ms: u32,
     /// Stream counts of the streams-concurrency scenario.
     pub streams: Vec<usize>,
+    /// Concurrency steps of the frontier scenario.
+    pub frontier_steps: Vec<usize>,
+    /// Measured time per side and step of the frontier scenario.
+    pub frontier_step: Duration,
     /// Peer gateways measured beside the proxy (`--peers`).
     pub peers: Vec<crate::peers::Peer>,
+    /// `--modes` holds `off`: a second proxy, accounting and store off, is one more side of latency and
+    /// throughput.
+    pub off: bool,
 }
 
 impl Settings {
@@ -75,13 +107,7 @@ impl Settings {
         Settings {
             args: String::new(),
             quick,
-            scenarios: vec![
-                Scenario::Latency,
-                Scenario::Throughput,
-                Scenario::Streaming,
-                Scenario::StreamsConcurrency,
-                Scenario::Memory,
-            ],
+            scenarios: Scenario::defaults(quick),
             threads: 1,
             rounds: 3,
             warmup: Duration::from_millis(if quick { 300 } else { 500 }),
@@ -94,7 +120,10 @@ impl Settings {
             chunks: 64,
             chunk_delay_ms: 20,
             streams: if quick { vec![100] } else { vec![100, 1_000] },
+            frontier_steps: vec![1, 2, 4, 8, 16, 32, 64],
+            frontier_step: Duration::from_secs(2),
             peers: Vec::new(),
+            off: false,
         }
     }
 
@@ -133,6 +162,9 @@ impl Settings {
 pub struct Pair {
     pub direct: RunResult,
     pub proxy: RunResult,
+    /// The proxy with token accounting and the store switched off (`--modes on,off`; latency and
+    /// throughput only).
+    pub off: Option<RunResult>,
     /// One per measured peer, in the order of [`Targets::peers`].
     pub peers: Vec<RunResult>,
 }
@@ -164,6 +196,8 @@ pub struct Results {
     pub throughput: Option<Pair>,
     pub streaming: Option<Pair>,
     pub streams: Vec<StreamsRun>,
+    /// The frontier scenario's steps.
+    pub frontier: Vec<FrontierStep>,
     pub memory: Option<Memory>,
     /// From the servers' start to the end of the last scenario.
     pub elapsed: Duration,
@@ -209,13 +243,18 @@ impl Endpoint {
 pub struct Targets {
     pub direct: Endpoint,
     pub proxy: Endpoint,
+    /// The second proxy, accounting and store off (`--modes on,off`).
+    pub off: Option<Endpoint>,
     pub peers: Vec<Endpoint>,
 }
 
 impl Targets {
-    /// Every side, in the order of a forward round: direct, proxy, peers.
-    fn sides(&self) -> Vec<&Endpoint> {
+    /// Every side, in the order of a forward round: direct, proxy, proxy-off (if `with_off`), peers.
+    fn sides(&self, with_off: bool) -> Vec<&Endpoint> {
         let mut sides = vec![&self.direct, &self.proxy];
+        if with_off {
+            sides.extend(self.off.iter());
+        }
         sides.extend(self.peers.iter());
         sides
     }
@@ -230,14 +269,20 @@ fn round_order(sides: usize, round: usize) -> Vec<usize> {
     order
 }
 
-/// Splits per-side results (direct, proxy, peers...) into a [`Pair`].
-fn into_pair(results: Vec<RunResult>) -> anyhow::Result<Pair> {
+/// Splits per-side results (direct, proxy, proxy-off if `has_off`, peers...) into a [`Pair`].
+fn into_pair(results: Vec<RunResult>, has_off: bool) -> anyhow::Result<Pair> {
     let mut results = results.into_iter();
     let direct = results.next().context("no direct result")?;
     let proxy = results.next().context("no proxy result")?;
+    let off = if has_off {
+        Some(results.next().context("no proxy-off result")?)
+    } else {
+        None
+    };
     Ok(Pair {
         direct,
         proxy,
+        off,
         peers: results.collect(),
     })
 }
@@ -248,10 +293,12 @@ async fn alternate(
     label: &str,
     targets: &Targets,
     rounds: usize,
+    with_off: bool,
     warm: Option<&dyn Fn(SocketAddr) -> Spec>,
     make_spec: impl Fn(SocketAddr, usize) -> Spec,
 ) -> anyhow::Result<Pair> {
-    let sides = targets.sides();
+    let has_off = with_off && targets.off.is_some();
+    let sides = targets.sides(has_off);
     let mut merged = Vec::with_capacity(sides.len());
     for _ in &sides {
         merged.push(RunResult::empty()?);
@@ -274,7 +321,7 @@ async fn alternate(
             total.merge(&result)?;
         }
     }
-    into_pair(merged)
+    into_pair(merged, has_off)
 }
 
 fn progress(label: &str, round: usize, rounds: usize, side: &str, result: &RunResult) {
@@ -305,8 +352,13 @@ fn progress(label: &str, round: usize, rounds: usize, side: &str, result: &RunRe
 }
 
 pub async fn latency(settings: &Settings, targets: &Targets, body: Bytes) -> anyhow::Result<Pair> {
-    alternate("latency", targets, settings.rounds, None, |addr, round| {
-        Spec {
+    alternate(
+        "latency",
+        targets,
+        settings.rounds,
+        true,
+        None,
+        |addr, round| Spec {
             addr,
             path: PATH.into(),
             body: body.clone(),
@@ -318,8 +370,8 @@ pub async fn latency(settings: &Settings, targets: &Targets, body: Bytes) -> any
             request_timeout: Duration::from_secs(10),
             streaming: false,
             stagger: Duration::ZERO,
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -330,8 +382,13 @@ pub async fn throughput(
 ) -> anyhow::Result<Pair> {
     let rounds = u32::try_from(settings.rounds.max(1)).unwrap_or(1);
     let per_round = settings.throughput_duration / rounds;
-    alternate("throughput", targets, settings.rounds, None, |addr, _| {
-        Spec {
+    alternate(
+        "throughput",
+        targets,
+        settings.rounds,
+        true,
+        None,
+        |addr, _| Spec {
             addr,
             path: PATH.into(),
             body: body.clone(),
@@ -343,8 +400,8 @@ pub async fn throughput(
             request_timeout: Duration::from_secs(10),
             streaming: false,
             stagger: Duration::ZERO,
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -382,6 +439,7 @@ pub async fn streaming(
         "streaming",
         targets,
         settings.rounds,
+        false,
         Some(&warm),
         |addr, round| {
             Spec {
@@ -447,12 +505,86 @@ pub async fn streams_concurrency(
         let mut peaks = peaks.into_iter();
         runs.push(StreamsRun {
             streams,
-            pair: into_pair(results)?,
+            pair: into_pair(results, false)?,
             proxy_peak_rss: peaks.next().flatten(),
             peer_peak_rss: peaks.collect(),
         });
     }
     Ok(runs)
+}
+
+/// One concurrency step of the frontier scenario: direct and proxy at the same concurrency.
+#[derive(Clone, Debug)]
+pub struct FrontierStep {
+    pub concurrency: usize,
+    pub direct: RunResult,
+    pub proxy: RunResult,
+}
+
+/// Throughput frontier: direct and the proxy at each concurrency of `settings.frontier_steps` (the two sides
+/// alternating which goes first), `settings.frontier_step` each after a warm-up. Bounded: every run has a time
+/// and a request limit; the ladder stops early once both sides are past 10 ms p99 or failing.
+pub async fn frontier(
+    settings: &Settings,
+    targets: &Targets,
+    body: Bytes,
+) -> anyhow::Result<Vec<FrontierStep>> {
+    let mut steps = Vec::new();
+    for (index, &concurrency) in settings.frontier_steps.iter().enumerate() {
+        let spec = |endpoint: &Endpoint| {
+            endpoint.aim(Spec {
+                addr: endpoint.addr,
+                path: PATH.into(),
+                body: body.clone(),
+                headers: Vec::new(),
+                concurrency,
+                requests: 2_000_000,
+                warmup: Duration::from_millis(300),
+                duration: settings.frontier_step,
+                request_timeout: Duration::from_secs(10),
+                streaming: false,
+                stagger: Duration::ZERO,
+            })
+        };
+        let label = format!("frontier c={concurrency}");
+        let mut results = vec![RunResult::empty()?, RunResult::empty()?];
+        let sides = [&targets.direct, &targets.proxy];
+        for side in round_order(2, index) {
+            let (Some(endpoint), Some(slot)) = (sides.get(side), results.get_mut(side)) else {
+                continue;
+            };
+            let result = loadgen::run(spec(endpoint)).await?;
+            progress(&label, 0, 1, &endpoint.name, &result);
+            *slot = result;
+        }
+        let mut results = results.into_iter();
+        let (Some(direct), Some(proxy)) = (results.next(), results.next()) else {
+            break;
+        };
+        let saturated = |r: &RunResult| {
+            r.errors > 0 || r.ok == 0 || loadgen::Summary::of(&r.latency).p99 > 10_000
+        };
+        let done = saturated(&direct) && saturated(&proxy);
+        steps.push(FrontierStep {
+            concurrency,
+            direct,
+            proxy,
+        });
+        if done {
+            break;
+        }
+    }
+    Ok(steps)
+}
+
+/// The best requests/s (and its concurrency) among `(concurrency, rps, p99 µs, errors)` steps whose p99 is
+/// under `bound_us` with no error.
+pub fn best_under(steps: &[(usize, f64, u64, u64)], bound_us: u64) -> Option<(usize, f64)> {
+    steps
+        .iter()
+        .filter(|&&(_, rps, p99, errors)| errors == 0 && p99 < bound_us && rps > 0.0)
+        .map(|&(c, rps, _, _)| (c, rps))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
 }
 
 /// Samples the summed RSS of some processes every 10 ms in the background and keeps the peak.
@@ -504,6 +636,23 @@ mod tests {
         assert_eq!(shares, vec![334, 333, 333]);
         assert_eq!(settings.per_round(30, 2), 10);
         assert_eq!(settings.stream_length(), Duration::from_millis(1_300));
+    }
+
+    #[test]
+    fn frontier_picks_the_best_rate_under_each_bound() {
+        let steps = [
+            (1, 2_000.0, 600, 0),
+            (4, 6_000.0, 900, 0),
+            (16, 9_000.0, 4_000, 0),
+            (32, 9_500.0, 8_000, 2),
+            (64, 9_400.0, 12_000, 0),
+        ];
+        assert_eq!(best_under(&steps, 1_000), Some((4, 6_000.0)));
+        assert_eq!(best_under(&steps, 5_000), Some((16, 9_000.0)));
+        assert_eq!(best_under(&steps, 10_000), Some((16, 9_000.0)));
+        assert_eq!(best_under(&steps, 500), None);
+        assert!(!Scenario::defaults(true).contains(&Scenario::Frontier));
+        assert!(Scenario::defaults(false).contains(&Scenario::Frontier));
     }
 
     #[test]
