@@ -24,46 +24,7 @@ impl Proxy {
     /// Starts the binary with `config` (TOML) and exactly the environment `env` (nothing inherited, so no real
     /// key on the machine can leak into a test).
     pub async fn start(config: &str, env: &[(&str, &str)]) -> Proxy {
-        let dir = tempfile::tempdir().unwrap();
-        let config_path = dir.path().join("config.toml");
-        std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("proxy.log")).unwrap();
-        let mut command = Command::new(BIN);
-        command
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .env_clear()
-            .env("KIMI_PROXY_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true);
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().expect("spawn kimi-proxy");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("proxy did not start within 20 s")
-            .unwrap()
-            .expect("proxy exited before listening");
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("listening line")
-            .parse()
-            .expect("address");
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Proxy { child, addr, dir }
+        Self::start_with_args(config, env, &[]).await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -168,6 +129,7 @@ impl Proxy {
             .expect("listening line")
             .parse()
             .expect("address");
+        // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Proxy { child, addr, dir }
     }
