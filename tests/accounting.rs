@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{MockUpstream, Proxy, chat_body, client, mock_config};
+use common::{MockUpstream, Proxy, chat_body, client, get_json, mock_config, recent_records};
 use futures_util::StreamExt;
 use kimi_proxy::tokens::Tokenizer;
 use serde_json::Value;
@@ -15,26 +13,6 @@ async fn setup() -> (MockUpstream, Proxy) {
     let mock = MockUpstream::start().await.unwrap();
     let proxy = Proxy::start(&mock_config(&mock, ""), &[("MOCK_KEY", "k")]).await;
     (mock, proxy)
-}
-
-/// Waits for the `n`-th record to appear and returns the newest records.
-async fn records(proxy: &Proxy, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let list: Vec<Value> = client()
-            .get(proxy.url("/api/requests/recent?limit=100"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if list.len() >= n {
-            return list;
-        }
-        assert!(Instant::now() < deadline, "only {} records", list.len());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn mock_text(chunks: usize) -> String {
@@ -75,7 +53,7 @@ async fn streamed_usage_is_requested_counted_and_hidden_from_the_client() {
         String::from_utf8_lossy(&direct)
     );
 
-    let record = &records(&proxy, 1).await[0];
+    let record = &recent_records(&proxy, 1).await[0];
     let expected_completion = Tokenizer::cl100k_base().count(&mock_text(25)) as u64;
     assert_eq!(record["completion_estimated"], expected_completion);
     assert_eq!(
@@ -121,7 +99,7 @@ async fn usage_the_client_asked_for_passes_through() {
         String::from_utf8_lossy(&proxied),
         String::from_utf8_lossy(&direct)
     );
-    let record = &records(&proxy, 1).await[0];
+    let record = &recent_records(&proxy, 1).await[0];
     assert_eq!(record["usage_injected"], false);
     assert_eq!(record["completion_reported"], 8);
 }
@@ -144,7 +122,7 @@ async fn a_provider_that_refuses_stream_options_gets_the_request_unchanged() {
     assert_eq!(requests.len(), 2);
     assert!(requests[0].json().unwrap().get("stream_options").is_some());
     assert!(requests[1].json().unwrap().get("stream_options").is_none());
-    let record = &records(&proxy, 1).await[0];
+    let record = &recent_records(&proxy, 1).await[0];
     assert_eq!(record["usage_injected"], false);
     assert_eq!(record["attempts"], 2);
 }
@@ -161,7 +139,7 @@ async fn non_streaming_answers_are_reconciled_with_their_usage() {
         .unwrap();
     assert_eq!(response.status(), 200);
     let answer: Value = response.json().await.unwrap();
-    let record = &records(&proxy, 1).await[0];
+    let record = &recent_records(&proxy, 1).await[0];
     assert_eq!(record["prompt_reported"], answer["usage"]["prompt_tokens"]);
     assert_eq!(record["completion_reported"], 12);
     let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
@@ -206,7 +184,7 @@ async fn a_stream_that_breaks_keeps_its_partial_count() {
             break;
         }
     }
-    let record = &records(&proxy, 1).await[0];
+    let record = &recent_records(&proxy, 1).await[0];
     assert_eq!(record["error_kind"], "upstream_stream_error");
     assert_eq!(record["tokens_estimated"], true);
     assert_eq!(record["completion_reported"], Value::Null);
@@ -235,14 +213,7 @@ async fn running_counts_are_visible_while_the_stream_is_live() {
         received += 1;
         chunk.unwrap();
         if received % 15 == 0 {
-            let live: Vec<Value> = client()
-                .get(proxy.url("/api/requests/live"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let live: Vec<Value> = get_json(&proxy, "/api/requests/live").await;
             assert_eq!(live.len(), 1, "{live:?}");
             assert_eq!(live[0]["model"], "mock/model");
             seen.push(live[0]["completion_tokens"].as_u64().unwrap());
@@ -253,15 +224,8 @@ async fn running_counts_are_visible_while_the_stream_is_live() {
         seen.windows(2).all(|w| w[0] < w[1]),
         "tokens count up: {seen:?}"
     );
-    records(&proxy, 1).await;
-    let live: Vec<Value> = client()
-        .get(proxy.url("/api/requests/live"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    recent_records(&proxy, 1).await;
+    let live: Vec<Value> = get_json(&proxy, "/api/requests/live").await;
     assert!(live.is_empty(), "{live:?}");
 }
 
@@ -279,7 +243,7 @@ async fn a_client_that_leaves_is_recorded() {
     let mut stream = response.bytes_stream();
     stream.next().await.unwrap().unwrap();
     drop(stream);
-    let record = &records(&proxy, 1).await[0];
+    let record = &recent_records(&proxy, 1).await[0];
     assert_eq!(record["error_kind"], "client_disconnected");
 }
 
@@ -294,7 +258,7 @@ async fn estimates_are_calibrated_by_what_the_provider_reported() {
         .await
         .unwrap();
     first.bytes().await.unwrap();
-    let learned = &records(&proxy, 1).await[0];
+    let learned = &recent_records(&proxy, 1).await[0];
     let ratio = learned["prompt_reported"].as_f64().unwrap()
         / learned["prompt_estimated"].as_f64().unwrap();
 
@@ -307,7 +271,7 @@ async fn estimates_are_calibrated_by_what_the_provider_reported() {
         .await
         .unwrap();
     second.bytes().await.unwrap();
-    let record = &records(&proxy, 2).await[0];
+    let record = &recent_records(&proxy, 2).await[0];
     assert_eq!(record["prompt_reported"], Value::Null);
     assert_eq!(record["tokens_estimated"], true);
     let raw = record["prompt_estimated"].as_f64().unwrap();
@@ -315,14 +279,7 @@ async fn estimates_are_calibrated_by_what_the_provider_reported() {
     assert_eq!(record["prompt_calibrated"].as_f64().unwrap(), expected);
     assert_eq!(record["prompt_tokens"].as_f64().unwrap(), expected);
 
-    let stats: Value = client()
-        .get(proxy.url("/api/tokens"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = get_json(&proxy, "/api/tokens").await;
     assert_eq!(stats["calibration"][0]["model"], "mock/model");
     // The same two messages twice: the second request was served from the message cache.
     assert_eq!(stats["message_cache"]["hits"], 2);
@@ -340,7 +297,7 @@ async fn proxy_errors_after_routing_are_recorded_too() {
         .await
         .unwrap();
     assert_eq!(response.status(), 503);
-    let record = &records(&proxy, 1).await[0];
+    let record = &recent_records(&proxy, 1).await[0];
     assert_eq!(record["error_kind"], "missing_api_key");
     assert_eq!(record["status"], 503, "the status the client got");
     assert_eq!(record["cost_usd"], 0.0);
@@ -415,7 +372,7 @@ async fn token_accounting_can_be_switched_off() {
         seen.get("stream_options").is_none(),
         "no usage request when accounting is off"
     );
-    let record = &records(&proxy, 1).await[0];
+    let record = &recent_records(&proxy, 1).await[0];
     assert_eq!(record["prompt_estimated"], 0);
     assert_eq!(record["completion_estimated"], 0);
     assert_eq!(record["status"], 200);

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{MockUpstream, Proxy, chat_body, client, mock_config};
+use common::{MockUpstream, Proxy, chat_body, client, get_json, mock_config, recent_records};
 use serde_json::Value;
 
 #[tokio::test]
@@ -29,14 +29,7 @@ async fn stats_and_metrics_reflect_the_traffic() {
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     let stats = loop {
-        let stats: Value = client()
-            .get(proxy.url("/api/stats"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats: Value = get_json(&proxy, "/api/stats").await;
         if stats["requests_total"] == 6 {
             break stats;
         }
@@ -126,14 +119,7 @@ async fn provider_budgets_answer_429_with_retry_after_before_the_provider_is_hit
         "the provider never saw the third"
     );
 
-    let stats: Value = client()
-        .get(proxy.url("/api/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = get_json(&proxy, "/api/stats").await;
     assert_eq!(stats["rate_limits"]["mock"]["requests_per_minute"], 2);
     assert_eq!(stats["rate_limits"]["mock"]["requests_last_minute"], 2);
 }
@@ -221,36 +207,14 @@ async fn response_cache_answers_repeated_deterministic_requests() {
         5
     );
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let records: Vec<Value> = loop {
-        let list: Vec<Value> = client()
-            .get(proxy.url("/api/requests/recent"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if list.len() >= 7 {
-            break list;
-        }
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let records = recent_records(&proxy, 7).await;
     let hits: Vec<&Value> = records.iter().filter(|r| r["cache_hit"] == true).collect();
     assert_eq!(hits.len(), 2);
     assert!(
         hits.iter()
             .all(|r| r["cost_usd"] == 0.0 && r["status"] == 200)
     );
-    let stats: Value = client()
-        .get(proxy.url("/api/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = get_json(&proxy, "/api/stats").await;
     assert_eq!(stats["response_cache"]["hits"], 2);
     assert_eq!(stats["response_cache"]["entries"], 1);
 }

@@ -139,3 +139,32 @@ impl Proxy {
         self.dir.path().join("data").join("kimi-proxy.db")
     }
 }
+
+/// GET `path` on the proxy and parse the JSON answer.
+pub async fn get_json<T: serde::de::DeserializeOwned>(proxy: &Proxy, path: &str) -> T {
+    client()
+        .get(proxy.url(path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Waits (up to 5 s) until at least `n` finished records are visible, and returns the newest first.
+pub async fn recent_records(proxy: &Proxy, n: usize) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let list: Vec<serde_json::Value> = get_json(proxy, "/api/requests/recent?limit=100").await;
+        if list.len() >= n {
+            return list;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} records",
+            list.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
