@@ -7,6 +7,7 @@ pub mod accounting;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod live;
 pub mod monitor;
 pub mod proxy;
 pub mod server;

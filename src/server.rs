@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::live::Hub;
 use crate::proxy::{self, ProxyState};
 use crate::store::api::StoreApi;
 use crate::store::{StoreError, StoreSink, WriterOptions};
@@ -36,11 +37,23 @@ pub fn app(state: Arc<ProxyState>) -> Router {
     app_with_store(state, None)
 }
 
-/// Every route of the product, the store's included when it runs.
+/// Every route of the product, the store's included when it runs (no live hub: see [`app_with_hub`]).
 pub fn app_with_store(state: Arc<ProxyState>, store: Option<Arc<StoreApi>>) -> Router {
+    app_with_hub(state, store, None)
+}
+
+/// Every route of the product: the proxy, the APIs, and the dashboard's WebSocket when a hub runs.
+pub fn app_with_hub(
+    state: Arc<ProxyState>,
+    store: Option<Arc<StoreApi>>,
+    hub: Option<Arc<Hub>>,
+) -> Router {
     let mut api = crate::api::router(Arc::clone(&state));
     if let Some(store) = store {
         api = api.merge(crate::store::api::router(store));
+    }
+    if let Some(hub) = hub {
+        api = api.merge(crate::live::router(hub));
     }
     proxy::router(state)
         .merge(api)
@@ -120,9 +133,15 @@ async fn run(
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
     });
+    let hub = Hub::start(Arc::clone(&state), store.clone());
     let stop = shutdown.clone();
-    let server = axum::serve(listener, app_with_store(state, store))
-        .with_graceful_shutdown(async move { stop.cancelled().await });
+    let closing = Arc::clone(&hub);
+    let server = axum::serve(listener, app_with_hub(state, store, Some(hub)))
+        .with_graceful_shutdown(async move {
+            stop.cancelled().await;
+            // Dashboards are told the server goes away; they would otherwise hold the shutdown up.
+            closing.close();
+        });
     let mut task = tokio::spawn(async move { server.await });
     tokio::select! {
         result = &mut task => return finish(result),

@@ -1,8 +1,8 @@
 //! Requests in flight, with their running token counts: what the dashboard shows counting up.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -28,16 +28,42 @@ pub struct LiveSnapshot {
     pub completion_tokens: u64,
 }
 
+/// Told when a request starts (the live dashboard). Called on the request path: must only hand the request
+/// to a bounded queue, or return at once when nobody watches.
+pub trait StartListener: Send + Sync {
+    fn started(&self, request: &Arc<LiveRequest>);
+}
+
 /// The in-flight registry. Bounded by the number of open requests; each entry is removed when its record is
 /// finished, whatever the outcome.
 #[derive(Default)]
 pub struct LiveRequests {
     open: Mutex<HashMap<u64, Arc<LiveRequest>>>,
+    listener: OnceLock<Arc<dyn StartListener>>,
 }
 
 impl LiveRequests {
     pub fn insert(&self, request: Arc<LiveRequest>) {
+        if let Some(listener) = self.listener.get() {
+            listener.started(&request);
+        }
         self.open.lock().insert(request.id, request);
+    }
+
+    /// Registers the one start listener (later calls are ignored).
+    pub fn set_listener(&self, listener: Arc<dyn StartListener>) {
+        let _ = self.listener.set(listener);
+    }
+
+    /// Visits each open request's id, start time and running completion count, without copying strings.
+    pub fn each_progress(&self, mut f: impl FnMut(u64, i64, u64)) {
+        for r in self.open.lock().values() {
+            f(
+                r.id,
+                r.started_at_ms,
+                r.completion_tokens.load(Ordering::Relaxed),
+            );
+        }
     }
 
     pub fn remove(&self, id: u64) {

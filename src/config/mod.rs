@@ -147,7 +147,7 @@ impl fmt::Display for TokenizerSpec {
 }
 
 /// Prices in USD per million tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize)]
 pub struct Prices {
     pub input: f64,
     pub output: f64,

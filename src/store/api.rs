@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::export::{self, Format};
 use super::query::{self, Order, RequestFilter, SessionSort, StatusFilter};
-use super::{Readers, StoreError, StoreSink};
+use super::{Readers, SessionChange, StoreError, StoreSink};
 
 /// Shared by the store routes.
 pub struct StoreApi {
@@ -230,6 +230,12 @@ async fn create_session(
         })
         .await?;
     let session = read(&api, move |conn| query::get_session(conn, id)).await?;
+    if let Some(session) = &session {
+        api.sink.notify(SessionChange::Created(session.clone()));
+        if activate {
+            api.sink.notify(SessionChange::Activated(Some(id)));
+        }
+    }
     Ok((StatusCode::CREATED, Json(session)).into_response())
 }
 
@@ -261,14 +267,25 @@ async fn rename_session(
     api.sink
         .execute(move |state| state.store()?.rename_session(id, &name))
         .await?;
-    session_response(&api, id).await
+    changed_session_response(&api, id, false).await
 }
 
-async fn session_response(api: &Arc<StoreApi>, id: i64) -> ApiResult {
-    match read(api, move |conn| query::get_session(conn, id)).await? {
-        Some(session) => Ok(Json(session).into_response()),
-        None => Err(ApiError::unknown_session(id)),
+/// Answers the session after a change and tells the store's listener (the live dashboard); `activation`: the
+/// change was an activation or deactivation.
+async fn changed_session_response(api: &Arc<StoreApi>, id: i64, activation: bool) -> ApiResult {
+    let (session, active) = read(api, move |conn| {
+        Ok((query::get_session(conn, id)?, query::active_session(conn)?))
+    })
+    .await?;
+    let Some(session) = session else {
+        return Err(ApiError::unknown_session(id));
+    };
+    api.sink.notify(SessionChange::Updated(session.clone()));
+    if activation {
+        api.sink
+            .notify(SessionChange::Activated(active.map(|s| s.id)));
     }
+    Ok(Json(session).into_response())
 }
 
 async fn activate(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> ApiResult {
@@ -276,7 +293,7 @@ async fn activate(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> A
     api.sink
         .execute(move |state| state.store()?.set_active(id, true))
         .await?;
-    session_response(&api, id).await
+    changed_session_response(&api, id, true).await
 }
 
 async fn deactivate(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> ApiResult {
@@ -284,7 +301,7 @@ async fn deactivate(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) ->
     api.sink
         .execute(move |state| state.store()?.set_active(id, false))
         .await?;
-    session_response(&api, id).await
+    changed_session_response(&api, id, true).await
 }
 
 async fn delete_session(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> ApiResult {
@@ -299,6 +316,7 @@ async fn delete_session(State(api): State<Arc<StoreApi>>, Path(id): Path<String>
     if deleted == 0 {
         return Err(ApiError::unknown_session(id));
     }
+    api.sink.notify(SessionChange::Deleted(vec![id]));
     Ok(Json(json!({"deleted": [id]})).into_response())
 }
 
@@ -321,6 +339,7 @@ async fn delete_sessions(
     }
     let ids = body.ids;
     let count = ids.len();
+    let gone = ids.clone();
     let deleted = api
         .sink
         .execute(move |state| {
@@ -328,6 +347,9 @@ async fn delete_sessions(
             store.delete_sessions(Some(resolver), &ids)
         })
         .await?;
+    if deleted > 0 {
+        api.sink.notify(SessionChange::Deleted(gone));
+    }
     Ok(Json(json!({"requested": count, "deleted": deleted})).into_response())
 }
 

@@ -23,7 +23,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use crate::accounting::RequestRecord;
 pub use schema::LATEST_VERSION;
 use sessions::{NewSession, SessionResolver, clamp, truncate_chars};
-pub use writer::{StoreSink, WriterOptions, WriterStats};
+pub use writer::{SessionChange, StoreListener, StoreSink, WriterOptions, WriterStats};
 
 /// How long a connection waits for a lock held by another before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -121,7 +121,7 @@ impl Store {
         &mut self,
         records: &[Arc<RequestRecord>],
         resolver: &mut SessionResolver,
-    ) -> Result<(), StoreError> {
+    ) -> Result<BatchReport, StoreError> {
         let result = self.write_batch_inner(records, resolver);
         if result.is_err() {
             resolver.rollback();
@@ -133,12 +133,13 @@ impl Store {
         &mut self,
         records: &[Arc<RequestRecord>],
         resolver: &mut SessionResolver,
-    ) -> Result<(), StoreError> {
+    ) -> Result<BatchReport, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         resolver.begin(&tx)?;
         let mut deltas: Vec<(i64, SessionDelta)> = Vec::new();
+        let mut assignments = Vec::with_capacity(records.len());
         // Records are finished on their own tasks: within a batch, restore the order requests arrived in (ids
         // are given on arrival), so a conversation's turns are seen in order.
         let mut ordered: Vec<&Arc<RequestRecord>> = records.iter().collect();
@@ -147,6 +148,7 @@ impl Store {
             let mut insert = tx.prepare_cached(&insert_request_sql())?;
             for record in ordered {
                 let session = resolver.resolve(&tx, record)?;
+                assignments.push((record.id, session));
                 let preview = record
                     .preview
                     .as_deref()
@@ -213,7 +215,11 @@ impl Store {
             apply_delta(&tx, *id, delta, now)?;
         }
         tx.commit()?;
-        Ok(())
+        Ok(BatchReport {
+            assignments,
+            sessions: deltas.iter().map(|(id, _)| *id).collect(),
+            created: resolver.created().to_vec(),
+        })
     }
 
     /// Creates a manual session; `activate` makes it the active one.
@@ -381,6 +387,17 @@ pub struct RetentionOutcome {
     pub sessions_deleted: usize,
     pub requests_deleted: usize,
     pub vacuumed: bool,
+}
+
+/// What a committed batch did: where each request went, which sessions changed or were created.
+#[derive(Debug, Clone, Default)]
+pub struct BatchReport {
+    /// Record id → session id (`None`: a request without messages and without a session).
+    pub assignments: Vec<(u64, Option<i64>)>,
+    /// Sessions whose aggregates changed.
+    pub sessions: Vec<i64>,
+    /// Sessions the batch created (a subset of `sessions`).
+    pub created: Vec<i64>,
 }
 
 /// What one batch adds to one session.

@@ -185,6 +185,11 @@ impl SessionResolver {
         self.windows.get(model).copied()
     }
 
+    /// Sessions created by the current (or last committed) transaction.
+    pub fn created(&self) -> &[i64] {
+        &self.created
+    }
+
     pub fn conversations(&self) -> usize {
         self.conversations.len()
     }

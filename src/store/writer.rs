@@ -8,17 +8,18 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use super::query::{self, Session};
 use super::sessions::SessionResolver;
-use super::{Store, StoreError, unix_ms};
+use super::{BatchReport, Store, StoreError, unix_ms};
 use crate::accounting::{RecordSink, RequestRecord};
 use crate::config::{Config, SessionMode, StoreConfig};
 
@@ -157,6 +158,36 @@ impl WriterState {
 
 type Command = Box<dyn FnOnce(&mut WriterState) + Send>;
 
+/// A change to sessions made through the API (the writer reports its own batches with
+/// [`StoreListener::batch_committed`]).
+#[derive(Debug, Clone)]
+pub enum SessionChange {
+    Created(Session),
+    Updated(Session),
+    Deleted(Vec<i64>),
+    /// The active session now (`None`: none is).
+    Activated(Option<i64>),
+}
+
+/// Told about what the store committed (the live dashboard). Called on the writer thread or an API task:
+/// implementations hand the news to a bounded queue and return at once.
+pub trait StoreListener: Send + Sync {
+    /// Whether anybody looks now: when not, the writer does not read the changed sessions back.
+    fn watching(&self) -> bool {
+        true
+    }
+    /// A batch of records was committed: where each went, and the sessions it changed, as they are now.
+    fn batch_committed(
+        &self,
+        assignments: &[(u64, Option<i64>)],
+        sessions: Vec<Session>,
+        created: &[i64],
+    );
+    fn session_changed(&self, change: SessionChange);
+}
+
+type SharedListener = Arc<OnceLock<Arc<dyn StoreListener>>>;
+
 enum Message {
     Record(Arc<RequestRecord>, usize),
     Command(Command),
@@ -173,6 +204,7 @@ pub struct StoreSink {
     thread: Mutex<Option<JoinHandle<()>>>,
     options: WriterOptions,
     path: PathBuf,
+    listener: SharedListener,
 }
 
 impl StoreSink {
@@ -184,7 +216,9 @@ impl StoreSink {
         let counters = Arc::new(Counters::default());
         let healthy = Arc::new(AtomicBool::new(true));
         let stopping = Arc::new(AtomicBool::new(false));
+        let listener: SharedListener = Arc::new(OnceLock::new());
         let writer = Writer {
+            listener: Arc::clone(&listener),
             state: WriterState {
                 path: path.to_path_buf(),
                 store: Some(store),
@@ -217,7 +251,22 @@ impl StoreSink {
             thread: Mutex::new(Some(thread)),
             options,
             path: path.to_path_buf(),
+            listener,
         }))
+    }
+
+    /// Registers the one listener told about commits and session changes (later calls are ignored).
+    pub fn set_listener(&self, listener: Arc<dyn StoreListener>) {
+        if self.listener.set(listener).is_err() {
+            tracing::warn!("the store already has a listener");
+        }
+    }
+
+    /// Tells the listener about a change made through the API.
+    pub fn notify(&self, change: SessionChange) {
+        if let Some(listener) = self.listener.get() {
+            listener.session_changed(change);
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -370,6 +419,7 @@ fn approximate_size(record: &RequestRecord) -> usize {
 }
 
 struct Writer {
+    listener: SharedListener,
     state: WriterState,
     receiver: Receiver<Message>,
     counters: Arc<Counters>,
@@ -480,7 +530,8 @@ impl Writer {
                 .parts()
                 .and_then(|(store, resolver)| store.write_batch(batch, resolver));
             match result {
-                Ok(()) => {
+                Ok(report) => {
+                    self.report(&report);
                     self.counters
                         .written
                         .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -506,6 +557,22 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Tells the listener where the batch's records went, with the sessions as they are after the commit.
+    fn report(&mut self, report: &BatchReport) {
+        let Some(listener) = self.listener.get().cloned() else {
+            return;
+        };
+        let sessions = match self.state.store() {
+            Ok(store) if listener.watching() => report
+                .sessions
+                .iter()
+                .filter_map(|id| query::get_session(store.connection(), *id).ok().flatten())
+                .collect(),
+            _ => Vec::new(),
+        };
+        listener.batch_committed(&report.assignments, sessions, &report.created);
     }
 
     fn failed(&mut self, error: &StoreError) {

@@ -1,0 +1,417 @@
+//! One dashboard connection: the `init` snapshot, then the hub's events in order, and the client's requests.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::protocol::{self, Envelope, Init, RequestView};
+use super::{Frame, Hub};
+use crate::monitor::Metric;
+use crate::store::StoreError;
+use crate::store::query;
+
+/// A socket that accepts nothing for this long is cut off.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+const PING_EVERY: Duration = Duration::from_secs(20);
+/// Clients only send small commands.
+const MAX_CLIENT_MESSAGE: usize = 4096;
+/// Sessions and requests in a snapshot.
+const INIT_SESSIONS: u32 = 50;
+const INIT_RECENT: usize = 100;
+const INIT_SESSION_REQUESTS: u32 = 200;
+
+pub fn router(hub: Arc<Hub>) -> Router {
+    Router::new().route("/ws", get(upgrade)).with_state(hub)
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+struct Params {
+    /// `Date.getTimezoneOffset()` of the browser: minutes to add to local time to get UTC.
+    tz_offset_min: Option<i64>,
+    session_id: Option<i64>,
+}
+
+/// Client → server commands.
+#[derive(Deserialize)]
+#[serde(tag = "type")]
+enum Command {
+    #[serde(rename = "resync")]
+    Resync,
+    #[serde(rename = "select_session")]
+    SelectSession { session_id: Option<i64> },
+}
+
+async fn upgrade(
+    State(hub): State<Arc<Hub>>,
+    params: Result<Query<Params>, QueryRejection>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let params = match params {
+        Ok(Query(params)) => params,
+        Err(rejection) => return rejection.into_response(),
+    };
+    ws.max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| serve(socket, hub, params))
+}
+
+/// Why a connection ended.
+enum End {
+    ClientLeft,
+    TooSlow,
+    ServerClosing,
+}
+
+async fn serve(mut socket: WebSocket, hub: Arc<Hub>, mut params: Params) {
+    let _guard = hub.connected();
+    let mut frames = hub.subscribe();
+    let mut last = match send_init(&mut socket, &hub, &params).await {
+        Ok(seq) => seq,
+        Err(end) => return finish(socket, &hub, end).await,
+    };
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.reset();
+    let end = loop {
+        tokio::select! {
+            frame = frames.recv() => match frame {
+                Ok(Frame { seq, text }) => {
+                    if seq <= last {
+                        continue;
+                    }
+                    if let Err(end) = send(&mut socket, Message::Text(text)).await {
+                        break end;
+                    }
+                    last = seq;
+                }
+                // The client fell more than the ring behind: cut it off, it reconnects with a fresh snapshot.
+                Err(RecvError::Lagged(_)) => break End::TooSlow,
+                Err(RecvError::Closed) => break End::ServerClosing,
+            },
+            message = socket.recv() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    match serde_json::from_str::<Command>(&text) {
+                        Ok(Command::Resync) => {}
+                        Ok(Command::SelectSession { session_id }) => params.session_id = session_id,
+                        Err(_) => continue,
+                    }
+                    // Both commands are answered with a fresh snapshot.
+                    match send_init(&mut socket, &hub, &params).await {
+                        Ok(seq) => last = seq,
+                        Err(end) => break end,
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::ClientLeft,
+                Some(Ok(_)) => {}
+            },
+            _ = ping.tick() => {
+                if let Err(end) = send(&mut socket, Message::Ping(bytes::Bytes::new())).await {
+                    break end;
+                }
+            }
+            () = hub.closing.cancelled() => break End::ServerClosing,
+        }
+    };
+    finish(socket, &hub, end).await;
+}
+
+async fn finish(mut socket: WebSocket, hub: &Hub, end: End) {
+    let (code, reason) = match end {
+        End::ClientLeft => return,
+        End::TooSlow => {
+            hub.count_cut_off();
+            tracing::debug!("dashboard client too slow: disconnected");
+            (close_code::POLICY, "too slow")
+        }
+        End::ServerClosing => (close_code::AWAY, "server shutting down"),
+    };
+    let close = Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }));
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(close)).await;
+}
+
+async fn send(socket: &mut WebSocket, message: Message) -> Result<(), End> {
+    match tokio::time::timeout(SEND_TIMEOUT, socket.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::ClientLeft),
+        Err(_) => Err(End::TooSlow),
+    }
+}
+
+/// Builds and sends the snapshot; answers the sequence number it is consistent with. The number is read
+/// before anything else: every event numbered up to it happened before the snapshot was read.
+async fn send_init(socket: &mut WebSocket, hub: &Arc<Hub>, params: &Params) -> Result<u64, End> {
+    let seq = hub.last_seq();
+    let started = std::time::Instant::now();
+    let text = match snapshot(hub, params, seq).await {
+        Ok(text) => text,
+        Err(error) => {
+            tracing::warn!(%error, "dashboard snapshot failed");
+            return Err(End::ServerClosing);
+        }
+    };
+    hub.state
+        .accounting
+        .monitor
+        .record(Metric::Broadcast, started.elapsed().as_micros() as u64);
+    send(socket, Message::Text(Utf8Bytes::from(text))).await?;
+    Ok(seq)
+}
+
+/// What the store contributes to a snapshot.
+#[derive(Default)]
+struct Stored {
+    active: Option<i64>,
+    sessions: Vec<query::Session>,
+    total: i64,
+    today: protocol::Today,
+    session_requests: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+async fn snapshot(hub: &Arc<Hub>, params: &Params, seq: u64) -> Result<String, StoreError> {
+    let now = crate::store::unix_ms();
+    let since = local_midnight_ms(now, params.tz_offset_min.unwrap_or(0));
+    let stored = match &hub.store {
+        Some(store) => {
+            let store = Arc::clone(store);
+            let selected = params.session_id;
+            tokio::task::spawn_blocking(move || {
+                store.readers.with(|conn| read_store(conn, since, selected))
+            })
+            .await
+            .map_err(|e| StoreError::Other(format!("snapshot task failed: {e}")))??
+        }
+        None => Stored::default(),
+    };
+    let accounting = &hub.state.accounting;
+    let sessions_of: HashMap<u64, Option<i64>> = hub.sessions_of();
+    let recent_records = accounting.recent(INIT_RECENT);
+    let recent = recent_records
+        .iter()
+        .map(|r| RequestView::of(r, sessions_of.get(&r.id).copied().flatten()))
+        .collect();
+    let totals = &accounting.totals;
+    let init = Init {
+        server: protocol::ServerInfo {
+            version: env!("CARGO_PKG_VERSION"),
+            started_at_ms: hub.started_at_ms,
+            store: hub.store.is_some(),
+        },
+        active_session_id: stored.active,
+        sessions: stored.sessions,
+        sessions_total: stored.total,
+        today: hub.store.is_some().then_some(protocol::Today {
+            since_ms: since,
+            ..stored.today
+        }),
+        totals: protocol::Totals {
+            requests: totals.requests.load(std::sync::atomic::Ordering::Relaxed),
+            prompt_tokens: totals
+                .prompt_tokens
+                .load(std::sync::atomic::Ordering::Relaxed),
+            completion_tokens: totals
+                .completion_tokens
+                .load(std::sync::atomic::Ordering::Relaxed),
+            cost_usd: totals
+                .cost_micro_usd
+                .load(std::sync::atomic::Ordering::Relaxed) as f64
+                / 1e6,
+        },
+        recent,
+        selected_session_id: params.session_id,
+        session_requests: stored.session_requests,
+        live: accounting.live.snapshot(),
+        accuracy: accuracy(hub, &recent_records),
+        models: protocol::models(&hub.state.config),
+        alerts: Vec::new(),
+        stats: stats(hub),
+    };
+    serde_json::to_string(&Envelope {
+        kind: "init",
+        seq,
+        ts: now,
+        data: init,
+    })
+    .map_err(|e| StoreError::Other(format!("cannot serialise the snapshot: {e}")))
+}
+
+fn read_store(
+    conn: &rusqlite::Connection,
+    since: i64,
+    selected: Option<i64>,
+) -> Result<Stored, StoreError> {
+    let sessions = query::list_sessions(
+        conn,
+        query::SessionSort::LastActivity,
+        query::Order::Desc,
+        INIT_SESSIONS,
+        0,
+    )?;
+    let today = conn.query_row(
+        "SELECT count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
+                coalesce(sum(cached_reported), 0), coalesce(sum(cost_usd), 0.0)
+         FROM requests WHERE started_at >= ?1",
+        [since],
+        |row| {
+            Ok(protocol::Today {
+                since_ms: since,
+                requests: row.get(0)?,
+                prompt_tokens: row.get(1)?,
+                completion_tokens: row.get(2)?,
+                cached_tokens: row.get(3)?,
+                cost_usd: row.get(4)?,
+            })
+        },
+    )?;
+    let session_requests = match selected {
+        Some(id) => query::list_requests(
+            conn,
+            &query::RequestFilter {
+                session: Some(id),
+                ..Default::default()
+            },
+            INIT_SESSION_REQUESTS,
+            0,
+        )?,
+        None => Vec::new(),
+    };
+    Ok(Stored {
+        active: query::active_session(conn)?.map(|s| s.id),
+        sessions,
+        total: query::count_sessions(conn)?,
+        today,
+        session_requests,
+    })
+}
+
+/// The start of the user's day, in Unix milliseconds, for a browser `getTimezoneOffset()` in minutes.
+fn local_midnight_ms(now_ms: i64, tz_offset_min: i64) -> i64 {
+    const DAY: i64 = 86_400_000;
+    // Offsets beyond ±14 h do not exist.
+    let offset = tz_offset_min.clamp(-14 * 60, 14 * 60) * 60_000;
+    let local = now_ms - offset;
+    local - local.rem_euclid(DAY) + offset
+}
+
+/// Estimate accuracy per model over the recent requests, with what calibration learnt.
+fn accuracy(
+    hub: &Hub,
+    recent: &[Arc<crate::accounting::RequestRecord>],
+) -> Vec<protocol::Accuracy> {
+    #[derive(Default)]
+    struct Sums {
+        samples: u64,
+        prompt: (f64, u64),
+        completion: (f64, u64),
+    }
+    let mut by_model: std::collections::BTreeMap<&str, Sums> = Default::default();
+    for record in recent {
+        let sums = by_model.entry(&record.model).or_default();
+        if let Some(a) = record.prompt_accuracy {
+            sums.prompt.0 += a;
+            sums.prompt.1 += 1;
+        }
+        if let Some(a) = record.completion_accuracy {
+            sums.completion.0 += a;
+            sums.completion.1 += 1;
+        }
+        if record.prompt_accuracy.is_some() || record.completion_accuracy.is_some() {
+            sums.samples += 1;
+        }
+    }
+    let calibration: HashMap<String, crate::accounting::Calibration> = hub
+        .state
+        .accounting
+        .calibration_snapshot()
+        .into_iter()
+        .collect();
+    let mean = |(sum, n): (f64, u64)| (n > 0).then(|| sum / n as f64);
+    by_model
+        .into_iter()
+        .filter(|(_, s)| s.samples > 0)
+        .map(|(model, sums)| {
+            let learnt = calibration.get(model);
+            protocol::Accuracy {
+                model: model.to_string(),
+                samples: sums.samples,
+                prompt_accuracy: mean(sums.prompt),
+                completion_accuracy: mean(sums.completion),
+                ratio: learnt.and_then(|c| c.ratio()),
+                calibration_samples: learnt.map_or(0, |c| c.samples),
+            }
+        })
+        .collect()
+}
+
+/// The `stats` tick's data.
+pub(super) fn stats(hub: &Hub) -> protocol::Stats {
+    let accounting = &hub.state.accounting;
+    let snapshot = accounting.monitor.snapshot();
+    let last_minute = |metric: &str| {
+        snapshot
+            .histograms
+            .get(metric)
+            .and_then(|w| w.get("last_minute"))
+            .filter(|s| s.count > 0)
+            .cloned()
+    };
+    let cache = hub.state.response_cache.stats();
+    protocol::Stats {
+        uptime_s: snapshot.uptime_s,
+        requests_total: snapshot.requests_total,
+        requests_per_s: snapshot.requests_per_s,
+        error_rate: snapshot.error_rate,
+        open_requests: accounting.live.len(),
+        rss_bytes: snapshot.rss_bytes,
+        dashboard_clients: hub.clients(),
+        store: hub.store.as_ref().map(|store| {
+            let s = store.sink.stats();
+            protocol::StoreStats {
+                queue_depth: s.queued,
+                dropped: s.dropped,
+                healthy: s.healthy,
+            }
+        }),
+        latency_us: last_minute("latency"),
+        overhead_us: last_minute("overhead"),
+        ttft_us: last_minute("ttft"),
+        cache: protocol::CacheStats {
+            hits: cache.hits,
+            misses: cache.misses,
+        },
+        hub: protocol::HubStats {
+            lost_events: hub.lost_events(),
+            slow_clients_cut: hub.slow_clients_cut(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn midnight_in_the_users_zone() {
+        // 2026-01-02 03:04:05 UTC.
+        let now = 1_767_323_045_000;
+        let utc_midnight = 1_767_312_000_000;
+        assert_eq!(local_midnight_ms(now, 0), utc_midnight);
+        // UTC+1 (offset -60): local 04:04, local midnight = 23:00 UTC the day before.
+        assert_eq!(local_midnight_ms(now, -60), utc_midnight - 3_600_000);
+        // UTC-5 (offset 300): local 22:04 on Jan 1st, midnight = Jan 1st 05:00 UTC.
+        assert_eq!(
+            local_midnight_ms(now, 300),
+            utc_midnight - 86_400_000 + 5 * 3_600_000
+        );
+    }
+}

@@ -1,0 +1,339 @@
+//! The dashboard's WebSocket (`/ws`) through the real binary: snapshot, events in order, sessions, resync, and a
+//! stalled client that is cut off without slowing anyone down.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{MockUpstream, Proxy, chat_body, client, mock_config};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A dashboard client that checks the sequence numbers as it reads.
+struct Dashboard {
+    ws: Ws,
+    last_seq: u64,
+}
+
+impl Dashboard {
+    async fn connect(proxy: &Proxy, query: &str) -> (Dashboard, Value) {
+        let url = format!("ws://{}/ws{}", proxy.addr, query);
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let mut dashboard = Dashboard { ws, last_seq: 0 };
+        let init = dashboard.raw_next().await;
+        assert_eq!(init["type"], "init", "{init}");
+        dashboard.last_seq = init["seq"].as_u64().unwrap();
+        (dashboard, init)
+    }
+
+    async fn raw_next(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("no message within 10 s")
+                .expect("socket closed")
+                .unwrap();
+            match message {
+                Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+                Message::Close(frame) => panic!("closed by the server: {frame:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// The next event; asserts there is no gap in the numbering.
+    async fn next(&mut self) -> Value {
+        let event = self.raw_next().await;
+        let seq = event["seq"].as_u64().unwrap();
+        if event["type"] == "init" {
+            self.last_seq = seq;
+        } else {
+            assert_eq!(seq, self.last_seq + 1, "gap before {event}");
+            self.last_seq = seq;
+        }
+        event
+    }
+
+    /// Reads until an event of `kind` matching `pred` arrives; returns it with everything read before.
+    async fn until(&mut self, kind: &str, pred: impl Fn(&Value) -> bool) -> (Value, Vec<Value>) {
+        let mut seen = Vec::new();
+        loop {
+            let event = self.next().await;
+            if event["type"] == kind && pred(&event["data"]) {
+                return (event, seen);
+            }
+            seen.push(event);
+        }
+    }
+
+    async fn send(&mut self, command: Value) {
+        self.ws
+            .send(Message::Text(command.to_string().into()))
+            .await
+            .unwrap();
+    }
+}
+
+async fn start() -> (MockUpstream, Proxy) {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = Proxy::start(
+        &mock_config(&mock, "[store]\nflush_interval_ms = 20"),
+        &[("MOCK_KEY", "k")],
+    )
+    .await;
+    (mock, proxy)
+}
+
+#[tokio::test]
+async fn snapshot_then_request_events_in_order() {
+    let (_mock, proxy) = start().await;
+    let (mut dash, init) = Dashboard::connect(&proxy, "?tz_offset_min=-60").await;
+    let data = &init["data"];
+    assert_eq!(data["server"]["store"], true);
+    assert_eq!(data["models"][0]["key"], "mock/model");
+    assert_eq!(data["models"][0]["context_window"], 100000);
+    assert_eq!(data["models"][0]["key_ready"], true);
+    assert_eq!(data["today"]["requests"], 0);
+    assert!(data["stats"]["dashboard_clients"].as_u64().unwrap() >= 1);
+
+    let answer = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&chat_body("mock/model", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+
+    let (started, _) = dash.until("request.started", |_| true).await;
+    assert_eq!(started["data"]["model"], "mock/model");
+    assert_eq!(started["data"]["streaming"], false);
+    let id = started["data"]["id"].clone();
+    let (finished, _) = dash.until("request.finished", |d| d["id"] == id).await;
+    let record = &finished["data"];
+    assert_eq!(record["status"], 200);
+    assert!(record["prompt_tokens"].as_u64().unwrap() > 0);
+    assert!(record["completion_tokens"].as_u64().unwrap() > 0);
+    assert!(record["latency_us"].as_u64().unwrap() > 0);
+    assert!(record.get("message_hashes").is_none());
+
+    // The store commits it: which session, and the session as it is now.
+    let (stored, _) = dash.until("request.stored", |_| true).await;
+    let session_id = stored["data"]["requests"][0]["session_id"].clone();
+    assert_eq!(stored["data"]["requests"][0]["id"], id);
+    assert!(session_id.is_i64());
+    let (created, _) = dash
+        .until("session.created", |d| d["session"]["id"] == session_id)
+        .await;
+    let session = &created["data"]["session"];
+    assert_eq!(session["request_count"], 1);
+    assert_eq!(session["context_window"], 100000);
+    assert!(session["context_tokens"].as_i64().unwrap() > 0);
+
+    // A resync gives a snapshot that holds the request, with its session.
+    dash.send(json!({"type": "resync"})).await;
+    let (init, _) = dash.until("init", |_| true).await;
+    let recent = &init["data"]["recent"][0];
+    assert_eq!(recent["id"], id);
+    assert_eq!(recent["session_id"], session_id);
+    assert_eq!(init["data"]["today"]["requests"], 1);
+    assert_eq!(init["data"]["totals"]["requests"], 1);
+    assert_eq!(init["data"]["sessions"][0]["id"], session_id);
+}
+
+#[tokio::test]
+async fn a_stream_counts_up_then_finishes() {
+    let (_mock, proxy) = start().await;
+    let (mut dash, _) = Dashboard::connect(&proxy, "").await;
+    let send = tokio::spawn({
+        let url = proxy.url("/v1/chat/completions");
+        async move {
+            let response = client()
+                .post(url)
+                .header("x-mock-chunks", "40")
+                .header("x-mock-chunk-delay-ms", "40")
+                .json(&chat_body("mock/model", true))
+                .send()
+                .await
+                .unwrap();
+            response.bytes().await.unwrap()
+        }
+    });
+    let (started, _) = dash.until("request.started", |_| true).await;
+    assert_eq!(started["data"]["streaming"], true);
+    let id = started["data"]["id"].clone();
+    let (finished, before) = dash.until("request.finished", |d| d["id"] == id).await;
+    let counts: Vec<u64> = before
+        .iter()
+        .filter(|e| e["type"] == "request.progress")
+        .filter_map(|e| {
+            e["data"]["requests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["id"] == id)
+                .map(|r| r["completion_tokens"].as_u64().unwrap())
+        })
+        .collect();
+    // 1.6 s of streaming at four updates a second: several, each larger than the last.
+    assert!(counts.len() >= 3, "progress counts {counts:?}");
+    assert!(counts.windows(2).all(|w| w[0] < w[1]), "{counts:?}");
+    // The running count is ours: it ends at our estimate (the provider's figure may differ).
+    let ours = finished["data"]["completion_estimated"].as_u64().unwrap();
+    assert!(
+        *counts.last().unwrap() <= ours,
+        "{counts:?} vs {}",
+        finished["data"]
+    );
+    send.await.unwrap();
+}
+
+#[tokio::test]
+async fn session_changes_are_pushed() {
+    let (_mock, proxy) = start().await;
+    let (mut dash, _) = Dashboard::connect(&proxy, "").await;
+    let http = client();
+    let created: Value = http
+        .post(proxy.url("/api/sessions"))
+        .json(&json!({"name": "first", "model": "mock/model"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].clone();
+    let (event, _) = dash.until("session.created", |_| true).await;
+    assert_eq!(event["data"]["session"]["name"], "first");
+    let (event, _) = dash.until("session.activated", |_| true).await;
+    assert_eq!(event["data"]["session_id"], id);
+
+    http.patch(proxy.url(&format!("/api/sessions/{id}")))
+        .json(&json!({"name": "renamed"}))
+        .send()
+        .await
+        .unwrap();
+    let (event, _) = dash.until("session.updated", |_| true).await;
+    assert_eq!(event["data"]["session"]["name"], "renamed");
+
+    // A request without a client id goes to the active session: the gauge's session is updated.
+    http.post(proxy.url("/v1/chat/completions"))
+        .json(&chat_body("mock/model", false))
+        .send()
+        .await
+        .unwrap();
+    let (event, _) = dash
+        .until("session.updated", |d| d["session"]["request_count"] == 1)
+        .await;
+    assert_eq!(event["data"]["session"]["id"], id);
+
+    http.post(proxy.url(&format!("/api/sessions/{id}/deactivate")))
+        .send()
+        .await
+        .unwrap();
+    let (event, _) = dash.until("session.activated", |_| true).await;
+    assert_eq!(event["data"]["session_id"], Value::Null);
+
+    http.delete(proxy.url(&format!("/api/sessions/{id}")))
+        .send()
+        .await
+        .unwrap();
+    let (event, _) = dash.until("session.deleted", |_| true).await;
+    assert_eq!(event["data"]["ids"], json!([id]));
+
+    // Selecting a session: the snapshot carries its requests.
+    let other: Value = http
+        .post(proxy.url("/api/sessions"))
+        .json(&json!({"name": "second"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    http.post(proxy.url("/v1/chat/completions"))
+        .json(&chat_body("mock/model", false))
+        .send()
+        .await
+        .unwrap();
+    dash.until("session.updated", |d| d["session"]["id"] == other["id"])
+        .await;
+    dash.send(json!({"type": "select_session", "session_id": other["id"]}))
+        .await;
+    let (init, _) = dash.until("init", |_| true).await;
+    assert_eq!(init["data"]["selected_session_id"], other["id"]);
+    let rows = init["data"]["session_requests"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["session_id"], other["id"]);
+}
+
+/// A client that completes the handshake and then never reads is cut off; a reading client gets every event
+/// in order meanwhile, and the proxy keeps answering.
+#[tokio::test]
+async fn a_stalled_client_is_cut_off_and_slows_nobody() {
+    let (_mock, proxy) = start().await;
+    // The stalled client: a real handshake, then nothing is ever read. A small receive buffer keeps the
+    // kernel from absorbing megabytes on its behalf.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(proxy.addr).await.unwrap();
+    let (stalled, _) = tokio_tungstenite::client_async(format!("ws://{}/ws", proxy.addr), tcp)
+        .await
+        .unwrap();
+    let (mut dash, _) = Dashboard::connect(&proxy, "").await;
+
+    // Enough events to overflow the stalled client's socket buffers and its backlog.
+    let body = json!({
+        "model": "mock/model",
+        "messages": [{"role": "user", "content": "x ".repeat(2000)}]
+    });
+    let load = tokio::spawn({
+        let url = proxy.url("/v1/chat/completions");
+        async move {
+            let http = client();
+            let started = Instant::now();
+            let mut answered = 0;
+            while started.elapsed() < Duration::from_secs(60) && answered < 3000 {
+                let batch: Vec<_> = (0..16)
+                    .map(|i| {
+                        let mut body = body.clone();
+                        body["user"] = json!(format!("client-{i}"));
+                        http.post(&url).json(&body).send()
+                    })
+                    .collect();
+                for response in futures_util::future::join_all(batch).await {
+                    assert_eq!(response.unwrap().status(), 200);
+                    answered += 1;
+                }
+            }
+            answered
+        }
+    });
+    // The reading client keeps up (its `next` asserts there is no gap) and sees the stalled one cut off.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut cut = false;
+    while Instant::now() < deadline {
+        let event = dash.next().await;
+        if event["type"] == "stats" && event["data"]["hub"]["slow_clients_cut"].as_u64() >= Some(1)
+        {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "the stalled client was never cut off");
+    load.abort();
+    drop(stalled);
+    // The proxy still answers.
+    let answer = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&chat_body("mock/model", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+}
