@@ -1,12 +1,13 @@
 //! kimi-proxy: a transparent, fast proxy for OpenAI-compatible LLM providers that counts every token.
 //!
 //! Modules follow the data flow: `config` → `proxy` (route, forward) → `accounting` (records) → `store` (SQLite,
-//! sessions) → `server` (sockets, shutdown); `cli` describes the command line.
+//! sessions) → `server` (sockets, shutdown); `dashboard` is the embedded web page; `cli` describes the command line.
 
 pub mod accounting;
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod live;
 pub mod monitor;
 pub mod proxy;

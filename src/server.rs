@@ -48,7 +48,7 @@ pub fn app_with_hub(
     store: Option<Arc<StoreApi>>,
     hub: Option<Arc<Hub>>,
 ) -> Router {
-    let mut api = crate::api::router(Arc::clone(&state));
+    let mut api = crate::api::router(Arc::clone(&state)).merge(crate::dashboard::router());
     if let Some(store) = store {
         api = api.merge(crate::store::api::router(store));
     }
