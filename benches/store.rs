@@ -52,6 +52,7 @@ fn record(id: u64, hashes: Vec<u64>, client: Option<String>) -> Arc<RequestRecor
         tool_call_fixes: 0,
         usage_injected: true,
         cache_hit: false,
+        virtual_key: None,
         finish_reason: Some("tool_calls".into()),
         response_bytes: 5_400,
         preview: Some("Refactor the session matcher so that parallel agents are told".into()),

@@ -198,8 +198,9 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
             .parse()
             .context("default listen address")?,
     };
-    if !listen.ip().is_loopback() {
-        tracing::warn!(%listen, "listening beyond loopback: anyone who can reach this address can use your provider keys");
+    kimi_proxy::auth::check_listen(listen, &config)?;
+    if !listen.ip().is_loopback() && config.server.client_keys.is_empty() {
+        tracing::warn!(%listen, "listening beyond loopback without virtual keys: anyone who can reach this address can use your provider keys through the proxy routes (set [[server.client_keys]])");
     }
     let listener = server::bind(listen).await?;
     let local = listener.local_addr().context("listener address")?;

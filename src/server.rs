@@ -8,6 +8,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{self, Auth};
 use crate::config::Config;
 use crate::live::Hub;
 use crate::proxy::{self, ProxyState};
@@ -42,23 +43,41 @@ pub fn app_with_store(state: Arc<ProxyState>, store: Option<Arc<StoreApi>>) -> R
     app_with_hub(state, store, None)
 }
 
-/// Every route of the product: the proxy, the APIs, and the dashboard's WebSocket when a hub runs.
+/// Every route of the product: the proxy, the admin surface (APIs, the dashboard's WebSocket when a hub runs),
+/// all behind the auth guard.
 pub fn app_with_hub(
     state: Arc<ProxyState>,
     store: Option<Arc<StoreApi>>,
     hub: Option<Arc<Hub>>,
 ) -> Router {
-    let mut api = crate::api::router(Arc::clone(&state)).merge(crate::dashboard::router());
+    let auth = Arc::new(Auth::new(&state.config));
+    let mut app = proxy::router(Arc::clone(&state)).merge(admin_router(state, store, hub));
+    if auth.admin_token_set() {
+        app = app.merge(auth::login_router(Arc::clone(&auth)));
+    }
+    app.fallback(proxy::not_found)
+        .method_not_allowed_fallback(proxy::method_not_allowed)
+        // Outermost, so it sees every request, the fallbacks included: Host/Origin/CORS rules everywhere,
+        // virtual keys on the proxy paths, the admin token on every other path.
+        .layer(axum::middleware::from_fn_with_state(auth, auth::guard))
+}
+
+/// The admin surface: every route that is not a proxy route (the dashboard and its assets, `/api/*`, `/ws`,
+/// `/metrics`). Add new non-proxy routes here. The guard protects them by path whatever router they are in
+/// (only `proxy::PROXY_PATHS` and `/login` are exempt), so a route merged elsewhere is protected too.
+fn admin_router(
+    state: Arc<ProxyState>,
+    store: Option<Arc<StoreApi>>,
+    hub: Option<Arc<Hub>>,
+) -> Router {
+    let mut admin = crate::api::router(state).merge(crate::dashboard::router());
     if let Some(store) = store {
-        api = api.merge(crate::store::api::router(store));
+        admin = admin.merge(crate::store::api::router(store));
     }
     if let Some(hub) = hub {
-        api = api.merge(crate::live::router(hub));
+        admin = admin.merge(crate::live::router(hub));
     }
-    proxy::router(state)
-        .merge(api)
-        .fallback(proxy::not_found)
-        .method_not_allowed_fallback(proxy::method_not_allowed)
+    admin
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {

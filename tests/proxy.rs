@@ -155,7 +155,7 @@ async fn headers_follow_rfc_9110() {
     // A raw request, so hop-by-hop headers really are on the wire.
     let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: example.invalid\r\nContent-Type: application/json\r\n\
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost:9\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close, x-hop\r\nX-Hop: drop-me\r\nKeep-Alive: timeout=5\r\n\
          TE: trailers\r\nAccept-Encoding: gzip\r\nAuthorization: Bearer client-key\r\nX-Custom: kept\r\n\r\n",
         body.len()

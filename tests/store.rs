@@ -64,6 +64,7 @@ fn record(id: u64, started: i64, hashes: Vec<u64>, client: Option<&str>) -> Arc<
         tool_call_fixes: 0,
         usage_injected: false,
         cache_hit: false,
+        virtual_key: None,
         finish_reason: Some("stop".into()),
         response_bytes: 300,
         preview: Some("A preview of the last user message, with \"quotes\", commas".into()),
@@ -206,7 +207,7 @@ fn migrations_upgrade_empty_and_v1_databases_and_refuse_newer_ones() {
         let v1_columns: Vec<&str> = REQUEST_COLUMNS
             .iter()
             .copied()
-            .filter(|c| !["upstream_us", "overhead_us", "cache_hit"].contains(c))
+            .filter(|c| !["upstream_us", "overhead_us", "cache_hit", "virtual_key"].contains(c))
             .collect();
         let values: Vec<String> = v1_columns
             .iter()

@@ -68,6 +68,8 @@ pub struct RequestRecord {
     pub preview: Option<String>,
     /// The conversation id the client gave, if any.
     pub client_session: Option<String>,
+    /// The name (never the value) of the virtual key the client authenticated with.
+    pub virtual_key: Option<String>,
     /// Per-message content hashes, for recognising the conversation this request continues.
     #[serde(skip)]
     pub message_hashes: Vec<u64>,

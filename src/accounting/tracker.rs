@@ -43,6 +43,8 @@ pub struct RequestContext {
     pub overhead_us: Option<u64>,
     /// The conversation id the client gave (`X-Session-Id`, `metadata.session_id`, `user`).
     pub client_session: Option<String>,
+    /// The name of the virtual key the client authenticated with.
+    pub virtual_key: Option<String>,
     /// Where to store a successful non-streaming answer (the request is cacheable).
     pub cache_store: Option<(Arc<ResponseCache>, u128)>,
     /// The answer came from the response cache.
@@ -464,6 +466,7 @@ fn build_record(
         message_hashes: std::mem::take(&mut prompt.message_hashes),
         preview: prompt.preview.take(),
         client_session: context.client_session,
+        virtual_key: context.virtual_key,
         prompt_breakdown: prompt,
         cost_usd: cost,
         cost_estimated: billable && tokens_estimated,

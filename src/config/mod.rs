@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use raw::RawConfig;
+pub use raw::{RawConfig, normalize_origin};
 
 /// The built-in catalog, embedded in the binary.
 pub const BUILTIN_CATALOG: &str = include_str!("catalog.toml");
@@ -180,7 +180,30 @@ pub struct ServerConfig {
     /// Count tokens (prompt and completion) and ask streams for their usage. Off, the proxy only forwards and
     /// times requests (for measuring what accounting costs).
     pub token_accounting: bool,
+    /// Guards the admin surface (dashboard, `/api/*`, `/ws`, `/metrics`); required to listen beyond loopback.
+    pub admin_token: Option<Secret>,
+    /// Virtual keys: when any is set, the proxy routes require one of them as the bearer token.
+    pub client_keys: Vec<ClientKey>,
+    /// Browser origins allowed to call the proxy across sites (`scheme://host[:port]`, lowercase). Empty: no
+    /// CORS headers at all, and foreign `Origin`s are refused.
+    pub cors_allowed_origins: Vec<String>,
+    /// Host names (lowercase, no port) the proxy answers to besides IP literals and localhost: any other
+    /// `Host` is refused, which defeats DNS rebinding.
+    pub allowed_hosts: Vec<String>,
 }
+
+/// A virtual key a client presents instead of a provider key; its name is recorded on its requests.
+#[derive(Debug, Clone)]
+pub struct ClientKey {
+    pub name: String,
+    pub key: Secret,
+}
+
+/// Environment variable read for the admin token when the file sets none.
+pub const ADMIN_TOKEN_ENV: &str = "KIMI_PROXY_ADMIN_TOKEN";
+
+/// Shortest admin token or virtual key accepted: anything shorter can be guessed over the network.
+pub const MIN_SECRET_CHARS: usize = 16;
 
 /// How requests without a client-given session id are grouped into sessions (`[store] session_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

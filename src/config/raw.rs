@@ -10,9 +10,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{
-    ApiKey, BaseUrl, CacheConfig, Config, ConfigError, DEFAULT_MAX_BODY_BYTES, EnvSource, Model,
-    Prices, Provider, ProviderKind, RetryPolicy, ServerConfig, SessionMode, StoreConfig, Timeouts,
-    TokenizerSpec, expand_vars,
+    ADMIN_TOKEN_ENV, ApiKey, BaseUrl, CacheConfig, ClientKey, Config, ConfigError,
+    DEFAULT_MAX_BODY_BYTES, EnvSource, MIN_SECRET_CHARS, Model, Prices, Provider, ProviderKind,
+    RetryPolicy, Secret, ServerConfig, SessionMode, StoreConfig, Timeouts, TokenizerSpec,
+    expand_vars,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -40,6 +41,17 @@ pub struct RawServer {
     pub forward_client_key: Option<bool>,
     pub shutdown_grace_ms: Option<u64>,
     pub token_accounting: Option<bool>,
+    pub admin_token: Option<String>,
+    pub client_keys: Option<Vec<RawClientKey>>,
+    pub cors_allowed_origins: Option<Vec<String>>,
+    pub allowed_hosts: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientKey {
+    pub name: String,
+    pub key: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -257,6 +269,13 @@ impl RawConfig {
                     self.server.token_accounting,
                     over.server.token_accounting,
                 ),
+                admin_token: merge_opt(self.server.admin_token, over.server.admin_token),
+                client_keys: merge_opt(self.server.client_keys, over.server.client_keys),
+                cors_allowed_origins: merge_opt(
+                    self.server.cors_allowed_origins,
+                    over.server.cors_allowed_origins,
+                ),
+                allowed_hosts: merge_opt(self.server.allowed_hosts, over.server.allowed_hosts),
             },
             providers,
             models,
@@ -290,6 +309,42 @@ impl RawConfig {
                     .unwrap_or(DEFAULT_SHUTDOWN_GRACE_MS),
             ),
             token_accounting: self.server.token_accounting.unwrap_or(true),
+            admin_token: admin_token(self.server.admin_token.as_deref(), env, &mut errors),
+            client_keys: client_keys(self.server.client_keys.unwrap_or_default(), env, &mut errors),
+            cors_allowed_origins: self
+                .server
+                .cors_allowed_origins
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|origin| match normalize_origin(origin) {
+                    Some(origin) => Some(origin),
+                    None => {
+                        errors.push(format!(
+                            "server.cors_allowed_origins: `{origin}` is not an origin (scheme://host[:port], no path)"
+                        ));
+                        None
+                    }
+                })
+                .collect(),
+            allowed_hosts: self
+                .server
+                .allowed_hosts
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|host| {
+                    let name = host.trim().trim_end_matches('.').to_ascii_lowercase();
+                    let valid = !name.is_empty()
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+                    if !valid {
+                        errors.push(format!(
+                            "server.allowed_hosts: `{host}` is not a host name (no scheme, no port)"
+                        ));
+                    }
+                    valid.then_some(name)
+                })
+                .collect(),
         };
 
         let store = self.store.validate(&mut errors);
@@ -566,6 +621,90 @@ impl RawModel {
             cache: self.cache,
         })
     }
+}
+
+/// The admin token from `[server] admin_token` (usually `"${VAR}"`), else from `KIMI_PROXY_ADMIN_TOKEN`.
+fn admin_token(
+    template: Option<&str>,
+    env: &dyn EnvSource,
+    errors: &mut Vec<String>,
+) -> Option<Secret> {
+    let value = match template {
+        Some(template) => match expand_vars(template, env) {
+            Ok(value) => value,
+            Err(var) => {
+                errors.push(format!(
+                    "server.admin_token: environment variable {var} is not set"
+                ));
+                return None;
+            }
+        },
+        None => env.var(ADMIN_TOKEN_ENV).filter(|v| !v.is_empty())?,
+    };
+    if value.chars().count() < MIN_SECRET_CHARS || value.trim() != value {
+        errors.push(format!(
+            "server.admin_token must be at least {MIN_SECRET_CHARS} characters without surrounding spaces (e.g. `openssl rand -hex 24`)"
+        ));
+        return None;
+    }
+    Some(Secret::new(value))
+}
+
+fn client_keys(
+    raw: Vec<RawClientKey>,
+    env: &dyn EnvSource,
+    errors: &mut Vec<String>,
+) -> Vec<ClientKey> {
+    let mut keys: Vec<ClientKey> = Vec::with_capacity(raw.len());
+    for (i, k) in raw.into_iter().enumerate() {
+        let at = format!("server.client_keys[{i}]");
+        let name = k.name.trim().to_string();
+        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            errors.push(format!("{at}.name must be 1 to 64 printable characters"));
+            continue;
+        }
+        if keys.iter().any(|other| other.name == name) {
+            errors.push(format!("{at}: the name `{name}` is used twice"));
+            continue;
+        }
+        let value = match expand_vars(&k.key, env) {
+            Ok(value) => value,
+            Err(var) => {
+                errors.push(format!(
+                    "{at} (`{name}`): environment variable {var} is not set"
+                ));
+                continue;
+            }
+        };
+        if value.chars().count() < MIN_SECRET_CHARS
+            || value.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            errors.push(format!(
+                "{at} (`{name}`): the key must be at least {MIN_SECRET_CHARS} characters, without spaces"
+            ));
+            continue;
+        }
+        if keys.iter().any(|other| other.key.expose() == value) {
+            errors.push(format!("{at} (`{name}`): the same key is configured twice"));
+            continue;
+        }
+        keys.push(ClientKey {
+            name,
+            key: Secret::new(value),
+        });
+    }
+    keys
+}
+
+/// `scheme://host[:port]` lowercased without a trailing slash, or `None` when `text` is not an origin.
+pub fn normalize_origin(text: &str) -> Option<String> {
+    let text = text.trim().trim_end_matches('/').to_ascii_lowercase();
+    let uri = text.parse::<http::Uri>().ok()?;
+    let scheme = uri.scheme_str()?;
+    let authority = uri.authority()?;
+    let plain = uri.path().is_empty() || uri.path() == "/";
+    (plain && uri.query().is_none() && !authority.as_str().contains('@'))
+        .then(|| format!("{scheme}://{authority}"))
 }
 
 /// OpenAI's newer models use o200k; everything else is counted with cl100k unless configured otherwise.

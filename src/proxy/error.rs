@@ -51,6 +51,10 @@ pub enum ProxyError {
         limit: &'static str,
         retry_after: std::time::Duration,
     },
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("no route for {method} {path}")]
     NotFound { method: String, path: String },
     #[error("method {0} is not allowed here")]
@@ -83,6 +87,8 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -92,7 +98,8 @@ impl ProxyError {
             StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::NOT_FOUND => {
                 "invalid_request_error"
             }
-            StatusCode::METHOD_NOT_ALLOWED => "invalid_request_error",
+            StatusCode::METHOD_NOT_ALLOWED | StatusCode::UNAUTHORIZED => "invalid_request_error",
+            StatusCode::FORBIDDEN => "permission_error",
             StatusCode::SERVICE_UNAVAILABLE => "configuration_error",
             StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
             _ => "upstream_error",
@@ -114,6 +121,8 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => "rate_limit_exceeded",
             ProxyError::NotFound { .. } => "not_found",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
+            ProxyError::Unauthorized(_) => "invalid_api_key",
+            ProxyError::Forbidden(_) => "forbidden",
         }
     }
 

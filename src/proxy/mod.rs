@@ -130,6 +130,18 @@ impl ProxyState {
     }
 }
 
+/// The paths of [`router`]. Everything else is admin surface (see `crate::auth`): keep the two in step.
+pub const PROXY_PATHS: [&str; 4] = [
+    "/v1/chat/completions",
+    "/chat/completions",
+    "/v1/models",
+    "/models",
+];
+
+pub fn is_proxy_path(path: &str) -> bool {
+    PROXY_PATHS.contains(&path)
+}
+
 /// The proxy routes, each served with and without the `/v1` prefix.
 pub fn router(state: Arc<ProxyState>) -> Router {
     Router::new()
@@ -308,6 +320,10 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
         client_session,
         cache_store: None,
         cache_hit: false,
+        virtual_key: parts
+            .extensions
+            .get::<crate::auth::VirtualKey>()
+            .map(|k| k.0.to_string()),
     };
 
     if let Some(key) = cache_key {

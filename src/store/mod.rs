@@ -196,6 +196,7 @@ impl Store {
                     record.upstream_us.map(clamp),
                     record.overhead_us.map(clamp),
                     record.cache_hit,
+                    record.virtual_key,
                 ])?;
                 if let Some(id) = session {
                     let window = resolver.context_window(&record.model);

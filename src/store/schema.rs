@@ -99,6 +99,10 @@ CREATE INDEX alerts_by_session ON alerts (session_id);
     r#"
 ALTER TABLE requests ADD COLUMN cache_hit INTEGER NOT NULL DEFAULT 0;
 "#,
+    // v4: the name of the virtual key a request authenticated with.
+    r#"
+ALTER TABLE requests ADD COLUMN virtual_key TEXT;
+"#,
 ];
 
 /// The columns of `requests` in the order the writer binds them (`id` excluded).
@@ -145,6 +149,7 @@ pub const REQUEST_COLUMNS: &[&str] = &[
     "upstream_us",
     "overhead_us",
     "cache_hit",
+    "virtual_key",
 ];
 
 /// Columns read back as booleans.

@@ -414,7 +414,8 @@ fn approximate_size(record: &RequestRecord) -> usize {
         + record.error_kind.as_ref().map_or(0, String::len)
         + record.finish_reason.as_ref().map_or(0, String::len)
         + record.preview.as_ref().map_or(0, String::len)
-        + record.client_session.as_ref().map_or(0, String::len);
+        + record.client_session.as_ref().map_or(0, String::len)
+        + record.virtual_key.as_ref().map_or(0, String::len);
     std::mem::size_of::<RequestRecord>() + strings + record.message_hashes.len() * 8
 }
 
