@@ -71,6 +71,8 @@ impl ResponseCache {
     }
 
     pub fn stats(&self) -> ResponseCacheStats {
+        // moka updates its counts lazily; settle them so the figures are exact (a stats read is rare).
+        self.cache.run_pending_tasks();
         let hits = self.hits.load(Ordering::Relaxed);
         let misses = self.misses.load(Ordering::Relaxed);
         ResponseCacheStats {
