@@ -21,6 +21,9 @@ use crate::tokens::Tokenizer;
 use crate::tokens::cache::{CacheStats, MessageCache};
 use crate::tokens::chat::{PromptCount, count_layout};
 pub use calibration::Calibration;
+
+/// Models calibrated at most (the catalog is far smaller; pass-through names are the client's).
+const MAX_CALIBRATED_MODELS: usize = 1024;
 pub use record::RequestRecord;
 
 /// Requests whose body is larger than this are counted on a blocking-capable thread.
@@ -281,8 +284,12 @@ impl Accounting {
 
     /// Learns from a request that has both an estimate and the provider's figure.
     pub fn learn(&self, model: &str, estimated: u64, reported: u64) {
-        self.calibration
-            .lock()
+        let mut calibration = self.calibration.lock();
+        // Pass-through model names come from clients: bound the map.
+        if !calibration.contains_key(model) && calibration.len() >= MAX_CALIBRATED_MODELS {
+            return;
+        }
+        calibration
             .entry(model.to_string())
             .or_default()
             .observe(estimated, reported);

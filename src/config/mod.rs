@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use raw::{RawConfig, normalize_origin};
+pub use raw::{RawConfig, default_tokenizer, normalize_origin};
 
 /// The built-in catalog, embedded in the binary.
 pub const BUILTIN_CATALOG: &str = include_str!("catalog.toml");
@@ -263,9 +263,24 @@ impl Default for StoreConfig {
     }
 }
 
+/// `[passthrough]`: requests to providers outside the catalog (`X-Target-Base-URL`), off unless allowed.
+#[derive(Debug, Clone, Default)]
+pub struct PassthroughConfig {
+    pub allowed: Vec<crate::proxy::passthrough::TargetPattern>,
+    /// Allow loopback targets (and plain http to them): for tests and local servers.
+    pub allow_loopback: bool,
+}
+
+impl PassthroughConfig {
+    pub fn enabled(&self) -> bool {
+        !self.allowed.is_empty()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
+    pub passthrough: PassthroughConfig,
     pub store: StoreConfig,
     pub cache: CacheConfig,
     pub providers: BTreeMap<String, Arc<Provider>>,

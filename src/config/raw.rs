@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::proxy::passthrough::TargetPattern;
+
 use super::{
     ADMIN_TOKEN_ENV, ApiKey, BaseUrl, CacheConfig, ClientKey, Config, ConfigError,
-    DEFAULT_MAX_BODY_BYTES, EnvSource, MIN_SECRET_CHARS, Model, Prices, Provider, ProviderKind,
-    RetryPolicy, Secret, ServerConfig, SessionMode, StoreConfig, Timeouts, TokenizerSpec,
-    expand_vars,
+    DEFAULT_MAX_BODY_BYTES, EnvSource, MIN_SECRET_CHARS, Model, PassthroughConfig, Prices,
+    Provider, ProviderKind, RetryPolicy, Secret, ServerConfig, SessionMode, StoreConfig, Timeouts,
+    TokenizerSpec, expand_vars,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -27,6 +29,8 @@ pub struct RawConfig {
     pub store: RawStore,
     #[serde(default)]
     pub cache: RawCache,
+    #[serde(default)]
+    pub passthrough: RawPassthrough,
     #[serde(default)]
     pub providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
@@ -52,6 +56,13 @@ pub struct RawServer {
 pub struct RawClientKey {
     pub name: String,
     pub key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPassthrough {
+    pub allowed: Option<Vec<String>>,
+    pub allow_loopback: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -212,6 +223,16 @@ const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
 /// How long a request may wait for its provider's budget before the client gets a 429.
 const DEFAULT_RATE_LIMIT_MAX_WAIT_MS: u64 = 20_000;
 
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            connect: Duration::from_millis(DEFAULT_CONNECT_MS),
+            first_byte: Duration::from_millis(DEFAULT_FIRST_BYTE_MS),
+            idle: Duration::from_millis(DEFAULT_IDLE_MS),
+        }
+    }
+}
+
 fn merge_opt<T>(base: Option<T>, over: Option<T>) -> Option<T> {
     over.or(base)
 }
@@ -245,6 +266,13 @@ impl RawConfig {
         RawConfig {
             builtin_catalog: merge_opt(self.builtin_catalog, over.builtin_catalog),
             store: self.store.merge(over.store),
+            passthrough: RawPassthrough {
+                allowed: merge_opt(self.passthrough.allowed, over.passthrough.allowed),
+                allow_loopback: merge_opt(
+                    self.passthrough.allow_loopback,
+                    over.passthrough.allow_loopback,
+                ),
+            },
             cache: RawCache {
                 enabled: merge_opt(self.cache.enabled, over.cache.enabled),
                 max_bytes: merge_opt(self.cache.max_bytes, over.cache.max_bytes),
@@ -348,6 +376,22 @@ impl RawConfig {
         };
 
         let store = self.store.validate(&mut errors);
+        let passthrough = PassthroughConfig {
+            allowed: self
+                .passthrough
+                .allowed
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|text| match TargetPattern::parse(text) {
+                    Ok(pattern) => Some(pattern),
+                    Err(message) => {
+                        errors.push(format!("passthrough.allowed: {message}"));
+                        None
+                    }
+                })
+                .collect(),
+            allow_loopback: self.passthrough.allow_loopback.unwrap_or(false),
+        };
         let cache = CacheConfig {
             enabled: self.cache.enabled.unwrap_or(false),
             max_bytes: self.cache.max_bytes.unwrap_or(DEFAULT_CACHE_BYTES),
@@ -375,6 +419,7 @@ impl RawConfig {
         if errors.is_empty() {
             Ok(Config {
                 server,
+                passthrough,
                 store,
                 cache,
                 providers,
@@ -708,7 +753,7 @@ pub fn normalize_origin(text: &str) -> Option<String> {
 }
 
 /// OpenAI's newer models use o200k; everything else is counted with cl100k unless configured otherwise.
-fn default_tokenizer(upstream_id: &str) -> TokenizerSpec {
+pub fn default_tokenizer(upstream_id: &str) -> TokenizerSpec {
     let id = upstream_id
         .rsplit('/')
         .next()

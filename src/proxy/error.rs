@@ -51,6 +51,16 @@ pub enum ProxyError {
         limit: &'static str,
         retry_after: std::time::Duration,
     },
+    #[error(
+        "pass-through (X-Target-Base-URL) is disabled: list the allowed targets in [passthrough] allowed"
+    )]
+    PassthroughDisabled,
+    #[error("invalid X-Target-Base-URL: {0}")]
+    InvalidTarget(String),
+    #[error("X-Target-Base-URL `{0}` is not in [passthrough] allowed")]
+    TargetNotAllowed(String),
+    #[error("X-Target-Base-URL refused: {0}")]
+    ForbiddenTarget(String),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -77,7 +87,8 @@ impl ProxyError {
         match self {
             ProxyError::InvalidJson { .. }
             | ProxyError::InvalidRequest(_)
-            | ProxyError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            | ProxyError::BodyRead(_)
+            | ProxyError::InvalidTarget(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UnknownModel { .. } | ProxyError::NotFound { .. } => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -88,7 +99,10 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ProxyError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ProxyError::Forbidden(_)
+            | ProxyError::PassthroughDisabled
+            | ProxyError::TargetNotAllowed(_)
+            | ProxyError::ForbiddenTarget(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -123,6 +137,10 @@ impl ProxyError {
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::Unauthorized(_) => "invalid_api_key",
             ProxyError::Forbidden(_) => "forbidden",
+            ProxyError::PassthroughDisabled => "passthrough_disabled",
+            ProxyError::InvalidTarget(_) => "invalid_target",
+            ProxyError::TargetNotAllowed(_) => "target_not_allowed",
+            ProxyError::ForbiddenTarget(_) => "target_address_forbidden",
         }
     }
 

@@ -41,6 +41,9 @@ pub fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
     headers.remove(header::HOST);
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::ACCEPT_ENCODING);
+    // Pass-through routing headers are for the proxy; the target key goes out as `Authorization`.
+    headers.remove(super::passthrough::TARGET_HEADER);
+    headers.remove(super::passthrough::TARGET_AUTH_HEADER);
     headers
 }
 

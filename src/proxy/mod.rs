@@ -7,6 +7,7 @@ pub mod body;
 pub mod cache;
 pub mod error;
 pub mod headers;
+pub mod passthrough;
 pub mod ratelimit;
 pub mod request;
 pub mod route;
@@ -73,6 +74,8 @@ pub struct ProxyState {
     pub upstreams: HashMap<String, Upstream>,
     pub accounting: Arc<Accounting>,
     pub response_cache: Arc<ResponseCache>,
+    /// The client for pass-through targets, when `[passthrough]` allows any.
+    passthrough: Option<HttpClient>,
     /// `/v1/models` never changes while the process runs: rendered once.
     models_json: Bytes,
 }
@@ -119,7 +122,16 @@ impl ProxyState {
             accounting.add_sink(Arc::new(BudgetCharger(limiters)));
         }
         let response_cache = Arc::new(ResponseCache::new(config.cache.max_bytes, config.cache.ttl));
+        let passthrough = if config.passthrough.enabled() {
+            Some(upstream::build_passthrough_client(
+                config.passthrough.allow_loopback,
+                crate::config::Timeouts::default().connect,
+            )?)
+        } else {
+            None
+        };
         Ok(ProxyState {
+            passthrough,
             config,
             catalog,
             upstreams,
@@ -226,17 +238,30 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
 
     let view = request::inspect(&bytes)?;
     let requested = view.model.as_str();
-    let Some(model) = state.catalog.resolve(requested).cloned() else {
-        return Err(ProxyError::UnknownModel {
-            model: requested.to_string(),
-            suggestions: state.catalog.suggestions(requested),
-        });
-    };
-    let Some(upstream) = state.upstreams.get(&model.provider) else {
-        return Err(ProxyError::UnknownModel {
-            model: requested.to_string(),
-            suggestions: Vec::new(),
-        });
+    let target = parts.headers.get(passthrough::TARGET_HEADER);
+    let is_passthrough = target.is_some();
+    let passthrough_upstream;
+    let (model, upstream) = match target {
+        Some(target) => {
+            let (model, upstream) = passthrough_route(state, target, requested)?;
+            passthrough_upstream = upstream;
+            (model, &passthrough_upstream)
+        }
+        None => {
+            let Some(model) = state.catalog.resolve(requested).cloned() else {
+                return Err(ProxyError::UnknownModel {
+                    model: requested.to_string(),
+                    suggestions: state.catalog.suggestions(requested),
+                });
+            };
+            let Some(upstream) = state.upstreams.get(&model.provider) else {
+                return Err(ProxyError::UnknownModel {
+                    model: requested.to_string(),
+                    suggestions: Vec::new(),
+                });
+            };
+            (model, upstream)
+        }
     };
     let provider = &upstream.provider;
 
@@ -275,15 +300,17 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
         .and_then(request::clean_session_id)
         .or(view.client_session);
 
-    let cache_wanted = match parts
-        .headers
-        .get(CACHE_HEADER)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some("on" | "1" | "true") => true,
-        Some("off" | "0" | "false") => false,
-        _ => model.cache.unwrap_or(state.config.cache.enabled),
-    };
+    // Pass-through answers are never cached: the cache key does not include the target or the client's key.
+    let cache_wanted = !is_passthrough
+        && match parts
+            .headers
+            .get(CACHE_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some("on" | "1" | "true") => true,
+            Some("off" | "0" | "false") => false,
+            _ => model.cache.unwrap_or(state.config.cache.enabled),
+        };
     let cache_key = cache_wanted
         .then(|| {
             cache::cache_key(
@@ -344,11 +371,21 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
     let prepared = match &provider.base_url {
         BaseUrl::Ready(base_url) => upstream_uri(base_url, parts.uri.query()).and_then(|uri| {
             let mut headers = headers::upstream_request_headers(&parts.headers);
-            apply_credentials(
-                &mut headers,
-                provider,
-                state.config.server.forward_client_key,
-            )?;
+            if is_passthrough {
+                // The client's own key for the target: `X-Target-Authorization` when given (required when
+                // `Authorization` carries a virtual key, which the guard has removed), else its `Authorization`.
+                if let Some(key) = parts.headers.get(passthrough::TARGET_AUTH_HEADER) {
+                    let mut key = key.clone();
+                    key.set_sensitive(true);
+                    headers.insert(header::AUTHORIZATION, key);
+                }
+            } else {
+                apply_credentials(
+                    &mut headers,
+                    provider,
+                    state.config.server.forward_client_key,
+                )?;
+            }
             Ok((uri, headers))
         }),
         BaseUrl::Missing { var } => Err(ProxyError::MissingBaseUrlVar {
@@ -492,6 +529,81 @@ fn answer_from_cache(
     headers.insert(CACHE_HEADER, HeaderValue::from_static("hit"));
     headers.insert(OVERHEAD_HEADER, HeaderValue::from(overhead_us));
     Ok(response)
+}
+
+/// Checks a pass-through target (allowlist, scheme, literal address) and builds its one-off model and
+/// provider. Names are checked again when resolved, by the pass-through client's resolver.
+fn passthrough_route(
+    state: &ProxyState,
+    target: &HeaderValue,
+    requested: &str,
+) -> Result<(Arc<crate::config::Model>, Upstream), ProxyError> {
+    use crate::config::{Model, Prices, Provider, ProviderKind, RetryPolicy, Timeouts};
+    let Some(client) = &state.passthrough else {
+        return Err(ProxyError::PassthroughDisabled);
+    };
+    let settings = &state.config.passthrough;
+    let text = target
+        .to_str()
+        .map_err(|_| ProxyError::InvalidTarget("the header is not text".to_string()))?;
+    let target = passthrough::parse_target(text).map_err(ProxyError::InvalidTarget)?;
+    let loopback_name =
+        target.host == "localhost" || target.ip().is_some_and(|ip| ip.is_loopback());
+    let plain_http_allowed = settings.allow_loopback && loopback_name;
+    if !(target.https || plain_http_allowed) {
+        return Err(ProxyError::InvalidTarget(
+            "the target must use https:// (plain http only to loopback, with [passthrough] allow_loopback)"
+                .to_string(),
+        ));
+    }
+    if !settings.allowed.iter().any(|p| p.matches(&target)) {
+        return Err(ProxyError::TargetNotAllowed(target.base_url()));
+    }
+    if let Some(ip) = target.ip()
+        && let Some(reason) = passthrough::forbidden_reason(ip, settings.allow_loopback)
+    {
+        return Err(ProxyError::ForbiddenTarget(format!(
+            "`{}` is {reason}",
+            target.host
+        )));
+    }
+    let key = format!("passthrough:{}", target.authority());
+    let model = Arc::new(Model {
+        key: requested.to_string(),
+        provider: key.clone(),
+        upstream_id: requested.to_string(),
+        max_context_size: 0,
+        tokenizer: crate::config::default_tokenizer(requested),
+        prices: Prices::default(),
+        capabilities: Vec::new(),
+        cache: Some(false),
+    });
+    let provider = Arc::new(Provider {
+        key,
+        kind: ProviderKind::OpenAiCompatible,
+        base_url: BaseUrl::Ready(target.base_url()),
+        api_key: ApiKey::None,
+        timeouts: Timeouts::default(),
+        // A refused or failed connection is not retried: the client chose the target and sees the error.
+        retry: RetryPolicy {
+            max_attempts: 1,
+            initial_backoff: std::time::Duration::ZERO,
+            max_backoff: std::time::Duration::ZERO,
+            deadline: std::time::Duration::ZERO,
+        },
+        requests_per_minute: None,
+        tokens_per_minute: None,
+        rate_limit_max_wait: std::time::Duration::ZERO,
+        stream_usage: true,
+    });
+    Ok((
+        model,
+        Upstream {
+            provider,
+            client: client.clone(),
+            limiter: None,
+        },
+    ))
 }
 
 /// Records a request the proxy itself answered with `error` (after routing), and hands the error back.

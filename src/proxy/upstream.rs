@@ -16,9 +16,10 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use super::error::ProxyError;
+use super::passthrough::{self, CheckedResolver};
 use crate::config::{Provider, RetryPolicy};
 
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type HttpClient = Client<HttpsConnector<HttpConnector<CheckedResolver>>, Full<Bytes>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientBuildError {
@@ -29,10 +30,26 @@ pub enum ClientBuildError {
 /// Builds the pooled client for one provider: keep-alive, HTTP/2 when the upstream offers it through ALPN,
 /// TCP_NODELAY, and the provider's connect timeout.
 pub fn build_client(provider: &Provider) -> Result<HttpClient, ClientBuildError> {
-    let mut http = HttpConnector::new();
+    build_with(CheckedResolver::plain(), provider.timeouts.connect)
+}
+
+/// The pass-through client: every name it resolves is checked against internal addresses, and it connects
+/// to the addresses checked (see [`passthrough`]). IP literals are checked before a request is sent.
+pub fn build_passthrough_client(
+    allow_loopback: bool,
+    connect_timeout: Duration,
+) -> Result<HttpClient, ClientBuildError> {
+    build_with(CheckedResolver::checking(allow_loopback), connect_timeout)
+}
+
+fn build_with(
+    resolver: CheckedResolver,
+    connect_timeout: Duration,
+) -> Result<HttpClient, ClientBuildError> {
+    let mut http = HttpConnector::new_with_resolver(resolver);
     http.enforce_http(false);
     http.set_nodelay(true);
-    http.set_connect_timeout(Some(provider.timeouts.connect));
+    http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
 
     let mut roots = rustls::RootCertStore::empty();
@@ -138,6 +155,9 @@ pub async fn send_with_retries(
                 wait
             }
             Ok(Err(error)) => {
+                if let Some(forbidden) = passthrough::find_forbidden(&error) {
+                    return Err(ProxyError::ForbiddenTarget(forbidden.to_string()));
+                }
                 let timed_out = is_timeout(&error);
                 let connect = error.is_connect();
                 let wait = backoff(policy, attempt);
