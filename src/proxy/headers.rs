@@ -54,6 +54,24 @@ pub fn client_response_headers(upstream: &HeaderMap) -> HeaderMap {
     headers
 }
 
+/// Removes every header whose value contains `secret`: an upstream (or a debugging gateway in front of it) that
+/// echoes the request's `Authorization` must not hand the provider key to the client.
+pub fn drop_echoed_secret(headers: &mut HeaderMap, secret: &[u8]) {
+    if secret.is_empty() {
+        return;
+    }
+    let finder = memchr::memmem::Finder::new(secret);
+    let echoed: Vec<HeaderName> = headers
+        .iter()
+        .filter(|(_, value)| finder.find(value.as_bytes()).is_some())
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in echoed {
+        tracing::warn!(header = %name, "upstream echoed the provider key in a response header: removed");
+        headers.remove(name);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -76,6 +94,16 @@ mod tests {
         assert_eq!(h.len(), 2);
         assert_eq!(h.get("x-request-id").unwrap(), "abc");
         assert_eq!(h.get("retry-after").unwrap(), "3");
+    }
+
+    #[test]
+    fn echoed_keys_are_dropped() {
+        let mut h = HeaderMap::new();
+        h.insert("x-echo", HeaderValue::from_static("Bearer sk-secret-1"));
+        h.insert("x-request-id", HeaderValue::from_static("abc"));
+        drop_echoed_secret(&mut h, b"sk-secret-1");
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-request-id"));
     }
 
     #[test]

@@ -460,6 +460,9 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
     context.status = response_parts.status.as_u16();
     context.upstream_headers_us = Some(started.elapsed().as_micros() as u64);
     response_parts.headers = headers::client_response_headers(&response_parts.headers);
+    if let ApiKey::Ready(secret) = &provider.api_key {
+        headers::drop_echoed_secret(&mut response_parts.headers, secret.expose().as_bytes());
+    }
     if context.usage_injected {
         // The body may lose an event: its length is no longer the upstream's.
         response_parts.headers.remove(header::CONTENT_LENGTH);

@@ -124,6 +124,16 @@ async fn respond(shared: &Shared, seq: u64, parts: &Parts, body: Bytes) -> Respo
         );
     }
 
+    if let Some(key) = &shared.config.required_key {
+        let presented = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if presented != Some(key.as_str()) {
+            return error_response(StatusCode::UNAUTHORIZED, "Incorrect API key provided.");
+        }
+    }
     if !sleep_or_shutdown(opts.delay, &mut shutdown).await {
         return shutting_down();
     }

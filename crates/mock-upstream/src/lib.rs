@@ -13,6 +13,8 @@
 //! - `x-mock-fault: close-mid-stream | stall | stall-headers | garbage`.
 //! - `x-mock-body-kb: N`: pad the JSON answer's content to N KiB.
 //!
+//! With [`MockConfig::required_key`], requests without that bearer key get a 401.
+//!
 //! Invalid header values are ignored.
 
 mod handler;
@@ -50,6 +52,8 @@ pub struct MockConfig {
     pub default_chunk_delay: Duration,
     /// Delay between the response headers and the first SSE event (`x-mock-ttft-ms`).
     pub default_ttft: Duration,
+    /// When set, every request must carry `Authorization: Bearer <key>`; others get an OpenAI-style 401.
+    pub required_key: Option<String>,
 }
 
 impl Default for MockConfig {
@@ -58,6 +62,7 @@ impl Default for MockConfig {
             default_chunks: 8,
             default_chunk_delay: Duration::ZERO,
             default_ttft: Duration::ZERO,
+            required_key: None,
         }
     }
 }

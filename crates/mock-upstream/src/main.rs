@@ -33,6 +33,7 @@ async fn main() -> ExitCode {
         default_chunks: args.chunks,
         default_chunk_delay: Duration::from_millis(args.chunk_delay_ms),
         default_ttft: Duration::from_millis(args.ttft_ms),
+        required_key: None,
     };
     let mock = match MockUpstream::start_with(args.listen, config).await {
         Ok(mock) => mock,
