@@ -76,3 +76,72 @@ async fn page_and_assets_are_served_with_strict_headers() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+/// Where the browser is: `KIMI_PROXY_CHROMIUM`, else Debian's `/usr/bin/chromium`.
+fn chromium() -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("KIMI_PROXY_CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/chromium".into());
+    path.is_file().then_some(path)
+}
+
+/// The page in headless Chromium (playwright-core from the dashboard's own devDependencies, never a downloaded
+/// browser): live updates of the gauge, the log (counting up while a stream runs) and the chart within one
+/// second, session create/switch/rename/delete, exports that download, no console error, no CSP violation.
+/// Screenshots land in `target/dashboard-e2e/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_end_to_end() {
+    let Some(browser) = chromium() else {
+        if std::env::var_os("KIMI_PROXY_SKIP_BROWSER_TESTS").is_some() {
+            eprintln!(
+                "browser_end_to_end skipped: KIMI_PROXY_SKIP_BROWSER_TESTS is set and Chromium is missing"
+            );
+            return;
+        }
+        panic!(
+            "Chromium is missing: the dashboard's browser test needs Debian's `chromium` at /usr/bin/chromium \
+             (`apt-get install chromium`) or KIMI_PROXY_CHROMIUM=PATH; set KIMI_PROXY_SKIP_BROWSER_TESTS=1 to skip it"
+        );
+    };
+    let ui = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboard");
+    assert!(
+        ui.join("node_modules/playwright-core").is_dir(),
+        "dashboard/node_modules is missing playwright-core: build.rs runs `npm ci` (is the lockfile in sync?)"
+    );
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("dashboard-e2e");
+
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = Proxy::start(&mock_config(&mock, ""), &[("MOCK_KEY", "k")]).await;
+    let run = tokio::process::Command::new("node")
+        .arg("e2e/dashboard.mjs")
+        .current_dir(&ui)
+        .env("PROXY_URL", proxy.url(""))
+        .env("CHROMIUM", &browser)
+        .env("SHOTS", &shots)
+        .env("MODEL", "mock/model")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(std::time::Duration::from_secs(120), run)
+        .await
+        .expect("the browser test did not finish within 120 s")
+        .expect("cannot run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success() && stdout.contains("[e2e] ok"),
+        "dashboard e2e failed ({}); screenshots in {}\nstdout:\n{stdout}\nstderr:\n{stderr}\nproxy log tail:\n{}",
+        output.status,
+        shots.display(),
+        proxy
+            .log()
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

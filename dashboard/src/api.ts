@@ -82,7 +82,7 @@ interface OpenAiModel {
 }
 
 /** A stored request row (`GET /api/sessions/{id}/requests`) in the hub's record shape. */
-interface StoredRow extends Omit<Rec, "id" | "started_at_ms" | "streaming" | "tokens_estimated" | "cache_hit"> {
+export interface StoredRow extends Omit<Rec, "id" | "started_at_ms" | "streaming" | "tokens_estimated" | "cache_hit"> {
   id: number;
   record_id: number;
   started_at: number;
@@ -90,7 +90,7 @@ interface StoredRow extends Omit<Rec, "id" | "started_at_ms" | "streaming" | "to
   tokens_estimated?: number | boolean;
 }
 
-function fromStored(row: StoredRow): Rec {
+export function fromStored(row: StoredRow): Rec {
   return {
     ...row,
     id: row.record_id,

@@ -19,7 +19,7 @@ import {
 import { initSessions, renderSessionBar } from "./sessions";
 import { apply, dirty, markAll, setSessionRequests, shownSessionId, state } from "./state";
 import { initTheme } from "./theme";
-import type { Envelope } from "./types";
+import type { Envelope, Init } from "./types";
 
 let frame = 0;
 let chartRebuild = false;
@@ -57,12 +57,17 @@ function render(): void {
 
 let loadedFor: number | null = null;
 let loadToken = 0;
+/** The session the hub was last told about (its `init`s carry that session's requests). */
+let hubSelected: number | null = null;
 
 function shownChanged(): void {
   const id = shownSessionId();
+  if (id !== hubSelected) {
+    hubSelected = id;
+    conn.send({ type: "select_session", session_id: id });
+  }
   if (id === loadedFor) return;
   loadedFor = id;
-  conn.send(id === null ? { type: "select_session", session_id: null } : { type: "select_session", session_id: id });
   markAll();
   if (id === null) {
     state.sessionRequests = [];
@@ -118,7 +123,11 @@ const conn = new Conn(
       const before = shownSessionId();
       apply(msg);
       if (msg.type === "init") {
-        loadedFor = null;
+        const init = msg.data as Init;
+        hubSelected = init.selected_session_id ?? null;
+        // the snapshot carries the selected session's requests when the hub knew the selection
+        loadedFor = state.sessionRequestsFor !== null && state.sessionRequestsFor === hubSelected ? hubSelected : null;
+        loadToken += 1;
         chartRebuild = true;
       }
       if (msg.type === "init" || shownSessionId() !== before) shownChanged();

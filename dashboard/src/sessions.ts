@@ -238,13 +238,7 @@ let manageList: Session[] = [];
 const selected = new Set<number>();
 let renaming: Session | null = null;
 
-function renderManage(): void {
-  // the hub's view is fresher than the list fetched when the dialog opened
-  const merged = new Map(manageList.map((s) => [s.id, s]));
-  for (const s of state.sessions.values()) merged.set(s.id, s);
-  for (const id of [...merged.keys()]) if (!state.sessions.has(id) && deletedIds.has(id)) merged.delete(id);
-  manageList = [...merged.values()].sort((a, b) => b.last_activity_ms - a.last_activity_ms || b.id - a.id);
-  for (const id of [...selected]) if (!merged.has(id)) selected.delete(id);
+function renderManageToolbar(): void {
   setText(byId("manage-count"), `${manageList.length} session${manageList.length === 1 ? "" : "s"}`);
   const all = byId<HTMLInputElement>("manage-all");
   all.checked = manageList.length > 0 && selected.size === manageList.length;
@@ -252,23 +246,36 @@ function renderManage(): void {
   const del = byId<HTMLButtonElement>("manage-delete");
   del.disabled = selected.size === 0;
   setText(del, selected.size ? `Delete selected (${selected.size})` : "Delete selected");
+}
+
+function renderManage(): void {
+  // rows are rebuilt on every session event: keep the keyboard focus on the same control of the same row
+  const focused = document.activeElement as HTMLElement | null;
+  const focusRow = focused?.closest<HTMLElement>("#manage-rows tr")?.dataset.id;
+  const focusAction = focused?.dataset.action;
+  // the hub's view is fresher than the list fetched when the dialog opened
+  const merged = new Map(manageList.map((s) => [s.id, s]));
+  for (const s of state.sessions.values()) merged.set(s.id, s);
+  for (const id of [...merged.keys()]) if (!state.sessions.has(id) && deletedIds.has(id)) merged.delete(id);
+  manageList = [...merged.values()].sort((a, b) => b.last_activity_ms - a.last_activity_ms || b.id - a.id);
+  for (const id of [...selected]) if (!merged.has(id)) selected.delete(id);
+  renderManageToolbar();
   fill(
     byId("manage-rows"),
     ...manageList.map((s) => {
-      const box = h("input", { type: "checkbox", "aria-label": `Select ${s.name}` });
+      const box = h("input", { type: "checkbox", "aria-label": `Select ${s.name}`, "data-action": "select" });
       box.checked = selected.has(s.id);
       box.addEventListener("change", () => {
         if (box.checked) selected.add(s.id);
         else selected.delete(s.id);
-        renderManage();
-        byId("manage-rows").querySelector<HTMLInputElement>(`tr[data-id="${s.id}"] input`)?.focus();
+        renderManageToolbar();
       });
-      const show = h("button", { type: "button", class: "btn btn-small" }, "Show");
+      const show = h("button", { type: "button", class: "btn btn-small", "data-action": "show" }, "Show");
       show.addEventListener("click", () => {
         byId<HTMLDialogElement>("dlg-manage").close();
         choose(s.id);
       });
-      const rename = h("button", { type: "button", class: "btn btn-small" }, "Rename");
+      const rename = h("button", { type: "button", class: "btn btn-small", "data-action": "rename" }, "Rename");
       rename.addEventListener("click", () => {
         renaming = s;
         byId<HTMLInputElement>("rename-name").value = s.name;
@@ -276,7 +283,7 @@ function renderManage(): void {
         open(byId<HTMLDialogElement>("dlg-rename"), byId("rename-name"));
         byId<HTMLInputElement>("rename-name").select();
       });
-      const del1 = h("button", { type: "button", class: "btn btn-small btn-danger-quiet" }, "Delete");
+      const del1 = h("button", { type: "button", class: "btn btn-small btn-danger-quiet", "data-action": "delete" }, "Delete");
       del1.addEventListener("click", () =>
         confirm("Delete session", `Delete “${s.name}” (#${s.id}) and its ${fmtInt(s.request_count)} requests?`, async () => {
           await api.deleteSession(s.id);
@@ -295,10 +302,13 @@ function renderManage(): void {
         h("td", { class: "num" }, fmtCompact(s.total_tokens)),
         h("td", { class: "num" }, fmtUsd(s.cost_usd)),
         h("td", null, fmtAgo(s.last_activity_ms)),
-        h("td", { class: "actions" }, show, rename, del1),
+        h("td", null, h("div", { class: "actions" }, show, rename, del1)),
       );
     }),
   );
+  if (focusRow && focusAction) {
+    byId("manage-rows").querySelector<HTMLElement>(`tr[data-id="${focusRow}"] [data-action="${focusAction}"]`)?.focus();
+  }
 }
 
 const deletedIds = new Set<number>();
@@ -370,7 +380,8 @@ export function initSessions(h0: SessionHooks): void {
     const checked = (event.target as HTMLInputElement).checked;
     selected.clear();
     if (checked) for (const s of manageList) selected.add(s.id);
-    renderManage();
+    for (const box of byId("manage-rows").querySelectorAll<HTMLInputElement>('input[data-action="select"]')) box.checked = checked;
+    renderManageToolbar();
   });
   byId("manage-delete").addEventListener("click", () => {
     const ids = [...selected];

@@ -1,5 +1,6 @@
 // Everything the page knows, updated by the hub's messages. Panels read it when they render.
 
+import { type StoredRow, fromStored } from "./api";
 import type { Accuracy, Alert, Envelope, Init, LiveReq, ModelInfo, Rec, Session, Stats, Today } from "./types";
 
 /** One row of the live log: a request in flight, then finished. */
@@ -171,8 +172,12 @@ function applyInit(d: Init): void {
     state.statsAt = Date.now();
   }
   const shown = shownSessionId();
-  if (d.session_requests && d.session_requests.length > 0 && shown !== null) {
-    state.sessionRequests = [...d.session_requests].sort((a, b) => a.started_at_ms - b.started_at_ms);
+  state.sessionRequests = [];
+  state.sessionRequestsFor = null;
+  if (shown !== null && d.selected_session_id === shown) {
+    // stored rows, as GET /api/sessions/{id}/requests answers them
+    const rows = ((d.session_requests ?? []) as unknown as StoredRow[]).map(fromStored);
+    state.sessionRequests = rows.sort((a, b) => a.started_at_ms - b.started_at_ms || a.id - b.id);
     state.sessionRequestsFor = shown;
   }
   markAll();

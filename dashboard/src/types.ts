@@ -129,7 +129,8 @@ export interface Init {
   today?: Today | null;
   totals?: { requests?: number; prompt_tokens?: number; completion_tokens?: number; cost_usd?: number };
   recent?: Rec[];
-  session_requests?: Rec[];
+  selected_session_id?: number | null;
+  session_requests?: unknown[];
   live?: LiveReq[];
   accuracy?: Accuracy[];
   models?: ModelInfo[];
