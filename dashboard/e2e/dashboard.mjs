@@ -103,6 +103,7 @@ async function main() {
   });
   try {
     page = context.pages()[0] ?? (await context.newPage());
+    page.setDefaultTimeout(10_000);
     page.on("console", (m) => {
       if (m.type() === "error" || m.type() === "warning") consoleErrors.push(`${m.type()}: ${m.text()}`);
     });
@@ -335,7 +336,13 @@ async function main() {
   } catch (error) {
     console.error(`[e2e] FAILED at ${step}: ${error.message}`);
     if (consoleErrors.length) console.error(`[e2e] console: ${consoleErrors.join(" | ")}`);
-    if (page) await page.screenshot({ path: join(SHOTS, "failure.png"), fullPage: true }).catch(() => {});
+    if (page) {
+      await page.screenshot({ path: join(SHOTS, "failure.png"), fullPage: true }).catch(() => {});
+      const visible = await page
+        .evaluate(() => [...document.querySelectorAll(".toast, .form-error, #conn-text")].map((e) => e.textContent).join(" | "))
+        .catch(() => "");
+      console.error(`[e2e] page messages: ${visible}`);
+    }
     process.exitCode = 1;
   } finally {
     await context.close();
