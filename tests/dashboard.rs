@@ -30,7 +30,7 @@ async fn page_and_assets_are_served_with_strict_headers() {
     assert_eq!(headers["cache-control"], "no-cache");
     assert_eq!(headers["content-security-policy"], CSP);
     assert_eq!(headers["x-content-type-options"], "nosniff");
-    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert_eq!(headers["referrer-policy"], "same-origin");
     let etag = headers["etag"].to_str().unwrap().to_owned();
     let html = index.text().await.unwrap();
     assert!(
@@ -87,7 +87,8 @@ fn chromium() -> Option<std::path::PathBuf> {
 
 /// The page in headless Chromium (playwright-core from the dashboard's own devDependencies, never a downloaded
 /// browser): live updates of the gauge, the log (counting up while a stream runs) and the chart within one
-/// second, session create/switch/rename/delete, exports that download, no console error, no CSP violation.
+/// second, session create/switch/rename/delete, exports that download, no console error, no CSP violation, all
+/// behind the admin login.
 /// Screenshots land in `target/dashboard-e2e/`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_end_to_end() {
@@ -113,8 +114,14 @@ async fn browser_end_to_end() {
         .unwrap()
         .join("dashboard-e2e");
 
+    // With an admin token: the page is reached through the login page and works on its session cookie.
+    let token = "e2e-admin-token-0123456789";
     let mock = MockUpstream::start().await.unwrap();
-    let proxy = Proxy::start(&mock_config(&mock, ""), &[("MOCK_KEY", "k")]).await;
+    let proxy = Proxy::start(
+        &mock_config(&mock, ""),
+        &[("MOCK_KEY", "k"), ("KIMI_PROXY_ADMIN_TOKEN", token)],
+    )
+    .await;
     let run = tokio::process::Command::new("node")
         .arg("e2e/dashboard.mjs")
         .current_dir(&ui)
@@ -122,6 +129,7 @@ async fn browser_end_to_end() {
         .env("CHROMIUM", &browser)
         .env("SHOTS", &shots)
         .env("MODEL", "mock/model")
+        .env("ADMIN_TOKEN", token)
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(std::time::Duration::from_secs(120), run)

@@ -11,6 +11,9 @@ const BASE = must("PROXY_URL");
 const SHOTS = must("SHOTS");
 const MODEL = process.env.MODEL ?? "mock/model";
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+/** With an admin token the page is reached through the login page, and API calls carry the token. */
+const TOKEN = process.env.ADMIN_TOKEN ?? "";
+const AUTH = TOKEN ? { authorization: `Bearer ${TOKEN}` } : {};
 /** What "updates within one second" means, measured from the moment the proxy answered. */
 const UPDATE_MS = 1000;
 
@@ -47,7 +50,7 @@ async function until(ms, what, probe) {
 async function api(method, path, body) {
   const response = await fetch(`${BASE}${path}`, {
     method,
-    headers: body === undefined ? {} : { "content-type": "application/json" },
+    headers: body === undefined ? { ...AUTH } : { ...AUTH, "content-type": "application/json" },
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const text = await response.text();
@@ -105,7 +108,14 @@ async function main() {
     page = context.pages()[0] ?? (await context.newPage());
     page.setDefaultTimeout(10_000);
     page.on("console", (m) => {
-      if (m.type() === "error" || m.type() === "warning") consoleErrors.push(`${m.type()}: ${m.text()}`);
+      if (m.type() !== "error" && m.type() !== "warning") return;
+      const where = m.location().url || page.url();
+      // the login page is not the dashboard's (its own favicon request answers 401 before login)
+      if (new URL(page.url()).pathname === "/login") {
+        log(`on the login page: ${m.type()}: ${m.text()} (${where})`);
+        return;
+      }
+      consoleErrors.push(`${m.type()}: ${m.text()} (${where})`);
     });
     page.on("pageerror", (e) => consoleErrors.push(`pageerror: ${e.message}`));
     await page.addInitScript(() => {
@@ -128,6 +138,12 @@ async function main() {
 
     step = "load";
     await page.goto(BASE);
+    if (TOKEN) {
+      check(new URL(page.url()).pathname === "/login", `sent to the login page, not ${page.url()}`);
+      await page.fill("#token", TOKEN);
+      await Promise.all([page.waitForURL(`${BASE}/`), page.click("button[type=submit]")]);
+      log("logged in");
+    }
     await until(5000, "the WebSocket going live", async () => (await page.locator("#conn").getAttribute("data-state")) === "live");
     check((await page.locator("#conn-text").textContent()) === "live", "status text");
     log("page loaded, socket live");

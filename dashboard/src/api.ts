@@ -30,12 +30,30 @@ async function call<T>(method: string, path: string, body?: unknown): Promise<T>
   } catch {
     json = null;
   }
+  if (response.status === 401) {
+    toLogin();
+  }
   if (!response.ok) {
     const message =
       (json as { error?: { message?: string } } | null)?.error?.message ?? `${response.status} ${response.statusText}`;
     throw new ApiError(message, response.status);
   }
   return json as T;
+}
+
+/** With an admin token set, a page whose login session ended goes back to the login page. */
+export function toLogin(): void {
+  location.assign(`/login?next=${encodeURIComponent(location.pathname + location.search)}`);
+}
+
+/** After the WebSocket failed to open: is it because the login session is over? */
+export async function checkAccess(): Promise<void> {
+  try {
+    const response = await fetch("/api/stats", { headers: { accept: "application/json" } });
+    if (response.status === 401) toLogin();
+  } catch {
+    // the proxy is down: the reconnect loop goes on
+  }
 }
 
 export const api = {

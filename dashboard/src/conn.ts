@@ -12,6 +12,8 @@ export type ConnState =
 export interface ConnHandlers {
   onMessage(msg: Envelope): void;
   onState(state: ConnState): void;
+  /** The socket closed before the snapshot arrived (refused, or the server is down). */
+  onRefused(): void;
 }
 
 const BACKOFF_MIN_MS = 500;
@@ -100,6 +102,7 @@ export class Conn {
       this.ws = null;
       const reason =
         event.code === 1008 && event.reason ? `cut off: ${event.reason}` : event.code === 1000 ? "closed" : "disconnected";
+      if (this.awaitingInit) this.handlers.onRefused();
       this.scheduleReconnect(reason);
     };
   }

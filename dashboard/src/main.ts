@@ -1,7 +1,7 @@
 // The dashboard: one WebSocket to the hub, a state the messages update, panels rendered once per frame.
 
 import "./style.css";
-import { api } from "./api";
+import { api, checkAccess } from "./api";
 import { renderChart } from "./chart";
 import { Conn, type ConnState } from "./conn";
 import { byId, setText } from "./dom";
@@ -134,6 +134,7 @@ const conn = new Conn(
       schedule();
     },
     onState: showConn,
+    onRefused: () => void checkAccess(),
   },
   () => {
     const params = new URLSearchParams({ tz_offset_min: String(new Date().getTimezoneOffset()) });

@@ -64,8 +64,10 @@ pub fn check_listen(addr: SocketAddr, config: &Config) -> Result<(), ListenRefus
     })
 }
 
-/// Headers every admin response carries unless the route set its own: no framing, no sniffing, no referrer,
-/// and a Content-Security-Policy that only allows the proxy's own scripts, styles and connections.
+/// Headers every admin response carries unless the route set its own: no framing, no sniffing, no referrer to
+/// other origins, and a Content-Security-Policy that only allows the proxy's own scripts, styles and connections.
+/// (`no-referrer` would make browsers send `Origin: null` on same-origin form posts and fetches, which the
+/// origin check rightly refuses: the login form could not log in.)
 const ADMIN_SECURITY_HEADERS: [(&str, &str); 4] = [
     (
         "content-security-policy",
@@ -74,7 +76,7 @@ const ADMIN_SECURITY_HEADERS: [(&str, &str); 4] = [
     ),
     ("x-content-type-options", "nosniff"),
     ("x-frame-options", "DENY"),
-    ("referrer-policy", "no-referrer"),
+    ("referrer-policy", "same-origin"),
 ];
 
 /// Headers a browser on an allowlisted origin may read from answers.
