@@ -34,7 +34,7 @@ export function renderGauge(): void {
     setText(byId("gauge-tokens"), "— / —");
     setText(byId("gauge-model"), "");
     fill.setAttribute("stroke-dasharray", "0 100");
-    gauge.dataset.level = "ok";
+    gauge.dataset.level = "none";
     gauge.setAttribute("aria-valuenow", "0");
     gauge.setAttribute("aria-valuetext", "no session");
     for (const b of byId("gauge-badges").querySelectorAll<HTMLElement>(".badge")) b.classList.remove("on");
@@ -48,7 +48,7 @@ export function renderGauge(): void {
   if (used === null) {
     setText(byId("gauge-pct"), DASH);
     fill.setAttribute("stroke-dasharray", "0 100");
-    gauge.dataset.level = "ok";
+    gauge.dataset.level = "none";
     gauge.setAttribute("aria-valuenow", "0");
     gauge.setAttribute("aria-valuetext", `${fmtInt(s.context_tokens)} tokens, window unknown`);
   } else {

@@ -176,15 +176,20 @@ function renderPicker(): void {
               "span",
               { class: "model-card-meta" },
               ...(m.capabilities ?? []).map((c) => h("span", { class: "chip" }, c)),
-              prices ? h("span", { class: "price", title: "USD per million tokens: input / output (cached input)" },
-                `${fmtPrice(prices.input)} in · ${fmtPrice(prices.output)} out${prices.cached_input !== undefined && prices.cached_input !== null ? ` · ${fmtPrice(prices.cached_input)} cached` : ""}`) : null,
               m.key_ready === false ? h("span", { class: "chip chip-warn", title: "the provider's key is not set" }, "no key") : null,
             ),
+            prices ? h("span", { class: "price", title: "USD per million tokens: input / output (cached input)" }, priceText(prices)) : null,
           );
         }),
       ),
     ),
   );
+}
+
+function priceText(p: NonNullable<ModelInfo["prices"]>): string {
+  if (!p.input && !p.output && !p.cached_input) return "no charge";
+  const cached = p.cached_input !== undefined && p.cached_input !== null ? ` · ${fmtPrice(p.cached_input)} cached` : "";
+  return `${fmtPrice(p.input)} in · ${fmtPrice(p.output)} out${cached} /M`;
 }
 
 async function openNew(): Promise<void> {
