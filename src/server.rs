@@ -4,9 +4,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use crate::auth::{self, Auth};
 use crate::config::Config;
@@ -24,8 +31,6 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Client(#[from] proxy::upstream::ClientBuildError),
-    #[error("server failed: {0}")]
-    Serve(std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -147,44 +152,172 @@ async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let grace = config.server.shutdown_grace;
-    let listener = listener.tap_io(|tcp| {
+    let hub = Hub::start(Arc::clone(&state), store.clone());
+    let app = app_with_hub(state, store, Some(Arc::clone(&hub)));
+    let builder = Arc::new(connection_builder(&config.server));
+    // One permit per open client connection: bounds what idle or slow clients can hold, and tells shutdown
+    // when every connection has finished.
+    let max = config
+        .server
+        .max_connections
+        .min(Semaphore::MAX_PERMITS)
+        .min(u32::MAX as usize);
+    let permits = Arc::new(Semaphore::new(max));
+    let mut refused = RefusedConnections::default();
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    accept_failed(&error).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            refused.note(max);
+            drop(tcp);
+            continue;
+        };
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-    });
-    let hub = Hub::start(Arc::clone(&state), store.clone());
-    let stop = shutdown.clone();
-    let closing = Arc::clone(&hub);
-    let server = axum::serve(listener, app_with_hub(state, store, Some(hub)))
-        .with_graceful_shutdown(async move {
-            stop.cancelled().await;
-            // Dashboards are told the server goes away; they would otherwise hold the shutdown up.
-            closing.close();
-        });
-    let mut task = tokio::spawn(async move { server.await });
-    tokio::select! {
-        result = &mut task => return finish(result),
-        () = shutdown.cancelled() => {}
+        tokio::spawn(serve_connection(
+            Arc::clone(&builder),
+            app.clone(),
+            tcp,
+            remote,
+            shutdown.clone(),
+            permit,
+            config.server.header_read_timeout,
+        ));
     }
+    drop(listener);
+    // Dashboards are told the server goes away; they would otherwise hold the shutdown up.
+    hub.close();
     tracing::info!(
         grace_ms = grace.as_millis() as u64,
         "shutting down: waiting for in-flight requests"
     );
-    match tokio::time::timeout(grace, &mut task).await {
-        Ok(result) => finish(result),
+    let all = max as u32;
+    if tokio::time::timeout(grace, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over: remaining requests were cut");
+    }
+    Ok(())
+}
+
+/// HTTP/1 and HTTP/2 (prior knowledge) on one port, with upgrades (WebSocket). The header-read timeout also
+/// closes HTTP/1 connections that sit idle between requests.
+fn connection_builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(server.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .max_header_list_size(MAX_HTTP2_HEADER_BYTES);
+    builder
+}
+
+/// Largest header block an HTTP/2 client may send (HTTP/1 is bounded by hyper's read buffer, ~400 KiB).
+const MAX_HTTP2_HEADER_BYTES: u32 = 256 * 1024;
+
+async fn serve_connection(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    app: Router,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+    first_byte_timeout: std::time::Duration,
+) {
+    // A client that connects and sends nothing is closed like one that sends its headers too slowly (hyper's
+    // header timeout starts only once it knows the protocol).
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(first_byte_timeout, tcp.peek(&mut first)).await {
+        Ok(Ok(n)) if n > 0 => {}
+        Ok(_) => return, // closed or failed before sending anything
         Err(_) => {
-            task.abort();
-            tracing::warn!("grace period over: remaining requests were cut");
-            Ok(())
+            tracing::debug!(%remote, "client sent nothing: connection closed");
+            return;
         }
+    }
+    // Boxed: the HTTP state machine is large, and a connection that never gets here should not pay for it.
+    Box::pin(serve_http(builder, app, tcp, remote, shutdown)).await;
+}
+
+async fn serve_http(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    app: Router,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let mut request = request.map(Body::new);
+        request.extensions_mut().insert(ConnectInfo(remote));
+        app.clone().oneshot(request)
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%remote, error = %error, "client connection ended with an error");
+            }
+            return;
+        }
+        () = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
+    }
+    if let Err(error) = connection.await {
+        tracing::debug!(%remote, error = %error, "client connection ended with an error");
     }
 }
 
-fn finish(result: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), ServerError> {
-    match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(ServerError::Serve(e)),
-        Err(e) => Err(ServerError::Serve(std::io::Error::other(e))),
+/// Accept errors are the machine's (out of descriptors, say), not a reason to stop serving: wait a little so
+/// a full descriptor table does not spin the loop.
+async fn accept_failed(error: &std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused
+    ) {
+        return;
+    }
+    tracing::warn!(%error, "cannot accept a connection");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+}
+
+/// Counts connections closed because `max_connections` were open; logs at most once a second.
+#[derive(Default)]
+struct RefusedConnections {
+    since_log: u64,
+    last_log: Option<tokio::time::Instant>,
+}
+
+impl RefusedConnections {
+    fn note(&mut self, max: usize) {
+        self.since_log += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last_log
+            .is_none_or(|at| now.duration_since(at) >= std::time::Duration::from_secs(1))
+        {
+            tracing::warn!(
+                max_connections = max,
+                refused = self.since_log,
+                "too many client connections: closing new ones"
+            );
+            self.since_log = 0;
+            self.last_log = Some(now);
+        }
     }
 }
 

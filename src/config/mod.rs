@@ -190,6 +190,10 @@ pub struct ServerConfig {
     /// Host names (lowercase, no port) the proxy answers to besides IP literals and localhost: any other
     /// `Host` is refused, which defeats DNS rebinding.
     pub allowed_hosts: Vec<String>,
+    /// Time allowed for a request's headers to arrive (also how long an idle keep-alive connection is kept).
+    pub header_read_timeout: Duration,
+    /// Client connections served at once; more are closed on arrival.
+    pub max_connections: usize,
 }
 
 /// A virtual key a client presents instead of a provider key; its name is recorded on its requests.

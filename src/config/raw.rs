@@ -49,6 +49,8 @@ pub struct RawServer {
     pub client_keys: Option<Vec<RawClientKey>>,
     pub cors_allowed_origins: Option<Vec<String>>,
     pub allowed_hosts: Option<Vec<String>>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,6 +222,14 @@ const DEFAULT_INITIAL_BACKOFF_MS: u64 = 250;
 const DEFAULT_MAX_BACKOFF_MS: u64 = 8_000;
 const DEFAULT_RETRY_DEADLINE_MS: u64 = 30_000;
 const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
+/// How long a client may take to send a request's headers, and how long an idle keep-alive connection stays
+/// open: bounds what slow or silent clients can hold.
+const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 30_000;
+/// Client connections served at once; beyond it new connections are closed at once. Each open connection holds
+/// a socket and a few KiB of buffers; the default leaves room for thousands of streams under the usual
+/// 20,000-descriptor limit (a stream also holds an upstream socket).
+const DEFAULT_MAX_CONNECTIONS: usize = 8192;
+
 /// How long a request may wait for its provider's budget before the client gets a 429.
 const DEFAULT_RATE_LIMIT_MAX_WAIT_MS: u64 = 20_000;
 
@@ -304,6 +314,14 @@ impl RawConfig {
                     over.server.cors_allowed_origins,
                 ),
                 allowed_hosts: merge_opt(self.server.allowed_hosts, over.server.allowed_hosts),
+                header_read_timeout_ms: merge_opt(
+                    self.server.header_read_timeout_ms,
+                    over.server.header_read_timeout_ms,
+                ),
+                max_connections: merge_opt(
+                    self.server.max_connections,
+                    over.server.max_connections,
+                ),
             },
             providers,
             models,
@@ -373,7 +391,22 @@ impl RawConfig {
                     valid.then_some(name)
                 })
                 .collect(),
+            header_read_timeout: Duration::from_millis(
+                self.server
+                    .header_read_timeout_ms
+                    .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT_MS),
+            ),
+            max_connections: self
+                .server
+                .max_connections
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
         };
+        if server.header_read_timeout.is_zero() {
+            errors.push("server.header_read_timeout_ms must be greater than 0".to_string());
+        }
+        if server.max_connections == 0 {
+            errors.push("server.max_connections must be greater than 0".to_string());
+        }
 
         let store = self.store.validate(&mut errors);
         let passthrough = PassthroughConfig {

@@ -99,6 +99,7 @@ struct PeekFunction<'a> {
 /// Scans `body` (once, in the usual case). Errors are the client's: invalid JSON (with line and column), not
 /// an object, no model.
 pub fn inspect(body: &[u8]) -> Result<ChatRequestView, ProxyError> {
+    check_structure(body)?;
     let peek: Peek<'_> = match serde_json::from_slice(body) {
         Ok(peek) => peek,
         Err(error) => match serde_json::from_slice::<LoosePeek<'_>>(body) {
@@ -177,6 +178,68 @@ pub fn inspect(body: &[u8]) -> Result<ChatRequestView, ProxyError> {
         needs_tool_fix,
         layout,
     })
+}
+
+/// Deepest nesting of arrays and objects accepted, as serde_json's own limit: parts the scan skips (unknown
+/// fields) are not depth-checked by serde, and a provider should never receive what the proxy would refuse.
+pub const MAX_NESTING: usize = 128;
+
+/// Refuses bodies that are not UTF-8 or nest deeper than [`MAX_NESTING`], with where: the scan skips the
+/// fields it does not need without checking either. Cheap: string contents are skipped with `memchr`.
+fn check_structure(body: &[u8]) -> Result<(), ProxyError> {
+    if let Err(error) = std::str::from_utf8(body) {
+        return Err(invalid_at(body, error.valid_up_to(), "invalid UTF-8"));
+    }
+    let mut depth = 0usize;
+    let mut pos = 0;
+    while pos < body.len() {
+        match body[pos] {
+            b'"' => {
+                // Skip to the closing quote, stepping over escapes.
+                pos += 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &body[pos.min(body.len())..]) {
+                        Some(offset) if body[pos + offset] == b'\\' => pos += offset + 2,
+                        Some(offset) => {
+                            pos += offset;
+                            break;
+                        }
+                        None => return Ok(()), // unterminated: serde reports it
+                    }
+                }
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(invalid_at(
+                        body,
+                        pos,
+                        &format!("nesting deeper than {MAX_NESTING} levels"),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        pos += 1;
+    }
+    Ok(())
+}
+
+fn invalid_at(body: &[u8], offset: usize, what: &str) -> ProxyError {
+    let before = &body[..offset.min(body.len())];
+    let line = memchr::memchr_iter(b'\n', before).count() + 1;
+    let column = offset
+        - before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1)
+        + 1;
+    ProxyError::InvalidJson {
+        message: what.to_string(),
+        line,
+        column,
+    }
 }
 
 /// Where `part` (a slice of `body`) lies in `body`.
@@ -334,6 +397,32 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    #[test]
+    fn refuses_invalid_utf8_and_deep_nesting_anywhere() {
+        let mut bad = br#"{"model":"m","x":"a"#.to_vec();
+        bad.push(0xff);
+        bad.extend_from_slice(br#""}"#);
+        assert!(matches!(
+            inspect(&bad),
+            Err(ProxyError::InvalidJson {
+                line: 1,
+                column: 20,
+                ..
+            })
+        ));
+        let deep = |n: usize| {
+            format!(r#"{{"model":"m","x":{}{}}}"#, "[".repeat(n), "]".repeat(n)).into_bytes()
+        };
+        assert!(inspect(&deep(MAX_NESTING - 1)).is_ok());
+        assert!(matches!(
+            inspect(&deep(MAX_NESTING)),
+            Err(ProxyError::InvalidJson { .. })
+        ));
+        // Brackets and escaped quotes inside strings do not count.
+        let text = format!(r#"{{"model":"m","x":"\"{}"}}"#, "[".repeat(1000));
+        assert!(inspect(text.as_bytes()).is_ok());
     }
 
     #[test]

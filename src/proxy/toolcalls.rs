@@ -301,6 +301,34 @@ impl Lenient<'_> {
             })
     }
 
+    /// Four hex digits after `\u`.
+    fn hex4(&mut self) -> Option<u32> {
+        let hex = self.text.get(self.pos..self.pos + 4)?;
+        if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        self.pos += 4;
+        u32::from_str_radix(hex, 16).ok()
+    }
+
+    /// The character of a `\u` escape: a surrogate pair joins its second half (`\ud83c\udf89` is one emoji);
+    /// a lone surrogate becomes U+FFFD.
+    fn unicode_escape(&mut self, code: u32) -> char {
+        if (0xD800..0xDC00).contains(&code) && self.text.get(self.pos..self.pos + 2) == Some("\\u")
+        {
+            let save = self.pos;
+            self.pos += 2;
+            match self.hex4() {
+                Some(low @ 0xDC00..0xE000) => {
+                    let joined = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+                    return char::from_u32(joined).unwrap_or('\u{fffd}');
+                }
+                _ => self.pos = save,
+            }
+        }
+        char::from_u32(code).unwrap_or('\u{fffd}')
+    }
+
     fn string(&mut self) -> Option<String> {
         let quote = self.peek()?;
         self.pos += 1;
@@ -323,10 +351,8 @@ impl Lenient<'_> {
                         'f' => out.push('\u{c}'),
                         '0' => out.push('\0'),
                         'u' => {
-                            let hex = self.text.get(self.pos..self.pos + 4)?;
-                            let code = u32::from_str_radix(hex, 16).ok()?;
-                            self.pos += 4;
-                            out.push(char::from_u32(code).unwrap_or('\u{fffd}'));
+                            let code = self.hex4()?;
+                            out.push(self.unicode_escape(code));
                         }
                         other => out.push(other),
                     }
@@ -343,6 +369,15 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn unicode_escapes_join_surrogate_pairs() {
+        assert_eq!(
+            repair_json(r"{'e': '\ud83c\udf89', 'lone': '\ud800x', 'a': '\u00e9'}"),
+            Some(json!({"e": "🎉", "lone": "\u{fffd}x", "a": "é"}))
+        );
+        assert_eq!(repair_json(r"{'bad': '\u12'}"), None);
+    }
 
     #[test]
     fn repairs_common_model_mistakes() {
