@@ -77,6 +77,24 @@ async fn page_and_assets_are_served_with_strict_headers() {
     assert_eq!(missing.status(), 404);
 }
 
+/// The page's WebSocket client logic (sequence checks, resync, backoff, silence) under Node's test runner with a
+/// fake socket and fake timers: `dashboard/test/*.test.mjs`.
+#[test]
+fn websocket_client_logic() {
+    let ui = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboard");
+    let output = std::process::Command::new("node")
+        .args(["--test", "test/"])
+        .current_dir(&ui)
+        .output()
+        .expect("cannot run node (build.rs needs it too)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("# fail 0"),
+        "node --test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Where the browser is: `KIMI_PROXY_CHROMIUM`, else Debian's `/usr/bin/chromium`.
 fn chromium() -> Option<std::path::PathBuf> {
     let path = std::env::var_os("KIMI_PROXY_CHROMIUM")
