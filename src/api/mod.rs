@@ -55,6 +55,7 @@ async fn stats(State(state): State<Arc<ProxyState>>) -> Response {
         "errors_last_minute": monitor.errors_last_minute,
         "errors_total": monitor.errors_total,
         "open_requests": accounting.live.len(),
+        "dashboard_clients": accounting.monitor.dashboard_clients.load(std::sync::atomic::Ordering::Relaxed),
         "rss_bytes": monitor.rss_bytes,
         "message_cache": accounting.cache_stats(),
         "rate_limits": state.rate_limits(),
@@ -77,6 +78,14 @@ async fn metrics(State(state): State<Arc<ProxyState>>) -> Response {
             "kimi_proxy_open_requests",
             "Requests in flight.",
             accounting.live.len() as f64,
+        ),
+        (
+            "kimi_proxy_dashboard_clients",
+            "Dashboards connected to /ws.",
+            accounting
+                .monitor
+                .dashboard_clients
+                .load(std::sync::atomic::Ordering::Relaxed) as f64,
         ),
         (
             "kimi_proxy_resident_memory_bytes",

@@ -64,7 +64,6 @@ pub struct Hub {
     frames: broadcast::Sender<Frame>,
     /// The sequence number of the last event broadcast.
     last_seq: AtomicU64,
-    clients: AtomicUsize,
     lost: AtomicU64,
     cut_off: AtomicU64,
     /// Recent record → session assignments, newest last.
@@ -85,7 +84,6 @@ impl Hub {
             inputs,
             frames,
             last_seq: AtomicU64::new(0),
-            clients: AtomicUsize::new(0),
             lost: AtomicU64::new(0),
             cut_off: AtomicU64::new(0),
             assignments: Mutex::new(VecDeque::with_capacity(ASSIGNMENTS_KEPT)),
@@ -117,7 +115,11 @@ impl Hub {
 
     /// Dashboards connected now.
     pub fn clients(&self) -> usize {
-        self.clients.load(Ordering::Relaxed)
+        self.client_gauge().load(Ordering::Relaxed)
+    }
+
+    fn client_gauge(&self) -> &AtomicUsize {
+        &self.state.accounting.monitor.dashboard_clients
     }
 
     fn watched(&self) -> bool {
@@ -168,7 +170,7 @@ impl Hub {
     }
 
     pub(crate) fn connected(self: &Arc<Self>) -> ClientGuard {
-        self.clients.fetch_add(1, Ordering::Relaxed);
+        self.client_gauge().fetch_add(1, Ordering::Relaxed);
         ClientGuard(Arc::clone(self))
     }
 
@@ -182,7 +184,7 @@ pub(crate) struct ClientGuard(Arc<Hub>);
 
 impl Drop for ClientGuard {
     fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+        self.0.client_gauge().fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -201,6 +201,8 @@ struct State {
 pub struct Monitor {
     started: Instant,
     state: Mutex<State>,
+    /// Dashboards connected to `/ws` now (kept by the live hub).
+    pub dashboard_clients: std::sync::atomic::AtomicUsize,
 }
 
 impl Monitor {
@@ -215,6 +217,7 @@ impl Monitor {
                 requests_total: 0,
                 errors_total: BTreeMap::new(),
             }),
+            dashboard_clients: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 

@@ -7,6 +7,7 @@
 
 mod body;
 mod cpu;
+mod dashboards;
 mod loadgen;
 mod peers;
 mod procs;
@@ -36,7 +37,7 @@ struct Args {
     #[arg(long, default_value = "bench-results/report.md")]
     out: PathBuf,
     /// Scenarios to run, comma-separated: latency, throughput, streaming, streams-concurrency, frontier,
-    /// memory (default: all; --quick: all but frontier).
+    /// memory, dashboards (default: all; --quick: all but frontier).
     #[arg(long, value_enum, value_delimiter = ',')]
     scenarios: Option<Vec<Scenario>>,
     /// Worker threads of the load generator's runtime (the servers need the other cores).
@@ -347,6 +348,9 @@ async fn run(
                 results.frontier = scenarios::frontier(settings, &targets, plain.clone()).await?;
             }
             Scenario::Memory => {}
+            Scenario::Dashboards => {
+                results.dashboards = dashboards::run(settings, &targets, streamed.clone()).await?;
+            }
         }
         mock.check_alive()?;
         proxy.check_alive()?;

@@ -468,6 +468,14 @@ pub fn render(settings: &Settings, machine: &Machine, results: &Results) -> Stri
 
     render_modes(&mut out, settings, results);
     render_frontier(&mut out, settings, results);
+    crate::dashboards::render(&mut out, &results.dashboards);
+    for phase in results.dashboards.iter().filter(|p| p.dashboards > 0) {
+        targets.push(Target {
+            what: format!("event delivery p99 ≤ 10 ms ({})", phase.label),
+            measured: phase.delivery.map_or("no events".into(), |d| fmt_us(d.p99)),
+            pass: Some(phase.delivery.is_some_and(|d| d.p99 <= 10_000) && phase.readers_cut == 0),
+        });
+    }
 
     if !targets.is_empty() {
         let _ = writeln!(out, "\n## Targets\n");

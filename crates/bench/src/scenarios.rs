@@ -27,6 +27,7 @@ pub enum Scenario {
     StreamsConcurrency,
     Frontier,
     Memory,
+    Dashboards,
 }
 
 impl Scenario {
@@ -39,6 +40,7 @@ impl Scenario {
             Scenario::StreamsConcurrency,
             Scenario::Frontier,
             Scenario::Memory,
+            Scenario::Dashboards,
         ];
         if quick {
             all.retain(|&s| s != Scenario::Frontier);
@@ -54,6 +56,7 @@ impl Scenario {
             Scenario::StreamsConcurrency => "streams-concurrency",
             Scenario::Frontier => "frontier",
             Scenario::Memory => "memory",
+            Scenario::Dashboards => "dashboards",
         }
     }
 }
@@ -209,6 +212,8 @@ pub struct Results {
     pub peer_reports: Vec<crate::peers::PeerReport>,
     /// Memory of each measured peer (its whole process tree).
     pub peer_memory: Vec<Memory>,
+    /// The dashboards scenario's phases.
+    pub dashboards: Vec<crate::dashboards::Phase>,
 }
 
 /// One endpoint under test: where it listens, its process, and the headers every request to it carries.
