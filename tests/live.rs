@@ -337,3 +337,33 @@ async fn a_stalled_client_is_cut_off_and_slows_nobody() {
         .unwrap();
     assert_eq!(answer.status(), 200);
 }
+
+/// SIGTERM with a dashboard open: the dashboard is told the server goes away, and the process exits promptly.
+#[tokio::test]
+async fn shutdown_closes_dashboards() {
+    let (_mock, mut proxy) = start().await;
+    let (mut dash, _) = Dashboard::connect(&proxy, "").await;
+    let pid = proxy.child.id().unwrap();
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let close = loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), dash.ws.next())
+            .await
+            .expect("no close frame within 5 s")
+            .expect("socket ended without a close frame")
+            .unwrap();
+        if let Message::Close(frame) = message {
+            break frame.expect("a close code");
+        }
+    };
+    assert_eq!(u16::from(close.code), 1001, "{close:?}");
+    let exit = tokio::time::timeout(Duration::from_secs(5), proxy.child.wait())
+        .await
+        .expect("the proxy did not exit within 5 s")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}

@@ -10,8 +10,10 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::SinkExt;
 use serde::Deserialize;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::protocol::{self, Envelope, Init, RequestView};
 use super::{Frame, Hub};
@@ -22,6 +24,8 @@ use crate::store::query;
 /// A socket that accepts nothing for this long is cut off.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 const PING_EVERY: Duration = Duration::from_secs(20);
+/// Frames written before one flush.
+const MAX_BATCH: usize = 256;
 /// Clients only send small commands.
 const MAX_CLIENT_MESSAGE: usize = 4096;
 /// Sessions and requests in a snapshot.
@@ -83,14 +87,10 @@ async fn serve(mut socket: WebSocket, hub: Arc<Hub>, mut params: Params) {
     let end = loop {
         tokio::select! {
             frame = frames.recv() => match frame {
-                Ok(Frame { seq, text }) => {
-                    if seq <= last {
-                        continue;
-                    }
-                    if let Err(end) = send(&mut socket, Message::Text(text)).await {
+                Ok(frame) => {
+                    if let Err(end) = forward(&mut socket, frame, &mut frames, &mut last).await {
                         break end;
                     }
-                    last = seq;
                 }
                 // The client fell more than the ring behind: cut it off, it reconnects with a fresh snapshot.
                 Err(RecvError::Lagged(_)) => break End::TooSlow,
@@ -138,6 +138,43 @@ async fn finish(mut socket: WebSocket, hub: &Hub, end: End) {
         reason: Utf8Bytes::from_static(reason),
     }));
     let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(close)).await;
+}
+
+/// Writes `first` and every frame already waiting behind it, then flushes once: a burst of events costs one
+/// write to the socket, not one per event. Frames the client already has (up to `last`) are skipped.
+async fn forward(
+    socket: &mut WebSocket,
+    first: Frame,
+    frames: &mut broadcast::Receiver<Frame>,
+    last: &mut u64,
+) -> Result<(), End> {
+    let batch = async {
+        let mut next = Some(first);
+        let mut written = 0usize;
+        while let Some(Frame { seq, text }) = next.take() {
+            if seq > *last {
+                socket
+                    .feed(Message::Text(text))
+                    .await
+                    .map_err(|_| End::ClientLeft)?;
+                *last = seq;
+                written += 1;
+            }
+            if written < MAX_BATCH {
+                next = match frames.try_recv() {
+                    Ok(frame) => Some(frame),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Lagged(_)) => return Err(End::TooSlow),
+                    Err(TryRecvError::Closed) => None,
+                };
+            }
+        }
+        socket.flush().await.map_err(|_| End::ClientLeft)
+    };
+    match tokio::time::timeout(SEND_TIMEOUT, batch).await {
+        Ok(result) => result,
+        Err(_) => Err(End::TooSlow),
+    }
 }
 
 async fn send(socket: &mut WebSocket, message: Message) -> Result<(), End> {
