@@ -855,9 +855,16 @@ async fn the_api_validates_and_manages_sessions() {
     .await;
     assert_eq!(page["data"].as_array().unwrap().len(), 2);
     assert_eq!(page["total"], 4);
+    // Ascending creation time, ties broken by id.
+    let key = |s: &Value| {
+        (
+            s["created_at_ms"].as_i64().unwrap(),
+            s["id"].as_i64().unwrap(),
+        )
+    };
+    assert!(key(&page["data"][0]) < key(&page["data"][1]), "{page}");
     let first = page["data"][0]["id"].as_i64().unwrap();
     let second = page["data"][1]["id"].as_i64().unwrap();
-    assert!(first < second, "{page}");
 
     // Rename, filter requests, delete one, delete several (cascade).
     let (status, renamed) = send(
