@@ -83,7 +83,7 @@ fn render(next: &str, failed: bool) -> Response {
     };
     let html = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>kimi-proxy: log in</title>\
-         <meta name=\"viewport\" content=\"width=device-width\"></head>\n<body>\n<h1>kimi-proxy</h1>\n{notice}\
+         <meta name=\"viewport\" content=\"width=device-width\"><link rel=\"icon\" href=\"data:,\"></head>\n<body>\n<h1>kimi-proxy</h1>\n{notice}\
          <form method=\"post\" action=\"/login\">\n<label for=\"token\">Admin token</label>\n\
          <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"current-password\" required autofocus>\n\
          <input type=\"hidden\" name=\"next\" value=\"{}\">\n<button type=\"submit\">Log in</button>\n</form>\n\
