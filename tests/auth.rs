@@ -133,6 +133,7 @@ async fn admin_surface_requires_the_token() {
         "/metrics",
         "/api/sessions",
         "/api/requests/recent",
+        "/",
     ] {
         let response = http
             .get(proxy.url(path))
@@ -247,13 +248,16 @@ async fn login_sets_a_session_cookie_and_logout_ends_it() {
     let cookie = cookie_of(ok.headers());
     assert!(cookie.starts_with("kimi_proxy_session="));
 
-    let stats = http
-        .get(proxy.url("/api/stats"))
-        .header(header::COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(stats.status(), StatusCode::OK);
+    for path in ["/api/stats", "/"] {
+        let page = http
+            .get(proxy.url(path))
+            .header(header::COOKIE, &cookie)
+            .header(header::ACCEPT, "text/html")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), StatusCode::OK, "{path}");
+    }
     // A forged cookie is not a session.
     let forged = http
         .get(proxy.url("/api/stats"))
