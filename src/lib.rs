@@ -4,6 +4,7 @@
 //! sessions) → `server` (sockets, shutdown); `dashboard` is the embedded web page; `cli` describes the command line.
 
 pub mod accounting;
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod cli;

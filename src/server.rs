@@ -101,7 +101,10 @@ pub async fn serve(
     let state = Arc::new(ProxyState::new(Arc::clone(&config))?);
     let sink = start_store(&config, &state).await?;
     let store = sink.as_ref().map(|sink| StoreApi::new(Arc::clone(sink)));
+    let alerts = start_alerts(&state, sink.as_ref()).await;
     let result = run(&config, Arc::clone(&state), store, listener, shutdown).await;
+    // Alert writes still pending go to the store before it closes.
+    alerts.cancel();
     if let Some(sink) = sink {
         // The last records are finished on tasks of their own (a prompt count may still be running): wait for
         // them (bounded), then commit everything queued before the process ends.
@@ -142,6 +145,28 @@ async fn start_store(
         .add_sink(Arc::clone(&sink) as Arc<dyn crate::accounting::RecordSink>);
     tracing::info!(path = %shown, session_mode = config.store.session_mode.as_str(), "store open");
     Ok(Some(sink))
+}
+
+/// Connects the alert engine to the store and starts its evaluation task; cancel the token to stop it.
+async fn start_alerts(state: &Arc<ProxyState>, sink: Option<&Arc<StoreSink>>) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let engine = Arc::clone(&state.alerts);
+    if let Some(sink) = sink {
+        let (engine, sink) = (Arc::clone(&engine), Arc::clone(sink));
+        let attached = tokio::task::spawn_blocking(move || engine.attach_store(&sink)).await;
+        match attached {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "alerts: cannot read the alerts table"),
+            Err(error) => tracing::warn!(%error, "alerts: store connection failed"),
+        }
+    }
+    let sources = crate::alerts::Sources {
+        monitor: Arc::clone(&state.accounting.monitor),
+        throttled: state.throttle_counters(),
+        store: sink.cloned(),
+    };
+    let _ = engine.start(sources, stop.clone());
+    stop
 }
 
 async fn run(

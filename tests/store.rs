@@ -6,8 +6,8 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{MockUpstream, Proxy, client, mock_config};
@@ -18,7 +18,10 @@ use kimi_proxy::store::export::{self, Format};
 use kimi_proxy::store::query::{self, Order, RequestFilter, SessionSort};
 use kimi_proxy::store::schema::{LATEST_VERSION, MIGRATIONS, REQUEST_COLUMNS};
 use kimi_proxy::store::sessions::SessionResolver;
-use kimi_proxy::store::{Readers, Store, StoreError, StoreSink, WriterOptions, open_read_only};
+use kimi_proxy::store::{
+    ContextListener, ContextUpdate, Readers, Store, StoreError, StoreSink, WriterOptions,
+    open_read_only,
+};
 use rusqlite::Connection;
 use serde_json::{Value, json};
 
@@ -461,16 +464,34 @@ fn session_mode_active_puts_everything_in_one_session() {
     );
 }
 
+/// The store only reports each session's context after a commit; deciding on alerts is the alert engine's.
+#[derive(Default)]
+struct Heard {
+    context: Mutex<Vec<ContextUpdate>>,
+    deleted: Mutex<Vec<i64>>,
+}
+
+impl ContextListener for Heard {
+    fn context(&self, updates: &[ContextUpdate]) {
+        self.context.lock().unwrap().extend_from_slice(updates);
+    }
+    fn deleted(&self, ids: &[i64]) {
+        self.deleted.lock().unwrap().extend_from_slice(ids);
+    }
+}
+
 #[test]
-fn context_alerts_fire_once_when_the_window_fills() {
+fn committed_context_is_reported_to_the_listener() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("alerts.db");
+    let path = dir.path().join("context.db");
     let mut store = Store::open(&path).unwrap();
     let mut resolver = SessionResolver::new(
         SessionMode::Conversation,
         60,
         [("mock/model".to_string(), 1000)].into_iter().collect(),
     );
+    let heard = Arc::new(Heard::default());
+    resolver.set_listener(heard.clone());
     let grow = |id: u64, prompt: u64, hashes: Vec<u64>| {
         let mut r = (*record(id, id as i64, hashes, None)).clone();
         r.prompt_tokens = prompt;
@@ -480,22 +501,37 @@ fn context_alerts_fire_once_when_the_window_fills() {
     store
         .write_batch(&[grow(1, 500, vec![1])], &mut resolver)
         .unwrap();
+    // Two turns in one batch: the latest request's size is the session's context.
     store
-        .write_batch(&[grow(2, 880, vec![1, 2, 3])], &mut resolver)
+        .write_batch(
+            &[
+                grow(2, 880, vec![1, 2, 3]),
+                grow(3, 950, vec![1, 2, 3, 4, 5]),
+            ],
+            &mut resolver,
+        )
         .unwrap();
-    store
-        .write_batch(&[grow(3, 950, vec![1, 2, 3, 4, 5])], &mut resolver)
-        .unwrap();
-    let conn = store.connection();
-    assert_eq!(count(conn, "SELECT count(*) FROM sessions"), 1);
+    let updates = heard.context.lock().unwrap().clone();
     assert_eq!(
-        count(
-            conn,
-            "SELECT count(*) FROM alerts WHERE kind = 'context' AND session_id = 1"
-        ),
-        1
+        updates,
+        vec![
+            ContextUpdate {
+                session_id: 1,
+                tokens: 550,
+                window: 1000
+            },
+            ContextUpdate {
+                session_id: 1,
+                tokens: 1000,
+                window: 1000
+            }
+        ]
     );
+    let conn = store.connection();
     assert_eq!(count(conn, "SELECT context_tokens FROM sessions"), 1000);
+    assert_eq!(count(conn, "SELECT count(*) FROM alerts"), 0);
+    store.delete_sessions(Some(&mut resolver), &[1]).unwrap();
+    assert_eq!(*heard.deleted.lock().unwrap(), vec![1]);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

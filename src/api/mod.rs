@@ -18,7 +18,8 @@ pub fn router(state: Arc<ProxyState>) -> Router {
         .route("/api/tokens", get(token_stats))
         .route("/api/stats", get(stats))
         .route("/metrics", get(metrics))
-        .with_state(state)
+        .with_state(Arc::clone(&state))
+        .merge(crate::alerts::api::router(Arc::clone(&state.alerts)))
 }
 
 #[derive(Deserialize)]
@@ -60,6 +61,7 @@ async fn stats(State(state): State<Arc<ProxyState>>) -> Response {
         "message_cache": accounting.cache_stats(),
         "rate_limits": state.rate_limits(),
         "response_cache": state.response_cache.stats(),
+        "alerts": state.alerts.stats(),
         "histograms_us": monitor.histograms,
         "by_model_us": monitor.by_label,
     }))

@@ -281,12 +281,97 @@ impl PassthroughConfig {
     }
 }
 
+/// Alert rules (`[alerts]`). A rule whose threshold is 0 (or, for context, whose list is empty) is off.
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+    pub enabled: bool,
+    /// How often rules are evaluated (on a background task, never on the request path).
+    pub interval: Duration,
+    /// Shares of the context window, ascending; each fires once per session when crossed upward.
+    pub context_thresholds: Vec<f64>,
+    /// Context thresholds from this share up are `critical`, those below `warning`.
+    pub context_critical: f64,
+    /// A context alert resolves when the session drops this share below its threshold (or is deleted).
+    pub context_hysteresis: f64,
+    /// p95 end-to-end latency over `latency_window` above this, for `latency_for`, fires (0: off).
+    pub latency_p95_ms: u64,
+    pub latency_window: Duration,
+    pub latency_for: Duration,
+    /// Error share over `error_rate_window` (with at least `error_rate_min_requests` requests) that fires, and
+    /// the share below which it resolves.
+    pub error_rate: f64,
+    pub error_rate_clear: f64,
+    pub error_rate_window: Duration,
+    pub error_rate_min_requests: u64,
+    /// This many upstream 429 answers from one provider within the window fire (0: off).
+    pub upstream_429_count: u64,
+    pub upstream_429_window: Duration,
+    /// Resident memory budget in bytes (0: off); resolves below 90 % of it.
+    pub rss_budget_bytes: u64,
+    /// Store queue depth, as a share of its capacity, that fires (0: off); resolves below half of it.
+    pub store_backlog: f64,
+    /// Records dropped by the store within this window fire (resolves once a window passes without drops).
+    pub store_dropped_window: Duration,
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// Where fired and resolved alerts are POSTed.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// A secret: Slack and Discord webhook URLs carry their token.
+    pub url: Secret,
+    pub format: WebhookFormat,
+    /// Per attempt.
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    /// First wait between attempts; doubles each time.
+    pub initial_backoff: Duration,
+    /// Events waiting for delivery; more are dropped (and counted).
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookFormat {
+    /// `{"event": "fired"|"resolved", "alert": {…}}`.
+    Generic,
+    /// `{"text": "…"}` (Slack incoming webhooks).
+    Slack,
+    /// `{"content": "…"}` (Discord webhooks).
+    Discord,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            enabled: true,
+            interval: Duration::from_secs(1),
+            context_thresholds: vec![0.80, 0.90, 0.95],
+            context_critical: 0.95,
+            context_hysteresis: 0.05,
+            latency_p95_ms: 5000,
+            latency_window: Duration::from_secs(60),
+            latency_for: Duration::from_secs(300),
+            error_rate: 0.10,
+            error_rate_clear: 0.05,
+            error_rate_window: Duration::from_secs(60),
+            error_rate_min_requests: 20,
+            upstream_429_count: 5,
+            upstream_429_window: Duration::from_secs(60),
+            rss_budget_bytes: 1024 * 1024 * 1024,
+            store_backlog: 0.5,
+            store_dropped_window: Duration::from_secs(60),
+            webhook: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
     pub passthrough: PassthroughConfig,
     pub store: StoreConfig,
     pub cache: CacheConfig,
+    pub alerts: AlertsConfig,
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub models: BTreeMap<String, Arc<Model>>,
 }

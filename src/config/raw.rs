@@ -12,10 +12,10 @@ use serde::Deserialize;
 use crate::proxy::passthrough::TargetPattern;
 
 use super::{
-    ADMIN_TOKEN_ENV, ApiKey, BaseUrl, CacheConfig, ClientKey, Config, ConfigError,
+    ADMIN_TOKEN_ENV, AlertsConfig, ApiKey, BaseUrl, CacheConfig, ClientKey, Config, ConfigError,
     DEFAULT_MAX_BODY_BYTES, EnvSource, MIN_SECRET_CHARS, Model, PassthroughConfig, Prices,
     Provider, ProviderKind, RetryPolicy, Secret, ServerConfig, SessionMode, StoreConfig, Timeouts,
-    TokenizerSpec, expand_vars,
+    TokenizerSpec, WebhookConfig, WebhookFormat, expand_vars,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -31,6 +31,8 @@ pub struct RawConfig {
     pub cache: RawCache,
     #[serde(default)]
     pub passthrough: RawPassthrough,
+    #[serde(default)]
+    pub alerts: RawAlerts,
     #[serde(default)]
     pub providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
@@ -196,6 +198,247 @@ pub struct RawCache {
     pub deterministic_only: Option<bool>,
 }
 
+/// `[alerts]`: rules, evaluation interval, webhook. Percentages are written as percents (80 = 80 %).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlerts {
+    pub enabled: Option<bool>,
+    pub interval_ms: Option<u64>,
+    pub context_thresholds: Option<Vec<f64>>,
+    pub context_critical_percent: Option<f64>,
+    pub context_hysteresis_percent: Option<f64>,
+    pub latency_p95_ms: Option<u64>,
+    pub latency_window_secs: Option<u64>,
+    pub latency_for_secs: Option<u64>,
+    pub error_rate_percent: Option<f64>,
+    pub error_rate_clear_percent: Option<f64>,
+    pub error_rate_window_secs: Option<u64>,
+    pub error_rate_min_requests: Option<u64>,
+    pub upstream_429_count: Option<u64>,
+    pub upstream_429_window_secs: Option<u64>,
+    pub rss_budget_mb: Option<u64>,
+    pub store_backlog_percent: Option<f64>,
+    pub store_dropped_window_secs: Option<u64>,
+    pub webhook_url: Option<String>,
+    pub webhook_format: Option<String>,
+    pub webhook_timeout_ms: Option<u64>,
+    pub webhook_max_attempts: Option<u32>,
+    pub webhook_backoff_ms: Option<u64>,
+    pub webhook_queue: Option<usize>,
+}
+
+impl RawAlerts {
+    fn merge(self, over: RawAlerts) -> RawAlerts {
+        RawAlerts {
+            enabled: merge_opt(self.enabled, over.enabled),
+            interval_ms: merge_opt(self.interval_ms, over.interval_ms),
+            context_thresholds: merge_opt(self.context_thresholds, over.context_thresholds),
+            context_critical_percent: merge_opt(
+                self.context_critical_percent,
+                over.context_critical_percent,
+            ),
+            context_hysteresis_percent: merge_opt(
+                self.context_hysteresis_percent,
+                over.context_hysteresis_percent,
+            ),
+            latency_p95_ms: merge_opt(self.latency_p95_ms, over.latency_p95_ms),
+            latency_window_secs: merge_opt(self.latency_window_secs, over.latency_window_secs),
+            latency_for_secs: merge_opt(self.latency_for_secs, over.latency_for_secs),
+            error_rate_percent: merge_opt(self.error_rate_percent, over.error_rate_percent),
+            error_rate_clear_percent: merge_opt(
+                self.error_rate_clear_percent,
+                over.error_rate_clear_percent,
+            ),
+            error_rate_window_secs: merge_opt(
+                self.error_rate_window_secs,
+                over.error_rate_window_secs,
+            ),
+            error_rate_min_requests: merge_opt(
+                self.error_rate_min_requests,
+                over.error_rate_min_requests,
+            ),
+            upstream_429_count: merge_opt(self.upstream_429_count, over.upstream_429_count),
+            upstream_429_window_secs: merge_opt(
+                self.upstream_429_window_secs,
+                over.upstream_429_window_secs,
+            ),
+            rss_budget_mb: merge_opt(self.rss_budget_mb, over.rss_budget_mb),
+            store_backlog_percent: merge_opt(
+                self.store_backlog_percent,
+                over.store_backlog_percent,
+            ),
+            store_dropped_window_secs: merge_opt(
+                self.store_dropped_window_secs,
+                over.store_dropped_window_secs,
+            ),
+            webhook_url: merge_opt(self.webhook_url, over.webhook_url),
+            webhook_format: merge_opt(self.webhook_format, over.webhook_format),
+            webhook_timeout_ms: merge_opt(self.webhook_timeout_ms, over.webhook_timeout_ms),
+            webhook_max_attempts: merge_opt(self.webhook_max_attempts, over.webhook_max_attempts),
+            webhook_backoff_ms: merge_opt(self.webhook_backoff_ms, over.webhook_backoff_ms),
+            webhook_queue: merge_opt(self.webhook_queue, over.webhook_queue),
+        }
+    }
+
+    fn validate(self, env: &dyn EnvSource, errors: &mut Vec<String>) -> AlertsConfig {
+        let d = AlertsConfig::default();
+        let secs =
+            |v: Option<u64>, default: Duration| v.map(Duration::from_secs).unwrap_or(default);
+        let bad_percents = std::cell::RefCell::new(Vec::new());
+        let percent = |name: &str, value: Option<f64>, default: f64| match value {
+            None => default,
+            Some(v) if v.is_finite() && (0.0..=100.0).contains(&v) => v / 100.0,
+            Some(v) => {
+                bad_percents.borrow_mut().push(format!(
+                    "alerts.{name}: {v} is not a percentage between 0 and 100"
+                ));
+                default
+            }
+        };
+        let mut context_thresholds = match self.context_thresholds {
+            None => d.context_thresholds.clone(),
+            Some(list) => list
+                .iter()
+                .map(|&v| percent("context_thresholds", Some(v), 0.0))
+                .filter(|v| *v > 0.0)
+                .collect(),
+        };
+        context_thresholds.sort_by(f64::total_cmp);
+        context_thresholds.dedup();
+        let context_critical = percent(
+            "context_critical_percent",
+            self.context_critical_percent,
+            d.context_critical,
+        );
+        let context_hysteresis = percent(
+            "context_hysteresis_percent",
+            self.context_hysteresis_percent,
+            d.context_hysteresis,
+        );
+        let error_rate = percent("error_rate_percent", self.error_rate_percent, d.error_rate);
+        let error_rate_clear = match self.error_rate_clear_percent {
+            None => error_rate / 2.0,
+            given => percent("error_rate_clear_percent", given, d.error_rate_clear),
+        };
+        if error_rate > 0.0 && error_rate_clear > error_rate {
+            errors.push(
+                "alerts.error_rate_clear_percent must not exceed alerts.error_rate_percent"
+                    .to_string(),
+            );
+        }
+        let store_backlog = percent(
+            "store_backlog_percent",
+            self.store_backlog_percent,
+            d.store_backlog,
+        );
+        errors.extend(bad_percents.into_inner());
+        let interval = self
+            .interval_ms
+            .map(Duration::from_millis)
+            .unwrap_or(d.interval);
+        let mut positive = |name: &str, value: Option<u64>| {
+            if value == Some(0) {
+                errors.push(format!("alerts.{name} must be greater than 0"));
+            }
+        };
+        positive("interval_ms", self.interval_ms);
+        positive("latency_window_secs", self.latency_window_secs);
+        positive("error_rate_window_secs", self.error_rate_window_secs);
+        positive("upstream_429_window_secs", self.upstream_429_window_secs);
+        positive("store_dropped_window_secs", self.store_dropped_window_secs);
+        positive("webhook_timeout_ms", self.webhook_timeout_ms);
+        positive(
+            "webhook_max_attempts",
+            self.webhook_max_attempts.map(u64::from),
+        );
+        positive("webhook_queue", self.webhook_queue.map(|v| v as u64));
+        let webhook = match self.webhook_url.as_deref() {
+            None | Some("") => None,
+            Some(template) => {
+                let format = match self.webhook_format.as_deref() {
+                    None | Some("generic") => WebhookFormat::Generic,
+                    Some("slack") => WebhookFormat::Slack,
+                    Some("discord") => WebhookFormat::Discord,
+                    Some(other) => {
+                        errors.push(format!(
+                            "alerts.webhook_format: unknown format `{other}` (use \"generic\", \"slack\" or \"discord\")"
+                        ));
+                        WebhookFormat::Generic
+                    }
+                };
+                match expand_vars(template, env) {
+                    Ok(url) => {
+                        // The URL is a secret: errors name the problem, never the URL.
+                        let usable = url.parse::<http::Uri>().is_ok_and(|uri| {
+                            matches!(uri.scheme_str(), Some("http" | "https"))
+                                && uri.host().is_some()
+                        });
+                        if usable {
+                            Some(WebhookConfig {
+                                url: Secret::new(url),
+                                format,
+                                timeout: Duration::from_millis(
+                                    self.webhook_timeout_ms
+                                        .unwrap_or(DEFAULT_WEBHOOK_TIMEOUT_MS),
+                                ),
+                                max_attempts: self
+                                    .webhook_max_attempts
+                                    .unwrap_or(DEFAULT_WEBHOOK_ATTEMPTS)
+                                    .max(1),
+                                initial_backoff: Duration::from_millis(
+                                    self.webhook_backoff_ms
+                                        .unwrap_or(DEFAULT_WEBHOOK_BACKOFF_MS),
+                                ),
+                                queue: self.webhook_queue.unwrap_or(DEFAULT_WEBHOOK_QUEUE).max(1),
+                            })
+                        } else {
+                            errors.push(
+                                "alerts.webhook_url is not an http:// or https:// URL".to_string(),
+                            );
+                            None
+                        }
+                    }
+                    Err(var) => {
+                        tracing::warn!(var = %var, "alerts.webhook_url names an unset variable; no webhook");
+                        None
+                    }
+                }
+            }
+        };
+        AlertsConfig {
+            enabled: self.enabled.unwrap_or(d.enabled),
+            interval: interval.max(Duration::from_millis(10)),
+            context_thresholds,
+            context_critical,
+            context_hysteresis,
+            latency_p95_ms: self.latency_p95_ms.unwrap_or(d.latency_p95_ms),
+            latency_window: secs(self.latency_window_secs, d.latency_window),
+            latency_for: secs(self.latency_for_secs, d.latency_for),
+            error_rate,
+            error_rate_clear,
+            error_rate_window: secs(self.error_rate_window_secs, d.error_rate_window),
+            error_rate_min_requests: self
+                .error_rate_min_requests
+                .unwrap_or(d.error_rate_min_requests)
+                .max(1),
+            upstream_429_count: self.upstream_429_count.unwrap_or(d.upstream_429_count),
+            upstream_429_window: secs(self.upstream_429_window_secs, d.upstream_429_window),
+            rss_budget_bytes: self
+                .rss_budget_mb
+                .map(|mb| mb.saturating_mul(1024 * 1024))
+                .unwrap_or(d.rss_budget_bytes),
+            store_backlog,
+            store_dropped_window: secs(self.store_dropped_window_secs, d.store_dropped_window),
+            webhook,
+        }
+    }
+}
+
+const DEFAULT_WEBHOOK_TIMEOUT_MS: u64 = 5_000;
+const DEFAULT_WEBHOOK_ATTEMPTS: u32 = 5;
+const DEFAULT_WEBHOOK_BACKOFF_MS: u64 = 500;
+const DEFAULT_WEBHOOK_QUEUE: usize = 256;
+
 const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 const DEFAULT_CACHE_TTL_SECS: u64 = 3600;
 
@@ -283,6 +526,7 @@ impl RawConfig {
                     over.passthrough.allow_loopback,
                 ),
             },
+            alerts: self.alerts.merge(over.alerts),
             cache: RawCache {
                 enabled: merge_opt(self.cache.enabled, over.cache.enabled),
                 max_bytes: merge_opt(self.cache.max_bytes, over.cache.max_bytes),
@@ -435,6 +679,8 @@ impl RawConfig {
             errors.push("cache.ttl_secs must be greater than 0".to_string());
         }
 
+        let alerts = self.alerts.validate(env, &mut errors);
+
         let mut providers = BTreeMap::new();
         for (key, raw) in self.providers {
             if let Some(p) = raw.validate(&key, env, &mut errors) {
@@ -455,6 +701,7 @@ impl RawConfig {
                 passthrough,
                 store,
                 cache,
+                alerts,
                 providers,
                 models,
             })

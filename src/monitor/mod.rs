@@ -294,6 +294,23 @@ impl Monitor {
         }
     }
 
+    /// Requests finished since start, and those that ended with an error kind (for windowed rates).
+    pub fn counts(&self) -> (u64, u64) {
+        let state = self.state.lock();
+        (state.requests_total, state.errors_total.values().sum())
+    }
+
+    /// The `quantile` of `metric` over the last `window` (rounded up to whole 15 s slots, the current one
+    /// included); `None` without values in it.
+    pub fn quantile(&self, metric: Metric, window: Duration, quantile: f64) -> Option<u64> {
+        let now = self.slot();
+        let slots = window.as_secs().div_ceil(SLOT.as_secs()).max(1);
+        let state = self.state.lock();
+        let merged = state.overall.get(&metric)?.merged(now, Some(slots));
+        drop(state);
+        (!merged.is_empty()).then(|| merged.value_at_quantile(quantile))
+    }
+
     /// Percentiles per metric and window, overall and per label.
     pub fn snapshot(&self) -> MonitorSnapshot {
         let now = self.slot();

@@ -16,6 +16,7 @@ pub mod upstream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use axum::Router;
@@ -30,6 +31,7 @@ use serde_json::Value;
 
 use crate::accounting::tracker::{self, RequestContext, Tracker};
 use crate::accounting::{Accounting, DEFAULT_MESSAGE_CACHE_BYTES, PromptCounting, RecordSink};
+use crate::alerts::AlertEngine;
 use crate::config::{ApiKey, BaseUrl, Config, Provider};
 use body::ForwardBody;
 use cache::ResponseCache;
@@ -51,6 +53,8 @@ pub struct Upstream {
     pub client: HttpClient,
     /// The provider's budgets, when it has any.
     pub limiter: Option<Arc<RateLimiter>>,
+    /// 429 answers from the provider since start (retried ones included).
+    pub throttled: Arc<AtomicU64>,
 }
 
 /// Charges each provider's token budget with what its requests really used.
@@ -76,6 +80,8 @@ pub struct ProxyState {
     pub response_cache: Arc<ResponseCache>,
     /// The client for pass-through targets, when `[passthrough]` allows any.
     passthrough: Option<HttpClient>,
+    /// Alert rules, active alerts and their event stream (`subscribe()`) for the API and the dashboard.
+    pub alerts: Arc<AlertEngine>,
     /// `/v1/models` never changes while the process runs: rendered once.
     models_json: Bytes,
 }
@@ -86,6 +92,14 @@ impl ProxyState {
         self.upstreams
             .iter()
             .filter_map(|(key, u)| u.limiter.as_ref().map(|l| (key.clone(), l.usage())))
+            .collect()
+    }
+
+    /// Each provider's count of upstream 429 answers, for the alert engine.
+    pub fn throttle_counters(&self) -> Vec<(String, Arc<AtomicU64>)> {
+        self.upstreams
+            .iter()
+            .map(|(key, u)| (key.clone(), Arc::clone(&u.throttled)))
             .collect()
     }
 
@@ -105,6 +119,7 @@ impl ProxyState {
                     provider: provider.clone(),
                     client: upstream::build_client(provider)?,
                     limiter,
+                    throttled: Arc::new(AtomicU64::new(0)),
                 },
             );
         }
@@ -130,6 +145,7 @@ impl ProxyState {
         } else {
             None
         };
+        let alerts = AlertEngine::new(&config.alerts);
         Ok(ProxyState {
             passthrough,
             config,
@@ -137,6 +153,7 @@ impl ProxyState {
             upstreams,
             accounting,
             response_cache,
+            alerts,
             models_json,
         })
     }
@@ -430,6 +447,7 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
             &upstream.client,
             provider,
             &outgoing,
+            &upstream.throttled,
         ))
         .await;
     // A strict provider may refuse `stream_options`: ask once more exactly as the client did.
@@ -441,7 +459,9 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
         context.usage_injected = false;
         let attempts = refused.attempts;
         outgoing.body = plain_body;
-        answer = upstream::send_with_retries(&upstream.client, provider, &outgoing).await;
+        answer =
+            upstream::send_with_retries(&upstream.client, provider, &outgoing, &upstream.throttled)
+                .await;
         if let Ok(again) = &mut answer {
             again.attempts += attempts;
         }
@@ -605,6 +625,8 @@ fn passthrough_route(
             provider,
             client: client.clone(),
             limiter: None,
+            // Pass-through targets are not providers of the catalog: their 429s are not watched.
+            throttled: Arc::new(AtomicU64::new(0)),
         },
     ))
 }

@@ -2,6 +2,7 @@
 //! byte.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,6 +41,11 @@ pub fn build_passthrough_client(
     connect_timeout: Duration,
 ) -> Result<HttpClient, ClientBuildError> {
     build_with(CheckedResolver::checking(allow_loopback), connect_timeout)
+}
+
+/// A client for addresses the configuration names (the alert webhook): resolved plainly, like providers.
+pub fn build_https_client(connect_timeout: Duration) -> Result<HttpClient, ClientBuildError> {
+    build_with(CheckedResolver::plain(), connect_timeout)
 }
 
 fn build_with(
@@ -96,10 +102,13 @@ fn retryable_status(status: StatusCode) -> bool {
 /// Sends `request`, retrying connect failures and retryable statuses with exponential backoff and jitter,
 /// honouring `Retry-After`, within the provider's retry deadline. Nothing of the response has reached the
 /// client while this runs, so retrying is always safe here; once this returns, no retry ever happens.
+///
+/// Every 429 answer, retried or not, is counted in `throttled` (for the alerts' 429-burst rule).
 pub async fn send_with_retries(
     client: &HttpClient,
     provider: &Provider,
     request: &OutgoingRequest,
+    throttled: &AtomicU64,
 ) -> Result<UpstreamResponse, ProxyError> {
     let started = Instant::now();
     let policy = &provider.retry;
@@ -131,6 +140,9 @@ pub async fn send_with_retries(
                 });
             }
             Ok(Ok(response)) => {
+                if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                    throttled.fetch_add(1, Ordering::Relaxed);
+                }
                 if !retryable_status(response.status()) {
                     return Ok(UpstreamResponse {
                         response,

@@ -5,6 +5,7 @@
 //! dedicated thread commits them in batches, resolving sessions in order ([`sessions`]). Readers (the HTTP API,
 //! the command line) use their own read-only connections; WAL lets them read while the writer writes.
 
+pub mod alerts;
 pub mod api;
 pub mod cli;
 pub mod export;
@@ -27,8 +28,24 @@ pub use writer::{SessionChange, StoreListener, StoreSink, WriterOptions, WriterS
 
 /// How long a connection waits for a lock held by another before giving up.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Share of the context window at which a session raises a `context` alert.
-pub const CONTEXT_ALERT_RATIO: f64 = 0.9;
+
+/// A session's context after a commit: the latest request's size against the model's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextUpdate {
+    pub session_id: i64,
+    pub tokens: u64,
+    pub window: u64,
+}
+
+/// Told, on the writer thread, each session's context after a commit and which sessions were deleted: what
+/// the alert engine's context rule needs, without reading sessions back (the dashboard's richer feed is
+/// [`writer::StoreListener`]). Must not block: hand over and return.
+pub trait ContextListener: Send + Sync {
+    /// Sessions whose context changed in a committed batch.
+    fn context(&self, updates: &[ContextUpdate]);
+    /// Sessions deleted (by the API, the command line or retention).
+    fn deleted(&self, ids: &[i64]);
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -116,7 +133,8 @@ impl Store {
     }
 
     /// Writes `records` in one transaction: each gets its session, session aggregates are updated once per
-    /// session of the batch, context alerts raised. On error nothing is written.
+    /// session of the batch; after the commit the resolver's listener hears each session's context. On error
+    /// nothing is written.
     pub fn write_batch(
         &mut self,
         records: &[Arc<RequestRecord>],
@@ -211,11 +229,21 @@ impl Store {
                 }
             }
         }
-        let now = unix_ms();
         for (id, delta) in &deltas {
-            apply_delta(&tx, *id, delta, now)?;
+            apply_delta(&tx, *id, delta)?;
         }
         tx.commit()?;
+        let updates: Vec<ContextUpdate> = deltas
+            .iter()
+            .filter_map(|(id, delta)| {
+                delta.context_window.map(|window| ContextUpdate {
+                    session_id: *id,
+                    tokens: delta.context_tokens.max(0) as u64,
+                    window,
+                })
+            })
+            .collect();
+        resolver.notify_context(&updates);
         Ok(BatchReport {
             assignments,
             sessions: deltas.iter().map(|(id, _)| *id).collect(),
@@ -313,6 +341,7 @@ impl Store {
             for id in ids {
                 resolver.forget(*id);
             }
+            resolver.notify_deleted(ids);
         }
         Ok(deleted)
     }
@@ -344,14 +373,15 @@ impl Store {
         let requests_deleted =
             tx.execute("DELETE FROM requests WHERE started_at < ?1", [cutoff])?;
         tx.execute(
-            "DELETE FROM alerts WHERE created_at < ?1 AND resolved_at IS NOT NULL",
+            "DELETE FROM alerts WHERE fired_at < ?1 AND resolved_at IS NOT NULL",
             [cutoff],
         )?;
         tx.commit()?;
         if let Some(resolver) = resolver {
-            for id in stale {
-                resolver.forget(id);
+            for id in &stale {
+                resolver.forget(*id);
             }
+            resolver.notify_deleted(&stale);
         }
         if vacuum {
             self.conn.execute_batch("VACUUM")?;
@@ -364,21 +394,6 @@ impl Store {
             requests_deleted,
             vacuumed: vacuum,
         })
-    }
-
-    /// Records an alert.
-    pub fn raise_alert(
-        &mut self,
-        kind: &str,
-        severity: &str,
-        session: Option<i64>,
-        message: &str,
-    ) -> Result<i64, StoreError> {
-        self.conn.execute(
-            "INSERT INTO alerts (created_at, kind, severity, session_id, message) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![unix_ms(), kind, severity, session, message],
-        )?;
-        Ok(self.conn.last_insert_rowid())
     }
 }
 
@@ -452,22 +467,7 @@ pub fn is_error(record: &RequestRecord) -> bool {
     record.status == 0 || record.status >= 400 || record.error_kind.is_some()
 }
 
-fn apply_delta(conn: &Connection, id: i64, delta: &SessionDelta, now: i64) -> rusqlite::Result<()> {
-    // Crossing the alert threshold (from below) raises one alert.
-    conn.prepare_cached(
-        "INSERT INTO alerts (created_at, kind, severity, session_id, message)
-         SELECT ?1, 'context', 'warning', id,
-                printf('session %d uses %d of %d context tokens (%d%%)', id, ?2, w, (?2 * 100) / w)
-         FROM (SELECT id, coalesce(?3, context_window) AS w, context_tokens FROM sessions WHERE id = ?4)
-         WHERE w > 0 AND context_tokens < w * ?5 AND ?2 >= w * ?5",
-    )?
-    .execute(params![
-        now,
-        delta.context_tokens,
-        delta.context_window.map(clamp),
-        id,
-        CONTEXT_ALERT_RATIO
-    ])?;
+fn apply_delta(conn: &Connection, id: i64, delta: &SessionDelta) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "UPDATE sessions SET
             request_count = request_count + ?2,

@@ -103,6 +103,34 @@ ALTER TABLE requests ADD COLUMN cache_hit INTEGER NOT NULL DEFAULT 0;
     r#"
 ALTER TABLE requests ADD COLUMN virtual_key TEXT;
 "#,
+    // v5: alerts from the alert engine: `critical` severity (SQLite cannot change a CHECK in place: the table is
+    // rebuilt), the firing time named as such, what fired (value, threshold, subject), how it ended, its ack.
+    // v2's context alerts fired at 90 %.
+    r#"
+CREATE TABLE alerts_v5 (
+    id          INTEGER PRIMARY KEY,
+    fired_at    INTEGER NOT NULL,
+    resolved_at INTEGER,
+    kind        TEXT NOT NULL,
+    severity    TEXT NOT NULL CHECK (severity IN ('info', 'warning', 'critical')),
+    session_id  INTEGER REFERENCES sessions (id) ON DELETE SET NULL,
+    subject     TEXT,
+    message     TEXT NOT NULL,
+    value       REAL,
+    threshold   REAL,
+    resolution  TEXT,
+    acked_at    INTEGER
+);
+INSERT INTO alerts_v5 (id, fired_at, resolved_at, kind, severity, session_id, message, threshold)
+    SELECT id, created_at, resolved_at, kind, CASE severity WHEN 'error' THEN 'critical' ELSE severity END,
+           session_id, message, CASE kind WHEN 'context' THEN 0.9 END
+    FROM alerts;
+DROP TABLE alerts;
+ALTER TABLE alerts_v5 RENAME TO alerts;
+CREATE INDEX alerts_by_time ON alerts (fired_at);
+CREATE INDEX alerts_by_session ON alerts (session_id);
+CREATE INDEX alerts_unresolved ON alerts (resolved_at) WHERE resolved_at IS NULL;
+"#,
 ];
 
 /// The columns of `requests` in the order the writer binds them (`id` excluded).

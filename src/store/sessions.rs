@@ -145,6 +145,7 @@ pub struct SessionResolver {
     verified: HashSet<i64>,
     /// Sessions created in the current transaction (forgotten again if it fails).
     created: Vec<i64>,
+    listener: Option<std::sync::Arc<dyn super::ContextListener>>,
 }
 
 /// What a new session starts with.
@@ -174,6 +175,28 @@ impl SessionResolver {
             active: None,
             verified: HashSet::new(),
             created: Vec::new(),
+            listener: None,
+        }
+    }
+
+    /// Who hears about committed context changes and deletions (kept across database reopenings).
+    pub fn set_listener(&mut self, listener: std::sync::Arc<dyn super::ContextListener>) {
+        self.listener = Some(listener);
+    }
+
+    pub fn notify_context(&self, updates: &[super::ContextUpdate]) {
+        if let Some(listener) = &self.listener
+            && !updates.is_empty()
+        {
+            listener.context(updates);
+        }
+    }
+
+    pub fn notify_deleted(&self, ids: &[i64]) {
+        if let Some(listener) = &self.listener
+            && !ids.is_empty()
+        {
+            listener.deleted(ids);
         }
     }
 

@@ -318,6 +318,15 @@ impl StoreSink {
         answer.recv().map_err(|_| StoreError::Closed)?
     }
 
+    /// Queues `f` for the writer thread without waiting, for callers that must never block. False when the
+    /// queue is full or the store is closed: the caller keeps or counts what was not queued.
+    pub fn try_execute(&self, f: impl FnOnce(&mut WriterState) + Send + 'static) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        self.sender.try_send(Message::Command(Box::new(f))).is_ok()
+    }
+
     /// [`StoreSink::execute_blocking`] from async code.
     pub async fn execute<T: Send + 'static>(
         self: &Arc<Self>,
