@@ -368,3 +368,38 @@ async fn shutdown_closes_dashboards() {
         .unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+/// An alert fired by the engine reaches the dashboard as an `alert` event, and a fresh snapshot lists it.
+#[tokio::test]
+async fn alerts_are_pushed_and_in_the_snapshot() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = Proxy::start(
+        &mock_config(
+            &mock,
+            "[store]\nflush_interval_ms = 20\n\n[alerts]\ninterval_ms = 100\nerror_rate_min_requests = 3\n",
+        ),
+        &[("MOCK_KEY", "k")],
+    )
+    .await;
+    let (mut dash, init) = Dashboard::connect(&proxy, "").await;
+    assert_eq!(init["data"]["alerts"], json!([]));
+    for _ in 0..4 {
+        let answer = client()
+            .post(proxy.url("/v1/chat/completions"))
+            .header("x-mock-status", "500")
+            .json(&chat_body("mock/model", false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 500);
+    }
+    let (event, _) = dash
+        .until("alert", |d| d["alert"]["kind"] == "error_rate")
+        .await;
+    assert_eq!(event["data"]["event"], "fired");
+    let id = event["data"]["alert"]["id"].clone();
+    dash.send(json!({"type": "resync"})).await;
+    let (init, _) = dash.until("init", |_| true).await;
+    let active = init["data"]["alerts"].as_array().unwrap();
+    assert!(active.iter().any(|a| a["id"] == id), "{active:?}");
+}

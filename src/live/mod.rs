@@ -256,8 +256,22 @@ impl Worker {
         let mut stats = tokio::time::interval(STATS_EVERY);
         stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let closing = self.hub.closing.clone();
+        let mut alerts = self.hub.state.alerts.subscribe();
+        let mut alerts_open = true;
         loop {
             tokio::select! {
+                event = alerts.recv(), if alerts_open => match event {
+                    Ok(event) => {
+                        if self.hub.watched() {
+                            self.publish("alert", &event);
+                        }
+                    }
+                    // Missed alerts: count them, so the next event skips a number and clients resynchronise.
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        self.hub.lost.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => alerts_open = false,
+                },
                 input = receiver.recv() => match input {
                     Some(input) => self.handle(input),
                     None => return,

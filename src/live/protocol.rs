@@ -194,7 +194,8 @@ pub struct Init<'a> {
     pub live: Vec<LiveSnapshot>,
     pub accuracy: Vec<Accuracy>,
     pub models: Vec<ModelView<'a>>,
-    pub alerts: Vec<Value>,
+    /// Active alerts, newest first.
+    pub alerts: Vec<crate::alerts::Alert>,
     pub stats: Stats,
 }
 

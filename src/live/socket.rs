@@ -270,7 +270,7 @@ async fn snapshot(hub: &Arc<Hub>, params: &Params, seq: u64) -> Result<String, S
         live: accounting.live.snapshot(),
         accuracy: accuracy(hub, &recent_records),
         models: protocol::models(&hub.state.config),
-        alerts: Vec::new(),
+        alerts: hub.state.alerts.active(),
         stats: stats(hub),
     };
     serde_json::to_string(&Envelope {
