@@ -9,6 +9,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod dashboard;
 pub mod live;
 pub mod monitor;

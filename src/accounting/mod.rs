@@ -347,6 +347,11 @@ impl Accounting {
             .collect()
     }
 
+    /// The per-message token cache (the context transforms read counts from it).
+    pub fn message_cache(&self) -> &MessageCache {
+        &self.cache
+    }
+
     pub fn cache_stats(&self) -> CacheStats {
         self.cache.stats()
     }

@@ -167,6 +167,8 @@ pub struct Model {
     pub capabilities: Vec<String>,
     /// Response cache for this model: `None` follows `[cache] enabled`.
     pub cache: Option<bool>,
+    /// Context transforms for this model (unset ones follow `[context]`).
+    pub context: crate::context::config::Toggles,
 }
 
 #[derive(Debug, Clone)]
@@ -372,6 +374,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub cache: CacheConfig,
     pub alerts: AlertsConfig,
+    pub context: crate::context::config::ContextConfig,
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub models: BTreeMap<String, Arc<Model>>,
 }

@@ -29,6 +29,8 @@ pub struct RawConfig {
     pub store: RawStore,
     #[serde(default)]
     pub cache: RawCache,
+    /// `[context]`: masking, observation masking, compaction.
+    pub context: Option<crate::context::config::RawContext>,
     #[serde(default)]
     pub passthrough: RawPassthrough,
     #[serde(default)]
@@ -186,6 +188,8 @@ pub struct RawModel {
     pub cached_input_price: Option<f64>,
     pub capabilities: Option<Vec<String>>,
     pub cache: Option<bool>,
+    /// Context transforms for this model, over `[context]`.
+    pub context: Option<crate::context::config::Toggles>,
 }
 
 /// `[cache]`: the response cache, off unless enabled here, per model, or per request.
@@ -527,6 +531,7 @@ impl RawConfig {
                 ),
             },
             alerts: self.alerts.merge(over.alerts),
+            context: merge_opt(self.context, over.context),
             cache: RawCache {
                 enabled: merge_opt(self.cache.enabled, over.cache.enabled),
                 max_bytes: merge_opt(self.cache.max_bytes, over.cache.max_bytes),
@@ -695,6 +700,15 @@ impl RawConfig {
             }
         }
 
+        let context = self.context.unwrap_or_default().validate(env, &mut errors);
+        if let crate::context::config::SummaryMode::Model(name) = &context.compaction.summary
+            && !models.contains_key(name)
+        {
+            errors.push(format!(
+                "context.compaction.summary.model: no model named `{name}` in the catalog"
+            ));
+        }
+
         if errors.is_empty() {
             Ok(Config {
                 server,
@@ -702,6 +716,7 @@ impl RawConfig {
                 store,
                 cache,
                 alerts,
+                context,
                 providers,
                 models,
             })
@@ -861,6 +876,7 @@ impl RawModel {
             cached_input_price: merge_opt(self.cached_input_price, over.cached_input_price),
             capabilities: merge_opt(self.capabilities, over.capabilities),
             cache: merge_opt(self.cache, over.cache),
+            context: merge_opt(self.context, over.context),
         }
     }
 
@@ -944,6 +960,7 @@ impl RawModel {
             prices,
             capabilities: self.capabilities.unwrap_or_default(),
             cache: self.cache,
+            context: self.context.unwrap_or_default(),
         })
     }
 }

@@ -249,6 +249,33 @@ fn hashes(bytes: &[u8], tokenizer_seed: u64) -> (u64, u128) {
     (hash as u64, hash ^ (seed << 64 | seed))
 }
 
+/// One message's tokens through the cache, under the same key [`count_request`] uses: what the context
+/// transforms look up is what the prompt count later finds.
+/// Also returns the message's content hash (the one in [`PromptCount::message_hashes`]).
+pub fn message_tokens(
+    bytes: &[u8],
+    tokenizer: &Tokenizer,
+    cache: &MessageCache,
+) -> (MessageTokens, u64) {
+    let seed = xxh3_64(tokenizer.name().as_bytes());
+    let (hash, key) = hashes(bytes, seed);
+    let tokens = cache
+        .get_or_count(key, || match serde_json::from_slice::<Value>(bytes) {
+            Ok(message) => count_message(&message, tokenizer),
+            Err(_) => MessageTokens {
+                estimated: true,
+                ..Default::default()
+            },
+        })
+        .0;
+    (tokens, hash)
+}
+
+/// Tokens of the tool definitions (estimate), through the cache.
+pub fn tools_tokens(tools: &[&[u8]], tokenizer: &Tokenizer, cache: &MessageCache) -> u64 {
+    count_parts(&[], tools, tokenizer, cache).tools_schema
+}
+
 fn count_parts(
     messages: &[&[u8]],
     tools: &[&[u8]],
