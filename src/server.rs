@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::live::Hub;
 use crate::proxy::{self, ProxyState};
 use crate::store::api::StoreApi;
+use crate::store::masks::{MaskKey, StoreMasks};
 use crate::store::{StoreError, StoreSink, WriterOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +101,22 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let state = Arc::new(ProxyState::new(Arc::clone(&config))?);
     let sink = start_store(&config, &state).await?;
-    let store = sink.as_ref().map(|sink| StoreApi::new(Arc::clone(sink)));
+    let mask_key = config
+        .context
+        .encryption_key
+        .as_ref()
+        .and_then(|key| crate::context::config::parse_key(key.expose()))
+        .and_then(|key| MaskKey::new(&key));
+    if let Some(sink) = &sink {
+        state.context.masks.set_sink(Arc::new(StoreMasks {
+            sink: Arc::clone(sink),
+            key: mask_key.clone(),
+        }));
+        load_context_settings(sink, &state).await;
+    }
+    let store = sink
+        .as_ref()
+        .map(|sink| StoreApi::new(Arc::clone(sink), Arc::clone(&state), mask_key.clone()));
     let alerts = start_alerts(&state, sink.as_ref()).await;
     let result = run(&config, Arc::clone(&state), store, listener, shutdown).await;
     // Alert writes still pending go to the store before it closes.
@@ -119,6 +135,47 @@ pub async fn serve(
         let _ = tokio::task::spawn_blocking(move || sink.shutdown()).await;
     }
     result
+}
+
+/// Loads the sessions' context settings and the active session into the proxy's memory.
+async fn load_context_settings(sink: &Arc<StoreSink>, state: &Arc<ProxyState>) {
+    type Row = (i64, Option<String>, Option<String>, bool);
+    let rows = sink
+        .execute(|writer| {
+            let conn = writer.store()?.connection();
+            let mut stmt = conn.prepare(
+                "SELECT id, client_key, context_settings, active FROM sessions WHERE context_settings IS NOT NULL OR active = 1",
+            )?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<Result<Vec<Row>, _>>()?;
+            Ok(rows)
+        })
+        .await;
+    match rows {
+        Ok(rows) => {
+            let sessions = &state.context.sessions;
+            for (id, client_key, settings, active) in rows {
+                if active {
+                    sessions.set_active(Some(id));
+                }
+                if let Some(toggles) = settings
+                    .as_deref()
+                    .and_then(|s| serde_json::from_str::<crate::context::config::Toggles>(s).ok())
+                {
+                    sessions.set(
+                        id,
+                        client_key.as_deref(),
+                        crate::context::sessions::SessionContext {
+                            toggles,
+                            compact_next: false,
+                        },
+                    );
+                }
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot load the sessions' context settings"),
+    }
 }
 
 /// Opens the database and registers its sink, when the store is enabled.

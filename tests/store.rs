@@ -68,6 +68,9 @@ fn record(id: u64, started: i64, hashes: Vec<u64>, client: Option<&str>) -> Arc<
         usage_injected: false,
         cache_hit: false,
         virtual_key: None,
+        context: None,
+        tokens_saved: 0,
+        cost_saved_usd: 0.0,
         finish_reason: Some("stop".into()),
         response_bytes: 300,
         preview: Some("A preview of the last user message, with \"quotes\", commas".into()),
@@ -210,7 +213,18 @@ fn migrations_upgrade_empty_and_v1_databases_and_refuse_newer_ones() {
         let v1_columns: Vec<&str> = REQUEST_COLUMNS
             .iter()
             .copied()
-            .filter(|c| !["upstream_us", "overhead_us", "cache_hit", "virtual_key"].contains(c))
+            .filter(|c| {
+                !c.starts_with("ctx_")
+                    && ![
+                        "upstream_us",
+                        "overhead_us",
+                        "cache_hit",
+                        "virtual_key",
+                        "tokens_saved",
+                        "cost_saved_usd",
+                    ]
+                    .contains(c)
+            })
             .collect();
         let values: Vec<String> = v1_columns
             .iter()

@@ -160,6 +160,9 @@ pub struct Totals {
     pub prompt_tokens: AtomicU64,
     pub completion_tokens: AtomicU64,
     pub cost_micro_usd: AtomicU64,
+    /// Prompt tokens removed by the context transforms, and their price.
+    pub tokens_saved: AtomicU64,
+    pub cost_saved_micro_usd: AtomicU64,
 }
 
 impl Accounting {
@@ -319,6 +322,13 @@ impl Accounting {
         self.totals
             .cost_micro_usd
             .fetch_add((record.cost_usd * 1e6).round() as u64, Ordering::Relaxed);
+        self.totals
+            .tokens_saved
+            .fetch_add(record.tokens_saved, Ordering::Relaxed);
+        self.totals.cost_saved_micro_usd.fetch_add(
+            (record.cost_saved_usd * 1e6).round() as u64,
+            Ordering::Relaxed,
+        );
         let mut recent = self.recent.lock();
         if recent.len() == RECENT_CAPACITY {
             recent.pop_front();

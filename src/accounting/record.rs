@@ -70,6 +70,11 @@ pub struct RequestRecord {
     pub client_session: Option<String>,
     /// The name (never the value) of the virtual key the client authenticated with.
     pub virtual_key: Option<String>,
+    /// What the context transforms did (when any ran).
+    pub context: Option<Box<crate::context::Outcome>>,
+    /// Prompt tokens the context transforms removed, and their price at the model's input rate.
+    pub tokens_saved: u64,
+    pub cost_saved_usd: f64,
     /// Per-message content hashes, for recognising the conversation this request continues.
     #[serde(skip)]
     pub message_hashes: Vec<u64>,

@@ -49,6 +49,8 @@ pub struct RequestContext {
     pub cache_store: Option<(Arc<ResponseCache>, u128)>,
     /// The answer came from the response cache.
     pub cache_hit: bool,
+    /// What the context transforms did.
+    pub context: Option<Box<crate::context::Outcome>>,
 }
 
 /// How a request ended.
@@ -436,6 +438,11 @@ fn build_record(
     } else {
         0.0
     };
+    let tokens_saved = match &context.context {
+        Some(outcome) if billable => outcome.tokens_saved(),
+        _ => 0,
+    };
+    let cost_saved_usd = tokens_saved as f64 * model.prices.input / 1_000_000.0;
     RequestRecord {
         id: context.id,
         started_at_ms: context.started_at_ms,
@@ -480,6 +487,9 @@ fn build_record(
         tool_call_fixes: context.tool_call_fixes,
         usage_injected: context.usage_injected,
         cache_hit: context.cache_hit,
+        context: context.context,
+        tokens_saved,
+        cost_saved_usd,
         finish_reason: finished.completion.finish_reason,
         response_bytes: finished.response_bytes,
     }

@@ -62,6 +62,7 @@ async fn stats(State(state): State<Arc<ProxyState>>) -> Response {
         "rate_limits": state.rate_limits(),
         "response_cache": state.response_cache.stats(),
         "alerts": state.alerts.stats(),
+        "context": context_totals(&state),
         "histograms_us": monitor.histograms,
         "by_model_us": monitor.by_label,
     }))
@@ -132,7 +133,24 @@ async fn token_stats(State(state): State<Arc<ProxyState>>) -> Response {
             "prompt_tokens": totals.prompt_tokens.load(Ordering::Relaxed),
             "completion_tokens": totals.completion_tokens.load(Ordering::Relaxed),
             "cost_usd": totals.cost_micro_usd.load(Ordering::Relaxed) as f64 / 1e6,
-        }
+            "tokens_saved": totals.tokens_saved.load(Ordering::Relaxed),
+            "cost_saved_usd": totals.cost_saved_micro_usd.load(Ordering::Relaxed) as f64 / 1e6,
+        },
+        "context": context_totals(&state),
     }))
     .into_response()
+}
+
+/// What the context transforms did since start (`tokens_saved`: as counted by the transforms, requests that
+/// failed included; the billed savings are in the records and `totals`).
+fn context_totals(state: &ProxyState) -> serde_json::Value {
+    let engine = &state.context;
+    serde_json::json!({
+        "totals": engine.totals.snapshot(),
+        "originals_kept": engine.masks.originals_kept.load(Ordering::Relaxed),
+        "originals_dropped": engine.masks.originals_dropped.load(Ordering::Relaxed),
+        "masking": engine.config.masking.enabled,
+        "observation": engine.config.observation.enabled,
+        "compaction": engine.config.compaction.enabled,
+    })
 }

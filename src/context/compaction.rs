@@ -83,7 +83,10 @@ pub enum Decision {
 pub fn exchange_starts(messages: &[Message]) -> Vec<usize> {
     let mut starts = Vec::new();
     for (i, m) in messages.iter().enumerate() {
-        let previous = i.checked_sub(1).and_then(|p| messages.get(p)).map(|p| p.role);
+        let previous = i
+            .checked_sub(1)
+            .and_then(|p| messages.get(p))
+            .map(|p| p.role);
         let starts_here = match m.role {
             Role::User => true,
             Role::Assistant => previous == Some(Role::Tool),
@@ -292,7 +295,10 @@ pub fn extractive(
             Role::User if Some(i) == first_user => {
                 lines.push(format!("Task: {}", one_line(&text_prefix(raw, TASK_CHARS))));
             }
-            Role::User => lines.push(format!("- user: {}", one_line(&text_prefix(raw, LINE_CHARS)))),
+            Role::User => lines.push(format!(
+                "- user: {}",
+                one_line(&text_prefix(raw, LINE_CHARS))
+            )),
             Role::Assistant => {
                 let text = one_line(&text_prefix(raw, LINE_CHARS));
                 if !text.is_empty() {
@@ -305,9 +311,17 @@ pub fn extractive(
             Role::Tool => {
                 let tool = tool_of(m, &names).unwrap_or("tool");
                 let text = text_prefix(raw, 600);
-                let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+                let first = text
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| !l.is_empty())
+                    .unwrap_or("");
                 let first: String = first.chars().take(150).collect();
-                let verb = if looks_like_error(raw) { "failed" } else { "returned" };
+                let verb = if looks_like_error(raw) {
+                    "failed"
+                } else {
+                    "returned"
+                };
                 lines.push(format!("- {tool} {verb} {} tokens: {first}", m.tokens));
             }
             Role::Other => lines.push(format!("- other message ({} tokens)", m.tokens)),
@@ -472,7 +486,7 @@ pub fn transcript(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
     use crate::context::config::SummaryMode;
     use crate::context::conversation::{Counter, render};
@@ -547,15 +561,28 @@ mod tests {
         };
         let digest = extractive(&conv, start, end, None, 500);
         assert!(digest.starts_with("Task: Fix the failing test"), "{digest}");
-        assert!(digest.contains("read_file({\"path\":\"src/f0.rs\"})") || digest.contains("omitted"));
+        assert!(
+            digest.contains("read_file({\"path\":\"src/f0.rs\"})") || digest.contains("omitted")
+        );
         let mut slots = vec![Slot::Keep; conv.messages.len()];
         let text = summary_text(end - start, 0, &digest);
-        apply(&mut slots, &conv.messages, start, end, summary_message(&text));
+        apply(
+            &mut slots,
+            &conv.messages,
+            start,
+            end,
+            summary_message(&text),
+        );
         let (out, _) = render(&conv, &slots).unwrap();
         let value: Value = serde_json::from_slice(&out).unwrap();
         let kept = value["messages"].as_array().unwrap();
         assert_eq!(kept[0]["content"], "You are an agent.");
-        assert!(kept[1]["content"].as_str().unwrap().starts_with("[kimi-proxy compacted"));
+        assert!(
+            kept[1]["content"]
+                .as_str()
+                .unwrap()
+                .starts_with("[kimi-proxy compacted")
+        );
         // Every kept tool result still has its call.
         let ids: Vec<&str> = kept
             .iter()
@@ -598,7 +625,15 @@ mod tests {
         };
         let now = Instant::now();
         assert!(matches!(
-            decide(&conv.messages, &roomy, &config(), Some(state.clone()), false, |_| 10, now),
+            decide(
+                &conv.messages,
+                &roomy,
+                &config(),
+                Some(state.clone()),
+                false,
+                |_| 10,
+                now
+            ),
             Decision::Reuse(_)
         ));
         // Still over it: held by the cooldown, then by the limit.
@@ -608,8 +643,19 @@ mod tests {
             per_message,
         };
         assert!(matches!(
-            decide(&conv.messages, &full, &config(), Some(state.clone()), false, |_| 10, now),
-            Decision::Held { reason: "cooldown", reuse: Some(_) }
+            decide(
+                &conv.messages,
+                &full,
+                &config(),
+                Some(state.clone()),
+                false,
+                |_| 10,
+                now
+            ),
+            Decision::Held {
+                reason: "cooldown",
+                reuse: Some(_)
+            }
         ));
         let later = now + Duration::from_secs(120);
         let tired = Arc::new(State {
@@ -617,8 +663,19 @@ mod tests {
             ..(*state).clone()
         });
         assert!(matches!(
-            decide(&conv.messages, &full, &config(), Some(tired), false, |_| 10, later),
-            Decision::Held { reason: "consecutive limit", .. }
+            decide(
+                &conv.messages,
+                &full,
+                &config(),
+                Some(tired),
+                false,
+                |_| 10,
+                later
+            ),
+            Decision::Held {
+                reason: "consecutive limit",
+                ..
+            }
         ));
         // A different history does not reuse it.
         let other = Arc::new(State {
@@ -626,7 +683,15 @@ mod tests {
             ..(*state).clone()
         });
         assert!(matches!(
-            decide(&conv.messages, &roomy, &config(), Some(other), false, |_| 10, now),
+            decide(
+                &conv.messages,
+                &roomy,
+                &config(),
+                Some(other),
+                false,
+                |_| 10,
+                now
+            ),
             Decision::Nothing
         ));
     }

@@ -191,6 +191,16 @@ impl ContextConfig {
 }
 
 impl Toggles {
+    /// The resolved toggles as JSON booleans.
+    pub fn resolve_json(self) -> serde_json::Value {
+        let on = self.resolve();
+        serde_json::json!({
+            "masking": on.masking,
+            "observation": on.observation,
+            "compaction": on.compaction,
+        })
+    }
+
     pub fn resolve(self) -> Enabled {
         Enabled {
             masking: self.masking.unwrap_or(false),
@@ -314,7 +324,9 @@ impl RawContext {
             },
             observation: ObservationConfig {
                 enabled: o.enabled.unwrap_or(false),
-                keep_last_tool_turns: o.keep_last_tool_turns.unwrap_or(DEFAULT_KEEP_LAST_TOOL_TURNS),
+                keep_last_tool_turns: o
+                    .keep_last_tool_turns
+                    .unwrap_or(DEFAULT_KEEP_LAST_TOOL_TURNS),
                 keep_errors: o.keep_errors.unwrap_or(true),
             },
             compaction: CompactionConfig {
@@ -414,7 +426,8 @@ mod tests {
         .unwrap();
         raw.validate(&|_: &str| None, &mut errors);
         assert_eq!(errors.len(), 3, "{errors:?}");
-        let raw: RawContext = toml::from_str("[compaction]\nsummary = { model = \"m/x\" }").unwrap();
+        let raw: RawContext =
+            toml::from_str("[compaction]\nsummary = { model = \"m/x\" }").unwrap();
         let config = raw.validate(&|_: &str| None, &mut errors);
         assert_eq!(config.compaction.summary, SummaryMode::Model("m/x".into()));
         assert!(toml::from_str::<RawContext>("[masking]\nenable = true").is_err());

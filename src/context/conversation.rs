@@ -59,8 +59,10 @@ impl Message {
 
     /// Content the proxy wrote itself (a placeholder, a summary).
     pub fn is_placeholder(&self, body: &[u8]) -> bool {
-        self.raw_content(body)
-            .is_some_and(|raw| raw.get(1..).is_some_and(|r| r.starts_with(MARKER.as_bytes())))
+        self.raw_content(body).is_some_and(|raw| {
+            raw.get(1..)
+                .is_some_and(|r| r.starts_with(MARKER.as_bytes()))
+        })
     }
 }
 
@@ -158,7 +160,9 @@ impl Conversation {
 
     /// Index of the last assistant message.
     pub fn last_assistant(&self) -> Option<usize> {
-        self.messages.iter().rposition(|m| m.role == Role::Assistant)
+        self.messages
+            .iter()
+            .rposition(|m| m.role == Role::Assistant)
     }
 }
 
@@ -262,14 +266,16 @@ pub enum Slot {
     Rewrite(Rewrite),
     Drop,
     /// A new message inserted before this one (which is dropped or kept as `then` says).
-    Insert { message: Vec<u8>, then: Box<Slot> },
+    Insert {
+        message: Vec<u8>,
+        then: Box<Slot>,
+    },
 }
 
 /// Rebuilds the body: unchanged messages copied, the others written as `slots` says. `None` when nothing
 /// changed.
 pub fn render(conversation: &Conversation, slots: &[Slot]) -> Option<(Bytes, Vec<Range<usize>>)> {
-    if slots.iter().all(|s| matches!(s, Slot::Keep)) || slots.len() != conversation.messages.len()
-    {
+    if slots.iter().all(|s| matches!(s, Slot::Keep)) || slots.len() != conversation.messages.len() {
         return None;
     }
     let body = &conversation.body[..];

@@ -245,9 +245,9 @@ mod tests {
     use super::*;
     use crate::context::conversation::render;
     use crate::proxy::request::inspect;
-    use bytes::Bytes;
     use crate::tokens::Tokenizer;
     use crate::tokens::cache::MessageCache;
+    use bytes::Bytes;
     use parking_lot::Mutex;
     use serde_json::{Value, json};
 
@@ -297,7 +297,10 @@ mod tests {
         let (out, _) = render(&conv, &slots).unwrap();
         let value: Value = serde_json::from_slice(&out).unwrap();
         let placeholder = value["messages"][2]["content"].as_str().unwrap();
-        assert!(placeholder.starts_with("[kimi-proxy masked"), "{placeholder}");
+        assert!(
+            placeholder.starts_with("[kimi-proxy masked"),
+            "{placeholder}"
+        );
         assert!(placeholder.contains("tool `grep`"));
         assert!(placeholder.contains("GET /api/mask/"));
         assert_eq!(value["messages"][2]["tool_call_id"], "c1");

@@ -5,6 +5,7 @@
 //! token counts from the per-message cache, decides per message, and rebuilds the body copying every
 //! unchanged message as it is. With nothing enabled the proxy never gets here.
 
+pub mod api;
 pub mod compaction;
 pub mod config;
 pub mod conversation;
@@ -123,9 +124,15 @@ pub struct ContextEngine {
     pub sessions: SessionToggles,
     pub totals: Totals,
     compactions: Mutex<CompactionStates>,
-    recent: Mutex<VecDeque<RecentBody>>,
+    recent: Mutex<RecentBodies>,
     /// Some model turns a transform on by itself.
     model_toggles: bool,
+}
+
+#[derive(Default)]
+struct RecentBodies {
+    list: VecDeque<RecentBody>,
+    bytes: usize,
 }
 
 #[derive(Default)]
@@ -170,7 +177,7 @@ impl ContextEngine {
             sessions: SessionToggles::default(),
             totals: Totals::default(),
             compactions: Mutex::new(CompactionStates::default()),
-            recent: Mutex::new(VecDeque::new()),
+            recent: Mutex::new(RecentBodies::default()),
             model_toggles: config.models.values().any(|m| !m.context.is_empty()),
         }
     }
@@ -214,12 +221,14 @@ impl ContextEngine {
 
     /// Keeps a request's body for compaction previews (bounded; oldest dropped).
     pub fn remember(&self, recent: RecentBody) {
-        let mut list = self.recent.lock();
-        list.push_back(recent);
-        let mut bytes: usize = list.iter().map(|r| r.body.len()).sum();
-        while list.len() > RECENT_BODIES || (bytes > RECENT_BODY_BYTES && list.len() > 1) {
-            if let Some(old) = list.pop_front() {
-                bytes -= old.body.len();
+        let mut kept = self.recent.lock();
+        kept.bytes += recent.body.len();
+        kept.list.push_back(recent);
+        while kept.list.len() > RECENT_BODIES
+            || (kept.bytes > RECENT_BODY_BYTES && kept.list.len() > 1)
+        {
+            if let Some(old) = kept.list.pop_front() {
+                kept.bytes -= old.body.len();
             }
         }
     }
@@ -227,6 +236,7 @@ impl ContextEngine {
     pub fn recent_body(&self, record_id: u64) -> Option<RecentBody> {
         self.recent
             .lock()
+            .list
             .iter()
             .find(|r| r.record_id == record_id)
             .cloned()
@@ -363,6 +373,7 @@ impl ContextEngine {
             pending,
             conversation_key: request.conversation_key,
             window: request.window,
+            dry_run: request.dry_run,
         }
     }
 
@@ -382,7 +393,7 @@ impl ContextEngine {
         mut plan: Plan,
         llm: Option<Result<String, String>>,
         counter: &Counter<'_>,
-    ) -> (Option<(Bytes, Vec<Range<usize>>)>, Outcome) {
+    ) -> (Option<Rendered>, Outcome) {
         let started = Instant::now();
         if let Some(pending) = plan.pending.take() {
             let previous = pending.previous.as_deref();
@@ -435,11 +446,7 @@ impl ContextEngine {
                     let state = Arc::new(State {
                         start: pending.start,
                         end: pending.end,
-                        fingerprint: compaction::fingerprint(
-                            messages,
-                            pending.start,
-                            pending.end,
-                        ),
+                        fingerprint: compaction::fingerprint(messages, pending.start, pending.end),
                         digest: Arc::from(digest),
                         replaced,
                         replaced_tokens,
@@ -458,8 +465,10 @@ impl ContextEngine {
                     plan.outcome.compacted_messages = n as u32;
                     plan.outcome.after_compaction = Some(after);
                     plan.outcome.compaction = Some("new".into());
-                    self.totals.compactions.fetch_add(1, Ordering::Relaxed);
-                    self.store_compaction(plan.conversation_key, state);
+                    if !plan.dry_run {
+                        self.totals.compactions.fetch_add(1, Ordering::Relaxed);
+                        self.store_compaction(plan.conversation_key, state);
+                    }
                 }
                 Err(error) => {
                     plan.outcome.error = Some(format!("compaction: {error}"));
@@ -475,8 +484,57 @@ impl ContextEngine {
             None => outcome.tokens_before,
         };
         outcome.elapsed_us += started.elapsed().as_micros() as u64;
-        self.count(&outcome);
+        if !plan.dry_run {
+            self.count(&outcome);
+        }
         (rendered, outcome)
+    }
+
+    /// What a compaction of `recent` would do now (extractive summary, nothing remembered).
+    pub fn preview(&self, recent: &RecentBody, counter: &Counter<'_>) -> Preview {
+        let request = PlanRequest {
+            body: recent.body.clone(),
+            layout: recent.layout.clone(),
+            resolved: Resolved {
+                enabled: Enabled {
+                    compaction: true,
+                    ..Enabled::default()
+                },
+                force_compact: true,
+            },
+            window: recent.model.max_context_size,
+            conversation_key: 0,
+            dry_run: true,
+        };
+        let plan = self.plan(request, counter);
+        let messages_before = plan.conversation.messages.len();
+        let pending = plan.compaction_pending();
+        let (rendered, outcome) = self.finish(plan, None, counter);
+        let (messages_after, summary) = match &rendered {
+            Some((body, ranges)) => {
+                let summary = ranges.iter().find_map(|r| {
+                    let value: serde_json::Value =
+                        serde_json::from_slice(body.get(r.clone())?).ok()?;
+                    let text = value.get("content")?.as_str()?;
+                    text.starts_with(&format!("{} compacted", conversation::MARKER))
+                        .then(|| text.chars().take(2000).collect::<String>())
+                });
+                (ranges.len(), summary)
+            }
+            None => (messages_before, None),
+        };
+        Preview {
+            record_id: recent.record_id,
+            model: recent.model.key.clone(),
+            context_window: recent.model.max_context_size,
+            can_compact: pending && rendered.is_some(),
+            messages_before,
+            messages_after,
+            tokens_before: outcome.tokens_before,
+            tokens_after: outcome.tokens_after,
+            tokens_saved: outcome.tokens_saved(),
+            summary,
+        }
     }
 
     fn count(&self, outcome: &Outcome) {
@@ -547,6 +605,26 @@ fn apply_state(
     outcome.after_compaction = Some(total_of(conversation, slots, counter));
 }
 
+/// A rewritten body and where its messages now are.
+pub type Rendered = (Bytes, Vec<Range<usize>>);
+
+/// A compaction preview of a session's latest request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Preview {
+    pub record_id: u64,
+    pub model: String,
+    pub context_window: u64,
+    /// False when there is nothing to compact (too few exchanges).
+    pub can_compact: bool,
+    pub messages_before: usize,
+    pub messages_after: usize,
+    pub tokens_before: u64,
+    pub tokens_after: u64,
+    pub tokens_saved: u64,
+    /// The start of the summary that would replace the middle.
+    pub summary: Option<String>,
+}
+
 /// What [`ContextEngine::plan`] needs to know about a request.
 pub struct PlanRequest {
     pub body: Bytes,
@@ -556,6 +634,8 @@ pub struct PlanRequest {
     pub window: u64,
     /// Identifies the conversation (see [`conversation_key`]).
     pub conversation_key: u64,
+    /// A preview: nothing is remembered or counted.
+    pub dry_run: bool,
 }
 
 /// Masking and observation decided; compaction possibly waiting for its summary.
@@ -566,6 +646,7 @@ pub struct Plan {
     pending: Option<PendingCompaction>,
     conversation_key: u64,
     window: u64,
+    dry_run: bool,
 }
 
 struct PendingCompaction {

@@ -99,9 +99,9 @@ mod tests {
     use super::*;
     use crate::context::conversation::render;
     use crate::proxy::request::inspect;
-    use bytes::Bytes;
     use crate::tokens::Tokenizer;
     use crate::tokens::cache::MessageCache;
+    use bytes::Bytes;
     use serde_json::{Value, json};
 
     fn turn(i: usize, output: &str) -> Vec<Value> {
@@ -158,7 +158,9 @@ mod tests {
 
     #[test]
     fn error_signs() {
-        assert!(looks_like_error(br#""Traceback (most recent call last):\n  File""#));
+        assert!(looks_like_error(
+            br#""Traceback (most recent call last):\n  File""#
+        ));
         assert!(looks_like_error(br#""error: could not compile""#));
         assert!(looks_like_error(br#""{\"error\": \"denied\"}""#));
         assert!(!looks_like_error(br#""all 12 tests passed""#));

@@ -11,6 +11,7 @@ pub mod passthrough;
 pub mod ratelimit;
 pub mod request;
 pub mod route;
+pub mod summary;
 pub mod toolcalls;
 pub mod upstream;
 
@@ -32,7 +33,8 @@ use serde_json::Value;
 use crate::accounting::tracker::{self, RequestContext, Tracker};
 use crate::accounting::{Accounting, DEFAULT_MESSAGE_CACHE_BYTES, PromptCounting, RecordSink};
 use crate::alerts::AlertEngine;
-use crate::config::{ApiKey, BaseUrl, Config, Provider};
+use crate::config::{ApiKey, BaseUrl, Config, Model, Provider};
+use crate::context::{self, CONTEXT_HEADER, ContextEngine, Outcome as ContextOutcome};
 use body::ForwardBody;
 use cache::ResponseCache;
 use error::ProxyError;
@@ -82,6 +84,8 @@ pub struct ProxyState {
     passthrough: Option<HttpClient>,
     /// Alert rules, active alerts and their event stream (`subscribe()`) for the API and the dashboard.
     pub alerts: Arc<AlertEngine>,
+    /// Masking, observation masking, compaction.
+    pub context: Arc<ContextEngine>,
     /// `/v1/models` never changes while the process runs: rendered once.
     models_json: Bytes,
 }
@@ -137,6 +141,7 @@ impl ProxyState {
             accounting.add_sink(Arc::new(BudgetCharger(limiters)));
         }
         let response_cache = Arc::new(ResponseCache::new(config.cache.max_bytes, config.cache.ttl));
+        let context = Arc::new(ContextEngine::new(&config));
         let passthrough = if config.passthrough.enabled() {
             Some(upstream::build_passthrough_client(
                 config.passthrough.allow_loopback,
@@ -148,6 +153,7 @@ impl ProxyState {
         let alerts = AlertEngine::new(&config.alerts);
         Ok(ProxyState {
             passthrough,
+            context,
             config,
             catalog,
             upstreams,
@@ -253,8 +259,9 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
     }
     let bytes = read_body(body, limit).await?;
 
-    let view = request::inspect(&bytes)?;
-    let requested = view.model.as_str();
+    let mut view = request::inspect(&bytes)?;
+    let requested = view.model.clone();
+    let requested = requested.as_str();
     let target = parts.headers.get(passthrough::TARGET_HEADER);
     let is_passthrough = target.is_some();
     let passthrough_upstream;
@@ -281,6 +288,52 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
         }
     };
     let provider = &upstream.provider;
+    let client_session = parts
+        .headers
+        .get("x-session-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(request::clean_session_id)
+        .or(view.client_session.take());
+
+    // Context transforms rewrite the messages they change (only when some transform is on).
+    let mut bytes = bytes;
+    let mut context_outcome = None;
+    let context_header = match parts.headers.get(CONTEXT_HEADER) {
+        Some(value) => Some(value.to_str().map_err(|_| {
+            ProxyError::InvalidRequest(format!("`{CONTEXT_HEADER}` must be ASCII"))
+        })?),
+        None => None,
+    };
+    let mut keep_for_preview = None;
+    if state.context.may_apply(context_header) {
+        keep_for_preview = Some((bytes.clone(), view.layout.clone()));
+        let resolved = state
+            .context
+            .resolve(context_header, client_session.as_deref(), &model)
+            .map_err(|e| ProxyError::InvalidRequest(format!("`{CONTEXT_HEADER}`: {e}")))?;
+        if resolved.enabled.any() && !view.layout.messages.is_empty() {
+            let (rewritten, outcome) = context_step(
+                state,
+                &model,
+                &bytes,
+                &view,
+                resolved,
+                client_session.clone(),
+            )
+            .await;
+            if let Some((body, ranges)) = rewritten {
+                let old_end = view.layout.messages.last().map_or(0, |r| r.end);
+                let delta = body.len() as isize - bytes.len() as isize;
+                view.model_range = context::shift(view.model_range.clone(), old_end, delta);
+                for tool in &mut view.layout.tools {
+                    *tool = context::shift(tool.clone(), old_end, delta);
+                }
+                view.layout.messages = ranges;
+                bytes = body;
+            }
+            context_outcome = Some(Box::new(outcome));
+        }
+    }
 
     // The client's bytes go upstream as they are unless something must change: the model id (spliced), the
     // usage request (spliced; the tracker hides the extra chunk), or broken tool calls (re-encoded).
@@ -310,12 +363,6 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
             (plain, injected, ToolCallFixes::default())
         };
     let streaming = view.streaming;
-    let client_session = parts
-        .headers
-        .get("x-session-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(request::clean_session_id)
-        .or(view.client_session);
 
     // Pass-through answers are never cached: the cache key does not include the target or the client's key.
     let cache_wanted = !is_passthrough
@@ -368,7 +415,16 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
             .extensions
             .get::<crate::auth::VirtualKey>()
             .map(|k| k.0.to_string()),
+        context: context_outcome,
     };
+    if let Some((body, layout)) = keep_for_preview {
+        state.context.remember(context::RecentBody {
+            record_id: context.id,
+            body,
+            layout,
+            model: Arc::clone(&model),
+        });
+    }
 
     if let Some(key) = cache_key {
         if let Some(hit) = state.response_cache.get(key) {
@@ -388,6 +444,7 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
     let prepared = match &provider.base_url {
         BaseUrl::Ready(base_url) => upstream_uri(base_url, parts.uri.query()).and_then(|uri| {
             let mut headers = headers::upstream_request_headers(&parts.headers);
+            headers.remove(CONTEXT_HEADER);
             if is_passthrough {
                 // The client's own key for the target: `X-Target-Authorization` when given (required when
                 // `Authorization` carries a virtual key, which the guard has removed), else its `Authorization`.
@@ -515,6 +572,110 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
     Ok(Response::from_parts(response_parts, Body::new(body)))
 }
 
+/// Bodies larger than this are transformed on the blocking pool (their counts may need tokenising).
+const INLINE_CONTEXT_LIMIT: usize = 32 * 1024;
+/// Largest transcript sent to a summary model.
+const MAX_SUMMARY_INPUT_CHARS: usize = 200_000;
+
+/// Runs the context transforms. Never fails the request: on any error the body goes on unchanged and the
+/// error is in the outcome.
+async fn context_step(
+    state: &ProxyState,
+    model: &Arc<Model>,
+    bytes: &Bytes,
+    view: &request::ChatRequestView,
+    resolved: context::Resolved,
+    client_session: Option<String>,
+) -> (Option<context::Rendered>, ContextOutcome) {
+    let engine = Arc::clone(&state.context);
+    let accounting = Arc::clone(&state.accounting);
+    let tokenizer = accounting.tokenizer_for(model).tokenizer;
+    let plan_request = context::PlanRequest {
+        body: bytes.clone(),
+        layout: view.layout.clone(),
+        resolved,
+        window: model.max_context_size,
+        conversation_key: context::conversation_key(client_session.as_deref(), bytes, &view.layout),
+        dry_run: false,
+    };
+    let blocking = bytes.len() > INLINE_CONTEXT_LIMIT || !tokenizer.is_ready();
+    let plan = if blocking {
+        let (engine, accounting, tokenizer) = (
+            Arc::clone(&engine),
+            Arc::clone(&accounting),
+            tokenizer.clone(),
+        );
+        match tokio::task::spawn_blocking(move || {
+            let counter = context::conversation::Counter {
+                tokenizer: &tokenizer,
+                cache: accounting.message_cache(),
+            };
+            engine.plan(plan_request, &counter)
+        })
+        .await
+        {
+            Ok(plan) => plan,
+            Err(error) => {
+                return (
+                    None,
+                    state
+                        .context
+                        .failed(&format!("context step failed: {error}")),
+                );
+            }
+        }
+    } else {
+        let counter = context::conversation::Counter {
+            tokenizer: &tokenizer,
+            cache: accounting.message_cache(),
+        };
+        engine.plan(plan_request, &counter)
+    };
+    let llm = match (
+        engine.summary_model(),
+        plan.summary_input(MAX_SUMMARY_INPUT_CHARS),
+    ) {
+        (Some(summary_model), Some(transcript)) => {
+            let config = &engine.config.compaction;
+            Some(
+                summary::summarize(
+                    state,
+                    summary_model,
+                    transcript,
+                    config.summary_max_tokens,
+                    config.summary_timeout,
+                    client_session,
+                )
+                .await,
+            )
+        }
+        _ => None,
+    };
+    if let Some(Err(error)) = &llm {
+        tracing::warn!(%error, "compaction summary failed; the request goes on uncompacted");
+    }
+    let finish = move || {
+        let counter = context::conversation::Counter {
+            tokenizer: &tokenizer,
+            cache: accounting.message_cache(),
+        };
+        engine.finish(plan, llm, &counter)
+    };
+    if blocking {
+        match tokio::task::spawn_blocking(finish).await {
+            Ok(done) => done,
+            Err(error) => (
+                None,
+                state
+                    .context
+                    .failed(&format!("context step failed: {error}")),
+            ),
+        }
+    } else {
+        finish()
+    }
+}
+
 /// Answers from the response cache: the stored JSON, or for a streaming request the same replayed as SSE;
 /// recorded like any request, with `cache_hit` and no cost.
 fn answer_from_cache(
@@ -600,6 +761,7 @@ fn passthrough_route(
         prices: Prices::default(),
         capabilities: Vec::new(),
         cache: Some(false),
+        context: Default::default(),
     });
     let provider = Arc::new(Provider {
         key,

@@ -16,19 +16,44 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::export::{self, Format};
+use super::masks::MaskKey;
 use super::query::{self, Order, RequestFilter, SessionSort, StatusFilter};
 use super::{Readers, SessionChange, StoreError, StoreSink};
+use crate::context::api as context_api;
+use crate::proxy::ProxyState;
 
 /// Shared by the store routes.
 pub struct StoreApi {
     pub sink: Arc<StoreSink>,
     pub readers: Readers,
+    /// The proxy (context settings, masked originals, compaction previews).
+    pub proxy: Arc<ProxyState>,
+    pub mask_key: Option<MaskKey>,
 }
 
 impl StoreApi {
-    pub fn new(sink: Arc<StoreSink>) -> Arc<StoreApi> {
+    pub fn new(
+        sink: Arc<StoreSink>,
+        proxy: Arc<ProxyState>,
+        mask_key: Option<MaskKey>,
+    ) -> Arc<StoreApi> {
         let readers = Readers::new(sink.path());
-        Arc::new(StoreApi { sink, readers })
+        Arc::new(StoreApi {
+            sink,
+            readers,
+            proxy,
+            mask_key,
+        })
+    }
+
+    /// Mirrors the active session for the context settings of requests without a client session id.
+    fn note_active(&self, id: i64, active: bool) {
+        let sessions = &self.proxy.context.sessions;
+        if active {
+            sessions.set_active(Some(id));
+        } else if sessions.active() == Some(id) {
+            sessions.set_active(None);
+        }
     }
 }
 
@@ -53,6 +78,16 @@ pub fn router(api: Arc<StoreApi>) -> Router {
         .route("/api/export", get(export_all))
         .route("/api/stats/store", get(store_stats))
         .route("/api/maintenance/retention", post(retention))
+        .route("/api/mask/{hash}", get(context_api::get_mask))
+        .route(
+            "/api/sessions/{id}/context",
+            get(context_api::get_settings).put(context_api::put_settings),
+        )
+        .route("/api/sessions/{id}/compact", post(context_api::compact))
+        .route(
+            "/api/sessions/{id}/compact/preview",
+            post(context_api::compact_preview),
+        )
         .with_state(api)
 }
 
@@ -65,7 +100,21 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
+        ApiError {
+            status,
+            kind,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             kind: "invalid_request_error",
@@ -74,7 +123,7 @@ impl ApiError {
         }
     }
 
-    fn unknown_session(id: i64) -> ApiError {
+    pub fn unknown_session(id: i64) -> ApiError {
         ApiError {
             status: StatusCode::NOT_FOUND,
             kind: "not_found_error",
@@ -114,17 +163,17 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub type ApiResult = Result<Response, ApiError>;
 
 fn query_error(rejection: QueryRejection) -> ApiError {
     ApiError::bad_request("invalid_parameter", rejection.body_text())
 }
 
-fn json_error(rejection: JsonRejection) -> ApiError {
+pub fn json_error(rejection: JsonRejection) -> ApiError {
     ApiError::bad_request("invalid_body", rejection.body_text())
 }
 
-fn session_id(text: &str) -> Result<i64, ApiError> {
+pub fn session_id(text: &str) -> Result<i64, ApiError> {
     text.parse::<i64>().map_err(|_| {
         ApiError::bad_request(
             "invalid_parameter",
@@ -134,7 +183,7 @@ fn session_id(text: &str) -> Result<i64, ApiError> {
 }
 
 /// Runs a read on the blocking pool.
-async fn read<T: Send + 'static>(
+pub async fn read<T: Send + 'static>(
     api: &Arc<StoreApi>,
     f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -229,6 +278,9 @@ async fn create_session(
             store.create_session(resolver, &name, model.as_deref(), activate)
         })
         .await?;
+    if activate {
+        api.note_active(id, true);
+    }
     let session = read(&api, move |conn| query::get_session(conn, id)).await?;
     if let Some(session) = &session {
         api.sink.notify(SessionChange::Created(session.clone()));
@@ -293,6 +345,7 @@ async fn activate(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> A
     api.sink
         .execute(move |state| state.store()?.set_active(id, true))
         .await?;
+    api.note_active(id, true);
     changed_session_response(&api, id, true).await
 }
 
@@ -301,6 +354,7 @@ async fn deactivate(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) ->
     api.sink
         .execute(move |state| state.store()?.set_active(id, false))
         .await?;
+    api.note_active(id, false);
     changed_session_response(&api, id, true).await
 }
 
@@ -316,6 +370,8 @@ async fn delete_session(State(api): State<Arc<StoreApi>>, Path(id): Path<String>
     if deleted == 0 {
         return Err(ApiError::unknown_session(id));
     }
+    api.proxy.context.sessions.forget(id);
+    api.note_active(id, false);
     api.sink.notify(SessionChange::Deleted(vec![id]));
     Ok(Json(json!({"deleted": [id]})).into_response())
 }
@@ -338,6 +394,10 @@ async fn delete_sessions(
         ));
     }
     let ids = body.ids;
+    for id in &ids {
+        api.proxy.context.sessions.forget(*id);
+        api.note_active(*id, false);
+    }
     let count = ids.len();
     let gone = ids.clone();
     let deleted = api

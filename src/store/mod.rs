@@ -9,6 +9,7 @@ pub mod alerts;
 pub mod api;
 pub mod cli;
 pub mod export;
+pub mod masks;
 pub mod query;
 pub mod schema;
 pub mod sessions;
@@ -167,6 +168,7 @@ impl Store {
             for record in ordered {
                 let session = resolver.resolve(&tx, record)?;
                 assignments.push((record.id, session));
+                let context = record.context.as_deref();
                 let preview = record
                     .preview
                     .as_deref()
@@ -215,6 +217,19 @@ impl Store {
                     record.overhead_us.map(clamp),
                     record.cache_hit,
                     record.virtual_key,
+                    context.map(|c| c.transforms.as_str()),
+                    context.map(|c| clamp(c.tokens_before)),
+                    context.and_then(|c| c.after_masking).map(clamp),
+                    context.and_then(|c| c.after_observation).map(clamp),
+                    context.and_then(|c| c.after_compaction).map(clamp),
+                    context.map(|c| clamp(c.tokens_after)),
+                    context.map_or(0, |c| c.masked_messages),
+                    context.map_or(0, |c| c.observed_messages),
+                    context.map_or(0, |c| c.compacted_messages),
+                    context.and_then(|c| c.compaction.as_deref()),
+                    context.and_then(|c| c.error.as_deref()),
+                    clamp(record.tokens_saved),
+                    record.cost_saved_usd,
                 ])?;
                 if let Some(id) = session {
                     let window = resolver.context_window(&record.model);
@@ -376,6 +391,7 @@ impl Store {
             "DELETE FROM alerts WHERE fired_at < ?1 AND resolved_at IS NOT NULL",
             [cutoff],
         )?;
+        tx.execute("DELETE FROM masked_content WHERE created_at < ?1", [cutoff])?;
         tx.commit()?;
         if let Some(resolver) = resolver {
             for id in &stale {
@@ -425,6 +441,8 @@ struct SessionDelta {
     completion: i64,
     cached: i64,
     cost: f64,
+    tokens_saved: i64,
+    cost_saved: f64,
     last_activity: i64,
     context_tokens: i64,
     context_window: Option<u64>,
@@ -445,6 +463,8 @@ impl SessionDelta {
             .cached
             .saturating_add(clamp(record.cached_reported.unwrap_or(0)));
         self.cost += record.cost_usd;
+        self.tokens_saved = self.tokens_saved.saturating_add(clamp(record.tokens_saved));
+        self.cost_saved += record.cost_saved_usd;
         let ended = record
             .started_at_ms
             .saturating_add(clamp(record.latency_us / 1000));
@@ -479,7 +499,9 @@ fn apply_delta(conn: &Connection, id: i64, delta: &SessionDelta) -> rusqlite::Re
             last_activity = max(last_activity, ?8),
             context_tokens = ?9,
             context_window = coalesce(?10, context_window),
-            model = CASE WHEN source = 'manual' AND model IS NOT NULL THEN model ELSE ?11 END
+            model = CASE WHEN source = 'manual' AND model IS NOT NULL THEN model ELSE ?11 END,
+            tokens_saved = tokens_saved + ?12,
+            cost_saved_usd = cost_saved_usd + ?13
          WHERE id = ?1",
     )?
     .execute(params![
@@ -494,6 +516,8 @@ fn apply_delta(conn: &Connection, id: i64, delta: &SessionDelta) -> rusqlite::Re
         delta.context_tokens,
         delta.context_window.map(clamp),
         delta.model,
+        delta.tokens_saved,
+        delta.cost_saved,
     ])?;
     Ok(())
 }

@@ -33,15 +33,21 @@ pub struct Session {
     pub context_window: Option<i64>,
     /// `context_tokens / context_window`.
     pub context_used: Option<f64>,
+    /// Prompt tokens the context transforms removed from this session's requests, and their price.
+    pub tokens_saved: i64,
+    pub cost_saved_usd: f64,
+    /// The session's context settings (`PUT /api/sessions/{id}/context`), if any.
+    pub context_settings: Option<serde_json::Value>,
 }
 
-const SESSION_COLUMNS: &str = "id, name, model, source, client_key, created_at, last_activity, active, request_count, error_count, prompt_tokens, completion_tokens, cached_tokens, cost_usd, context_tokens, context_window";
+const SESSION_COLUMNS: &str = "id, name, model, source, client_key, created_at, last_activity, active, request_count, error_count, prompt_tokens, completion_tokens, cached_tokens, cost_usd, context_tokens, context_window, tokens_saved, cost_saved_usd, context_settings";
 
 fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
     let prompt_tokens: i64 = row.get(10)?;
     let completion_tokens: i64 = row.get(11)?;
     let context_tokens: i64 = row.get(14)?;
     let context_window: Option<i64> = row.get(15)?;
+    let settings: Option<String> = row.get(18)?;
     Ok(Session {
         id: row.get(0)?,
         name: row.get(1)?,
@@ -63,6 +69,9 @@ fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
         context_used: context_window
             .filter(|w| *w > 0)
             .map(|w| context_tokens as f64 / w as f64),
+        tokens_saved: row.get(16)?,
+        cost_saved_usd: row.get(17)?,
+        context_settings: settings.and_then(|s| serde_json::from_str(&s).ok()),
     })
 }
 

@@ -131,6 +131,38 @@ CREATE INDEX alerts_by_time ON alerts (fired_at);
 CREATE INDEX alerts_by_session ON alerts (session_id);
 CREATE INDEX alerts_unresolved ON alerts (resolved_at) WHERE resolved_at IS NULL;
 "#,
+    // v6: context transforms: tokens before and after each, savings per request and session, per-session
+    // settings, and the originals of masked output (encrypted when a key is configured).
+    r#"
+ALTER TABLE requests ADD COLUMN ctx_transforms TEXT;
+ALTER TABLE requests ADD COLUMN ctx_tokens_before INTEGER;
+ALTER TABLE requests ADD COLUMN ctx_after_masking INTEGER;
+ALTER TABLE requests ADD COLUMN ctx_after_observation INTEGER;
+ALTER TABLE requests ADD COLUMN ctx_after_compaction INTEGER;
+ALTER TABLE requests ADD COLUMN ctx_tokens_after INTEGER;
+ALTER TABLE requests ADD COLUMN ctx_masked INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE requests ADD COLUMN ctx_observed INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE requests ADD COLUMN ctx_compacted INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE requests ADD COLUMN ctx_compaction TEXT;
+ALTER TABLE requests ADD COLUMN ctx_error TEXT;
+ALTER TABLE requests ADD COLUMN tokens_saved INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE requests ADD COLUMN cost_saved_usd REAL NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN tokens_saved INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN cost_saved_usd REAL NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN context_settings TEXT;
+
+CREATE TABLE masked_content (
+    hash       TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    role       TEXT NOT NULL,
+    tool       TEXT,
+    tokens     INTEGER NOT NULL,
+    preview    TEXT,
+    content    BLOB NOT NULL,
+    encrypted  INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX masked_content_by_time ON masked_content (created_at);
+"#,
 ];
 
 /// The columns of `requests` in the order the writer binds them (`id` excluded).
@@ -178,6 +210,19 @@ pub const REQUEST_COLUMNS: &[&str] = &[
     "overhead_us",
     "cache_hit",
     "virtual_key",
+    "ctx_transforms",
+    "ctx_tokens_before",
+    "ctx_after_masking",
+    "ctx_after_observation",
+    "ctx_after_compaction",
+    "ctx_tokens_after",
+    "ctx_masked",
+    "ctx_observed",
+    "ctx_compacted",
+    "ctx_compaction",
+    "ctx_error",
+    "tokens_saved",
+    "cost_saved_usd",
 ];
 
 /// Columns read back as booleans.

@@ -327,6 +327,36 @@ impl StoreSink {
         self.sender.try_send(Message::Command(Box::new(f))).is_ok()
     }
 
+    /// Queues `f` for the writer thread without waiting: `false` (and `f` never runs) when the store is shut
+    /// down or its queue is full. `bytes` is what `f` holds, counted against the queue's byte bound.
+    pub fn try_execute_sized(
+        &self,
+        bytes: usize,
+        f: impl FnOnce(&mut WriterState) + Send + 'static,
+    ) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let counters = &self.counters;
+        let before = counters.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if before + bytes > self.options.queue_bytes {
+            counters.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        let held = Arc::clone(&self.counters);
+        let command: Command = Box::new(move |state| {
+            held.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            f(state);
+        });
+        match self.sender.try_send(Message::Command(command)) {
+            Ok(()) => true,
+            Err(_) => {
+                counters.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
     /// [`StoreSink::execute_blocking`] from async code.
     pub async fn execute<T: Send + 'static>(
         self: &Arc<Self>,

@@ -1,0 +1,196 @@
+//! HTTP routes of the context transforms (mounted with the store's API): masked originals, per-session
+//! settings, manual compaction and its preview.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
+use rusqlite::OptionalExtension;
+use serde_json::json;
+
+use super::config::Toggles;
+use super::conversation::Counter;
+use super::sessions::SessionContext;
+use crate::store::api::{ApiError, ApiResult, StoreApi, json_error, read, session_id};
+use crate::store::masks::{self, MaskReadError};
+use crate::store::{StoreError, query};
+
+/// `GET /api/mask/{hash}`: a masked original.
+pub async fn get_mask(State(api): State<Arc<StoreApi>>, Path(hash): Path<String>) -> ApiResult {
+    if hash.len() != 32 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("`{hash}` is not a mask id (32 hex digits)"),
+        ));
+    }
+    let hash = hash.to_ascii_lowercase();
+    let key = api.mask_key.clone();
+    let preview_chars = api.proxy.context.config.masking.preview_chars;
+    let api2 = Arc::clone(&api);
+    let found = tokio::task::spawn_blocking(move || {
+        let mut outcome = None;
+        let result = api2.readers.with(|conn| {
+            outcome = Some(masks::get(conn, &hash, key.as_ref(), preview_chars));
+            Ok(())
+        });
+        match (result, outcome) {
+            (Err(error), _) => Err(MaskReadError::Store(error)),
+            (Ok(()), Some(outcome)) => outcome,
+            (Ok(()), None) => Ok(None),
+        }
+    })
+    .await
+    .map_err(|e| ApiError::from(StoreError::Other(format!("read task failed: {e}"))))?;
+    match found {
+        Ok(Some(row)) => Ok(Json(row).into_response()),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            "unknown_mask",
+            "no masked original with this id",
+        )),
+        Err(MaskReadError::Store(error)) => Err(error.into()),
+        Err(error) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "store_error",
+            "mask_encrypted",
+            error.to_string(),
+        )),
+    }
+}
+
+fn settings_json(id: i64, context: &SessionContext, api: &StoreApi) -> serde_json::Value {
+    let model_free = context.toggles.over(api.proxy.context.config.toggles());
+    json!({
+        "session_id": id,
+        "settings": context.toggles,
+        "compact_next": context.compact_next,
+        "effective_without_model_or_header": model_free.resolve_json(),
+    })
+}
+
+/// `GET /api/sessions/{id}/context`.
+pub async fn get_settings(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> ApiResult {
+    let id = session_id(&id)?;
+    if read(&api, move |conn| query::get_session(conn, id))
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::unknown_session(id));
+    }
+    let context = api.proxy.context.sessions.get(id);
+    Ok(Json(settings_json(id, &context, &api)).into_response())
+}
+
+/// `PUT /api/sessions/{id}/context`: `{"masking": true, "observation": null, "compaction": false}` (a field
+/// left out or `null` follows the model and `[context]`).
+pub async fn put_settings(
+    State(api): State<Arc<StoreApi>>,
+    Path(id): Path<String>,
+    body: Result<Json<Toggles>, JsonRejection>,
+) -> ApiResult {
+    let id = session_id(&id)?;
+    let Json(toggles) = body.map_err(json_error)?;
+    let stored = (!toggles.is_empty())
+        .then(|| serde_json::to_string(&toggles))
+        .transpose()
+        .map_err(|e| ApiError::from(StoreError::Other(e.to_string())))?;
+    let (client_key, active) = api
+        .sink
+        .execute(move |state| {
+            let conn = state.store()?.connection();
+            let changed = conn.execute(
+                "UPDATE sessions SET context_settings = ?2 WHERE id = ?1",
+                rusqlite::params![id, stored],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::UnknownSession(id));
+            }
+            Ok(conn.query_row(
+                "SELECT client_key, active FROM sessions WHERE id = ?1",
+                [id],
+                |row| Ok((row.get::<_, Option<String>>(0)?, row.get::<_, bool>(1)?)),
+            )?)
+        })
+        .await?;
+    let sessions = &api.proxy.context.sessions;
+    let mut context = sessions.get(id);
+    context.toggles = toggles;
+    sessions.set(id, client_key.as_deref(), context.clone());
+    if active {
+        sessions.set_active(Some(id));
+    }
+    Ok(Json(settings_json(id, &context, &api)).into_response())
+}
+
+/// `POST /api/sessions/{id}/compact`: the session's next request is compacted whatever its size (once).
+pub async fn compact(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> ApiResult {
+    let id = session_id(&id)?;
+    let Some(session) = read(&api, move |conn| query::get_session(conn, id)).await? else {
+        return Err(ApiError::unknown_session(id));
+    };
+    let sessions = &api.proxy.context.sessions;
+    let mut context = sessions.get(id);
+    context.compact_next = true;
+    sessions.set(id, session.client_key.as_deref(), context.clone());
+    if session.active {
+        sessions.set_active(Some(id));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(settings_json(id, &context, &api)),
+    )
+        .into_response())
+}
+
+/// `POST /api/sessions/{id}/compact/preview`: before/after tokens of compacting the session's latest request.
+pub async fn compact_preview(
+    State(api): State<Arc<StoreApi>>,
+    Path(id): Path<String>,
+) -> ApiResult {
+    let id = session_id(&id)?;
+    let latest = read(&api, move |conn| {
+        if query::get_session(conn, id)?.is_none() {
+            return Ok(None);
+        }
+        let record: Option<i64> = conn
+            .prepare_cached(
+                "SELECT record_id FROM requests WHERE session_id = ?1 ORDER BY started_at DESC, id DESC LIMIT 1",
+            )?
+            .query_row([id], |row| row.get(0))
+            .optional()?;
+        Ok(Some(record))
+    })
+    .await?;
+    let Some(latest) = latest else {
+        return Err(ApiError::unknown_session(id));
+    };
+    let not_kept = || {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "no_recent_request",
+            "the session's latest request is no longer in memory (the proxy keeps the last 64 request bodies while a context transform is configured)",
+        )
+    };
+    let record_id = latest.ok_or_else(not_kept)?;
+    let recent = api
+        .proxy
+        .context
+        .recent_body(record_id as u64)
+        .ok_or_else(not_kept)?;
+    let proxy = Arc::clone(&api.proxy);
+    let preview = tokio::task::spawn_blocking(move || {
+        let tokenizer = proxy.accounting.tokenizer_for(&recent.model).tokenizer;
+        let counter = Counter {
+            tokenizer: &tokenizer,
+            cache: proxy.accounting.message_cache(),
+        };
+        proxy.context.preview(&recent, &counter)
+    })
+    .await
+    .map_err(|e| ApiError::from(StoreError::Other(format!("preview failed: {e}"))))?;
+    Ok(Json(json!({"session_id": id, "preview": preview})).into_response())
+}
