@@ -37,7 +37,7 @@ pub struct Session {
     pub tokens_saved: i64,
     pub cost_saved_usd: f64,
     /// The session's context settings (`PUT /api/sessions/{id}/context`), if any.
-    pub context_settings: Option<serde_json::Value>,
+    pub context_settings: Option<crate::context::config::Toggles>,
 }
 
 const SESSION_COLUMNS: &str = "id, name, model, source, client_key, created_at, last_activity, active, request_count, error_count, prompt_tokens, completion_tokens, cached_tokens, cost_usd, context_tokens, context_window, tokens_saved, cost_saved_usd, context_settings";
