@@ -12,6 +12,8 @@ pub mod conversation;
 pub mod masking;
 pub mod observation;
 pub mod sessions;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
@@ -436,6 +438,11 @@ impl ContextEngine {
                         pending.end,
                         summary_tokens,
                     );
+                    if after >= pending.occupancy.tokens {
+                        // A summary no smaller than what it replaces is no compaction.
+                        plan.outcome.compaction = Some("summary not smaller".into());
+                        return self.render_plan(plan, started, counter);
+                    }
                     let still_over = plan.window > 0
                         && after as f64 / plan.window as f64 >= self.config.compaction.threshold;
                     let consecutive = match (&pending.previous, still_over) {
@@ -477,6 +484,15 @@ impl ContextEngine {
                 }
             }
         }
+        self.render_plan(plan, started, counter)
+    }
+
+    fn render_plan(
+        &self,
+        plan: Plan,
+        started: Instant,
+        counter: &Counter<'_>,
+    ) -> (Option<Rendered>, Outcome) {
         let rendered = conversation::render(&plan.conversation, &plan.slots);
         let mut outcome = plan.outcome;
         outcome.tokens_after = match &rendered {
