@@ -282,8 +282,13 @@ async fn run(
         grace_ms = grace.as_millis() as u64,
         "shutting down: waiting for in-flight requests"
     );
+    let deadline = tokio::time::Instant::now() + grace;
+    // Upgraded connections (dashboards) hold no permit: wait until the hub has seen them close.
+    while hub.clients() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let all = max as u32;
-    if tokio::time::timeout(grace, permits.acquire_many(all))
+    if tokio::time::timeout_at(deadline, permits.acquire_many(all))
         .await
         .is_err()
     {
