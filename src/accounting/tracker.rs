@@ -270,6 +270,7 @@ impl Tracker {
                         reasoning: tokens.reasoning,
                         usage: counter.usage,
                         finish_reason: counter.finish_reason.take(),
+                        unreadable: counter.understood == 0 && response_bytes > 0,
                     }
                 }
                 Mode::Json {
@@ -333,6 +334,8 @@ struct Completion {
     reasoning: u64,
     usage: Option<ReportedUsage>,
     finish_reason: Option<String>,
+    /// An event stream with bytes but not one event the counter understood (garbage from upstream).
+    unreadable: bool,
 }
 
 struct Finished {
@@ -422,6 +425,9 @@ fn build_record(
     let error_kind = match &finished.outcome {
         Outcome::Complete if context.status >= 400 => {
             Some(format!("upstream_http_{}", context.status))
+        }
+        Outcome::Complete if finished.completion.unreadable => {
+            Some("upstream_unreadable_stream".to_string())
         }
         Outcome::Complete => None,
         Outcome::UpstreamFailed(_) => Some("upstream_stream_error".to_string()),

@@ -1,12 +1,13 @@
 //! The single writer: a bounded queue filled on the request path, drained by one thread that commits batches.
 //!
 //! A batch is committed when it holds `batch_rows` records or `batch_bytes` bytes, or `flush_interval` after its
-//! first record arrived. A failing write (disk full, file gone, read-only) is retried with backoff, at most
-//! [`MAX_BATCH_ATTEMPTS`] times, then its records are counted as dropped; the connection is reopened, so
-//! writing resumes by itself when the disk recovers. Meanwhile the queue fills and new records are dropped at
-//! the door (counted): memory stays bounded, the proxy never waits.
+//! first record arrived. When the database cannot be written (disk full, read-only, file gone or unopenable)
+//! the writer holds the records in memory — at most `queue_capacity` records and `queue_bytes` bytes — and
+//! retries with backoff, reopening the file, until the disk recovers; then it writes them in order. Records
+//! beyond that bound are dropped and counted, so memory stays bounded and the proxy never waits. Any other
+//! failure (a record SQLite refuses) is retried [`MAX_BATCH_ATTEMPTS`] times, then its batch is dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -23,7 +24,7 @@ use super::{BatchReport, Store, StoreError, unix_ms};
 use crate::accounting::{RecordSink, RequestRecord};
 use crate::config::{Config, SessionMode, StoreConfig};
 
-/// A batch that failed this many times is dropped.
+/// A batch that failed this many times for a reason other than the disk is dropped.
 pub const MAX_BATCH_ATTEMPTS: u32 = 3;
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -89,6 +90,7 @@ struct Counters {
     dropped: AtomicU64,
     batches: AtomicU64,
     write_errors: AtomicU64,
+    held: AtomicUsize,
     last_drop_log_ms: AtomicI64,
     last_error: Mutex<Option<(i64, String)>>,
 }
@@ -106,6 +108,8 @@ pub struct WriterStats {
     pub dropped: u64,
     pub batches: u64,
     pub write_errors: u64,
+    /// Records kept in memory while the database cannot be written; written once it can.
+    pub held: usize,
     pub last_error: Option<String>,
     pub last_error_at_ms: Option<i64>,
     /// The writer has an open, working database.
@@ -236,6 +240,8 @@ impl StoreSink {
             options: options.clone(),
             backoff: INITIAL_BACKOFF,
             retry_at: None,
+            held: VecDeque::new(),
+            held_bytes: 0,
             next_retention: options.retention_days.map(|_| Instant::now()),
         };
         let thread = std::thread::Builder::new()
@@ -289,6 +295,7 @@ impl StoreSink {
             dropped: c.dropped.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
             write_errors: c.write_errors.load(Ordering::Relaxed),
+            held: c.held.load(Ordering::Relaxed),
             last_error_at_ms: last.as_ref().map(|(at, _)| *at),
             last_error: last.map(|(_, message)| message),
             healthy: self.healthy.load(Ordering::Relaxed),
@@ -469,6 +476,9 @@ struct Writer {
     backoff: Duration,
     /// After a failure, no write is attempted before this instant.
     retry_at: Option<Instant>,
+    /// Records waiting for the database to become writable again, oldest first.
+    held: VecDeque<(Arc<RequestRecord>, usize)>,
+    held_bytes: usize,
     next_retention: Option<Instant>,
 }
 
@@ -483,8 +493,15 @@ impl Writer {
         let mut batch: Vec<Arc<RequestRecord>> = Vec::with_capacity(self.options.batch_rows);
         loop {
             self.housekeeping();
-            // Wait for the first record of a batch.
-            let first = match self.receiver.recv_timeout(Duration::from_secs(1)) {
+            self.retry_held();
+            // Wait for the first record of a batch (or the next retry of held records).
+            let wait = match (self.held.is_empty(), self.retry_at) {
+                (false, Some(at)) => at
+                    .saturating_duration_since(Instant::now())
+                    .clamp(Duration::from_millis(1), Duration::from_secs(1)),
+                _ => Duration::from_secs(1),
+            };
+            let first = match self.receiver.recv_timeout(wait) {
                 Ok(message) => message,
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => Message::Shutdown,
@@ -520,6 +537,17 @@ impl Writer {
                         }
                     }
                     self.commit(&mut batch);
+                    self.retry_held();
+                    if !self.held.is_empty() {
+                        let n = self.held.len() as u64;
+                        self.counters.dropped.fetch_add(n, Ordering::Relaxed);
+                        self.counters.held.store(0, Ordering::Relaxed);
+                        tracing::warn!(
+                            records = n,
+                            "store still unwritable at shutdown; held records dropped"
+                        );
+                        self.held.clear();
+                    }
                     return;
                 }
             }
@@ -557,9 +585,15 @@ impl Writer {
         After::Nothing
     }
 
-    /// Writes the batch, retrying with backoff; drops it after [`MAX_BATCH_ATTEMPTS`] failures.
+    /// Writes the batch, retrying with backoff; holds it while the disk is unavailable; drops it after
+    /// [`MAX_BATCH_ATTEMPTS`] other failures.
     fn commit(&mut self, batch: &mut Vec<Arc<RequestRecord>>) {
         if batch.is_empty() {
+            return;
+        }
+        if !self.held.is_empty() {
+            // Older records are waiting: keep the order.
+            self.hold(batch);
             return;
         }
         let mut attempts = 0;
@@ -587,6 +621,10 @@ impl Writer {
                 Err(error) => {
                     attempts += 1;
                     self.failed(&error);
+                    if is_unavailable(&error) && !self.stopping.load(Ordering::Acquire) {
+                        self.hold(batch);
+                        return;
+                    }
                     if attempts >= MAX_BATCH_ATTEMPTS || self.stopping.load(Ordering::Acquire) {
                         let n = batch.len() as u64;
                         self.counters.dropped.fetch_add(n, Ordering::Relaxed);
@@ -613,6 +651,91 @@ impl Writer {
             _ => Vec::new(),
         };
         listener.batch_committed(&report.assignments, sessions, &report.created);
+    }
+
+    /// Keeps `batch` for later, within the queue's bounds; what does not fit is dropped and counted.
+    fn hold(&mut self, batch: &mut Vec<Arc<RequestRecord>>) {
+        let mut dropped = 0u64;
+        for record in batch.drain(..) {
+            let size = approximate_size(&record);
+            if self.held.len() >= self.options.queue_capacity
+                || self.held_bytes + size > self.options.queue_bytes
+            {
+                dropped += 1;
+                continue;
+            }
+            self.held_bytes += size;
+            self.held.push_back((record, size));
+        }
+        self.counters.held.store(self.held.len(), Ordering::Relaxed);
+        if dropped > 0 {
+            self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+            log_drop(
+                &self.counters,
+                dropped,
+                "store unwritable and its holding space full",
+            );
+        }
+    }
+
+    /// Writes held records, oldest first, once the backoff allows; stops at the first failure.
+    fn retry_held(&mut self) {
+        let mut attempts = 0;
+        while !self.held.is_empty() {
+            if self
+                .retry_at
+                .is_some_and(|at| Instant::now() < at && !self.stopping.load(Ordering::Acquire))
+            {
+                return;
+            }
+            let n = self.held.len().min(self.options.batch_rows);
+            let chunk: Vec<Arc<RequestRecord>> = self
+                .held
+                .iter()
+                .take(n)
+                .map(|(r, _)| Arc::clone(r))
+                .collect();
+            let result = self
+                .state
+                .parts()
+                .and_then(|(store, resolver)| store.write_batch(&chunk, resolver));
+            match result {
+                Ok(report) => {
+                    self.report(&report);
+                    for (_, size) in self.held.drain(..n) {
+                        self.held_bytes -= size;
+                    }
+                    self.counters.held.store(self.held.len(), Ordering::Relaxed);
+                    self.counters.written.fetch_add(n as u64, Ordering::Relaxed);
+                    self.counters.batches.fetch_add(1, Ordering::Relaxed);
+                    self.backoff = INITIAL_BACKOFF;
+                    self.retry_at = None;
+                    if self.held.is_empty() && !self.healthy.swap(true, Ordering::Relaxed) {
+                        tracing::info!(records = n, "store writable again; held records written");
+                    }
+                }
+                Err(error) => {
+                    self.failed(&error);
+                    attempts += 1;
+                    let give_up = !is_unavailable(&error) && attempts >= MAX_BATCH_ATTEMPTS;
+                    if give_up || self.stopping.load(Ordering::Acquire) {
+                        if give_up {
+                            for (_, size) in self.held.drain(..n) {
+                                self.held_bytes -= size;
+                            }
+                            self.counters.held.store(self.held.len(), Ordering::Relaxed);
+                            self.counters.dropped.fetch_add(n as u64, Ordering::Relaxed);
+                            tracing::warn!(records = n, %error, "store write failed; batch dropped");
+                            continue;
+                        }
+                        return;
+                    }
+                    if is_unavailable(&error) {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     fn failed(&mut self, error: &StoreError) {
@@ -662,5 +785,26 @@ impl Writer {
             ),
             Err(error) => tracing::warn!(%error, "retention failed"),
         }
+    }
+}
+
+/// Whether `error` means the database cannot be written right now (full, read-only, gone, locked, an I/O error)
+/// rather than that SQLite refused these records: the former is waited out, the latter is not retried forever.
+fn is_unavailable(error: &StoreError) -> bool {
+    use rusqlite::ErrorCode;
+    match error {
+        StoreError::Open { .. } | StoreError::Missing(_) | StoreError::Replaced(_) => true,
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => matches!(
+            failure.code,
+            ErrorCode::ReadOnly
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::CannotOpen
+                | ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::PermissionDenied
+                | ErrorCode::FileLockingProtocolFailed
+        ),
+        _ => false,
     }
 }

@@ -276,6 +276,8 @@ pub struct CompletionCounter {
     pub usage: Option<ReportedUsage>,
     pub finish_reason: Option<String>,
     pub events: u64,
+    /// Events that were chunks, usage or `[DONE]`: none in a non-empty stream means it was not one.
+    pub understood: u64,
     pub done: bool,
 }
 
@@ -304,6 +306,7 @@ impl CompletionCounter {
             usage: None,
             finish_reason: None,
             events: 0,
+            understood: 0,
             done: false,
         }
     }
@@ -311,6 +314,14 @@ impl CompletionCounter {
     /// Accounts one SSE event's data.
     pub fn on_event(&mut self, data: &[u8]) -> EventKind {
         self.events += 1;
+        let kind = self.account(data);
+        if kind != EventKind::Unparsed {
+            self.understood += 1;
+        }
+        kind
+    }
+
+    fn account(&mut self, data: &[u8]) -> EventKind {
         if data == b"[DONE]" {
             self.done = true;
             return EventKind::Done;
