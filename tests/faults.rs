@@ -15,7 +15,18 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-const TIMEOUTS: &str = "[providers.mock.timeouts]\nfirst_byte_ms = 800\nidle_ms = 800\n";
+/// Short enough for the stall faults to end the test quickly, long enough that an answering mock never hits them
+/// on a loaded machine.
+const TIMEOUTS: &str = "[providers.mock.timeouts]\nfirst_byte_ms = 2000\nidle_ms = 2000\n";
+
+/// How long a test waits for the writer to reach a state: generous, since only a failing test waits this long.
+const WRITER_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Says on the terminal (past libtest's capture, so it shows without `--nocapture`) why a test did not run.
+fn skip(test: &str, reason: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{test}: skipped: {reason}");
+}
 
 /// Sends one request with `x-mock-fault: fault`; returns the status and whether the body ended cleanly.
 async fn faulty(proxy: &Proxy, fault: &str, stream: bool) -> (u16, bool, Vec<u8>) {
@@ -174,8 +185,9 @@ async fn a_full_disk_is_survived_and_held_records_are_written_after() {
     let scratch = tempfile::tempdir().unwrap();
     let disk_dir = scratch.path().join("disk");
     let Some(_disk) = SmallDisk::mount(&disk_dir, "1m") else {
-        eprintln!(
-            "skipped: cannot mount a tmpfs here (needs root); the read-only test covers recovery"
+        skip(
+            "a_full_disk_is_survived_and_held_records_are_written_after",
+            "cannot mount a tmpfs here (needs root and mount rights); the read-only test covers recovery",
         );
         return;
     };
@@ -190,7 +202,7 @@ async fn a_full_disk_is_survived_and_held_records_are_written_after() {
     for _ in 0..3 {
         still_answers(&proxy).await;
     }
-    wait_writer(&proxy, Duration::from_secs(5), |w| w["written"] == 3).await;
+    wait_writer(&proxy, WRITER_DEADLINE, |w| w["written"] == 3).await;
 
     // Fill the disk.
     let filler = disk_dir.join("filler");
@@ -202,7 +214,7 @@ async fn a_full_disk_is_survived_and_held_records_are_written_after() {
     for _ in 0..40 {
         still_answers(&proxy).await;
     }
-    let failing = wait_writer(&proxy, Duration::from_secs(10), |w| {
+    let failing = wait_writer(&proxy, WRITER_DEADLINE, |w| {
         w["healthy"] == false && w["write_errors"].as_u64().unwrap_or(0) > 0
     })
     .await;
@@ -223,7 +235,7 @@ async fn a_full_disk_is_survived_and_held_records_are_written_after() {
 
     // Space again: everything held is written, nothing was lost.
     std::fs::remove_file(&filler).unwrap();
-    let recovered = wait_writer(&proxy, Duration::from_secs(15), |w| {
+    let recovered = wait_writer(&proxy, WRITER_DEADLINE, |w| {
         w["healthy"] == true && w["held"] == 0 && w["written"] == 43
     })
     .await;
@@ -232,32 +244,42 @@ async fn a_full_disk_is_survived_and_held_records_are_written_after() {
     assert_eq!(count_rows(&db), 43);
 }
 
-/// Starts the proxy as an unprivileged user when the tests run as root (root writes read-only files).
+/// The unprivileged user the proxy runs as when the tests run as root (root writes read-only files).
+const NOBODY: &str = "65534";
+const AS_NOBODY: [&str; 4] = ["--reuid=65534", "--regid=65534", "--clear-groups", "--"];
+
+/// Starts the proxy as an unprivileged user: as `nobody` through `setpriv` when the tests run as root, as
+/// the current user otherwise. `Err` says why that is impossible here. `Ok` carries whether it runs as nobody.
 async fn start_unprivileged(
     config: &str,
     data: &Path,
     db: &Path,
-) -> Option<(tokio::process::Child, std::net::SocketAddr, PathBuf)> {
+) -> Result<(tokio::process::Child, std::net::SocketAddr, PathBuf, bool), String> {
     let log = data.join("proxy.log");
     let config_path = data.join("config.toml");
     std::fs::write(&config_path, config).unwrap();
-    let mut command = if is_root() {
-        let available = std::process::Command::new("setpriv")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !available {
-            return None;
+    let as_nobody = is_root();
+    let mut command = if as_nobody {
+        sh(&format!("chown -R {NOBODY}:{NOBODY} {}", data.display()));
+        // Can nobody be switched to, and write the data directory (the whole path must be searchable)?
+        let probe = std::process::Command::new("setpriv")
+            .args(AS_NOBODY)
+            .args(["test", "-w"])
+            .arg(data)
+            .output();
+        match probe {
+            Ok(output) if output.status.success() => {}
+            Ok(output) => {
+                return Err(format!(
+                    "running as root, but nobody cannot write {} through setpriv: {}",
+                    data.display(),
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ));
+            }
+            Err(error) => return Err(format!("running as root without setpriv ({error})")),
         }
-        sh(&format!("chown -R 65534:65534 {}", data.display()));
         let mut command = Command::new("setpriv");
-        command.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-            common::BIN,
-        ]);
+        command.args(AS_NOBODY).arg(common::BIN);
         command
     } else {
         Command::new(common::BIN)
@@ -297,7 +319,7 @@ async fn start_unprivileged(
         .parse()
         .unwrap();
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Some((child, addr, log))
+    Ok((child, addr, log, as_nobody))
 }
 
 #[tokio::test]
@@ -308,11 +330,14 @@ async fn a_database_turning_read_only_is_survived() {
     std::fs::create_dir_all(&data).unwrap();
     let db = data.join("kimi.db");
     let mock = MockUpstream::start().await.unwrap();
-    let Some((_child, addr, log)) = start_unprivileged(&mock_config(&mock, ""), &data, &db).await
-    else {
-        eprintln!("skipped: running as root without setpriv");
-        return;
-    };
+    let (_child, addr, log, as_nobody) =
+        match start_unprivileged(&mock_config(&mock, ""), &data, &db).await {
+            Ok(started) => started,
+            Err(reason) => {
+                skip("a_database_turning_read_only_is_survived", &reason);
+                return;
+            }
+        };
     let url = |path: &str| format!("http://{addr}{path}");
     let send = || async {
         let response = client()
@@ -348,19 +373,19 @@ async fn a_database_turning_read_only_is_survived() {
     for _ in 0..3 {
         send().await;
     }
-    wait(Duration::from_secs(5), |w| w["written"] == 3).await;
+    wait(WRITER_DEADLINE, |w| w["written"] == 3).await;
 
     // The database file is replaced by a read-only copy (as a backup tool restoring it might).
     let copy = data.join("kimi.db.ro");
     sh(&format!(
-        "cp {db} {copy} && chmod 444 {copy} && chown 0:0 {copy} && mv -f {copy} {db} && rm -f {db}-wal {db}-shm",
+        "cp {db} {copy} && chmod 444 {copy} && mv -f {copy} {db} && rm -f {db}-wal {db}-shm",
         db = db.display(),
         copy = copy.display()
     ));
     for _ in 0..10 {
         send().await;
     }
-    let failing = wait(Duration::from_secs(10), |w| {
+    let failing = wait(WRITER_DEADLINE, |w| {
         w["healthy"] == false && w["held"].as_u64().unwrap_or(0) > 0
     })
     .await;
@@ -372,11 +397,13 @@ async fn a_database_turning_read_only_is_survived() {
 
     // Writable again (SQLite created its -wal and -shm files with the database's read-only mode, so they are
     // fixed too, as an operator would with `chmod 644 kimi.db*`): the held records are written, nothing lost.
-    sh(&format!(
-        "chown 65534:65534 {db}* && chmod 644 {db}*",
-        db = db.display()
-    ));
-    let recovered = wait(Duration::from_secs(15), |w| {
+    let owner = if as_nobody {
+        format!("chown {NOBODY}:{NOBODY} {db}* && ", db = db.display())
+    } else {
+        String::new()
+    };
+    sh(&format!("{owner}chmod 644 {db}*", db = db.display()));
+    let recovered = wait(WRITER_DEADLINE, |w| {
         w["healthy"] == true && w["held"] == 0 && w["written"] == 13
     })
     .await;
