@@ -1,6 +1,8 @@
 //! Context transforms on a synthetic agent session: 200 messages, about 150k tokens of file reads, grep output,
 //! test logs, diffs and listings. Counts come from the per-message cache (warmed once, as on an agent's second
-//! turn). Before measuring, prints the savings of each transform on the fixture (reported in BENCHMARKS.md).
+//! turn), and what each message says (role, links, placeholders) from the engine's own cache, except in
+//! `all_transforms_first_sight`. Before measuring, prints the savings of each transform on the fixture
+//! (reported in BENCHMARKS.md).
 #![allow(clippy::panic)]
 
 use std::fmt::Write;
@@ -341,6 +343,23 @@ fn bench(c: &mut Criterion) {
                 false,
             ))
         })
+    });
+    // First sight of every message by a new engine (token counts still cached): what an agent's first turn
+    // through the transforms costs beyond counting.
+    group.bench_function("all_transforms_first_sight", |b| {
+        b.iter_batched(
+            || engine(true),
+            |fresh| {
+                black_box(run(
+                    &fresh,
+                    &counter,
+                    (&body, &layout),
+                    on(true, true, true),
+                    false,
+                ))
+            },
+            criterion::BatchSize::LargeInput,
+        )
     });
     // A compaction made anew every time (extractive summary of ~190 messages), not reused.
     group.bench_function("compaction_new_each_time", |b| {

@@ -19,7 +19,6 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use super::config::CompactionConfig;
 use super::conversation::{Conversation, MARKER, Message, Role, Slot, tool_names, tool_of};
-use super::observation::looks_like_error;
 
 /// A conversation's last compaction.
 #[derive(Debug, Clone)]
@@ -121,12 +120,12 @@ pub fn choose_end(messages: &[Message], start: usize, keep: usize) -> Option<usi
         let callers: HashMap<&str, usize> = messages[..end]
             .iter()
             .enumerate()
-            .flat_map(|(i, m)| m.calls.iter().map(move |(id, _)| (id.as_str(), i)))
+            .flat_map(|(i, m)| m.calls().iter().map(move |(id, _)| (id.as_str(), i)))
             .collect();
         let orphan = messages[end..]
             .iter()
             .filter(|m| m.role == Role::Tool)
-            .filter_map(|m| m.tool_call_id.as_deref())
+            .filter_map(|m| m.tool_call_id())
             .filter_map(|id| callers.get(id).copied())
             .min();
         match orphan {
@@ -317,7 +316,7 @@ pub fn extractive(
                     .find(|l| !l.is_empty())
                     .unwrap_or("");
                 let first: String = first.chars().take(150).collect();
-                let verb = if looks_like_error(raw) {
+                let verb = if m.facts.error_like {
                     "failed"
                 } else {
                     "returned"

@@ -3,20 +3,27 @@
 
 use std::borrow::Cow;
 use std::ops::Range;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use xxhash_rust::xxh3::xxh3_128;
+
+use super::masking::carries_output;
+use super::observation::looks_like_error;
 use crate::proxy::request::RequestLayout;
 use crate::tokens::Tokenizer;
 use crate::tokens::cache::MessageCache;
-use crate::tokens::chat::{REPLY_PRIMING, message_tokens, tools_tokens};
+use crate::tokens::chat::{
+    REPLY_PRIMING, keyed_message_tokens, message_key, message_tokens, tools_tokens,
+};
 
 /// Every placeholder the proxy writes starts with this: a second pass leaves such content alone.
 pub const MARKER: &str = "[kimi-proxy";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Role {
     System,
     User,
@@ -24,6 +31,7 @@ pub enum Role {
     /// `tool` or the older `function` result.
     Tool,
     /// Anything else, or a message the proxy could not read: never touched.
+    #[default]
     Other,
 }
 
@@ -34,22 +42,16 @@ pub struct Message {
     pub role: Role,
     /// The `content` value (a JSON string or parts) in the body.
     pub content: Option<Range<usize>>,
-    pub tool_call_id: Option<String>,
-    /// `name` of a `function` result (or of any message).
-    pub name: Option<String>,
-    /// An assistant's tool calls: `(id, function name)`.
-    pub calls: Vec<(String, String)>,
     pub tokens: u64,
     /// Content hash of the message's bytes.
     pub hash: u64,
+    /// The rest of what the message says about itself (shared through the [`FactsCache`]).
+    pub facts: Arc<Facts>,
 }
 
 impl Message {
-    pub fn content_is_string(&self, body: &[u8]) -> bool {
-        self.content
-            .as_ref()
-            .and_then(|r| body.get(r.start))
-            .is_some_and(|b| *b == b'"')
+    pub fn content_is_string(&self) -> bool {
+        self.facts.content_string
     }
 
     /// The raw JSON of the content.
@@ -58,11 +60,138 @@ impl Message {
     }
 
     /// Content the proxy wrote itself (a placeholder, a summary).
-    pub fn is_placeholder(&self, body: &[u8]) -> bool {
-        self.raw_content(body).is_some_and(|raw| {
-            raw.get(1..)
-                .is_some_and(|r| r.starts_with(MARKER.as_bytes()))
-        })
+    pub fn is_placeholder(&self) -> bool {
+        self.facts.placeholder
+    }
+
+    pub fn tool_call_id(&self) -> Option<&str> {
+        self.facts.tool_call_id.as_deref()
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        self.facts.name.as_deref()
+    }
+
+    /// An assistant's tool calls: `(id, function name)`.
+    pub fn calls(&self) -> &[(String, String)] {
+        &self.facts.calls
+    }
+}
+
+/// What a message says about itself, independent of where it sits in a body: read once per distinct message
+/// (and tokenizer), then served from the [`FactsCache`], since an agent resends the same messages every turn.
+/// The placeholders the transforms derived from it are kept here too.
+#[derive(Debug, Default)]
+pub struct Facts {
+    pub role: Role,
+    /// The content's range within the message's bytes.
+    content: Option<Range<usize>>,
+    pub tool_call_id: Option<Box<str>>,
+    /// `name` of a `function` result (or of any message).
+    pub name: Option<Box<str>>,
+    /// An assistant's tool calls: `(id, function name)`.
+    pub calls: Vec<(String, String)>,
+    pub tokens: u64,
+    pub hash: u64,
+    pub content_string: bool,
+    pub placeholder: bool,
+    /// A tool result that looks like a failed call ([`super::observation::looks_like_error`]).
+    pub error_like: bool,
+    /// A user message carrying console or file output ([`super::masking::carries_output`]).
+    pub console: bool,
+    /// xxh3-128 of the content's JSON text: the masked original's id.
+    pub content_key: u128,
+    /// The observation rewrite, for the tool name it was made with.
+    pub observed: OnceLock<(Box<str>, Rewrite)>,
+    /// The masking rewrite, for the tool name it was made with.
+    pub masked: OnceLock<(Option<Box<str>>, Rewrite)>,
+}
+
+impl Facts {
+    /// Reads one message (`bytes`); its tokens come from the counter's cache under `key`.
+    fn read(bytes: &[u8], hash: u64, key: u128, counter: &Counter<'_>) -> Facts {
+        let tokens = keyed_message_tokens(bytes, key, counter.tokenizer, counter.cache).total();
+        let mut facts = Facts {
+            tokens,
+            hash,
+            ..Facts::default()
+        };
+        let Ok(raw) = serde_json::from_slice::<RawMessage<'_>>(bytes) else {
+            return facts;
+        };
+        facts.role = match raw.role.as_deref() {
+            Some("system" | "developer") => Role::System,
+            Some("user") => Role::User,
+            Some("assistant") => Role::Assistant,
+            Some("tool" | "function") => Role::Tool,
+            _ => Role::Other,
+        };
+        if let Some(content) = raw.content {
+            let text = content.get().as_bytes();
+            facts.content = Some(offset_in(bytes, text));
+            facts.content_string = text.first() == Some(&b'"');
+            facts.placeholder = text
+                .get(1..)
+                .is_some_and(|r| r.starts_with(MARKER.as_bytes()));
+            facts.error_like = facts.role == Role::Tool && looks_like_error(text);
+            facts.console = facts.role == Role::User && carries_output(text);
+            if facts.content_string {
+                facts.content_key = xxh3_128(text);
+            }
+        }
+        facts.tool_call_id = raw.tool_call_id.map(|id| id.into());
+        facts.name = raw.name.map(|n| n.into());
+        facts.calls = raw
+            .tool_calls
+            .unwrap_or_default()
+            .into_iter()
+            .map(|call| {
+                (
+                    call.id.map(Cow::into_owned).unwrap_or_default(),
+                    call.function
+                        .and_then(|f| f.name)
+                        .map(Cow::into_owned)
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        facts
+    }
+
+    /// Approximate memory, for the cache's bound (placeholders made later are counted in advance).
+    fn weight(&self) -> u32 {
+        let strings = self.tool_call_id.as_deref().map_or(0, str::len)
+            + self.name.as_deref().map_or(0, str::len)
+            + self
+                .calls
+                .iter()
+                .map(|(a, b)| a.len() + b.len() + 48)
+                .sum::<usize>();
+        u32::try_from(FACTS_BASE_BYTES + strings).unwrap_or(u32::MAX)
+    }
+}
+
+/// A cached entry's own size plus room for its two placeholders.
+const FACTS_BASE_BYTES: usize = 1024;
+
+/// [`Facts`] by message cache key (the token cache's key: message bytes and tokenizer). Bounded by memory;
+/// TinyLFU admission, like the token cache.
+pub struct FactsCache {
+    cache: moka::sync::Cache<u128, Arc<Facts>>,
+}
+
+impl FactsCache {
+    pub fn new(max_bytes: u64) -> FactsCache {
+        FactsCache {
+            cache: moka::sync::Cache::builder()
+                .weigher(|_, facts: &Arc<Facts>| facts.weight())
+                .max_capacity(max_bytes)
+                .build(),
+        }
+    }
+
+    pub fn entries(&self) -> u64 {
+        self.cache.entry_count()
     }
 }
 
@@ -121,17 +250,42 @@ struct RawFunction<'a> {
 }
 
 impl Conversation {
-    /// Reads the messages at `layout` in `body`; counts come from `counter`.
+    /// Reads the messages at `layout` in `body`; counts come from `counter`. Nothing is remembered.
     pub fn read(body: Bytes, layout: &RequestLayout, counter: &Counter<'_>) -> Conversation {
+        Self::read_with(body, layout, counter, None)
+    }
+
+    /// [`Conversation::read`], with what each message says taken from (and kept in) `cache`: a message seen
+    /// before costs a hash of its bytes and one lookup.
+    pub fn read_with(
+        body: Bytes,
+        layout: &RequestLayout,
+        counter: &Counter<'_>,
+        cache: Option<&FactsCache>,
+    ) -> Conversation {
         let mut messages = Vec::with_capacity(layout.messages.len());
         for range in &layout.messages {
             let Some(bytes) = body.get(range.clone()) else {
                 continue;
             };
-            let (tokens, hash) = counter.message_and_hash(bytes);
-            let mut message = read_message(&body, range.clone(), bytes, tokens);
-            message.hash = hash;
-            messages.push(message);
+            let (hash, key) = message_key(bytes, counter.tokenizer);
+            let facts = match cache {
+                Some(cache) => cache
+                    .cache
+                    .get_with(key, || Arc::new(Facts::read(bytes, hash, key, counter))),
+                None => Arc::new(Facts::read(bytes, hash, key, counter)),
+            };
+            messages.push(Message {
+                role: facts.role,
+                content: facts
+                    .content
+                    .as_ref()
+                    .map(|c| range.start + c.start..range.start + c.end),
+                range: range.clone(),
+                tokens: facts.tokens,
+                hash: facts.hash,
+                facts,
+            });
         }
         let tools: Vec<&[u8]> = layout
             .tools
@@ -166,58 +320,11 @@ impl Conversation {
     }
 }
 
-fn read_message(body: &[u8], range: Range<usize>, bytes: &[u8], tokens: u64) -> Message {
-    let other = |range: Range<usize>| Message {
-        range,
-        role: Role::Other,
-        content: None,
-        tool_call_id: None,
-        name: None,
-        calls: Vec::new(),
-        tokens,
-        hash: 0,
-    };
-    let Ok(raw) = serde_json::from_slice::<RawMessage<'_>>(bytes) else {
-        return other(range);
-    };
-    let role = match raw.role.as_deref() {
-        Some("system" | "developer") => Role::System,
-        Some("user") => Role::User,
-        Some("assistant") => Role::Assistant,
-        Some("tool" | "function") => Role::Tool,
-        _ => Role::Other,
-    };
-    let content = raw.content.map(|c| offset_in(body, c.get().as_bytes()));
-    Message {
-        range,
-        role,
-        content,
-        tool_call_id: raw.tool_call_id.map(Cow::into_owned),
-        name: raw.name.map(Cow::into_owned),
-        calls: raw
-            .tool_calls
-            .unwrap_or_default()
-            .into_iter()
-            .map(|call| {
-                (
-                    call.id.map(Cow::into_owned).unwrap_or_default(),
-                    call.function
-                        .and_then(|f| f.name)
-                        .map(Cow::into_owned)
-                        .unwrap_or_default(),
-                )
-            })
-            .collect(),
-        tokens,
-        hash: 0,
-    }
-}
-
 /// The function name of each tool call id, from the assistants' `tool_calls`.
 pub fn tool_names(messages: &[Message]) -> std::collections::HashMap<&str, &str> {
     messages
         .iter()
-        .flat_map(|m| m.calls.iter())
+        .flat_map(|m| m.calls().iter())
         .map(|(id, name)| (id.as_str(), name.as_str()))
         .collect()
 }
@@ -228,10 +335,9 @@ pub fn tool_of<'m>(
     names: &std::collections::HashMap<&'m str, &'m str>,
 ) -> Option<&'m str> {
     message
-        .tool_call_id
-        .as_deref()
+        .tool_call_id()
         .and_then(|id| names.get(id).copied())
-        .or(message.name.as_deref())
+        .or(message.name())
         .filter(|n| !n.is_empty())
 }
 
@@ -329,8 +435,8 @@ mod tests {
             conv.messages.iter().map(|m| m.role).collect::<Vec<_>>(),
             [Role::System, Role::Assistant, Role::Tool]
         );
-        assert_eq!(conv.messages[1].calls, [("c1".into(), "read".into())]);
-        assert_eq!(conv.messages[2].tool_call_id.as_deref(), Some("c1"));
+        assert_eq!(conv.messages[1].calls(), [("c1".into(), "read".into())]);
+        assert_eq!(conv.messages[2].tool_call_id(), Some("c1"));
         let rewritten = with_content(body, &conv.messages[2], "[kimi-proxy x]").unwrap();
         let slots = vec![
             Slot::Keep,
@@ -346,7 +452,7 @@ mod tests {
         assert_eq!(value["messages"][2]["tool_call_id"], "c1");
         assert_eq!(value["messages"].as_array().unwrap().len(), 3);
         let again = Conversation::read(out.clone(), &inspect(&out).unwrap().layout, &counter);
-        assert!(again.messages[2].is_placeholder(&out));
+        assert!(again.messages[2].is_placeholder());
         assert!(render(&conv, &[Slot::Keep, Slot::Keep, Slot::Keep]).is_none());
     }
 }

@@ -9,8 +9,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use xxhash_rust::xxh3::xxh3_128;
-
 use super::config::MaskingConfig;
 use super::conversation::{
     Conversation, Counter, MARKER, Message, Rewrite, Role, Slot, tool_names, tool_of, with_content,
@@ -70,15 +68,16 @@ impl MaskRegistry {
         self.sink.get().is_some()
     }
 
-    /// The placeholder for `raw` (a JSON string), building and keeping the original on first sight.
+    /// The placeholder for `raw` (a JSON string whose xxh3-128 is `key`), building and keeping the original on
+    /// first sight.
     fn placeholder(
         &self,
+        key: u128,
         raw: &[u8],
         tokens: u64,
         what: What<'_>,
         preview_chars: usize,
     ) -> Option<Arc<str>> {
-        let key = xxh3_128(raw);
         if let Some(found) = self.placeholders.get(&key) {
             return Some(found);
         }
@@ -160,7 +159,7 @@ const CONSOLE_MARKERS: &[&str] = &[
     "stderr:",
 ];
 
-fn carries_output(raw: &[u8]) -> bool {
+pub fn carries_output(raw: &[u8]) -> bool {
     let head = &raw[..raw.len().min(200)];
     let head = String::from_utf8_lossy(head).to_ascii_lowercase();
     CONSOLE_MARKERS.iter().any(|m| head.contains(m))
@@ -187,8 +186,8 @@ pub fn plan(
     for (index, message) in messages.iter().enumerate().take(current_turn) {
         if !matches!(slots.get(index), Some(Slot::Keep))
             || message.tokens <= config.threshold_tokens
-            || !message.content_is_string(body)
-            || message.is_placeholder(body)
+            || !message.content_is_string()
+            || message.is_placeholder()
         {
             continue;
         }
@@ -200,7 +199,7 @@ pub fn plan(
                 let names = names.get_or_insert_with(|| tool_names(messages));
                 What::Tool(tool_of(message, names))
             }
-            Role::User if carries_output(raw) => What::Console,
+            Role::User if message.facts.console => What::Console,
             _ => continue,
         };
         if let Some(rewrite) = rewrite(body, message, raw, what, config, counter, registry) {
@@ -220,10 +219,25 @@ fn rewrite(
     counter: &Counter<'_>,
     registry: &MaskRegistry,
 ) -> Option<Rewrite> {
-    let placeholder = registry.placeholder(raw, message.tokens, what, config.preview_chars)?;
-    let bytes = with_content(body, message, &placeholder)?;
-    let tokens = counter.message(&bytes);
-    (tokens < message.tokens).then_some(Rewrite { bytes, tokens })
+    let tool = what.tool();
+    let made = match message.facts.masked.get() {
+        Some((made_for, rewrite)) if made_for.as_deref() == tool => rewrite.clone(),
+        _ => {
+            let key = message.facts.content_key;
+            let placeholder =
+                registry.placeholder(key, raw, message.tokens, what, config.preview_chars)?;
+            let bytes = with_content(body, message, &placeholder)?;
+            let tokens = counter.message(&bytes);
+            let rewrite = Rewrite { bytes, tokens };
+            // Same bytes, same placeholder: the next turn reuses it.
+            let _ = message
+                .facts
+                .masked
+                .set((tool.map(Box::from), rewrite.clone()));
+            rewrite
+        }
+    };
+    (made.tokens < message.tokens).then_some(made)
 }
 
 /// About `chars` characters: the start (two thirds) and the end (one third) of `text`.

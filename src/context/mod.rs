@@ -29,7 +29,7 @@ use crate::config::{Config, Model};
 use crate::proxy::request::RequestLayout;
 use compaction::{Decision, Occupancy, State};
 use config::{ContextConfig, Enabled, SummaryMode, Toggles};
-use conversation::{Conversation, Counter, Slot};
+use conversation::{Conversation, Counter, FactsCache, Slot};
 use masking::MaskRegistry;
 use sessions::SessionToggles;
 
@@ -104,6 +104,8 @@ impl Totals {
     }
 }
 
+/// Memory for per-message facts and placeholders (about 16k messages).
+const FACTS_CACHE_BYTES: u64 = 24 * 1024 * 1024;
 /// How many conversations' compactions are remembered.
 const MAX_COMPACTION_STATES: usize = 4096;
 /// Memory for the latest request bodies kept for compaction previews.
@@ -125,6 +127,8 @@ pub struct ContextEngine {
     pub masks: MaskRegistry,
     pub sessions: SessionToggles,
     pub totals: Totals,
+    /// What each message says, by its bytes: a conversation resent turn after turn is read once.
+    facts: FactsCache,
     compactions: Mutex<CompactionStates>,
     recent: Mutex<RecentBodies>,
     /// Some model turns a transform on by itself.
@@ -178,6 +182,7 @@ impl ContextEngine {
             masks: MaskRegistry::default(),
             sessions: SessionToggles::default(),
             totals: Totals::default(),
+            facts: FactsCache::new(FACTS_CACHE_BYTES),
             compactions: Mutex::new(CompactionStates::default()),
             recent: Mutex::new(RecentBodies::default()),
             model_toggles: config.models.values().any(|m| !m.context.is_empty()),
@@ -256,7 +261,8 @@ impl ContextEngine {
     /// blocking pool for a large body seen for the first time.
     pub fn plan(&self, request: PlanRequest, counter: &Counter<'_>) -> Plan {
         let started = Instant::now();
-        let conversation = Conversation::read(request.body, &request.layout, counter);
+        let conversation =
+            Conversation::read_with(request.body, &request.layout, counter, Some(&self.facts));
         let mut slots = vec![Slot::Keep; conversation.messages.len()];
         let before = conversation.total();
         let mut outcome = Outcome {

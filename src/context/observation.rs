@@ -19,7 +19,7 @@ pub fn plan(
     // A tool turn is an assistant message with tool calls; a result belongs to the last turn before it.
     let turns = messages
         .iter()
-        .filter(|m| m.role == Role::Assistant && !m.calls.is_empty())
+        .filter(|m| m.role == Role::Assistant && !m.calls().is_empty())
         .count();
     let oldest_kept = turns.saturating_sub(config.keep_last_tool_turns) + 1;
     if oldest_kept <= 1 && config.keep_last_tool_turns > 0 {
@@ -29,34 +29,40 @@ pub fn plan(
     let mut turn = 0;
     let mut observed = 0;
     for (index, message) in messages.iter().enumerate() {
-        if message.role == Role::Assistant && !message.calls.is_empty() {
+        if message.role == Role::Assistant && !message.calls().is_empty() {
             turn += 1;
             continue;
         }
         if message.role != Role::Tool
             || turn >= oldest_kept
             || !matches!(slots.get(index), Some(Slot::Keep))
-            || message.is_placeholder(body)
+            || message.is_placeholder()
         {
             continue;
         }
-        let Some(raw) = message.raw_content(body) else {
-            continue;
-        };
-        if config.keep_errors && looks_like_error(raw) {
+        if message.content.is_none() || (config.keep_errors && message.facts.error_like) {
             continue;
         }
         let tool = tool_of(message, &names).unwrap_or("unknown");
-        let text = format!(
-            "{MARKER}: earlier result of tool `{tool}` omitted ({} tokens); call the tool again if it is needed]",
-            message.tokens
-        );
-        let Some(bytes) = with_content(body, message, &text) else {
-            continue;
+        let rewrite = match message.facts.observed.get() {
+            Some((made_for, rewrite)) if **made_for == *tool => rewrite.clone(),
+            _ => {
+                let text = format!(
+                    "{MARKER}: earlier result of tool `{tool}` omitted ({} tokens); call the tool again if it is needed]",
+                    message.tokens
+                );
+                let Some(bytes) = with_content(body, message, &text) else {
+                    continue;
+                };
+                let tokens = counter.message(&bytes);
+                let rewrite = Rewrite { bytes, tokens };
+                // Same bytes, same tool: the next turn reuses it.
+                let _ = message.facts.observed.set((tool.into(), rewrite.clone()));
+                rewrite
+            }
         };
-        let tokens = counter.message(&bytes);
-        if tokens < message.tokens {
-            slots[index] = Slot::Rewrite(Rewrite { bytes, tokens });
+        if rewrite.tokens < message.tokens {
+            slots[index] = Slot::Rewrite(rewrite);
             observed += 1;
         }
     }

@@ -210,6 +210,28 @@ proptest! {
     }
 
     #[test]
+    fn remembered_facts_change_nothing(steps in prop::collection::vec(step(), 1..30)) {
+        // An engine that saw the conversation's beginning and then the conversation itself, as on an agent's
+        // turns, sends exactly what an engine seeing it for the first time sends.
+        let warm = engine("");
+        let body = conversation(&steps);
+        let earlier = conversation(&steps[..steps.len() / 2]);
+        for enabled in [
+            Enabled { masking: true, ..Enabled::default() },
+            Enabled { observation: true, ..Enabled::default() },
+            MASK_OBSERVE,
+            ALL,
+        ] {
+            let _ = run(&warm, &earlier, enabled, false);
+            let first = run(&warm, &body, enabled, false);
+            let again = run(&warm, &body, enabled, false);
+            let fresh = run(&engine(""), &body, enabled, false);
+            prop_assert_eq!(&first, &fresh);
+            prop_assert_eq!(&again, &fresh);
+        }
+    }
+
+    #[test]
     fn compaction_keeps_pairs_systems_and_never_grows(steps in prop::collection::vec(step(), 1..30), force in any::<bool>()) {
         let engine = engine("");
         let body = conversation(&steps);

@@ -257,9 +257,24 @@ pub fn message_tokens(
     tokenizer: &Tokenizer,
     cache: &MessageCache,
 ) -> (MessageTokens, u64) {
-    let seed = xxh3_64(tokenizer.name().as_bytes());
-    let (hash, key) = hashes(bytes, seed);
-    let tokens = cache
+    let (hash, key) = message_key(bytes, tokenizer);
+    (keyed_message_tokens(bytes, key, tokenizer, cache), hash)
+}
+
+/// A message's content hash and its cache key for `tokenizer` (one pass over the bytes), for callers that
+/// keep their own per-message data under the same key.
+pub fn message_key(bytes: &[u8], tokenizer: &Tokenizer) -> (u64, u128) {
+    hashes(bytes, xxh3_64(tokenizer.name().as_bytes()))
+}
+
+/// [`message_tokens`] with the key from [`message_key`].
+pub fn keyed_message_tokens(
+    bytes: &[u8],
+    key: u128,
+    tokenizer: &Tokenizer,
+    cache: &MessageCache,
+) -> MessageTokens {
+    cache
         .get_or_count(key, || match serde_json::from_slice::<Value>(bytes) {
             Ok(message) => count_message(&message, tokenizer),
             Err(_) => MessageTokens {
@@ -267,8 +282,7 @@ pub fn message_tokens(
                 ..Default::default()
             },
         })
-        .0;
-    (tokens, hash)
+        .0
 }
 
 /// Tokens of the tool definitions (estimate), through the cache.
