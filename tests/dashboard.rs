@@ -106,7 +106,8 @@ fn chromium() -> Option<std::path::PathBuf> {
 /// The page in headless Chromium (playwright-core from the dashboard's own devDependencies, never a downloaded
 /// browser): live updates of the gauge, the log (counting up while a stream runs) and the chart within one
 /// second, session create/switch/rename/delete, exports that download, no console error, no CSP violation, all
-/// behind the admin login.
+/// behind the admin login; context savings shown per session and in total, the session's toggles changing what
+/// goes upstream, and a manual compaction previewed and confirmed.
 /// Screenshots land in `target/dashboard-e2e/`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_end_to_end() {
@@ -169,5 +170,56 @@ async fn browser_end_to_end() {
             .take(30)
             .collect::<Vec<_>>()
             .join("\n")
+    );
+
+    // What the page's context settings did upstream: the requests it marked, as the mock received them.
+    let received = |marker: &str| -> Vec<serde_json::Value> {
+        let found = mock
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.ends_with("/chat/completions"))
+            .filter_map(|r| r.json())
+            .find(|body: &serde_json::Value| {
+                body["messages"]
+                    .as_array()
+                    .and_then(|m| m.last())
+                    .and_then(|m| m["content"].as_str())
+                    .is_some_and(|c| c.contains(marker))
+            })
+            .unwrap_or_else(|| panic!("no upstream request marked {marker}"));
+        found["messages"].as_array().unwrap().clone()
+    };
+    let tool_contents = |messages: &[serde_json::Value]| -> Vec<String> {
+        messages
+            .iter()
+            .filter(|m| m["role"] == "tool")
+            .map(|m| m["content"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Masking on from the page: every bulky read went up as a placeholder.
+    let masked = tool_contents(&received("ctx-turn-masked"));
+    assert_eq!(masked.len(), 6);
+    assert!(
+        masked.iter().all(|c| c.starts_with("[kimi-proxy masked")),
+        "{masked:?}"
+    );
+    // Then off from the page: the next request went up as the client sent it.
+    let plain = tool_contents(&received("ctx-turn-plain"));
+    assert_eq!(plain.len(), 6);
+    assert!(
+        plain
+            .iter()
+            .enumerate()
+            .all(|(t, c)| c.starts_with(&format!("src/f{t}.rs:0: ")) && c.lines().count() == 250),
+        "{plain:?}"
+    );
+    // The confirmed compaction: the next request's middle replaced by a summary.
+    let compacted = received("ctx-turn-compacted");
+    assert!(compacted.len() < 16, "{} messages", compacted.len());
+    assert!(
+        compacted.iter().any(|m| m["content"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("[kimi-proxy compacted"))),
+        "{compacted:?}"
     );
 }

@@ -68,6 +68,40 @@ function chatBody(stream, text) {
   };
 }
 
+/** An agent's conversation: six file reads of about 5,000 tokens each, then a new user turn naming `marker`. */
+function agentBody(marker) {
+  const messages = [
+    { role: "system", content: "You are a coding agent." },
+    { role: "user", content: "Fix the failing test." },
+  ];
+  for (let t = 0; t < 6; t++) {
+    const id = `call_${t}`;
+    messages.push({
+      role: "assistant",
+      content: null,
+      tool_calls: [{ id, type: "function", function: { name: "read_file", arguments: JSON.stringify({ path: `src/f${t}.rs` }) } }],
+    });
+    const lines = [];
+    for (let i = 0; i < 250; i++) lines.push(`src/f${t}.rs:${i}: let value_${i} = compute_${t}(input_${i}, ${i * 7});`);
+    messages.push({ role: "tool", tool_call_id: id, content: lines.join("\n") });
+  }
+  messages.push({ role: "assistant", content: "I have read the files." });
+  messages.push({ role: "user", content: `Go on (${marker}).` });
+  return { model: MODEL, stream: false, messages };
+}
+
+async function sendAgent(marker) {
+  const r = await fetch(`${BASE}/v1/chat/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(agentBody(marker)),
+  });
+  check(r.status === 200, `${marker}: status ${r.status}`);
+  await r.text();
+}
+
+const figure = async (id) => Number(((await page.locator(`#${id}`).textContent()) ?? "").replace(/[^0-9.]/g, "") || "NaN");
+
 const gaugeText = () => page.locator("#gauge-tokens").textContent();
 const chartPoints = async () => Number(await page.locator("#chart").getAttribute("data-points"));
 const logRows = () => page.locator("#log tr").count();
@@ -342,6 +376,67 @@ async function main() {
     check(await page.evaluate(() => document.getElementById("dlg-manage").contains(document.activeElement)), "focus stays in the dialog");
     await page.keyboard.press("Escape");
     log("keyboard ok");
+
+    // ------------------------------------------------------------------ context savings, toggles, compaction
+    // The proxy's upstream requests marked ctx-turn-* are checked by tests/dashboard.rs from the mock's log.
+    step = "context savings";
+    await page.click("#btn-new-session");
+    await page.locator("#dlg-new[open]").waitFor();
+    await page.fill("#new-name", "e2e context");
+    await page.click("#new-submit"); // activated: requests without a client id go to it
+    await page.locator("#dlg-new").waitFor({ state: "hidden" });
+    const ctx = await sessionIdByName("e2e context");
+    await until(UPDATE_MS, "the savings card on the new session", async () => (await page.locator("#savings-session").textContent()) === "e2e context");
+    check((await figure("sv-s-tokens")) === 0, `nothing saved yet (${await page.locator("#sv-s-tokens").textContent()})`);
+    const allBefore = await figure("sv-a-tokens");
+    check(Number.isFinite(allBefore), "a total of all sessions");
+    // masking on from the page, with the keyboard
+    await page.focus("#ctx-masking");
+    await page.selectOption("#ctx-masking", "on");
+    await until(2000, "masking stored for the session", async () => (await api("GET", `/api/sessions/${ctx}/context`)).json.settings.masking === true);
+    await sendAgent("ctx-turn-masked");
+    const saved = (await until(3000, "the session's savings", async () => (await figure("sv-s-tokens")) > 0)).ms;
+    await until(UPDATE_MS, "the total's savings", async () => (await figure("sv-a-tokens")) >= allBefore + (await figure("sv-s-tokens")));
+    const savedTokens = await figure("sv-s-tokens");
+    check(savedTokens > 20000, `six masked reads save over 20,000 tokens (${savedTokens})`);
+    const stored = (await api("GET", `/api/sessions/${ctx}`)).json;
+    check(stored.tokens_saved === savedTokens, `the page shows the store's figure (${stored.tokens_saved} vs ${savedTokens})`);
+    log(`masking on: ${savedTokens} tokens saved, shown ${saved} ms after the answer`);
+    await shot("context-light");
+    await page.emulateMedia({ colorScheme: "dark" });
+    await page.waitForTimeout(100);
+    await shot("context-dark");
+    await page.emulateMedia({ colorScheme: "light" });
+
+    step = "context toggle off";
+    await page.selectOption("#ctx-masking", "off");
+    await until(2000, "masking off for the session", async () => (await api("GET", `/api/sessions/${ctx}/context`)).json.settings.masking === false);
+    await sendAgent("ctx-turn-plain");
+    await until(3000, "the plain request stored", async () => (await api("GET", `/api/sessions/${ctx}`)).json.request_count === 2);
+    check((await figure("sv-s-tokens")) === savedTokens, "nothing more saved with masking off");
+    log("masking off from the page");
+
+    step = "compaction preview";
+    await page.focus("#btn-compact");
+    await page.keyboard.press("Enter");
+    await page.locator("#dlg-compact[open]").waitFor();
+    await until(3000, "the preview's figures", async () => !(await page.locator("#compact-figures").isHidden()));
+    const before = await figure("cp-tokens-before");
+    const after = await figure("cp-tokens-after");
+    check(before > 30000 && after > 0 && after < before, `before ${before}, after ${after}`);
+    check((await figure("cp-messages-after")) < (await figure("cp-messages-before")), "fewer messages after");
+    check(!(await page.locator("#compact-confirm").isDisabled()), "confirm enabled");
+    await shot("compact-preview-light");
+    await page.emulateMedia({ colorScheme: "dark" });
+    await page.waitForTimeout(100);
+    await shot("compact-preview-dark");
+    await page.emulateMedia({ colorScheme: "light" });
+    check((await page.evaluate(() => document.activeElement?.id)) === "compact-confirm", "focus on confirm");
+    await page.keyboard.press("Enter");
+    await page.locator("#dlg-compact").waitFor({ state: "hidden" });
+    check((await api("GET", `/api/sessions/${ctx}/context`)).json.compact_next === true, "compaction due");
+    await sendAgent("ctx-turn-compacted");
+    log(`compaction preview ${before} → ${after} tokens, confirmed`);
 
     step = "console";
     const csp = await page.evaluate(() => window.__csp);

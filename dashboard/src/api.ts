@@ -1,6 +1,6 @@
 // The REST calls the page makes (docs/api.md). Errors come back in the OpenAI shape; their message is shown.
 
-import type { ModelInfo, Rec, Session } from "./types";
+import type { CompactionPreview, ContextToggles, ModelInfo, Rec, Session } from "./types";
 
 export class ApiError extends Error {
   constructor(
@@ -67,6 +67,13 @@ export const api = {
   deleteSession: (id: number) => call<{ deleted: number[] }>("DELETE", `/api/sessions/${id}`),
   deleteSessions: (ids: number[]) =>
     call<{ requested: number; deleted: number }>("DELETE", "/api/sessions", { ids }),
+  /** A session's own context toggles; answers the settings as stored. */
+  setContext: (id: number, toggles: ContextToggles) =>
+    call<{ session_id: number; settings: ContextToggles; compact_next: boolean }>("PUT", `/api/sessions/${id}/context`, toggles),
+  compactPreview: (id: number) =>
+    call<{ session_id: number; preview: CompactionPreview }>("POST", `/api/sessions/${id}/compact/preview`),
+  /** The session's next request is compacted. */
+  compact: (id: number) => call<{ session_id: number; compact_next: boolean }>("POST", `/api/sessions/${id}/compact`),
   sessionRequests: async (id: number, limit = 200): Promise<Rec[]> => {
     const page = await call<{ data: StoredRow[] }>("GET", `/api/sessions/${id}/requests?limit=${limit}`);
     return page.data.map(fromStored);

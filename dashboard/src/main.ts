@@ -4,6 +4,7 @@ import "./style.css";
 import { api, checkAccess } from "./api";
 import { renderChart } from "./chart";
 import { Conn, type ConnState } from "./conn";
+import { initContext, renderSavings } from "./context";
 import { byId, setText } from "./dom";
 import { fmtInt } from "./format";
 import {
@@ -37,6 +38,7 @@ function render(): void {
     renderSessionBar();
     renderGauge();
     renderTotals();
+    renderSavings();
   }
   if (dirty.sessions) dirty.logAll = true; // session tags show names
   if (dirty.logAll || dirty.log.size > 0) renderLog();
@@ -152,6 +154,10 @@ function start(): void {
     schedule();
   });
   initSessions({ onShownChanged: shownChanged, render: () => { markAll(); schedule(); } });
+  initContext(() => {
+    dirty.totals = true;
+    schedule();
+  });
   byId("conn-retry").addEventListener("click", () => conn.reconnectNow());
   byId("alerts-button").addEventListener("click", showAllAlerts);
   byId("log-session-only").addEventListener("change", () => {

@@ -94,7 +94,7 @@ function choose(id: number | null): void {
 // ---------------------------------------------------------------- dialogs: shared behaviour
 
 /** Closes on the ✕/Cancel buttons; Escape and the focus trap come with showModal(). Focus returns to the opener. */
-function wireDialog(dialog: HTMLDialogElement): void {
+export function wireDialog(dialog: HTMLDialogElement): void {
   for (const b of dialog.querySelectorAll<HTMLButtonElement>("[data-close]")) {
     b.addEventListener("click", () => dialog.close());
   }
@@ -104,12 +104,12 @@ function wireDialog(dialog: HTMLDialogElement): void {
 }
 
 const openers = new WeakMap<HTMLDialogElement, Element | null>();
-function open(dialog: HTMLDialogElement, focus?: HTMLElement): void {
+export function open(dialog: HTMLDialogElement, focus?: HTMLElement): void {
   openers.set(dialog, document.activeElement);
   dialog.showModal();
   focus?.focus();
 }
-function restoreFocus(dialog: HTMLDialogElement): void {
+export function restoreFocus(dialog: HTMLDialogElement): void {
   const opener = openers.get(dialog);
   if (opener instanceof HTMLElement && opener.isConnected) opener.focus();
 }

@@ -30,6 +30,8 @@ export const state = {
   /** The user's choice in the selector; null follows the active session, else the latest activity. */
   chosenSessionId: null as number | null,
   today: null as Today | null,
+  /** Saved by the context transforms over all stored sessions: the snapshot's figure plus requests since. */
+  saved: null as { tokens: number; cost: number } | null,
   log: new Map<number, LogEntry>(),
   /** Finished requests of the shown session, oldest first. */
   sessionRequests: [] as Rec[],
@@ -158,6 +160,7 @@ function applyInit(d: Init): void {
   for (const s of d.sessions ?? []) state.sessions.set(s.id, s);
   state.sessionsTotal = d.sessions_total ?? state.sessions.size;
   state.today = d.today ?? null;
+  state.saved = d.saved ? { tokens: d.saved.tokens_saved, cost: d.saved.cost_saved_usd } : null;
   state.log.clear();
   for (const r of d.recent ?? []) state.log.set(r.id, entryFromRec(r, isFailure(r)));
   for (const l of d.live ?? []) state.log.set(l.id, entryFromLive(l));
@@ -224,6 +227,11 @@ export function apply(msg: Envelope): boolean {
         t.completion_tokens += r.completion_tokens ?? 0;
         t.cached_tokens += r.cached_reported ?? 0;
         t.cost_usd += r.cost_usd ?? 0;
+        dirty.totals = true;
+      }
+      if (state.saved && (r.tokens_saved || r.cost_saved_usd)) {
+        state.saved.tokens += r.tokens_saved ?? 0;
+        state.saved.cost += r.cost_saved_usd ?? 0;
         dirty.totals = true;
       }
       foldAccuracy(r);

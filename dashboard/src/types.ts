@@ -20,6 +20,32 @@ export interface Session {
   context_tokens: number;
   context_window: number | null;
   context_used: number | null;
+  /** Prompt tokens the context transforms removed from this session's requests, and their price. */
+  tokens_saved?: number;
+  cost_saved_usd?: number;
+  /** The session's own context toggles (null: it follows the model and the config). */
+  context_settings?: ContextToggles | null;
+}
+
+/** `true`/`false`, or `null`/absent to follow the model and `[context]`. */
+export interface ContextToggles {
+  masking?: boolean | null;
+  observation?: boolean | null;
+  compaction?: boolean | null;
+}
+
+/** `POST /api/sessions/{id}/compact/preview`. */
+export interface CompactionPreview {
+  record_id: number;
+  model: string;
+  context_window: number;
+  can_compact: boolean;
+  messages_before: number;
+  messages_after: number;
+  tokens_before: number;
+  tokens_after: number;
+  tokens_saved: number;
+  summary?: string | null;
 }
 
 /** A finished request as the hub sends it (request.finished / request.failed, init.recent). */
@@ -49,6 +75,8 @@ export interface Rec {
   overhead_us?: number | null;
   finish_reason?: string | null;
   preview?: string | null;
+  tokens_saved?: number;
+  cost_saved_usd?: number;
 }
 
 export interface LiveReq {
@@ -128,6 +156,7 @@ export interface Init {
   sessions_total?: number;
   today?: Today | null;
   totals?: { requests?: number; prompt_tokens?: number; completion_tokens?: number; cost_usd?: number };
+  saved?: { tokens_saved: number; cost_saved_usd: number };
   recent?: Rec[];
   selected_session_id?: number | null;
   session_requests?: unknown[];

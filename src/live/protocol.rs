@@ -48,6 +48,9 @@ pub struct RequestView<'a> {
     pub overhead_us: Option<u64>,
     pub finish_reason: Option<&'a str>,
     pub preview: Option<&'a str>,
+    /// Prompt tokens the context transforms removed (billable requests), and their price.
+    pub tokens_saved: u64,
+    pub cost_saved_usd: f64,
 }
 
 impl<'a> RequestView<'a> {
@@ -78,6 +81,8 @@ impl<'a> RequestView<'a> {
             overhead_us: record.overhead_us,
             finish_reason: record.finish_reason.as_deref(),
             preview: record.preview.as_deref(),
+            tokens_saved: record.tokens_saved,
+            cost_saved_usd: record.cost_saved_usd,
         }
     }
 }
@@ -187,6 +192,8 @@ pub struct Init<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub today: Option<Today>,
     pub totals: Totals,
+    /// What the context transforms saved over all stored sessions (without the store: since start).
+    pub saved: Saved,
     pub recent: Vec<RequestView<'a>>,
     pub selected_session_id: Option<i64>,
     /// Rows as `GET /api/sessions/{id}/requests` answers them (newest first).
@@ -222,6 +229,12 @@ pub struct Totals {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub cost_usd: f64,
+}
+
+#[derive(Serialize, Default, Clone, Copy)]
+pub struct Saved {
+    pub tokens_saved: u64,
+    pub cost_saved_usd: f64,
 }
 
 /// How close our estimates come to the provider's figures, per model.

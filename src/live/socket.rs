@@ -212,6 +212,7 @@ struct Stored {
     sessions: Vec<query::Session>,
     total: i64,
     today: protocol::Today,
+    saved: protocol::Saved,
     session_requests: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
@@ -264,6 +265,20 @@ async fn snapshot(hub: &Arc<Hub>, params: &Params, seq: u64) -> Result<String, S
                 .load(std::sync::atomic::Ordering::Relaxed) as f64
                 / 1e6,
         },
+        saved: if hub.store.is_some() {
+            stored.saved
+        } else {
+            protocol::Saved {
+                tokens_saved: totals
+                    .tokens_saved
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                cost_saved_usd: totals
+                    .cost_saved_micro_usd
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    as f64
+                    / 1e6,
+            }
+        },
         recent,
         selected_session_id: params.session_id,
         session_requests: stored.session_requests,
@@ -310,6 +325,16 @@ fn read_store(
             })
         },
     )?;
+    let saved = conn.query_row(
+        "SELECT coalesce(sum(tokens_saved), 0), coalesce(sum(cost_saved_usd), 0.0) FROM sessions",
+        [],
+        |row| {
+            Ok(protocol::Saved {
+                tokens_saved: row.get::<_, i64>(0)?.max(0) as u64,
+                cost_saved_usd: row.get(1)?,
+            })
+        },
+    )?;
     let session_requests = match selected {
         Some(id) => query::list_requests(
             conn,
@@ -327,6 +352,7 @@ fn read_store(
         sessions,
         total: query::count_sessions(conn)?,
         today,
+        saved,
         session_requests,
     })
 }
