@@ -13,54 +13,15 @@ use kimi_proxy::store::query::{self, Order, RequestFilter, SessionSort};
 use kimi_proxy::store::sessions::SessionResolver;
 use kimi_proxy::store::{Readers, Store, StoreSink, WriterOptions};
 
+#[path = "support/mod.rs"]
+mod support;
+use support::agent_turn;
+
 fn record(id: u64, hashes: Vec<u64>, client: Option<String>) -> Arc<RequestRecord> {
     Arc::new(RequestRecord {
-        id,
-        started_at_ms: 1_700_000_000_000 + id as i64,
-        model: "moonshot/kimi-k2.5".into(),
-        provider: "moonshot".into(),
-        upstream_model: "kimi-k2.5".into(),
-        streaming: true,
-        status: 200,
-        error_kind: None,
-        prompt_estimated: 12_000,
-        prompt_calibrated: 12_100,
-        calibration_ratio: Some(1.01),
-        prompt_reported: Some(12_150),
-        completion_estimated: 400,
-        completion_reported: Some(410),
-        cached_reported: Some(11_000),
-        reasoning_estimated: 120,
-        reasoning_reported: Some(118),
-        prompt_tokens: 12_150,
-        completion_tokens: 410,
-        tokens_estimated: false,
-        prompt_accuracy: Some(0.99),
-        completion_accuracy: Some(0.97),
-        tokenizer: "cl100k_base".into(),
-        tokenizer_exact: false,
-        prompt_breakdown: Default::default(),
-        cost_usd: 0.0042,
-        cost_estimated: false,
-        counting_us: 35,
-        latency_us: 2_400_000,
-        ttft_us: Some(800_000),
-        upstream_headers_us: Some(700_000),
-        upstream_us: Some(699_000),
-        overhead_us: Some(1_000),
-        attempts: 1,
-        tool_call_fixes: 0,
-        usage_injected: true,
-        cache_hit: false,
-        virtual_key: None,
-        context: None,
-        tokens_saved: 0,
-        cost_saved_usd: 0.0,
-        finish_reason: Some("tool_calls".into()),
-        response_bytes: 5_400,
-        preview: Some("Refactor the session matcher so that parallel agents are told".into()),
         client_session: client,
         message_hashes: hashes,
+        ..agent_turn(id)
     })
 }
 

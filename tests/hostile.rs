@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{MockUpstream, Proxy, chat_body, client, mock_config};
+use common::{MockUpstream, Proxy, assert_answers, chat_body, client, mock_config};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -18,17 +18,6 @@ async fn setup(server_extra: &str) -> (MockUpstream, Proxy) {
         mock_config(&mock, "").replace("[server]\n", &format!("[server]\n{server_extra}\n"));
     let proxy = Proxy::start(&config, &[("MOCK_KEY", "k")]).await;
     (mock, proxy)
-}
-
-/// The proxy still serves a normal chat request.
-async fn still_answers(proxy: &Proxy) {
-    let response = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .json(&chat_body("mock/model", false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
 }
 
 /// Reads until the server closes the connection (or `limit` passes); returns what it sent.
@@ -86,7 +75,7 @@ async fn huge_headers_get_431_or_a_clean_close() {
     let (response, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
     assert!(closed, "the connection stayed open");
     assert_ne!(status_of(&response), Some(200));
-    still_answers(&proxy).await;
+    assert_answers(&proxy, "mock/model").await;
 }
 
 #[tokio::test]
@@ -135,7 +124,7 @@ async fn slowloris_headers_time_out() {
         closed_after >= Duration::from_millis(900) && closed_after < Duration::from_secs(6),
         "cut off after {closed_after:?}"
     );
-    still_answers(&proxy).await;
+    assert_answers(&proxy, "mock/model").await;
 }
 
 #[tokio::test]
@@ -243,7 +232,7 @@ async fn deeply_nested_json_is_refused_without_overflow() {
             .load(std::sync::atomic::Ordering::SeqCst),
         1
     );
-    still_answers(&proxy).await;
+    assert_answers(&proxy, "mock/model").await;
 }
 
 #[tokio::test]
@@ -296,7 +285,7 @@ async fn chunked_body_over_the_limit_is_a_413() {
 #[tokio::test]
 async fn thousands_of_idle_connections_stay_bounded() {
     let (_mock, proxy) = setup("header_read_timeout_ms = 60000").await;
-    still_answers(&proxy).await;
+    assert_answers(&proxy, "mock/model").await;
     let before = rss_kib(&proxy);
     let mut idle = Vec::new();
     for _ in 0..3000 {
@@ -313,7 +302,7 @@ async fn thousands_of_idle_connections_stay_bounded() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let during = rss_kib(&proxy);
     let started = Instant::now();
-    still_answers(&proxy).await;
+    assert_answers(&proxy, "mock/model").await;
     assert!(started.elapsed() < Duration::from_secs(5));
     let per_connection = (during.saturating_sub(before) * 1024) / 3000;
     eprintln!(
@@ -349,7 +338,7 @@ async fn connections_beyond_the_limit_are_closed_and_service_recovers() {
     // Freeing a slot lets the next client in.
     drop(idle.pop());
     tokio::time::sleep(Duration::from_millis(100)).await;
-    still_answers(&proxy).await;
+    assert_answers(&proxy, "mock/model").await;
     // The silent ones time out by themselves; then everyone is served again.
     tokio::time::sleep(Duration::from_millis(2000)).await;
     for _ in 0..45 {

@@ -344,13 +344,7 @@ async fn a_stalled_client_is_cut_off_and_slows_nobody() {
 async fn shutdown_closes_dashboards() {
     let (_mock, mut proxy) = start().await;
     let (mut dash, _) = Dashboard::connect(&proxy, "").await;
-    let pid = proxy.child.id().unwrap();
-    let status = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    proxy.terminate();
     let close = loop {
         let message = tokio::time::timeout(Duration::from_secs(5), dash.ws.next())
             .await

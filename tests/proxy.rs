@@ -599,13 +599,7 @@ async fn sigterm_lets_in_flight_streams_finish() {
         .send()
         .await
         .unwrap();
-    let pid = proxy.child.id().unwrap();
-    let status = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    proxy.terminate();
     let body = response.text().await.unwrap();
     assert!(
         body.ends_with("data: [DONE]\n\n"),

@@ -672,12 +672,7 @@ async fn a_graceful_shutdown_commits_everything_queued() {
             200
         );
     }
-    let pid = proxy.child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    proxy.terminate();
     let exit = tokio::time::timeout(Duration::from_secs(20), proxy.child.wait())
         .await
         .unwrap()

@@ -100,18 +100,22 @@ struct PeekFunction<'a> {
 /// an object, no model.
 pub fn inspect(body: &[u8]) -> Result<ChatRequestView, ProxyError> {
     check_structure(body)?;
+    let mut read_loosely = false;
     let peek: Peek<'_> = match serde_json::from_slice(body) {
         Ok(peek) => peek,
         Err(error) => match serde_json::from_slice::<LoosePeek<'_>>(body) {
-            Ok(loose) => Peek {
-                model: loose.model,
-                stream: loose.stream,
-                stream_options: loose.stream_options,
-                messages: None,
-                tools: None,
-                user: None,
-                metadata: None,
-            },
+            Ok(loose) => {
+                read_loosely = true;
+                Peek {
+                    model: loose.model,
+                    stream: loose.stream,
+                    stream_options: loose.stream_options,
+                    messages: None,
+                    tools: None,
+                    user: None,
+                    metadata: None,
+                }
+            }
             // Tell a syntax error (where) from valid JSON of the wrong shape (what).
             Err(_) => {
                 return Err(
@@ -147,7 +151,12 @@ pub fn inspect(body: &[u8]) -> Result<ChatRequestView, ProxyError> {
             == Some(true)
     });
     let messages = peek.messages.unwrap_or_default();
-    let needs_tool_fix = messages_need_tool_fix(&messages);
+    // Read loosely (a repeated key, say), the messages were not looked at: the full parse will judge them.
+    let needs_tool_fix = if read_loosely {
+        may_name_tool_calls(body)
+    } else {
+        messages_need_tool_fix(&messages)
+    };
     let layout = RequestLayout {
         messages: messages.iter().map(|m| offset_in(body, m.get())).collect(),
         tools: peek
@@ -248,28 +257,43 @@ fn offset_in(body: &[u8], part: &str) -> Range<usize> {
     start..start + part.len()
 }
 
+/// Whether [`normalize_tool_calls`](super::toolcalls::normalize_tool_calls) could change anything: it may say
+/// yes when nothing needs mending (the body is then re-encoded for nothing), never no when something does.
 fn messages_need_tool_fix(messages: &[&RawValue]) -> bool {
     messages
         .iter()
         // Cheap pre-check: most messages have no tool call at all.
-        .filter(|m| {
-            m.get().starts_with('{')
-                && memchr::memmem::find(m.get().as_bytes(), b"\"tool_calls\"").is_some()
+        .filter(|m| m.get().starts_with('{') && may_name_tool_calls(m.get().as_bytes()))
+        .any(|m| match serde_json::from_str::<PeekMessage<'_>>(m.get()) {
+            Ok(message) => message
+                .tool_calls
+                .unwrap_or_default()
+                .into_iter()
+                .any(|call| call_needs_fix(&call)),
+            // An odd shape (a repeated key, a call that is not an object): let the full parse judge.
+            Err(_) => true,
         })
-        .filter_map(|m| serde_json::from_str::<PeekMessage<'_>>(m.get()).ok())
-        .flat_map(|m| m.tool_calls.unwrap_or_default())
-        .any(|call| {
-            let id_ok = call
-                .id
-                .is_some_and(|id| id.get().starts_with('"') && id.get() != "\"\"");
-            let arguments_ok = match call.function.and_then(|f| f.arguments) {
-                None => true,
-                Some(raw) if raw.get() == "null" => true,
-                Some(raw) => serde_json::from_str::<Cow<'_, str>>(raw.get())
-                    .is_ok_and(|text| serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok()),
-            };
-            !(id_ok && arguments_ok)
-        })
+}
+
+/// Whether `message` may hold a `tool_calls` key: spelt plainly, or with letters written as `\u00XX` escapes
+/// (JSON allows it; encoders only do it for `<`, `>`, `&` and non-ASCII, which this does not match).
+fn may_name_tool_calls(message: &[u8]) -> bool {
+    memchr::memmem::find(message, b"\"tool_calls\"").is_some()
+        || memchr::memmem::find_iter(message, b"\\u00")
+            .any(|at| matches!(message.get(at + 4), Some(b'5' | b'6' | b'7')))
+}
+
+fn call_needs_fix(call: &PeekCall<'_>) -> bool {
+    let id_ok = call
+        .id
+        .is_some_and(|id| id.get().starts_with('"') && id.get() != "\"\"");
+    let arguments_ok = match call.function.as_ref().and_then(|f| f.arguments) {
+        None => true,
+        Some(raw) if raw.get() == "null" => true,
+        Some(raw) => serde_json::from_str::<Cow<'_, str>>(raw.get())
+            .is_ok_and(|text| serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok()),
+    };
+    !(id_ok && arguments_ok)
 }
 
 /// `body` with `range` replaced by `replacement`.
@@ -397,6 +421,33 @@ mod tests {
                 "{body}"
             );
         }
+    }
+
+    /// Odd but valid JSON that the mending still reads: inspect must flag whatever it would change.
+    #[test]
+    fn flags_tool_calls_in_odd_shapes_that_the_mending_reads() {
+        let call = r#"{"function":{"name":"f","arguments":"{}"}}"#;
+        let cases = [
+            format!(r#"{{"model":"m","messages":[],"messages":[{{"tool_calls":[{call}]}}]}}"#),
+            format!(r#"{{"model":"m","messages":[{{"tool\u005fcalls":[{call}]}}]}}"#),
+            format!(r#"{{"model":"m","messages":[{{"\u0074ool_calls":[{call}]}}]}}"#),
+            format!(r#"{{"model":"m","messages":[{{"tool_calls":[1,{call}]}}]}}"#),
+            format!(r#"{{"model":"m","messages":[{{"tool_calls":[{{"function":5}},{call}]}}]}}"#),
+            format!(r#"{{"model":"m","messages":[{{"tool_calls":[],"tool_calls":[{call}]}}]}}"#),
+            r#"{"model":"m","messages":[{"tool_calls":[{"id":"a","id":"b","function":{"arguments":"{x:1}"}}]}]}"#
+                .to_string(),
+        ];
+        for body in cases {
+            let view = inspect(body.as_bytes()).unwrap();
+            let mut value: Value = serde_json::from_str(&body).unwrap();
+            let fixes = crate::proxy::toolcalls::normalize_tool_calls(&mut value);
+            assert!(fixes.total() > 0, "nothing to mend in {body}");
+            assert!(view.needs_tool_fix, "not flagged: {body}");
+        }
+        // HTML-safe escapes (as Go's encoder writes them) are not mistaken for a hidden key.
+        let html =
+            br#"{"model":"m","messages":[{"role":"user","content":"\u003cdiv\u003e \u0026"}]}"#;
+        assert!(!inspect(html).unwrap().needs_tool_fix);
     }
 
     #[test]

@@ -134,10 +134,31 @@ impl Proxy {
         Proxy { child, addr, dir }
     }
 
+    /// Sends SIGTERM, as a service manager stopping the proxy would.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("the proxy is still running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM {pid} failed");
+    }
+
     /// The database of a proxy started without `--db`.
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("data").join("kimi-proxy.db")
     }
+}
+
+/// A plain chat request (see [`chat_body`]) through the proxy, answered `200`.
+pub async fn assert_answers(proxy: &Proxy, model: &str) {
+    let response = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&chat_body(model, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
 }
 
 /// GET `path` on the proxy and parse the JSON answer.
