@@ -240,6 +240,27 @@ async fn session_changes_are_pushed() {
     let (event, _) = dash.until("session.activated", |_| true).await;
     assert_eq!(event["data"]["session_id"], Value::Null);
 
+    // The session's context settings reach every dashboard.
+    let put = http
+        .put(proxy.url(&format!("/api/sessions/{id}/context")))
+        .json(&json!({"masking": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let (event, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        dash.until("session.updated", |d| {
+            d["session"]["id"] == json!(id) && d["session"]["context_settings"]["masking"] == true
+        }),
+    )
+    .await
+    .expect("no session.updated with the new context settings within 5 s");
+    assert_eq!(
+        event["data"]["session"]["context_settings"]["compaction"],
+        Value::Null
+    );
+
     http.delete(proxy.url(&format!("/api/sessions/{id}")))
         .send()
         .await

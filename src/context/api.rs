@@ -15,7 +15,7 @@ use super::conversation::Counter;
 use super::sessions::SessionContext;
 use crate::store::api::{ApiError, ApiResult, StoreApi, json_error, read, session_id};
 use crate::store::masks::{self, MaskReadError};
-use crate::store::{StoreError, query};
+use crate::store::{SessionChange, StoreError, query};
 
 /// `GET /api/mask/{hash}`: a masked original.
 pub async fn get_mask(State(api): State<Arc<StoreApi>>, Path(hash): Path<String>) -> ApiResult {
@@ -121,6 +121,10 @@ pub async fn put_settings(
     sessions.set(id, client_key.as_deref(), context.clone());
     if active {
         sessions.set_active(Some(id));
+    }
+    // Every open dashboard shows the session's settings.
+    if let Some(session) = read(&api, move |conn| query::get_session(conn, id)).await? {
+        api.sink.notify(SessionChange::Updated(session));
     }
     Ok(Json(settings_json(id, &context, &api)).into_response())
 }
