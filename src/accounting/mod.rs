@@ -56,13 +56,20 @@ pub struct PromptJob {
 pub enum PromptCounting {
     Done((PromptCount, u64)),
     Running(tokio::task::JoinHandle<(PromptCount, u64)>),
+    /// Not started: counted when the record is built, after the answer has gone out (a cache hit).
+    Later(Box<PromptJob>),
 }
 
 impl PromptCounting {
     pub async fn resolve(self) -> (PromptCount, u64) {
-        match self {
+        let counting = match self {
+            PromptCounting::Later(job) => job.start(),
+            started => started,
+        };
+        match counting {
             PromptCounting::Done(done) => done,
             PromptCounting::Running(handle) => handle.await.unwrap_or_default(),
+            PromptCounting::Later(_) => Default::default(),
         }
     }
 }
@@ -117,6 +124,11 @@ impl PromptJob {
                 self.run_here()
             })
         }
+    }
+
+    /// Counts once the answer is out, where the record is built: a cache hit answers without waiting for it.
+    pub fn later(self) -> PromptCounting {
+        PromptCounting::Later(Box::new(self))
     }
 
     /// Counts now (blocking pool when needed), for requests that end before anything is sent.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use xxhash_rust::xxh3::xxh3_128;
+use xxhash_rust::xxh3::Xxh3;
 
 /// A stored answer: the upstream's JSON body, exactly as it came.
 pub struct CachedAnswer {
@@ -93,51 +93,232 @@ impl ResponseCache {
 /// The cache key of a request, or `None` when it may not be cached: not an object, several choices, or — when
 /// only deterministic requests are cached — a temperature other than 0. The key covers everything that shapes
 /// the answer: the upstream model and every field except transport ones (`stream`, `stream_options`) and
-/// attribution (`user`, `metadata`), with object keys sorted so the client's key order does not matter.
+/// attribution (`user`, `metadata`), so that neither the client's key order nor its string escapes nor `0` vs
+/// `0.0` matter. It is computed in one pass over the body, without building a tree or writing JSON back: each
+/// value is hashed as it is read, and an object's hash is that of its entries sorted by key.
 pub fn cache_key(body: &[u8], upstream_id: &str, deterministic_only: bool) -> Option<u128> {
-    let Ok(Value::Object(mut request)) = serde_json::from_slice::<Value>(body) else {
-        return None;
-    };
-    if request
-        .get("n")
-        .and_then(Value::as_u64)
-        .is_some_and(|n| n != 1)
-    {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let top =
+        serde::de::DeserializeSeed::deserialize(Top { upstream_id }, &mut deserializer).ok()?;
+    deserializer.end().ok()?;
+    if top.n.is_some_and(|n| n != 1.0) {
         return None;
     }
-    if deterministic_only {
-        let temperature = request.get("temperature").and_then(Value::as_f64);
-        if temperature != Some(0.0) {
-            return None;
-        }
+    if deterministic_only && top.temperature != Some(0.0) {
+        return None;
     }
-    for transport in ["stream", "stream_options", "user", "metadata"] {
-        request.remove(transport);
-    }
-    request.insert("model".to_string(), Value::String(upstream_id.to_string()));
-    let canonical = canonical(Value::Object(request));
-    Some(xxh3_128(canonical.to_string().as_bytes()))
+    Some(top.hash)
 }
 
-fn canonical(value: Value) -> Value {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            Value::Object(
-                entries
-                    .into_iter()
-                    .map(|(k, v)| (k, canonical(v)))
-                    .collect::<Map<_, _>>(),
-            )
+/// Tags that keep values of different kinds apart in the hash.
+const TAG_NULL: u8 = 0;
+const TAG_BOOL: u8 = 1;
+const TAG_INT: u8 = 2;
+const TAG_FLOAT: u8 = 3;
+const TAG_STRING: u8 = 4;
+const TAG_ARRAY: u8 = 5;
+const TAG_OBJECT: u8 = 6;
+
+fn tagged(tag: u8, bytes: &[u8]) -> u128 {
+    let mut hasher = Xxh3::new();
+    hasher.update(&[tag]);
+    hasher.update(bytes);
+    hasher.digest128()
+}
+
+/// Numbers that are integers (`0`, `0.0`, `-3`) hash alike; the rest by their bits.
+fn number_hash(value: f64) -> u128 {
+    if value.fract() == 0.0 && value.abs() < 9.0e15 {
+        tagged(TAG_INT, &(value as i128).to_le_bytes())
+    } else {
+        tagged(TAG_FLOAT, &value.to_bits().to_le_bytes())
+    }
+}
+
+/// One value read and hashed; numbers keep their value (the top level needs `temperature` and `n`).
+struct Hashed {
+    hash: u128,
+    number: Option<f64>,
+}
+
+impl Hashed {
+    fn of(hash: u128) -> Hashed {
+        Hashed { hash, number: None }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Hashed {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Hashed, D::Error> {
+        deserializer.deserialize_any(ValueHasher)
+    }
+}
+
+struct ValueHasher;
+
+impl<'de> serde::de::Visitor<'de> for ValueHasher {
+    type Value = Hashed;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Hashed, E> {
+        Ok(Hashed::of(tagged(TAG_NULL, &[])))
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Hashed, E> {
+        Ok(Hashed::of(tagged(TAG_BOOL, &[u8::from(value)])))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Hashed, E> {
+        Ok(Hashed {
+            hash: tagged(TAG_INT, &i128::from(value).to_le_bytes()),
+            number: Some(value as f64),
+        })
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Hashed, E> {
+        Ok(Hashed {
+            hash: tagged(TAG_INT, &i128::from(value).to_le_bytes()),
+            number: Some(value as f64),
+        })
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Hashed, E> {
+        Ok(Hashed {
+            hash: number_hash(value),
+            number: Some(value),
+        })
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Hashed, E> {
+        Ok(Hashed::of(tagged(TAG_STRING, value.as_bytes())))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Hashed, A::Error> {
+        let mut hasher = Xxh3::new();
+        hasher.update(&[TAG_ARRAY]);
+        while let Some(item) = seq.next_element::<Hashed>()? {
+            hasher.update(&item.hash.to_le_bytes());
         }
-        Value::Array(items) => Value::Array(items.into_iter().map(canonical).collect()),
-        // `0` and `0.0` mean the same to every provider.
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => Value::from(f as i64),
-            _ => Value::Number(n),
-        },
-        other => other,
+        Ok(Hashed::of(hasher.digest128()))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Hashed, A::Error> {
+        let mut entries: Vec<(Key<'de>, u128)> = Vec::new();
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            let value = map.next_value::<Hashed>()?;
+            entries.push((key, value.hash));
+        }
+        Ok(Hashed::of(object_hash(&mut entries)))
+    }
+}
+
+/// An object's hash: its entries sorted by key, each key with its value's hash.
+fn object_hash(entries: &mut [(Key<'_>, u128)]) -> u128 {
+    entries.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    let mut hasher = Xxh3::new();
+    hasher.update(&[TAG_OBJECT]);
+    for (key, hash) in entries.iter() {
+        hasher.update(&(key.as_str().len() as u64).to_le_bytes());
+        hasher.update(key.as_str().as_bytes());
+        hasher.update(&hash.to_le_bytes());
+    }
+    hasher.digest128()
+}
+
+/// An object key, borrowed from the body unless it had escapes.
+enum Key<'de> {
+    Borrowed(&'de str),
+    Owned(String),
+}
+
+impl Key<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Key::Borrowed(key) => key,
+            Key::Owned(key) => key,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Key<'de>, D::Error> {
+        struct KeyVisitor;
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object key")
+            }
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key::Borrowed(key))
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Key<'de>, E> {
+                Ok(Key::Owned(key.to_string()))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// The request object: hashed like any object, but without the transport fields, with the upstream model id
+/// in place of the client's, and with `temperature` and `n` kept.
+struct Top<'a> {
+    upstream_id: &'a str,
+}
+
+struct TopHash {
+    hash: u128,
+    temperature: Option<f64>,
+    n: Option<f64>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Top<'_> {
+    type Value = TopHash;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<TopHash, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Top<'_> {
+    type Value = TopHash;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a chat request object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TopHash, A::Error> {
+        let mut entries: Vec<(Key<'de>, u128)> = Vec::with_capacity(8);
+        let (mut temperature, mut n) = (None, None);
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            match key.as_str() {
+                "stream" | "stream_options" | "user" | "metadata" | "model" => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+                _ => {}
+            }
+            let value = map.next_value::<Hashed>()?;
+            match key.as_str() {
+                "temperature" => temperature = value.number,
+                "n" => n = value.number,
+                _ => {}
+            }
+            entries.push((key, value.hash));
+        }
+        entries.push((
+            Key::Borrowed("model"),
+            tagged(TAG_STRING, self.upstream_id.as_bytes()),
+        ));
+        Ok(TopHash {
+            hash: object_hash(&mut entries),
+            temperature,
+            n,
+        })
     }
 }
 
@@ -234,6 +415,27 @@ mod tests {
             true,
         );
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn keys_ignore_escapes_and_number_forms_but_not_nesting() {
+        let plain = br#"{"model":"a","temperature":0,"messages":[{"role":"user","content":"A\u00e9 1.5"}],"max_tokens":10}"#;
+        let escaped = br#"{"max_tokens":10.0,"messages":[{"content":"\u0041\u00E9 1.5","role":"user"}],"temperature":0.0,"model":"b"}"#;
+        let (a, b) = (cache_key(plain, "up", true), cache_key(escaped, "up", true));
+        assert!(a.is_some());
+        assert_eq!(a, b);
+        // Same strings, different structure: a string vs a one-element list, an object vs its entries.
+        let listed = br#"{"model":"a","temperature":0,"messages":[{"role":["user"],"content":"A\u00e9 1.5"}],"max_tokens":10}"#;
+        assert_ne!(a, cache_key(listed, "up", true));
+        assert_ne!(a, cache_key(plain, "other-upstream", true));
+        assert_ne!(
+            cache_key(br#"{"temperature":0,"x":1.5}"#, "m", true),
+            cache_key(br#"{"temperature":0,"x":1.25}"#, "m", true)
+        );
+        // Not JSON, trailing bytes, not an object: not cacheable.
+        assert_eq!(cache_key(br#"{"temperature":0"#, "m", true), None);
+        assert_eq!(cache_key(br#"{"temperature":0} x"#, "m", true), None);
+        assert_eq!(cache_key(b"\"s\"", "m", false), None);
     }
 
     #[test]

@@ -701,7 +701,7 @@ fn answer_from_cache(
     let mut tracker = Tracker::new(
         Arc::clone(&state.accounting),
         context,
-        prompt_job.start(),
+        prompt_job.later(),
         streaming,
         counting,
     );

@@ -86,6 +86,11 @@ fn fill(rng: &mut Rng, out: &mut String, bytes: usize) {
 
 /// The chat completion request body; `stream` selects SSE (with usage requested, as agents do).
 pub fn chat_body(stream: bool) -> Bytes {
+    chat_body_at(stream, 0.2)
+}
+
+/// The same body with another `temperature` (the response cache keeps only `temperature: 0` answers).
+pub fn chat_body_at(stream: bool, temperature: f64) -> Bytes {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut system = String::from(
         "You are a careful senior engineer. Answer precisely, cite the lines you refer to, and prefer \
@@ -102,7 +107,7 @@ pub fn chat_body(stream: bool) -> Bytes {
             {"role": "system", "content": system},
             {"role": "user", "content": user},
         ],
-        "temperature": 0.2,
+        "temperature": temperature,
         "max_tokens": 512,
     });
     if stream && let Some(map) = body.as_object_mut() {

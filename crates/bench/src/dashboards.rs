@@ -37,6 +37,78 @@ pub struct Phase {
     pub readers_cut: u64,
     /// The hub's count of clients cut off for being slow, at the end of the phase.
     pub slow_clients_cut: Option<u64>,
+    /// The proxy's own view of the same deliveries: publication to the bytes written into each client's socket
+    /// (its `dashboard_delivery` histogram, this phase's share of the `/metrics` buckets).
+    pub hub: Option<Buckets>,
+}
+
+/// A phase's share of a Prometheus histogram: (upper bound µs, count) per bucket, not cumulative.
+#[derive(Clone, Debug, Default)]
+pub struct Buckets(pub Vec<(u64, u64)>);
+
+impl Buckets {
+    /// The cumulative buckets of `metric` in a `/metrics` text.
+    fn parse(text: &str, metric: &str) -> Buckets {
+        let prefix = format!("{metric}_bucket{{le=\"");
+        let mut cumulative = Vec::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((bound, count)) = rest.split_once("\"} ") else {
+                continue;
+            };
+            // `+Inf` is left out: a value past the last bound has no figure to report.
+            if let (Ok(seconds), Ok(count)) = (bound.parse::<f64>(), count.trim().parse::<u64>())
+                && seconds.is_finite()
+            {
+                cumulative.push(((seconds * 1e6).round() as u64, count));
+            }
+        }
+        Buckets(cumulative)
+    }
+
+    /// `after - before`, per bucket (both cumulative), as plain counts per bucket.
+    fn between(before: &Buckets, after: &Buckets) -> Buckets {
+        let mut previous = 0;
+        let mut out = Vec::new();
+        for (i, &(bound, count)) in after.0.iter().enumerate() {
+            let earlier = before.0.get(i).map_or(0, |&(_, c)| c);
+            let cumulative = count.saturating_sub(earlier);
+            out.push((bound, cumulative.saturating_sub(previous)));
+            previous = cumulative;
+        }
+        Buckets(out)
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.iter().map(|&(_, c)| c).sum()
+    }
+
+    /// The upper bound of the bucket holding the `q` quantile (`None` without values or beyond the last bound).
+    pub fn quantile_bound(&self, q: f64) -> Option<u64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for &(bound, count) in &self.0 {
+            seen += count;
+            if seen >= rank {
+                return Some(bound);
+            }
+        }
+        None
+    }
+}
+
+/// The proxy's `dashboard_delivery` buckets now.
+async fn hub_buckets(proxy: SocketAddr) -> Option<Buckets> {
+    let metrics = loadgen::fetch(proxy, "/metrics", &[], None).await.ok()?;
+    let text = std::str::from_utf8(&metrics.body).ok()?;
+    let buckets = Buckets::parse(text, "kimi_proxy_dashboard_delivery_seconds");
+    (!buckets.0.is_empty()).then_some(buckets)
 }
 
 /// Runs the phases: none, 100, 100 + 1 stalled, none again (the repeat shows the drift).
@@ -61,6 +133,7 @@ pub async fn run(
         stagger: Duration::from_millis(
             u64::from(settings.chunks + 1) * u64::from(settings.chunk_delay_ms),
         ),
+        expect: None,
     };
     let mut phases = Vec::new();
     for (label, dashboards, stalled) in [
@@ -70,7 +143,17 @@ pub async fn run(
         ("no dashboard (again)", 0, false),
     ] {
         eprintln!("kimi-bench: dashboards: {label}");
-        phases.push(phase(targets.proxy.addr, &spec, label, dashboards, stalled).await?);
+        phases.push(
+            phase(
+                targets.proxy.addr,
+                &spec,
+                label,
+                dashboards,
+                stalled,
+                settings.dashboard_threads,
+            )
+            .await?,
+        );
     }
     Ok(phases)
 }
@@ -81,11 +164,13 @@ async fn phase(
     label: &str,
     dashboards: usize,
     stalled: bool,
+    threads: usize,
 ) -> anyhow::Result<Phase> {
+    let hub_before = hub_buckets(proxy).await;
     let stop = Arc::new(AtomicBool::new(false));
     let slow_cut = Arc::new(AtomicU64::new(u64::MAX));
-    // The dashboards run on a runtime of their own (one thread), so that reading them does not delay the load
-    // generator, and the load generator's work does not show up as delivery latency.
+    // The dashboards run on a runtime of their own (`threads` threads), so that reading them does not delay the
+    // load generator, and the load generator's work does not show up as delivery latency.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
     let watcher = {
         let stop = Arc::clone(&stop);
@@ -93,9 +178,16 @@ async fn phase(
         std::thread::Builder::new()
             .name("dashboards".into())
             .spawn(move || -> anyhow::Result<(Histogram<u64>, u64, u64)> {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
+                let runtime = if threads > 1 {
+                    tokio::runtime::Builder::new_multi_thread()
+                        .worker_threads(threads)
+                        .enable_all()
+                        .build()?
+                } else {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?
+                };
                 runtime.block_on(watch(proxy, dashboards, stalled, stop, slow_cut, ready_tx))
             })
             .context("cannot start the dashboards thread")?
@@ -114,6 +206,10 @@ async fn phase(
         .map_err(|_| anyhow::anyhow!("the dashboards thread panicked"))??;
     let proxy_result = result?;
     let (delivery, events, readers_cut) = watched;
+    let hub = match (hub_before, hub_buckets(proxy).await) {
+        (Some(before), Some(after)) if dashboards > 0 => Some(Buckets::between(&before, &after)),
+        _ => None,
+    };
     let cut = slow_cut.load(Ordering::Relaxed);
     Ok(Phase {
         label: label.into(),
@@ -123,6 +219,7 @@ async fn phase(
         events,
         readers_cut,
         slow_clients_cut: (cut != u64::MAX).then_some(cut),
+        hub,
     })
 }
 
@@ -152,6 +249,20 @@ fn slow_clients_cut(text: &str) -> Option<u64> {
     digits[..end].parse().ok()
 }
 
+type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// One dashboard connection, TCP_NODELAY like the proxy's side (and with a small receive buffer if asked).
+async fn connect(proxy: SocketAddr, url: &str, recv_buffer: Option<u32>) -> anyhow::Result<Socket> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
+    let tcp = socket.connect(proxy).await?;
+    tcp.set_nodelay(true)?;
+    let (socket, _) = tokio_tungstenite::client_async(url, tcp).await?;
+    Ok(socket)
+}
+
 /// Connects the dashboards (and the stalled one), reports ready, then reads until `stop`.
 async fn watch(
     proxy: SocketAddr,
@@ -164,20 +275,17 @@ async fn watch(
     let url = format!("ws://{proxy}/ws");
     let mut sockets = Vec::with_capacity(dashboards);
     for _ in 0..dashboards {
-        match tokio_tungstenite::connect_async(&url).await {
-            Ok((socket, _)) => sockets.push(socket),
+        match connect(proxy, &url, None).await {
+            Ok(socket) => sockets.push(socket),
             Err(err) => {
-                let _ = ready.send(Err(anyhow::anyhow!("dashboard connect failed: {err}")));
+                let _ = ready.send(Err(anyhow::anyhow!("dashboard connect failed: {err:#}")));
                 anyhow::bail!("dashboard connect failed");
             }
         }
     }
     // The stalled client: a small receive buffer, a handshake, then nothing read ever again.
     let _stalled = if stalled {
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.set_recv_buffer_size(4096)?;
-        let tcp = socket.connect(proxy).await?;
-        Some(tokio_tungstenite::client_async(&url, tcp).await?)
+        Some(connect(proxy, &url, Some(4096)).await?)
     } else {
         None
     };
@@ -237,7 +345,7 @@ async fn watch(
 }
 
 /// The report's section.
-pub fn render(out: &mut String, phases: &[Phase]) {
+pub fn render(out: &mut String, settings: &Settings, phases: &[Phase]) {
     if phases.is_empty() {
         return;
     }
@@ -248,16 +356,25 @@ pub fn render(out: &mut String, phases: &[Phase]) {
     let _ = writeln!(
         out,
         "{STREAMS} concurrent streams through the proxy (the streaming shape above) while 0, {DASHBOARDS}, and \
-         {DASHBOARDS} + 1 stalled dashboard clients are connected to `/ws`. The dashboards read every event on \
-         a thread of their own; delivery = receive time − the event's `ts` (milliseconds, so each figure \
-         includes up to 1 ms of rounding). The stalled client completes the handshake with a 4 KiB receive \
-         buffer and never reads. Target: delivery p99 ≤ 10 ms, proxy TTFT and gap unchanged within noise.\n"
+         {DASHBOARDS} + 1 stalled dashboard clients are connected to `/ws` (TCP_NODELAY on both ends). The \
+         dashboards read every event on a runtime of their own ({} thread{}); delivery = receive time − the \
+         event's `ts` (milliseconds, so each figure includes up to 1 ms of rounding). \"hub\" is the proxy's own \
+         view of the same deliveries: from publishing the event to its bytes written into each client's socket \
+         (its `dashboard_delivery` histogram; this phase's share of the `/metrics` buckets, so the figure is a \
+         bucket bound). The stalled client completes the handshake with a 4 KiB receive buffer and never reads. \
+         Target: delivery p99 ≤ 10 ms, proxy TTFT and gap unchanged within noise.\n",
+        settings.dashboard_threads,
+        if settings.dashboard_threads == 1 {
+            ""
+        } else {
+            "s"
+        }
     );
     let _ = writeln!(
         out,
-        "| phase | streams ok / errors | TTFT p50 | TTFT p99 | gap p99 | events delivered | delivery p50 | delivery p99 | delivery max | readers cut | slow clients cut |"
+        "| phase | streams ok / errors | TTFT p50 | TTFT p99 | gap p99 | events delivered | delivery p50 | delivery p99 | delivery max | hub p50 | hub p99 | readers cut | slow clients cut |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for phase in phases {
         let ttft = Summary::of(&phase.proxy.ttft);
         let gaps = Summary::of(&phase.proxy.gaps);
@@ -265,9 +382,16 @@ pub fn render(out: &mut String, phases: &[Phase]) {
             ("–".to_string(), "–".to_string(), "–".to_string()),
             |d| (fmt_us(d.p50), fmt_us(d.p99), fmt_us(d.max)),
         );
+        let bound = |q: f64| {
+            phase
+                .hub
+                .as_ref()
+                .and_then(|b| b.quantile_bound(q))
+                .map_or("–".to_string(), |us| format!("≤ {}", fmt_us(us)))
+        };
         let _ = writeln!(
             out,
-            "| {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             phase.label,
             phase.proxy.ok,
             phase.proxy.errors,
@@ -278,6 +402,8 @@ pub fn render(out: &mut String, phases: &[Phase]) {
             d50,
             d99,
             dmax,
+            bound(0.5),
+            bound(0.99),
             phase.readers_cut,
             phase
                 .slow_clients_cut
@@ -296,5 +422,27 @@ mod tests {
         assert_eq!(event_ts(text), Some(1_767_323_103_000));
         assert_eq!(slow_clients_cut(text), Some(2));
         assert_eq!(event_ts("{}"), None);
+    }
+
+    #[test]
+    fn phase_buckets_from_prometheus_text() {
+        let metric = "kimi_proxy_dashboard_delivery_seconds";
+        let before = Buckets::parse(
+            &format!(
+                "{metric}_bucket{{le=\"0.001\"}} 10\n{metric}_bucket{{le=\"0.01\"}} 10\n{metric}_bucket{{le=\"+Inf\"}} 10\n"
+            ),
+            metric,
+        );
+        let after = Buckets::parse(
+            &format!(
+                "# TYPE x\n{metric}_bucket{{le=\"0.001\"}} 108\n{metric}_bucket{{le=\"0.01\"}} 110\n{metric}_sum 1\n"
+            ),
+            metric,
+        );
+        let phase = Buckets::between(&before, &after);
+        assert_eq!(phase.0, vec![(1_000, 98), (10_000, 2)]);
+        assert_eq!(phase.quantile_bound(0.5), Some(1_000));
+        assert_eq!(phase.quantile_bound(0.99), Some(10_000));
+        assert_eq!(Buckets::default().quantile_bound(0.5), None);
     }
 }

@@ -52,6 +52,36 @@ pub struct Spec {
     /// Spread the VUs' first requests evenly over this long (VU i waits i/concurrency of it), so closed-loop
     /// streams of equal length don't run in lockstep waves. Zero: all start together.
     pub stagger: Duration,
+    /// What every answer must be (checked after its timing is taken); a mismatch counts as an error.
+    pub expect: Option<Arc<Expect>>,
+}
+
+/// The answer a run expects: exactly these body bytes, and optionally a response header with this value.
+#[derive(Clone, Debug)]
+pub struct Expect {
+    pub body: Bytes,
+    pub header: Option<(HeaderName, HeaderValue)>,
+}
+
+impl Expect {
+    /// Why `headers` and `body` are not the expected answer, if they are not.
+    fn mismatch(&self, headers: &http::HeaderMap, body: &[u8]) -> Option<String> {
+        if let Some((name, value)) = &self.header
+            && headers.get(name) != Some(value)
+        {
+            return Some(format!(
+                "header {name} is {:?}, expected {value:?}",
+                headers.get(name)
+            ));
+        }
+        (body != self.body.as_ref()).then(|| {
+            format!(
+                "body differs from the expected answer ({} bytes, expected {})",
+                body.len(),
+                self.body.len()
+            )
+        })
+    }
 }
 
 /// A fresh histogram with the crate's bounds.
@@ -352,6 +382,51 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
     Ok(sender)
 }
 
+/// One answer read whole, for setting up and checking a scenario (not timed).
+pub struct Fetched {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// Sends one request on a fresh connection and reads the whole answer (`body` `None`: a GET).
+pub async fn fetch(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(HeaderName, HeaderValue)],
+    body: Option<Bytes>,
+) -> anyhow::Result<Fetched> {
+    let mut sender = connect(addr).await.map_err(anyhow::Error::msg)?;
+    sender.ready().await?;
+    let mut builder = Request::builder()
+        .method(if body.is_some() {
+            Method::POST
+        } else {
+            Method::GET
+        })
+        .uri(path)
+        .header(HOST, addr.to_string());
+    if body.is_some() {
+        builder = builder.header(CONTENT_TYPE, "application/json");
+    }
+    for (name, value) in headers {
+        builder = builder.header(name, value);
+    }
+    let request = builder.body(Full::new(body.unwrap_or_default()))?;
+    let response = tokio::time::timeout(Duration::from_secs(15), async {
+        let response = sender.send_request(request).await?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        anyhow::Ok(Fetched {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    })
+    .await??;
+    Ok(response)
+}
+
 async fn one_request(
     sender: &mut SendRequest<Full<Bytes>>,
     spec: &Spec,
@@ -377,7 +452,8 @@ async fn one_request(
         .await
         .map_err(|e| format!("send: {e}"))?;
     let status = response.status();
-    let mut body = response.into_body();
+    let (parts, mut body) = response.into_parts();
+    let mut kept = Vec::new();
 
     let mut sse = SseScan::default();
     let mut ttft = None;
@@ -401,6 +477,9 @@ async fn one_request(
             error_body.extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
             continue;
         }
+        if spec.expect.is_some() {
+            kept.extend_from_slice(&data);
+        }
         if spec.streaming && sse.feed(&data) > 0 {
             if let Some(previous) = last_event {
                 gaps.push(micros(now.saturating_duration_since(previous)));
@@ -420,6 +499,13 @@ async fn one_request(
             "stream ended without data: [DONE] after {} events",
             sse.events
         ));
+    }
+    if let Some(mismatch) = spec
+        .expect
+        .as_ref()
+        .and_then(|expect| expect.mismatch(&parts.headers, &kept))
+    {
+        return Err(mismatch);
     }
     Ok(Timings {
         total,

@@ -6,6 +6,7 @@
 //! `--peers litellm,portkey` the same scenarios also run through peer gateways pointed at the same mock.
 
 mod body;
+mod cache;
 mod cpu;
 mod dashboards;
 mod loadgen;
@@ -37,12 +38,16 @@ struct Args {
     #[arg(long, default_value = "bench-results/report.md")]
     out: PathBuf,
     /// Scenarios to run, comma-separated: latency, throughput, streaming, streams-concurrency, frontier,
-    /// memory, dashboards (default: all; --quick: all but frontier).
+    /// memory, dashboards, cache (default: all; --quick: all but frontier).
     #[arg(long, value_enum, value_delimiter = ',')]
     scenarios: Option<Vec<Scenario>>,
     /// Worker threads of the load generator's runtime (the servers need the other cores).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Threads of the dashboards scenario's WebSocket readers (a runtime of their own; one thread reads the 100
+    /// sockets one after another and measures its own queue).
+    #[arg(long, default_value_t = 2)]
+    dashboard_threads: usize,
     /// Rounds per side for latency, throughput and streaming (default 3).
     #[arg(long)]
     rounds: Option<usize>,
@@ -82,6 +87,7 @@ fn main() -> anyhow::Result<()> {
     settings.scenarios.sort();
     settings.scenarios.dedup();
     settings.threads = args.threads.max(1);
+    settings.dashboard_threads = args.dashboard_threads.max(1);
     if let Some(rounds) = args.rounds {
         settings.rounds = rounds.clamp(1, 100);
     }
@@ -351,6 +357,12 @@ async fn run(
             Scenario::Dashboards => {
                 results.dashboards = dashboards::run(settings, &targets, streamed.clone()).await?;
             }
+            Scenario::Cache => {
+                results.cache = Some(
+                    cache_scenario(settings, binaries, &targets, mock.addr, &scratch.0, log_dir)
+                        .await?,
+                );
+            }
         }
         mock.check_alive()?;
         proxy.check_alive()?;
@@ -408,6 +420,48 @@ async fn run(
     Ok(results)
 }
 
+/// Starts a proxy with the response cache on for the model, runs the cache scenario against it, stops it.
+async fn cache_scenario(
+    settings: &Settings,
+    binaries: &procs::Binaries,
+    targets: &Targets,
+    mock: std::net::SocketAddr,
+    scratch: &Path,
+    log_dir: &Path,
+) -> anyhow::Result<cache::CacheResults> {
+    let config = scratch.join("kimi-proxy-cache.toml");
+    std::fs::write(&config, procs::cache_proxy_config(mock))
+        .with_context(|| format!("cannot write {}", config.display()))?;
+    let config_arg = config.to_string_lossy().into_owned();
+    let data_arg = scratch.join("data-cache").to_string_lossy().into_owned();
+    let mut server = Server::start(
+        "kimi-proxy (response cache on)",
+        &binaries.proxy,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            &config_arg,
+            "--data-dir",
+            &data_arg,
+        ],
+        &log_dir.join("kimi-proxy-cache.log"),
+        "kimi-proxy listening on",
+    )
+    .await?;
+    eprintln!(
+        "kimi-bench: kimi-proxy with the response cache on {} (pid {})",
+        server.addr, server.pid
+    );
+    let cached = Endpoint::new("cache hit", server.addr, server.pid);
+    let forwarding = Endpoint::new("forwarded", targets.proxy.addr, targets.proxy.pid);
+    let results = cache::run(settings, &targets.direct, &cached, &forwarding).await;
+    server.check_alive()?;
+    server.stop().await;
+    results
+}
+
 /// One request (`requests` of them, one at a time) to `endpoint`; fails unless all succeed.
 async fn probe(
     endpoint: &Endpoint,
@@ -428,6 +482,7 @@ async fn probe(
         request_timeout: Duration::from_secs(15),
         streaming,
         stagger: Duration::ZERO,
+        expect: None,
     }))
     .await?;
     if result.ok != requests {

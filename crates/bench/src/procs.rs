@@ -219,6 +219,12 @@ pub fn proxy_config(mock: SocketAddr, accounting_and_store: bool) -> String {
     )
 }
 
+/// The configuration of the caching proxy (cache scenario): the default one with the response cache on for
+/// the model.
+pub fn cache_proxy_config(mock: SocketAddr) -> String {
+    format!("{}cache = true\n", proxy_config(mock, true))
+}
+
 /// Resident set size of `pid` in bytes (`VmRSS` of /proc/PID/status).
 pub fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -365,6 +371,8 @@ mod tests {
         assert!(off.contains("token_accounting = false"));
         assert!(off.contains("enabled = false"));
         assert!(off.starts_with("builtin_catalog = false\n"));
+        let cached = cache_proxy_config(mock);
+        assert!(cached.ends_with("max_context_size = 262144\ncache = true\n"));
     }
 
     #[test]

@@ -468,7 +468,21 @@ pub fn render(settings: &Settings, machine: &Machine, results: &Results) -> Stri
 
     render_modes(&mut out, settings, results);
     render_frontier(&mut out, settings, results);
-    crate::dashboards::render(&mut out, &results.dashboards);
+    crate::dashboards::render(&mut out, settings, &results.dashboards);
+    if let Some(cache) = &results.cache {
+        crate::cache::render(&mut out, settings, cache);
+        let (p50, p99) = cache.added_c1().unwrap_or((i64::MAX, i64::MAX));
+        for (name, added) in [("p50", p50), ("p99", p99)] {
+            targets.push(Target {
+                what: format!(
+                    "cache hit adds < {} µs over the direct answer (c=1, {name})",
+                    crate::cache::TARGET_ADDED_US
+                ),
+                measured: fmt_added(added),
+                pass: Some(cache.verified() && added < crate::cache::TARGET_ADDED_US),
+            });
+        }
+    }
     for phase in results.dashboards.iter().filter(|p| p.dashboards > 0) {
         targets.push(Target {
             what: format!("event delivery p99 ≤ 10 ms ({})", phase.label),

@@ -28,6 +28,7 @@ pub enum Scenario {
     Frontier,
     Memory,
     Dashboards,
+    Cache,
 }
 
 impl Scenario {
@@ -41,6 +42,7 @@ impl Scenario {
             Scenario::Frontier,
             Scenario::Memory,
             Scenario::Dashboards,
+            Scenario::Cache,
         ];
         if quick {
             all.retain(|&s| s != Scenario::Frontier);
@@ -57,6 +59,7 @@ impl Scenario {
             Scenario::Frontier => "frontier",
             Scenario::Memory => "memory",
             Scenario::Dashboards => "dashboards",
+            Scenario::Cache => "cache",
         }
     }
 }
@@ -77,6 +80,8 @@ pub struct Settings {
     pub scenarios: Vec<Scenario>,
     /// Load generator worker threads.
     pub threads: usize,
+    /// Threads reading the dashboards' sockets (dashboards scenario).
+    pub dashboard_threads: usize,
     /// Rounds per side for latency, throughput and streaming.
     pub rounds: usize,
     /// Warm-up before each measured round (latency and throughput; streaming warms up with one stream per VU).
@@ -103,6 +108,12 @@ pub struct Settings {
     /// `--modes` holds `off`: a second proxy, accounting and store off, is one more side of latency and
     /// throughput.
     pub off: bool,
+    /// Measured non-streaming requests per side and concurrency of the cache scenario.
+    pub cache_requests: u64,
+    /// Its moderate concurrency (the other one is 1).
+    pub cache_concurrency: usize,
+    /// Measured streams per side of the cache scenario.
+    pub cache_stream_requests: u64,
 }
 
 impl Settings {
@@ -112,6 +123,7 @@ impl Settings {
             quick,
             scenarios: Scenario::defaults(quick),
             threads: 1,
+            dashboard_threads: 2,
             rounds: 3,
             warmup: Duration::from_millis(if quick { 300 } else { 500 }),
             body_bytes: body::chat_body(false).len(),
@@ -127,6 +139,9 @@ impl Settings {
             frontier_step: Duration::from_secs(2),
             peers: Vec::new(),
             off: false,
+            cache_requests: if quick { 2_000 } else { 10_000 },
+            cache_concurrency: 8,
+            cache_stream_requests: if quick { 1_000 } else { 5_000 },
         }
     }
 
@@ -135,7 +150,7 @@ impl Settings {
     }
 
     /// Round `round`'s share of `total`: the rounds add up to exactly `total`.
-    fn per_round(&self, total: u64, round: usize) -> u64 {
+    pub(crate) fn per_round(&self, total: u64, round: usize) -> u64 {
         let rounds = u64::try_from(self.rounds.max(1)).unwrap_or(1);
         let round = u64::try_from(round).unwrap_or(0);
         total / rounds + u64::from(round < total % rounds)
@@ -214,6 +229,8 @@ pub struct Results {
     pub peer_memory: Vec<Memory>,
     /// The dashboards scenario's phases.
     pub dashboards: Vec<crate::dashboards::Phase>,
+    /// The cache scenario.
+    pub cache: Option<crate::cache::CacheResults>,
 }
 
 /// One endpoint under test: where it listens, its process, and the headers every request to it carries.
@@ -266,7 +283,7 @@ impl Targets {
 }
 
 /// The order of the sides in `round`: forward in even rounds, reversed in odd ones (ABBA for two sides).
-fn round_order(sides: usize, round: usize) -> Vec<usize> {
+pub(crate) fn round_order(sides: usize, round: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..sides).collect();
     if round % 2 == 1 {
         order.reverse();
@@ -375,6 +392,7 @@ pub async fn latency(settings: &Settings, targets: &Targets, body: Bytes) -> any
             request_timeout: Duration::from_secs(10),
             streaming: false,
             stagger: Duration::ZERO,
+            expect: None,
         },
     )
     .await
@@ -405,6 +423,7 @@ pub async fn throughput(
             request_timeout: Duration::from_secs(10),
             streaming: false,
             stagger: Duration::ZERO,
+            expect: None,
         },
     )
     .await
@@ -439,6 +458,7 @@ pub async fn streaming(
         request_timeout: Duration::from_secs(10),
         streaming: true,
         stagger: Duration::ZERO,
+        expect: None,
     };
     alternate(
         "streaming",
@@ -460,6 +480,7 @@ pub async fn streaming(
                 streaming: true,
                 // Spread the first streams over one stream length so the VUs don't run in lockstep waves.
                 stagger: settings.stream_length(),
+                expect: None,
             }
         },
     )
@@ -489,6 +510,7 @@ pub async fn streams_concurrency(
                 request_timeout: settings.stream_length() * 10 + Duration::from_secs(10),
                 streaming: true,
                 stagger: Duration::ZERO,
+                expect: None,
             })
         };
         let label = format!("streams-concurrency x{streams}");
@@ -549,6 +571,7 @@ pub async fn frontier(
                 request_timeout: Duration::from_secs(10),
                 streaming: false,
                 stagger: Duration::ZERO,
+                expect: None,
             })
         };
         let label = format!("frontier c={concurrency}");
@@ -690,6 +713,7 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             streaming: false,
             stagger: Duration::ZERO,
+            expect: None,
         });
         assert_eq!(spec.addr, peer.addr);
         assert_eq!(spec.headers.len(), 2);
