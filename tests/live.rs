@@ -144,6 +144,19 @@ async fn snapshot_then_request_events_in_order() {
     assert_eq!(init["data"]["today"]["requests"], 1);
     assert_eq!(init["data"]["totals"]["requests"], 1);
     assert_eq!(init["data"]["sessions"][0]["id"], session_id);
+
+    // The hub timed each event it wrote to this client: publication to the socket.
+    let stats: Value = client()
+        .get(proxy.url("/api/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let delivery = &stats["histograms_us"]["dashboard_delivery"]["since_start"];
+    assert!(delivery["count"].as_u64().unwrap() >= 4, "{delivery}");
+    assert!(delivery["max"].as_u64().unwrap() < 10_000_000, "{delivery}");
 }
 
 #[tokio::test]

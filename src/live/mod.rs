@@ -45,6 +45,8 @@ const STATS_EVERY: Duration = Duration::from_secs(1);
 pub struct Frame {
     pub seq: u64,
     pub text: Utf8Bytes,
+    /// When the hub published it (the `dashboard_delivery` histogram starts here).
+    pub published: std::time::Instant,
 }
 
 enum Input {
@@ -418,6 +420,7 @@ impl Worker {
         let _ = self.hub.frames.send(Frame {
             seq,
             text: Utf8Bytes::from(text),
+            published: started,
         });
         self.hub.state.accounting.monitor.record(
             crate::monitor::Metric::Broadcast,

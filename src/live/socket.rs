@@ -84,13 +84,23 @@ async fn serve(mut socket: WebSocket, hub: Arc<Hub>, mut params: Params) {
     };
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.reset();
+    // When each frame of the batch in hand was published; kept across batches (one allocation per client).
+    let mut published = Vec::new();
     let end = loop {
         tokio::select! {
             frame = frames.recv() => match frame {
                 Ok(frame) => {
-                    if let Err(end) = forward(&mut socket, frame, &mut frames, &mut last).await {
+                    let forwarded = forward(&mut socket, frame, &mut frames, &mut last, &mut published).await;
+                    if let Err(end) = forwarded {
                         break end;
                     }
+                    let written = std::time::Instant::now();
+                    hub.state.accounting.monitor.record_all(
+                        Metric::Delivery,
+                        published
+                            .drain(..)
+                            .map(|at| written.saturating_duration_since(at).as_micros() as u64),
+                    );
                 }
                 // The client fell more than the ring behind: cut it off, it reconnects with a fresh snapshot.
                 Err(RecvError::Lagged(_)) => break End::TooSlow,
@@ -147,17 +157,24 @@ async fn forward(
     first: Frame,
     frames: &mut broadcast::Receiver<Frame>,
     last: &mut u64,
+    published: &mut Vec<std::time::Instant>,
 ) -> Result<(), End> {
     let batch = async {
         let mut next = Some(first);
         let mut written = 0usize;
-        while let Some(Frame { seq, text }) = next.take() {
+        while let Some(Frame {
+            seq,
+            text,
+            published: at,
+        }) = next.take()
+        {
             if seq > *last {
                 socket
                     .feed(Message::Text(text))
                     .await
                     .map_err(|_| End::ClientLeft)?;
                 *last = seq;
+                published.push(at);
                 written += 1;
             }
             if written < MAX_BATCH {

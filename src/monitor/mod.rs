@@ -36,10 +36,13 @@ pub enum Metric {
     StoreBatch,
     /// Fanning one event out to the dashboards.
     Broadcast,
+    /// An event's publication by the hub to its bytes written into one dashboard's socket (per client and
+    /// event): what the hub adds to delivery, the network and the browser excluded.
+    Delivery,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 8] = [
+    pub const ALL: [Metric; 9] = [
         Metric::Latency,
         Metric::Overhead,
         Metric::Ttft,
@@ -48,6 +51,7 @@ impl Metric {
         Metric::Counting,
         Metric::StoreBatch,
         Metric::Broadcast,
+        Metric::Delivery,
     ];
 
     pub fn name(self) -> &'static str {
@@ -60,6 +64,7 @@ impl Metric {
             Metric::Counting => "counting",
             Metric::StoreBatch => "store_batch",
             Metric::Broadcast => "broadcast",
+            Metric::Delivery => "dashboard_delivery",
         }
     }
 
@@ -235,6 +240,17 @@ impl Monitor {
         let mut state = self.state.lock();
         if let Some(w) = state.overall.get_mut(&metric) {
             w.record(slot, value_us);
+        }
+    }
+
+    /// Records several values of one unlabelled measurement under one lock (a dashboard's batch of events).
+    pub fn record_all(&self, metric: Metric, values_us: impl IntoIterator<Item = u64>) {
+        let slot = self.slot();
+        let mut state = self.state.lock();
+        if let Some(w) = state.overall.get_mut(&metric) {
+            for value in values_us {
+                w.record(slot, value);
+            }
         }
     }
 

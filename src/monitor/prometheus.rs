@@ -111,6 +111,7 @@ fn help(metric: Metric) -> &'static str {
         Metric::Counting => "Counting a prompt's tokens",
         Metric::StoreBatch => "Writing one batch to the store",
         Metric::Broadcast => "Fanning one event out to the dashboards",
+        Metric::Delivery => "An event's publication to its bytes written into a dashboard's socket",
     }
 }
 
