@@ -12,8 +12,16 @@ use tokio_util::sync::CancellationToken;
 
 /// mimalloc: the proxy allocates and frees many small buffers per request; glibc's malloc was ~10% of the
 /// proxy's CPU under load.
+#[cfg(not(feature = "jemalloc"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// jemalloc (`--features jemalloc`), with background threads that return freed pages to the system while the
+/// proxy idles: at 1,000 streams and after them the RSS is well below mimalloc's (BENCHMARKS.md). Tunable at run
+/// time with `_RJEM_MALLOC_CONF` (e.g. `dirty_decay_ms:1000,muzzy_decay_ms:0`).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

@@ -9,6 +9,7 @@ mod body;
 mod cache;
 mod cpu;
 mod dashboards;
+mod endurance;
 mod loadgen;
 mod peers;
 mod procs;
@@ -71,6 +72,23 @@ struct Args {
     /// LiteLLM version to install from PyPI (`litellm[proxy]==VERSION`).
     #[arg(long, default_value = peers::LITELLM_VERSION)]
     litellm_version: String,
+    /// Runs of the memory-runs scenario (each: the largest `--streams` count at once, then a pause).
+    #[arg(long, default_value_t = 5)]
+    memory_runs: usize,
+    /// Seconds to wait after each memory run before reading the RSS.
+    #[arg(long, default_value_t = 5)]
+    memory_settle_secs: u64,
+    /// Extra kimi-proxy builds for memory-runs, `LABEL=PATH` (repeatable; an empty PATH is this workspace's
+    /// release build), measured beside that build (`default`).
+    #[arg(long)]
+    candidate: Vec<String>,
+    /// Environment for one memory-runs build, `LABEL:VAR=VALUE` (repeatable), e.g.
+    /// `default:MIMALLOC_PURGE_DELAY=0`.
+    #[arg(long)]
+    candidate_env: Vec<String>,
+    /// Length of the soak scenario.
+    #[arg(long, default_value_t = 20)]
+    soak_minutes: u64,
     /// `@portkey-ai/gateway` version to install from npm.
     #[arg(long, default_value = peers::PORTKEY_VERSION)]
     portkey_version: String,
@@ -95,10 +113,11 @@ fn main() -> anyhow::Result<()> {
         settings.streams = streams.iter().copied().filter(|&n| n > 0).collect();
     }
     settings.off = args.modes.contains(&scenarios::Mode::Off);
+    settings.memory_settle = Duration::from_secs(args.memory_settle_secs);
     settings.peers = args.peers.clone();
     settings.peers.sort();
     settings.peers.dedup();
-    if settings.has(Scenario::StreamsConcurrency) {
+    if settings.has(Scenario::StreamsConcurrency) || settings.has(Scenario::MemoryRuns) {
         let most = settings.streams.iter().copied().max().unwrap_or(0);
         // A gateway holds two sockets per stream (client and upstream); keep headroom for everything else.
         let needed = u64::try_from(most).unwrap_or(u64::MAX).saturating_mul(2) + 1_024;
@@ -130,7 +149,7 @@ fn main() -> anyhow::Result<()> {
     };
     let results = runtime.block_on(async {
         tokio::select! {
-            results = run(&settings, &binaries, &args.out, &peer_setup) => results,
+            results = run(&settings, &binaries, &args, &peer_setup) => results,
             _ = tokio::signal::ctrl_c() => bail!("interrupted"),
         }
     })?;
@@ -169,6 +188,54 @@ impl Drop for ScratchDir {
     }
 }
 
+/// The memory-runs builds: `default` (this workspace's release build), then each `--candidate`, with their
+/// `--candidate-env`.
+fn endurance_candidates(
+    default: &Path,
+    specs: &[String],
+    envs: &[String],
+) -> anyhow::Result<Vec<endurance::Candidate>> {
+    let mut candidates = vec![endurance::Candidate {
+        label: "default".into(),
+        bin: default.to_path_buf(),
+        env: Vec::new(),
+    }];
+    for text in specs {
+        let Some((label, path)) = text.split_once('=') else {
+            bail!("--candidate wants LABEL=PATH, got `{text}`");
+        };
+        if label.is_empty() || candidates.iter().any(|c| c.label == label) {
+            bail!("--candidate `{text}`: the label is empty or already used");
+        }
+        let bin = if path.is_empty() {
+            default.to_path_buf()
+        } else {
+            PathBuf::from(path)
+        };
+        if !bin.is_file() {
+            bail!("--candidate `{text}`: {} is not a file", bin.display());
+        }
+        candidates.push(endurance::Candidate {
+            label: label.into(),
+            bin,
+            env: Vec::new(),
+        });
+    }
+    for text in envs {
+        let parsed = text
+            .split_once(':')
+            .and_then(|(label, var)| var.split_once('=').map(|(k, v)| (label, k, v)));
+        let Some((label, key, value)) = parsed.filter(|(_, key, _)| !key.is_empty()) else {
+            bail!("--candidate-env wants LABEL:VAR=VALUE, got `{text}`");
+        };
+        let Some(candidate) = candidates.iter_mut().find(|c| c.label == label) else {
+            bail!("--candidate-env `{text}`: no candidate labelled `{label}`");
+        };
+        candidate.env.push((key.into(), value.into()));
+    }
+    Ok(candidates)
+}
+
 /// Where and which peers to install.
 struct PeerSetup {
     dir: PathBuf,
@@ -178,9 +245,10 @@ struct PeerSetup {
 async fn run(
     settings: &Settings,
     binaries: &procs::Binaries,
-    out: &Path,
+    args: &Args,
     peer_setup: &PeerSetup,
 ) -> anyhow::Result<Results> {
+    let out = args.out.as_path();
     let scratch = ScratchDir::new()?;
     let log_dir = out
         .parent()
@@ -361,6 +429,34 @@ async fn run(
                 results.cache = Some(
                     cache_scenario(settings, binaries, &targets, mock.addr, &scratch.0, log_dir)
                         .await?,
+                );
+            }
+            Scenario::MemoryRuns => {
+                let candidates =
+                    endurance_candidates(&binaries.proxy, &args.candidate, &args.candidate_env)?;
+                results.memory_runs = endurance::memory_runs(
+                    settings,
+                    &candidates,
+                    mock.addr,
+                    &scratch.0,
+                    log_dir,
+                    streamed.clone(),
+                    plain.clone(),
+                    args.memory_runs.max(1),
+                    Duration::from_secs(args.memory_settle_secs),
+                )
+                .await?;
+            }
+            Scenario::Soak => {
+                results.soak = Some(
+                    endurance::soak(
+                        settings,
+                        &targets.proxy,
+                        streamed.clone(),
+                        plain.clone(),
+                        args.soak_minutes.max(1),
+                    )
+                    .await?,
                 );
             }
         }
@@ -551,4 +647,38 @@ async fn peer_smoke_test(
         ));
     }
     Ok(notes)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_and_their_environment() {
+        let default = std::env::current_exe().unwrap();
+        let exe = default.to_string_lossy().into_owned();
+        let candidates = endurance_candidates(
+            &default,
+            &["purge=".into(), format!("other={exe}")],
+            &[
+                "purge:MIMALLOC_PURGE_DELAY=0".into(),
+                "default:A=b=c".into(),
+            ],
+        )
+        .unwrap();
+        let labels: Vec<&str> = candidates.iter().map(|c| c.label.as_str()).collect();
+        assert_eq!(labels, ["default", "purge", "other"]);
+        assert_eq!(candidates[0].env, [("A".to_string(), "b=c".to_string())]);
+        assert_eq!(candidates[1].bin, default);
+        assert_eq!(
+            candidates[1].env,
+            [("MIMALLOC_PURGE_DELAY".to_string(), "0".to_string())]
+        );
+        assert!(endurance_candidates(&default, &["nolabel".into()], &[]).is_err());
+        assert!(endurance_candidates(&default, &["x=/no/such/file".into()], &[]).is_err());
+        assert!(endurance_candidates(&default, &["default=".into()], &[]).is_err());
+        assert!(endurance_candidates(&default, &[], &["ghost:A=1".into()]).is_err());
+        assert!(endurance_candidates(&default, &[], &["default:=1".into()]).is_err());
+    }
 }

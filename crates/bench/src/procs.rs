@@ -102,12 +102,25 @@ impl Server {
         log: &Path,
         marker: &str,
     ) -> anyhow::Result<Server> {
+        Server::start_with_env(name, bin, args, &[], log, marker).await
+    }
+
+    /// [`Server::start`] with extra environment variables (e.g. allocator options).
+    pub async fn start_with_env(
+        name: &'static str,
+        bin: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+        log: &Path,
+        marker: &str,
+    ) -> anyhow::Result<Server> {
         let log_file = std::fs::File::create(log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let mut child = Command::new(bin)
             .args(args)
             .env("KIMI_PROXY_LOG", "warn")
             .env("MOCK_KEY", "bench-key")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))

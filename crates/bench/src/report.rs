@@ -505,6 +505,13 @@ pub fn render(settings: &Settings, machine: &Machine, results: &Results) -> Stri
         }
     }
     render_peers(&mut out, settings, results);
+    crate::endurance::render(
+        &mut out,
+        &results.memory_runs,
+        settings.memory_settle,
+        settings.streams.iter().copied().max().unwrap_or(1_000),
+        results.soak.as_ref(),
+    );
     let _ = writeln!(
         out,
         "\nRerun: `cargo run --release -p kimi-bench --{}{}`. Percentiles come from HdrHistogram (4 significant \

@@ -29,6 +29,10 @@ pub enum Scenario {
     Memory,
     Dashboards,
     Cache,
+    /// The streams load repeated run after run, per build (`--candidate`); not in the defaults.
+    MemoryRuns,
+    /// Mixed traffic for `--soak-minutes`; not in the defaults.
+    Soak,
 }
 
 impl Scenario {
@@ -60,6 +64,8 @@ impl Scenario {
             Scenario::Memory => "memory",
             Scenario::Dashboards => "dashboards",
             Scenario::Cache => "cache",
+            Scenario::MemoryRuns => "memory-runs",
+            Scenario::Soak => "soak",
         }
     }
 }
@@ -114,6 +120,8 @@ pub struct Settings {
     pub cache_concurrency: usize,
     /// Measured streams per side of the cache scenario.
     pub cache_stream_requests: u64,
+    /// Pause before each RSS reading of the memory-runs scenario.
+    pub memory_settle: Duration,
 }
 
 impl Settings {
@@ -142,6 +150,7 @@ impl Settings {
             cache_requests: if quick { 2_000 } else { 10_000 },
             cache_concurrency: 8,
             cache_stream_requests: if quick { 1_000 } else { 5_000 },
+            memory_settle: Duration::from_secs(5),
         }
     }
 
@@ -217,6 +226,8 @@ pub struct Results {
     /// The frontier scenario's steps.
     pub frontier: Vec<FrontierStep>,
     pub memory: Option<Memory>,
+    pub memory_runs: Vec<crate::endurance::MemoryRuns>,
+    pub soak: Option<crate::endurance::Soak>,
     /// From the servers' start to the end of the last scenario.
     pub elapsed: Duration,
     /// CPU use over that time.
@@ -616,14 +627,14 @@ pub fn best_under(steps: &[(usize, f64, u64, u64)], bound_us: u64) -> Option<(us
 }
 
 /// Samples the summed RSS of some processes every 10 ms in the background and keeps the peak.
-struct RssSampler {
+pub(crate) struct RssSampler {
     stop: Arc<AtomicBool>,
     peak: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl RssSampler {
-    fn start(pids: Vec<u32>) -> RssSampler {
+    pub(crate) fn start(pids: Vec<u32>) -> RssSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicU64::new(0));
         let task = {
@@ -645,7 +656,7 @@ impl RssSampler {
         RssSampler { stop, peak, task }
     }
 
-    async fn stop(self) -> Option<u64> {
+    pub(crate) async fn stop(self) -> Option<u64> {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;
         let peak = self.peak.load(Ordering::Relaxed);
