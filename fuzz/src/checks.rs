@@ -5,6 +5,7 @@
 use std::sync::OnceLock;
 
 use kimi_proxy::config::{Config, describe};
+use kimi_proxy::proxy::cache::cache_key;
 use kimi_proxy::proxy::request::{inspect, request_usage, splice};
 use kimi_proxy::proxy::route::Catalog;
 use kimi_proxy::proxy::toolcalls::{normalize_tool_calls, repair_json};
@@ -115,11 +116,12 @@ pub fn request(data: &[u8]) {
     };
     let original: Value = match serde_json::from_slice(data) {
         Ok(value) => value,
-        // JSON's grammar allows a lone surrogate escape (`\ud800`); the body is forwarded as the client sent it,
-        // but it has no tree.
+        // JSON's grammar allows a lone surrogate escape (`\ud800`, or a high one followed by anything but a low
+        // one); the body is forwarded as the client sent it, but it has no tree.
         Err(error)
             if error.to_string().contains("unicode code point")
-                || error.to_string().contains("surrogate") =>
+                || error.to_string().contains("surrogate")
+                || error.to_string().contains("end of hex escape") =>
         {
             return;
         }
@@ -147,6 +149,17 @@ pub fn request(data: &[u8]) {
         let value: Value =
             serde_json::from_slice(&with_usage).expect("usage request made invalid JSON");
         assert_eq!(value["stream_options"]["include_usage"], Value::Bool(true));
+    }
+
+    // The response cache's key reads the body as JSON does: the same request re-encoded (key order and escapes
+    // changed) keeps its key. Re-encoding drops a repeated key, but such a request has no key at all.
+    if let Some(key) = cache_key(data, "upstream", false) {
+        let encoded = serde_json::to_vec(&original).expect("re-encode");
+        assert_eq!(
+            cache_key(&encoded, "upstream", false),
+            Some(key),
+            "re-encoding changed the cache key"
+        );
     }
 
     let mut mended = original;

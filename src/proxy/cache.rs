@@ -210,13 +210,20 @@ impl<'de> serde::de::Visitor<'de> for ValueHasher {
             let value = map.next_value::<Hashed>()?;
             entries.push((key, value.hash));
         }
-        Ok(Hashed::of(object_hash(&mut entries)))
+        object_hash(&mut entries).map(Hashed::of)
     }
 }
 
-/// An object's hash: its entries sorted by key, each key with its value's hash.
-fn object_hash(entries: &mut [(Key<'_>, u128)]) -> u128 {
+/// An object's hash: its entries sorted by key, each key with its value's hash. A key given twice makes the
+/// request uncacheable: which one counts is up to the provider's parser, and sorting would hide their order.
+fn object_hash<E: serde::de::Error>(entries: &mut [(Key<'_>, u128)]) -> Result<u128, E> {
     entries.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    if entries
+        .windows(2)
+        .any(|pair| pair[0].0.as_str() == pair[1].0.as_str())
+    {
+        return Err(E::custom("a key given twice"));
+    }
     let mut hasher = Xxh3::new();
     hasher.update(&[TAG_OBJECT]);
     for (key, hash) in entries.iter() {
@@ -224,7 +231,7 @@ fn object_hash(entries: &mut [(Key<'_>, u128)]) -> u128 {
         hasher.update(key.as_str().as_bytes());
         hasher.update(&hash.to_le_bytes());
     }
-    hasher.digest128()
+    Ok(hasher.digest128())
 }
 
 /// An object key, borrowed from the body unless it had escapes.
@@ -315,7 +322,7 @@ impl<'de> serde::de::Visitor<'de> for Top<'_> {
             tagged(TAG_STRING, self.upstream_id.as_bytes()),
         ));
         Ok(TopHash {
-            hash: object_hash(&mut entries),
+            hash: object_hash(&mut entries)?,
             temperature,
             n,
         })
@@ -436,6 +443,21 @@ mod tests {
         assert_eq!(cache_key(br#"{"temperature":0"#, "m", true), None);
         assert_eq!(cache_key(br#"{"temperature":0} x"#, "m", true), None);
         assert_eq!(cache_key(b"\"s\"", "m", false), None);
+        // A key given twice, at the top or deeper: the provider decides which counts, so never cached (the two
+        // orders would otherwise share a key and one answer).
+        assert_eq!(
+            cache_key(br#"{"temperature":0,"x":1,"x":2}"#, "m", true),
+            None
+        );
+        assert_eq!(
+            cache_key(
+                br#"{"temperature":0,"messages":[{"content":"a","content":"b"}]}"#,
+                "m",
+                true
+            ),
+            None
+        );
+        assert!(cache_key(br#"{"temperature":0,"x":1,"y":{"x":2}}"#, "m", true).is_some());
     }
 
     #[test]

@@ -133,6 +133,12 @@ pub fn inspect(body: &[u8]) -> Result<ChatRequestView, ProxyError> {
             }
         },
     };
+    // serde also reads a struct from an array (fields by position): `["m"]` must not pass for `{"model":"m"}`.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ProxyError::InvalidRequest(
+            "the body must be a chat request object, not an array".to_string(),
+        ));
+    }
     let Some(raw_model) = peek.model else {
         return Err(ProxyError::InvalidRequest(
             "`model` is required".to_string(),
@@ -395,6 +401,9 @@ mod tests {
             inspect(b"{\"model\": 5}"),
             Err(ProxyError::InvalidRequest(_))
         ));
+        for array in [&br#"[""]"#[..], br#" ["m", true, null]"#] {
+            assert!(matches!(inspect(array), Err(ProxyError::InvalidRequest(_))));
+        }
     }
 
     #[test]
