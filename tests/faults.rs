@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{MockUpstream, Proxy, chat_body, client, get_json, mock_config, recent_records};
-use futures_util::StreamExt;
+use common::{
+    MockUpstream, Proxy, assert_answers, chat_body, client, get_json, mock_config, read_body,
+    recent_records,
+};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -39,29 +41,8 @@ async fn faulty(proxy: &Proxy, fault: &str, stream: bool) -> (u16, bool, Vec<u8>
         .await
         .unwrap();
     let status = response.status().as_u16();
-    let mut body = response.bytes_stream();
-    let mut received = Vec::new();
-    let mut clean = true;
-    while let Some(chunk) = body.next().await {
-        match chunk {
-            Ok(bytes) => received.extend_from_slice(&bytes),
-            Err(_) => {
-                clean = false;
-                break;
-            }
-        }
-    }
+    let (received, clean) = read_body(response).await;
     (status, clean, received)
-}
-
-async fn still_answers(proxy: &Proxy) {
-    let response = client()
-        .post(proxy.url("/v1/chat/completions"))
-        .json(&chat_body("mock/model", false))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
 }
 
 #[tokio::test]
@@ -75,7 +56,7 @@ async fn upstream_faults_get_clear_errors_and_records() {
     assert!(!clean && !body.ends_with(b"data: [DONE]\n\n"));
     let record = &recent_records(&proxy, 1).await[0];
     assert_eq!(record["error_kind"], "upstream_stream_error");
-    still_answers(&proxy).await;
+    assert_answers(&proxy, "mock/model").await;
 
     // A stream that stalls after its first event is cut after the idle timeout.
     let (status, clean, _) = faulty(&proxy, "stall", true).await;
@@ -83,7 +64,7 @@ async fn upstream_faults_get_clear_errors_and_records() {
     assert!(!clean, "a stalled stream must not look complete");
     let record = &recent_records(&proxy, 3).await[0];
     assert_eq!(record["error_kind"], "upstream_idle_timeout");
-    still_answers(&proxy).await;
+    assert_answers(&proxy, "mock/model").await;
 
     // No headers at all: a 504 in the OpenAI format, after the first-byte timeout (retried, bounded).
     let (status, clean, body) = faulty(&proxy, "stall-headers", false).await;
@@ -93,7 +74,7 @@ async fn upstream_faults_get_clear_errors_and_records() {
     assert_eq!(error["error"]["code"], "upstream_timeout");
     let record = &recent_records(&proxy, 5).await[0];
     assert_eq!(record["error_kind"], "upstream_timeout");
-    still_answers(&proxy).await;
+    assert_answers(&proxy, "mock/model").await;
 
     // Garbage in an event stream: forwarded as it came (the proxy is transparent), recorded as unreadable.
     let (status, clean, body) = faulty(&proxy, "garbage", true).await;
@@ -102,7 +83,7 @@ async fn upstream_faults_get_clear_errors_and_records() {
     assert!(body.starts_with(b"this is not SSE"));
     let record = &recent_records(&proxy, 7).await[0];
     assert_eq!(record["error_kind"], "upstream_unreadable_stream");
-    still_answers(&proxy).await;
+    assert_answers(&proxy, "mock/model").await;
 }
 
 /// Runs a shell command, panicking with its output on failure.
@@ -200,7 +181,7 @@ async fn a_full_disk_is_survived_and_held_records_are_written_after() {
     )
     .await;
     for _ in 0..3 {
-        still_answers(&proxy).await;
+        assert_answers(&proxy, "mock/model").await;
     }
     wait_writer(&proxy, WRITER_DEADLINE, |w| w["written"] == 3).await;
 
@@ -212,7 +193,7 @@ async fn a_full_disk_is_survived_and_held_records_are_written_after() {
         .stderr(Stdio::null())
         .status();
     for _ in 0..40 {
-        still_answers(&proxy).await;
+        assert_answers(&proxy, "mock/model").await;
     }
     let failing = wait_writer(&proxy, WRITER_DEADLINE, |w| {
         w["healthy"] == false && w["write_errors"].as_u64().unwrap_or(0) > 0

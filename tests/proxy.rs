@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{MockUpstream, Proxy, chat_body, client, mock_config};
+use common::{MockUpstream, Proxy, chat_body, client, mock_config, read_body};
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -258,20 +258,9 @@ async fn never_retries_once_the_stream_started() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let mut stream = response.bytes_stream();
-    let mut received = Vec::new();
-    let mut failed = false;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(bytes) => received.extend_from_slice(&bytes),
-            Err(_) => {
-                failed = true;
-                break;
-            }
-        }
-    }
+    let (received, clean) = read_body(response).await;
     assert!(
-        failed,
+        !clean,
         "the client must see the stream break, not a clean end"
     );
     assert!(!received.ends_with(b"data: [DONE]\n\n"));

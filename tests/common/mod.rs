@@ -161,6 +161,20 @@ pub async fn assert_answers(proxy: &Proxy, model: &str) {
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
 }
 
+/// Reads a response body to its end; returns the bytes and whether it ended cleanly (not cut mid-stream).
+pub async fn read_body(response: reqwest::Response) -> (Vec<u8>, bool) {
+    use futures_util::StreamExt as _;
+    let mut body = response.bytes_stream();
+    let mut received = Vec::new();
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(bytes) => received.extend_from_slice(&bytes),
+            Err(_) => return (received, false),
+        }
+    }
+    (received, true)
+}
+
 /// GET `path` on the proxy and parse the JSON answer.
 pub async fn get_json<T: serde::de::DeserializeOwned>(proxy: &Proxy, path: &str) -> T {
     client()
