@@ -85,7 +85,7 @@ fn hit(c: &mut Criterion) {
 
     let state = state();
     let key = cache::cache_key(&body, "mock-model", true).unwrap();
-    state.response_cache.put(key, answer.clone());
+    state.response_cache.put(key, answer.clone(), None);
     let cached = proxy::router(Arc::clone(&state));
     let like_the_mock = {
         let answer = answer.clone();

@@ -146,7 +146,12 @@ async fn response_cache_answers_repeated_deterministic_requests() {
     let first_body = first.bytes().await.unwrap();
     // The answer is stored when its record is finished (before the record is published): wait for the record
     // rather than a fixed time, which a loaded machine can exceed.
-    recent_records(&proxy, 1).await;
+    let counted = recent_records(&proxy, 1).await.remove(0);
+    let lookups = |stats: &Value| {
+        stats["message_cache"]["hits"].as_u64().unwrap()
+            + stats["message_cache"]["misses"].as_u64().unwrap()
+    };
+    let lookups_before_hits = lookups(&get_json(&proxy, "/api/stats").await);
     let second = send(body.clone(), vec![]).await.unwrap();
     assert_eq!(second.status(), 200);
     assert_eq!(second.headers()["x-kimi-proxy-cache"], "hit");
@@ -171,6 +176,25 @@ async fn response_cache_answers_repeated_deterministic_requests() {
     assert!(
         text.contains("\"chat.completion.chunk\"") && text.ends_with("data: [DONE]\n\n"),
         "{text}"
+    );
+    // Both hits reuse the figures stored with the answer: the same counts, and not one tokenizer lookup.
+    let after_hits = recent_records(&proxy, 3).await;
+    for hit in &after_hits[..2] {
+        assert_eq!(hit["cache_hit"], true);
+        for field in [
+            "prompt_estimated",
+            "completion_estimated",
+            "prompt_reported",
+            "completion_reported",
+            "preview",
+        ] {
+            assert_eq!(hit[field], counted[field], "{field}");
+        }
+    }
+    assert!(counted["completion_reported"].as_u64().unwrap() > 0);
+    assert_eq!(
+        lookups(&get_json(&proxy, "/api/stats").await),
+        lookups_before_hits
     );
 
     // Per request off, and non-deterministic requests, go upstream.

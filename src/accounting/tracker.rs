@@ -80,6 +80,16 @@ enum Mode {
         bytes: usize,
         overflow: bool,
     },
+    /// A cache hit whose figures were stored with the answer: nothing to read.
+    Known(Completion),
+}
+
+/// What a stored answer's record counted, kept with it in the response cache. The cache key covers every field
+/// that the counts read, so a hit would count exactly the same again.
+#[derive(Debug, Clone)]
+pub struct StoredCounts {
+    prompt: PromptCount,
+    completion: Completion,
 }
 
 pub struct Tracker {
@@ -138,6 +148,27 @@ impl Tracker {
         }
     }
 
+    /// Follows an answer replayed from the response cache with its stored figures: a hit counts nothing.
+    pub fn replayed(
+        accounting: Arc<Accounting>,
+        context: RequestContext,
+        counts: &StoredCounts,
+    ) -> Tracker {
+        let mut prompt = counts.prompt.clone();
+        prompt.cache_hits = 0;
+        prompt.cache_misses = 0;
+        let streaming = context.streaming;
+        let mut tracker = Tracker::new(
+            accounting,
+            context,
+            PromptCounting::Done((prompt, 0)),
+            streaming,
+            false,
+        );
+        tracker.mode = Mode::Known(counts.completion.clone());
+        tracker
+    }
+
     /// Sees one frame of the answer. Returns `None` to forward the frame as it is (the usual case, zero-copy),
     /// or the bytes to forward instead (possibly empty) when an event had to be removed.
     pub fn on_data(&mut self, data: &Bytes) -> Option<Bytes> {
@@ -152,7 +183,7 @@ impl Tracker {
         self.last_frame = Some(now);
         self.response_bytes += data.len() as u64;
         match &mut self.mode {
-            Mode::Off => None,
+            Mode::Off | Mode::Known(_) => None,
             Mode::Json {
                 chunks,
                 bytes,
@@ -229,6 +260,7 @@ impl Tracker {
     pub fn running_completion(&self) -> u64 {
         match &self.mode {
             Mode::Sse { counter, .. } => counter.running(),
+            Mode::Known(completion) => completion.total,
             Mode::Json { .. } | Mode::Off => 0,
         }
     }
@@ -263,6 +295,7 @@ impl Tracker {
             };
             let completion = match mode {
                 Mode::Off => Completion::default(),
+                Mode::Known(completion) => completion,
                 Mode::Sse { mut counter, .. } => {
                     let tokens = counter.finish();
                     Completion {
@@ -288,7 +321,11 @@ impl Tracker {
                             && complete
                             && completion.finish_reason.is_some()
                         {
-                            cache.put(*key, Bytes::from(body));
+                            let counts = StoredCounts {
+                                prompt: prompt.clone(),
+                                completion: completion.clone(),
+                            };
+                            cache.put(*key, Bytes::from(body), Some(counts));
                         }
                         completion
                     }
@@ -328,7 +365,7 @@ impl Drop for Tracker {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Completion {
     total: u64,
     reasoning: u64,

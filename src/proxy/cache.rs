@@ -11,9 +11,13 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use xxhash_rust::xxh3::Xxh3;
 
-/// A stored answer: the upstream's JSON body, exactly as it came.
+use crate::accounting::tracker::StoredCounts;
+
+/// A stored answer: the upstream's JSON body, exactly as it came, and what its request's record counted — a
+/// hit reuses those figures instead of tokenizing the same prompt and answer again.
 pub struct CachedAnswer {
     pub body: Bytes,
+    pub counts: Option<StoredCounts>,
 }
 
 pub struct ResponseCache {
@@ -65,9 +69,10 @@ impl ResponseCache {
         found
     }
 
-    pub fn put(&self, key: u128, body: Bytes) {
+    pub fn put(&self, key: u128, body: Bytes, counts: Option<StoredCounts>) {
         self.stored.fetch_add(1, Ordering::Relaxed);
-        self.cache.insert(key, Arc::new(CachedAnswer { body }));
+        self.cache
+            .insert(key, Arc::new(CachedAnswer { body, counts }));
     }
 
     pub fn stats(&self) -> ResponseCacheStats {
@@ -491,7 +496,7 @@ mod tests {
     fn bounded_by_bytes() {
         let cache = ResponseCache::new(10_000, Duration::from_secs(60));
         for k in 0..100u128 {
-            cache.put(k, Bytes::from(vec![b'x'; 1000]));
+            cache.put(k, Bytes::from(vec![b'x'; 1000]), None);
         }
         cache.cache.run_pending_tasks();
         assert!(cache.stats().bytes <= 10_000, "{:?}", cache.stats());
@@ -500,7 +505,7 @@ mod tests {
     #[test]
     fn expires_after_the_ttl() {
         let cache = ResponseCache::new(1 << 20, Duration::from_millis(50));
-        cache.put(1, Bytes::from_static(b"{}"));
+        cache.put(1, Bytes::from_static(b"{}"), None);
         assert!(cache.get(1).is_some());
         std::thread::sleep(Duration::from_millis(80));
         assert!(cache.get(1).is_none());

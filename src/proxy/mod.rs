@@ -428,13 +428,7 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
 
     if let Some(key) = cache_key {
         if let Some(hit) = state.response_cache.get(key) {
-            return answer_from_cache(
-                state,
-                context,
-                prompt_job,
-                &hit.body,
-                view.client_asked_usage,
-            );
+            return answer_from_cache(state, context, prompt_job, &hit, view.client_asked_usage);
         }
         if !streaming {
             context.cache_store = Some((Arc::clone(&state.response_cache), key));
@@ -682,15 +676,15 @@ fn answer_from_cache(
     state: &ProxyState,
     mut context: RequestContext,
     prompt_job: crate::accounting::PromptJob,
-    body: &Bytes,
+    hit: &cache::CachedAnswer,
     include_usage: bool,
 ) -> Result<Response, ProxyError> {
     let (body, content_type) = if context.streaming {
-        let replay = cache::replay_sse(body, include_usage)
+        let replay = cache::replay_sse(&hit.body, include_usage)
             .ok_or_else(|| ProxyError::InvalidRequest("cached answer unreadable".to_string()))?;
         (replay, "text/event-stream")
     } else {
-        (body.clone(), "application/json")
+        (hit.body.clone(), "application/json")
     };
     context.cache_hit = true;
     context.status = 200;
@@ -698,13 +692,18 @@ fn answer_from_cache(
     context.overhead_us = Some(overhead_us);
     let streaming = context.streaming;
     let counting = state.config.server.token_accounting;
-    let mut tracker = Tracker::new(
-        Arc::clone(&state.accounting),
-        context,
-        prompt_job.later(),
-        streaming,
-        counting,
-    );
+    let mut tracker = match &hit.counts {
+        Some(counts) if counting => {
+            Tracker::replayed(Arc::clone(&state.accounting), context, counts)
+        }
+        _ => Tracker::new(
+            Arc::clone(&state.accounting),
+            context,
+            prompt_job.later(),
+            streaming,
+            counting,
+        ),
+    };
     let _ = tracker.on_data(&body);
     tracker.finish(tracker::Outcome::Complete);
     let mut response = Response::new(Body::from(body));
