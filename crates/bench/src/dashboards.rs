@@ -22,6 +22,11 @@ use crate::scenarios::{PATH, Settings, Targets};
 pub const DASHBOARDS: usize = 100;
 /// Concurrent streams driving the proxy meanwhile.
 const STREAMS: usize = 50;
+/// Between the connection burst's end (its streams done) and the measured window.
+const SETTLE: Duration = Duration::from_millis(500);
+/// Longest wait for every dashboard's `init` snapshot.
+const INIT_TIMEOUT: Duration = Duration::from_secs(30);
+const INIT_PREFIX: &str = "{\"type\":\"init\"";
 
 /// One phase's figures.
 #[derive(Clone, Debug)]
@@ -39,6 +44,21 @@ pub struct Phase {
     pub slow_clients_cut: Option<u64>,
     /// The proxy's own view of the same deliveries: publication to the bytes written into each client's socket
     /// (its `dashboard_delivery` histogram, this phase's share of the `/metrics` buckets).
+    pub hub: Option<Buckets>,
+    /// The dashboards connecting, before the measured window (phases with dashboards).
+    pub burst: Option<Burst>,
+}
+
+/// The connection burst: every dashboard connecting at once while streams run, up to the measured window.
+#[derive(Clone, Debug)]
+pub struct Burst {
+    /// Inter-chunk gaps of the streams running while the dashboards connected.
+    pub gaps: Histogram<u64>,
+    /// From the start of each dashboard's TCP connect to its `init` snapshot received.
+    pub time_to_init: Option<Summary>,
+    /// Delivery of the events published from the first connect to the measured window.
+    pub delivery: Option<Summary>,
+    pub events: u64,
     pub hub: Option<Buckets>,
 }
 
@@ -158,6 +178,23 @@ pub async fn run(
     Ok(phases)
 }
 
+/// What the dashboards' thread and the phase share.
+struct Shared {
+    stop: AtomicBool,
+    /// The last `slow_clients_cut` a stats event reported (`u64::MAX`: none seen).
+    slow_cut: AtomicU64,
+    /// Events published (their `ts`, ms) from here on belong to the measured window; before it, to the burst.
+    measured_from_ms: AtomicU64,
+}
+
+/// What the dashboards saw over a phase.
+struct Watched {
+    time_to_init: Histogram<u64>,
+    burst: Histogram<u64>,
+    steady: Histogram<u64>,
+    readers_cut: u64,
+}
+
 async fn phase(
     proxy: SocketAddr,
     spec: &Spec,
@@ -166,18 +203,41 @@ async fn phase(
     stalled: bool,
     threads: usize,
 ) -> anyhow::Result<Phase> {
-    let hub_before = hub_buckets(proxy).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let slow_cut = Arc::new(AtomicU64::new(u64::MAX));
+    if dashboards == 0 && !stalled {
+        let proxy_result = loadgen::run(spec.clone()).await?;
+        return Ok(Phase {
+            label: label.into(),
+            dashboards,
+            proxy: proxy_result,
+            delivery: None,
+            events: 0,
+            readers_cut: 0,
+            slow_clients_cut: None,
+            hub: None,
+            burst: None,
+        });
+    }
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        slow_cut: AtomicU64::new(u64::MAX),
+        measured_from_ms: AtomicU64::new(u64::MAX),
+    });
+    // The connection burst happens under load: the dashboards connect once every stream of a first run is open
+    // (the stagger has passed), and that run goes on while their snapshots are built and sent.
+    let hub_burst = hub_buckets(proxy).await;
+    let burst_load = tokio::spawn(loadgen::run(Spec {
+        requests: STREAMS as u64,
+        ..spec.clone()
+    }));
+    tokio::time::sleep(spec.stagger).await;
     // The dashboards run on a runtime of their own (`threads` threads), so that reading them does not delay the
     // load generator, and the load generator's work does not show up as delivery latency.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
     let watcher = {
-        let stop = Arc::clone(&stop);
-        let slow_cut = Arc::clone(&slow_cut);
+        let shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("dashboards".into())
-            .spawn(move || -> anyhow::Result<(Histogram<u64>, u64, u64)> {
+            .spawn(move || -> anyhow::Result<Watched> {
                 let runtime = if threads > 1 {
                     tokio::runtime::Builder::new_multi_thread()
                         .worker_threads(threads)
@@ -188,38 +248,70 @@ async fn phase(
                         .enable_all()
                         .build()?
                 };
-                runtime.block_on(watch(proxy, dashboards, stalled, stop, slow_cut, ready_tx))
+                runtime.block_on(watch(proxy, dashboards, stalled, shared, ready_tx))
             })
             .context("cannot start the dashboards thread")?
     };
-    match tokio::task::spawn_blocking(move || ready_rx.recv()).await? {
+    // Ready: every dashboard has its `init` snapshot.
+    let ready = tokio::task::spawn_blocking(move || ready_rx.recv()).await?;
+    let burst_result = burst_load.await?;
+    match ready {
         Ok(Ok(())) => {}
-        Ok(Err(err)) => return Err(err),
-        Err(_) => anyhow::bail!("the dashboards thread ended early"),
+        Ok(Err(err)) => {
+            shared.stop.store(true, Ordering::Relaxed);
+            return Err(err);
+        }
+        Err(_) => {
+            let ended = tokio::task::spawn_blocking(move || watcher.join()).await?;
+            return Err(match ended {
+                Ok(Err(err)) => err.context("the dashboards thread ended early"),
+                _ => anyhow::anyhow!("the dashboards thread ended early"),
+            });
+        }
     }
+    let burst_result = match burst_result {
+        Ok(result) => result,
+        Err(err) => {
+            shared.stop.store(true, Ordering::Relaxed);
+            return Err(err);
+        }
+    };
+    tokio::time::sleep(SETTLE).await;
+    let hub_steady = hub_buckets(proxy).await;
+    shared
+        .measured_from_ms
+        .store(now_us() / 1000, Ordering::Release);
     let result = loadgen::run(spec.clone()).await;
     // Let the last events arrive.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::Relaxed);
+    shared.stop.store(true, Ordering::Relaxed);
     let watched = tokio::task::spawn_blocking(move || watcher.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the dashboards thread panicked"))??;
     let proxy_result = result?;
-    let (delivery, events, readers_cut) = watched;
-    let hub = match (hub_before, hub_buckets(proxy).await) {
-        (Some(before), Some(after)) if dashboards > 0 => Some(Buckets::between(&before, &after)),
+    let hub_end = hub_buckets(proxy).await;
+    let between = |before: &Option<Buckets>, after: &Option<Buckets>| match (before, after) {
+        (Some(before), Some(after)) => Some(Buckets::between(before, after)),
         _ => None,
     };
-    let cut = slow_cut.load(Ordering::Relaxed);
+    let cut = shared.slow_cut.load(Ordering::Relaxed);
+    let summary = |h: &Histogram<u64>| (!h.is_empty()).then(|| Summary::of(h));
     Ok(Phase {
         label: label.into(),
         dashboards,
         proxy: proxy_result,
-        delivery: (!delivery.is_empty()).then(|| Summary::of(&delivery)),
-        events,
-        readers_cut,
+        delivery: summary(&watched.steady),
+        events: watched.steady.len(),
+        readers_cut: watched.readers_cut,
         slow_clients_cut: (cut != u64::MAX).then_some(cut),
-        hub,
+        hub: between(&hub_steady, &hub_end),
+        burst: Some(Burst {
+            gaps: burst_result.gaps,
+            time_to_init: summary(&watched.time_to_init),
+            delivery: summary(&watched.burst),
+            events: watched.burst.len(),
+            hub: between(&hub_burst, &hub_steady),
+        }),
     })
 }
 
@@ -263,85 +355,172 @@ async fn connect(proxy: SocketAddr, url: &str, recv_buffer: Option<u32>) -> anyh
     Ok(socket)
 }
 
-/// Connects the dashboards (and the stalled one), reports ready, then reads until `stop`.
+/// Connects the stalled dashboard (if any), then all the others at once; reports ready when every one has its
+/// `init` snapshot, and collects what they read until `stop`.
 async fn watch(
     proxy: SocketAddr,
     dashboards: usize,
     stalled: bool,
-    stop: Arc<AtomicBool>,
-    slow_cut: Arc<AtomicU64>,
+    shared: Arc<Shared>,
     ready: std::sync::mpsc::Sender<anyhow::Result<()>>,
-) -> anyhow::Result<(Histogram<u64>, u64, u64)> {
+) -> anyhow::Result<Watched> {
     let url = format!("ws://{proxy}/ws");
-    let mut sockets = Vec::with_capacity(dashboards);
-    for _ in 0..dashboards {
-        match connect(proxy, &url, None).await {
-            Ok(socket) => sockets.push(socket),
-            Err(err) => {
-                let _ = ready.send(Err(anyhow::anyhow!("dashboard connect failed: {err:#}")));
-                anyhow::bail!("dashboard connect failed");
-            }
-        }
-    }
     // The stalled client: a small receive buffer, a handshake, then nothing read ever again.
     let _stalled = if stalled {
-        Some(connect(proxy, &url, Some(4096)).await?)
+        match connect(proxy, &url, Some(4096)).await {
+            Ok(socket) => Some(socket),
+            Err(err) => {
+                let _ = ready.send(Err(anyhow::anyhow!(
+                    "stalled dashboard connect failed: {err:#}"
+                )));
+                return Err(err);
+            }
+        }
     } else {
         None
     };
-    let _ = ready.send(Ok(()));
+    let (init_tx, mut init_rx) = tokio::sync::mpsc::channel(dashboards.max(1));
     let mut readers = Vec::with_capacity(dashboards);
-    for mut socket in sockets {
-        let stop = Arc::clone(&stop);
-        let slow_cut = Arc::clone(&slow_cut);
-        readers.push(tokio::spawn(async move {
-            let mut hist = loadgen::histogram()?;
-            let mut events = 0u64;
-            let mut cut = false;
-            while !stop.load(Ordering::Relaxed) {
-                let next = tokio::time::timeout(Duration::from_millis(200), socket.next()).await;
-                let message = match next {
-                    Err(_) => continue,
-                    Ok(None) | Ok(Some(Err(_))) => {
-                        cut = true;
-                        break;
-                    }
-                    Ok(Some(Ok(message))) => message,
-                };
-                let Message::Text(text) = message else {
-                    if matches!(message, Message::Close(_)) {
-                        cut = true;
-                        break;
-                    }
-                    continue;
-                };
-                let received = now_us();
-                if text.starts_with("{\"type\":\"init\"") {
-                    continue;
-                }
-                if text.starts_with("{\"type\":\"stats\"")
-                    && let Some(n) = slow_clients_cut(&text)
-                {
-                    slow_cut.store(n, Ordering::Relaxed);
-                }
-                if let Some(ts_ms) = event_ts(&text) {
-                    hist.saturating_record(received.saturating_sub(ts_ms * 1000).max(1));
-                    events += 1;
-                }
+    for _ in 0..dashboards {
+        readers.push(tokio::spawn(dashboard(
+            proxy,
+            url.clone(),
+            Arc::clone(&shared),
+            init_tx.clone(),
+        )));
+    }
+    drop(init_tx);
+    let mut time_to_init = loadgen::histogram()?;
+    let deadline = tokio::time::Instant::now() + INIT_TIMEOUT;
+    while time_to_init.len() < dashboards as u64 {
+        let failure = match tokio::time::timeout_at(deadline, init_rx.recv()).await {
+            Ok(Some(Ok(us))) => {
+                time_to_init.saturating_record(us.max(1));
+                continue;
             }
-            anyhow::Ok((hist, events, cut))
-        }));
+            Ok(Some(Err(err))) => err,
+            Ok(None) => anyhow::anyhow!("a dashboard ended before its snapshot"),
+            Err(_) => anyhow::anyhow!(
+                "{} of {dashboards} dashboards had no snapshot after {INIT_TIMEOUT:?}",
+                dashboards as u64 - time_to_init.len()
+            ),
+        };
+        let _ = ready.send(Err(anyhow::anyhow!("{failure:#}")));
+        return Err(failure);
     }
-    let mut all = loadgen::histogram()?;
-    let mut events = 0;
-    let mut cut = 0;
+    let _ = ready.send(Ok(()));
+    let mut watched = Watched {
+        time_to_init,
+        burst: loadgen::histogram()?,
+        steady: loadgen::histogram()?,
+        readers_cut: 0,
+    };
     for reader in readers {
-        let (hist, n, was_cut) = reader.await??;
-        all.add(&hist)?;
-        events += n;
-        cut += u64::from(was_cut);
+        let read = reader.await??;
+        watched.burst.add(&read.burst)?;
+        watched.steady.add(&read.steady)?;
+        watched.readers_cut += u64::from(read.cut);
     }
-    Ok((all, events, cut))
+    Ok(watched)
+}
+
+/// What one dashboard read after its snapshot.
+struct Read {
+    burst: Histogram<u64>,
+    steady: Histogram<u64>,
+    cut: bool,
+}
+
+/// One dashboard: connects, reads its `init` (reporting the time from the start of the TCP connect), then every
+/// event until `stop`, each delivery counted in the window its event was published in.
+async fn dashboard(
+    proxy: SocketAddr,
+    url: String,
+    shared: Arc<Shared>,
+    init: tokio::sync::mpsc::Sender<anyhow::Result<u64>>,
+) -> anyhow::Result<Read> {
+    let began = std::time::Instant::now();
+    let mut socket = match connect(proxy, &url, None).await {
+        Ok(socket) => socket,
+        Err(err) => {
+            let _ = init
+                .send(Err(err.context("dashboard connect failed")))
+                .await;
+            anyhow::bail!("dashboard connect failed");
+        }
+    };
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(text))) if text.starts_with(INIT_PREFIX) => break,
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                let _ = init
+                    .send(Err(anyhow::anyhow!(
+                        "a dashboard was disconnected before its snapshot"
+                    )))
+                    .await;
+                anyhow::bail!("dashboard disconnected before its snapshot");
+            }
+            Some(Ok(_)) => {}
+        }
+    }
+    let elapsed = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let _ = init.send(Ok(elapsed)).await;
+    drop(init);
+    let mut read = Read {
+        burst: loadgen::histogram()?,
+        steady: loadgen::histogram()?,
+        cut: false,
+    };
+    while !shared.stop.load(Ordering::Relaxed) {
+        let next = tokio::time::timeout(Duration::from_millis(200), socket.next()).await;
+        let message = match next {
+            Err(_) => continue,
+            Ok(None) | Ok(Some(Err(_))) => {
+                read.cut = true;
+                break;
+            }
+            Ok(Some(Ok(message))) => message,
+        };
+        let Message::Text(text) = message else {
+            if matches!(message, Message::Close(_)) {
+                read.cut = true;
+                break;
+            }
+            continue;
+        };
+        let received = now_us();
+        if text.starts_with(INIT_PREFIX) {
+            continue;
+        }
+        if text.starts_with("{\"type\":\"stats\"")
+            && let Some(n) = slow_clients_cut(&text)
+        {
+            shared.slow_cut.store(n, Ordering::Relaxed);
+        }
+        if let Some(ts_ms) = event_ts(&text) {
+            let delivery = received.saturating_sub(ts_ms * 1000).max(1);
+            if ts_ms >= shared.measured_from_ms.load(Ordering::Acquire) {
+                read.steady.saturating_record(delivery);
+            } else {
+                read.burst.saturating_record(delivery);
+            }
+        }
+    }
+    Ok(read)
+}
+
+/// A summary's p50, p99 and max, or dashes.
+fn three(summary: Option<Summary>) -> (String, String, String) {
+    summary.map_or(
+        ("–".to_string(), "–".to_string(), "–".to_string()),
+        |d| (fmt_us(d.p50), fmt_us(d.p99), fmt_us(d.max)),
+    )
+}
+
+/// A bucket bound of the hub's histogram, or a dash.
+fn bound(hub: Option<&Buckets>, q: f64) -> String {
+    hub.and_then(|b| b.quantile_bound(q))
+        .map_or("–".to_string(), |us| format!("≤ {}", fmt_us(us)))
 }
 
 /// The report's section.
@@ -360,15 +539,19 @@ pub fn render(out: &mut String, settings: &Settings, phases: &[Phase]) {
          dashboards read every event on a runtime of their own ({} thread{}); delivery = receive time − the \
          event's `ts` (milliseconds, so each figure includes up to 1 ms of rounding). \"hub\" is the proxy's own \
          view of the same deliveries: from publishing the event to its bytes written into each client's socket \
-         (its `dashboard_delivery` histogram; this phase's share of the `/metrics` buckets, so the figure is a \
+         (its `dashboard_delivery` histogram; this window's share of the `/metrics` buckets, so the figure is a \
          bucket bound). The stalled client completes the handshake with a 4 KiB receive buffer and never reads. \
-         Target: delivery p99 ≤ 10 ms, proxy TTFT and gap unchanged within noise.\n",
+         Target: delivery p99 ≤ 10 ms, proxy TTFT and gap unchanged within noise.\n\n\
+         In a phase with dashboards, they connect first, all at once, while {STREAMS} streams run (the connection \
+         burst, second table); the measured window (first table) starts once every dashboard has its `init` \
+         snapshot, those streams have ended and {} ms have passed, and counts the events published from then on.\n",
         settings.dashboard_threads,
         if settings.dashboard_threads == 1 {
             ""
         } else {
             "s"
-        }
+        },
+        SETTLE.as_millis(),
     );
     let _ = writeln!(
         out,
@@ -378,17 +561,7 @@ pub fn render(out: &mut String, settings: &Settings, phases: &[Phase]) {
     for phase in phases {
         let ttft = Summary::of(&phase.proxy.ttft);
         let gaps = Summary::of(&phase.proxy.gaps);
-        let (d50, d99, dmax) = phase.delivery.map_or(
-            ("–".to_string(), "–".to_string(), "–".to_string()),
-            |d| (fmt_us(d.p50), fmt_us(d.p99), fmt_us(d.max)),
-        );
-        let bound = |q: f64| {
-            phase
-                .hub
-                .as_ref()
-                .and_then(|b| b.quantile_bound(q))
-                .map_or("–".to_string(), |us| format!("≤ {}", fmt_us(us)))
-        };
+        let (d50, d99, dmax) = three(phase.delivery);
         let _ = writeln!(
             out,
             "| {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -402,12 +575,49 @@ pub fn render(out: &mut String, settings: &Settings, phases: &[Phase]) {
             d50,
             d99,
             dmax,
-            bound(0.5),
-            bound(0.99),
+            bound(phase.hub.as_ref(), 0.5),
+            bound(phase.hub.as_ref(), 0.99),
             phase.readers_cut,
             phase
                 .slow_clients_cut
                 .map_or("–".to_string(), |n| n.to_string()),
+        );
+    }
+    if phases.iter().all(|p| p.burst.is_none()) {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nThe connection burst: time to `init` runs from the start of a dashboard's TCP connect to its snapshot \
+         received; the gap is that of the streams running meanwhile; delivery counts the events published from \
+         the first connect to the measured window (the burst's own streams finishing and the settling time \
+         included).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| phase | time to init p50 | time to init p99 | time to init max | gap p99 | events delivered | delivery p50 | delivery p99 | delivery max | hub p50 | hub p99 |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
+    for phase in phases {
+        let Some(burst) = &phase.burst else {
+            continue;
+        };
+        let (i50, i99, imax) = three(burst.time_to_init);
+        let (d50, d99, dmax) = three(burst.delivery);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            phase.label,
+            i50,
+            i99,
+            imax,
+            fmt_us(Summary::of(&burst.gaps).p99),
+            burst.events,
+            d50,
+            d99,
+            dmax,
+            bound(burst.hub.as_ref(), 0.5),
+            bound(burst.hub.as_ref(), 0.99),
         );
     }
 }
