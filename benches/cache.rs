@@ -1,7 +1,8 @@
 //! What a response-cache hit costs inside the proxy, sockets excluded: the cache key of a ~16 KB agent request,
 //! and the whole chat route answering from the cache (`proxy::router` served in process, the record of the
 //! request included), against a handler that does what the mock upstream does for the same request (parse the
-//! body, answer fixed bytes). The end-to-end latency over loopback is the `kimi-bench --scenarios cache` scenario.
+//! body, answer fixed bytes). The entry is stored by a real miss, so a hit reuses its stored counts as in the
+//! product. The end-to-end latency over loopback is the `kimi-bench --scenarios cache` scenario.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::hint::black_box;
@@ -54,11 +55,14 @@ fn answer() -> Bytes {
     )
 }
 
-fn state() -> Arc<ProxyState> {
-    let text = "builtin_catalog = false\n\
-                [providers.mock]\nbase_url = \"http://127.0.0.1:9/v1\"\napi_key = \"key\"\n\
-                [models.\"mock/model\"]\nprovider = \"mock\"\nmodel = \"mock-model\"\n\
-                max_context_size = 262144\ncache = true\n";
+fn state(upstream: std::net::SocketAddr) -> Arc<ProxyState> {
+    let text = format!(
+        "builtin_catalog = false\n\
+         [providers.mock]\nbase_url = \"http://{upstream}/v1\"\napi_key = \"key\"\n\
+         [models.\"mock/model\"]\nprovider = \"mock\"\nmodel = \"mock-model\"\n\
+         max_context_size = 262144\ncache = true\n"
+    );
+    let text = text.as_str();
     let config = Config::from_sources(Some(("bench", text)), &|_: &str| None).unwrap();
     Arc::new(ProxyState::new(Arc::new(config)).unwrap())
 }
@@ -83,10 +87,6 @@ fn hit(c: &mut Criterion) {
         b.iter(|| black_box(cache::cache_key(black_box(&body), "mock-model", true)))
     });
 
-    let state = state();
-    let key = cache::cache_key(&body, "mock-model", true).unwrap();
-    state.response_cache.put(key, answer.clone(), None);
-    let cached = proxy::router(Arc::clone(&state));
     let like_the_mock = {
         let answer = answer.clone();
         Router::new().route(
@@ -101,6 +101,31 @@ fn hit(c: &mut Criterion) {
             }),
         )
     };
+    // The entry is stored the way the proxy stores it: one miss forwarded to the same handler on a socket, so
+    // the entry carries its request's counts like any entry.
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let like_the_mock_served = like_the_mock.clone();
+    runtime.spawn(async move { axum::serve(listener, like_the_mock_served).await });
+    let state = state(upstream);
+    let cached = proxy::router(Arc::clone(&state));
+    let key = cache::cache_key(&body, "mock-model", true).unwrap();
+    runtime.block_on(async {
+        let response = cached.clone().oneshot(request(&body)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+        while state.response_cache.get(key).is_none() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    });
+    assert!(
+        state
+            .response_cache
+            .get(key)
+            .is_some_and(|hit| hit.counts.is_some())
+    );
     for (name, app, hit_expected) in [
         ("handler_like_the_mock", like_the_mock, false),
         ("proxy_cache_hit", cached, true),
