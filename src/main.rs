@@ -10,18 +10,19 @@ use kimi_proxy::config::{self, Config, ProcessEnv};
 use kimi_proxy::server;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc: the proxy allocates and frees many small buffers per request; glibc's malloc was ~10% of the
-/// proxy's CPU under load.
-#[cfg(not(feature = "jemalloc"))]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// jemalloc (`--features jemalloc`), with background threads that return freed pages to the system while the
-/// proxy idles: at 1,000 streams and after them the RSS is well below mimalloc's (BENCHMARKS.md). Tunable at run
-/// time with `_RJEM_MALLOC_CONF` (e.g. `dirty_decay_ms:1000,muzzy_decay_ms:0`).
+/// jemalloc (the default feature), with a background thread that returns freed pages to the system within about
+/// a second (`background_thread`, `dirty_decay_ms:1000`, `muzzy_decay_ms:0`, set at build time in
+/// .cargo/config.toml; `_RJEM_MALLOC_CONF` overrides them at run time). At 1,000 streams and after them the RSS is
+/// well below mimalloc's for the same throughput (BENCHMARKS.md, "Memory run after run").
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// mimalloc (`--no-default-features --features mimalloc`): fast, but keeps freed pages while the workers idle.
+/// Either beats glibc's malloc, which was ~10% of the proxy's CPU under load.
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
