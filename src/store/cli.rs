@@ -248,27 +248,13 @@ pub fn request_line(row: &Map<String, Value>) -> String {
     )
 }
 
-/// `2026-01-02T03:04:05Z` from Unix milliseconds.
+/// `2026-01-02T03:04:05Z` from Unix milliseconds, clamped to the years 1970–9999 that the formatter takes (a
+/// stored time outside them is damage, not a reason to fail an export).
 pub fn iso_utc(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    const LAST_MS: i64 = 253_402_300_799_999;
+    let ms = u64::try_from(ms.clamp(0, LAST_MS)).unwrap_or(0);
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 #[cfg(test)]
@@ -280,5 +266,7 @@ mod tests {
         assert_eq!(iso_utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(iso_utc(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(iso_utc(1_767_323_045_000), "2026-01-02T03:04:05Z");
+        assert_eq!(iso_utc(-1), "1970-01-01T00:00:00Z");
+        assert_eq!(iso_utc(i64::MAX), "9999-12-31T23:59:59Z");
     }
 }
