@@ -73,9 +73,7 @@ async fn stats(State(state): State<Arc<ProxyState>>) -> Response {
 async fn metrics(State(state): State<Arc<ProxyState>>) -> Response {
     let accounting = &state.accounting;
     let cache = accounting.cache_stats();
-    let rss = memory_stats::memory_stats()
-        .map(|m| m.physical_mem as f64)
-        .unwrap_or(0.0);
+    let rss = accounting.monitor.rss_bytes().unwrap_or(0) as f64;
     let gauges = [
         (
             "kimi_proxy_open_requests",

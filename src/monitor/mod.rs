@@ -68,6 +68,11 @@ impl Metric {
         }
     }
 
+    /// Its place in [`Metric::ALL`].
+    fn index(self) -> usize {
+        self as usize
+    }
+
     /// Metrics also kept per provider/model.
     fn labelled(self) -> bool {
         matches!(
@@ -192,8 +197,8 @@ impl Summary {
     }
 }
 
-struct State {
-    overall: HashMap<Metric, Windowed>,
+/// Per-request figures: the labelled histograms and the counts behind the rates.
+struct Requests {
     labelled: HashMap<(String, Metric), Windowed>,
     labels: Vec<String>,
     /// Requests and errors per slot, for rates: (slot, requests, errors by kind).
@@ -202,10 +207,18 @@ struct State {
     errors_total: BTreeMap<String, u64>,
 }
 
-/// Shared monitor. Recording takes one short lock.
+/// How long a resident-memory reading is reused.
+const RSS_EVERY: Duration = Duration::from_secs(1);
+
+/// Shared monitor. Recording takes one short lock per metric: a streamed frame's gap, a dashboard's deliveries and
+/// a finished request do not wait for one another, and a snapshot holds each lock only to merge that metric's slots.
 pub struct Monitor {
     started: Instant,
-    state: Mutex<State>,
+    /// One windowed histogram per metric, indexed by `Metric::index`.
+    overall: [Mutex<Windowed>; Metric::ALL.len()],
+    requests: Mutex<Requests>,
+    /// The last resident-memory reading and when it was taken.
+    rss: Mutex<Option<(Instant, Option<u64>)>>,
     /// Dashboards connected to `/ws` now (kept by the live hub).
     pub dashboard_clients: std::sync::atomic::AtomicUsize,
 }
@@ -214,20 +227,25 @@ impl Monitor {
     pub fn new() -> Arc<Monitor> {
         Arc::new(Monitor {
             started: Instant::now(),
-            state: Mutex::new(State {
-                overall: Metric::ALL.iter().map(|m| (*m, Windowed::new())).collect(),
+            overall: std::array::from_fn(|_| Mutex::new(Windowed::new())),
+            requests: Mutex::new(Requests {
                 labelled: HashMap::new(),
                 labels: Vec::new(),
                 counts: VecDeque::with_capacity(SLOTS + 1),
                 requests_total: 0,
                 errors_total: BTreeMap::new(),
             }),
+            rss: Mutex::new(None),
             dashboard_clients: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
     fn slot(&self) -> u64 {
         self.started.elapsed().as_secs() / SLOT.as_secs()
+    }
+
+    fn windowed(&self, metric: Metric) -> &Mutex<Windowed> {
+        &self.overall[metric.index()]
     }
 
     pub fn uptime(&self) -> Duration {
@@ -237,20 +255,15 @@ impl Monitor {
     /// Records one value of an unlabelled measurement (gaps, store batches, broadcasts).
     pub fn record(&self, metric: Metric, value_us: u64) {
         let slot = self.slot();
-        let mut state = self.state.lock();
-        if let Some(w) = state.overall.get_mut(&metric) {
-            w.record(slot, value_us);
-        }
+        self.windowed(metric).lock().record(slot, value_us);
     }
 
     /// Records several values of one unlabelled measurement under one lock (a dashboard's batch of events).
     pub fn record_all(&self, metric: Metric, values_us: impl IntoIterator<Item = u64>) {
         let slot = self.slot();
-        let mut state = self.state.lock();
-        if let Some(w) = state.overall.get_mut(&metric) {
-            for value in values_us {
-                w.record(slot, value);
-            }
+        let mut w = self.windowed(metric).lock();
+        for value in values_us {
+            w.record(slot, value);
         }
     }
 
@@ -269,7 +282,12 @@ impl Monitor {
             (Metric::Upstream, record.upstream_us),
             (Metric::Counting, Some(record.counting_us)),
         ];
-        let mut state = self.state.lock();
+        for (metric, value) in values {
+            if let Some(value) = value {
+                self.windowed(metric).lock().record(slot, value);
+            }
+        }
+        let mut state = self.requests.lock();
         let state = &mut *state;
         let label = if state.labels.contains(&label) {
             label
@@ -281,9 +299,6 @@ impl Monitor {
         };
         for (metric, value) in values {
             let Some(value) = value else { continue };
-            if let Some(w) = state.overall.get_mut(&metric) {
-                w.record(slot, value);
-            }
             if metric.labelled() {
                 state
                     .labelled
@@ -312,7 +327,7 @@ impl Monitor {
 
     /// Requests finished since start, and those that ended with an error kind (for windowed rates).
     pub fn counts(&self) -> (u64, u64) {
-        let state = self.state.lock();
+        let state = self.requests.lock();
         (state.requests_total, state.errors_total.values().sum())
     }
 
@@ -321,59 +336,107 @@ impl Monitor {
     pub fn quantile(&self, metric: Metric, window: Duration, quantile: f64) -> Option<u64> {
         let now = self.slot();
         let slots = window.as_secs().div_ceil(SLOT.as_secs()).max(1);
-        let state = self.state.lock();
-        let merged = state.overall.get(&metric)?.merged(now, Some(slots));
-        drop(state);
+        let merged = self.windowed(metric).lock().merged(now, Some(slots));
         (!merged.is_empty()).then(|| merged.value_at_quantile(quantile))
+    }
+
+    /// Resident memory of the process, read at most once per second (a burst of dashboards connecting asks once
+    /// each).
+    pub fn rss_bytes(&self) -> Option<u64> {
+        if let Some((at, value)) = *self.rss.lock()
+            && at.elapsed() < RSS_EVERY
+        {
+            return value;
+        }
+        let value = memory_stats::memory_stats().map(|m| m.physical_mem as u64);
+        *self.rss.lock() = Some((Instant::now(), value));
+        value
     }
 
     /// Percentiles per metric and window, overall and per label.
     pub fn snapshot(&self) -> MonitorSnapshot {
+        self.snapshot_of(&Metric::ALL, &Window::ALL, true)
+    }
+
+    /// Percentiles of `metrics` over `windows` (and per label over the last five minutes if `labels`), rates and
+    /// memory. Each lock is held only to merge one metric's slots; the percentiles are computed after.
+    pub fn snapshot_of(
+        &self,
+        metrics: &[Metric],
+        windows: &[Window],
+        labels: bool,
+    ) -> MonitorSnapshot {
+        let rss_bytes = self.rss_bytes();
         let now = self.slot();
-        let state = self.state.lock();
         let mut histograms = BTreeMap::new();
-        for metric in Metric::ALL {
-            let Some(w) = state.overall.get(&metric) else {
-                continue;
+        for metric in metrics {
+            let merged: Vec<Histogram<u32>> = {
+                let w = self.windowed(*metric).lock();
+                windows
+                    .iter()
+                    .map(|window| w.merged(now, window.slots()))
+                    .collect()
             };
-            let windows = Window::ALL
+            let summaries = windows
                 .iter()
-                .map(|window| {
-                    (
-                        window_name(*window),
-                        Summary::of(&w.merged(now, window.slots())),
-                    )
-                })
+                .zip(&merged)
+                .map(|(window, h)| (window_name(*window), Summary::of(h)))
                 .collect();
-            histograms.insert(metric.name(), windows);
-        }
-        let mut by_label: BTreeMap<String, BTreeMap<&'static str, Summary>> = BTreeMap::new();
-        for ((label, metric), w) in &state.labelled {
-            by_label.entry(label.clone()).or_default().insert(
-                metric.name(),
-                Summary::of(&w.merged(now, Window::Last5Minutes.slots())),
-            );
+            histograms.insert(metric.name(), summaries);
         }
         // Rates over the last minute (the current, partial slot included).
         let minute = Window::LastMinute.slots().unwrap_or(4);
-        let recent: Vec<&(u64, u64, BTreeMap<String, u64>)> = state
-            .counts
-            .iter()
-            .filter(|(s, _, _)| now.saturating_sub(*s) < minute)
-            .collect();
-        let recent_requests: u64 = recent.iter().map(|(_, r, _)| r).sum();
-        let mut recent_errors: BTreeMap<String, u64> = BTreeMap::new();
-        for (_, _, errors) in &recent {
-            for (kind, n) in errors {
-                *recent_errors.entry(kind.clone()).or_default() += n;
+        let (requests_total, errors_total, recent_requests, recent_errors, labelled) = {
+            let state = self.requests.lock();
+            let mut recent_requests = 0;
+            let mut recent_errors: BTreeMap<String, u64> = BTreeMap::new();
+            for (_, requests, errors) in state
+                .counts
+                .iter()
+                .filter(|(s, _, _)| now.saturating_sub(*s) < minute)
+            {
+                recent_requests += requests;
+                for (kind, n) in errors {
+                    *recent_errors.entry(kind.clone()).or_default() += n;
+                }
             }
+            let labelled: Vec<(String, Metric, Histogram<u32>)> = if labels {
+                state
+                    .labelled
+                    .iter()
+                    .filter(|((_, metric), _)| metrics.contains(metric))
+                    .map(|((label, metric), w)| {
+                        (
+                            label.clone(),
+                            *metric,
+                            w.merged(now, Window::Last5Minutes.slots()),
+                        )
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (
+                state.requests_total,
+                state.errors_total.clone(),
+                recent_requests,
+                recent_errors,
+                labelled,
+            )
+        };
+        let mut by_label: BTreeMap<String, BTreeMap<&'static str, Summary>> = BTreeMap::new();
+        for (label, metric, h) in &labelled {
+            by_label
+                .entry(label.clone())
+                .or_default()
+                .insert(metric.name(), Summary::of(h));
         }
         let covered =
             (self.started.elapsed().as_secs_f64()).clamp(1.0, (minute * SLOT.as_secs()) as f64);
         let error_count: u64 = recent_errors.values().sum();
         MonitorSnapshot {
             uptime_s: self.started.elapsed().as_secs(),
-            requests_total: state.requests_total,
+            requests_total,
             requests_per_s: recent_requests as f64 / covered,
             error_rate: if recent_requests == 0 {
                 0.0
@@ -381,24 +444,24 @@ impl Monitor {
                 error_count as f64 / recent_requests as f64
             },
             errors_last_minute: recent_errors,
-            errors_total: state.errors_total.clone(),
+            errors_total,
             histograms,
             by_label,
-            rss_bytes: memory_stats::memory_stats().map(|m| m.physical_mem as u64),
+            rss_bytes,
         }
     }
 
-    /// The since-start histograms for Prometheus: (metric, label or None, histogram).
+    /// The since-start histograms for Prometheus: (metric, label or None, histogram). Holds every lock (taken in
+    /// one order, metrics first) while `f` runs.
     pub(crate) fn with_totals<R>(
         &self,
         f: impl FnOnce(Vec<(Metric, Option<&str>, &Histogram<u32>)>, u64, &BTreeMap<String, u64>) -> R,
     ) -> R {
-        let state = self.state.lock();
+        let overall: Vec<_> = self.overall.iter().map(|w| w.lock()).collect();
+        let state = self.requests.lock();
         let mut all: Vec<(Metric, Option<&str>, &Histogram<u32>)> = Vec::new();
-        for metric in Metric::ALL {
-            if let Some(w) = state.overall.get(&metric) {
-                all.push((metric, None, &w.total));
-            }
+        for (metric, w) in Metric::ALL.iter().zip(&overall) {
+            all.push((*metric, None, &w.total));
         }
         let mut labelled: Vec<_> = state.labelled.iter().collect();
         labelled.sort_by(|a, b| a.0.cmp(b.0));
@@ -449,6 +512,32 @@ mod tests {
         assert!((s.p50 as f64 - 5000.0).abs() / 5000.0 < 0.01, "{s:?}");
         assert!((s.p99 as f64 - 9900.0).abs() / 9900.0 < 0.01, "{s:?}");
         assert!((s.max as f64 - 10_000.0).abs() / 10_000.0 < 0.01, "{s:?}");
+    }
+
+    #[test]
+    fn metric_index_is_its_place() {
+        for (i, metric) in Metric::ALL.iter().enumerate() {
+            assert_eq!(metric.index(), i);
+        }
+    }
+
+    #[test]
+    fn snapshots_cover_what_they_are_asked_for() {
+        let monitor = Monitor::new();
+        monitor.record(Metric::InterChunkGap, 20_000);
+        monitor.record_all(Metric::Delivery, [100, 200, 300]);
+        let all = monitor.snapshot();
+        assert_eq!(all.histograms.len(), Metric::ALL.len());
+        assert_eq!(all.histograms["dashboard_delivery"]["since_start"].count, 3);
+        assert_eq!(all.histograms["inter_chunk_gap"]["last_minute"].count, 1);
+        let some = monitor.snapshot_of(&[Metric::Delivery], &[Window::LastMinute], false);
+        assert_eq!(some.histograms.len(), 1);
+        assert_eq!(some.histograms["dashboard_delivery"].len(), 1);
+        assert_eq!(
+            some.histograms["dashboard_delivery"]["last_minute"].count,
+            3
+        );
+        assert!(some.by_label.is_empty());
     }
 
     #[test]

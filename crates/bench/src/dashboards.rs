@@ -47,6 +47,8 @@ pub struct Phase {
     pub hub: Option<Buckets>,
     /// The dashboards connecting, before the measured window (phases with dashboards).
     pub burst: Option<Burst>,
+    /// The proxy's CPU time while the measured streams ran, as a share of the whole machine (all cores).
+    pub proxy_cpu: Option<f64>,
 }
 
 /// The connection burst: every dashboard connecting at once while streams run, up to the measured window.
@@ -166,6 +168,7 @@ pub async fn run(
         phases.push(
             phase(
                 targets.proxy.addr,
+                targets.proxy.pid,
                 &spec,
                 label,
                 dashboards,
@@ -197,6 +200,7 @@ struct Watched {
 
 async fn phase(
     proxy: SocketAddr,
+    pid: u32,
     spec: &Spec,
     label: &str,
     dashboards: usize,
@@ -204,17 +208,18 @@ async fn phase(
     threads: usize,
 ) -> anyhow::Result<Phase> {
     if dashboards == 0 && !stalled {
-        let proxy_result = loadgen::run(spec.clone()).await?;
+        let (proxy_result, proxy_cpu) = measured_load(pid, spec).await;
         return Ok(Phase {
             label: label.into(),
             dashboards,
-            proxy: proxy_result,
+            proxy: proxy_result?,
             delivery: None,
             events: 0,
             readers_cut: 0,
             slow_clients_cut: None,
             hub: None,
             burst: None,
+            proxy_cpu,
         });
     }
     let shared = Arc::new(Shared {
@@ -281,7 +286,7 @@ async fn phase(
     shared
         .measured_from_ms
         .store(now_us() / 1000, Ordering::Release);
-    let result = loadgen::run(spec.clone()).await;
+    let (result, proxy_cpu) = measured_load(pid, spec).await;
     // Let the last events arrive.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     shared.stop.store(true, Ordering::Relaxed);
@@ -312,7 +317,20 @@ async fn phase(
             events: watched.burst.len(),
             hub: between(&hub_burst, &hub_steady),
         }),
+        proxy_cpu,
     })
+}
+
+/// The measured streams, and the proxy's share of the machine's CPU while they ran.
+async fn measured_load(pid: u32, spec: &Spec) -> (anyhow::Result<RunResult>, Option<f64>) {
+    let before = crate::cpu::Snapshot::take(&[pid]);
+    let result = loadgen::run(spec.clone()).await;
+    let after = crate::cpu::Snapshot::take(&[pid]);
+    let share = before
+        .zip(after)
+        .and_then(|(before, after)| before.usage_until(&after))
+        .map(|usage| usage.ours);
+    (result, share)
 }
 
 fn now_us() -> u64 {
@@ -540,7 +558,8 @@ pub fn render(out: &mut String, settings: &Settings, phases: &[Phase]) {
          event's `ts` (milliseconds, so each figure includes up to 1 ms of rounding). \"hub\" is the proxy's own \
          view of the same deliveries: from publishing the event to its bytes written into each client's socket \
          (its `dashboard_delivery` histogram; this window's share of the `/metrics` buckets, so the figure is a \
-         bucket bound). The stalled client completes the handshake with a 4 KiB receive buffer and never reads. \
+         bucket bound). \"proxy CPU\" is the proxy process's CPU time while the measured streams ran, as a share of \
+         the whole machine (all cores). The stalled client completes the handshake with a 4 KiB receive buffer and never reads. \
          Target: delivery p99 ≤ 10 ms, proxy TTFT and gap unchanged within noise.\n\n\
          In a phase with dashboards, they connect first, all at once, while {STREAMS} streams run (the connection \
          burst, second table); the measured window (first table) starts once every dashboard has its `init` \
@@ -555,22 +574,28 @@ pub fn render(out: &mut String, settings: &Settings, phases: &[Phase]) {
     );
     let _ = writeln!(
         out,
-        "| phase | streams ok / errors | TTFT p50 | TTFT p99 | gap p99 | events delivered | delivery p50 | delivery p99 | delivery max | hub p50 | hub p99 | readers cut | slow clients cut |"
+        "| phase | streams ok / errors | TTFT p50 | TTFT p99 | gap p99 | proxy CPU | events delivered | delivery p50 | delivery p99 | delivery max | hub p50 | hub p99 | readers cut | slow clients cut |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for phase in phases {
         let ttft = Summary::of(&phase.proxy.ttft);
         let gaps = Summary::of(&phase.proxy.gaps);
         let (d50, d99, dmax) = three(phase.delivery);
         let _ = writeln!(
             out,
-            "| {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             phase.label,
             phase.proxy.ok,
             phase.proxy.errors,
             fmt_us(ttft.p50),
             fmt_us(ttft.p99),
             fmt_us(gaps.p99),
+            phase
+                .proxy_cpu
+                .map_or("–".to_string(), |share| format!("{:.1} %", share * 100.0)),
             phase.events,
             d50,
             d99,
