@@ -160,6 +160,17 @@ async fn snapshot_then_request_events_in_order() {
 }
 
 #[tokio::test]
+async fn a_command_larger_than_one_read_is_answered() {
+    // The server reads 1 KiB at a time; a 3 KiB command (under the 4 KiB limit) arrives in several reads.
+    let (_mock, proxy) = start().await;
+    let (mut dash, _) = Dashboard::connect(&proxy, "").await;
+    dash.send(json!({"type": "resync", "note": "x".repeat(3_000)}))
+        .await;
+    let (init, _) = dash.until("init", |_| true).await;
+    assert_eq!(init["data"]["server"]["store"], true);
+}
+
+#[tokio::test]
 async fn a_stream_counts_up_then_finishes() {
     let (_mock, proxy) = start().await;
     let (mut dash, _) = Dashboard::connect(&proxy, "").await;
