@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,6 +24,9 @@ use super::{BatchReport, Store, StoreError, unix_ms};
 use crate::accounting::{RecordSink, RequestRecord};
 use crate::config::{Config, SessionMode, StoreConfig};
 
+/// How long the writer sleeps between looks at the queue while it fills a batch: the most a command (a session
+/// change from the API) or the shutdown waits behind an open batch.
+const FILL_POLL: Duration = Duration::from_millis(5);
 /// A batch that failed this many times for a reason other than the disk is dropped.
 pub const MAX_BATCH_ATTEMPTS: u32 = 3;
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -562,27 +565,35 @@ impl Writer {
     }
 
     /// Adds records until the batch is full or its time is up; stops early for a command or the shutdown.
+    /// Between looks at the queue the thread sleeps instead of waiting on it: a sender finds no receiver to wake,
+    /// so a record costs the request path no futex call and the writer no wake-up per record (at 10,000 records
+    /// a second, at most one look per [`FILL_POLL`] instead of one wake-up per record).
     fn fill(&mut self, batch: &mut Vec<Arc<RequestRecord>>, bytes: &mut usize) -> After {
         let deadline = Instant::now() + self.options.flush_interval;
-        while batch.len() < self.options.batch_rows && *bytes < self.options.batch_bytes {
+        loop {
+            while batch.len() < self.options.batch_rows && *bytes < self.options.batch_bytes {
+                match self.receiver.try_recv() {
+                    Ok(Message::Record(record, size)) => {
+                        self.took(size);
+                        *bytes += size;
+                        batch.push(record);
+                    }
+                    Ok(Message::Command(command)) => return After::Command(command),
+                    Ok(Message::Shutdown) | Err(TryRecvError::Disconnected) => {
+                        return After::Shutdown;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
             let now = Instant::now();
-            if now >= deadline {
-                break;
+            if batch.len() >= self.options.batch_rows
+                || *bytes >= self.options.batch_bytes
+                || now >= deadline
+            {
+                return After::Nothing;
             }
-            match self.receiver.recv_timeout(deadline - now) {
-                Ok(Message::Record(record, size)) => {
-                    self.took(size);
-                    *bytes += size;
-                    batch.push(record);
-                }
-                Ok(Message::Command(command)) => return After::Command(command),
-                Ok(Message::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
-                    return After::Shutdown;
-                }
-                Err(RecvTimeoutError::Timeout) => break,
-            }
+            std::thread::sleep((deadline - now).min(FILL_POLL));
         }
-        After::Nothing
     }
 
     /// Writes the batch, retrying with backoff; holds it while the disk is unavailable; drops it after
