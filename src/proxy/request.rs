@@ -4,8 +4,10 @@
 
 use std::borrow::Cow;
 use std::ops::Range;
+use std::sync::LazyLock;
 
 use bytes::{Bytes, BytesMut};
+use memchr::memmem::Finder;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -284,8 +286,12 @@ fn messages_need_tool_fix(messages: &[&RawValue]) -> bool {
 /// Whether `message` may hold a `tool_calls` key: spelt plainly, or with letters written as `\u00XX` escapes
 /// (JSON allows it; encoders only do it for `<`, `>`, `&` and non-ASCII, which this does not match).
 fn may_name_tool_calls(message: &[u8]) -> bool {
-    memchr::memmem::find(message, b"\"tool_calls\"").is_some()
-        || memchr::memmem::find_iter(message, b"\\u00")
+    // Built once: a searcher costs more to build than to run on a short message.
+    static TOOL_CALLS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"tool_calls\""));
+    static ESCAPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\\u00"));
+    TOOL_CALLS.find(message).is_some()
+        || ESCAPE
+            .find_iter(message)
             .any(|at| matches!(message.get(at + 4), Some(b'5' | b'6' | b'7')))
 }
 

@@ -2,6 +2,9 @@
 //! a `name`, 3 to prime the reply. Text is counted exactly for the tokenizer; tool-call formatting, tool schemas
 //! and images are estimates and are marked so.
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -102,14 +105,17 @@ pub fn preview(messages: &[&[u8]], chars: usize) -> Option<String> {
 /// another role, `None` when unsure (then the caller parses the message).
 fn user_content_fast(bytes: &[u8]) -> Option<Option<&str>> {
     // An unescaped `"role"` cannot occur inside a JSON string (its quotes would be escaped).
-    let role = value_after_key(bytes, b"\"role\"")?;
+    // Searchers built once: building one costs more than running it on a short message.
+    static ROLE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"role\""));
+    static CONTENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\""));
+    let role = value_after_key(bytes, &ROLE)?;
     if !role.starts_with(b"\"") {
         return None;
     }
     if !role.starts_with(b"\"user\"") {
         return Some(None);
     }
-    let content = value_after_key(bytes, b"\"content\"")?;
+    let content = value_after_key(bytes, &CONTENT)?;
     if !content.starts_with(b"\"") {
         return None; // content parts: let serde read them
     }
@@ -123,10 +129,10 @@ fn user_content_fast(bytes: &[u8]) -> Option<Option<&str>> {
 
 /// The bytes after `key` and its colon, when `key` occurs exactly once at the top level (checked loosely: once
 /// in the whole message).
-fn value_after_key<'a>(bytes: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    let at = memchr::memmem::find(bytes, key)?;
-    let rest = &bytes[at + key.len()..];
-    if memchr::memmem::find(rest, key).is_some() {
+fn value_after_key<'a>(bytes: &'a [u8], key: &Finder<'static>) -> Option<&'a [u8]> {
+    let at = key.find(bytes)?;
+    let rest = &bytes[at + key.needle().len()..];
+    if key.find(rest).is_some() {
         return None;
     }
     let rest = rest.trim_ascii_start().strip_prefix(b":")?;
