@@ -553,13 +553,16 @@ async fn provider_key_never_reaches_the_client_or_the_log() {
         ),
         (vec![], chat_body("nope", false)),
     ] {
-        let mut request = http.post(proxy.url("/v1/chat/completions")).json(&body);
+        let mut request = http
+            .post(proxy.url("/v1/chat/completions"))
+            .header("x-mock-echo-authorization", "1")
+            .json(&body);
         for (k, v) in headers {
             request = request.header(k, v);
         }
         let response = request.send().await.unwrap();
-        // The mock echoes the Authorization it received in `x-mock-echo-authorization` (a test aid no real
-        // provider has); every other header and the body are checked.
+        // Asked to, the mock echoes the Authorization it received in `x-mock-echo-authorization` (a test aid no
+        // real provider has); every other header and the body are checked.
         for (name, value) in response.headers() {
             if name != "x-mock-echo-authorization" {
                 seen.push_str(&format!("{name}: {value:?}\n"));

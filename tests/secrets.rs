@@ -120,6 +120,8 @@ max_context_size = 1000
         let mut request = http
             .post(proxy.url("/v1/chat/completions"))
             .bearer_auth(key)
+            // The mock answers with the Authorization it received, as a careless gateway might.
+            .header("x-mock-echo-authorization", "1")
             .json(&chat_body(model, stream));
         if let Some((name, value)) = extra {
             request = request.header(name, value);

@@ -1,5 +1,7 @@
 //! Header handling per RFC 9110 §7.6.1: hop-by-hop headers belong to one connection and are never forwarded.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
 use http::header::{self, HeaderMap, HeaderName};
 
 /// Headers that are hop-by-hop by definition, whatever `Connection` says.
@@ -67,10 +69,30 @@ pub fn drop_echoed_secret(headers: &mut HeaderMap, secret: &[u8]) {
         .map(|(name, _)| name.clone())
         .collect();
     for name in echoed {
-        tracing::warn!(header = %name, "upstream echoed the provider key in a response header: removed");
+        // An upstream that echoes does so on every answer: one warning a minute says it without flooding the log.
+        let removed = ECHOES_REMOVED.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = crate::store::unix_ms();
+        let last = LAST_ECHO_WARNING_MS.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= ECHO_WARNING_EVERY_MS
+            && LAST_ECHO_WARNING_MS
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                header = %name,
+                removed_so_far = removed,
+                "upstream echoed the provider key in a response header: removed (warned at most once a minute)"
+            );
+        } else {
+            tracing::debug!(header = %name, "upstream echoed the provider key: removed");
+        }
         headers.remove(name);
     }
 }
+
+const ECHO_WARNING_EVERY_MS: i64 = 60_000;
+static LAST_ECHO_WARNING_MS: AtomicI64 = AtomicI64::new(i64::MIN / 2);
+static ECHOES_REMOVED: AtomicU64 = AtomicU64::new(0);
 
 #[cfg(test)]
 mod tests {

@@ -48,6 +48,11 @@ pub fn build_https_client(connect_timeout: Duration) -> Result<HttpClient, Clien
     build_with(CheckedResolver::plain(), connect_timeout)
 }
 
+/// Idle connections kept per upstream host. Above the concurrency a busy agent setup reaches (fewer meant that at
+/// 50 concurrent requests every request beyond the kept ones opened, then closed, a connection of its own); a
+/// burst larger than this still reuses connections while it lasts, and idle ones close after 90 s.
+const MAX_IDLE_PER_HOST: usize = 256;
+
 fn build_with(
     resolver: CheckedResolver,
     connect_timeout: Duration,
@@ -77,7 +82,7 @@ fn build_with(
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(32)
+        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
         .build(https))
 }
 

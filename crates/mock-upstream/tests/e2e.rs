@@ -216,6 +216,7 @@ async fn json_completion_shape_and_headers() {
         &[
             ("authorization", "Bearer sk-upstream"),
             ("x-mock-chunks", "6"),
+            ("x-mock-echo-authorization", "1"),
         ],
         &request,
     )
@@ -238,9 +239,17 @@ async fn json_completion_shape_and_headers() {
     );
     assert_eq!(String::from_utf8(raw).unwrap(), expected);
 
-    // No authorization → no echo header; the same input gives the same bytes
-    // apart from the sequence number.
-    let mut again = chat(&mock, &[("x-mock-chunks", "6")], &request).await;
+    // Not asked to echo → no echo header, even with a key; the same input gives the same bytes apart from the
+    // sequence number.
+    let mut again = chat(
+        &mock,
+        &[
+            ("authorization", "Bearer sk-upstream"),
+            ("x-mock-chunks", "6"),
+        ],
+        &request,
+    )
+    .await;
     assert_eq!(again.header("x-mock-echo-authorization"), None);
     assert_eq!(again.header("x-request-id"), Some("mock-2"));
     let again = String::from_utf8(again.body().await).unwrap();
