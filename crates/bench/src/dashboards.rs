@@ -13,6 +13,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::loadgen::{self, RunResult, Spec, Summary};
 use crate::report::fmt_us;
@@ -26,6 +27,10 @@ const STREAMS: usize = 50;
 const SETTLE: Duration = Duration::from_millis(500);
 /// Longest wait for every dashboard's `init` snapshot.
 const INIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes a dashboard reads at once: tungstenite zeroes this much on every read attempt, and its default (128 KiB)
+/// made the readers take CPU from the proxy they measure; a larger message (the `init` snapshot) still arrives, in
+/// several reads.
+const READ_BUFFER: usize = 8 * 1024;
 const INIT_PREFIX: &str = "{\"type\":\"init\"";
 
 /// One phase's figures.
@@ -369,7 +374,8 @@ async fn connect(proxy: SocketAddr, url: &str, recv_buffer: Option<u32>) -> anyh
     }
     let tcp = socket.connect(proxy).await?;
     tcp.set_nodelay(true)?;
-    let (socket, _) = tokio_tungstenite::client_async(url, tcp).await?;
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+    let (socket, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config)).await?;
     Ok(socket)
 }
 
