@@ -363,14 +363,7 @@ async fn browsers_from_other_sites_are_refused() {
         .await
         .unwrap();
     assert_eq!(fetch_site.status(), StatusCode::FORBIDDEN);
-    let sessions: serde_json::Value = client()
-        .get(proxy.url("/api/sessions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sessions: serde_json::Value = common::get_json(&proxy, "/api/sessions").await;
     assert_eq!(
         sessions["data"].as_array().map(Vec::len),
         Some(0),

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{MockUpstream, Proxy, assert_answers, chat_body, client, mock_config};
+use common::{MockUpstream, Proxy, assert_answers, chat_body, client, get_json, mock_config};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -146,14 +146,7 @@ async fn snapshot_then_request_events_in_order() {
     assert_eq!(init["data"]["sessions"][0]["id"], session_id);
 
     // The hub timed each event it wrote to this client: publication to the socket.
-    let stats: Value = client()
-        .get(proxy.url("/api/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = get_json(&proxy, "/api/stats").await;
     let delivery = &stats["histograms_us"]["dashboard_delivery"]["since_start"];
     assert!(delivery["count"].as_u64().unwrap() >= 4, "{delivery}");
     assert!(delivery["max"].as_u64().unwrap() < 10_000_000, "{delivery}");

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{MockUpstream, Proxy, client, mock_config};
+use common::{MockUpstream, Proxy, client, get_json, mock_config};
 use futures_util::StreamExt;
 use kimi_proxy::accounting::RequestRecord;
 use kimi_proxy::config::{Config, SessionMode};
@@ -1000,14 +1000,7 @@ async fn the_api_validates_and_manages_sessions() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 2, "{csv}");
     assert!(lines[0].starts_with("id,record_id,session_id,started_at"));
-    let all: Value = client()
-        .get(proxy.url("/api/export"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Value = get_json(&proxy, "/api/export").await;
     assert_eq!(all.as_array().unwrap().len(), 2);
 }
 
