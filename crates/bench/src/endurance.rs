@@ -78,15 +78,7 @@ pub async fn memory_runs(
         let server = Server::start_with_env(
             "kimi-proxy (memory runs)",
             &candidate.bin,
-            &[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--config",
-                &config,
-                "--data-dir",
-                &data,
-            ],
+            &procs::proxy_args(&config, &data),
             &candidate.env,
             &log_dir.join(format!("kimi-proxy-memory-{}.log", candidate.label)),
             "kimi-proxy listening on",

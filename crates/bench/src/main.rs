@@ -286,15 +286,7 @@ async fn run(
     let mut proxy = Server::start(
         "kimi-proxy",
         &binaries.proxy,
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            &config_arg,
-            "--data-dir",
-            &data_arg,
-        ],
+        &procs::proxy_args(&config_arg, &data_arg),
         &log_dir.join("kimi-proxy.log"),
         "kimi-proxy listening on",
     )
@@ -313,15 +305,7 @@ async fn run(
         let server = Server::start(
             "kimi-proxy (accounting and store off)",
             &binaries.proxy,
-            &[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--config",
-                &off_config_arg,
-                "--data-dir",
-                &off_data_arg,
-            ],
+            &procs::proxy_args(&off_config_arg, &off_data_arg),
             &log_dir.join("kimi-proxy-off.log"),
             "kimi-proxy listening on",
         )
@@ -533,15 +517,7 @@ async fn cache_scenario(
     let mut server = Server::start(
         "kimi-proxy (response cache on)",
         &binaries.proxy,
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            &config_arg,
-            "--data-dir",
-            &data_arg,
-        ],
+        &procs::proxy_args(&config_arg, &data_arg),
         &log_dir.join("kimi-proxy-cache.log"),
         "kimi-proxy listening on",
     )

@@ -208,6 +208,20 @@ fn log_tail(path: &Path) -> String {
     lines.get(from..).unwrap_or_default().join("\n")
 }
 
+/// The command line of a kimi-proxy under test: an ephemeral loopback port, its configuration file and its data
+/// directory.
+pub fn proxy_args<'a>(config: &'a str, data_dir: &'a str) -> [&'a str; 7] {
+    [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        config,
+        "--data-dir",
+        data_dir,
+    ]
+}
+
 /// The proxy's configuration: one provider, the mock, serving `mock/model` as `mock-model`. With
 /// `accounting_and_store` false, `[server] token_accounting = false` and `[store] enabled = false` are added
 /// (each table once).
