@@ -1,8 +1,11 @@
 //! Header handling per RFC 9110 §7.6.1: hop-by-hop headers belong to one connection and are never forwarded.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName};
+
+use crate::monitor::LogThrottle;
 
 /// Headers that are hop-by-hop by definition, whatever `Connection` says.
 const HOP_BY_HOP: [&str; 9] = [
@@ -71,13 +74,7 @@ pub fn drop_echoed_secret(headers: &mut HeaderMap, secret: &[u8]) {
     for name in echoed {
         // An upstream that echoes does so on every answer: one warning a minute says it without flooding the log.
         let removed = ECHOES_REMOVED.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = crate::store::unix_ms();
-        let last = LAST_ECHO_WARNING_MS.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= ECHO_WARNING_EVERY_MS
-            && LAST_ECHO_WARNING_MS
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if ECHO_WARNING.ready(Duration::from_secs(60)) {
             tracing::warn!(
                 header = %name,
                 removed_so_far = removed,
@@ -90,8 +87,7 @@ pub fn drop_echoed_secret(headers: &mut HeaderMap, secret: &[u8]) {
     }
 }
 
-const ECHO_WARNING_EVERY_MS: i64 = 60_000;
-static LAST_ECHO_WARNING_MS: AtomicI64 = AtomicI64::new(i64::MIN / 2);
+static ECHO_WARNING: LogThrottle = LogThrottle::new();
 static ECHOES_REMOVED: AtomicU64 = AtomicU64::new(0);
 
 #[cfg(test)]

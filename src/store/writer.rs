@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -23,6 +23,7 @@ use super::sessions::SessionResolver;
 use super::{BatchReport, Store, StoreError, unix_ms};
 use crate::accounting::{RecordSink, RequestRecord};
 use crate::config::{Config, SessionMode, StoreConfig};
+use crate::monitor::LogThrottle;
 
 /// How long the writer sleeps between looks at the queue while it fills a batch: the most a command (a session
 /// change from the API) or the shutdown waits behind an open batch.
@@ -94,7 +95,7 @@ struct Counters {
     batches: AtomicU64,
     write_errors: AtomicU64,
     held: AtomicUsize,
-    last_drop_log_ms: AtomicI64,
+    drop_log: LogThrottle,
     last_error: Mutex<Option<(i64, String)>>,
 }
 
@@ -438,14 +439,7 @@ impl RecordSink for StoreSink {
 
 /// Logs dropped records at most once per second.
 fn log_drop(counters: &Counters, n: u64, why: &str) {
-    let now = unix_ms();
-    let last = counters.last_drop_log_ms.load(Ordering::Relaxed);
-    if now - last >= 1000
-        && counters
-            .last_drop_log_ms
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
+    if counters.drop_log.ready(Duration::from_secs(1)) {
         tracing::warn!(
             dropped = n,
             total_dropped = counters.dropped.load(Ordering::Relaxed),
