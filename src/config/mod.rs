@@ -122,6 +122,9 @@ pub struct Provider {
     /// The provider understands `stream_options.include_usage`: the proxy asks for the usage chunk on streams
     /// (and hides it from clients that did not ask).
     pub stream_usage: bool,
+    /// The provider ends every stream with its usage chunk whether asked or not: the proxy then asks for
+    /// nothing and removes nothing, so the client receives what the provider sent.
+    pub usage_always: bool,
 }
 
 /// Which tokenizer counts a model's tokens.

@@ -153,6 +153,7 @@ pub struct RawProvider {
     pub tokens_per_minute: Option<u32>,
     pub rate_limit_max_wait_ms: Option<u64>,
     pub stream_usage: Option<bool>,
+    pub usage_always: Option<bool>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
     #[serde(default)]
@@ -739,6 +740,7 @@ impl RawProvider {
                 over.rate_limit_max_wait_ms,
             ),
             stream_usage: merge_opt(self.stream_usage, over.stream_usage),
+            usage_always: merge_opt(self.usage_always, over.usage_always),
             timeouts: RawTimeouts {
                 connect_ms: merge_opt(self.timeouts.connect_ms, over.timeouts.connect_ms),
                 first_byte_ms: merge_opt(self.timeouts.first_byte_ms, over.timeouts.first_byte_ms),
@@ -860,6 +862,7 @@ impl RawProvider {
                     .unwrap_or(DEFAULT_RATE_LIMIT_MAX_WAIT_MS),
             ),
             stream_usage: self.stream_usage.unwrap_or(true),
+            usage_always: self.usage_always.unwrap_or(false),
         })
     }
 }

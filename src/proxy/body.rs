@@ -30,20 +30,27 @@ pub struct ForwardBody {
     timer: Pin<Box<Sleep>>,
     provider: String,
     tracker: Tracker,
-    /// The rewritten frame changed the length, so the upstream's size hint no longer holds.
-    rewritten: bool,
+    /// The tracker may remove an event, so the upstream's length is not announced: hyper reads the size hint
+    /// before the first frame, when nothing has been rewritten yet.
+    may_rewrite: bool,
     done: bool,
 }
 
 impl ForwardBody {
-    pub fn new(inner: Incoming, idle: Duration, provider: String, tracker: Tracker) -> Self {
+    pub fn new(
+        inner: Incoming,
+        idle: Duration,
+        provider: String,
+        tracker: Tracker,
+        may_rewrite: bool,
+    ) -> Self {
         Self {
             inner,
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
             provider,
             tracker,
-            rewritten: false,
+            may_rewrite,
             done: false,
         }
     }
@@ -70,13 +77,7 @@ impl Body for ForwardBody {
                         Ok(data) => data,
                         Err(frame) => return Poll::Ready(Some(Ok(frame))),
                     };
-                    let mut out = match this.tracker.on_data(&data) {
-                        None => data,
-                        Some(replacement) => {
-                            this.rewritten = true;
-                            replacement
-                        }
-                    };
+                    let mut out = this.tracker.on_data(&data).unwrap_or(data);
                     // A body with a length ends with its last byte: hyper will not poll for the end, so the
                     // record is finished here.
                     if this.inner.is_end_stream() {
@@ -132,7 +133,7 @@ impl Body for ForwardBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.rewritten {
+        if self.may_rewrite {
             SizeHint::default()
         } else {
             self.inner.size_hint()

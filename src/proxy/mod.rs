@@ -339,8 +339,13 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
     // usage request (spliced; the tracker hides the extra chunk), or broken tool calls (re-encoded).
     let rename = requested != model.upstream_id;
     let accounting_on = state.config.server.token_accounting;
-    let inject_usage =
-        accounting_on && view.streaming && provider.stream_usage && !view.client_asked_usage;
+    // Only what the proxy itself asked for is removed from the answer: nothing is asked of a provider that sends
+    // its usage anyway, or when the client asked.
+    let inject_usage = accounting_on
+        && view.streaming
+        && provider.stream_usage
+        && !provider.usage_always
+        && !view.client_asked_usage;
     let (plain_body, injected_body, fixes) =
         if view.needs_tool_fix || (inject_usage && view.has_stream_options) {
             rebuild_body(
@@ -534,7 +539,8 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
     if let ApiKey::Ready(secret) = &provider.api_key {
         headers::drop_echoed_secret(&mut response_parts.headers, secret.expose().as_bytes());
     }
-    if context.usage_injected {
+    let may_rewrite = context.usage_injected;
+    if may_rewrite {
         // The body may lose an event: its length is no longer the upstream's.
         response_parts.headers.remove(header::CONTENT_LENGTH);
     }
@@ -562,6 +568,7 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
         provider.timeouts.idle,
         provider.key.clone(),
         tracker,
+        may_rewrite,
     );
     Ok(Response::from_parts(response_parts, Body::new(body)))
 }
@@ -779,6 +786,7 @@ fn passthrough_route(
         tokens_per_minute: None,
         rate_limit_max_wait: std::time::Duration::ZERO,
         stream_usage: true,
+        usage_always: false,
     });
     Ok((
         model,

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::{Body, to_bytes};
@@ -234,11 +235,17 @@ fn chat_completions(
                 _ => None,
             },
         };
-        let stream = sse_stream(plan, shared.stats.clone(), shutdown);
-        let mut response = with_content_type(
-            Response::new(Body::from_stream(stream)),
-            "text/event-stream",
-        );
+        let body = if opts.fixed_length && plan.fault.is_none() {
+            shared.stats.streams_started.fetch_add(1, Ordering::Relaxed);
+            shared
+                .stats
+                .streams_completed
+                .fetch_add(1, Ordering::Relaxed);
+            Body::from(plan.render_whole())
+        } else {
+            Body::from_stream(sse_stream(plan, shared.stats.clone(), shutdown))
+        };
+        let mut response = with_content_type(Response::new(body), "text/event-stream");
         response
             .headers_mut()
             .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));

@@ -5,7 +5,9 @@
 //! Behaviour comes from [`MockConfig`] and per-request headers:
 //!
 //! - `x-mock-chunks`, `x-mock-chunk-delay-ms`, `x-mock-ttft-ms`: stream shape.
-//! - `x-mock-usage: requested | always | none`: when usage is reported.
+//! - `x-mock-usage: requested | always | none`: when usage is reported (`always`: a `choices: []` usage chunk
+//!   ends every stream, asked for or not, as OpenRouter does).
+//! - `x-mock-stream-body: fixed`: a stream sent as one body with a `Content-Length` (buffering gateways).
 //! - `x-mock-reasoning: N`, `x-mock-tool-call: 1`: extra deltas.
 //! - `x-mock-status`, `x-mock-retry-after`, `x-mock-fail-times`, `x-mock-key`:
 //!   OpenAI-format errors, optionally only for the first N requests of a key.
