@@ -57,12 +57,16 @@ pub fn app_with_hub(
     hub: Option<Arc<Hub>>,
 ) -> Router {
     let auth = Arc::new(Auth::new(&state.config));
-    let mut app = proxy::router(Arc::clone(&state)).merge(admin_router(state, store, hub));
+    let mut app =
+        proxy::router(Arc::clone(&state)).merge(admin_router(Arc::clone(&state), store, hub));
     if auth.admin_token_set() {
         app = app.merge(auth::login_router(Arc::clone(&auth)));
     }
-    app.fallback(proxy::not_found)
-        .method_not_allowed_fallback(proxy::method_not_allowed)
+    let (for_not_found, for_not_allowed) = (Arc::clone(&state), Arc::clone(&state));
+    app.fallback(move |request| proxy::not_found(for_not_found, request))
+        .method_not_allowed_fallback(move |request| {
+            proxy::method_not_allowed(for_not_allowed, request)
+        })
         // Outermost, so it sees every request, the fallbacks included: Host/Origin/CORS rules everywhere,
         // virtual keys on the proxy paths, the admin token on every other path.
         .layer(axum::middleware::from_fn_with_state(auth, auth::guard))

@@ -754,3 +754,87 @@ async fn answers_match_direct_for_every_usage_and_framing_combination() {
         }
     }
 }
+
+/// A Kimi thinking model refuses a follow-up whose assistant tool-call message lost its reasoning. The proxy
+/// saw that reasoning stream past and puts it back — only where it is missing.
+#[tokio::test]
+async fn a_dropped_reasoning_is_put_back_for_a_model_that_needs_it() {
+    let mock = MockUpstream::start().await.unwrap();
+    let config = mock_config(&mock, "").replace(
+        "max_context_size = 100000\n",
+        "max_context_size = 100000\nreasoning_echo = true\n",
+    );
+    let proxy = Proxy::start(&config, &[("MOCK_KEY", "sk-mock-provider-key")]).await;
+
+    // A streamed answer that reasons, then calls a tool.
+    let first = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-mock-reasoning", "3")
+        .header("x-mock-tool-call", "1")
+        .json(&chat_body("mock/model", true))
+        .send()
+        .await
+        .unwrap();
+    let (bytes, complete) = read_body(first).await;
+    assert!(complete);
+    let text = String::from_utf8_lossy(&bytes);
+    let call_id = text
+        .split("\"id\":\"")
+        .filter_map(|rest| rest.split('"').next())
+        .find(|id| id.starts_with("call"))
+        .expect("a tool call id in the stream")
+        .to_string();
+    // The memory is filled when the answer's record is made.
+    common::recent_records(&proxy, 1).await;
+
+    let follow_up = |reasoning: Option<&str>| {
+        let mut assistant = serde_json::json!({
+            "role": "assistant", "content": "",
+            "tool_calls": [{"id": call_id, "type": "function",
+                            "function": {"name": "get_weather", "arguments": "{}"}}]
+        });
+        if let Some(reasoning) = reasoning {
+            assistant["reasoning_content"] = reasoning.into();
+        }
+        serde_json::json!({"model": "mock/model", "messages": [
+            {"role": "user", "content": "Weather?"},
+            assistant,
+            {"role": "tool", "tool_call_id": call_id, "content": "sunny"}
+        ]})
+    };
+    for dropped in [None, Some("")] {
+        let answer = client()
+            .post(proxy.url("/v1/chat/completions"))
+            .json(&follow_up(dropped))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        let seen = mock.last_request().unwrap().json().unwrap();
+        assert_eq!(
+            seen["messages"][1]["reasoning_content"], "think0 think1 think2 ",
+            "{dropped:?}: {seen}"
+        );
+    }
+
+    // A message that carries its reasoning reaches the provider exactly as sent.
+    let kept = follow_up(Some("my own"));
+    let answer = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&kept)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let seen = mock.last_request().unwrap().json().unwrap();
+    assert_eq!(seen["messages"][1]["reasoning_content"], "my own");
+
+    // Each mend is counted on its request.
+    let recent = common::recent_records(&proxy, 4).await;
+    let fixes: Vec<u64> = recent
+        .iter()
+        .take(3)
+        .map(|r| r["tool_call_fixes"].as_u64().unwrap())
+        .collect();
+    assert_eq!(fixes, vec![0, 1, 1], "{recent:?}");
+}

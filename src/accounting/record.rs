@@ -70,6 +70,10 @@ pub struct RequestRecord {
     pub client_session: Option<String>,
     /// The name (never the value) of the virtual key the client authenticated with.
     pub virtual_key: Option<String>,
+    /// The application that sent the request (`Claude Code 2.1.197`, `OpenAI Python SDK 1.57.0`…).
+    pub client_app: Option<String>,
+    /// The API the client spoke: `chat`, `messages` or `responses`.
+    pub client_api: &'static str,
     /// What the context transforms did (when any ran).
     pub context: Option<Box<crate::context::Outcome>>,
     /// Prompt tokens the context transforms removed, and their price at the model's input rate.

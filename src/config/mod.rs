@@ -172,6 +172,9 @@ pub struct Model {
     pub cache: Option<bool>,
     /// Context transforms for this model (unset ones follow `[context]`).
     pub context: crate::context::config::Toggles,
+    /// The provider refuses an assistant tool-call message without the reasoning it came with (Kimi K2
+    /// thinking models, DeepSeek's reasoner): the proxy puts back the reasoning it saw when a client dropped it.
+    pub reasoning_echo: bool,
 }
 
 #[derive(Debug, Clone)]

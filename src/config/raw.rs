@@ -189,6 +189,7 @@ pub struct RawModel {
     pub cached_input_price: Option<f64>,
     pub capabilities: Option<Vec<String>>,
     pub cache: Option<bool>,
+    pub reasoning_echo: Option<bool>,
     /// Context transforms for this model, over `[context]`.
     pub context: Option<crate::context::config::Toggles>,
 }
@@ -879,6 +880,7 @@ impl RawModel {
             cached_input_price: merge_opt(self.cached_input_price, over.cached_input_price),
             capabilities: merge_opt(self.capabilities, over.capabilities),
             cache: merge_opt(self.cache, over.cache),
+            reasoning_echo: merge_opt(self.reasoning_echo, over.reasoning_echo),
             context: merge_opt(self.context, over.context),
         }
     }
@@ -963,6 +965,7 @@ impl RawModel {
             prices,
             capabilities: self.capabilities.unwrap_or_default(),
             cache: self.cache,
+            reasoning_echo: self.reasoning_echo.unwrap_or(false),
             context: self.context.unwrap_or_default(),
         })
     }

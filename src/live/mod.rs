@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::accounting::live::{LiveRequest, StartListener};
-use crate::accounting::{RecordSink, RequestRecord};
+use crate::accounting::{RecordSink, Refusal, RequestRecord};
 use crate::proxy::ProxyState;
 use crate::store::api::StoreApi;
 use crate::store::query::Session;
@@ -52,6 +52,7 @@ pub struct Frame {
 enum Input {
     Started(Arc<LiveRequest>),
     Finished(Arc<RequestRecord>),
+    Refused(Arc<Refusal>),
     Stored {
         assignments: Vec<(u64, Option<i64>)>,
         sessions: Vec<Session>,
@@ -204,6 +205,12 @@ impl RecordSink for Hub {
             self.push(Input::Finished(Arc::clone(record)));
         }
     }
+
+    fn refused(&self, refusal: &Arc<Refusal>) {
+        if self.watched() {
+            self.push(Input::Refused(Arc::clone(refusal)));
+        }
+    }
 }
 
 impl StoreListener for Hub {
@@ -312,6 +319,7 @@ impl Worker {
                 let session = self.hub.session_of(record.id);
                 self.publish(kind, &RequestView::of(&record, session));
             }
+            Input::Refused(refusal) => self.publish("request.refused", &*refusal),
             Input::Stored {
                 assignments,
                 sessions,

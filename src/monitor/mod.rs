@@ -307,6 +307,17 @@ impl Monitor {
                     .record(slot, value);
             }
         }
+        Self::count(state, slot, record.error_kind.as_deref());
+    }
+
+    /// Counts a request the proxy refused before it had a record, as an error of kind `code`.
+    pub fn record_refusal(&self, code: &str) {
+        let slot = self.slot();
+        let mut state = self.requests.lock();
+        Self::count(&mut state, slot, Some(code));
+    }
+
+    fn count(state: &mut Requests, slot: u64, error_kind: Option<&str>) {
         state.requests_total += 1;
         if state.counts.back().is_none_or(|(s, _, _)| *s != slot) {
             if state.counts.len() >= SLOTS {
@@ -316,12 +327,12 @@ impl Monitor {
         }
         if let Some((_, requests, errors)) = state.counts.back_mut() {
             *requests += 1;
-            if let Some(kind) = &record.error_kind {
-                *errors.entry(kind.clone()).or_default() += 1;
+            if let Some(kind) = error_kind {
+                *errors.entry(kind.to_string()).or_default() += 1;
             }
         }
-        if let Some(kind) = &record.error_kind {
-            *state.errors_total.entry(kind.clone()).or_default() += 1;
+        if let Some(kind) = error_kind {
+            *state.errors_total.entry(kind.to_string()).or_default() += 1;
         }
     }
 

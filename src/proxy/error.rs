@@ -7,6 +7,25 @@ use http::{HeaderValue, StatusCode, header};
 /// Marks a response whose error was produced by kimi-proxy rather than by the provider.
 pub const PROXY_ERROR_HEADER: &str = "x-kimi-proxy-error";
 
+/// Who caused an error, as pingora's `ErrorSource` says it: the client (a request the proxy cannot serve as
+/// sent), the proxy (its configuration or its own limits), or the upstream (unreachable, too slow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    Client,
+    Proxy,
+    Upstream,
+}
+
+impl ErrorSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorSource::Client => "client",
+            ErrorSource::Proxy => "proxy",
+            ErrorSource::Upstream => "upstream",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("request body is not valid JSON: {message} (line {line}, column {column})")]
@@ -103,6 +122,31 @@ impl ProxyError {
             | ProxyError::PassthroughDisabled
             | ProxyError::TargetNotAllowed(_)
             | ProxyError::ForbiddenTarget(_) => StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// Who was at fault.
+    pub fn source_of_fault(&self) -> ErrorSource {
+        match self {
+            ProxyError::InvalidJson { .. }
+            | ProxyError::InvalidRequest(_)
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::BodyRead(_)
+            | ProxyError::UnknownModel { .. }
+            | ProxyError::InvalidTarget(_)
+            | ProxyError::TargetNotAllowed(_)
+            | ProxyError::ForbiddenTarget(_)
+            | ProxyError::Unauthorized(_)
+            | ProxyError::Forbidden(_)
+            | ProxyError::NotFound { .. }
+            | ProxyError::MethodNotAllowed(_) => ErrorSource::Client,
+            ProxyError::MissingApiKey { .. }
+            | ProxyError::MissingBaseUrlVar { .. }
+            | ProxyError::RateLimited { .. }
+            | ProxyError::PassthroughDisabled => ErrorSource::Proxy,
+            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
+                ErrorSource::Upstream
+            }
         }
     }
 

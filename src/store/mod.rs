@@ -230,6 +230,8 @@ impl Store {
                     context.and_then(|c| c.error.as_deref()),
                     clamp(record.tokens_saved),
                     record.cost_saved_usd,
+                    record.client_app,
+                    record.client_api,
                 ])?;
                 if let Some(id) = session {
                     let window = resolver.context_window(&record.model);
@@ -288,6 +290,7 @@ impl Store {
                 created_at: unix_ms(),
                 context_window: model.and_then(|m| resolver.context_window(m)),
                 active: activate,
+                client_app: None,
             },
         );
         match id.and_then(|id| tx.commit().map(|()| id)) {
