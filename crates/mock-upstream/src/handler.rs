@@ -114,6 +114,9 @@ async fn respond(shared: &Shared, seq: u64, parts: &Parts, body: Bytes) -> Respo
         _ => path,
     };
     let route = route.trim_end_matches('/');
+    if let Some(anthropic) = crate::anthropic::route(route) {
+        return crate::anthropic::respond(shared, seq, parts, body, &opts, anthropic).await;
+    }
     let is_models = route == "/models";
     let is_chat = route == "/chat/completions";
     if !is_models && !is_chat {

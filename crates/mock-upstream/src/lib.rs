@@ -1,7 +1,8 @@
 //! A deterministic, OpenAI-compatible mock upstream.
 //!
 //! Used by kimi-proxy's end-to-end tests and benchmarks. Routes (with or
-//! without the `/v1` prefix): `GET /models`, `POST /chat/completions`.
+//! without the `/v1` prefix): `GET /models`, `POST /chat/completions`, `POST /messages`,
+//! `POST /messages/count_tokens`.
 //! Behaviour comes from [`MockConfig`] and per-request headers:
 //!
 //! - `x-mock-chunks`, `x-mock-chunk-delay-ms`, `x-mock-ttft-ms`: stream shape.
@@ -19,8 +20,13 @@
 //!
 //! With [`MockConfig::required_key`], requests without that bearer key get a 401.
 //!
+//! Anthropic-native mode: `POST /messages` and `POST /messages/count_tokens` answer as Anthropic's Messages
+//! API (JSON, or its event stream; errors in its format; `x-api-key` for [`MockConfig::required_key`]), with
+//! the same headers where they make sense (see the `anthropic` module).
+//!
 //! Invalid header values are ignored.
 
+mod anthropic;
 mod handler;
 mod options;
 mod payload;
