@@ -7,7 +7,6 @@
 //! Context alerts have one source: the store writer reports each session's context after a commit
 //! ([`crate::store::ContextListener`]); the engine alone decides which thresholds were crossed.
 
-pub mod api;
 pub mod rules;
 pub mod webhook;
 
@@ -215,9 +214,9 @@ enum StoreOp {
     },
 }
 
-struct StoreLink {
-    sink: Arc<StoreSink>,
-    readers: Arc<Readers>,
+pub(crate) struct StoreLink {
+    pub(crate) sink: Arc<StoreSink>,
+    pub(crate) readers: Arc<Readers>,
 }
 
 #[derive(Default)]
@@ -567,7 +566,7 @@ impl AlertEngine {
     }
 
     /// The store's sink and readers, when the store runs.
-    fn store_link(&self) -> Option<&StoreLink> {
+    pub(crate) fn store_link(&self) -> Option<&StoreLink> {
         self.store.get()
     }
 }

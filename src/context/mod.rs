@@ -5,7 +5,6 @@
 //! token counts from the per-message cache, decides per message, and rebuilds the body copying every
 //! unchanged message as it is. With nothing enabled the proxy never gets here.
 
-pub mod api;
 pub mod compaction;
 pub mod config;
 pub mod conversation;

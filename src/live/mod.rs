@@ -7,7 +7,7 @@
 //! stops accepting data. Nobody ever waits for a dashboard.
 
 pub mod protocol;
-mod socket;
+pub mod socket;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -22,13 +22,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accounting::live::{LiveRequest, StartListener};
 use crate::accounting::{RecordSink, Refusal, RequestRecord};
+use crate::admin::StoreApi;
 use crate::proxy::ProxyState;
-use crate::store::api::StoreApi;
 use crate::store::query::Session;
 use crate::store::{SessionChange, StoreListener};
 use protocol::{Envelope, RequestView};
-
-pub use socket::router;
 
 /// Events waiting for the hub task. Full: the event is lost (counted) and the next event skips a sequence
 /// number, so that clients notice and ask for a fresh snapshot.

@@ -4,12 +4,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use futures_util::SinkExt;
 use serde::Deserialize;
 use tokio::sync::broadcast;
@@ -37,12 +35,8 @@ const INIT_SESSIONS: u32 = 50;
 const INIT_RECENT: usize = 100;
 const INIT_SESSION_REQUESTS: u32 = 200;
 
-pub fn router(hub: Arc<Hub>) -> Router {
-    Router::new().route("/ws", get(upgrade)).with_state(hub)
-}
-
 #[derive(Debug, Default, Clone, Deserialize)]
-struct Params {
+pub(crate) struct Params {
     /// `Date.getTimezoneOffset()` of the browser: minutes to add to local time to get UTC.
     tz_offset_min: Option<i64>,
     session_id: Option<i64>,
@@ -58,7 +52,7 @@ enum Command {
     SelectSession { session_id: Option<i64> },
 }
 
-async fn upgrade(
+pub(crate) async fn upgrade(
     State(hub): State<Arc<Hub>>,
     params: Result<Query<Params>, QueryRejection>,
     ws: WebSocketUpgrade,

@@ -23,10 +23,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+
 use bytes::Bytes;
 use http::{HeaderValue, header};
 use serde_json::Value;
@@ -166,29 +165,6 @@ impl ProxyState {
     }
 }
 
-/// The paths of [`router`]. Everything else is admin surface (see `crate::auth`): keep the two in step.
-pub const PROXY_PATHS: [&str; 4] = [
-    "/v1/chat/completions",
-    "/chat/completions",
-    "/v1/models",
-    "/models",
-];
-
-pub fn is_proxy_path(path: &str) -> bool {
-    PROXY_PATHS.contains(&path)
-}
-
-/// The proxy routes, each served with and without the `/v1` prefix.
-pub fn router(state: Arc<ProxyState>) -> Router {
-    Router::new()
-        .route("/v1/chat/completions", post(chat_completions))
-        .route("/chat/completions", post(chat_completions))
-        .route("/v1/models", get(list_models))
-        .route("/models", get(list_models))
-        .with_state(state)
-}
-
-/// Answers for paths and methods no route serves, in the OpenAI error format.
 /// Answers for paths and methods no route serves, in the OpenAI error format. A refusal on a path that looks
 /// like an API call (a client pointed at the proxy speaking an API it does not serve) is counted and shown.
 pub async fn not_found(state: Arc<ProxyState>, request: Request) -> Response {
@@ -238,7 +214,7 @@ fn looks_like_api_call(path: &str) -> bool {
             .any(|api| path == *api || path.starts_with(&format!("{api}/")))
 }
 
-async fn list_models(State(state): State<Arc<ProxyState>>) -> Response {
+pub(crate) async fn list_models(State(state): State<Arc<ProxyState>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -268,7 +244,10 @@ fn render_models(catalog: &Catalog) -> Value {
     serde_json::json!({ "object": "list", "data": data })
 }
 
-async fn chat_completions(State(state): State<Arc<ProxyState>>, request: Request) -> Response {
+pub(crate) async fn chat_completions(
+    State(state): State<Arc<ProxyState>>,
+    request: Request,
+) -> Response {
     pipeline::chat_completions(&state, request).await
 }
 

@@ -6,7 +6,6 @@
 //! the command line) use their own read-only connections; WAL lets them read while the writer writes.
 
 pub mod alerts;
-pub mod api;
 pub mod cli;
 pub mod export;
 pub mod masks;

@@ -4,24 +4,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Alert, AlertEngine};
+use crate::alerts::{Alert, AlertEngine};
 use crate::store::{StoreError, alerts as table, unix_ms};
-
-pub fn router(engine: Arc<AlertEngine>) -> Router {
-    Router::new()
-        .route("/api/alerts", get(list))
-        .route("/api/alerts/{id}/ack", post(ack))
-        .with_state(engine)
-}
 
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
@@ -63,12 +54,12 @@ fn not_found(id: i64) -> Response {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     active: Option<bool>,
     limit: Option<u32>,
 }
 
-async fn list(
+pub(crate) async fn list(
     State(engine): State<Arc<AlertEngine>>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Response {
@@ -125,7 +116,10 @@ async fn list(
     .into_response()
 }
 
-async fn ack(State(engine): State<Arc<AlertEngine>>, Path(id): Path<String>) -> Response {
+pub(crate) async fn ack(
+    State(engine): State<Arc<AlertEngine>>,
+    Path(id): Path<String>,
+) -> Response {
     let Ok(id) = id.parse::<i64>() else {
         return bad_request(format!("`{id}` is not an alert id (an integer)"));
     };

@@ -4,23 +4,20 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::{get, post};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::export::{self, Format};
-use super::masks::MaskKey;
-use super::query::{self, Order, RequestFilter, SessionSort, StatusFilter};
-use super::{Readers, SessionChange, StoreError, StoreSink};
-use crate::context::api as context_api;
 use crate::proxy::ProxyState;
+use crate::store::export::{self, Format};
+use crate::store::masks::MaskKey;
+use crate::store::query::{self, Order, RequestFilter, SessionSort, StatusFilter};
+use crate::store::{Readers, SessionChange, StoreError, StoreSink};
 
 /// Shared by the store routes.
 pub struct StoreApi {
@@ -55,40 +52,6 @@ impl StoreApi {
             sessions.set_active(None);
         }
     }
-}
-
-pub fn router(api: Arc<StoreApi>) -> Router {
-    Router::new()
-        .route(
-            "/api/sessions",
-            get(list_sessions)
-                .post(create_session)
-                .delete(delete_sessions),
-        )
-        .route(
-            "/api/sessions/{id}",
-            get(get_session)
-                .patch(rename_session)
-                .delete(delete_session),
-        )
-        .route("/api/sessions/{id}/activate", post(activate))
-        .route("/api/sessions/{id}/deactivate", post(deactivate))
-        .route("/api/sessions/{id}/requests", get(session_requests))
-        .route("/api/sessions/{id}/export", get(export_session))
-        .route("/api/export", get(export_all))
-        .route("/api/stats/store", get(store_stats))
-        .route("/api/maintenance/retention", post(retention))
-        .route("/api/mask/{hash}", get(context_api::get_mask))
-        .route(
-            "/api/sessions/{id}/context",
-            get(context_api::get_settings).put(context_api::put_settings),
-        )
-        .route("/api/sessions/{id}/compact", post(context_api::compact))
-        .route(
-            "/api/sessions/{id}/compact/preview",
-            post(context_api::compact_preview),
-        )
-        .with_state(api)
 }
 
 /// An API error in the OpenAI format.
@@ -213,14 +176,14 @@ fn page(limit: Option<u32>, default: u32) -> Result<u32, ApiError> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SessionsQuery {
+pub(crate) struct SessionsQuery {
     limit: Option<u32>,
     offset: Option<u64>,
     sort: Option<SessionSort>,
     order: Option<Order>,
 }
 
-async fn list_sessions(
+pub(crate) async fn list_sessions(
     State(api): State<Arc<StoreApi>>,
     query: Result<Query<SessionsQuery>, QueryRejection>,
 ) -> ApiResult {
@@ -246,7 +209,10 @@ async fn list_sessions(
     .into_response())
 }
 
-async fn get_session(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> ApiResult {
+pub(crate) async fn get_session(
+    State(api): State<Arc<StoreApi>>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let id = session_id(&id)?;
     match read(&api, move |conn| query::get_session(conn, id)).await? {
         Some(session) => Ok(Json(session).into_response()),
@@ -256,14 +222,14 @@ async fn get_session(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateSession {
+pub(crate) struct CreateSession {
     name: String,
     model: Option<String>,
     /// Make it the active session (default true).
     activate: Option<bool>,
 }
 
-async fn create_session(
+pub(crate) async fn create_session(
     State(api): State<Arc<StoreApi>>,
     body: Result<Json<CreateSession>, JsonRejection>,
 ) -> ApiResult {
@@ -304,11 +270,11 @@ fn clean_name(name: &str) -> Result<String, ApiError> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RenameSession {
+pub(crate) struct RenameSession {
     name: String,
 }
 
-async fn rename_session(
+pub(crate) async fn rename_session(
     State(api): State<Arc<StoreApi>>,
     Path(id): Path<String>,
     body: Result<Json<RenameSession>, JsonRejection>,
@@ -340,7 +306,10 @@ async fn changed_session_response(api: &Arc<StoreApi>, id: i64, activation: bool
     Ok(Json(session).into_response())
 }
 
-async fn activate(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> ApiResult {
+pub(crate) async fn activate(
+    State(api): State<Arc<StoreApi>>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let id = session_id(&id)?;
     api.sink
         .execute(move |state| state.store()?.set_active(id, true))
@@ -349,7 +318,10 @@ async fn activate(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> A
     changed_session_response(&api, id, true).await
 }
 
-async fn deactivate(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> ApiResult {
+pub(crate) async fn deactivate(
+    State(api): State<Arc<StoreApi>>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let id = session_id(&id)?;
     api.sink
         .execute(move |state| state.store()?.set_active(id, false))
@@ -358,7 +330,10 @@ async fn deactivate(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) ->
     changed_session_response(&api, id, true).await
 }
 
-async fn delete_session(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> ApiResult {
+pub(crate) async fn delete_session(
+    State(api): State<Arc<StoreApi>>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let id = session_id(&id)?;
     let deleted = api
         .sink
@@ -378,11 +353,11 @@ async fn delete_session(State(api): State<Arc<StoreApi>>, Path(id): Path<String>
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DeleteSessions {
+pub(crate) struct DeleteSessions {
     ids: Vec<i64>,
 }
 
-async fn delete_sessions(
+pub(crate) async fn delete_sessions(
     State(api): State<Arc<StoreApi>>,
     body: Result<Json<DeleteSessions>, JsonRejection>,
 ) -> ApiResult {
@@ -415,7 +390,7 @@ async fn delete_sessions(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RequestsQuery {
+pub(crate) struct RequestsQuery {
     limit: Option<u32>,
     offset: Option<u64>,
     status: Option<String>,
@@ -424,7 +399,7 @@ struct RequestsQuery {
     until: Option<i64>,
 }
 
-async fn session_requests(
+pub(crate) async fn session_requests(
     State(api): State<Arc<StoreApi>>,
     Path(id): Path<String>,
     query: Result<Query<RequestsQuery>, QueryRejection>,
@@ -471,7 +446,7 @@ async fn session_requests(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ExportQuery {
+pub(crate) struct ExportQuery {
     format: Option<String>,
     since: Option<i64>,
     until: Option<i64>,
@@ -489,7 +464,7 @@ fn export_format(text: Option<&str>) -> Result<Format, ApiError> {
     }
 }
 
-async fn export_session(
+pub(crate) async fn export_session(
     State(api): State<Arc<StoreApi>>,
     Path(id): Path<String>,
     query: Result<Query<ExportQuery>, QueryRejection>,
@@ -517,7 +492,7 @@ async fn export_session(
     ))
 }
 
-async fn export_all(
+pub(crate) async fn export_all(
     State(api): State<Arc<StoreApi>>,
     query: Result<Query<ExportQuery>, QueryRejection>,
 ) -> ApiResult {
@@ -574,7 +549,7 @@ fn stream_export(
     response
 }
 
-async fn store_stats(State(api): State<Arc<StoreApi>>) -> ApiResult {
+pub(crate) async fn store_stats(State(api): State<Arc<StoreApi>>) -> ApiResult {
     let writer = api.sink.stats();
     let path = api.sink.path().to_path_buf();
     let shown = path.display().to_string();
@@ -602,13 +577,13 @@ async fn store_stats(State(api): State<Arc<StoreApi>>) -> ApiResult {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RetentionBody {
+pub(crate) struct RetentionBody {
     days: u32,
     /// Give the space back to the file system (default true).
     vacuum: Option<bool>,
 }
 
-async fn retention(
+pub(crate) async fn retention(
     State(api): State<Arc<StoreApi>>,
     body: Result<Json<RetentionBody>, JsonRejection>,
 ) -> ApiResult {

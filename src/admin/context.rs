@@ -10,10 +10,10 @@ use axum::response::{IntoResponse, Json};
 use rusqlite::OptionalExtension;
 use serde_json::json;
 
-use super::config::Toggles;
-use super::conversation::Counter;
-use super::sessions::SessionContext;
-use crate::store::api::{ApiError, ApiResult, StoreApi, json_error, read, session_id};
+use super::sessions::{ApiError, ApiResult, StoreApi, json_error, read, session_id};
+use crate::context::config::Toggles;
+use crate::context::conversation::Counter;
+use crate::context::sessions::SessionContext;
 use crate::store::masks::{self, MaskReadError};
 use crate::store::{SessionChange, StoreError, query};
 
