@@ -20,3 +20,4 @@ pub mod routes;
 pub mod server;
 pub mod store;
 pub mod tokens;
+pub mod util;

@@ -58,7 +58,7 @@ pub async fn serve(
         .context
         .encryption_key
         .as_ref()
-        .and_then(|key| crate::context::config::parse_key(key.expose()))
+        .and_then(|key| crate::config::context::parse_key(key.expose()))
         .and_then(|key| MaskKey::new(&key));
     if let Some(sink) = &sink {
         state.context.masks.set_sink(Arc::new(StoreMasks {
@@ -114,7 +114,7 @@ async fn load_context_settings(sink: &Arc<StoreSink>, state: &Arc<ProxyState>) {
                 }
                 if let Some(toggles) = settings
                     .as_deref()
-                    .and_then(|s| serde_json::from_str::<crate::context::config::Toggles>(s).ok())
+                    .and_then(|s| serde_json::from_str::<crate::config::context::Toggles>(s).ok())
                 {
                     sessions.set(
                         id,

@@ -16,9 +16,9 @@ use parking_lot::Mutex;
 
 use crate::config::{Config, Model, TokenizerSpec};
 use crate::monitor::Monitor;
-use crate::proxy::request::RequestLayout;
 use crate::tokens::Tokenizer;
 use crate::tokens::cache::{CacheStats, MessageCache};
+use crate::tokens::chat::RequestLayout;
 use crate::tokens::chat::{PromptCount, count_layout};
 pub use calibration::Calibration;
 
@@ -378,7 +378,7 @@ impl Accounting {
         }
         recent.push_back(Arc::clone(&record));
         drop(recent);
-        self.monitor.record_request(&record);
+        self.monitor.record_request(&record.sample());
         for sink in self.sinks.read().iter() {
             sink.offer(&record);
         }
@@ -387,7 +387,7 @@ impl Accounting {
 
     /// Counts, logs (rate-limited) and announces a refused request.
     pub fn refused(&self, refusal: Refusal) {
-        static LOG: crate::monitor::LogThrottle = crate::monitor::LogThrottle::new();
+        static LOG: crate::util::LogThrottle = crate::util::LogThrottle::new();
         let suppressed = self.refusals_unlogged.fetch_add(1, Ordering::Relaxed);
         if LOG.ready(REFUSAL_LOG_EVERY) {
             self.refusals_unlogged.store(0, Ordering::Relaxed);

@@ -5,6 +5,22 @@ use serde::Serialize;
 use crate::config::Prices;
 use crate::tokens::chat::PromptCount;
 
+impl RequestRecord {
+    /// What the monitor keeps of it.
+    pub fn sample(&self) -> crate::monitor::RequestSample<'_> {
+        crate::monitor::RequestSample {
+            provider: &self.provider,
+            model: &self.model,
+            latency_us: self.latency_us,
+            overhead_us: self.overhead_us,
+            ttft_us: self.ttft_us,
+            upstream_us: self.upstream_us,
+            counting_us: self.counting_us,
+            error_kind: self.error_kind.as_deref(),
+        }
+    }
+}
+
 /// Everything known about one request once it is over. The store writes it, the dashboard shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestRecord {

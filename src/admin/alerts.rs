@@ -12,7 +12,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::alerts::{Alert, AlertEngine};
-use crate::store::{StoreError, alerts as table, unix_ms};
+use crate::store::{StoreError, alerts as table};
+use crate::util::unix_ms;
 
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;

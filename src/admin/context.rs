@@ -11,7 +11,7 @@ use rusqlite::OptionalExtension;
 use serde_json::json;
 
 use super::sessions::{ApiError, ApiResult, StoreApi, json_error, read, session_id};
-use crate::context::config::Toggles;
+use crate::config::context::Toggles;
 use crate::context::conversation::Counter;
 use crate::context::sessions::SessionContext;
 use crate::store::masks::{self, MaskReadError};

@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AlertsConfig;
 use crate::monitor::{Metric, Monitor};
-use crate::store::{ContextListener, ContextUpdate, Readers, StoreError, StoreSink, unix_ms};
+use crate::store::{ContextListener, ContextUpdate, Readers, StoreError, StoreSink};
+use crate::util::unix_ms;
 use rules::{ContextEvent, Evaluator, Sample, StoreSample, Transition};
 
 /// What an alert is about.

@@ -4,6 +4,7 @@
 //! Loading happens in two stages (raw → validated) so that an unknown key is reported with its line by the TOML
 //! parser, and a missing or inconsistent value is reported with the provider or model it belongs to.
 
+pub mod context;
 mod raw;
 
 use std::collections::BTreeMap;
@@ -171,7 +172,7 @@ pub struct Model {
     /// Response cache for this model: `None` follows `[cache] enabled`.
     pub cache: Option<bool>,
     /// Context transforms for this model (unset ones follow `[context]`).
-    pub context: crate::context::config::Toggles,
+    pub context: crate::config::context::Toggles,
     /// The provider refuses an assistant tool-call message without the reasoning it came with (Kimi K2
     /// thinking models, DeepSeek's reasoner): the proxy puts back the reasoning it saw when a client dropped it.
     pub reasoning_echo: bool,
@@ -380,7 +381,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub cache: CacheConfig,
     pub alerts: AlertsConfig,
-    pub context: crate::context::config::ContextConfig,
+    pub context: crate::config::context::ContextConfig,
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub models: BTreeMap<String, Arc<Model>>,
 }

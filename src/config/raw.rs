@@ -30,7 +30,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub cache: RawCache,
     /// `[context]`: masking, observation masking, compaction.
-    pub context: Option<crate::context::config::RawContext>,
+    pub context: Option<crate::config::context::RawContext>,
     #[serde(default)]
     pub passthrough: RawPassthrough,
     #[serde(default)]
@@ -191,7 +191,7 @@ pub struct RawModel {
     pub cache: Option<bool>,
     pub reasoning_echo: Option<bool>,
     /// Context transforms for this model, over `[context]`.
-    pub context: Option<crate::context::config::Toggles>,
+    pub context: Option<crate::config::context::Toggles>,
 }
 
 /// `[cache]`: the response cache, off unless enabled here, per model, or per request.
@@ -703,7 +703,7 @@ impl RawConfig {
         }
 
         let context = self.context.unwrap_or_default().validate(env, &mut errors);
-        if let crate::context::config::SummaryMode::Model(name) = &context.compaction.summary
+        if let crate::config::context::SummaryMode::Model(name) = &context.compaction.summary
             && !models.contains_key(name)
         {
             errors.push(format!(

@@ -90,7 +90,7 @@ impl Hub {
             assignments: Mutex::new(VecDeque::with_capacity(ASSIGNMENTS_KEPT)),
             state: Arc::clone(&state),
             store: store.clone(),
-            started_at_ms: crate::store::unix_ms(),
+            started_at_ms: crate::util::unix_ms(),
             closing: CancellationToken::new(),
         });
         state
@@ -374,7 +374,7 @@ impl Worker {
             self.progress_sent.clear();
             return;
         }
-        let now = crate::store::unix_ms();
+        let now = crate::util::unix_ms();
         let mut moved = Vec::new();
         let mut seen = HashMap::with_capacity(self.progress_sent.len());
         self.hub
@@ -410,7 +410,7 @@ impl Worker {
         let envelope = Envelope {
             kind,
             seq,
-            ts: crate::store::unix_ms(),
+            ts: crate::util::unix_ms(),
             data,
         };
         let text = match serde_json::to_string(&envelope) {

@@ -233,7 +233,7 @@ struct Stored {
 }
 
 async fn snapshot(hub: &Arc<Hub>, params: &Params, seq: u64) -> Result<String, StoreError> {
-    let now = crate::store::unix_ms();
+    let now = crate::util::unix_ms();
     let since = local_midnight_ms(now, params.tz_offset_min.unwrap_or(0));
     let stored = match &hub.store {
         Some(store) => {

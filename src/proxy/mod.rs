@@ -251,9 +251,4 @@ pub(crate) async fn chat_completions(
     pipeline::chat_completions(&state, request).await
 }
 
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use crate::util::unix_ms;

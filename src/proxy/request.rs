@@ -44,12 +44,7 @@ pub fn clean_session_id(raw: &str) -> Option<String> {
         .then(|| id.to_string())
 }
 
-/// Byte ranges of a request's messages and tool definitions.
-#[derive(Debug, Clone, Default)]
-pub struct RequestLayout {
-    pub messages: Vec<Range<usize>>,
-    pub tools: Vec<Range<usize>>,
-}
+pub use crate::tokens::chat::RequestLayout;
 
 /// The common shape, read in one pass: messages and tools as lists of raw slices.
 #[derive(Deserialize)]

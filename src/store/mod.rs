@@ -674,12 +674,7 @@ impl Readers {
     }
 }
 
-pub fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::util::unix_ms;
 
 #[cfg(unix)]
 fn file_identity(path: &Path) -> Option<(u64, u64)> {

@@ -37,7 +37,7 @@ pub struct Session {
     pub tokens_saved: i64,
     pub cost_saved_usd: f64,
     /// The session's context settings (`PUT /api/sessions/{id}/context`), if any.
-    pub context_settings: Option<crate::context::config::Toggles>,
+    pub context_settings: Option<crate::config::context::Toggles>,
     /// The application of the request that opened the session (`Claude Code 2.1.197`…).
     pub client_app: Option<String>,
 }
