@@ -329,10 +329,10 @@ pub fn request_to_chat(
         }
     }
     if let Some(text) = req.get("text").and_then(Value::as_object) {
-        if let Some(format) = text.get("format").and_then(Value::as_object) {
-            if let Some(rf) = translate_text_format(format, target, &mut dropped)? {
-                chat.insert("response_format".into(), rf);
-            }
+        if let Some(format) = text.get("format").and_then(Value::as_object)
+            && let Some(rf) = translate_text_format(format, target, &mut dropped)?
+        {
+            chat.insert("response_format".into(), rf);
         }
         if present(text, "verbosity") {
             dropped.params.push("text.verbosity".into());
