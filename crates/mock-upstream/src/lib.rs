@@ -1,7 +1,9 @@
 //! A deterministic, OpenAI-compatible mock upstream.
 //!
 //! Used by kimi-proxy's end-to-end tests and benchmarks. Routes (with or
-//! without the `/v1` prefix): `GET /models`, `POST /chat/completions`.
+//! without the `/v1` prefix): `GET /models`, `POST /chat/completions`, and `POST /responses` (OpenAI's
+//! Responses API: a Response object, or its event stream from `response.created` to `response.completed`;
+//! see `responses.rs`).
 //! Behaviour comes from [`MockConfig`] and per-request headers:
 //!
 //! - `x-mock-chunks`, `x-mock-chunk-delay-ms`, `x-mock-ttft-ms`: stream shape.
@@ -22,6 +24,7 @@
 mod handler;
 mod options;
 mod payload;
+mod responses;
 mod stream;
 
 use std::collections::{HashMap, VecDeque};

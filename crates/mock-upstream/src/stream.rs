@@ -217,7 +217,7 @@ impl StreamGuard {
         self.settled = true;
     }
 
-    fn complete(&mut self) {
+    pub(crate) fn complete(&mut self) {
         if !self.settled {
             self.settled = true;
             self.stats.streams_completed.fetch_add(1, Ordering::Relaxed);
