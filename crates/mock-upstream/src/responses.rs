@@ -413,7 +413,7 @@ pub(crate) fn respond(
     let usage = (opts.usage != UsageMode::None).then(|| {
         json!({
             "input_tokens": input_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
             "output_tokens": output_tokens,
             "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
             "total_tokens": input_tokens.saturating_add(output_tokens),
