@@ -378,6 +378,10 @@ fn chat_answer_becomes_a_response() {
     assert_eq!(response["text"], json!({"format": {"type": "text"}}));
     assert_eq!(response["metadata"], json!({}));
     assert_eq!(response["prompt_cache_key"], request["prompt_cache_key"]);
+    if let Some(dir) = std::env::var_os("KIMI_DIALECTS_DUMP") {
+        let path = std::path::Path::new(&dir).join("chat_response.json");
+        std::fs::write(path, serde_json::to_vec(&response).unwrap()).unwrap();
+    }
     let usage = usage_from_event(&serde_json::to_vec(&response).unwrap()).unwrap();
     assert_eq!(
         (
@@ -496,6 +500,15 @@ fn kimi_stream_becomes_responses_events() {
     );
     assert_eq!(translator.final_response(), Some(completed));
     assert_eq!(translator.usage().unwrap().cached_tokens, 1024);
+    // For checking by hand with the OpenAI SDK: `KIMI_DIALECTS_DUMP=/dir cargo test -p kimi-dialects`.
+    if let Some(dir) = std::env::var_os("KIMI_DIALECTS_DUMP") {
+        let mut translator = StreamTranslator::new(t.answer.clone());
+        let mut out = Vec::new();
+        for p in data_lines(KIMI_STREAM) {
+            translator.push(p.as_bytes(), &mut out);
+        }
+        std::fs::write(std::path::Path::new(&dir).join("kimi_responses.sse"), out).unwrap();
+    }
     let raw_completed = serde_json::to_vec(&events[25]).unwrap();
     assert_eq!(usage_from_event(&raw_completed).unwrap().input_tokens, 1200);
 }

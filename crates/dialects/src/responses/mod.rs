@@ -15,6 +15,20 @@
 //! [`previous_not_found`] the API's 404 when a `previous_response_id` is unknown. For Responses-native
 //! providers (no translation), [`read_usage`] and [`usage_from_event`] read a Response's usage for accounting.
 //!
+//! How the proxy uses it, per request to a chat provider:
+//!
+//! ```text
+//! let previous = previous_response_id(body).map(|id| store.get(&id));      // None → previous_not_found(id)
+//! let t = request_to_chat(body, &ChatTarget { .. }, previous.as_deref())?;   // Err(e) → (e.status, e.body())
+//! send t.body upstream (t.stream says whether it streams); record t.dropped, t.session_id
+//! JSON:   let r = chat_to_response(upstream_body, &t.answer)?;  answer r
+//! stream: let mut s = StreamTranslator::new(t.answer.clone());
+//!         for each upstream `data:` payload: s.push(payload, &mut out); send out
+//!         at the end of the upstream body:   s.finish(&mut out);       send out
+//!         let r = s.final_response();  s.usage() for accounting
+//! if t.store: store.put(t.answer.response_id, items_to_store(&t, r))
+//! ```
+//!
 //! Formats were read from the OpenAI Python SDK's generated types (openai/openai-python,
 //! `src/openai/types/responses/*.py`) and from what Codex sends and parses (openai/codex,
 //! `codex-rs/codex-api/src/common.rs` `ResponsesApiRequest`, `codex-rs/codex-api/src/sse/responses.rs`

@@ -852,6 +852,10 @@ impl<'a> MessageBuilder<'a> {
                 }
                 texts.join(PART_SEPARATOR)
             }
+            // Older Codex builds sent `{"content": "...", "success": false}` for a failed call.
+            Some(Value::Object(obj)) if obj.get("content").is_some_and(Value::is_string) => {
+                str_field(obj, "content").unwrap_or_default().to_owned()
+            }
             Some(other) if !other.is_null() => other.to_string(),
             _ => String::new(),
         };
