@@ -10,6 +10,7 @@
 //! - `responses`: OpenAI Responses ⇄ chat completions.
 
 pub mod anthropic;
+pub mod responses;
 
 /// The wire API a client or a provider speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -1,8 +1,10 @@
 //! A deterministic, OpenAI-compatible mock upstream.
 //!
 //! Used by kimi-proxy's end-to-end tests and benchmarks. Routes (with or
-//! without the `/v1` prefix): `GET /models`, `POST /chat/completions`, `POST /messages`,
-//! `POST /messages/count_tokens`.
+//! without the `/v1` prefix): `GET /models`, `POST /chat/completions`, `POST /messages` and
+//! `POST /messages/count_tokens` (Anthropic's Messages API; see `anthropic.rs`), and `POST /responses` (OpenAI's
+//! Responses API: a Response object, or its event stream from `response.created` to `response.completed`;
+//! see `responses.rs`).
 //! Behaviour comes from [`MockConfig`] and per-request headers:
 //!
 //! - `x-mock-chunks`, `x-mock-chunk-delay-ms`, `x-mock-ttft-ms`: stream shape.
@@ -30,6 +32,7 @@ mod anthropic;
 mod handler;
 mod options;
 mod payload;
+mod responses;
 mod stream;
 
 use std::collections::{HashMap, VecDeque};
