@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod dashboard;
+pub mod http_error;
 pub mod live;
 pub mod monitor;
 pub mod proxy;

@@ -10,6 +10,7 @@ use std::path::Path;
 /// Lowest first: the data flows up this list (tokens and config at the bottom, the server at the top).
 const LAYERS: &[&str] = &[
     "util",
+    "http_error",
     "tokens",
     "config",
     "monitor",
@@ -35,8 +36,6 @@ const KNOWN_BACK_EDGES: &[(&str, &str)] = &[
     ("store", "alerts"),
     // The webhook sender builds its HTTPS client with the proxy's builder.
     ("alerts", "proxy"),
-    // The guard renders its 401/403 with the proxy's error type.
-    ("auth", "proxy"),
     // The live hub reads sessions through the admin surface's store handle.
     ("live", "admin"),
 ];

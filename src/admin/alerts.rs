@@ -6,51 +6,28 @@ use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::alerts::{Alert, AlertEngine};
+use crate::http_error::HttpError;
 use crate::store::{StoreError, alerts as table};
 use crate::util::unix_ms;
 
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
-fn error(status: StatusCode, kind: &str, code: &str, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(json!({"error": {"message": message.into(), "type": kind, "code": code}})),
-    )
-        .into_response()
-}
-
 fn bad_request(message: impl Into<String>) -> Response {
-    error(
-        StatusCode::BAD_REQUEST,
-        "invalid_request_error",
-        "invalid_parameter",
-        message,
-    )
+    HttpError::bad_request("invalid_parameter", message).into_response()
 }
 
 fn store_error(e: StoreError) -> Response {
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_error",
-        "store_unavailable",
-        e.to_string(),
-    )
+    HttpError::from(e).into_response()
 }
 
 fn not_found(id: i64) -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        "not_found_error",
-        "unknown_alert",
-        format!("no alert {id}"),
-    )
+    HttpError::not_found("unknown_alert", format!("no alert {id}")).into_response()
 }
 
 #[derive(Deserialize)]

@@ -6,4 +6,4 @@ pub mod context;
 pub mod sessions;
 pub mod stats;
 
-pub use sessions::{ApiError, ApiResult, StoreApi};
+pub use sessions::{ApiResult, StoreApi};

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::http_error::HttpError;
 use crate::proxy::ProxyState;
 use crate::store::export::{self, Format};
 use crate::store::masks::MaskKey;
@@ -54,91 +55,40 @@ impl StoreApi {
     }
 }
 
-/// An API error in the OpenAI format.
-pub struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    code: &'static str,
-    message: String,
+/// A session id that names no session.
+pub fn unknown_session(id: i64) -> HttpError {
+    HttpError::not_found("unknown_session", format!("no session {id}"))
 }
 
-impl ApiError {
-    pub fn new(
-        status: StatusCode,
-        kind: &'static str,
-        code: &'static str,
-        message: impl Into<String>,
-    ) -> ApiError {
-        ApiError {
-            status,
-            kind,
+impl From<StoreError> for HttpError {
+    fn from(error: StoreError) -> HttpError {
+        let code = match &error {
+            StoreError::UnknownSession(id) => return unknown_session(*id),
+            StoreError::Closed => "store_closed",
+            _ => "store_unavailable",
+        };
+        HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_error",
             code,
-            message: message.into(),
-        }
-    }
-
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            kind: "invalid_request_error",
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn unknown_session(id: i64) -> ApiError {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            kind: "not_found_error",
-            code: "unknown_session",
-            message: format!("no session {id}"),
-        }
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(error: StoreError) -> ApiError {
-        match error {
-            StoreError::UnknownSession(id) => ApiError::unknown_session(id),
-            StoreError::Closed => ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                kind: "store_error",
-                code: "store_closed",
-                message: error.to_string(),
-            },
-            other => ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                kind: "store_error",
-                code: "store_unavailable",
-                message: other.to_string(),
-            },
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": {"message": self.message, "type": self.kind, "code": self.code}})),
+            error.to_string(),
         )
-            .into_response()
     }
 }
 
-pub type ApiResult = Result<Response, ApiError>;
+pub type ApiResult = Result<Response, HttpError>;
 
-fn query_error(rejection: QueryRejection) -> ApiError {
-    ApiError::bad_request("invalid_parameter", rejection.body_text())
+fn query_error(rejection: QueryRejection) -> HttpError {
+    HttpError::bad_request("invalid_parameter", rejection.body_text())
 }
 
-pub fn json_error(rejection: JsonRejection) -> ApiError {
-    ApiError::bad_request("invalid_body", rejection.body_text())
+pub fn json_error(rejection: JsonRejection) -> HttpError {
+    HttpError::bad_request("invalid_body", rejection.body_text())
 }
 
-pub fn session_id(text: &str) -> Result<i64, ApiError> {
+pub fn session_id(text: &str) -> Result<i64, HttpError> {
     text.parse::<i64>().map_err(|_| {
-        ApiError::bad_request(
+        HttpError::bad_request(
             "invalid_parameter",
             format!("`{text}` is not a session id (an integer)"),
         )
@@ -149,23 +99,23 @@ pub fn session_id(text: &str) -> Result<i64, ApiError> {
 pub async fn read<T: Send + 'static>(
     api: &Arc<StoreApi>,
     f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
+) -> Result<T, HttpError> {
     let api = Arc::clone(api);
     tokio::task::spawn_blocking(move || api.readers.with(f))
         .await
-        .map_err(|e| ApiError::from(StoreError::Other(format!("read task failed: {e}"))))?
-        .map_err(ApiError::from)
+        .map_err(|e| HttpError::from(StoreError::Other(format!("read task failed: {e}"))))?
+        .map_err(HttpError::from)
 }
 
 const MAX_PAGE: u32 = 1000;
 
-fn page(limit: Option<u32>, default: u32) -> Result<u32, ApiError> {
+fn page(limit: Option<u32>, default: u32) -> Result<u32, HttpError> {
     match limit {
-        Some(0) => Err(ApiError::bad_request(
+        Some(0) => Err(HttpError::bad_request(
             "invalid_parameter",
             "limit must be at least 1",
         )),
-        Some(n) if n > MAX_PAGE => Err(ApiError::bad_request(
+        Some(n) if n > MAX_PAGE => Err(HttpError::bad_request(
             "invalid_parameter",
             format!("limit must be at most {MAX_PAGE}"),
         )),
@@ -216,7 +166,7 @@ pub(crate) async fn get_session(
     let id = session_id(&id)?;
     match read(&api, move |conn| query::get_session(conn, id)).await? {
         Some(session) => Ok(Json(session).into_response()),
-        None => Err(ApiError::unknown_session(id)),
+        None => Err(unknown_session(id)),
     }
 }
 
@@ -257,10 +207,10 @@ pub(crate) async fn create_session(
     Ok((StatusCode::CREATED, Json(session)).into_response())
 }
 
-fn clean_name(name: &str) -> Result<String, ApiError> {
+fn clean_name(name: &str) -> Result<String, HttpError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
+        return Err(HttpError::bad_request(
             "invalid_parameter",
             "name must be 1 to 200 printable characters",
         ));
@@ -296,7 +246,7 @@ async fn changed_session_response(api: &Arc<StoreApi>, id: i64, activation: bool
     })
     .await?;
     let Some(session) = session else {
-        return Err(ApiError::unknown_session(id));
+        return Err(unknown_session(id));
     };
     api.sink.notify(SessionChange::Updated(session.clone()));
     if activation {
@@ -343,7 +293,7 @@ pub(crate) async fn delete_session(
         })
         .await?;
     if deleted == 0 {
-        return Err(ApiError::unknown_session(id));
+        return Err(unknown_session(id));
     }
     api.proxy.context.sessions.forget(id);
     api.note_active(id, false);
@@ -363,7 +313,7 @@ pub(crate) async fn delete_sessions(
 ) -> ApiResult {
     let Json(body) = body.map_err(json_error)?;
     if body.ids.is_empty() {
-        return Err(ApiError::bad_request(
+        return Err(HttpError::bad_request(
             "invalid_parameter",
             "ids must name at least one session",
         ));
@@ -411,7 +361,7 @@ pub(crate) async fn session_requests(
     let status = match q.status.as_deref() {
         None => None,
         Some(text) => Some(StatusFilter::parse(text).ok_or_else(|| {
-            ApiError::bad_request(
+            HttpError::bad_request(
                 "invalid_parameter",
                 format!("status must be a status code, `ok` or `error`, not `{text}`"),
             )
@@ -440,7 +390,7 @@ pub(crate) async fn session_requests(
             "offset": offset,
         }))
         .into_response()),
-        None => Err(ApiError::unknown_session(id)),
+        None => Err(unknown_session(id)),
     }
 }
 
@@ -452,11 +402,11 @@ pub(crate) struct ExportQuery {
     until: Option<i64>,
 }
 
-fn export_format(text: Option<&str>) -> Result<Format, ApiError> {
+fn export_format(text: Option<&str>) -> Result<Format, HttpError> {
     match text {
         None => Ok(Format::Json),
         Some(text) => Format::parse(text).ok_or_else(|| {
-            ApiError::bad_request(
+            HttpError::bad_request(
                 "invalid_parameter",
                 format!("format must be `csv` or `json`, not `{text}`"),
             )
@@ -476,7 +426,7 @@ pub(crate) async fn export_session(
         .await?
         .is_none()
     {
-        return Err(ApiError::unknown_session(id));
+        return Err(unknown_session(id));
     }
     let filter = RequestFilter {
         session: Some(id),
@@ -589,7 +539,7 @@ pub(crate) async fn retention(
 ) -> ApiResult {
     let Json(body) = body.map_err(json_error)?;
     if body.days == 0 {
-        return Err(ApiError::bad_request(
+        return Err(HttpError::bad_request(
             "invalid_parameter",
             "days must be at least 1",
         ));

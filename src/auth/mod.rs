@@ -18,7 +18,7 @@ use rand::RngCore;
 use ring::hmac;
 
 use crate::config::{ADMIN_TOKEN_ENV, Config};
-use crate::proxy::error::ProxyError;
+use crate::http_error::HttpError;
 use origin::{Policy, Refusal};
 use session::Sessions;
 
@@ -180,7 +180,7 @@ pub async fn guard(State(auth): State<Arc<Auth>>, mut request: Request, next: Ne
                     refusal.message()
                 );
             }
-            return ProxyError::Forbidden(refusal.message()).into_response();
+            return HttpError::forbidden(refusal.message()).into_response();
         }
     };
     if let Some(origin) = &cors_origin
@@ -199,10 +199,9 @@ pub async fn guard(State(auth): State<Arc<Auth>>, mut request: Request, next: Ne
             if !auth.client_keys.is_empty() {
                 let Some(name) = auth.virtual_key(headers) else {
                     return with_cors(
-                        ProxyError::Unauthorized(
+                        HttpError::unauthorized(
                             "a virtual key is required: send `Authorization: Bearer <key>` with a key from \
-                             [[server.client_keys]]"
-                                .to_string(),
+                             [[server.client_keys]]",
                         )
                         .into_response(),
                         cors_origin,
@@ -257,9 +256,8 @@ fn unauthenticated(request: &Request) -> Response {
             .unwrap_or("/");
         return login::redirect_to_login(target);
     }
-    let mut response = ProxyError::Unauthorized(
-        "the admin token is required: send `Authorization: Bearer <token>` or log in at /login"
-            .to_string(),
+    let mut response = HttpError::unauthorized(
+        "the admin token is required: send `Authorization: Bearer <token>` or log in at /login",
     )
     .into_response();
     response.headers_mut().insert(
