@@ -186,8 +186,17 @@ fn requests(args: cli::RequestsArgs) -> anyhow::Result<()> {
 
 async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.config.as_deref(), &ProcessEnv)?;
-    for (provider, var) in config.missing_variables() {
-        tracing::warn!(provider = %provider, variable = %var, "environment variable is not set; requests to this provider get 503 unless the client sends its own key");
+    let missing = config.missing_variables();
+    if !missing.is_empty() {
+        // One line for all of them: a fresh install has most providers without a key, and that is fine.
+        let list: Vec<String> = missing
+            .iter()
+            .map(|(provider, var)| format!("{provider} ({var})"))
+            .collect();
+        tracing::info!(
+            "providers without a key, answering 503 unless the client sends its own: {}",
+            list.join(", ")
+        );
     }
     let data_dir = args.data_dir.unwrap_or_else(cli::default_data_dir);
     std::fs::create_dir_all(&data_dir)

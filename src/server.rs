@@ -92,33 +92,21 @@ pub async fn serve(
 
 /// Loads the sessions' context settings and the active session into the proxy's memory.
 async fn load_context_settings(sink: &Arc<StoreSink>, state: &Arc<ProxyState>) {
-    type Row = (i64, Option<String>, Option<String>, bool);
-    let rows = sink
-        .execute(|writer| {
-            let conn = writer.store()?.connection();
-            let mut stmt = conn.prepare(
-                "SELECT id, client_key, context_settings, active FROM sessions WHERE context_settings IS NOT NULL OR active = 1",
-            )?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                .collect::<Result<Vec<Row>, _>>()?;
-            Ok(rows)
-        })
-        .await;
-    match rows {
+    match sink.sessions_with_settings().await {
         Ok(rows) => {
             let sessions = &state.context.sessions;
-            for (id, client_key, settings, active) in rows {
-                if active {
-                    sessions.set_active(Some(id));
+            for row in rows {
+                if row.active {
+                    sessions.set_active(Some(row.id));
                 }
-                if let Some(toggles) = settings
+                if let Some(toggles) = row
+                    .settings
                     .as_deref()
                     .and_then(|s| serde_json::from_str::<crate::config::context::Toggles>(s).ok())
                 {
                     sessions.set(
-                        id,
-                        client_key.as_deref(),
+                        row.id,
+                        row.client_key.as_deref(),
                         crate::context::sessions::SessionContext {
                             toggles,
                             compact_next: false,

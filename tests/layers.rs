@@ -165,3 +165,29 @@ fn the_leaves_stay_leaves() {
         "tokens uses {tokens:?}"
     );
 }
+
+/// SQL lives in `src/store`, behind named functions: no other module writes a statement.
+#[test]
+fn sql_only_inside_the_store() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let statements = [
+        "\"SELECT ",
+        "\"INSERT ",
+        "\"UPDATE ",
+        "\"DELETE FROM",
+        "\"CREATE TABLE",
+        "\"PRAGMA ",
+    ];
+    let outside: Vec<String> = files
+        .iter()
+        .filter(|f| !f.starts_with(src.join("store")))
+        .filter(|f| {
+            let text = std::fs::read_to_string(f).unwrap().to_uppercase();
+            statements.iter().any(|s| text.contains(&s.to_uppercase()))
+        })
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(outside.is_empty(), "SQL outside src/store: {outside:?}");
+}

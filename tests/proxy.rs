@@ -838,3 +838,19 @@ async fn a_dropped_reasoning_is_put_back_for_a_model_that_needs_it() {
         .collect();
     assert_eq!(fixes, vec![0, 1, 1], "{recent:?}");
 }
+
+/// A fresh install has most providers without a key: start-up says so in one line, not one per provider.
+#[tokio::test]
+async fn start_up_names_the_providers_without_keys_in_one_line() {
+    let proxy = Proxy::start(
+        "[server]\nshutdown_grace_ms = 100\n",
+        &[("MOONSHOT_API_KEY", "sk-x")],
+    )
+    .await;
+    let log = proxy.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("_API_KEY")).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("providers without a key"), "{log}");
+    assert!(lines[0].contains("nvidia (NVIDIA_API_KEY)"), "{log}");
+    assert!(!lines[0].contains("MOONSHOT_API_KEY"), "{log}");
+}

@@ -108,10 +108,7 @@ pub(crate) async fn ack(
         return not_found(id);
     };
     let now = unix_ms();
-    let acked = link
-        .sink
-        .execute(move |state| state.store()?.ack_alert(id, now))
-        .await;
+    let acked = link.sink.ack_alert(id, now).await;
     match acked {
         Ok(true) => {}
         Ok(false) => return not_found(id),

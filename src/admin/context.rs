@@ -7,7 +7,6 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
-use rusqlite::OptionalExtension;
 use serde_json::json;
 
 use super::sessions::{ApiResult, StoreApi, json_error, read, session_id};
@@ -98,24 +97,7 @@ pub async fn put_settings(
         .then(|| serde_json::to_string(&toggles))
         .transpose()
         .map_err(|e| HttpError::from(StoreError::Other(e.to_string())))?;
-    let (client_key, active) = api
-        .sink
-        .execute(move |state| {
-            let conn = state.store()?.connection();
-            let changed = conn.execute(
-                "UPDATE sessions SET context_settings = ?2 WHERE id = ?1",
-                rusqlite::params![id, stored],
-            )?;
-            if changed == 0 {
-                return Err(StoreError::UnknownSession(id));
-            }
-            Ok(conn.query_row(
-                "SELECT client_key, active FROM sessions WHERE id = ?1",
-                [id],
-                |row| Ok((row.get::<_, Option<String>>(0)?, row.get::<_, bool>(1)?)),
-            )?)
-        })
-        .await?;
+    let (client_key, active) = api.sink.set_context_settings(id, stored).await?;
     let sessions = &api.proxy.context.sessions;
     let mut context = sessions.get(id);
     context.toggles = toggles;
@@ -160,13 +142,7 @@ pub async fn compact_preview(
         if query::get_session(conn, id)?.is_none() {
             return Ok(None);
         }
-        let record: Option<i64> = conn
-            .prepare_cached(
-                "SELECT record_id FROM requests WHERE session_id = ?1 ORDER BY started_at DESC, id DESC LIMIT 1",
-            )?
-            .query_row([id], |row| row.get(0))
-            .optional()?;
-        Ok(Some(record))
+        Ok(Some(query::latest_record_id(conn, id)?))
     })
     .await?;
     let Some(latest) = latest else {

@@ -187,13 +187,7 @@ pub(crate) async fn create_session(
     let name = clean_name(&body.name)?;
     let model = body.model.filter(|m| !m.trim().is_empty());
     let activate = body.activate.unwrap_or(true);
-    let id = api
-        .sink
-        .execute(move |state| {
-            let (store, resolver) = state.parts()?;
-            store.create_session(resolver, &name, model.as_deref(), activate)
-        })
-        .await?;
+    let id = api.sink.create_session(name, model, activate).await?;
     if activate {
         api.note_active(id, true);
     }
@@ -232,9 +226,7 @@ pub(crate) async fn rename_session(
     let id = session_id(&id)?;
     let Json(body) = body.map_err(json_error)?;
     let name = clean_name(&body.name)?;
-    api.sink
-        .execute(move |state| state.store()?.rename_session(id, &name))
-        .await?;
+    api.sink.rename_session(id, name).await?;
     changed_session_response(&api, id, false).await
 }
 
@@ -261,9 +253,7 @@ pub(crate) async fn activate(
     Path(id): Path<String>,
 ) -> ApiResult {
     let id = session_id(&id)?;
-    api.sink
-        .execute(move |state| state.store()?.set_active(id, true))
-        .await?;
+    api.sink.set_active(id, true).await?;
     api.note_active(id, true);
     changed_session_response(&api, id, true).await
 }
@@ -273,9 +263,7 @@ pub(crate) async fn deactivate(
     Path(id): Path<String>,
 ) -> ApiResult {
     let id = session_id(&id)?;
-    api.sink
-        .execute(move |state| state.store()?.set_active(id, false))
-        .await?;
+    api.sink.set_active(id, false).await?;
     api.note_active(id, false);
     changed_session_response(&api, id, true).await
 }
@@ -285,13 +273,7 @@ pub(crate) async fn delete_session(
     Path(id): Path<String>,
 ) -> ApiResult {
     let id = session_id(&id)?;
-    let deleted = api
-        .sink
-        .execute(move |state| {
-            let (store, resolver) = state.parts()?;
-            store.delete_sessions(Some(resolver), &[id])
-        })
-        .await?;
+    let deleted = api.sink.delete_sessions(vec![id]).await?;
     if deleted == 0 {
         return Err(unknown_session(id));
     }
@@ -325,13 +307,7 @@ pub(crate) async fn delete_sessions(
     }
     let count = ids.len();
     let gone = ids.clone();
-    let deleted = api
-        .sink
-        .execute(move |state| {
-            let (store, resolver) = state.parts()?;
-            store.delete_sessions(Some(resolver), &ids)
-        })
-        .await?;
+    let deleted = api.sink.delete_sessions(ids).await?;
     if deleted > 0 {
         api.sink.notify(SessionChange::Deleted(gone));
     }
@@ -546,12 +522,6 @@ pub(crate) async fn retention(
     }
     let vacuum = body.vacuum.unwrap_or(true);
     let days = body.days;
-    let outcome = api
-        .sink
-        .execute(move |state| {
-            let (store, resolver) = state.parts()?;
-            store.apply_retention(Some(resolver), days, vacuum)
-        })
-        .await?;
+    let outcome = api.sink.apply_retention(days, vacuum).await?;
     Ok(Json(outcome).into_response())
 }

@@ -345,10 +345,7 @@ impl AlertEngine {
             feed: Arc::clone(&self.feed),
             dropped: Arc::clone(&self.counters.context_reports_dropped),
         });
-        let restored = sink.execute_blocking(move |state| {
-            state.resolver.set_listener(listener);
-            state.store()?.restore_alerts(now)
-        })?;
+        let restored = sink.restore_alerts(now, listener)?;
         if restored.closed > 0 {
             tracing::info!(
                 alerts = restored.closed,
@@ -513,37 +510,15 @@ impl AlertEngine {
         let mut pending = self.pending.lock();
         while let Some(op) = pending.pop_front() {
             let write = match &op {
-                StoreOp::Insert(alert) => {
-                    let alert = alert.clone();
-                    link.sink.try_execute(move |state| {
-                        if let Err(error) = state.store().and_then(|s| s.insert_alert(&alert)) {
-                            tracing::warn!(%error, id = alert.id, "cannot store an alert");
-                        }
-                    })
-                }
+                StoreOp::Insert(alert) => link.sink.queue_alert_insert(alert.clone()),
                 StoreOp::Resolve {
                     id,
                     at_ms,
                     resolution,
-                } => {
-                    let (id, at_ms, resolution) = (*id, *at_ms, resolution.clone());
-                    link.sink.try_execute(move |state| {
-                        if let Err(error) = state
-                            .store()
-                            .and_then(|s| s.resolve_alert(id, at_ms, &resolution))
-                        {
-                            tracing::warn!(%error, id, "cannot store an alert's resolution");
-                        }
-                    })
-                }
-                StoreOp::Ack { id, at_ms } => {
-                    let (id, at_ms) = (*id, *at_ms);
-                    link.sink.try_execute(move |state| {
-                        if let Err(error) = state.store().and_then(|s| s.ack_alert(id, at_ms)) {
-                            tracing::warn!(%error, id, "cannot store an alert's acknowledgement");
-                        }
-                    })
-                }
+                } => link
+                    .sink
+                    .queue_alert_resolution(*id, *at_ms, resolution.clone()),
+                StoreOp::Ack { id, at_ms } => link.sink.queue_alert_ack(*id, *at_ms),
             };
             if !write {
                 pending.push_front(op);

@@ -325,32 +325,20 @@ fn read_store(
         INIT_SESSIONS,
         0,
     )?;
-    let today = conn.query_row(
-        "SELECT count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
-                coalesce(sum(cached_reported), 0), coalesce(sum(cost_usd), 0.0)
-         FROM requests WHERE started_at >= ?1",
-        [since],
-        |row| {
-            Ok(protocol::Today {
-                since_ms: since,
-                requests: row.get(0)?,
-                prompt_tokens: row.get(1)?,
-                completion_tokens: row.get(2)?,
-                cached_tokens: row.get(3)?,
-                cost_usd: row.get(4)?,
-            })
-        },
-    )?;
-    let saved = conn.query_row(
-        "SELECT coalesce(sum(tokens_saved), 0), coalesce(sum(cost_saved_usd), 0.0) FROM sessions",
-        [],
-        |row| {
-            Ok(protocol::Saved {
-                tokens_saved: row.get::<_, i64>(0)?.max(0) as u64,
-                cost_saved_usd: row.get(1)?,
-            })
-        },
-    )?;
+    let totals = query::totals_since(conn, since)?;
+    let today = protocol::Today {
+        since_ms: since,
+        requests: totals.requests,
+        prompt_tokens: totals.prompt_tokens,
+        completion_tokens: totals.completion_tokens,
+        cached_tokens: totals.cached_tokens,
+        cost_usd: totals.cost_usd,
+    };
+    let (tokens_saved, cost_saved_usd) = query::saved_totals(conn)?;
+    let saved = protocol::Saved {
+        tokens_saved,
+        cost_saved_usd,
+    };
     let session_requests = match selected {
         Some(id) => query::list_requests(
             conn,

@@ -7,6 +7,8 @@
 
 pub mod alerts;
 pub mod cli;
+mod commands;
+pub use commands::SessionSettings;
 pub mod export;
 pub mod masks;
 pub mod query;

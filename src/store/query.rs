@@ -347,3 +347,53 @@ pub fn explain(conn: &Connection, sql: &str) -> Result<Vec<String>, StoreError> 
     let rows = stmt.query_map(params_from_iter(nulls), |row| row.get::<_, String>(3))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
+
+/// Requests since a time and what they used.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Totals {
+    pub requests: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cached_tokens: i64,
+    pub cost_usd: f64,
+}
+
+/// The requests that started at or after `since_ms`, summed.
+pub fn totals_since(conn: &Connection, since_ms: i64) -> Result<Totals, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
+                    coalesce(sum(cached_reported), 0), coalesce(sum(cost_usd), 0.0)
+             FROM requests WHERE started_at >= ?1",
+        )?
+        .query_row([since_ms], |row| {
+            Ok(Totals {
+                requests: row.get(0)?,
+                prompt_tokens: row.get(1)?,
+                completion_tokens: row.get(2)?,
+                cached_tokens: row.get(3)?,
+                cost_usd: row.get(4)?,
+            })
+        })?)
+}
+
+/// Prompt tokens the context transforms saved over every stored session, and their price.
+pub fn saved_totals(conn: &Connection) -> Result<(u64, f64), StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT coalesce(sum(tokens_saved), 0), coalesce(sum(cost_saved_usd), 0.0) FROM sessions",
+        )?
+        .query_row([], |row| {
+            Ok((row.get::<_, i64>(0)?.max(0) as u64, row.get(1)?))
+        })?)
+}
+
+/// The record id of a session's latest request, if it has any.
+pub fn latest_record_id(conn: &Connection, session_id: i64) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT record_id FROM requests WHERE session_id = ?1 ORDER BY started_at DESC, id DESC LIMIT 1",
+        )?
+        .query_row([session_id], |row| row.get(0))
+        .optional()?)
+}

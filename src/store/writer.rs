@@ -312,7 +312,7 @@ impl StoreSink {
     }
 
     /// Runs `f` on the writer thread, after every record queued before it (blocking: not on an async worker).
-    pub fn execute_blocking<T: Send + 'static>(
+    pub(super) fn execute_blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut WriterState) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -331,7 +331,7 @@ impl StoreSink {
 
     /// Queues `f` for the writer thread without waiting, for callers that must never block. False when the
     /// queue is full or the store is closed: the caller keeps or counts what was not queued.
-    pub fn try_execute(&self, f: impl FnOnce(&mut WriterState) + Send + 'static) -> bool {
+    pub(super) fn try_execute(&self, f: impl FnOnce(&mut WriterState) + Send + 'static) -> bool {
         if self.closed.load(Ordering::Acquire) {
             return false;
         }
@@ -369,7 +369,7 @@ impl StoreSink {
     }
 
     /// [`StoreSink::execute_blocking`] from async code.
-    pub async fn execute<T: Send + 'static>(
+    pub(super) async fn execute<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&mut WriterState) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
