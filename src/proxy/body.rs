@@ -3,6 +3,7 @@
 //! than the idle timeout is cut.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::accounting::tracker::{Outcome, Tracker};
+use crate::limits::Connection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -33,10 +35,18 @@ pub struct ForwardBody {
     /// The rewritten frame changed the length, so the upstream's size hint no longer holds.
     rewritten: bool,
     done: bool,
+    /// The client's connection: tells a client that stopped reading from one that left.
+    connection: Option<Arc<Connection>>,
 }
 
 impl ForwardBody {
-    pub fn new(inner: Incoming, idle: Duration, provider: String, tracker: Tracker) -> Self {
+    pub fn new(inner: Incoming, idle: Duration, provider: String, mut tracker: Tracker) -> Self {
+        // An empty answer (a redirect, a 204, `Content-Length: 0`) is never polled: hyper writes its headers and
+        // drops it. It is complete now, not a client that left.
+        let done = inner.is_end_stream();
+        if done {
+            tracker.finish(Outcome::Complete);
+        }
         Self {
             inner,
             idle,
@@ -44,7 +54,30 @@ impl ForwardBody {
             provider,
             tracker,
             rewritten: false,
-            done: false,
+            done,
+            connection: None,
+        }
+    }
+
+    /// The client connection the answer goes to (a request extension set by the server), if known.
+    pub fn on_connection(mut self, connection: Option<Arc<Connection>>) -> Self {
+        self.connection = connection;
+        self
+    }
+}
+
+impl Drop for ForwardBody {
+    fn drop(&mut self) {
+        // Dropped unfinished: the client left, or stopped reading and was cut (the tracker's own drop records
+        // the first).
+        if !self.done
+            && self
+                .connection
+                .as_ref()
+                .is_some_and(|connection| connection.write_timed_out())
+        {
+            tracing::info!(provider = %self.provider, "client stopped reading the answer: cut, upstream cancelled");
+            self.tracker.finish(Outcome::ClientTooSlow);
         }
     }
 }

@@ -562,6 +562,12 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
         provider.timeouts.idle,
         provider.key.clone(),
         tracker,
+    )
+    .on_connection(
+        parts
+            .extensions
+            .get::<Arc<crate::limits::Connection>>()
+            .cloned(),
     );
     Ok(Response::from_parts(response_parts, Body::new(body)))
 }
@@ -867,6 +873,9 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ProxyError> {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
             Err(ProxyError::BodyTooLarge { limit })
+        }
+        Err(error) if crate::limits::is_body_timeout(error.as_ref()) => {
+            Err(ProxyError::BodyTimeout)
         }
         Err(error) => Err(ProxyError::BodyRead(error.to_string())),
     }
