@@ -412,6 +412,11 @@ pub struct CacheConfig {
     pub ttl: Duration,
     /// Only requests with `temperature: 0` are cached.
     pub deterministic_only: bool,
+    /// `scope = "shared"`: every virtual key shares the answers. Otherwise (`"client"`, the default) the key
+    /// includes the virtual key: a client only ever gets answers to its own requests.
+    pub shared: bool,
+    /// Clients may turn caching on for a request (`x-kimi-proxy-cache: on`); turning it off is always allowed.
+    pub client_opt_in: bool,
 }
 
 /// Where `${VAR}` values come from; injectable so tests never touch the process environment.

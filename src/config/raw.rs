@@ -208,6 +208,8 @@ pub struct RawCache {
     pub max_bytes: Option<u64>,
     pub ttl_secs: Option<u64>,
     pub deterministic_only: Option<bool>,
+    pub scope: Option<String>,
+    pub client_opt_in: Option<bool>,
 }
 
 /// `[alerts]`: rules, evaluation interval, webhook. Percentages are written as percents (80 = 80 %).
@@ -627,6 +629,8 @@ impl RawConfig {
                     self.cache.deterministic_only,
                     over.cache.deterministic_only,
                 ),
+                scope: merge_opt(self.cache.scope, over.cache.scope),
+                client_opt_in: merge_opt(self.cache.client_opt_in, over.cache.client_opt_in),
             },
             server: RawServer {
                 listen: merge_opt(self.server.listen, over.server.listen),
@@ -797,6 +801,17 @@ impl RawConfig {
             max_bytes: self.cache.max_bytes.unwrap_or(DEFAULT_CACHE_BYTES),
             ttl: Duration::from_secs(self.cache.ttl_secs.unwrap_or(DEFAULT_CACHE_TTL_SECS)),
             deterministic_only: self.cache.deterministic_only.unwrap_or(true),
+            shared: match self.cache.scope.as_deref() {
+                None | Some("client") => false,
+                Some("shared") => true,
+                Some(other) => {
+                    errors.push(format!(
+                        "cache.scope: `{other}` is not `client` (each virtual key has its own answers) or `shared`"
+                    ));
+                    false
+                }
+            },
+            client_opt_in: self.cache.client_opt_in.unwrap_or(true),
         };
         if cache.ttl.is_zero() {
             errors.push("cache.ttl_secs must be greater than 0".to_string());

@@ -365,16 +365,16 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
     let streaming = view.streaming;
 
     // Pass-through answers are never cached: the cache key does not include the target or the client's key.
+    let virtual_key = parts.extensions.get::<crate::auth::VirtualKey>();
     let cache_wanted = !is_passthrough
-        && match parts
-            .headers
-            .get(CACHE_HEADER)
-            .and_then(|v| v.to_str().ok())
-        {
-            Some("on" | "1" | "true") => true,
-            Some("off" | "0" | "false") => false,
-            _ => model.cache.unwrap_or(state.config.cache.enabled),
-        };
+        && cache::wanted(
+            parts
+                .headers
+                .get(CACHE_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            model.cache.unwrap_or(state.config.cache.enabled),
+            state.config.cache.client_opt_in,
+        );
     let cache_key = cache_wanted
         .then(|| {
             cache::cache_key(
@@ -383,7 +383,8 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
                 state.config.cache.deterministic_only,
             )
         })
-        .flatten();
+        .flatten()
+        .map(|key| cache::scoped_key(key, virtual_key.map(|k| &*k.0), state.config.cache.shared));
 
     let tokenizer = state.accounting.tokenizer_for(&model);
     let prompt_job = state
@@ -411,10 +412,7 @@ async fn forward_chat(state: &ProxyState, request: Request) -> Result<Response, 
         client_session,
         cache_store: None,
         cache_hit: false,
-        virtual_key: parts
-            .extensions
-            .get::<crate::auth::VirtualKey>()
-            .map(|k| k.0.to_string()),
+        virtual_key: virtual_key.map(|k| k.0.to_string()),
         context: context_outcome,
     };
     if let Some((body, layout)) = keep_for_preview {
