@@ -221,3 +221,39 @@ async fn with_virtual_keys_the_target_key_comes_from_its_own_header() {
         .unwrap();
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// The numeric forms of an IPv4 address a resolver also accepts are refused as that address (403), not looked up.
+#[tokio::test]
+async fn numeric_host_forms_are_refused_like_the_address() {
+    let mock = MockUpstream::start().await.unwrap();
+    let port = mock.addr().port();
+    let forms = ["127.1", "0x7f000001", "2130706433", "017700000001"];
+    let allowed: Vec<String> = forms
+        .iter()
+        .map(|form| format!("\"https://{form}:*/*\""))
+        .collect();
+    let config = with_passthrough(&mock, &format!("allowed = [{}]", allowed.join(", ")), "");
+    let proxy = Proxy::start(&config, &[("MOCK_KEY", "k")]).await;
+    for form in forms {
+        let target = format!("https://{form}:{port}/v1");
+        let (status, code, message) = error_of(send(&proxy, &target, false).await).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::FORBIDDEN, "target_address_forbidden"),
+            "{target}: {message}"
+        );
+        assert!(message.contains("loopback"), "{target}: {message}");
+    }
+    assert!(mock.requests().is_empty());
+}
+
+#[test]
+fn allow_all_patterns_are_refused_in_the_config() {
+    for pattern in ["https://**/*", "https://*/*"] {
+        let text = format!("[passthrough]\nallowed = [\"{pattern}\"]\n");
+        let no_env = |_: &str| None::<String>;
+        let error = kimi_proxy::config::Config::from_sources(Some(("test", &text)), &no_env).err();
+        assert!(error.is_some(), "{pattern} was accepted");
+    }
+}
+
