@@ -720,3 +720,68 @@ async fn the_response_cache_never_crosses_virtual_keys() {
     assert_eq!(hit, None, "a client turned the cache on against the config");
 }
 
+/// Refusals (401, 403) and every proxy-route answer tell browsers not to sniff them.
+#[tokio::test]
+async fn refusals_and_proxy_answers_carry_nosniff() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = Proxy::start(
+        &virtual_keys_config(&mock),
+        &[
+            ("MOCK_KEY", "mock-provider-key"),
+            ("CI_KEY", CI_KEY),
+            ("ALICE_KEY", ALICE_KEY),
+            ("KIMI_PROXY_ADMIN_TOKEN", TOKEN),
+        ],
+    )
+    .await;
+    let http = client();
+    let unauthorized = http.get(proxy.url("/v1/models")).send().await.unwrap();
+    let forbidden = http
+        .post(proxy.url("/v1/chat/completions"))
+        .header("origin", "https://evil.example")
+        .bearer_auth(CI_KEY)
+        .json(&chat_body("mock/model", false))
+        .send()
+        .await
+        .unwrap();
+    let admin_unauthorized = http.get(proxy.url("/api/stats")).send().await.unwrap();
+    let models = http
+        .get(proxy.url("/v1/models"))
+        .bearer_auth(CI_KEY)
+        .send()
+        .await
+        .unwrap();
+    let chat = http
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&chat_body("mock/model", false))
+        .send()
+        .await
+        .unwrap();
+    let unknown = http
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&chat_body("no/such-model", false))
+        .send()
+        .await
+        .unwrap();
+    for (what, response, status) in [
+        ("401 on a proxy route", unauthorized, 401),
+        ("403 for a foreign origin", forbidden, 403),
+        ("401 on an admin route", admin_unauthorized, 401),
+        ("the model list", models, 200),
+        ("a chat answer", chat, 200),
+        ("a proxy error", unknown, 404),
+    ] {
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        assert_eq!(
+            response
+                .headers()
+                .get("x-content-type-options")
+                .map(|v| v.to_str().unwrap()),
+            Some("nosniff"),
+            "{what}: {:?}",
+            response.headers()
+        );
+    }
+}

@@ -516,3 +516,37 @@ async fn a_client_that_stops_reading_is_cut_and_the_record_says_why() {
     drop(stream);
 }
 
+/// A second `messages` key would go upstream with the first one counted, previewed and routed: refused like a
+/// second `model`.
+#[tokio::test]
+async fn a_duplicate_messages_key_is_refused() {
+    let (mock, proxy) = setup("").await;
+    for body in [
+        r#"{"model":"mock/model","messages":[{"role":"user","content":"seen"}],"messages":[{"role":"user","content":"hidden"}]}"#,
+        r#"{"model":"mock/model","messages":[],"\u006dessages":[{"role":"user","content":"hidden"}]}"#,
+    ] {
+        let response = client()
+            .post(proxy.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let json: Value = response.json().await.unwrap();
+        assert_eq!(json["error"]["code"], "invalid_request", "{json}");
+        assert!(
+            json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("messages"),
+            "{json}"
+        );
+    }
+    assert_eq!(
+        mock.stats()
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}

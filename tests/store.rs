@@ -1275,3 +1275,34 @@ async fn csv_exports_neutralise_formulas() {
     }
 }
 
+#[tokio::test]
+async fn a_sessions_model_is_bounded() {
+    let (_mock, proxy) = setup("").await;
+    let huge = "m".repeat(100 * 1024);
+    let (status, body) = send(
+        &proxy,
+        "POST",
+        "/api/sessions",
+        Some(json!({"name": "big", "model": huge})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_parameter", "{body}");
+    let (status, _) = send(
+        &proxy,
+        "POST",
+        "/api/sessions",
+        Some(json!({"name": "ctl", "model": "a\u{7}b"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, created) = send(
+        &proxy,
+        "POST",
+        "/api/sessions",
+        Some(json!({"name": "fine", "model": " moonshot/kimi-k2.5 "})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["model"], "moonshot/kimi-k2.5", "{created}");
+}

@@ -177,6 +177,11 @@ impl IntoResponse for ProxyError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.code()));
+        // JSON is JSON: no browser may sniff an error into something it renders.
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
         if let ProxyError::RateLimited { retry_after, .. } = &self {
             let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
