@@ -28,7 +28,7 @@ fn router(guarded: Option<&Config>) -> Router {
     let router = Router::new().route("/v1/chat/completions", post(|| async { "ok" }));
     match guarded {
         Some(config) => router.layer(axum::middleware::from_fn_with_state(
-            Arc::new(Auth::new(config)),
+            Arc::new(Auth::new(config, kimi_proxy::routes::proxy_paths())),
             auth::guard,
         )),
         None => router,

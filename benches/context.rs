@@ -11,7 +11,7 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use kimi_proxy::config::Config;
-use kimi_proxy::context::config::Enabled;
+use kimi_proxy::config::context::Enabled;
 use kimi_proxy::context::conversation::Counter;
 use kimi_proxy::context::{ContextEngine, PlanRequest, Resolved};
 use kimi_proxy::proxy::request::{RequestLayout, inspect};

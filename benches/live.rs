@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use futures_util::future::join_all;
 use kimi_proxy::accounting::RecordSink;
 use kimi_proxy::config::Config;
-use kimi_proxy::live::{self, Hub};
+use kimi_proxy::live::Hub;
 use kimi_proxy::proxy::ProxyState;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -56,7 +56,7 @@ fn fan_out(c: &mut Criterion) {
         let hub = Hub::start(state(), None);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let router = live::router(Arc::clone(&hub));
+        let router = kimi_proxy::routes::dashboards(Arc::clone(&hub));
         tokio::spawn(async move { axum::serve(listener, router).await });
         (hub, addr)
     });

@@ -1,20 +1,25 @@
 //! kimi-proxy: a transparent, fast proxy for OpenAI-compatible LLM providers that counts every token.
 //!
-//! Modules follow the data flow: `config` → `proxy` (route, forward) → `accounting` (records) → `store` (SQLite,
-//! sessions) → `server` (sockets, shutdown); `dashboard` is the embedded web page; `cli` describes the command line.
+//! Modules follow the data flow: `routes` (every route) → `proxy` (the request pipeline: route, shape, send,
+//! respond) → `accounting` (records) → `store` (SQLite, sessions) → `live` (dashboards); `admin` holds the admin
+//! surface's handlers, `server` the sockets and shutdown, `config` the configuration, `tokens` the tokenizers,
+//! `dashboard` the embedded web page, `cli` the command line.
 
 pub mod accounting;
+pub mod admin;
 pub mod alerts;
-pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod context;
 pub mod dashboard;
+pub mod http_error;
 pub mod limits;
 pub mod live;
 pub mod monitor;
 pub mod proxy;
+pub mod routes;
 pub mod server;
 pub mod store;
 pub mod tokens;
+pub mod util;

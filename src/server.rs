@@ -1,4 +1,5 @@
-//! The listening socket, the router that assembles every route, and graceful shutdown.
+//! The listening socket, the start of every part (store, alerts, live hub), and graceful shutdown. The routes
+//! are in `crate::routes`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,14 +16,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::auth::{self, Auth};
+use crate::admin::StoreApi;
 use crate::config::Config;
 use crate::limits::{
     BodyDeadlineHit, Connection, ConnectionLimits, CountedBody, DeadlineBody, IpShares, WatchedIo,
 };
 use crate::live::Hub;
 use crate::proxy::{self, ProxyState};
-use crate::store::api::StoreApi;
 use crate::store::masks::{MaskKey, StoreMasks};
 use crate::store::{StoreError, StoreSink, WriterOptions};
 
@@ -41,53 +41,6 @@ pub enum ServerError {
 
 /// How long a shutdown waits for the records of the last requests.
 const RECORDS_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// Every route of the product (without the store's).
-pub fn app(state: Arc<ProxyState>) -> Router {
-    app_with_store(state, None)
-}
-
-/// Every route of the product, the store's included when it runs (no live hub: see [`app_with_hub`]).
-pub fn app_with_store(state: Arc<ProxyState>, store: Option<Arc<StoreApi>>) -> Router {
-    app_with_hub(state, store, None)
-}
-
-/// Every route of the product: the proxy, the admin surface (APIs, the dashboard's WebSocket when a hub runs),
-/// all behind the auth guard.
-pub fn app_with_hub(
-    state: Arc<ProxyState>,
-    store: Option<Arc<StoreApi>>,
-    hub: Option<Arc<Hub>>,
-) -> Router {
-    let auth = Arc::new(Auth::new(&state.config));
-    let mut app = proxy::router(Arc::clone(&state)).merge(admin_router(state, store, hub));
-    if auth.admin_token_set() {
-        app = app.merge(auth::login_router(Arc::clone(&auth)));
-    }
-    app.fallback(proxy::not_found)
-        .method_not_allowed_fallback(proxy::method_not_allowed)
-        // Outermost, so it sees every request, the fallbacks included: Host/Origin/CORS rules everywhere,
-        // virtual keys on the proxy paths, the admin token on every other path.
-        .layer(axum::middleware::from_fn_with_state(auth, auth::guard))
-}
-
-/// The admin surface: every route that is not a proxy route (the dashboard and its assets, `/api/*`, `/ws`,
-/// `/metrics`). Add new non-proxy routes here. The guard protects them by path whatever router they are in
-/// (only `proxy::PROXY_PATHS` and `/login` are exempt), so a route merged elsewhere is protected too.
-fn admin_router(
-    state: Arc<ProxyState>,
-    store: Option<Arc<StoreApi>>,
-    hub: Option<Arc<Hub>>,
-) -> Router {
-    let mut admin = crate::api::router(state).merge(crate::dashboard::router());
-    if let Some(store) = store {
-        admin = admin.merge(crate::store::api::router(store));
-    }
-    if let Some(hub) = hub {
-        admin = admin.merge(crate::live::router(hub));
-    }
-    admin
-}
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
@@ -108,7 +61,7 @@ pub async fn serve(
         .context
         .encryption_key
         .as_ref()
-        .and_then(|key| crate::context::config::parse_key(key.expose()))
+        .and_then(|key| crate::config::context::parse_key(key.expose()))
         .and_then(|key| MaskKey::new(&key));
     if let Some(sink) = &sink {
         state.context.masks.set_sink(Arc::new(StoreMasks {
@@ -164,7 +117,7 @@ async fn load_context_settings(sink: &Arc<StoreSink>, state: &Arc<ProxyState>) {
                 }
                 if let Some(toggles) = settings
                     .as_deref()
-                    .and_then(|s| serde_json::from_str::<crate::context::config::Toggles>(s).ok())
+                    .and_then(|s| serde_json::from_str::<crate::config::context::Toggles>(s).ok())
                 {
                     sessions.set(
                         id,
@@ -238,7 +191,7 @@ async fn run(
 ) -> Result<(), ServerError> {
     let grace = config.server.shutdown_grace;
     let hub = Hub::start(Arc::clone(&state), store.clone());
-    let app = app_with_hub(state, store, Some(Arc::clone(&hub)));
+    let app = crate::routes::app(state, store, Some(Arc::clone(&hub)));
     let builder = Arc::new(connection_builder(&config.server));
     // One permit per open client connection: bounds what idle or slow clients can hold, and tells shutdown
     // when every connection has finished.

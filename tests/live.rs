@@ -541,3 +541,78 @@ async fn resync_bursts_are_coalesced() {
         "{inits} snapshots for a burst of 40 resyncs"
     );
 }
+
+/// A client that speaks an API the proxy does not serve, or names a model it does not know, is answered with
+/// an error — and that refusal is counted, exported and shown, never silent.
+#[tokio::test]
+async fn refused_requests_are_counted_and_shown_with_their_client() {
+    let (_mock, proxy) = start().await;
+    let (mut dash, _) = Dashboard::connect(&proxy, "").await;
+
+    let unknown_route = client()
+        .post(proxy.url("/v1/messages?beta=true"))
+        .header("user-agent", "claude-cli/2.1.197 (external, sdk-cli)")
+        .json(&json!({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown_route.status(), 404);
+    let (refused, _) = dash.until("request.refused", |_| true).await;
+    let data = &refused["data"];
+    assert_eq!(data["path"], "/v1/messages");
+    assert_eq!(data["status"], 404);
+    assert_eq!(data["code"], "not_found");
+    assert_eq!(data["client_app"], "Claude Code 2.1.197");
+
+    let unknown_model = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("user-agent", "OpenAI/Python 1.57.0")
+        .json(&chat_body("no-such-model", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown_model.status(), 404);
+    let (refused, _) = dash.until("request.refused", |_| true).await;
+    assert_eq!(refused["data"]["code"], "model_not_found");
+    assert_eq!(refused["data"]["client_app"], "OpenAI Python SDK 1.57.0");
+
+    // The dashboard's own page and assets are not API calls: their 404s are not refusals.
+    let asset = client()
+        .get(proxy.url("/no-such-asset.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asset.status(), 404);
+
+    let stats: Value = get_json(&proxy, "/api/stats").await;
+    assert_eq!(stats["errors_total"]["not_found"], 1, "{stats}");
+    assert_eq!(stats["errors_total"]["model_not_found"], 1, "{stats}");
+    let metrics = client()
+        .get(proxy.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("kimi_proxy_request_errors_total{kind=\"model_not_found\"} 1"),
+        "{metrics}"
+    );
+    assert!(proxy.log().contains("refused"), "{}", proxy.log());
+
+    // A request that is served names its client in the record and in the session it opens.
+    let served = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("user-agent", "codex_exec/0.171.0 (Debian 12; x86_64)")
+        .json(&chat_body("mock/model", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    let (finished, _) = dash.until("request.finished", |_| true).await;
+    assert_eq!(finished["data"]["client_app"], "Codex 0.171.0");
+    assert_eq!(finished["data"]["client_api"], "chat");
+    let (created, _) = dash.until("session.created", |_| true).await;
+    assert_eq!(created["data"]["session"]["client_app"], "Codex 0.171.0");
+}

@@ -653,3 +653,188 @@ fn check_config_validates_and_hides_secrets() {
         "{stderr}"
     );
 }
+
+/// A second provider on the same mock that, like OpenRouter, ends every stream with its usage chunk. Its
+/// upstream id has the length of its catalog key, so the mock's usage figures (from the body length) match.
+const USAGE_ALWAYS_PROVIDER: &str = r#"
+[providers.always]
+base_url = "MOCK_BASE"
+api_key = "${MOCK_KEY}"
+usage_always = true
+
+[models."always/mdl"]
+provider = "always"
+model = "always-mdl"
+max_context_size = 100000
+"#;
+
+/// Every combination a client can meet: it asked for usage or not, the upstream sends usage always or only
+/// when asked, the stream comes chunked or as one body with a length. The client's bytes equal the direct
+/// answer's, and a length, when announced, is the length sent.
+#[tokio::test]
+async fn answers_match_direct_for_every_usage_and_framing_combination() {
+    let mock = MockUpstream::start().await.unwrap();
+    let extra = USAGE_ALWAYS_PROVIDER.replace("MOCK_BASE", &mock.base_url());
+    let proxy = Proxy::start(
+        &mock_config(&mock, &extra),
+        &[("MOCK_KEY", "sk-mock-provider-key")],
+    )
+    .await;
+    let http = client();
+    for stream in [true, false] {
+        for client_asked in [false, true] {
+            for upstream_always in [false, true] {
+                for fixed_length in [false, true] {
+                    // Catalog key and upstream id have the same length, so the mock sees bodies of one size.
+                    let (key, upstream_id) = if upstream_always {
+                        ("always/mdl", "always-mdl")
+                    } else {
+                        ("mock/model", "mock-model")
+                    };
+                    let mut body = chat_body(key, stream);
+                    if client_asked {
+                        body["stream_options"] = serde_json::json!({"include_usage": true});
+                    }
+                    let mut direct_body = body.clone();
+                    direct_body["model"] = upstream_id.into();
+                    let send = |url: String, body: &Value| {
+                        let mut request = http
+                            .post(url)
+                            .json(body)
+                            .header("x-mock-id", "fixed")
+                            .header("x-mock-chunks", "30");
+                        if upstream_always {
+                            request = request.header("x-mock-usage", "always");
+                        }
+                        if fixed_length {
+                            request = request.header("x-mock-stream-body", "fixed");
+                        }
+                        request.send()
+                    };
+                    let case = format!(
+                        "stream={stream} client_asked={client_asked} upstream_always={upstream_always} fixed_length={fixed_length}"
+                    );
+                    let direct = send(
+                        format!("{}/chat/completions", mock.base_url()),
+                        &direct_body,
+                    )
+                    .await
+                    .unwrap();
+                    let direct_bytes = direct.bytes().await.unwrap();
+                    let proxied = send(proxy.url("/v1/chat/completions"), &body)
+                        .await
+                        .unwrap();
+                    assert_eq!(proxied.status(), 200, "{case}");
+                    let announced = proxied
+                        .headers()
+                        .get("content-length")
+                        .map(|v| v.to_str().unwrap().parse::<usize>().unwrap());
+                    let proxied_bytes = proxied
+                        .bytes()
+                        .await
+                        .unwrap_or_else(|e| panic!("{case}: body cut short: {e}"));
+                    if let Some(length) = announced {
+                        assert_eq!(length, proxied_bytes.len(), "{case}: announced length");
+                    }
+                    assert_eq!(
+                        String::from_utf8_lossy(&proxied_bytes),
+                        String::from_utf8_lossy(&direct_bytes),
+                        "{case}"
+                    );
+                    let usage_chunks = proxied_bytes
+                        .windows(b"\"choices\":[]".len())
+                        .filter(|w| w == b"\"choices\":[]")
+                        .count();
+                    if stream {
+                        let expected = usize::from(client_asked || upstream_always);
+                        assert_eq!(usage_chunks, expected, "{case}: usage chunks");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A Kimi thinking model refuses a follow-up whose assistant tool-call message lost its reasoning. The proxy
+/// saw that reasoning stream past and puts it back — only where it is missing.
+#[tokio::test]
+async fn a_dropped_reasoning_is_put_back_for_a_model_that_needs_it() {
+    let mock = MockUpstream::start().await.unwrap();
+    let config = mock_config(&mock, "").replace(
+        "max_context_size = 100000\n",
+        "max_context_size = 100000\nreasoning_echo = true\n",
+    );
+    let proxy = Proxy::start(&config, &[("MOCK_KEY", "sk-mock-provider-key")]).await;
+
+    // A streamed answer that reasons, then calls a tool.
+    let first = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-mock-reasoning", "3")
+        .header("x-mock-tool-call", "1")
+        .json(&chat_body("mock/model", true))
+        .send()
+        .await
+        .unwrap();
+    let (bytes, complete) = read_body(first).await;
+    assert!(complete);
+    let text = String::from_utf8_lossy(&bytes);
+    let call_id = text
+        .split("\"id\":\"")
+        .filter_map(|rest| rest.split('"').next())
+        .find(|id| id.starts_with("call"))
+        .expect("a tool call id in the stream")
+        .to_string();
+    // The memory is filled when the answer's record is made.
+    common::recent_records(&proxy, 1).await;
+
+    let follow_up = |reasoning: Option<&str>| {
+        let mut assistant = serde_json::json!({
+            "role": "assistant", "content": "",
+            "tool_calls": [{"id": call_id, "type": "function",
+                            "function": {"name": "get_weather", "arguments": "{}"}}]
+        });
+        if let Some(reasoning) = reasoning {
+            assistant["reasoning_content"] = reasoning.into();
+        }
+        serde_json::json!({"model": "mock/model", "messages": [
+            {"role": "user", "content": "Weather?"},
+            assistant,
+            {"role": "tool", "tool_call_id": call_id, "content": "sunny"}
+        ]})
+    };
+    for dropped in [None, Some("")] {
+        let answer = client()
+            .post(proxy.url("/v1/chat/completions"))
+            .json(&follow_up(dropped))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        let seen = mock.last_request().unwrap().json().unwrap();
+        assert_eq!(
+            seen["messages"][1]["reasoning_content"], "think0 think1 think2 ",
+            "{dropped:?}: {seen}"
+        );
+    }
+
+    // A message that carries its reasoning reaches the provider exactly as sent.
+    let kept = follow_up(Some("my own"));
+    let answer = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&kept)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let seen = mock.last_request().unwrap().json().unwrap();
+    assert_eq!(seen["messages"][1]["reasoning_content"], "my own");
+
+    // Each mend is counted on its request.
+    let recent = common::recent_records(&proxy, 4).await;
+    let fixes: Vec<u64> = recent
+        .iter()
+        .take(3)
+        .map(|r| r["tool_call_fixes"].as_u64().unwrap())
+        .collect();
+    assert_eq!(fixes, vec![0, 1, 1], "{recent:?}");
+}

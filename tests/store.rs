@@ -68,6 +68,8 @@ fn record(id: u64, started: i64, hashes: Vec<u64>, client: Option<&str>) -> Arc<
         usage_injected: false,
         cache_hit: false,
         virtual_key: None,
+        client_app: None,
+        client_api: "chat",
         context: None,
         tokens_saved: 0,
         cost_saved_usd: 0.0,
@@ -222,6 +224,8 @@ fn migrations_upgrade_empty_and_v1_databases_and_refuse_newer_ones() {
                         "virtual_key",
                         "tokens_saved",
                         "cost_saved_usd",
+                        "client_app",
+                        "client_api",
                     ]
                     .contains(c)
             })

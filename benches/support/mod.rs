@@ -43,6 +43,8 @@ pub fn agent_turn(id: u64) -> RequestRecord {
         usage_injected: true,
         cache_hit: false,
         virtual_key: None,
+        client_app: Some("OpenAI Python SDK 1.57.0".to_string()),
+        client_api: "chat",
         context: None,
         tokens_saved: 0,
         cost_saved_usd: 0.0,

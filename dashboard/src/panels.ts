@@ -15,7 +15,7 @@ import {
   fmtUsd,
   fmtWindow,
 } from "./format";
-import { type LogEntry, dirty, historyRecords, shownSession, shownSessionId, state } from "./state";
+import { type LogEntry, dirty, historyRecords, newerFirst, shownSession, shownSessionId, state } from "./state";
 import type { Percentiles, Rec } from "./types";
 
 // ---------------------------------------------------------------- gauge
@@ -241,6 +241,9 @@ function tokenCell(value: number | undefined, estimated: number | null | undefin
 }
 
 function statusCell(e: LogEntry): HTMLTableCellElement {
+  if (e.refusal) {
+    return h("td", null, h("span", { class: "pill pill-bad", title: e.refusal.message }, `${e.refusal.status} ${e.refusal.code}`));
+  }
   if (!e.rec) {
     return h("td", null, h("span", { class: "pill pill-live" }, h("span", { class: "pulse", "aria-hidden": "true" }), e.streaming ? "streaming" : "waiting"));
   }
@@ -253,14 +256,19 @@ function statusCell(e: LogEntry): HTMLTableCellElement {
 
 function buildRow(e: LogEntry): HTMLTableRowElement {
   const r: Rec | null = e.rec;
-  const tr = h("tr", { "data-id": e.id, class: e.rec ? (e.failed ? "row-failed" : "") : "row-live" });
+  const tr = h("tr", {
+    "data-id": e.id,
+    "data-at": e.started_at_ms,
+    class: e.rec || e.refusal ? (e.failed ? "row-failed" : "") : "row-live",
+  });
+  const app = r?.client_app ?? e.refusal?.client_app ?? null;
   tr.appendChild(h("td", { class: "time" }, fmtClock(e.started_at_ms)));
   tr.appendChild(
     h(
       "td",
       { class: "model-cell" },
       h("span", { class: "model-name", title: e.model }, e.model),
-      h("span", { class: "sub" }, `${e.provider}${e.streaming ? " · stream" : ""}`),
+      h("span", { class: "sub" }, `${e.provider}${e.streaming ? " · stream" : ""}${app ? ` · ${app}` : ""}`),
     ),
   );
   tr.appendChild(h("td", { class: "session-cell" }, e.session_id === null ? "" : h("span", { class: "tag", title: `session #${e.session_id}` }, sessionName(e.session_id))));
@@ -273,6 +281,9 @@ function buildRow(e: LogEntry): HTMLTableRowElement {
     tr.appendChild(h("td", { class: "num" }, fmtUs(r.latency_us)));
     tr.appendChild(h("td", { class: "num" }, fmtUsd(r.cost_usd)));
     tr.appendChild(h("td", { class: "preview", title: r.preview ?? "" }, r.preview ?? ""));
+  } else if (e.refusal) {
+    for (let i = 0; i < 6; i++) tr.appendChild(h("td", { class: "num" }, ""));
+    tr.appendChild(h("td", { class: "preview", title: e.refusal.message }, e.refusal.message));
   } else {
     tr.appendChild(h("td", { class: "num muted" }, "…"));
     tr.appendChild(h("td", { class: "num" }, h("span", { class: "tok live-count" }, fmtInt(e.completion_live))));
@@ -289,7 +300,7 @@ function visibleEntries(): LogEntry[] {
   const only = byId<HTMLInputElement>("log-session-only").checked;
   const shown = shownSessionId();
   const list = [...state.log.values()].filter((e) => !only || (shown !== null && e.session_id === shown));
-  return list.sort((a, b) => b.id - a.id);
+  return list.sort(newerFirst);
 }
 
 export function renderLog(): void {
@@ -317,7 +328,7 @@ export function renderLog(): void {
         rows.delete(id);
         continue;
       }
-      if (old && !e.rec && old.classList.contains("row-live")) {
+      if (old && !e.rec && !e.refusal && old.classList.contains("row-live")) {
         // in-place count-up, no rebuild
         const count = old.querySelector(".live-count");
         if (count) setText(count, fmtInt(e.completion_live));
@@ -330,10 +341,12 @@ export function renderLog(): void {
       if (old) {
         old.replaceWith(tr);
       } else {
-        // newest first: insert before the first row with a smaller id
+        // newest first: insert before the first older row
         let before: Element | null = null;
         for (const child of body.children) {
-          if (Number((child as HTMLElement).dataset.id) < id) {
+          const row = child as HTMLElement;
+          const at = Number(row.dataset.at);
+          if (at < e.started_at_ms || (at === e.started_at_ms && Number(row.dataset.id) < id)) {
             before = child;
             break;
           }
@@ -349,7 +362,7 @@ export function renderLog(): void {
       }
     }
   }
-  const live = [...state.log.values()].filter((e) => !e.rec).length;
+  const live = [...state.log.values()].filter((e) => !e.rec && !e.refusal).length;
   setText(byId("log-sub"), `${rows.size} shown${live ? ` · ${live} in flight` : ""}`);
   byId("log-empty").hidden = rows.size > 0;
 }

@@ -15,10 +15,19 @@ export interface SessionHooks {
 
 let hooks: SessionHooks;
 
+/** Toasts shown at once; older ones give way. */
+const TOASTS_MAX = 3;
+
+/** A short message in the corner: newest on top, at most a few, each fading out after a while. */
 export function toast(message: string, kind: "info" | "error" = "info"): void {
+  const box = byId("toasts");
   const el = h("div", { class: `toast toast-${kind}` }, message);
-  byId("toasts").appendChild(el);
-  window.setTimeout(() => el.remove(), kind === "error" ? 8000 : 4000);
+  box.prepend(el);
+  while (box.children.length > TOASTS_MAX) box.lastElementChild?.remove();
+  window.setTimeout(() => {
+    el.classList.add("toast-leaving");
+    window.setTimeout(() => el.remove(), 400);
+  }, kind === "error" ? 8000 : 4000);
 }
 
 function failed(error: unknown, what: string): void {
@@ -42,7 +51,7 @@ export function renderSessionBar(): void {
     h("option", { value: AUTO }, shown && state.chosenSessionId === null ? `Follow activity (${shown.name})` : "Follow activity"),
   ];
   for (const s of sortedSessions()) {
-    options.push(h("option", { value: String(s.id) }, `${s.active ? "● " : ""}${s.name} · #${s.id}`));
+    options.push(h("option", { value: String(s.id) }, `${s.active ? "● " : ""}${s.name}${s.client_app ? ` · ${s.client_app}` : ""} · #${s.id}`));
   }
   // rebuild only when the list changed, so an open native menu is not disturbed on every event
   const signature = options.map((o) => `${o.value}:${o.textContent}`).join("|");
@@ -302,7 +311,7 @@ function renderManage(): void {
         h("td", null, box),
         h("th", { scope: "row", class: "name-cell" }, s.active ? h("span", { class: "active-dot", title: "active" }, "●") : null, s.name, h("span", { class: "muted" }, ` #${s.id}`)),
         h("td", { class: "model-cell" }, s.model ?? ""),
-        h("td", null, s.source),
+        h("td", null, s.source, s.client_app ? h("span", { class: "sub" }, s.client_app) : null),
         h("td", { class: "num" }, fmtInt(s.request_count)),
         h("td", { class: "num" }, fmtCompact(s.total_tokens)),
         h("td", { class: "num" }, fmtUsd(s.cost_usd)),

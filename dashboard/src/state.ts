@@ -1,7 +1,7 @@
 // Everything the page knows, updated by the hub's messages. Panels read it when they render.
 
 import { type StoredRow, fromStored } from "./api";
-import type { Accuracy, Alert, Envelope, Init, LiveReq, ModelInfo, Rec, Session, Stats, Today } from "./types";
+import type { Accuracy, Alert, Envelope, Init, LiveReq, ModelInfo, Rec, Refusal, Session, Stats, Today } from "./types";
 
 /** One row of the live log: a request in flight, then finished. */
 export interface LogEntry {
@@ -16,6 +16,8 @@ export interface LogEntry {
   elapsed_ms: number | null;
   rec: Rec | null;
   failed: boolean;
+  /** Set for a refused request (its id is the negative event number: it has no record). */
+  refusal: Refusal | null;
 }
 
 const LOG_MAX = 200;
@@ -94,6 +96,7 @@ function entryFromLive(l: LiveReq): LogEntry {
     elapsed_ms: Date.now() - l.started_at_ms,
     rec: null,
     failed: false,
+    refusal: null,
   };
 }
 
@@ -109,7 +112,29 @@ function entryFromRec(r: Rec, failed: boolean): LogEntry {
     elapsed_ms: null,
     rec: r,
     failed,
+    refusal: null,
   };
+}
+
+function entryFromRefusal(seq: number, r: Refusal): LogEntry {
+  return {
+    id: -seq,
+    started_at_ms: r.at_ms,
+    model: `${r.method} ${r.path}`,
+    provider: "refused by kimi-proxy",
+    streaming: false,
+    session_id: null,
+    completion_live: 0,
+    elapsed_ms: null,
+    rec: null,
+    failed: true,
+    refusal: r,
+  };
+}
+
+/** Newest first: by arrival time, then by id (a refusal's id is negative, so it sorts by time alone). */
+export function newerFirst(a: LogEntry, b: LogEntry): number {
+  return b.started_at_ms - a.started_at_ms || b.id - a.id;
 }
 
 export function isFailure(r: Rec): boolean {
@@ -119,11 +144,10 @@ export function isFailure(r: Rec): boolean {
 
 function trimLog(): void {
   if (state.log.size <= LOG_MAX) return;
-  const ids = [...state.log.keys()].sort((a, b) => a - b);
-  for (const id of ids.slice(0, state.log.size - LOG_MAX)) {
-    const entry = state.log.get(id);
-    if (entry && entry.rec === null) continue; // never drop a request still in flight
-    state.log.delete(id);
+  const oldest = [...state.log.values()].sort(newerFirst).reverse();
+  for (const entry of oldest.slice(0, state.log.size - LOG_MAX)) {
+    if (entry.rec === null && entry.refusal === null) continue; // never drop a request still in flight
+    state.log.delete(entry.id);
   }
   dirty.logAll = true;
 }
@@ -237,6 +261,13 @@ export function apply(msg: Envelope): boolean {
       foldAccuracy(r);
       if (entry.session_id !== null && entry.session_id === shownSessionId()) addSessionRequest(r);
       dirty.history = true;
+      return true;
+    }
+    case "request.refused": {
+      const entry = entryFromRefusal(msg.seq, d as unknown as Refusal);
+      state.log.set(entry.id, entry);
+      dirty.log.add(entry.id);
+      trimLog();
       return true;
     }
     case "request.stored": {

@@ -7,6 +7,8 @@ export interface Session {
   model: string | null;
   source: string;
   client_key: string | null;
+  /** The application of the request that opened it. */
+  client_app?: string | null;
   created_at_ms: number;
   last_activity_ms: number;
   active: boolean;
@@ -75,8 +77,22 @@ export interface Rec {
   overhead_us?: number | null;
   finish_reason?: string | null;
   preview?: string | null;
+  /** The application that sent it (from its User-Agent) and the API it spoke. */
+  client_app?: string | null;
+  client_api?: string;
   tokens_saved?: number;
   cost_saved_usd?: number;
+}
+
+/** A request refused before it had a model (request.refused): unknown route or model, unreadable body. */
+export interface Refusal {
+  at_ms: number;
+  method: string;
+  path: string;
+  status: number;
+  code: string;
+  message: string;
+  client_app: string | null;
 }
 
 export interface LiveReq {

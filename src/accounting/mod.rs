@@ -16,9 +16,9 @@ use parking_lot::Mutex;
 
 use crate::config::{Config, Model, TokenizerSpec};
 use crate::monitor::Monitor;
-use crate::proxy::request::RequestLayout;
 use crate::tokens::Tokenizer;
 use crate::tokens::cache::{CacheStats, MessageCache};
+use crate::tokens::chat::RequestLayout;
 use crate::tokens::chat::{PromptCount, count_layout};
 pub use calibration::Calibration;
 
@@ -71,6 +71,13 @@ impl PromptCounting {
             PromptCounting::Running(handle) => handle.await.unwrap_or_default(),
             PromptCounting::Later(_) => Default::default(),
         }
+    }
+}
+
+impl PromptCounting {
+    /// No prompt counted (a request that failed before its body was final).
+    pub fn nothing() -> PromptCounting {
+        PromptCounting::Done((PromptCount::default(), 0))
     }
 }
 
@@ -157,13 +164,36 @@ pub struct Accounting {
     pub monitor: Arc<Monitor>,
     /// Characters of the last user message kept as a preview (0: none).
     pub preview_chars: usize,
+    /// Refusals since the last one logged.
+    refusals_unlogged: AtomicU64,
 }
 
 /// Receives every finished record (the store, the live hub). `offer` must not block: hand the record to a
 /// bounded queue and return; if the queue is full, count the record as dropped.
 pub trait RecordSink: Send + Sync {
     fn offer(&self, record: &Arc<RequestRecord>);
+
+    /// A request refused before it had a model (no record): only a sink that shows it (the dashboard) cares.
+    fn refused(&self, _refusal: &Arc<Refusal>) {}
 }
+
+/// A request the proxy answered itself before it knew where to send it: an unknown route or model, a body it
+/// could not read. It has no record (no model, no tokens); it is logged, counted by kind and shown live.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Refusal {
+    pub at_ms: i64,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// The error code the client received (`model_not_found`, `not_found`, `invalid_json`…).
+    pub code: &'static str,
+    pub message: String,
+    /// The client application, from its `User-Agent` (see `proxy::client_app`).
+    pub client_app: Option<String>,
+}
+
+/// Refusals are logged at info at most this often (the counters count every one).
+const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Counters since start, readable without a lock.
 #[derive(Default)]
@@ -190,6 +220,7 @@ impl Accounting {
             live: live::LiveRequests::default(),
             monitor: Monitor::new(),
             preview_chars,
+            refusals_unlogged: AtomicU64::new(0),
         })
     }
 
@@ -347,11 +378,35 @@ impl Accounting {
         }
         recent.push_back(Arc::clone(&record));
         drop(recent);
-        self.monitor.record_request(&record);
+        self.monitor.record_request(&record.sample());
         for sink in self.sinks.read().iter() {
             sink.offer(&record);
         }
         record
+    }
+
+    /// Counts, logs (rate-limited) and announces a refused request.
+    pub fn refused(&self, refusal: Refusal) {
+        static LOG: crate::util::LogThrottle = crate::util::LogThrottle::new();
+        let suppressed = self.refusals_unlogged.fetch_add(1, Ordering::Relaxed);
+        if LOG.ready(REFUSAL_LOG_EVERY) {
+            self.refusals_unlogged.store(0, Ordering::Relaxed);
+            tracing::info!(
+                method = %refusal.method,
+                path = %refusal.path,
+                status = refusal.status,
+                code = refusal.code,
+                client = refusal.client_app.as_deref().unwrap_or("unknown"),
+                not_logged_since_last = suppressed,
+                "refused: {}",
+                refusal.message
+            );
+        }
+        self.monitor.record_refusal(refusal.code);
+        let refusal = Arc::new(refusal);
+        for sink in self.sinks.read().iter() {
+            sink.refused(&refusal);
+        }
     }
 
     pub fn add_sink(&self, sink: Arc<dyn RecordSink>) {

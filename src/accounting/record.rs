@@ -5,6 +5,22 @@ use serde::Serialize;
 use crate::config::Prices;
 use crate::tokens::chat::PromptCount;
 
+impl RequestRecord {
+    /// What the monitor keeps of it.
+    pub fn sample(&self) -> crate::monitor::RequestSample<'_> {
+        crate::monitor::RequestSample {
+            provider: &self.provider,
+            model: &self.model,
+            latency_us: self.latency_us,
+            overhead_us: self.overhead_us,
+            ttft_us: self.ttft_us,
+            upstream_us: self.upstream_us,
+            counting_us: self.counting_us,
+            error_kind: self.error_kind.as_deref(),
+        }
+    }
+}
+
 /// Everything known about one request once it is over. The store writes it, the dashboard shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestRecord {
@@ -70,6 +86,10 @@ pub struct RequestRecord {
     pub client_session: Option<String>,
     /// The name (never the value) of the virtual key the client authenticated with.
     pub virtual_key: Option<String>,
+    /// The application that sent the request (`Claude Code 2.1.197`, `OpenAI Python SDK 1.57.0`…).
+    pub client_app: Option<String>,
+    /// The API the client spoke: `chat`, `messages` or `responses`.
+    pub client_api: &'static str,
     /// What the context transforms did (when any ran).
     pub context: Option<Box<crate::context::Outcome>>,
     /// Prompt tokens the context transforms removed, and their price at the model's input rate.

@@ -15,7 +15,6 @@ use super::live::LiveRequest;
 use super::{Accounting, ModelTokenizer, PromptCounting};
 use crate::config::Model;
 use crate::monitor::Metric;
-use crate::proxy::cache::ResponseCache;
 use crate::tokens::Tokenizer;
 use crate::tokens::chat::PromptCount;
 use crate::tokens::stream::{CompletionCounter, EventKind, SseParser};
@@ -45,12 +44,69 @@ pub struct RequestContext {
     pub client_session: Option<String>,
     /// The name of the virtual key the client authenticated with.
     pub virtual_key: Option<String>,
-    /// Where to store a successful non-streaming answer (the request is cacheable).
-    pub cache_store: Option<(Arc<ResponseCache>, u128)>,
+    /// The application that sent the request (from its headers).
+    pub client_app: Option<String>,
+    /// The API the client spoke (`chat`, `messages`, `responses`).
+    pub client_api: &'static str,
+    /// Told of a complete, successful non-streaming answer with its counts (the response cache keeps it).
+    pub on_complete: Option<Box<dyn CompletionHook>>,
+    /// Sees the answer as it passes (a proxy feature that learns from answers).
+    pub observer: Option<Box<dyn AnswerObserver>>,
     /// The answer came from the response cache.
     pub cache_hit: bool,
     /// What the context transforms did.
     pub context: Option<Box<crate::context::Outcome>>,
+}
+
+impl RequestContext {
+    /// A request to `model` whose answer has not started: every figure still unknown.
+    pub fn new(
+        id: u64,
+        started: Instant,
+        started_at_ms: i64,
+        model: Arc<Model>,
+        tokenizer: ModelTokenizer,
+        streaming: bool,
+    ) -> RequestContext {
+        RequestContext {
+            id,
+            started,
+            started_at_ms,
+            model,
+            tokenizer,
+            streaming,
+            attempts: 0,
+            tool_call_fixes: 0,
+            usage_injected: false,
+            status: 0,
+            upstream_headers_us: None,
+            upstream_us: None,
+            overhead_us: None,
+            client_session: None,
+            virtual_key: None,
+            client_app: None,
+            client_api: "chat",
+            on_complete: None,
+            observer: None,
+            cache_hit: false,
+            context: None,
+        }
+    }
+}
+
+/// Receives a complete, successful non-streaming answer and what its record counted (the proxy's response
+/// cache implements it; accounting knows nothing of caches).
+pub trait CompletionHook: Send + Sync {
+    fn complete(&self, body: Bytes, counts: StoredCounts);
+}
+
+/// Sees the provider's answer as it passes: each event's data of a stream, or the whole JSON body (when it is
+/// within the size kept for reading usage). Only while token accounting reads the answer.
+pub trait AnswerObserver: Send + Sync {
+    fn on_event(&mut self, data: &[u8]);
+    fn on_json(&mut self, body: &[u8]);
+    /// The answer ended; `complete` when normally with a success status.
+    fn finish(&mut self, complete: bool);
 }
 
 /// How a request ended.
@@ -103,6 +159,7 @@ pub struct Tracker {
     first_byte: Option<Instant>,
     last_frame: Option<Instant>,
     response_bytes: u64,
+    observer: Option<Box<dyn AnswerObserver>>,
 }
 
 impl Tracker {
@@ -138,6 +195,8 @@ impl Tracker {
             completion_tokens: AtomicU64::new(0),
         });
         accounting.live.insert(Arc::clone(&live));
+        let mut context = context;
+        let observer = context.observer.take();
         Tracker {
             accounting,
             live,
@@ -147,6 +206,7 @@ impl Tracker {
             first_byte: None,
             last_frame: None,
             response_bytes: 0,
+            observer,
         }
     }
 
@@ -184,6 +244,7 @@ impl Tracker {
         }
         self.last_frame = Some(now);
         self.response_bytes += data.len() as u64;
+        let observer = &mut self.observer;
         match &mut self.mode {
             Mode::Off | Mode::Known(_) => None,
             Mode::Json {
@@ -210,6 +271,9 @@ impl Tracker {
             } => {
                 parser.feed(data, |event| {
                     counter.on_event(event.data);
+                    if let Some(observer) = observer.as_mut() {
+                        observer.on_event(event.data);
+                    }
                 });
                 None
             }
@@ -223,6 +287,9 @@ impl Tracker {
                 let mut last_end = 0;
                 parser.feed(data, |event| {
                     let kind = counter.on_event(event.data);
+                    if let Some(observer) = observer.as_mut() {
+                        observer.on_event(event.data);
+                    }
                     if kind == EventKind::UsageOnly {
                         held.clear();
                     } else {
@@ -290,11 +357,14 @@ impl Tracker {
             .map(|t| t.duration_since(context.started).as_micros() as u64);
         let response_bytes = self.response_bytes;
         let accounting = Arc::clone(&self.accounting);
+        let mut observer = self.observer.take();
         let job = async move {
             let (prompt, counting_us) = match prompt {
                 Some(counting) => counting.resolve().await,
                 None => (PromptCount::default(), 0),
             };
+            // Only a complete, successful answer is stored or learnt from; errors never are.
+            let complete = matches!(outcome, Outcome::Complete) && context.status == 200;
             let completion = match mode {
                 Mode::Off => Completion::default(),
                 Mode::Known(completion) => completion,
@@ -316,10 +386,10 @@ impl Tracker {
                     } else {
                         let body: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
                         let completion = json_completion(&body, &context.tokenizer.tokenizer);
-                        // Only a complete, successful answer is stored; errors never are.
-                        let complete =
-                            matches!(outcome, Outcome::Complete) && context.status == 200;
-                        if let Some((cache, key)) = &context.cache_store
+                        if let Some(observer) = observer.as_mut() {
+                            observer.on_json(&body);
+                        }
+                        if let Some(hook) = &context.on_complete
                             && complete
                             && completion.finish_reason.is_some()
                         {
@@ -327,12 +397,15 @@ impl Tracker {
                                 prompt: prompt.clone(),
                                 completion: completion.clone(),
                             };
-                            cache.put(*key, Bytes::from(body), Some(counts));
+                            hook.complete(Bytes::from(body), counts);
                         }
                         completion
                     }
                 }
             };
+            if let Some(observer) = observer.as_mut() {
+                observer.finish(complete);
+            }
             let finished = Finished {
                 latency_us,
                 ttft_us,
@@ -520,6 +593,8 @@ fn build_record(
         preview: prompt.preview.take(),
         client_session: context.client_session,
         virtual_key: context.virtual_key,
+        client_app: context.client_app,
+        client_api: context.client_api,
         prompt_breakdown: prompt,
         cost_usd: cost,
         cost_estimated: billable && tokens_estimated,

@@ -7,7 +7,6 @@
 //! Context alerts have one source: the store writer reports each session's context after a commit
 //! ([`crate::store::ContextListener`]); the engine alone decides which thresholds were crossed.
 
-pub mod api;
 pub mod rules;
 pub mod webhook;
 
@@ -23,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AlertsConfig;
 use crate::monitor::{Metric, Monitor};
-use crate::store::{ContextListener, ContextUpdate, Readers, StoreError, StoreSink, unix_ms};
+use crate::store::{ContextListener, ContextUpdate, Readers, StoreError, StoreSink};
+use crate::util::unix_ms;
 use rules::{ContextEvent, Evaluator, Sample, StoreSample, Transition};
 
 /// What an alert is about.
@@ -215,9 +215,9 @@ enum StoreOp {
     },
 }
 
-struct StoreLink {
-    sink: Arc<StoreSink>,
-    readers: Arc<Readers>,
+pub(crate) struct StoreLink {
+    pub(crate) sink: Arc<StoreSink>,
+    pub(crate) readers: Arc<Readers>,
 }
 
 #[derive(Default)]
@@ -567,7 +567,7 @@ impl AlertEngine {
     }
 
     /// The store's sink and readers, when the store runs.
-    fn store_link(&self) -> Option<&StoreLink> {
+    pub(crate) fn store_link(&self) -> Option<&StoreLink> {
         self.store.get()
     }
 }

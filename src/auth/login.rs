@@ -3,11 +3,9 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use http::{HeaderValue, StatusCode, header};
 use serde::Deserialize;
 
@@ -16,13 +14,6 @@ use super::session::{COOKIE_NAME, SESSION_TTL, cookie_value};
 
 /// A login form is tiny; anything bigger is refused unread.
 const MAX_FORM_BYTES: usize = 8 * 1024;
-
-pub fn router(auth: Arc<Auth>) -> Router {
-    Router::new()
-        .route("/login", get(page).post(login))
-        .route("/logout", post(logout))
-        .with_state(auth)
-}
 
 #[derive(Deserialize)]
 struct PageQuery {
@@ -111,7 +102,7 @@ fn render(next: &str, failed: bool) -> Response {
     response
 }
 
-async fn page(State(auth): State<Arc<Auth>>, request: Request) -> Response {
+pub(crate) async fn page(State(auth): State<Arc<Auth>>, request: Request) -> Response {
     let next = Query::<PageQuery>::try_from_uri(request.uri())
         .ok()
         .and_then(|q| q.0.next);
@@ -122,7 +113,7 @@ async fn page(State(auth): State<Arc<Auth>>, request: Request) -> Response {
     render(next, false)
 }
 
-async fn login(State(auth): State<Arc<Auth>>, request: Request) -> Response {
+pub(crate) async fn login(State(auth): State<Arc<Auth>>, request: Request) -> Response {
     let Ok(body) = to_bytes(request.into_body(), MAX_FORM_BYTES).await else {
         return (StatusCode::PAYLOAD_TOO_LARGE, "login form too large").into_response();
     };
@@ -152,7 +143,7 @@ async fn login(State(auth): State<Arc<Auth>>, request: Request) -> Response {
     response
 }
 
-async fn logout(State(auth): State<Arc<Auth>>, request: Request<Body>) -> Response {
+pub(crate) async fn logout(State(auth): State<Arc<Auth>>, request: Request<Body>) -> Response {
     if let Some(value) = cookie_value(request.headers()) {
         auth.sessions.remove(value);
     }

@@ -3,14 +3,13 @@
 //! login session) on everything else — the dashboard, `/api/*`, `/ws`, `/metrics`. Paths are classified
 //! fail-closed: anything that is not a proxy route or the login page is admin surface.
 
-mod login;
+pub mod login;
 pub mod origin;
 pub mod session;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -19,7 +18,7 @@ use rand::RngCore;
 use ring::hmac;
 
 use crate::config::{ADMIN_TOKEN_ENV, Config};
-use crate::proxy::error::ProxyError;
+use crate::http_error::HttpError;
 use origin::{Policy, Refusal};
 use session::Sessions;
 
@@ -37,6 +36,8 @@ pub struct Auth {
     /// `(name, HMAC of the key)`.
     client_keys: Vec<(Arc<str>, Vec<u8>)>,
     policy: Policy,
+    /// The proxy surface's paths (virtual keys), from the route table; every other path is admin surface.
+    proxy_paths: &'static [String],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,8 +91,8 @@ enum Class {
     Admin,
 }
 
-fn classify(path: &str) -> Class {
-    if crate::proxy::is_proxy_path(path) {
+fn classify(proxy_paths: &[String], path: &str) -> Class {
+    if proxy_paths.iter().any(|p| p == path) {
         Class::Proxy
     } else if path == "/login" || path == "/logout" {
         Class::Login
@@ -101,7 +102,7 @@ fn classify(path: &str) -> Class {
 }
 
 impl Auth {
-    pub fn new(config: &Config) -> Auth {
+    pub fn new(config: &Config, proxy_paths: &'static [String]) -> Auth {
         let mut seed = [0u8; 32];
         rand::rng().fill_bytes(&mut seed);
         let key = hmac::Key::new(hmac::HMAC_SHA256, &seed);
@@ -120,6 +121,7 @@ impl Auth {
                 server.allowed_hosts.clone(),
             ),
             key,
+            proxy_paths,
         }
     }
 
@@ -152,11 +154,6 @@ impl Auth {
     }
 }
 
-/// The login page and logout, present when an admin token is set.
-pub fn login_router(auth: Arc<Auth>) -> Router {
-    login::router(auth)
-}
-
 /// The bearer token of `Authorization`, if any.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -169,7 +166,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// The guard in front of every route (see the module comment).
 pub async fn guard(State(auth): State<Arc<Auth>>, mut request: Request, next: Next) -> Response {
-    let class = classify(request.uri().path());
+    let class = classify(auth.proxy_paths, request.uri().path());
     let cors_origin = match auth
         .policy
         .check(request.headers(), request.method(), request.uri())
@@ -183,7 +180,7 @@ pub async fn guard(State(auth): State<Arc<Auth>>, mut request: Request, next: Ne
                     refusal.message()
                 );
             }
-            return ProxyError::Forbidden(refusal.message()).into_response();
+            return HttpError::forbidden(refusal.message()).into_response();
         }
     };
     if let Some(origin) = &cors_origin
@@ -202,10 +199,9 @@ pub async fn guard(State(auth): State<Arc<Auth>>, mut request: Request, next: Ne
             if !auth.client_keys.is_empty() {
                 let Some(name) = auth.virtual_key(headers) else {
                     return with_cors(
-                        ProxyError::Unauthorized(
+                        HttpError::unauthorized(
                             "a virtual key is required: send `Authorization: Bearer <key>` with a key from \
-                             [[server.client_keys]]"
-                                .to_string(),
+                             [[server.client_keys]]",
                         )
                         .into_response(),
                         cors_origin,
@@ -266,9 +262,8 @@ fn unauthenticated(request: &Request) -> Response {
             .unwrap_or("/");
         return login::redirect_to_login(target);
     }
-    let mut response = ProxyError::Unauthorized(
-        "the admin token is required: send `Authorization: Bearer <token>` or log in at /login"
-            .to_string(),
+    let mut response = HttpError::unauthorized(
+        "the admin token is required: send `Authorization: Bearer <token>` or log in at /login",
     )
     .into_response();
     response.headers_mut().insert(
@@ -346,9 +341,10 @@ mod tests {
 
     #[test]
     fn classification_is_fail_closed() {
-        assert_eq!(classify("/v1/chat/completions"), Class::Proxy);
-        assert_eq!(classify("/models"), Class::Proxy);
-        assert_eq!(classify("/login"), Class::Login);
+        let paths = crate::routes::proxy_paths();
+        assert_eq!(classify(paths, "/v1/chat/completions"), Class::Proxy);
+        assert_eq!(classify(paths, "/models"), Class::Proxy);
+        assert_eq!(classify(paths, "/login"), Class::Login);
         for admin in [
             "/",
             "/api/stats",
@@ -357,7 +353,7 @@ mod tests {
             "/v1/models/",
             "/anything",
         ] {
-            assert_eq!(classify(admin), Class::Admin, "{admin}");
+            assert_eq!(classify(paths, admin), Class::Admin, "{admin}");
         }
     }
 

@@ -4,6 +4,7 @@
 //! Loading happens in two stages (raw → validated) so that an unknown key is reported with its line by the TOML
 //! parser, and a missing or inconsistent value is reported with the provider or model it belongs to.
 
+pub mod context;
 mod raw;
 
 use std::collections::BTreeMap;
@@ -122,6 +123,9 @@ pub struct Provider {
     /// The provider understands `stream_options.include_usage`: the proxy asks for the usage chunk on streams
     /// (and hides it from clients that did not ask).
     pub stream_usage: bool,
+    /// The provider ends every stream with its usage chunk whether asked or not: the proxy then asks for
+    /// nothing and removes nothing, so the client receives what the provider sent.
+    pub usage_always: bool,
 }
 
 /// Which tokenizer counts a model's tokens.
@@ -168,7 +172,10 @@ pub struct Model {
     /// Response cache for this model: `None` follows `[cache] enabled`.
     pub cache: Option<bool>,
     /// Context transforms for this model (unset ones follow `[context]`).
-    pub context: crate::context::config::Toggles,
+    pub context: crate::config::context::Toggles,
+    /// The provider refuses an assistant tool-call message without the reasoning it came with (Kimi K2
+    /// thinking models, DeepSeek's reasoner): the proxy puts back the reasoning it saw when a client dropped it.
+    pub reasoning_echo: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -398,7 +405,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub cache: CacheConfig,
     pub alerts: AlertsConfig,
-    pub context: crate::context::config::ContextConfig,
+    pub context: crate::config::context::ContextConfig,
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub models: BTreeMap<String, Arc<Model>>,
 }

@@ -30,7 +30,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub cache: RawCache,
     /// `[context]`: masking, observation masking, compaction.
-    pub context: Option<crate::context::config::RawContext>,
+    pub context: Option<crate::config::context::RawContext>,
     #[serde(default)]
     pub passthrough: RawPassthrough,
     #[serde(default)]
@@ -161,6 +161,7 @@ pub struct RawProvider {
     pub tokens_per_minute: Option<u32>,
     pub rate_limit_max_wait_ms: Option<u64>,
     pub stream_usage: Option<bool>,
+    pub usage_always: Option<bool>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
     #[serde(default)]
@@ -196,8 +197,9 @@ pub struct RawModel {
     pub cached_input_price: Option<f64>,
     pub capabilities: Option<Vec<String>>,
     pub cache: Option<bool>,
+    pub reasoning_echo: Option<bool>,
     /// Context transforms for this model, over `[context]`.
-    pub context: Option<crate::context::config::Toggles>,
+    pub context: Option<crate::config::context::Toggles>,
 }
 
 /// `[cache]`: the response cache, off unless enabled here, per model, or per request.
@@ -834,7 +836,7 @@ impl RawConfig {
         }
 
         let context = self.context.unwrap_or_default().validate(env, &mut errors);
-        if let crate::context::config::SummaryMode::Model(name) = &context.compaction.summary
+        if let crate::config::context::SummaryMode::Model(name) = &context.compaction.summary
             && !models.contains_key(name)
         {
             errors.push(format!(
@@ -872,6 +874,7 @@ impl RawProvider {
                 over.rate_limit_max_wait_ms,
             ),
             stream_usage: merge_opt(self.stream_usage, over.stream_usage),
+            usage_always: merge_opt(self.usage_always, over.usage_always),
             timeouts: RawTimeouts {
                 connect_ms: merge_opt(self.timeouts.connect_ms, over.timeouts.connect_ms),
                 first_byte_ms: merge_opt(self.timeouts.first_byte_ms, over.timeouts.first_byte_ms),
@@ -993,6 +996,7 @@ impl RawProvider {
                     .unwrap_or(DEFAULT_RATE_LIMIT_MAX_WAIT_MS),
             ),
             stream_usage: self.stream_usage.unwrap_or(true),
+            usage_always: self.usage_always.unwrap_or(false),
         })
     }
 }
@@ -1009,6 +1013,7 @@ impl RawModel {
             cached_input_price: merge_opt(self.cached_input_price, over.cached_input_price),
             capabilities: merge_opt(self.capabilities, over.capabilities),
             cache: merge_opt(self.cache, over.cache),
+            reasoning_echo: merge_opt(self.reasoning_echo, over.reasoning_echo),
             context: merge_opt(self.context, over.context),
         }
     }
@@ -1093,6 +1098,7 @@ impl RawModel {
             prices,
             capabilities: self.capabilities.unwrap_or_default(),
             cache: self.cache,
+            reasoning_echo: self.reasoning_echo.unwrap_or(false),
             context: self.context.unwrap_or_default(),
         })
     }

@@ -17,8 +17,8 @@ use std::time::Instant;
 use serde_json::Value;
 use xxhash_rust::xxh3::xxh3_64;
 
-use super::config::CompactionConfig;
 use super::conversation::{Conversation, MARKER, Message, Role, Slot, tool_names, tool_of};
+use crate::config::context::CompactionConfig;
 
 /// A conversation's last compaction.
 #[derive(Debug, Clone)]
@@ -487,7 +487,7 @@ pub fn transcript(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
-    use crate::context::config::SummaryMode;
+    use crate::config::context::SummaryMode;
     use crate::context::conversation::{Counter, render};
     use crate::proxy::request::inspect;
     use crate::tokens::Tokenizer;

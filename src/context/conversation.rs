@@ -13,9 +13,9 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use super::masking::carries_output;
 use super::observation::looks_like_error;
-use crate::proxy::request::RequestLayout;
 use crate::tokens::Tokenizer;
 use crate::tokens::cache::MessageCache;
+use crate::tokens::chat::RequestLayout;
 use crate::tokens::chat::{
     REPLY_PRIMING, keyed_message_tokens, message_key, message_tokens, tools_tokens,
 };

@@ -9,10 +9,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use super::config::MaskingConfig;
 use super::conversation::{
     Conversation, Counter, MARKER, Message, Rewrite, Role, Slot, tool_names, tool_of, with_content,
 };
+use crate::config::context::MaskingConfig;
 
 /// An original to keep.
 #[derive(Debug, Clone)]
@@ -93,7 +93,7 @@ impl MaskRegistry {
                     preview: preview.clone(),
                     role: what.role(),
                     tool: what.tool().map(str::to_string),
-                    created_at_ms: crate::store::unix_ms(),
+                    created_at_ms: crate::util::unix_ms(),
                 });
                 if accepted {
                     self.originals_kept.fetch_add(1, Ordering::Relaxed);

@@ -5,9 +5,7 @@
 //! token counts from the per-message cache, decides per message, and rebuilds the body copying every
 //! unchanged message as it is. With nothing enabled the proxy never gets here.
 
-pub mod api;
 pub mod compaction;
-pub mod config;
 pub mod conversation;
 pub mod masking;
 pub mod observation;
@@ -25,10 +23,10 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::config::context::{ContextConfig, Enabled, SummaryMode, Toggles};
 use crate::config::{Config, Model};
-use crate::proxy::request::RequestLayout;
+use crate::tokens::chat::RequestLayout;
 use compaction::{Decision, Occupancy, State};
-use config::{ContextConfig, Enabled, SummaryMode, Toggles};
 use conversation::{Conversation, Counter, FactsCache, Slot};
 use masking::MaskRegistry;
 use sessions::SessionToggles;

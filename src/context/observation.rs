@@ -2,10 +2,10 @@
 //! tool and the size. Messages are never added, removed or reordered, and `tool_call_id` stays, so every
 //! `tool_calls[].id` keeps its result.
 
-use super::config::ObservationConfig;
 use super::conversation::{
     Conversation, Counter, MARKER, Rewrite, Role, Slot, tool_names, tool_of, with_content,
 };
+use crate::config::context::ObservationConfig;
 
 /// Marks old tool results in `slots` (only where a slot is still `Keep`); returns how many.
 pub fn plan(

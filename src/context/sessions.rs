@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use parking_lot::RwLock;
 use serde::Serialize;
 
-use super::config::Toggles;
+use crate::config::context::Toggles;
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct SessionContext {

@@ -5,10 +5,10 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-use super::config::Enabled;
 use super::conversation::Counter;
 use super::{ContextEngine, PlanRequest, Resolved};
 use crate::config::Config;
+use crate::config::context::Enabled;
 use crate::proxy::request::inspect;
 use crate::tokens::Tokenizer;
 use crate::tokens::cache::MessageCache;

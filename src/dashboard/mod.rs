@@ -4,11 +4,9 @@
 //! on every load, so a new binary's page is picked up at once. Every answer carries a strict
 //! Content-Security-Policy: scripts, styles and connections (the `/ws` socket included) only from this origin.
 
-use axum::Router;
 use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/dashboard_assets.rs"));
@@ -23,14 +21,7 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; connect-src 'self
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
-pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route("/", get(index))
-        .route("/index.html", get(index))
-        .route("/assets/{file}", get(asset))
-}
-
-async fn index(request_headers: HeaderMap) -> Response {
+pub(crate) async fn index(request_headers: HeaderMap) -> Response {
     let fresh = request_headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -54,7 +45,7 @@ async fn index(request_headers: HeaderMap) -> Response {
     response
 }
 
-async fn asset(Path(file): Path<String>) -> Response {
+pub(crate) async fn asset(Path(file): Path<String>) -> Response {
     let Some((_, bytes)) = embedded::ASSETS.iter().find(|(name, _)| *name == file) else {
         let mut response = (
             StatusCode::NOT_FOUND,

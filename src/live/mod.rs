@@ -7,7 +7,7 @@
 //! stops accepting data. Nobody ever waits for a dashboard.
 
 pub mod protocol;
-mod socket;
+pub mod socket;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -21,14 +21,12 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::accounting::live::{LiveRequest, StartListener};
-use crate::accounting::{RecordSink, RequestRecord};
+use crate::accounting::{RecordSink, Refusal, RequestRecord};
+use crate::admin::StoreApi;
 use crate::proxy::ProxyState;
-use crate::store::api::StoreApi;
 use crate::store::query::Session;
 use crate::store::{SessionChange, StoreListener};
 use protocol::{Envelope, RequestView};
-
-pub use socket::router;
 
 /// Events waiting for the hub task. Full: the event is lost (counted) and the next event skips a sequence
 /// number, so that clients notice and ask for a fresh snapshot.
@@ -52,6 +50,7 @@ pub struct Frame {
 enum Input {
     Started(Arc<LiveRequest>),
     Finished(Arc<RequestRecord>),
+    Refused(Arc<Refusal>),
     Stored {
         assignments: Vec<(u64, Option<i64>)>,
         sessions: Vec<Session>,
@@ -91,7 +90,7 @@ impl Hub {
             assignments: Mutex::new(VecDeque::with_capacity(ASSIGNMENTS_KEPT)),
             state: Arc::clone(&state),
             store: store.clone(),
-            started_at_ms: crate::store::unix_ms(),
+            started_at_ms: crate::util::unix_ms(),
             closing: CancellationToken::new(),
         });
         state
@@ -209,6 +208,12 @@ impl RecordSink for Hub {
             self.push(Input::Finished(Arc::clone(record)));
         }
     }
+
+    fn refused(&self, refusal: &Arc<Refusal>) {
+        if self.watched() {
+            self.push(Input::Refused(Arc::clone(refusal)));
+        }
+    }
 }
 
 impl StoreListener for Hub {
@@ -317,6 +322,7 @@ impl Worker {
                 let session = self.hub.session_of(record.id);
                 self.publish(kind, &RequestView::of(&record, session));
             }
+            Input::Refused(refusal) => self.publish("request.refused", &*refusal),
             Input::Stored {
                 assignments,
                 sessions,
@@ -373,7 +379,7 @@ impl Worker {
             self.progress_sent.clear();
             return;
         }
-        let now = crate::store::unix_ms();
+        let now = crate::util::unix_ms();
         let mut moved = Vec::new();
         let mut seen = HashMap::with_capacity(self.progress_sent.len());
         self.hub
@@ -409,7 +415,7 @@ impl Worker {
         let envelope = Envelope {
             kind,
             seq,
-            ts: crate::store::unix_ms(),
+            ts: crate::util::unix_ms(),
             data,
         };
         let text = match serde_json::to_string(&envelope) {

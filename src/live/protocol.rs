@@ -48,6 +48,8 @@ pub struct RequestView<'a> {
     pub overhead_us: Option<u64>,
     pub finish_reason: Option<&'a str>,
     pub preview: Option<&'a str>,
+    pub client_app: Option<&'a str>,
+    pub client_api: &'a str,
     /// Prompt tokens the context transforms removed (billable requests), and their price.
     pub tokens_saved: u64,
     pub cost_saved_usd: f64,
@@ -81,6 +83,8 @@ impl<'a> RequestView<'a> {
             overhead_us: record.overhead_us,
             finish_reason: record.finish_reason.as_deref(),
             preview: record.preview.as_deref(),
+            client_app: record.client_app.as_deref(),
+            client_api: record.client_api,
             tokens_saved: record.tokens_saved,
             cost_saved_usd: record.cost_saved_usd,
         }

@@ -4,12 +4,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use futures_util::SinkExt;
 use serde::Deserialize;
 use tokio::sync::broadcast;
@@ -47,12 +45,8 @@ const INIT_SESSIONS: u32 = 50;
 const INIT_RECENT: usize = 100;
 const INIT_SESSION_REQUESTS: u32 = 200;
 
-pub fn router(hub: Arc<Hub>) -> Router {
-    Router::new().route("/ws", get(upgrade)).with_state(hub)
-}
-
 #[derive(Debug, Default, Clone, Deserialize)]
-struct Params {
+pub(crate) struct Params {
     /// `Date.getTimezoneOffset()` of the browser: minutes to add to local time to get UTC.
     tz_offset_min: Option<i64>,
     session_id: Option<i64>,
@@ -68,7 +62,7 @@ enum Command {
     SelectSession { session_id: Option<i64> },
 }
 
-async fn upgrade(
+pub(crate) async fn upgrade(
     State(hub): State<Arc<Hub>>,
     params: Result<Query<Params>, QueryRejection>,
     ws: WebSocketUpgrade,
@@ -338,7 +332,7 @@ struct Stored {
 }
 
 async fn snapshot(hub: &Arc<Hub>, params: &Params, seq: u64) -> Result<String, StoreError> {
-    let now = crate::store::unix_ms();
+    let now = crate::util::unix_ms();
     let since = local_midnight_ms(now, params.tz_offset_min.unwrap_or(0));
     let stored = match &hub.store {
         Some(store) => {

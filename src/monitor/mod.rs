@@ -14,8 +14,6 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::accounting::RequestRecord;
-
 /// What is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -197,6 +195,18 @@ impl Summary {
     }
 }
 
+/// What the monitor keeps of a finished request (the accounting record's timings and outcome).
+pub struct RequestSample<'a> {
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub latency_us: u64,
+    pub overhead_us: Option<u64>,
+    pub ttft_us: Option<u64>,
+    pub upstream_us: Option<u64>,
+    pub counting_us: u64,
+    pub error_kind: Option<&'a str>,
+}
+
 /// Per-request figures: the labelled histograms and the counts behind the rates.
 struct Requests {
     labelled: HashMap<(String, Metric), Windowed>,
@@ -268,12 +278,12 @@ impl Monitor {
     }
 
     /// Records a finished request: its timings overall and under its label, its outcome for the rates.
-    pub fn record_request(&self, record: &RequestRecord) {
+    pub fn record_request(&self, record: &RequestSample<'_>) {
         let slot = self.slot();
         let label = format!(
             "{}/{}",
             record.provider,
-            record.model.rsplit('/').next().unwrap_or(&record.model)
+            record.model.rsplit('/').next().unwrap_or(record.model)
         );
         let values = [
             (Metric::Latency, Some(record.latency_us)),
@@ -307,6 +317,17 @@ impl Monitor {
                     .record(slot, value);
             }
         }
+        Self::count(state, slot, record.error_kind);
+    }
+
+    /// Counts a request the proxy refused before it had a record, as an error of kind `code`.
+    pub fn record_refusal(&self, code: &str) {
+        let slot = self.slot();
+        let mut state = self.requests.lock();
+        Self::count(&mut state, slot, Some(code));
+    }
+
+    fn count(state: &mut Requests, slot: u64, error_kind: Option<&str>) {
         state.requests_total += 1;
         if state.counts.back().is_none_or(|(s, _, _)| *s != slot) {
             if state.counts.len() >= SLOTS {
@@ -316,12 +337,12 @@ impl Monitor {
         }
         if let Some((_, requests, errors)) = state.counts.back_mut() {
             *requests += 1;
-            if let Some(kind) = &record.error_kind {
-                *errors.entry(kind.clone()).or_default() += 1;
+            if let Some(kind) = error_kind {
+                *errors.entry(kind.to_string()).or_default() += 1;
             }
         }
-        if let Some(kind) = &record.error_kind {
-            *state.errors_total.entry(kind.clone()).or_default() += 1;
+        if let Some(kind) = error_kind {
+            *state.errors_total.entry(kind.to_string()).or_default() += 1;
         }
     }
 
@@ -495,45 +516,12 @@ pub struct MonitorSnapshot {
     pub rss_bytes: Option<u64>,
 }
 
-/// Lets a repeated warning through at most once per interval, from any thread, without a lock: a fault that
-/// recurs on every request is said once in a while, with a count, instead of flooding the log.
-#[derive(Debug, Default)]
-pub struct LogThrottle {
-    last_ms: std::sync::atomic::AtomicI64,
-}
-
-impl LogThrottle {
-    pub const fn new() -> LogThrottle {
-        LogThrottle {
-            last_ms: std::sync::atomic::AtomicI64::new(0),
-        }
-    }
-
-    /// Whether a warning may be logged now (at most one caller per interval gets `true`).
-    pub fn ready(&self, every: Duration) -> bool {
-        use std::sync::atomic::Ordering;
-        let now = crate::store::unix_ms();
-        let last = self.last_ms.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= every.as_millis() as i64
-            && self
-                .last_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
-}
+pub use crate::util::LogThrottle;
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn log_throttle_lets_one_warning_through_per_interval() {
-        let throttle = LogThrottle::new();
-        assert!(throttle.ready(Duration::from_secs(60)));
-        assert!(!throttle.ready(Duration::from_secs(60)));
-        assert!(throttle.ready(Duration::ZERO));
-    }
 
     #[test]
     fn percentiles_of_a_known_distribution() {

@@ -32,15 +32,22 @@ pub struct ForwardBody {
     timer: Pin<Box<Sleep>>,
     provider: String,
     tracker: Tracker,
-    /// The rewritten frame changed the length, so the upstream's size hint no longer holds.
-    rewritten: bool,
+    /// The tracker may remove an event, so the upstream's length is not announced: hyper reads the size hint
+    /// before the first frame, when nothing has been rewritten yet.
+    may_rewrite: bool,
     done: bool,
     /// The client's connection: tells a client that stopped reading from one that left.
     connection: Option<Arc<Connection>>,
 }
 
 impl ForwardBody {
-    pub fn new(inner: Incoming, idle: Duration, provider: String, mut tracker: Tracker) -> Self {
+    pub fn new(
+        inner: Incoming,
+        idle: Duration,
+        provider: String,
+        mut tracker: Tracker,
+        may_rewrite: bool,
+    ) -> Self {
         // An empty answer (a redirect, a 204, `Content-Length: 0`) is never polled: hyper writes its headers and
         // drops it. It is complete now, not a client that left.
         let done = inner.is_end_stream();
@@ -53,7 +60,7 @@ impl ForwardBody {
             timer: Box::pin(tokio::time::sleep(idle)),
             provider,
             tracker,
-            rewritten: false,
+            may_rewrite,
             done,
             connection: None,
         }
@@ -103,13 +110,7 @@ impl Body for ForwardBody {
                         Ok(data) => data,
                         Err(frame) => return Poll::Ready(Some(Ok(frame))),
                     };
-                    let mut out = match this.tracker.on_data(&data) {
-                        None => data,
-                        Some(replacement) => {
-                            this.rewritten = true;
-                            replacement
-                        }
-                    };
+                    let mut out = this.tracker.on_data(&data).unwrap_or(data);
                     // A body with a length ends with its last byte: hyper will not poll for the end, so the
                     // record is finished here.
                     if this.inner.is_end_stream() {
@@ -165,7 +166,7 @@ impl Body for ForwardBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.rewritten {
+        if self.may_rewrite {
             SizeHint::default()
         } else {
             self.inner.size_hint()

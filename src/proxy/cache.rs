@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::accounting::tracker::StoredCounts;
+use crate::accounting::tracker::{CompletionHook, StoredCounts};
 
 /// A stored answer: the upstream's JSON body, exactly as it came, and what its request's record counted — a
 /// hit reuses those figures instead of tokenizing the same prompt and answer again.
@@ -101,6 +101,18 @@ impl ResponseCache {
 /// attribution (`user`, `metadata`), so that neither the client's key order nor its string escapes nor `0` vs
 /// `0.0` matter. It is computed in one pass over the body, without building a tree or writing JSON back: each
 /// value is hashed as it is read, and an object's hash is that of its entries sorted by key.
+/// Stores a complete answer with its counts under the request's key (the tracker calls it when the answer ends).
+pub struct StoreOnComplete {
+    pub cache: Arc<ResponseCache>,
+    pub key: u128,
+}
+
+impl CompletionHook for StoreOnComplete {
+    fn complete(&self, body: Bytes, counts: StoredCounts) {
+        self.cache.put(self.key, body, Some(counts));
+    }
+}
+
 pub fn cache_key(body: &[u8], upstream_id: &str, deterministic_only: bool) -> Option<u128> {
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let top =

@@ -1,11 +1,11 @@
-//! Errors the proxy itself produces, rendered in the OpenAI error format so every client SDK can read them.
+//! Errors the proxy itself produces, rendered through the one HTTP error type (`crate::http_error`) in the
+//! OpenAI error format so every client SDK can read them.
 //! Errors that come from the upstream are never rewritten: their status and body pass through.
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
-/// Marks a response whose error was produced by kimi-proxy rather than by the provider.
-pub const PROXY_ERROR_HEADER: &str = "x-kimi-proxy-error";
+pub use crate::http_error::{ErrorSource, HttpError, PROXY_ERROR_HEADER};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -111,6 +111,32 @@ impl ProxyError {
         }
     }
 
+    /// Who was at fault.
+    pub fn source_of_fault(&self) -> ErrorSource {
+        match self {
+            ProxyError::InvalidJson { .. }
+            | ProxyError::InvalidRequest(_)
+            | ProxyError::BodyTooLarge { .. }
+            | ProxyError::BodyRead(_)
+            | ProxyError::BodyTimeout
+            | ProxyError::UnknownModel { .. }
+            | ProxyError::InvalidTarget(_)
+            | ProxyError::TargetNotAllowed(_)
+            | ProxyError::ForbiddenTarget(_)
+            | ProxyError::Unauthorized(_)
+            | ProxyError::Forbidden(_)
+            | ProxyError::NotFound { .. }
+            | ProxyError::MethodNotAllowed(_) => ErrorSource::Client,
+            ProxyError::MissingApiKey { .. }
+            | ProxyError::MissingBaseUrlVar { .. }
+            | ProxyError::RateLimited { .. }
+            | ProxyError::PassthroughDisabled => ErrorSource::Proxy,
+            ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
+                ErrorSource::Upstream
+            }
+        }
+    }
+
     /// OpenAI's `error.type`.
     pub fn error_type(&self) -> &'static str {
         match self.status() {
@@ -151,40 +177,31 @@ impl ProxyError {
         }
     }
 
+    /// The error as every HTTP surface renders it.
+    pub fn to_http(&self) -> HttpError {
+        HttpError {
+            status: self.status(),
+            kind: self.error_type(),
+            code: self.code(),
+            message: self.to_string(),
+            param: matches!(self, ProxyError::UnknownModel { .. }).then_some("model"),
+            source: self.source_of_fault(),
+        }
+    }
+
     pub fn body_json(&self) -> serde_json::Value {
-        let param = match self {
-            ProxyError::UnknownModel { .. } => serde_json::Value::from("model"),
-            _ => serde_json::Value::Null,
-        };
-        serde_json::json!({
-            "error": {
-                "message": self.to_string(),
-                "type": self.error_type(),
-                "param": param,
-                "code": self.code(),
-            }
-        })
+        self.to_http().body_json()
     }
 }
 
 impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
-        let body = self.body_json().to_string();
-        let mut response = (self.status(), body).into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.code()));
-        // JSON is JSON: no browser may sniff an error into something it renders.
-        headers.insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
+        let mut response = self.to_http().into_response();
         if let ProxyError::RateLimited { retry_after, .. } = &self {
             let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName};
 
-use crate::monitor::LogThrottle;
+use crate::util::LogThrottle;
 
 /// Headers that are hop-by-hop by definition, whatever `Connection` says.
 const HOP_BY_HOP: [&str; 9] = [

@@ -24,6 +24,9 @@ pub struct ChatRequestView {
     pub client_asked_usage: bool,
     /// Some assistant tool call lacks an id or carries arguments that are not a JSON string.
     pub needs_tool_fix: bool,
+    /// Some assistant message with tool calls carries no reasoning (`reasoning_content` absent, null or empty):
+    /// for a model that needs its reasoning back, the proxy may restore it.
+    pub reasoning_missing: bool,
     /// Where each message and each tool definition lies in the body: token counting hashes these slices
     /// without parsing the body again.
     pub layout: RequestLayout,
@@ -41,12 +44,7 @@ pub fn clean_session_id(raw: &str) -> Option<String> {
         .then(|| id.to_string())
 }
 
-/// Byte ranges of a request's messages and tool definitions.
-#[derive(Debug, Clone, Default)]
-pub struct RequestLayout {
-    pub messages: Vec<Range<usize>>,
-    pub tools: Vec<Range<usize>>,
-}
+pub use crate::tokens::chat::RequestLayout;
 
 /// The common shape, read in one pass: messages and tools as lists of raw slices.
 #[derive(Deserialize)]
@@ -82,6 +80,8 @@ struct LoosePeek<'a> {
 struct PeekMessage<'a> {
     #[serde(borrow, default)]
     tool_calls: Option<Vec<PeekCall<'a>>>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -172,10 +172,11 @@ pub fn inspect(body: &[u8]) -> Result<ChatRequestView, ProxyError> {
     });
     let messages = peek.messages.unwrap_or_default();
     // Read loosely (a repeated key, say), the messages were not looked at: the full parse will judge them.
-    let needs_tool_fix = if read_loosely {
-        may_name_tool_calls(body)
+    let (needs_tool_fix, reasoning_missing) = if read_loosely {
+        let named = may_name_tool_calls(body);
+        (named, named)
     } else {
-        messages_need_tool_fix(&messages)
+        scan_tool_calls(&messages)
     };
     let layout = RequestLayout {
         messages: messages.iter().map(|m| offset_in(body, m.get())).collect(),
@@ -205,6 +206,7 @@ pub fn inspect(body: &[u8]) -> Result<ChatRequestView, ProxyError> {
         has_stream_options: peek.stream_options.is_some(),
         client_asked_usage,
         needs_tool_fix,
+        reasoning_missing,
         layout,
     })
 }
@@ -284,20 +286,34 @@ fn offset_in(body: &[u8], part: &str) -> Range<usize> {
 
 /// Whether [`normalize_tool_calls`](super::toolcalls::normalize_tool_calls) could change anything: it may say
 /// yes when nothing needs mending (the body is then re-encoded for nothing), never no when something does.
-fn messages_need_tool_fix(messages: &[&RawValue]) -> bool {
-    messages
+/// Whether some tool call needs mending, and whether some message with tool calls lacks its reasoning.
+fn scan_tool_calls(messages: &[&RawValue]) -> (bool, bool) {
+    let (mut needs_fix, mut reasoning_missing) = (false, false);
+    // Cheap pre-check: most messages have no tool call at all.
+    for message in messages
         .iter()
-        // Cheap pre-check: most messages have no tool call at all.
         .filter(|m| m.get().starts_with('{') && may_name_tool_calls(m.get().as_bytes()))
-        .any(|m| match serde_json::from_str::<PeekMessage<'_>>(m.get()) {
-            Ok(message) => message
-                .tool_calls
-                .unwrap_or_default()
-                .into_iter()
-                .any(|call| call_needs_fix(&call)),
+    {
+        match serde_json::from_str::<PeekMessage<'_>>(message.get()) {
+            Ok(message) => {
+                let calls = message.tool_calls.unwrap_or_default();
+                needs_fix |= calls.iter().any(call_needs_fix);
+                let no_reasoning = message
+                    .reasoning_content
+                    .is_none_or(|r| matches!(r.get(), "null" | "\"\""));
+                reasoning_missing |= !calls.is_empty() && no_reasoning;
+            }
             // An odd shape (a repeated key, a call that is not an object): let the full parse judge.
-            Err(_) => true,
-        })
+            Err(_) => {
+                needs_fix = true;
+                reasoning_missing = true;
+            }
+        }
+        if needs_fix && reasoning_missing {
+            break;
+        }
+    }
+    (needs_fix, reasoning_missing)
 }
 
 /// Whether `message` may hold a `tool_calls` key: spelt plainly, or with letters written as `\u00XX` escapes

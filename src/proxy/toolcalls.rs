@@ -12,11 +12,16 @@ pub struct ToolCallFixes {
     pub ids_added: u32,
     pub arguments_serialized: u32,
     pub arguments_repaired: u32,
+    /// Assistant tool-call messages given back the reasoning the client dropped (see `proxy::reasoning`).
+    pub reasoning_restored: u32,
 }
 
 impl ToolCallFixes {
     pub fn total(&self) -> u32 {
-        self.ids_added + self.arguments_serialized + self.arguments_repaired
+        self.ids_added
+            + self.arguments_serialized
+            + self.arguments_repaired
+            + self.reasoning_restored
     }
 }
 
@@ -457,7 +462,8 @@ mod tests {
             ToolCallFixes {
                 ids_added: 1,
                 arguments_serialized: 1,
-                arguments_repaired: 1
+                arguments_repaired: 1,
+                reasoning_restored: 0,
             }
         );
         let calls = &request["messages"][1]["tool_calls"];

@@ -6,7 +6,6 @@
 //! the command line) use their own read-only connections; WAL lets them read while the writer writes.
 
 pub mod alerts;
-pub mod api;
 pub mod cli;
 pub mod export;
 pub mod masks;
@@ -230,6 +229,8 @@ impl Store {
                     context.and_then(|c| c.error.as_deref()),
                     clamp(record.tokens_saved),
                     record.cost_saved_usd,
+                    record.client_app,
+                    record.client_api,
                 ])?;
                 if let Some(id) = session {
                     let window = resolver.context_window(&record.model);
@@ -288,6 +289,7 @@ impl Store {
                 created_at: unix_ms(),
                 context_window: model.and_then(|m| resolver.context_window(m)),
                 active: activate,
+                client_app: None,
             },
         );
         match id.and_then(|id| tx.commit().map(|()| id)) {
@@ -672,12 +674,7 @@ impl Readers {
     }
 }
 
-pub fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::util::unix_ms;
 
 #[cfg(unix)]
 fn file_identity(path: &Path) -> Option<(u64, u64)> {

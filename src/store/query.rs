@@ -37,10 +37,12 @@ pub struct Session {
     pub tokens_saved: i64,
     pub cost_saved_usd: f64,
     /// The session's context settings (`PUT /api/sessions/{id}/context`), if any.
-    pub context_settings: Option<crate::context::config::Toggles>,
+    pub context_settings: Option<crate::config::context::Toggles>,
+    /// The application of the request that opened the session (`Claude Code 2.1.197`…).
+    pub client_app: Option<String>,
 }
 
-const SESSION_COLUMNS: &str = "id, name, model, source, client_key, created_at, last_activity, active, request_count, error_count, prompt_tokens, completion_tokens, cached_tokens, cost_usd, context_tokens, context_window, tokens_saved, cost_saved_usd, context_settings";
+const SESSION_COLUMNS: &str = "id, name, model, source, client_key, created_at, last_activity, active, request_count, error_count, prompt_tokens, completion_tokens, cached_tokens, cost_usd, context_tokens, context_window, tokens_saved, cost_saved_usd, context_settings, client_app";
 
 fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
     let prompt_tokens: i64 = row.get(10)?;
@@ -72,6 +74,7 @@ fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
         tokens_saved: row.get(16)?,
         cost_saved_usd: row.get(17)?,
         context_settings: settings.and_then(|s| serde_json::from_str(&s).ok()),
+        client_app: row.get(19)?,
     })
 }
 

@@ -163,6 +163,12 @@ CREATE TABLE masked_content (
 );
 CREATE INDEX masked_content_by_time ON masked_content (created_at);
 "#,
+    // 6 → 7: which application sent each request and which API it spoke; a session keeps its first client's.
+    r#"
+ALTER TABLE requests ADD COLUMN client_app TEXT;
+ALTER TABLE requests ADD COLUMN client_api TEXT NOT NULL DEFAULT 'chat';
+ALTER TABLE sessions ADD COLUMN client_app TEXT;
+"#,
 ];
 
 /// The columns of `requests` in the order the writer binds them (`id` excluded).
@@ -223,6 +229,8 @@ pub const REQUEST_COLUMNS: &[&str] = &[
     "ctx_error",
     "tokens_saved",
     "cost_saved_usd",
+    "client_app",
+    "client_api",
 ];
 
 /// Columns read back as booleans.

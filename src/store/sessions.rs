@@ -157,6 +157,8 @@ pub struct NewSession<'a> {
     pub created_at: i64,
     pub context_window: Option<u64>,
     pub active: bool,
+    /// The application of the request that opened it.
+    pub client_app: Option<&'a str>,
 }
 
 impl SessionResolver {
@@ -281,6 +283,7 @@ impl SessionResolver {
                     created_at: record.started_at_ms,
                     context_window: self.context_window(&record.model),
                     active: true,
+                    client_app: record.client_app.as_deref(),
                 },
             )?;
             self.active = Some(id);
@@ -309,6 +312,7 @@ impl SessionResolver {
                             created_at: record.started_at_ms,
                             context_window: self.context_window(&record.model),
                             active: false,
+                            client_app: record.client_app.as_deref(),
                         },
                     )?)
                 }
@@ -358,6 +362,7 @@ impl SessionResolver {
                     created_at: record.started_at_ms,
                     context_window: self.context_window(&record.model),
                     active: false,
+                    client_app: record.client_app.as_deref(),
                 },
             )?,
         };
@@ -390,8 +395,9 @@ impl SessionResolver {
                 .execute([])?;
         }
         conn.prepare_cached(
-            "INSERT INTO sessions (name, model, created_at, last_activity, source, client_key, context_window, active)
-             VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO sessions (name, model, created_at, last_activity, source, client_key, context_window, active,
+                                   client_app)
+             VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?
         .execute(params![
             new.name,
@@ -401,6 +407,7 @@ impl SessionResolver {
             new.client_key,
             new.context_window.map(clamp),
             new.active,
+            new.client_app,
         ])?;
         let id = conn.last_insert_rowid();
         self.verified.insert(id);

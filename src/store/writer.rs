@@ -23,7 +23,7 @@ use super::sessions::SessionResolver;
 use super::{BatchReport, Store, StoreError, unix_ms};
 use crate::accounting::{RecordSink, RequestRecord};
 use crate::config::{Config, SessionMode, StoreConfig};
-use crate::monitor::LogThrottle;
+use crate::util::LogThrottle;
 
 /// How long the writer sleeps between looks at the queue while it fills a batch: the most a command (a session
 /// change from the API) or the shutdown waits behind an open batch.

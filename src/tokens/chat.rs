@@ -12,7 +12,14 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
 use super::Tokenizer;
 use super::cache::{MessageCache, MessageTokens, Role};
-use crate::proxy::request::RequestLayout;
+
+/// Byte ranges of a chat request's messages and tool definitions in its body: counting hashes these slices
+/// without parsing the body again (the proxy's request scan finds them).
+#[derive(Debug, Clone, Default)]
+pub struct RequestLayout {
+    pub messages: Vec<std::ops::Range<usize>>,
+    pub tools: Vec<std::ops::Range<usize>>,
+}
 
 pub const TOKENS_PER_MESSAGE: u32 = 3;
 pub const TOKENS_PER_NAME: u32 = 1;

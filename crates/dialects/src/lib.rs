@@ -9,6 +9,9 @@
 //! - `anthropic`: Anthropic Messages ⇄ chat completions.
 //! - `responses`: OpenAI Responses ⇄ chat completions.
 
+pub mod anthropic;
+pub mod responses;
+
 /// The wire API a client or a provider speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Dialect {

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::{Body, to_bytes};
@@ -113,13 +114,17 @@ async fn respond(shared: &Shared, seq: u64, parts: &Parts, body: Bytes) -> Respo
         _ => path,
     };
     let route = route.trim_end_matches('/');
+    if let Some(anthropic) = crate::anthropic::route(route) {
+        return crate::anthropic::respond(shared, seq, parts, body, &opts, anthropic).await;
+    }
     let is_models = route == "/models";
     let is_chat = route == "/chat/completions";
-    if !is_models && !is_chat {
+    let is_responses = route == "/responses";
+    if !is_models && !is_chat && !is_responses {
         return error_response(StatusCode::NOT_FOUND, &format!("unknown route {path}"));
     }
-    let method_ok =
-        (is_models && parts.method == Method::GET) || (is_chat && parts.method == Method::POST);
+    let method_ok = (is_models && parts.method == Method::GET)
+        || ((is_chat || is_responses) && parts.method == Method::POST);
     if !method_ok {
         return error_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -169,6 +174,9 @@ async fn respond(shared: &Shared, seq: u64, parts: &Parts, body: Bytes) -> Respo
 
     if is_models {
         return json_response(StatusCode::OK, &ModelList::mock());
+    }
+    if is_responses {
+        return crate::responses::respond(shared, seq, &opts, &body, shutdown);
     }
     chat_completions(shared, seq, &opts, &body, shutdown)
 }
@@ -234,11 +242,17 @@ fn chat_completions(
                 _ => None,
             },
         };
-        let stream = sse_stream(plan, shared.stats.clone(), shutdown);
-        let mut response = with_content_type(
-            Response::new(Body::from_stream(stream)),
-            "text/event-stream",
-        );
+        let body = if opts.fixed_length && plan.fault.is_none() {
+            shared.stats.streams_started.fetch_add(1, Ordering::Relaxed);
+            shared
+                .stats
+                .streams_completed
+                .fetch_add(1, Ordering::Relaxed);
+            Body::from(plan.render_whole())
+        } else {
+            Body::from_stream(sse_stream(plan, shared.stats.clone(), shutdown))
+        };
+        let mut response = with_content_type(Response::new(body), "text/event-stream");
         response
             .headers_mut()
             .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -295,18 +309,18 @@ fn chat_completions(
     }
 }
 
-fn to_json_bytes<T: Serialize>(value: &T) -> Bytes {
+pub(crate) fn to_json_bytes<T: Serialize>(value: &T) -> Bytes {
     serde_json::to_vec(value).map_or_else(|_| Bytes::from_static(b"{}"), Bytes::from)
 }
 
-fn with_content_type(mut response: Response, content_type: &'static str) -> Response {
+pub(crate) fn with_content_type(mut response: Response, content_type: &'static str) -> Response {
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 
-fn json_body_response(body: Body) -> Response {
+pub(crate) fn json_body_response(body: Body) -> Response {
     with_content_type(Response::new(body), "application/json")
 }
 
@@ -328,7 +342,7 @@ fn error_kind(status: StatusCode) -> (&'static str, Option<&'static str>) {
     }
 }
 
-fn error_response(status: StatusCode, message: &str) -> Response {
+pub(crate) fn error_response(status: StatusCode, message: &str) -> Response {
     let (kind, code) = error_kind(status);
     json_response(
         status,

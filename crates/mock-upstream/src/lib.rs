@@ -1,11 +1,16 @@
 //! A deterministic, OpenAI-compatible mock upstream.
 //!
 //! Used by kimi-proxy's end-to-end tests and benchmarks. Routes (with or
-//! without the `/v1` prefix): `GET /models`, `POST /chat/completions`.
+//! without the `/v1` prefix): `GET /models`, `POST /chat/completions`, `POST /messages` and
+//! `POST /messages/count_tokens` (Anthropic's Messages API; see `anthropic.rs`), and `POST /responses` (OpenAI's
+//! Responses API: a Response object, or its event stream from `response.created` to `response.completed`;
+//! see `responses.rs`).
 //! Behaviour comes from [`MockConfig`] and per-request headers:
 //!
 //! - `x-mock-chunks`, `x-mock-chunk-delay-ms`, `x-mock-ttft-ms`: stream shape.
-//! - `x-mock-usage: requested | always | none`: when usage is reported.
+//! - `x-mock-usage: requested | always | none`: when usage is reported (`always`: a `choices: []` usage chunk
+//!   ends every stream, asked for or not, as OpenRouter does).
+//! - `x-mock-stream-body: fixed`: a stream sent as one body with a `Content-Length` (buffering gateways).
 //! - `x-mock-reasoning: N`, `x-mock-tool-call: 1`: extra deltas.
 //! - `x-mock-status`, `x-mock-retry-after`, `x-mock-fail-times`, `x-mock-key`:
 //!   OpenAI-format errors, optionally only for the first N requests of a key.
@@ -17,11 +22,17 @@
 //!
 //! With [`MockConfig::required_key`], requests without that bearer key get a 401.
 //!
+//! Anthropic-native mode: `POST /messages` and `POST /messages/count_tokens` answer as Anthropic's Messages
+//! API (JSON, or its event stream; errors in its format; `x-api-key` for [`MockConfig::required_key`]), with
+//! the same headers where they make sense (see the `anthropic` module).
+//!
 //! Invalid header values are ignored.
 
+mod anthropic;
 mod handler;
 mod options;
 mod payload;
+mod responses;
 mod stream;
 
 use std::collections::{HashMap, VecDeque};

@@ -52,6 +52,9 @@ pub(crate) struct MockOptions {
     pub(crate) body_kb: Option<usize>,
     /// `x-mock-id`: a fixed completion id, so two answers can be compared byte for byte.
     pub(crate) id: Option<String>,
+    /// `x-mock-stream-body: fixed`: a stream sent as one body with a `Content-Length`, as buffering gateways
+    /// and simple servers do, instead of chunked frames.
+    pub(crate) fixed_length: bool,
 }
 
 fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -104,8 +107,11 @@ impl MockOptions {
                     && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
             })
             .map(str::to_owned);
+        let fixed_length =
+            text(headers, "x-mock-stream-body").is_some_and(|v| v.eq_ignore_ascii_case("fixed"));
         Self {
             id,
+            fixed_length,
             chunks: count(headers, "x-mock-chunks")
                 .unwrap_or(config.default_chunks)
                 .min(MAX_CHUNKS),

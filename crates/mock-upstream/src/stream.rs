@@ -89,6 +89,17 @@ impl SsePlan {
         (pos == 0).then_some(Event::Done)
     }
 
+    /// The whole stream as one body (no delays, no faults): what a buffering server sends with a length.
+    pub(crate) fn render_whole(&self) -> Bytes {
+        let mut whole = Vec::new();
+        let mut pos = 0;
+        while let Some(event) = self.event_at(pos) {
+            whole.extend_from_slice(&self.render(event));
+            pos += 1;
+        }
+        Bytes::from(whole)
+    }
+
     /// Position at which `close-mid-stream` aborts the body.
     fn cut_position(&self) -> usize {
         1 + self.reasoning + self.chunks / 2
@@ -217,7 +228,7 @@ impl StreamGuard {
         self.settled = true;
     }
 
-    fn complete(&mut self) {
+    pub(crate) fn complete(&mut self) {
         if !self.settled {
             self.settled = true;
             self.stats.streams_completed.fetch_add(1, Ordering::Relaxed);

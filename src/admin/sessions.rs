@@ -4,23 +4,21 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::{get, post};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::export::{self, Format};
-use super::masks::MaskKey;
-use super::query::{self, Order, RequestFilter, SessionSort, StatusFilter};
-use super::{Readers, SessionChange, StoreError, StoreSink};
-use crate::context::api as context_api;
+use crate::http_error::HttpError;
 use crate::proxy::ProxyState;
+use crate::store::export::{self, Format};
+use crate::store::masks::MaskKey;
+use crate::store::query::{self, Order, RequestFilter, SessionSort, StatusFilter};
+use crate::store::{Readers, SessionChange, StoreError, StoreSink};
 
 /// Shared by the store routes.
 pub struct StoreApi {
@@ -57,125 +55,40 @@ impl StoreApi {
     }
 }
 
-pub fn router(api: Arc<StoreApi>) -> Router {
-    Router::new()
-        .route(
-            "/api/sessions",
-            get(list_sessions)
-                .post(create_session)
-                .delete(delete_sessions),
-        )
-        .route(
-            "/api/sessions/{id}",
-            get(get_session)
-                .patch(rename_session)
-                .delete(delete_session),
-        )
-        .route("/api/sessions/{id}/activate", post(activate))
-        .route("/api/sessions/{id}/deactivate", post(deactivate))
-        .route("/api/sessions/{id}/requests", get(session_requests))
-        .route("/api/sessions/{id}/export", get(export_session))
-        .route("/api/export", get(export_all))
-        .route("/api/stats/store", get(store_stats))
-        .route("/api/maintenance/retention", post(retention))
-        .route("/api/mask/{hash}", get(context_api::get_mask))
-        .route(
-            "/api/sessions/{id}/context",
-            get(context_api::get_settings).put(context_api::put_settings),
-        )
-        .route("/api/sessions/{id}/compact", post(context_api::compact))
-        .route(
-            "/api/sessions/{id}/compact/preview",
-            post(context_api::compact_preview),
-        )
-        .with_state(api)
+/// A session id that names no session.
+pub fn unknown_session(id: i64) -> HttpError {
+    HttpError::not_found("unknown_session", format!("no session {id}"))
 }
 
-/// An API error in the OpenAI format.
-pub struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    pub fn new(
-        status: StatusCode,
-        kind: &'static str,
-        code: &'static str,
-        message: impl Into<String>,
-    ) -> ApiError {
-        ApiError {
-            status,
-            kind,
+impl From<StoreError> for HttpError {
+    fn from(error: StoreError) -> HttpError {
+        let code = match &error {
+            StoreError::UnknownSession(id) => return unknown_session(*id),
+            StoreError::Closed => "store_closed",
+            _ => "store_unavailable",
+        };
+        HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_error",
             code,
-            message: message.into(),
-        }
-    }
-
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            kind: "invalid_request_error",
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn unknown_session(id: i64) -> ApiError {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            kind: "not_found_error",
-            code: "unknown_session",
-            message: format!("no session {id}"),
-        }
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(error: StoreError) -> ApiError {
-        match error {
-            StoreError::UnknownSession(id) => ApiError::unknown_session(id),
-            StoreError::Closed => ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                kind: "store_error",
-                code: "store_closed",
-                message: error.to_string(),
-            },
-            other => ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                kind: "store_error",
-                code: "store_unavailable",
-                message: other.to_string(),
-            },
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": {"message": self.message, "type": self.kind, "code": self.code}})),
+            error.to_string(),
         )
-            .into_response()
     }
 }
 
-pub type ApiResult = Result<Response, ApiError>;
+pub type ApiResult = Result<Response, HttpError>;
 
-fn query_error(rejection: QueryRejection) -> ApiError {
-    ApiError::bad_request("invalid_parameter", rejection.body_text())
+fn query_error(rejection: QueryRejection) -> HttpError {
+    HttpError::bad_request("invalid_parameter", rejection.body_text())
 }
 
-pub fn json_error(rejection: JsonRejection) -> ApiError {
-    ApiError::bad_request("invalid_body", rejection.body_text())
+pub fn json_error(rejection: JsonRejection) -> HttpError {
+    HttpError::bad_request("invalid_body", rejection.body_text())
 }
 
-pub fn session_id(text: &str) -> Result<i64, ApiError> {
+pub fn session_id(text: &str) -> Result<i64, HttpError> {
     text.parse::<i64>().map_err(|_| {
-        ApiError::bad_request(
+        HttpError::bad_request(
             "invalid_parameter",
             format!("`{text}` is not a session id (an integer)"),
         )
@@ -186,23 +99,23 @@ pub fn session_id(text: &str) -> Result<i64, ApiError> {
 pub async fn read<T: Send + 'static>(
     api: &Arc<StoreApi>,
     f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
+) -> Result<T, HttpError> {
     let api = Arc::clone(api);
     tokio::task::spawn_blocking(move || api.readers.with(f))
         .await
-        .map_err(|e| ApiError::from(StoreError::Other(format!("read task failed: {e}"))))?
-        .map_err(ApiError::from)
+        .map_err(|e| HttpError::from(StoreError::Other(format!("read task failed: {e}"))))?
+        .map_err(HttpError::from)
 }
 
 const MAX_PAGE: u32 = 1000;
 
-fn page(limit: Option<u32>, default: u32) -> Result<u32, ApiError> {
+fn page(limit: Option<u32>, default: u32) -> Result<u32, HttpError> {
     match limit {
-        Some(0) => Err(ApiError::bad_request(
+        Some(0) => Err(HttpError::bad_request(
             "invalid_parameter",
             "limit must be at least 1",
         )),
-        Some(n) if n > MAX_PAGE => Err(ApiError::bad_request(
+        Some(n) if n > MAX_PAGE => Err(HttpError::bad_request(
             "invalid_parameter",
             format!("limit must be at most {MAX_PAGE}"),
         )),
@@ -213,14 +126,14 @@ fn page(limit: Option<u32>, default: u32) -> Result<u32, ApiError> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SessionsQuery {
+pub(crate) struct SessionsQuery {
     limit: Option<u32>,
     offset: Option<u64>,
     sort: Option<SessionSort>,
     order: Option<Order>,
 }
 
-async fn list_sessions(
+pub(crate) async fn list_sessions(
     State(api): State<Arc<StoreApi>>,
     query: Result<Query<SessionsQuery>, QueryRejection>,
 ) -> ApiResult {
@@ -246,24 +159,27 @@ async fn list_sessions(
     .into_response())
 }
 
-async fn get_session(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> ApiResult {
+pub(crate) async fn get_session(
+    State(api): State<Arc<StoreApi>>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let id = session_id(&id)?;
     match read(&api, move |conn| query::get_session(conn, id)).await? {
         Some(session) => Ok(Json(session).into_response()),
-        None => Err(ApiError::unknown_session(id)),
+        None => Err(unknown_session(id)),
     }
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateSession {
+pub(crate) struct CreateSession {
     name: String,
     model: Option<String>,
     /// Make it the active session (default true).
     activate: Option<bool>,
 }
 
-async fn create_session(
+pub(crate) async fn create_session(
     State(api): State<Arc<StoreApi>>,
     body: Result<Json<CreateSession>, JsonRejection>,
 ) -> ApiResult {
@@ -295,7 +211,7 @@ async fn create_session(
 const MAX_MODEL_CHARS: usize = 256;
 
 /// A session's model: trimmed, none when blank, bounded and printable.
-fn clean_model(model: Option<String>) -> Result<Option<String>, ApiError> {
+fn clean_model(model: Option<String>) -> Result<Option<String>, HttpError> {
     let Some(model) = model else {
         return Ok(None);
     };
@@ -304,7 +220,7 @@ fn clean_model(model: Option<String>) -> Result<Option<String>, ApiError> {
         return Ok(None);
     }
     if model.chars().count() > MAX_MODEL_CHARS || model.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
+        return Err(HttpError::bad_request(
             "invalid_parameter",
             format!("model must be at most {MAX_MODEL_CHARS} printable characters"),
         ));
@@ -312,10 +228,10 @@ fn clean_model(model: Option<String>) -> Result<Option<String>, ApiError> {
     Ok(Some(model.to_string()))
 }
 
-fn clean_name(name: &str) -> Result<String, ApiError> {
+fn clean_name(name: &str) -> Result<String, HttpError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
+        return Err(HttpError::bad_request(
             "invalid_parameter",
             "name must be 1 to 200 printable characters",
         ));
@@ -325,11 +241,11 @@ fn clean_name(name: &str) -> Result<String, ApiError> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RenameSession {
+pub(crate) struct RenameSession {
     name: String,
 }
 
-async fn rename_session(
+pub(crate) async fn rename_session(
     State(api): State<Arc<StoreApi>>,
     Path(id): Path<String>,
     body: Result<Json<RenameSession>, JsonRejection>,
@@ -351,7 +267,7 @@ async fn changed_session_response(api: &Arc<StoreApi>, id: i64, activation: bool
     })
     .await?;
     let Some(session) = session else {
-        return Err(ApiError::unknown_session(id));
+        return Err(unknown_session(id));
     };
     api.sink.notify(SessionChange::Updated(session.clone()));
     if activation {
@@ -361,7 +277,10 @@ async fn changed_session_response(api: &Arc<StoreApi>, id: i64, activation: bool
     Ok(Json(session).into_response())
 }
 
-async fn activate(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> ApiResult {
+pub(crate) async fn activate(
+    State(api): State<Arc<StoreApi>>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let id = session_id(&id)?;
     api.sink
         .execute(move |state| state.store()?.set_active(id, true))
@@ -370,7 +289,10 @@ async fn activate(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> A
     changed_session_response(&api, id, true).await
 }
 
-async fn deactivate(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> ApiResult {
+pub(crate) async fn deactivate(
+    State(api): State<Arc<StoreApi>>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let id = session_id(&id)?;
     api.sink
         .execute(move |state| state.store()?.set_active(id, false))
@@ -379,7 +301,10 @@ async fn deactivate(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) ->
     changed_session_response(&api, id, true).await
 }
 
-async fn delete_session(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> ApiResult {
+pub(crate) async fn delete_session(
+    State(api): State<Arc<StoreApi>>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let id = session_id(&id)?;
     let deleted = api
         .sink
@@ -389,7 +314,7 @@ async fn delete_session(State(api): State<Arc<StoreApi>>, Path(id): Path<String>
         })
         .await?;
     if deleted == 0 {
-        return Err(ApiError::unknown_session(id));
+        return Err(unknown_session(id));
     }
     api.proxy.context.sessions.forget(id);
     api.note_active(id, false);
@@ -399,17 +324,17 @@ async fn delete_session(State(api): State<Arc<StoreApi>>, Path(id): Path<String>
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DeleteSessions {
+pub(crate) struct DeleteSessions {
     ids: Vec<i64>,
 }
 
-async fn delete_sessions(
+pub(crate) async fn delete_sessions(
     State(api): State<Arc<StoreApi>>,
     body: Result<Json<DeleteSessions>, JsonRejection>,
 ) -> ApiResult {
     let Json(body) = body.map_err(json_error)?;
     if body.ids.is_empty() {
-        return Err(ApiError::bad_request(
+        return Err(HttpError::bad_request(
             "invalid_parameter",
             "ids must name at least one session",
         ));
@@ -436,7 +361,7 @@ async fn delete_sessions(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RequestsQuery {
+pub(crate) struct RequestsQuery {
     limit: Option<u32>,
     offset: Option<u64>,
     status: Option<String>,
@@ -445,7 +370,7 @@ struct RequestsQuery {
     until: Option<i64>,
 }
 
-async fn session_requests(
+pub(crate) async fn session_requests(
     State(api): State<Arc<StoreApi>>,
     Path(id): Path<String>,
     query: Result<Query<RequestsQuery>, QueryRejection>,
@@ -457,7 +382,7 @@ async fn session_requests(
     let status = match q.status.as_deref() {
         None => None,
         Some(text) => Some(StatusFilter::parse(text).ok_or_else(|| {
-            ApiError::bad_request(
+            HttpError::bad_request(
                 "invalid_parameter",
                 format!("status must be a status code, `ok` or `error`, not `{text}`"),
             )
@@ -486,23 +411,23 @@ async fn session_requests(
             "offset": offset,
         }))
         .into_response()),
-        None => Err(ApiError::unknown_session(id)),
+        None => Err(unknown_session(id)),
     }
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ExportQuery {
+pub(crate) struct ExportQuery {
     format: Option<String>,
     since: Option<i64>,
     until: Option<i64>,
 }
 
-fn export_format(text: Option<&str>) -> Result<Format, ApiError> {
+fn export_format(text: Option<&str>) -> Result<Format, HttpError> {
     match text {
         None => Ok(Format::Json),
         Some(text) => Format::parse(text).ok_or_else(|| {
-            ApiError::bad_request(
+            HttpError::bad_request(
                 "invalid_parameter",
                 format!("format must be `csv` or `json`, not `{text}`"),
             )
@@ -510,7 +435,7 @@ fn export_format(text: Option<&str>) -> Result<Format, ApiError> {
     }
 }
 
-async fn export_session(
+pub(crate) async fn export_session(
     State(api): State<Arc<StoreApi>>,
     Path(id): Path<String>,
     query: Result<Query<ExportQuery>, QueryRejection>,
@@ -522,7 +447,7 @@ async fn export_session(
         .await?
         .is_none()
     {
-        return Err(ApiError::unknown_session(id));
+        return Err(unknown_session(id));
     }
     let filter = RequestFilter {
         session: Some(id),
@@ -538,7 +463,7 @@ async fn export_session(
     ))
 }
 
-async fn export_all(
+pub(crate) async fn export_all(
     State(api): State<Arc<StoreApi>>,
     query: Result<Query<ExportQuery>, QueryRejection>,
 ) -> ApiResult {
@@ -595,7 +520,7 @@ fn stream_export(
     response
 }
 
-async fn store_stats(State(api): State<Arc<StoreApi>>) -> ApiResult {
+pub(crate) async fn store_stats(State(api): State<Arc<StoreApi>>) -> ApiResult {
     let writer = api.sink.stats();
     let path = api.sink.path().to_path_buf();
     let shown = path.display().to_string();
@@ -623,19 +548,19 @@ async fn store_stats(State(api): State<Arc<StoreApi>>) -> ApiResult {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RetentionBody {
+pub(crate) struct RetentionBody {
     days: u32,
     /// Give the space back to the file system (default true).
     vacuum: Option<bool>,
 }
 
-async fn retention(
+pub(crate) async fn retention(
     State(api): State<Arc<StoreApi>>,
     body: Result<Json<RetentionBody>, JsonRejection>,
 ) -> ApiResult {
     let Json(body) = body.map_err(json_error)?;
     if body.days == 0 {
-        return Err(ApiError::bad_request(
+        return Err(HttpError::bad_request(
             "invalid_parameter",
             "days must be at least 1",
         ));

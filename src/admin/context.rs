@@ -10,17 +10,18 @@ use axum::response::{IntoResponse, Json};
 use rusqlite::OptionalExtension;
 use serde_json::json;
 
-use super::config::Toggles;
-use super::conversation::Counter;
-use super::sessions::SessionContext;
-use crate::store::api::{ApiError, ApiResult, StoreApi, json_error, read, session_id};
+use super::sessions::{ApiResult, StoreApi, json_error, read, session_id};
+use crate::config::context::Toggles;
+use crate::context::conversation::Counter;
+use crate::context::sessions::SessionContext;
+use crate::http_error::HttpError;
 use crate::store::masks::{self, MaskReadError};
 use crate::store::{SessionChange, StoreError, query};
 
 /// `GET /api/mask/{hash}`: a masked original.
 pub async fn get_mask(State(api): State<Arc<StoreApi>>, Path(hash): Path<String>) -> ApiResult {
     if hash.len() != 32 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::bad_request(
+        return Err(HttpError::bad_request(
             "invalid_parameter",
             format!("`{hash}` is not a mask id (32 hex digits)"),
         ));
@@ -42,17 +43,17 @@ pub async fn get_mask(State(api): State<Arc<StoreApi>>, Path(hash): Path<String>
         }
     })
     .await
-    .map_err(|e| ApiError::from(StoreError::Other(format!("read task failed: {e}"))))?;
+    .map_err(|e| HttpError::from(StoreError::Other(format!("read task failed: {e}"))))?;
     match found {
         Ok(Some(row)) => Ok(Json(row).into_response()),
-        Ok(None) => Err(ApiError::new(
+        Ok(None) => Err(HttpError::new(
             StatusCode::NOT_FOUND,
             "not_found_error",
             "unknown_mask",
             "no masked original with this id",
         )),
         Err(MaskReadError::Store(error)) => Err(error.into()),
-        Err(error) => Err(ApiError::new(
+        Err(error) => Err(HttpError::new(
             StatusCode::CONFLICT,
             "store_error",
             "mask_encrypted",
@@ -78,7 +79,7 @@ pub async fn get_settings(State(api): State<Arc<StoreApi>>, Path(id): Path<Strin
         .await?
         .is_none()
     {
-        return Err(ApiError::unknown_session(id));
+        return Err(super::sessions::unknown_session(id));
     }
     let context = api.proxy.context.sessions.get(id);
     Ok(Json(settings_json(id, &context, &api)).into_response())
@@ -96,7 +97,7 @@ pub async fn put_settings(
     let stored = (!toggles.is_empty())
         .then(|| serde_json::to_string(&toggles))
         .transpose()
-        .map_err(|e| ApiError::from(StoreError::Other(e.to_string())))?;
+        .map_err(|e| HttpError::from(StoreError::Other(e.to_string())))?;
     let (client_key, active) = api
         .sink
         .execute(move |state| {
@@ -133,7 +134,7 @@ pub async fn put_settings(
 pub async fn compact(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> ApiResult {
     let id = session_id(&id)?;
     let Some(session) = read(&api, move |conn| query::get_session(conn, id)).await? else {
-        return Err(ApiError::unknown_session(id));
+        return Err(super::sessions::unknown_session(id));
     };
     let sessions = &api.proxy.context.sessions;
     let mut context = sessions.get(id);
@@ -169,10 +170,10 @@ pub async fn compact_preview(
     })
     .await?;
     let Some(latest) = latest else {
-        return Err(ApiError::unknown_session(id));
+        return Err(super::sessions::unknown_session(id));
     };
     let not_kept = || {
-        ApiError::new(
+        HttpError::new(
             StatusCode::CONFLICT,
             "invalid_request_error",
             "no_recent_request",
@@ -195,6 +196,6 @@ pub async fn compact_preview(
         proxy.context.preview(&recent, &counter)
     })
     .await
-    .map_err(|e| ApiError::from(StoreError::Other(format!("preview failed: {e}"))))?;
+    .map_err(|e| HttpError::from(StoreError::Other(format!("preview failed: {e}"))))?;
     Ok(Json(json!({"session_id": id, "preview": preview})).into_response())
 }

@@ -4,71 +4,40 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Alert, AlertEngine};
-use crate::store::{StoreError, alerts as table, unix_ms};
-
-pub fn router(engine: Arc<AlertEngine>) -> Router {
-    Router::new()
-        .route("/api/alerts", get(list))
-        .route("/api/alerts/{id}/ack", post(ack))
-        .with_state(engine)
-}
+use crate::alerts::{Alert, AlertEngine};
+use crate::http_error::HttpError;
+use crate::store::{StoreError, alerts as table};
+use crate::util::unix_ms;
 
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
-fn error(status: StatusCode, kind: &str, code: &str, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(json!({"error": {"message": message.into(), "type": kind, "code": code}})),
-    )
-        .into_response()
-}
-
 fn bad_request(message: impl Into<String>) -> Response {
-    error(
-        StatusCode::BAD_REQUEST,
-        "invalid_request_error",
-        "invalid_parameter",
-        message,
-    )
+    HttpError::bad_request("invalid_parameter", message).into_response()
 }
 
 fn store_error(e: StoreError) -> Response {
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "store_error",
-        "store_unavailable",
-        e.to_string(),
-    )
+    HttpError::from(e).into_response()
 }
 
 fn not_found(id: i64) -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        "not_found_error",
-        "unknown_alert",
-        format!("no alert {id}"),
-    )
+    HttpError::not_found("unknown_alert", format!("no alert {id}")).into_response()
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     active: Option<bool>,
     limit: Option<u32>,
 }
 
-async fn list(
+pub(crate) async fn list(
     State(engine): State<Arc<AlertEngine>>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Response {
@@ -125,7 +94,10 @@ async fn list(
     .into_response()
 }
 
-async fn ack(State(engine): State<Arc<AlertEngine>>, Path(id): Path<String>) -> Response {
+pub(crate) async fn ack(
+    State(engine): State<Arc<AlertEngine>>,
+    Path(id): Path<String>,
+) -> Response {
     let Ok(id) = id.parse::<i64>() else {
         return bad_request(format!("`{id}` is not an alert id (an integer)"));
     };

@@ -3,31 +3,18 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::Router;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
 use serde::Deserialize;
 
 use crate::proxy::ProxyState;
 
-pub fn router(state: Arc<ProxyState>) -> Router {
-    Router::new()
-        .route("/api/requests/recent", get(recent_requests))
-        .route("/api/requests/live", get(live_requests))
-        .route("/api/tokens", get(token_stats))
-        .route("/api/stats", get(stats))
-        .route("/metrics", get(metrics))
-        .with_state(Arc::clone(&state))
-        .merge(crate::alerts::api::router(Arc::clone(&state.alerts)))
-}
-
 #[derive(Deserialize)]
-struct RecentQuery {
+pub(crate) struct RecentQuery {
     limit: Option<usize>,
 }
 
-async fn recent_requests(
+pub(crate) async fn recent_requests(
     State(state): State<Arc<ProxyState>>,
     Query(query): Query<RecentQuery>,
 ) -> Response {
@@ -39,13 +26,13 @@ async fn recent_requests(
     Json(records).into_response()
 }
 
-async fn live_requests(State(state): State<Arc<ProxyState>>) -> Response {
+pub(crate) async fn live_requests(State(state): State<Arc<ProxyState>>) -> Response {
     let accounting = &state.accounting;
     Json(accounting.live.snapshot()).into_response()
 }
 
 /// The proxy's own performance: percentiles per histogram and window, rates, memory, open streams, cache.
-async fn stats(State(state): State<Arc<ProxyState>>) -> Response {
+pub(crate) async fn stats(State(state): State<Arc<ProxyState>>) -> Response {
     let accounting = &state.accounting;
     let monitor = accounting.monitor.snapshot();
     Json(serde_json::json!({
@@ -70,7 +57,7 @@ async fn stats(State(state): State<Arc<ProxyState>>) -> Response {
 }
 
 /// Prometheus text exposition.
-async fn metrics(State(state): State<Arc<ProxyState>>) -> Response {
+pub(crate) async fn metrics(State(state): State<Arc<ProxyState>>) -> Response {
     let accounting = &state.accounting;
     let cache = accounting.cache_stats();
     let rss = accounting.monitor.rss_bytes().unwrap_or(0) as f64;
@@ -115,7 +102,7 @@ async fn metrics(State(state): State<Arc<ProxyState>>) -> Response {
         .into_response()
 }
 
-async fn token_stats(State(state): State<Arc<ProxyState>>) -> Response {
+pub(crate) async fn token_stats(State(state): State<Arc<ProxyState>>) -> Response {
     let accounting = &state.accounting;
     let calibration: Vec<serde_json::Value> = accounting
         .calibration_snapshot()

@@ -1,0 +1,887 @@
+//! The request pipeline: one request passes through named phases over one [`Exchange`], in the spirit of
+//! pingora's `ProxyHttp` phases.
+//!
+//! ```text
+//! read → parse → route → shape → cache → admit → send → respond
+//!                  │
+//!                  └─ from here on, a failure in any phase is recorded as a request, in one place (`fail`)
+//! ```
+//!
+//! - **read**: the body, bounded (declared and actual length).
+//! - **parse**: the client's request in its own dialect ([`Dialect`]); today chat completions, scanned once
+//!   without a JSON tree ([`request::inspect`]).
+//! - **route**: the catalog model and its provider, or a pass-through target.
+//! - **shape**: context transforms, the model id, tool-call mending, the usage request; the client's bytes go
+//!   upstream unchanged when nothing needs changing.
+//! - **cache**: a stored answer, when caching applies.
+//! - **admit**: the provider's credentials and budgets.
+//! - **send**: the upstream call with its retries (and one retry without the usage request for a provider
+//!   that refuses it).
+//! - **respond**: headers, then the body frame by frame through the tracker.
+//!
+//! Where a client speaks another API than its provider, an adapter translates at the two edges: the request
+//! after **parse** (client dialect → provider dialect) and the answer in **respond** (provider dialect → client
+//! dialect, one event at a time). Accounting always reads the provider's answer in the provider's dialect.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderMap, HeaderValue, Uri, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use kimi_dialects::Dialect;
+
+use super::body::ForwardBody;
+use super::error::ProxyError;
+use super::reasoning::ReasoningCapture;
+use super::request::{self, ChatRequestView};
+use super::toolcalls::ToolCallFixes;
+use super::upstream::{self, OutgoingRequest, UpstreamResponse};
+use super::{
+    CACHE_HEADER, OVERHEAD_HEADER, ProxyState, Upstream, cache, client_app, headers, passthrough,
+};
+use super::{shape, unix_ms};
+use crate::accounting::tracker::{self, RequestContext, Tracker};
+use crate::accounting::{PromptCounting, PromptJob, Refusal};
+use crate::config::{ApiKey, BaseUrl, Model, Provider};
+use crate::context::{self, CONTEXT_HEADER};
+
+/// One request on its way through the phases.
+pub struct Exchange<'s> {
+    state: &'s ProxyState,
+    started: Instant,
+    started_at_ms: i64,
+    /// The API the client speaks: its request is read and its answers and errors are written in it.
+    client: Dialect,
+    /// Known from routing on: whatever happens next, the request is recorded.
+    record: Option<Recording>,
+    /// The client's connection (set by the server): tells a client that stopped reading from one that left.
+    connection: Option<Arc<crate::limits::Connection>>,
+    /// What a refusal before routing reports: the method and path, and the client application.
+    method: String,
+    path: String,
+    client_app: Option<String>,
+}
+
+/// What the record of a routed request holds until its answer starts.
+struct Recording {
+    context: RequestContext,
+    /// `None` until the prompt's final bytes are known (shape); a failure before that counts no prompt.
+    prompt: Option<Prompt>,
+}
+
+enum Prompt {
+    Queued(PromptJob),
+    Counting(PromptCounting),
+}
+
+impl Prompt {
+    fn start(self) -> PromptCounting {
+        match self {
+            Prompt::Queued(job) => job.start(),
+            Prompt::Counting(counting) => counting,
+        }
+    }
+}
+
+/// Where a request goes.
+pub struct Route<'s> {
+    pub model: Arc<Model>,
+    upstream: RoutedUpstream<'s>,
+}
+
+enum RoutedUpstream<'s> {
+    Catalog(&'s Upstream),
+    /// A one-off provider for an `X-Target-Base-URL` target.
+    Passthrough(Box<Upstream>),
+}
+
+impl Route<'_> {
+    pub fn upstream(&self) -> &Upstream {
+        match &self.upstream {
+            RoutedUpstream::Catalog(upstream) => upstream,
+            RoutedUpstream::Passthrough(upstream) => upstream,
+        }
+    }
+
+    fn provider(&self) -> &Provider {
+        &self.upstream().provider
+    }
+
+    fn is_passthrough(&self) -> bool {
+        matches!(self.upstream, RoutedUpstream::Passthrough(_))
+    }
+}
+
+/// The request as it goes upstream.
+struct Shaped {
+    /// The body as the client meant it (model mapped, tool calls mended).
+    plain: Bytes,
+    /// The same with the usage request, when the proxy asks for usage.
+    with_usage: Option<Bytes>,
+    streaming: bool,
+    client_asked_usage: bool,
+    cache_key: Option<u128>,
+}
+
+/// Serves one chat completions request.
+pub async fn chat_completions(state: &ProxyState, request: Request) -> Response {
+    let mut exchange = Exchange::new(state, Dialect::Chat);
+    match exchange.run(request).await {
+        Ok(response) => response,
+        Err(error) => exchange.fail(error),
+    }
+}
+
+impl<'s> Exchange<'s> {
+    pub fn new(state: &'s ProxyState, client: Dialect) -> Exchange<'s> {
+        Exchange {
+            state,
+            started: Instant::now(),
+            started_at_ms: unix_ms(),
+            client,
+            record: None,
+            connection: None,
+            method: String::new(),
+            path: String::new(),
+            client_app: None,
+        }
+    }
+
+    async fn run(&mut self, request: Request) -> Result<Response, ProxyError> {
+        let (parts, body) = request.into_parts();
+        self.method = parts.method.to_string();
+        self.path = parts.uri.path().to_string();
+        self.client_app = client_app::client_app(&parts.headers);
+        self.connection = parts
+            .extensions
+            .get::<Arc<crate::limits::Connection>>()
+            .cloned();
+        let bytes = self.read(&parts, body).await?;
+        let view = self.parse(&bytes)?;
+        let route = self.route(&parts, &view.model)?;
+        self.open_record(&parts, &route, &view);
+        let shaped = self.shape(&parts, &route, bytes, view).await?;
+        if let Some(hit) = self.cache(&shaped) {
+            return Ok(hit);
+        }
+        let (uri, headers) = self.admit(&parts, &route).await?;
+        let ready_at = Instant::now();
+        let answer = self.send(&route, uri, headers, shaped).await?;
+        Ok(self.respond(&route, answer, ready_at))
+    }
+
+    // --- read ---------------------------------------------------------------------------------------------
+
+    async fn read(&self, parts: &Parts, body: Body) -> Result<Bytes, ProxyError> {
+        let limit = self.state.config.server.max_body_bytes;
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit as u64) {
+            return Err(ProxyError::BodyTooLarge { limit });
+        }
+        read_body(body, limit).await
+    }
+
+    // --- parse --------------------------------------------------------------------------------------------
+
+    fn parse(&self, bytes: &Bytes) -> Result<ChatRequestView, ProxyError> {
+        match self.client {
+            Dialect::Chat => request::inspect(bytes),
+            // The Anthropic and Responses adapters translate here, into the provider's dialect.
+            Dialect::Messages | Dialect::Responses => Err(ProxyError::NotFound {
+                method: "POST".to_string(),
+                path: format!("({} API)", self.client.as_str()),
+            }),
+        }
+    }
+
+    // --- route --------------------------------------------------------------------------------------------
+
+    fn route(&self, parts: &Parts, requested: &str) -> Result<Route<'s>, ProxyError> {
+        let state = self.state;
+        if let Some(target) = parts.headers.get(passthrough::TARGET_HEADER) {
+            let (model, upstream) = passthrough::route(state, target, requested)?;
+            return Ok(Route {
+                model,
+                upstream: RoutedUpstream::Passthrough(Box::new(upstream)),
+            });
+        }
+        let Some(model) = state.catalog.resolve(requested).cloned() else {
+            return Err(ProxyError::UnknownModel {
+                model: requested.to_string(),
+                suggestions: state.catalog.suggestions(requested),
+            });
+        };
+        let Some(upstream) = state.upstreams.get(&model.provider) else {
+            return Err(ProxyError::UnknownModel {
+                model: requested.to_string(),
+                suggestions: Vec::new(),
+            });
+        };
+        Ok(Route {
+            model,
+            upstream: RoutedUpstream::Catalog(upstream),
+        })
+    }
+
+    /// From here on the request is recorded, whatever phase fails.
+    fn open_record(&mut self, parts: &Parts, route: &Route<'_>, view: &ChatRequestView) {
+        let state = self.state;
+        let mut context = RequestContext::new(
+            state.accounting.next_id(),
+            self.started,
+            self.started_at_ms,
+            Arc::clone(&route.model),
+            state.accounting.tokenizer_for(&route.model),
+            view.streaming,
+        );
+        context.client_session = parts
+            .headers
+            .get("x-session-id")
+            .and_then(|v| v.to_str().ok())
+            .and_then(request::clean_session_id)
+            .or_else(|| view.client_session.clone());
+        context.virtual_key = parts
+            .extensions
+            .get::<crate::auth::VirtualKey>()
+            .map(|k| k.0.to_string());
+        context.client_app = self.client_app.clone();
+        context.client_api = self.client.as_str();
+        if route.model.reasoning_echo {
+            context.observer = Some(Box::new(ReasoningCapture::new(Arc::clone(
+                &state.reasoning,
+            ))));
+        }
+        self.record = Some(Recording {
+            context,
+            prompt: None,
+        });
+    }
+
+    fn context_mut(&mut self) -> Option<&mut RequestContext> {
+        self.record.as_mut().map(|r| &mut r.context)
+    }
+
+    // --- shape --------------------------------------------------------------------------------------------
+
+    async fn shape(
+        &mut self,
+        parts: &Parts,
+        route: &Route<'_>,
+        bytes: Bytes,
+        mut view: ChatRequestView,
+    ) -> Result<Shaped, ProxyError> {
+        let state = self.state;
+        let model = &route.model;
+        let provider = route.provider();
+        let client_session = self
+            .record
+            .as_ref()
+            .and_then(|r| r.context.client_session.clone());
+
+        // Context transforms rewrite the messages they change (only when some transform is on).
+        let mut bytes = bytes;
+        let context_header = match parts.headers.get(CONTEXT_HEADER) {
+            Some(value) => Some(value.to_str().map_err(|_| {
+                ProxyError::InvalidRequest(format!("`{CONTEXT_HEADER}` must be ASCII"))
+            })?),
+            None => None,
+        };
+        let mut keep_for_preview = None;
+        if state.context.may_apply(context_header) {
+            keep_for_preview = Some((bytes.clone(), view.layout.clone()));
+            let resolved = state
+                .context
+                .resolve(context_header, client_session.as_deref(), model)
+                .map_err(|e| ProxyError::InvalidRequest(format!("`{CONTEXT_HEADER}`: {e}")))?;
+            if resolved.enabled.any() && !view.layout.messages.is_empty() {
+                let (rewritten, outcome) =
+                    shape::context_step(state, model, &bytes, &view, resolved, client_session)
+                        .await;
+                if let Some((body, ranges)) = rewritten {
+                    let old_end = view.layout.messages.last().map_or(0, |r| r.end);
+                    let delta = body.len() as isize - bytes.len() as isize;
+                    view.model_range = context::shift(view.model_range.clone(), old_end, delta);
+                    for tool in &mut view.layout.tools {
+                        *tool = context::shift(tool.clone(), old_end, delta);
+                    }
+                    view.layout.messages = ranges;
+                    bytes = body;
+                }
+                if let Some(context) = self.context_mut() {
+                    context.context = Some(Box::new(outcome));
+                }
+            }
+        }
+
+        // The client's bytes go upstream as they are unless something must change: the model id (spliced), the
+        // usage request (spliced; the tracker hides the extra chunk), or broken tool calls (re-encoded). Only
+        // what the proxy itself asked for is removed from the answer: nothing is asked of a provider that sends
+        // its usage anyway, or when the client asked.
+        let rename = view.model != model.upstream_id;
+        let accounting_on = state.config.server.token_accounting;
+        let inject_usage = accounting_on
+            && view.streaming
+            && provider.stream_usage
+            && !provider.usage_always
+            && !view.client_asked_usage;
+        let restore_reasoning =
+            (model.reasoning_echo && view.reasoning_missing).then_some(state.reasoning.as_ref());
+        let (plain, with_usage, fixes) = if view.needs_tool_fix
+            || restore_reasoning.is_some()
+            || (inject_usage && view.has_stream_options)
+        {
+            shape::rebuild_body(
+                &bytes,
+                rename.then_some(model.upstream_id.as_str()),
+                inject_usage,
+                restore_reasoning,
+            )?
+        } else {
+            let plain = if rename {
+                let id = serde_json::to_vec(&model.upstream_id).unwrap_or_default();
+                request::splice(&bytes, view.model_range.clone(), &id)
+            } else {
+                bytes.clone()
+            };
+            let with_usage = if inject_usage {
+                request::request_usage(&plain)
+            } else {
+                None
+            };
+            (plain, with_usage, ToolCallFixes::default())
+        };
+
+        let cache_key = self.cache_key(parts, route, &bytes);
+        let tokenizer = state.accounting.tokenizer_for(model);
+        let job = state
+            .accounting
+            .prompt_job(bytes, view.layout, tokenizer.tokenizer);
+        let job = if accounting_on { job } else { job.disabled() };
+        if let Some(record) = &mut self.record {
+            record.context.tool_call_fixes = fixes.total();
+            record.context.usage_injected = with_usage.is_some();
+            record.prompt = Some(Prompt::Queued(job));
+            if let Some((body, layout)) = keep_for_preview {
+                state.context.remember(context::RecentBody {
+                    record_id: record.context.id,
+                    body,
+                    layout,
+                    model: Arc::clone(model),
+                });
+            }
+        }
+        Ok(Shaped {
+            plain,
+            with_usage,
+            streaming: view.streaming,
+            client_asked_usage: view.client_asked_usage,
+            cache_key,
+        })
+    }
+
+    // --- cache --------------------------------------------------------------------------------------------
+
+    /// The response cache's key for this request, when caching applies. Pass-through answers are never cached:
+    /// the key does not include the target or the client's key.
+    fn cache_key(&self, parts: &Parts, route: &Route<'_>, bytes: &[u8]) -> Option<u128> {
+        let config = &self.state.config.cache;
+        let wanted = !route.is_passthrough()
+            && cache::wanted(
+                parts
+                    .headers
+                    .get(CACHE_HEADER)
+                    .and_then(|v| v.to_str().ok()),
+                route.model.cache.unwrap_or(config.enabled),
+                config.client_opt_in,
+            );
+        if !wanted {
+            return None;
+        }
+        // Scoped to the client's virtual key unless the config shares the cache: one key holder never gets
+        // another's answer.
+        let virtual_key = parts.extensions.get::<crate::auth::VirtualKey>();
+        cache::cache_key(bytes, &route.model.upstream_id, config.deterministic_only)
+            .map(|key| cache::scoped_key(key, virtual_key.map(|k| &*k.0), config.shared))
+    }
+
+    /// Answers from the response cache on a hit; on a miss of a non-streaming request, arranges for the answer
+    /// to be stored.
+    fn cache(&mut self, shaped: &Shaped) -> Option<Response> {
+        let key = shaped.cache_key?;
+        let cache = &self.state.response_cache;
+        match cache.get(key) {
+            Some(hit) => {
+                let record = self.record.take()?;
+                Some(self.answer_from_cache(record, &hit, shaped.client_asked_usage))
+            }
+            None => {
+                if !shaped.streaming
+                    && let Some(context) = self.context_mut()
+                {
+                    context.on_complete = Some(Box::new(cache::StoreOnComplete {
+                        cache: Arc::clone(cache),
+                        key,
+                    }));
+                }
+                None
+            }
+        }
+    }
+
+    /// The stored JSON, or for a streaming request the same replayed as SSE; recorded like any request, with
+    /// `cache_hit` and no cost.
+    fn answer_from_cache(
+        &self,
+        record: Recording,
+        hit: &cache::CachedAnswer,
+        include_usage: bool,
+    ) -> Response {
+        let state = self.state;
+        let Recording {
+            mut context,
+            prompt,
+        } = record;
+        let streaming = context.streaming;
+        let (body, content_type) = if streaming {
+            match cache::replay_sse(&hit.body, include_usage) {
+                Some(replay) => (replay, "text/event-stream"),
+                None => {
+                    // An entry that cannot be replayed is a fault of the proxy's own: say so, and record it.
+                    let error = ProxyError::InvalidRequest("cached answer unreadable".to_string());
+                    let prompt = prompt.map_or(PromptCounting::nothing(), Prompt::start);
+                    record_failure(state, context, prompt, &error);
+                    return error.into_response();
+                }
+            }
+        } else {
+            (hit.body.clone(), "application/json")
+        };
+        context.cache_hit = true;
+        context.status = 200;
+        let overhead_us = context.started.elapsed().as_micros() as u64;
+        context.overhead_us = Some(overhead_us);
+        let counting = state.config.server.token_accounting;
+        let mut tracker = match (&hit.counts, prompt) {
+            (Some(counts), _) if counting => {
+                Tracker::replayed(Arc::clone(&state.accounting), context, counts)
+            }
+            (_, prompt) => {
+                let prompt = match prompt {
+                    Some(Prompt::Queued(job)) => job.later(),
+                    Some(Prompt::Counting(counting)) => counting,
+                    None => PromptCounting::nothing(),
+                };
+                Tracker::new(
+                    Arc::clone(&state.accounting),
+                    context,
+                    prompt,
+                    streaming,
+                    counting,
+                )
+            }
+        };
+        let _ = tracker.on_data(&body);
+        tracker.finish(tracker::Outcome::Complete);
+        let mut response = Response::new(Body::from(body));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(CACHE_HEADER, HeaderValue::from_static("hit"));
+        headers.insert(OVERHEAD_HEADER, HeaderValue::from(overhead_us));
+        response
+    }
+
+    // --- admit --------------------------------------------------------------------------------------------
+
+    /// The upstream URL and headers with the right credentials, once the provider's budget allows the request.
+    async fn admit(
+        &mut self,
+        parts: &Parts,
+        route: &Route<'_>,
+    ) -> Result<(Uri, HeaderMap), ProxyError> {
+        let provider = route.provider();
+        let mut headers = headers::upstream_request_headers(&parts.headers);
+        headers.remove(CONTEXT_HEADER);
+        if route.is_passthrough() {
+            // The client's own key for the target: `X-Target-Authorization` when given (required when
+            // `Authorization` carries a virtual key, which the guard has removed), else its `Authorization`.
+            if let Some(key) = parts.headers.get(passthrough::TARGET_AUTH_HEADER) {
+                let mut key = key.clone();
+                key.set_sensitive(true);
+                headers.insert(header::AUTHORIZATION, key);
+            }
+        } else {
+            apply_credentials(
+                &mut headers,
+                provider,
+                self.state.config.server.forward_client_key,
+            )?;
+        }
+        let uri = upstream_uri(provider, parts.uri.query())?;
+        if let Some(limiter) = &route.upstream().limiter {
+            match limiter.reserve(tokio::time::Instant::now()) {
+                Ok(wait) if wait.is_zero() => {}
+                Ok(wait) => {
+                    tracing::debug!(provider = %provider.key, wait_ms = wait.as_millis() as u64, "waiting for the provider's budget");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(refusal) => {
+                    return Err(ProxyError::RateLimited {
+                        provider: provider.key.clone(),
+                        limit: refusal.limit,
+                        retry_after: refusal.retry_after,
+                    });
+                }
+            }
+        }
+        Ok((uri, headers))
+    }
+
+    // --- send ---------------------------------------------------------------------------------------------
+
+    /// Sends with retries while the prompt is counted beside it. A strict provider may refuse
+    /// `stream_options`: then the request goes once more exactly as the client sent it.
+    async fn send(
+        &mut self,
+        route: &Route<'_>,
+        uri: Uri,
+        headers: HeaderMap,
+        shaped: Shaped,
+    ) -> Result<UpstreamResponse, ProxyError> {
+        let upstream = route.upstream();
+        let provider = route.provider();
+        let mut outgoing = OutgoingRequest {
+            uri,
+            headers,
+            body: shaped.with_usage.unwrap_or_else(|| shaped.plain.clone()),
+        };
+        let send =
+            upstream::send_with_retries(&upstream.client, provider, &outgoing, &upstream.throttled);
+        let prompt = self.record.as_mut().and_then(|r| r.prompt.take());
+        let mut answer = match prompt {
+            Some(Prompt::Queued(job)) => {
+                let (answer, counting) = job.beside(send).await;
+                if let Some(record) = &mut self.record {
+                    record.prompt = Some(Prompt::Counting(counting));
+                }
+                answer
+            }
+            other => {
+                if let Some(record) = &mut self.record {
+                    record.prompt = other;
+                }
+                send.await
+            }
+        };
+        let usage_injected = self
+            .record
+            .as_ref()
+            .is_some_and(|r| r.context.usage_injected);
+        if usage_injected
+            && let Ok(refused) = &answer
+            && matches!(refused.response.status().as_u16(), 400 | 422)
+        {
+            tracing::info!(provider = %provider.key, "provider refused stream_options.include_usage; sending the request unchanged");
+            if let Some(context) = self.context_mut() {
+                context.usage_injected = false;
+            }
+            let attempts = refused.attempts;
+            outgoing.body = shaped.plain;
+            answer = upstream::send_with_retries(
+                &upstream.client,
+                provider,
+                &outgoing,
+                &upstream.throttled,
+            )
+            .await;
+            if let Ok(again) = &mut answer {
+                again.attempts += attempts;
+            }
+        }
+        answer
+    }
+
+    // --- respond ------------------------------------------------------------------------------------------
+
+    /// The upstream's status and headers (cleaned), then its body frame by frame through the tracker.
+    fn respond(
+        &mut self,
+        route: &Route<'_>,
+        answer: UpstreamResponse,
+        ready_at: Instant,
+    ) -> Response {
+        let state = self.state;
+        let provider = route.provider();
+        let headers_at = Instant::now();
+        let Some(Recording {
+            mut context,
+            prompt,
+        }) = self.record.take()
+        else {
+            // Unreachable: every routed request has a record. Answer anyway, uncounted.
+            let (parts, incoming) = answer.response.into_parts();
+            return Response::from_parts(parts, Body::new(incoming));
+        };
+        let (mut response_parts, incoming) = answer.response.into_parts();
+        context.attempts = answer.attempts;
+        context.upstream_us = Some(headers_at.duration_since(ready_at).as_micros() as u64);
+        context.status = response_parts.status.as_u16();
+        context.upstream_headers_us = Some(self.started.elapsed().as_micros() as u64);
+        response_parts.headers = headers::client_response_headers(&response_parts.headers);
+        if let ApiKey::Ready(secret) = &provider.api_key {
+            headers::drop_echoed_secret(&mut response_parts.headers, secret.expose().as_bytes());
+        }
+        let may_rewrite = context.usage_injected;
+        if may_rewrite {
+            // The body may lose an event: its length is no longer the upstream's.
+            response_parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        let event_stream = response_parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        // Time in the proxy: before sending, and from the upstream's headers to ours (the body streams after).
+        let overhead = ready_at.duration_since(self.started) + headers_at.elapsed();
+        let overhead_us = overhead.as_micros() as u64;
+        context.overhead_us = Some(overhead_us);
+        response_parts
+            .headers
+            .insert(OVERHEAD_HEADER, HeaderValue::from(overhead_us));
+        let prompt = prompt.map_or(PromptCounting::nothing(), Prompt::start);
+        let tracker = Tracker::new(
+            Arc::clone(&state.accounting),
+            context,
+            prompt,
+            event_stream,
+            state.config.server.token_accounting,
+        );
+        let body = ForwardBody::new(
+            incoming,
+            provider.timeouts.idle,
+            provider.key.clone(),
+            tracker,
+            may_rewrite,
+        )
+        .on_connection(self.connection.take());
+        Response::from_parts(response_parts, Body::new(body))
+    }
+
+    // --- fail ---------------------------------------------------------------------------------------------
+
+    /// The one place a failed request ends: logged, recorded when it was routed, answered in the client's
+    /// dialect.
+    pub fn fail(mut self, error: ProxyError) -> Response {
+        self.note_failure(&error);
+        error.into_response()
+    }
+
+    /// Logs a failure and records it when the request was routed (once: the record is taken).
+    fn note_failure(&mut self, error: &ProxyError) {
+        tracing::info!(
+            code = error.code(),
+            status = error.status().as_u16(),
+            source = error.source_of_fault().as_str(),
+            client_api = self.client.as_str(),
+            "{error}"
+        );
+        match self.record.take() {
+            Some(Recording { context, prompt }) => {
+                let prompt = prompt.map_or(PromptCounting::nothing(), Prompt::start);
+                record_failure(self.state, context, prompt, error);
+            }
+            None => self.state.accounting.refused(Refusal {
+                at_ms: unix_ms(),
+                method: std::mem::take(&mut self.method),
+                path: std::mem::take(&mut self.path),
+                status: error.status().as_u16(),
+                code: error.code(),
+                message: error.to_string(),
+                client_app: self.client_app.take(),
+            }),
+        }
+    }
+}
+
+fn record_failure(
+    state: &ProxyState,
+    context: RequestContext,
+    prompt: PromptCounting,
+    error: &ProxyError,
+) {
+    tracker::record_proxy_error(
+        &state.accounting,
+        context,
+        prompt,
+        error.code(),
+        error.status().as_u16(),
+    );
+}
+
+/// A request the proxy makes on its own behalf (a compaction summary): the same admit and send phases as a
+/// client's, recorded as a request of its own. Returns the status and the whole body (at most `max_bytes`).
+pub async fn internal_call(
+    state: &ProxyState,
+    model_key: &str,
+    body: Bytes,
+    client_session: Option<String>,
+    timeout: Duration,
+    max_bytes: usize,
+) -> Result<(u16, Bytes), ProxyError> {
+    let mut exchange = Exchange::new(state, Dialect::Chat);
+    exchange.method = "POST".to_string();
+    exchange.path = "(compaction summary)".to_string();
+    exchange.client_app = Some("kimi-proxy".to_string());
+    let result = exchange
+        .internal(model_key, body, client_session, timeout, max_bytes)
+        .await;
+    if let Err(error) = &result {
+        exchange.note_failure(error);
+    }
+    result
+}
+
+impl Exchange<'_> {
+    async fn internal(
+        &mut self,
+        model_key: &str,
+        body: Bytes,
+        client_session: Option<String>,
+        timeout: Duration,
+        max_bytes: usize,
+    ) -> Result<(u16, Bytes), ProxyError> {
+        let state = self.state;
+        let view = request::inspect(&body)?;
+        let parts = internal_parts();
+        let route = self.route(&parts, model_key)?;
+        self.open_record(&parts, &route, &view);
+        let tokenizer = state.accounting.tokenizer_for(&route.model);
+        let job = state
+            .accounting
+            .prompt_job(body.clone(), view.layout, tokenizer.tokenizer);
+        if let Some(record) = &mut self.record {
+            record.context.client_session = client_session;
+            record.prompt = Some(Prompt::Queued(job));
+        }
+        let provider = route.provider();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        apply_credentials(&mut headers, provider, false)?;
+        let uri = upstream_uri(provider, None)?;
+        let shaped = Shaped {
+            plain: body,
+            with_usage: None,
+            streaming: false,
+            client_asked_usage: false,
+            cache_key: None,
+        };
+        let ready_at = Instant::now();
+        let exchange = async {
+            let answer = self.send(&route, uri, headers, shaped).await?;
+            let response = self.respond(&route, answer, ready_at);
+            let status = response.status().as_u16();
+            let body = Limited::new(response.into_body(), max_bytes)
+                .collect()
+                .await
+                .map_err(|e| ProxyError::UpstreamUnreachable {
+                    provider: provider.key.clone(),
+                    reason: format!("answer unreadable: {e}"),
+                })?
+                .to_bytes();
+            Ok::<_, ProxyError>((status, body))
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(ProxyError::UpstreamTimeout {
+                provider: provider.key.clone(),
+                phase: "compaction summary",
+                timeout_ms: timeout.as_millis(),
+            }),
+        }
+    }
+}
+
+/// Request parts for a call the proxy makes itself: no client headers, no extensions.
+fn internal_parts() -> Parts {
+    let (parts, ()) = http::Request::new(()).into_parts();
+    parts
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ProxyError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(ProxyError::BodyTooLarge { limit })
+        }
+        Err(error) if crate::limits::is_body_timeout(error.as_ref()) => {
+            Err(ProxyError::BodyTimeout)
+        }
+        Err(error) => Err(ProxyError::BodyRead(error.to_string())),
+    }
+}
+
+/// Puts the right `Authorization` on the upstream request: the provider's key when it has one; otherwise the
+/// client's own key when forwarding is allowed; otherwise a clear 503 naming the missing variable.
+fn apply_credentials(
+    headers: &mut HeaderMap,
+    provider: &Provider,
+    forward_client_key: bool,
+) -> Result<(), ProxyError> {
+    let client_sent_key = headers.contains_key(header::AUTHORIZATION);
+    match &provider.api_key {
+        ApiKey::Ready(secret) => {
+            let mut value =
+                HeaderValue::from_str(&format!("Bearer {}", secret.expose())).map_err(|_| {
+                    ProxyError::InvalidRequest(format!(
+                        "provider `{}` has an API key that is not a valid header",
+                        provider.key
+                    ))
+                })?;
+            value.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        ApiKey::Missing { var } => {
+            if !(forward_client_key && client_sent_key) {
+                return Err(ProxyError::MissingApiKey {
+                    provider: provider.key.clone(),
+                    var: var.clone(),
+                });
+            }
+        }
+        ApiKey::None => {
+            if !forward_client_key {
+                headers.remove(header::AUTHORIZATION);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn upstream_uri(provider: &Provider, query: Option<&str>) -> Result<Uri, ProxyError> {
+    let base_url = match &provider.base_url {
+        BaseUrl::Ready(base_url) => base_url,
+        BaseUrl::Missing { var } => {
+            return Err(ProxyError::MissingBaseUrlVar {
+                provider: provider.key.clone(),
+                var: var.clone(),
+            });
+        }
+    };
+    let text = match query {
+        Some(q) => format!("{base_url}/chat/completions?{q}"),
+        None => format!("{base_url}/chat/completions"),
+    };
+    text.parse::<Uri>()
+        .map_err(|e| ProxyError::InvalidRequest(format!("cannot build the upstream URL: {e}")))
+}
