@@ -12,12 +12,15 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::admin::StoreApi;
 use crate::config::Config;
+use crate::limits::{
+    BodyDeadlineHit, Connection, ConnectionLimits, CountedBody, DeadlineBody, IpShares, WatchedIo,
+};
 use crate::live::Hub;
 use crate::proxy::{self, ProxyState};
 use crate::store::masks::{MaskKey, StoreMasks};
@@ -186,6 +189,11 @@ async fn run(
         .min(Semaphore::MAX_PERMITS)
         .min(u32::MAX as usize);
     let permits = Arc::new(Semaphore::new(max));
+    let shares = IpShares::new(config.server.limits.max_connections_per_ip);
+    let deadlines = Deadlines {
+        first_byte: config.server.header_read_timeout,
+        limits: config.server.limits,
+    };
     let mut refused = RefusedConnections::default();
     loop {
         let (tcp, remote) = tokio::select! {
@@ -203,6 +211,14 @@ async fn run(
             drop(tcp);
             continue;
         };
+        // One address may hold only its share of the slots (loopback clients are exempt: they are this machine).
+        let Some(share) = shares.take(remote.ip()) else {
+            refused.note_address(remote, config.server.limits.max_connections_per_ip);
+            drop(tcp);
+            continue;
+        };
+        // The slot is held for as long as the connection is used, an upgraded WebSocket included.
+        let connection = Connection::new(Some(permit), share);
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
@@ -212,8 +228,8 @@ async fn run(
             tcp,
             remote,
             shutdown.clone(),
-            permit,
-            config.server.header_read_timeout,
+            connection,
+            deadlines,
         ));
     }
     drop(listener);
@@ -224,7 +240,7 @@ async fn run(
         "shutting down: waiting for in-flight requests"
     );
     let deadline = tokio::time::Instant::now() + grace;
-    // Upgraded connections (dashboards) hold no permit: wait until the hub has seen them close.
+    // Upgraded connections (dashboards) hold their permit until they close: the hub tells them to.
     while hub.clients() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
@@ -239,7 +255,8 @@ async fn run(
 }
 
 /// HTTP/1 and HTTP/2 (prior knowledge) on one port, with upgrades (WebSocket). The header-read timeout also
-/// closes HTTP/1 connections that sit idle between requests.
+/// closes HTTP/1 connections that sit idle between requests; HTTP/2 connections are pinged, and closed when
+/// the client does not answer (the idle timeout in [`serve_http`] closes those that answer but send nothing).
 fn connection_builder(server: &crate::config::ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -250,12 +267,26 @@ fn connection_builder(server: &crate::config::ServerConfig) -> auto::Builder<Tok
         .http2()
         .timer(TokioTimer::new())
         .enable_connect_protocol()
-        .max_header_list_size(MAX_HTTP2_HEADER_BYTES);
+        .max_header_list_size(MAX_HTTP2_HEADER_BYTES)
+        .max_concurrent_streams(MAX_HTTP2_STREAMS)
+        .keep_alive_interval(server.limits.http2_keep_alive_interval)
+        .keep_alive_timeout(server.limits.http2_keep_alive_timeout);
     builder
 }
 
+/// Requests one HTTP/2 connection may have in flight at once (each is bounded by the deadlines).
+const MAX_HTTP2_STREAMS: u32 = 128;
+
 /// Largest header block an HTTP/2 client may send (HTTP/1 is bounded by hyper's read buffer, ~400 KiB).
 const MAX_HTTP2_HEADER_BYTES: u32 = 256 * 1024;
+
+/// The deadlines every connection is served with.
+#[derive(Clone, Copy)]
+struct Deadlines {
+    /// For the first byte (then hyper's header timeout takes over).
+    first_byte: std::time::Duration,
+    limits: ConnectionLimits,
+}
 
 async fn serve_connection(
     builder: Arc<auto::Builder<TokioExecutor>>,
@@ -263,9 +294,13 @@ async fn serve_connection(
     tcp: TcpStream,
     remote: SocketAddr,
     shutdown: CancellationToken,
-    _permit: OwnedSemaphorePermit,
-    first_byte_timeout: std::time::Duration,
+    connection: Arc<Connection>,
+    deadlines: Deadlines,
 ) {
+    let Deadlines {
+        first_byte: first_byte_timeout,
+        limits,
+    } = deadlines;
     // A client that connects and sends nothing is closed like one that sends its headers too slowly (hyper's
     // header timeout starts only once it knows the protocol).
     let mut first = [0u8; 1];
@@ -278,7 +313,10 @@ async fn serve_connection(
         }
     }
     // Boxed: the HTTP state machine is large, and a connection that never gets here should not pay for it.
-    Box::pin(serve_http(builder, app, tcp, remote, shutdown)).await;
+    Box::pin(serve_http(
+        builder, app, tcp, remote, shutdown, connection, limits,
+    ))
+    .await;
 }
 
 async fn serve_http(
@@ -287,26 +325,86 @@ async fn serve_http(
     tcp: TcpStream,
     remote: SocketAddr,
     shutdown: CancellationToken,
+    connection: Arc<Connection>,
+    limits: ConnectionLimits,
 ) {
+    let watch = Arc::clone(&connection);
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let mut request = request.map(Body::new);
+        let in_flight = connection.request_started();
+        let hit = Arc::new(BodyDeadlineHit::default());
+        let mut request =
+            request.map(|body| Body::new(DeadlineBody::new(body, &limits, Arc::clone(&hit))));
         request.extensions_mut().insert(ConnectInfo(remote));
-        app.clone().oneshot(request)
+        request.extensions_mut().insert(Arc::clone(&connection));
+        let answer = app.clone().oneshot(request);
+        async move {
+            let response = match answer.await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            let response = if hit.hit() {
+                body_timeout_response(remote)
+            } else {
+                response
+            };
+            Ok::<_, std::convert::Infallible>(
+                response.map(|body| Body::new(CountedBody::new(body, in_flight))),
+            )
+        }
     });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-    let mut connection = std::pin::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => {
+    let io = WatchedIo::new(tcp, limits.write_timeout, Arc::clone(&watch));
+    let http = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let mut http = std::pin::pin!(http);
+    let idle = tokio::select! {
+        result = http.as_mut() => {
             if let Err(error) = result {
                 tracing::debug!(%remote, error = %error, "client connection ended with an error");
             }
             return;
         }
-        () = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
+        () = shutdown.cancelled() => {
+            http.as_mut().graceful_shutdown();
+            false
+        }
+        () = crate::limits::idle(&watch, limits.idle_timeout) => {
+            tracing::debug!(%remote, "connection idle: closing");
+            http.as_mut().graceful_shutdown();
+            true
+        }
+    };
+    let finished = async {
+        if let Err(error) = http.await {
+            tracing::debug!(%remote, error = %error, "client connection ended with an error");
+        }
+    };
+    if idle {
+        // Nothing is in flight: the goodbye (HTTP/2 GOAWAY, whose PING the client must answer) gets a moment,
+        // then the connection is dropped.
+        if tokio::time::timeout(IDLE_CLOSE_GRACE, finished)
+            .await
+            .is_err()
+        {
+            tracing::debug!(%remote, "idle connection dropped without the client's goodbye");
+        }
+    } else {
+        finished.await;
     }
-    if let Err(error) = connection.await {
-        tracing::debug!(%remote, error = %error, "client connection ended with an error");
-    }
+}
+
+/// How long an idle connection's graceful close may take before the connection is dropped.
+const IDLE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The answer to a request whose body missed its deadline (whatever the route made of the failed read): a 408
+/// in the error format of every other answer, and the connection closed (the rest of the body is not read).
+fn body_timeout_response(remote: SocketAddr) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    tracing::info!(%remote, "request body too slow: 408");
+    let mut response = proxy::error::ProxyError::BodyTimeout.into_response();
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// Accept errors are the machine's (out of descriptors, say), not a reason to stop serving: wait a little so
@@ -344,6 +442,21 @@ impl RefusedConnections {
                 "too many client connections: closing new ones"
             );
             self.since_log = 0;
+            self.last_log = Some(now);
+        }
+    }
+
+    fn note_address(&mut self, remote: SocketAddr, share: usize) {
+        let now = tokio::time::Instant::now();
+        if self
+            .last_log
+            .is_none_or(|at| now.duration_since(at) >= std::time::Duration::from_secs(1))
+        {
+            tracing::warn!(
+                client = %remote.ip(),
+                max_connections_per_ip = share,
+                "one client address holds its share of the connections: closing its new ones"
+            );
             self.last_log = Some(now);
         }
     }

@@ -636,3 +636,152 @@ async fn virtual_keys_guard_the_proxy_routes_and_name_the_requests() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Sends a temperature-0 chat request as `key`, asking for the cache; returns the cache header and the body.
+async fn cached_chat(proxy: &Proxy, key: &str) -> (Option<String>, String) {
+    let mut body = chat_body("mock/model", false);
+    body["temperature"] = serde_json::json!(0);
+    let response = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth(key)
+        .header("x-kimi-proxy-cache", "on")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let hit = response
+        .headers()
+        .get("x-kimi-proxy-cache")
+        .map(|v| v.to_str().unwrap().to_string());
+    (hit, response.text().await.unwrap())
+}
+
+/// Waits until the proxy has finished `n` records (an answer is cached when its record is finished).
+async fn wait_records(proxy: &Proxy, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let list: Vec<serde_json::Value> = client()
+            .get(proxy.url("/api/requests/recent?limit=100"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if list.len() >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} records",
+            list.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_response_cache_never_crosses_virtual_keys() {
+    let mock = MockUpstream::start().await.unwrap();
+    let env = [
+        ("MOCK_KEY", "mock-provider-key"),
+        ("CI_KEY", CI_KEY),
+        ("ALICE_KEY", ALICE_KEY),
+    ];
+    let proxy = Proxy::start(&virtual_keys_config(&mock), &env).await;
+    let (hit, _) = cached_chat(&proxy, ALICE_KEY).await;
+    assert_eq!(hit, None);
+    wait_records(&proxy, 1).await;
+    // Alice's own replay is a hit; another key holder's identical request is not.
+    let (hit, _) = cached_chat(&proxy, ALICE_KEY).await;
+    assert_eq!(hit.as_deref(), Some("hit"));
+    let (hit, _) = cached_chat(&proxy, CI_KEY).await;
+    assert_eq!(
+        hit, None,
+        "one virtual key got an answer cached for another"
+    );
+    assert_eq!(mock.requests().len(), 2);
+
+    // `scope = "shared"` shares them on purpose.
+    let config = virtual_keys_config(&mock) + "\n[cache]\nscope = \"shared\"\n";
+    let shared = Proxy::start(&config, &env).await;
+    cached_chat(&shared, ALICE_KEY).await;
+    wait_records(&shared, 1).await;
+    let (hit, _) = cached_chat(&shared, CI_KEY).await;
+    assert_eq!(hit.as_deref(), Some("hit"));
+
+    // `client_opt_in = false`: the header cannot turn the cache on.
+    let config = virtual_keys_config(&mock) + "\n[cache]\nclient_opt_in = false\n";
+    let closed = Proxy::start(&config, &env).await;
+    cached_chat(&closed, ALICE_KEY).await;
+    wait_records(&closed, 1).await;
+    let (hit, _) = cached_chat(&closed, ALICE_KEY).await;
+    assert_eq!(hit, None, "a client turned the cache on against the config");
+}
+
+/// Refusals (401, 403) and every proxy-route answer tell browsers not to sniff them.
+#[tokio::test]
+async fn refusals_and_proxy_answers_carry_nosniff() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = Proxy::start(
+        &virtual_keys_config(&mock),
+        &[
+            ("MOCK_KEY", "mock-provider-key"),
+            ("CI_KEY", CI_KEY),
+            ("ALICE_KEY", ALICE_KEY),
+            ("KIMI_PROXY_ADMIN_TOKEN", TOKEN),
+        ],
+    )
+    .await;
+    let http = client();
+    let unauthorized = http.get(proxy.url("/v1/models")).send().await.unwrap();
+    let forbidden = http
+        .post(proxy.url("/v1/chat/completions"))
+        .header("origin", "https://evil.example")
+        .bearer_auth(CI_KEY)
+        .json(&chat_body("mock/model", false))
+        .send()
+        .await
+        .unwrap();
+    let admin_unauthorized = http.get(proxy.url("/api/stats")).send().await.unwrap();
+    let models = http
+        .get(proxy.url("/v1/models"))
+        .bearer_auth(CI_KEY)
+        .send()
+        .await
+        .unwrap();
+    let chat = http
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&chat_body("mock/model", false))
+        .send()
+        .await
+        .unwrap();
+    let unknown = http
+        .post(proxy.url("/v1/chat/completions"))
+        .bearer_auth(CI_KEY)
+        .json(&chat_body("no/such-model", false))
+        .send()
+        .await
+        .unwrap();
+    for (what, response, status) in [
+        ("401 on a proxy route", unauthorized, 401),
+        ("403 for a foreign origin", forbidden, 403),
+        ("401 on an admin route", admin_unauthorized, 401),
+        ("the model list", models, 200),
+        ("a chat answer", chat, 200),
+        ("a proxy error", unknown, 404),
+    ] {
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        assert_eq!(
+            response
+                .headers()
+                .get("x-content-type-options")
+                .map(|v| v.to_str().unwrap()),
+            Some("nosniff"),
+            "{what}: {:?}",
+            response.headers()
+        );
+    }
+}

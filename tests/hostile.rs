@@ -319,7 +319,9 @@ async fn thousands_of_idle_connections_stay_bounded() {
 
 #[tokio::test]
 async fn connections_beyond_the_limit_are_closed_and_service_recovers() {
-    let (_mock, proxy) = setup("max_connections = 40\nheader_read_timeout_ms = 1500").await;
+    // The header timeout is generous: on a loaded machine the forty connections take a while to open, and none
+    // of them may time out before the forty-first arrives.
+    let (_mock, proxy) = setup("max_connections = 40\nheader_read_timeout_ms = 4000").await;
     let mut idle = Vec::new();
     for _ in 0..40 {
         idle.push(TcpStream::connect(proxy.addr).await.unwrap());
@@ -340,10 +342,213 @@ async fn connections_beyond_the_limit_are_closed_and_service_recovers() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_answers(&proxy, "mock/model").await;
     // The silent ones time out by themselves; then everyone is served again.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     for _ in 0..45 {
         let response = client().get(proxy.url("/v1/models")).send().await.unwrap();
         assert_eq!(response.status(), 200);
     }
     assert!(proxy.log().contains("too many client connections"));
+}
+
+/// Sends the headers of a POST announcing `declared` bytes of body, then only `sent` of them.
+async fn start_unfinished_body(
+    proxy: &Proxy,
+    path: &str,
+    declared: usize,
+    sent: &[u8],
+) -> TcpStream {
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(sent).await.unwrap();
+    stream
+}
+
+fn body_of(response: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(response);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn a_body_that_never_completes_gets_a_408_and_frees_its_slot() {
+    let mock = MockUpstream::start().await.unwrap();
+    let config = mock_config(&mock, "").replace(
+        "[server]\n",
+        "[server]\nmax_connections = 8\nbody_read_timeout_ms = 2000\nbody_idle_timeout_ms = 1000\n",
+    );
+    let proxy = Proxy::start(
+        &config,
+        &[
+            ("MOCK_KEY", "k"),
+            ("KIMI_PROXY_ADMIN_TOKEN", "an-admin-token-long-enough"),
+        ],
+    )
+    .await;
+    // Every slot taken by bodies that never finish: the login form (no credentials needed) and a proxy route
+    // (no virtual keys set). One of each trickles a byte now and then, so only the total deadline ends it.
+    let mut stalled = Vec::new();
+    for i in 0..8 {
+        let path = if i % 2 == 0 {
+            "/login"
+        } else {
+            "/v1/chat/completions"
+        };
+        stalled.push(start_unfinished_body(&proxy, path, 8000, b"token=").await);
+    }
+    let mut trickling = stalled.split_off(6);
+    let trickle = tokio::spawn(async move {
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            for stream in &mut trickling {
+                let _ = stream.write_all(b"a").await;
+            }
+        }
+        trickling
+    });
+    let started = Instant::now();
+    for mut stream in stalled {
+        let (response, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+        assert!(closed, "a connection with an unfinished body stayed open");
+        assert_eq!(
+            status_of(&response),
+            Some(408),
+            "{}",
+            String::from_utf8_lossy(&response)
+        );
+        let json = body_of(&response);
+        assert_eq!(json["error"]["code"], "body_timeout", "{json}");
+    }
+    let mut trickling = trickle.await.unwrap();
+    for stream in &mut trickling {
+        let (response, closed) = read_until_closed(stream, Duration::from_secs(5)).await;
+        assert!(closed, "a trickling body outlived the total deadline");
+        assert_eq!(status_of(&response), Some(408));
+    }
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // Every slot is free again.
+    for _ in 0..10 {
+        assert_answers(&proxy, "mock/model").await;
+    }
+    assert_eq!(
+        mock.stats()
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        10
+    );
+}
+
+/// The client preface of HTTP/2 with prior knowledge (h2c), and an empty SETTINGS frame.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed() {
+    let (_mock, proxy) = setup("idle_timeout_ms = 1000\nmax_connections = 4").await;
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+        stream.write_all(H2_PREFACE).await.unwrap();
+        idle.push(stream);
+    }
+    for stream in &mut idle {
+        let (_, closed) = read_until_closed(stream, Duration::from_secs(10)).await;
+        assert!(closed, "an idle HTTP/2 connection stayed open");
+    }
+    assert_answers(&proxy, "mock/model").await;
+}
+
+#[tokio::test]
+async fn an_unanswered_http2_ping_closes_the_connection() {
+    // The idle timeout is long: only the keep-alive ping can end this connection.
+    let (_mock, proxy) = setup(
+        "idle_timeout_ms = 600000\nhttp2_keep_alive_interval_ms = 500\nhttp2_keep_alive_timeout_ms = 500",
+    )
+    .await;
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream.write_all(H2_PREFACE).await.unwrap();
+    // Reads (and so acknowledges nothing, answers no PING) until the server gives up.
+    let (received, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(closed, "a client that answers no PING kept its connection");
+    // A PING frame (type 6) was sent.
+    assert!(
+        received
+            .windows(4)
+            .any(|w| w[3] == 6 && w[0] == 0 && w[1] == 0 && w[2] == 8),
+        "no PING seen"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_and_the_record_says_why() {
+    let (mock, proxy) = setup("write_timeout_ms = 1000").await;
+    // A small receive window, so the answer fills the buffers quickly.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(proxy.addr).await.unwrap();
+    let body = serde_json::to_vec(&chat_body("mock/model", true)).unwrap();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nx-mock-chunks: 400000\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(&body).await.unwrap();
+    // Never reads. The proxy cuts the connection once a write waited a second, and records why.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let record = loop {
+        let list: Vec<Value> = common::get_json(&proxy, "/api/requests/recent?limit=10").await;
+        if let Some(record) = list.into_iter().next() {
+            break record;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stalled stream was never cut"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(record["error_kind"], "client_write_timeout", "{record}");
+    assert!(
+        mock.stats()
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1
+    );
+    assert_answers(&proxy, "mock/model").await;
+    drop(stream);
+}
+
+/// A second `messages` key would go upstream with the first one counted, previewed and routed: refused like a
+/// second `model`.
+#[tokio::test]
+async fn a_duplicate_messages_key_is_refused() {
+    let (mock, proxy) = setup("").await;
+    for body in [
+        r#"{"model":"mock/model","messages":[{"role":"user","content":"seen"}],"messages":[{"role":"user","content":"hidden"}]}"#,
+        r#"{"model":"mock/model","messages":[],"\u006dessages":[{"role":"user","content":"hidden"}]}"#,
+    ] {
+        let response = client()
+            .post(proxy.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{body}");
+        let json: Value = response.json().await.unwrap();
+        assert_eq!(json["error"]["code"], "invalid_request", "{json}");
+        assert!(
+            json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("messages"),
+            "{json}"
+        );
+    }
+    assert_eq!(
+        mock.stats()
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
 }

@@ -430,6 +430,118 @@ async fn alerts_are_pushed_and_in_the_snapshot() {
     assert!(active.iter().any(|a| a["id"] == id), "{active:?}");
 }
 
+async fn start_with(server: &str) -> (MockUpstream, Proxy) {
+    let mock = MockUpstream::start().await.unwrap();
+    let config = mock_config(&mock, "[store]\nflush_interval_ms = 20")
+        .replace("[server]\n", &format!("[server]\n{server}\n"));
+    let proxy = Proxy::start(&config, &[("MOCK_KEY", "k")]).await;
+    (mock, proxy)
+}
+
+/// Dashboards have their own limit, and each holds one of the `max_connections` slots while it is open.
+#[tokio::test]
+async fn dashboards_are_bounded_and_hold_connection_slots() {
+    let (_mock, proxy) = start_with("max_dashboards = 2\nmax_connections = 3").await;
+    let (_one, _) = Dashboard::connect(&proxy, "").await;
+    let (_two, _) = Dashboard::connect(&proxy, "").await;
+    match tokio_tungstenite::connect_async(format!("ws://{}/ws", proxy.addr)).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 503)
+        }
+        other => panic!("a third dashboard was not refused: {:?}", other.map(|_| ())),
+    }
+    // Two upgraded sockets hold two slots: one is left.
+    let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let refused = client().get(proxy.url("/v1/models")).send().await;
+    assert!(
+        refused.is_err(),
+        "a connection beyond max_connections was served while dashboards were open"
+    );
+    use tokio::io::AsyncWriteExt;
+    idle.shutdown().await.unwrap();
+    drop(idle);
+    drop(_one);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_answers(&proxy, "mock/model").await;
+}
+
+/// A client that floods pings (and never reads the pongs) is cut off instead of growing the server's buffers.
+#[tokio::test]
+async fn a_ping_flood_is_cut_off() {
+    let (_mock, proxy) = start().await;
+    let (mut flooder, _) = Dashboard::connect(&proxy, "").await;
+    let mut cut = false;
+    for _ in 0..5_000 {
+        if flooder
+            .ws
+            .send(Message::Ping(vec![0u8; 125].into()))
+            .await
+            .is_err()
+        {
+            cut = true;
+            break;
+        }
+    }
+    if !cut {
+        // The server's close arrives among the pongs.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_secs(10), flooder.ws.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    let frame = frame.unwrap();
+                    assert_eq!(u16::from(frame.code), 1008, "{frame:?}");
+                    cut = true;
+                    break;
+                }
+                Ok(Some(Ok(_))) => continue,
+                // Closed without a close frame (the server may drop a socket it cannot write to).
+                Ok(None) | Ok(Some(Err(_))) => {
+                    cut = true;
+                    break;
+                }
+                // Still open and silent: not cut.
+                Err(_) => break,
+            }
+        }
+    }
+    assert!(cut, "a client flooding pings was never cut off");
+    let (mut dash, _) = Dashboard::connect(&proxy, "").await;
+    let (stats, _) = dash.until("stats", |_| true).await;
+    assert!(
+        stats["data"]["hub"]["slow_clients_cut"].as_u64() >= Some(1),
+        "{stats}"
+    );
+}
+
+/// A burst of `resync` commands gets one fresh snapshot, not one per command.
+#[tokio::test]
+async fn resync_bursts_are_coalesced() {
+    let (_mock, proxy) = start().await;
+    let (mut dash, _) = Dashboard::connect(&proxy, "").await;
+    for _ in 0..40 {
+        dash.send(json!({"type": "resync"})).await;
+    }
+    let mut inits = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(500), dash.ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                let event: Value = serde_json::from_str(&text).unwrap();
+                if event["type"] == "init" {
+                    inits += 1;
+                }
+            }
+            Ok(Some(Ok(_))) | Err(_) => {}
+            Ok(other) => panic!("the socket ended: {other:?}"),
+        }
+    }
+    assert!(
+        (1..=2).contains(&inits),
+        "{inits} snapshots for a burst of 40 resyncs"
+    );
+}
+
 /// A client that speaks an API the proxy does not serve, or names a model it does not know, is answered with
 /// an error — and that refusal is counted, exported and shown, never silent.
 #[tokio::test]

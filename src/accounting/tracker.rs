@@ -116,6 +116,8 @@ pub enum Outcome {
     UpstreamFailed(String),
     IdleTimeout,
     ClientGone,
+    /// The client stopped reading the answer for longer than `[server] write_timeout_ms`: cut.
+    ClientTooSlow,
     /// The proxy answered with its own error (code of `ProxyError`).
     ProxyError(&'static str),
 }
@@ -543,6 +545,7 @@ fn build_record(
         Outcome::UpstreamFailed(_) => Some("upstream_stream_error".to_string()),
         Outcome::IdleTimeout => Some("upstream_idle_timeout".to_string()),
         Outcome::ClientGone => Some("client_disconnected".to_string()),
+        Outcome::ClientTooSlow => Some("client_write_timeout".to_string()),
         Outcome::ProxyError(code) => Some((*code).to_string()),
     };
     // An upstream that failed before answering generated nothing billable we know of.

@@ -185,7 +185,7 @@ pub(crate) async fn create_session(
 ) -> ApiResult {
     let Json(body) = body.map_err(json_error)?;
     let name = clean_name(&body.name)?;
-    let model = body.model.filter(|m| !m.trim().is_empty());
+    let model = clean_model(body.model)?;
     let activate = body.activate.unwrap_or(true);
     let id = api.sink.create_session(name, model, activate).await?;
     if activate {
@@ -199,6 +199,27 @@ pub(crate) async fn create_session(
         }
     }
     Ok((StatusCode::CREATED, Json(session)).into_response())
+}
+
+/// Longest model id a session may name (catalog keys are far shorter).
+const MAX_MODEL_CHARS: usize = 256;
+
+/// A session's model: trimmed, none when blank, bounded and printable.
+fn clean_model(model: Option<String>) -> Result<Option<String>, HttpError> {
+    let Some(model) = model else {
+        return Ok(None);
+    };
+    let model = model.trim();
+    if model.is_empty() {
+        return Ok(None);
+    }
+    if model.chars().count() > MAX_MODEL_CHARS || model.chars().any(char::is_control) {
+        return Err(HttpError::bad_request(
+            "invalid_parameter",
+            format!("model must be at most {MAX_MODEL_CHARS} printable characters"),
+        ));
+    }
+    Ok(Some(model.to_string()))
 }
 
 fn clean_name(name: &str) -> Result<String, HttpError> {

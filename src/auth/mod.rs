@@ -211,7 +211,13 @@ pub async fn guard(State(auth): State<Arc<Auth>>, mut request: Request, next: Ne
                 headers.remove(header::AUTHORIZATION);
                 request.extensions_mut().insert(VirtualKey(name));
             }
-            next.run(request).await
+            let mut response = next.run(request).await;
+            // Every proxy answer (model lists, cache hits, errors) is data, never to be sniffed into a page.
+            response.headers_mut().insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            response
         }
         Class::Login => next.run(request).await,
         Class::Admin => {

@@ -203,6 +203,30 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Client connections served at once; more are closed on arrival.
     pub max_connections: usize,
+    /// Deadlines for the other phases of a connection, and the shares of the connection slots.
+    pub limits: ConnectionLimits,
+}
+
+/// What one client may hold, and for how long (`[server]`; docs/security.md says what each guards against).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// A request body must be complete this long after its headers arrived.
+    pub body_read_timeout: Duration,
+    /// Longest pause between two pieces of a request body.
+    pub body_idle_timeout: Duration,
+    /// Longest a write to the client may wait because the client does not read; then the connection (and the
+    /// upstream request it was streaming) is cut.
+    pub write_timeout: Duration,
+    /// A connection with no request in flight is closed after this long (HTTP/2 included).
+    pub idle_timeout: Duration,
+    /// HTTP/2: a PING this often; no answer within the timeout closes the connection.
+    pub http2_keep_alive_interval: Duration,
+    pub http2_keep_alive_timeout: Duration,
+    /// Connections one client address (an IPv6 /64) may hold at once; loopback clients are exempt (they are all
+    /// the same machine).
+    pub max_connections_per_ip: usize,
+    /// Dashboards (WebSockets) connected at once.
+    pub max_dashboards: usize,
 }
 
 /// A virtual key a client presents instead of a provider key; its name is recorded on its requests.
@@ -395,6 +419,11 @@ pub struct CacheConfig {
     pub ttl: Duration,
     /// Only requests with `temperature: 0` are cached.
     pub deterministic_only: bool,
+    /// `scope = "shared"`: every virtual key shares the answers. Otherwise (`"client"`, the default) the key
+    /// includes the virtual key: a client only ever gets answers to its own requests.
+    pub shared: bool,
+    /// Clients may turn caching on for a request (`x-kimi-proxy-cache: on`); turning it off is always allowed.
+    pub client_opt_in: bool,
 }
 
 /// Where `${VAR}` values come from; injectable so tests never touch the process environment.

@@ -55,6 +55,14 @@ pub struct RawServer {
     pub allowed_hosts: Option<Vec<String>>,
     pub header_read_timeout_ms: Option<u64>,
     pub max_connections: Option<usize>,
+    pub body_read_timeout_ms: Option<u64>,
+    pub body_idle_timeout_ms: Option<u64>,
+    pub write_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub http2_keep_alive_interval_ms: Option<u64>,
+    pub http2_keep_alive_timeout_ms: Option<u64>,
+    pub max_connections_per_ip: Option<usize>,
+    pub max_dashboards: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -202,6 +210,8 @@ pub struct RawCache {
     pub max_bytes: Option<u64>,
     pub ttl_secs: Option<u64>,
     pub deterministic_only: Option<bool>,
+    pub scope: Option<String>,
+    pub client_opt_in: Option<bool>,
 }
 
 /// `[alerts]`: rules, evaluation interval, webhook. Percentages are written as percents (80 = 80 %).
@@ -479,6 +489,85 @@ const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 30_000;
 /// 20,000-descriptor limit (a stream also holds an upstream socket).
 const DEFAULT_MAX_CONNECTIONS: usize = 8192;
 
+/// A request body must have arrived in full this long after its headers (`body_read_timeout_ms`).
+const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 60_000;
+/// Longest pause between two pieces of a request body (`body_idle_timeout_ms`).
+const DEFAULT_BODY_IDLE_TIMEOUT_MS: u64 = 15_000;
+/// Longest a write to a client may wait because the client does not read (`write_timeout_ms`).
+const DEFAULT_WRITE_TIMEOUT_MS: u64 = 30_000;
+/// A connection with no request in flight is closed after this long (`idle_timeout_ms`; HTTP/2 and
+/// upgraded-protocol negotiation included; HTTP/1 is also bounded by `header_read_timeout_ms`).
+const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// HTTP/2 keep-alive: a PING this often, and the connection closed when it is not answered in time.
+const DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL_MS: u64 = 20_000;
+const DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT_MS: u64 = 20_000;
+/// Dashboards (WebSockets on `/ws`) connected at once.
+const DEFAULT_MAX_DASHBOARDS: usize = 32;
+
+impl RawServer {
+    /// The per-phase deadlines and the connection shares (`[server]`), checked.
+    fn limits(&self, errors: &mut Vec<String>) -> crate::config::ConnectionLimits {
+        let millis = |value: Option<u64>, default: u64, key: &str, errors: &mut Vec<String>| {
+            let value = value.unwrap_or(default);
+            if value == 0 {
+                errors.push(format!("server.{key} must be greater than 0"));
+            }
+            Duration::from_millis(value)
+        };
+        let max_connections = self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let per_ip = self
+            .max_connections_per_ip
+            .unwrap_or((max_connections / 4).max(1));
+        if per_ip == 0 {
+            errors.push("server.max_connections_per_ip must be greater than 0".to_string());
+        }
+        let max_dashboards = self.max_dashboards.unwrap_or(DEFAULT_MAX_DASHBOARDS);
+        if max_dashboards == 0 {
+            errors.push("server.max_dashboards must be greater than 0".to_string());
+        }
+        crate::config::ConnectionLimits {
+            body_read_timeout: millis(
+                self.body_read_timeout_ms,
+                DEFAULT_BODY_READ_TIMEOUT_MS,
+                "body_read_timeout_ms",
+                errors,
+            ),
+            body_idle_timeout: millis(
+                self.body_idle_timeout_ms,
+                DEFAULT_BODY_IDLE_TIMEOUT_MS,
+                "body_idle_timeout_ms",
+                errors,
+            ),
+            write_timeout: millis(
+                self.write_timeout_ms,
+                DEFAULT_WRITE_TIMEOUT_MS,
+                "write_timeout_ms",
+                errors,
+            ),
+            idle_timeout: millis(
+                self.idle_timeout_ms,
+                DEFAULT_IDLE_TIMEOUT_MS,
+                "idle_timeout_ms",
+                errors,
+            ),
+            http2_keep_alive_interval: millis(
+                self.http2_keep_alive_interval_ms,
+                DEFAULT_HTTP2_KEEP_ALIVE_INTERVAL_MS,
+                "http2_keep_alive_interval_ms",
+                errors,
+            ),
+            http2_keep_alive_timeout: millis(
+                self.http2_keep_alive_timeout_ms,
+                DEFAULT_HTTP2_KEEP_ALIVE_TIMEOUT_MS,
+                "http2_keep_alive_timeout_ms",
+                errors,
+            ),
+            max_connections_per_ip: per_ip,
+            max_dashboards,
+        }
+    }
+}
+
 /// How long a request may wait for its provider's budget before the client gets a 429.
 const DEFAULT_RATE_LIMIT_MAX_WAIT_MS: u64 = 20_000;
 
@@ -542,6 +631,8 @@ impl RawConfig {
                     self.cache.deterministic_only,
                     over.cache.deterministic_only,
                 ),
+                scope: merge_opt(self.cache.scope, over.cache.scope),
+                client_opt_in: merge_opt(self.cache.client_opt_in, over.cache.client_opt_in),
             },
             server: RawServer {
                 listen: merge_opt(self.server.listen, over.server.listen),
@@ -573,6 +664,35 @@ impl RawConfig {
                     self.server.max_connections,
                     over.server.max_connections,
                 ),
+                body_read_timeout_ms: merge_opt(
+                    self.server.body_read_timeout_ms,
+                    over.server.body_read_timeout_ms,
+                ),
+                body_idle_timeout_ms: merge_opt(
+                    self.server.body_idle_timeout_ms,
+                    over.server.body_idle_timeout_ms,
+                ),
+                write_timeout_ms: merge_opt(
+                    self.server.write_timeout_ms,
+                    over.server.write_timeout_ms,
+                ),
+                idle_timeout_ms: merge_opt(
+                    self.server.idle_timeout_ms,
+                    over.server.idle_timeout_ms,
+                ),
+                http2_keep_alive_interval_ms: merge_opt(
+                    self.server.http2_keep_alive_interval_ms,
+                    over.server.http2_keep_alive_interval_ms,
+                ),
+                http2_keep_alive_timeout_ms: merge_opt(
+                    self.server.http2_keep_alive_timeout_ms,
+                    over.server.http2_keep_alive_timeout_ms,
+                ),
+                max_connections_per_ip: merge_opt(
+                    self.server.max_connections_per_ip,
+                    over.server.max_connections_per_ip,
+                ),
+                max_dashboards: merge_opt(self.server.max_dashboards, over.server.max_dashboards),
             },
             providers,
             models,
@@ -596,6 +716,7 @@ impl RawConfig {
         if max_body_bytes == 0 {
             errors.push("server.max_body_bytes must be greater than 0".to_string());
         }
+        let limits = self.server.limits(&mut errors);
         let server = ServerConfig {
             listen,
             max_body_bytes,
@@ -651,6 +772,7 @@ impl RawConfig {
                 .server
                 .max_connections
                 .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            limits,
         };
         if server.header_read_timeout.is_zero() {
             errors.push("server.header_read_timeout_ms must be greater than 0".to_string());
@@ -681,6 +803,17 @@ impl RawConfig {
             max_bytes: self.cache.max_bytes.unwrap_or(DEFAULT_CACHE_BYTES),
             ttl: Duration::from_secs(self.cache.ttl_secs.unwrap_or(DEFAULT_CACHE_TTL_SECS)),
             deterministic_only: self.cache.deterministic_only.unwrap_or(true),
+            shared: match self.cache.scope.as_deref() {
+                None | Some("client") => false,
+                Some("shared") => true,
+                Some(other) => {
+                    errors.push(format!(
+                        "cache.scope: `{other}` is not `client` (each virtual key has its own answers) or `shared`"
+                    ));
+                    false
+                }
+            },
+            client_opt_in: self.cache.client_opt_in.unwrap_or(true),
         };
         if cache.ttl.is_zero() {
             errors.push("cache.ttl_secs must be greater than 0".to_string());

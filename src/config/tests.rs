@@ -192,3 +192,47 @@ fn expand_vars_handles_several_and_literal_text() {
     assert_eq!(expand_vars("${C}", &env).unwrap_err(), "C");
     assert_eq!(expand_vars("tail ${", &env).unwrap(), "tail ${");
 }
+
+#[test]
+fn connection_limits_and_cache_scope_have_defaults_and_are_checked() {
+    let config = Config::from_sources(None, &env_of(&[])).unwrap();
+    let limits = config.server.limits;
+    assert_eq!(limits.body_read_timeout, Duration::from_secs(60));
+    assert_eq!(limits.body_idle_timeout, Duration::from_secs(15));
+    assert_eq!(limits.write_timeout, Duration::from_secs(30));
+    assert_eq!(limits.idle_timeout, Duration::from_secs(60));
+    assert_eq!(limits.http2_keep_alive_interval, Duration::from_secs(20));
+    assert_eq!(limits.http2_keep_alive_timeout, Duration::from_secs(20));
+    assert_eq!(
+        limits.max_connections_per_ip,
+        config.server.max_connections / 4
+    );
+    assert_eq!(limits.max_dashboards, 32);
+    assert!(!config.cache.shared);
+    assert!(config.cache.client_opt_in);
+
+    let text = "[server]\nmax_connections = 100\nbody_read_timeout_ms = 5000\nmax_dashboards = 2\n\
+                [cache]\nscope = \"shared\"\nclient_opt_in = false\n";
+    let config = Config::from_sources(Some(("test", text)), &env_of(&[])).unwrap();
+    assert_eq!(config.server.limits.max_connections_per_ip, 25);
+    assert_eq!(
+        config.server.limits.body_read_timeout,
+        Duration::from_secs(5)
+    );
+    assert_eq!(config.server.limits.max_dashboards, 2);
+    assert!(config.cache.shared);
+    assert!(!config.cache.client_opt_in);
+
+    for bad in [
+        "[server]\nwrite_timeout_ms = 0\n",
+        "[server]\nbody_idle_timeout_ms = 0\n",
+        "[server]\nmax_connections_per_ip = 0\n",
+        "[server]\nmax_dashboards = 0\n",
+        "[cache]\nscope = \"everyone\"\n",
+    ] {
+        let error = Config::from_sources(Some(("test", bad)), &env_of(&[]))
+            .err()
+            .map(|e| e.to_string());
+        assert!(error.is_some(), "accepted: {bad}");
+    }
+}

@@ -170,9 +170,14 @@ impl Hub {
         self.last_seq.load(Ordering::Acquire)
     }
 
-    pub(crate) fn connected(self: &Arc<Self>) -> ClientGuard {
-        self.client_gauge().fetch_add(1, Ordering::Relaxed);
-        ClientGuard(Arc::clone(self))
+    /// Counts one more client unless `max` are connected already.
+    pub(crate) fn try_connect(self: &Arc<Self>, max: usize) -> Option<ClientGuard> {
+        self.client_gauge()
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ClientGuard(Arc::clone(self)))
     }
 
     pub(crate) fn count_cut_off(&self) {

@@ -30,6 +30,16 @@ const MAX_CLIENT_MESSAGE: usize = 4096;
 /// and the client loop makes one per batch of events: with its default (128 KiB) that zeroing was a quarter of
 /// the proxy's CPU in the dashboards benchmark. A larger command still arrives, in several reads.
 const READ_BUFFER: usize = 1024;
+/// Most a client's socket may have queued for writing (snapshots, events, the pongs its pings ask for): beyond
+/// it the client is cut off. A snapshot is a few hundred KiB at most.
+const MAX_WRITE_BUFFER: usize = 4 << 20;
+/// Messages a client may send (pings included): a burst of this many...
+const MESSAGE_BURST: f64 = 60.0;
+/// ...and this many a second after it. A dashboard sends a command now and then; more is a flood: cut off.
+const MESSAGES_PER_SECOND: f64 = 20.0;
+/// A client gets at most one fresh snapshot this often; commands in between are coalesced into one snapshot
+/// at the end of the interval (each builds a full snapshot: the store's queries and the serialisation).
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(2);
 /// Sessions and requests in a snapshot.
 const INIT_SESSIONS: u32 = 50;
 const INIT_RECENT: usize = 100;
@@ -61,21 +71,82 @@ pub(crate) async fn upgrade(
         Ok(Query(params)) => params,
         Err(rejection) => return rejection.into_response(),
     };
+    let max = hub.state.config.server.limits.max_dashboards;
+    let Some(guard) = hub.try_connect(max) else {
+        tracing::warn!(
+            max_dashboards = max,
+            "too many dashboards connected: refusing another"
+        );
+        return too_many_dashboards(max);
+    };
     ws.max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .read_buffer_size(READ_BUFFER)
-        .on_upgrade(move |socket| serve(socket, hub, params))
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .on_upgrade(move |socket| serve(socket, hub, params, guard))
+}
+
+/// 503 in the error format of every other answer.
+fn too_many_dashboards(max: usize) -> Response {
+    let body = serde_json::json!({"error": {
+        "message": format!("{max} dashboards are connected already ([server] max_dashboards)"),
+        "type": "server_busy",
+        "param": null,
+        "code": "too_many_dashboards",
+    }});
+    let mut response = (http::StatusCode::SERVICE_UNAVAILABLE, body.to_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(5u32));
+    response
 }
 
 /// Why a connection ended.
 enum End {
     ClientLeft,
     TooSlow,
+    /// The client sent more messages than its budget allows.
+    Flooding,
     ServerClosing,
 }
 
-async fn serve(mut socket: WebSocket, hub: Arc<Hub>, mut params: Params) {
-    let _guard = hub.connected();
+/// What a client may send: a token bucket over all its messages (pings included).
+struct MessageBudget {
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl MessageBudget {
+    fn new() -> Self {
+        Self {
+            tokens: MESSAGE_BURST,
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Spends one message; false when the budget is used up.
+    fn spend(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * MESSAGES_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(MESSAGE_BURST);
+        self.at = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+async fn serve(
+    mut socket: WebSocket,
+    hub: Arc<Hub>,
+    mut params: Params,
+    _guard: super::ClientGuard,
+) {
     let mut frames = hub.subscribe();
     let mut last = match send_init(&mut socket, &hub, &params).await {
         Ok(seq) => seq,
@@ -83,6 +154,10 @@ async fn serve(mut socket: WebSocket, hub: Arc<Hub>, mut params: Params) {
     };
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.reset();
+    let mut budget = MessageBudget::new();
+    // The next fresh snapshot is not sent before this; `snapshot_due` is a command waiting for it.
+    let mut next_snapshot = tokio::time::Instant::now() + SNAPSHOT_EVERY;
+    let mut snapshot_due = false;
     // When each frame of the batch in hand was published; kept across batches (one allocation per client).
     let mut published = Vec::new();
     let end = loop {
@@ -105,22 +180,41 @@ async fn serve(mut socket: WebSocket, hub: Arc<Hub>, mut params: Params) {
                 Err(RecvError::Lagged(_)) => break End::TooSlow,
                 Err(RecvError::Closed) => break End::ServerClosing,
             },
-            message = socket.recv() => match message {
-                Some(Ok(Message::Text(text))) => {
-                    match serde_json::from_str::<Command>(&text) {
-                        Ok(Command::Resync) => {}
-                        Ok(Command::SelectSession { session_id }) => params.session_id = session_id,
-                        Err(_) => continue,
-                    }
-                    // Both commands are answered with a fresh snapshot.
-                    match send_init(&mut socket, &hub, &params).await {
-                        Ok(seq) => last = seq,
-                        Err(end) => break end,
-                    }
+            message = socket.recv() => {
+                if matches!(message, Some(Ok(_))) && !budget.spend() {
+                    break End::Flooding;
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::ClientLeft,
-                Some(Ok(_)) => {}
+                match message {
+                    Some(Ok(Message::Text(text))) => {
+                        match serde_json::from_str::<Command>(&text) {
+                            Ok(Command::Resync) => {}
+                            Ok(Command::SelectSession { session_id }) => params.session_id = session_id,
+                            Err(_) => continue,
+                        }
+                        // Both commands are answered with a fresh snapshot: now, or once the interval since
+                        // the last one has passed (several commands in between get one snapshot).
+                        if tokio::time::Instant::now() < next_snapshot {
+                            snapshot_due = true;
+                            continue;
+                        }
+                        match send_init(&mut socket, &hub, &params).await {
+                            Ok(seq) => last = seq,
+                            Err(end) => break end,
+                        }
+                        next_snapshot = tokio::time::Instant::now() + SNAPSHOT_EVERY;
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::ClientLeft,
+                    Some(Ok(_)) => {}
+                }
             },
+            () = tokio::time::sleep_until(next_snapshot), if snapshot_due => {
+                snapshot_due = false;
+                match send_init(&mut socket, &hub, &params).await {
+                    Ok(seq) => last = seq,
+                    Err(end) => break end,
+                }
+                next_snapshot = tokio::time::Instant::now() + SNAPSHOT_EVERY;
+            }
             _ = ping.tick() => {
                 if let Err(end) = send(&mut socket, Message::Ping(bytes::Bytes::new())).await {
                     break end;
@@ -139,6 +233,11 @@ async fn finish(mut socket: WebSocket, hub: &Hub, end: End) {
             hub.count_cut_off();
             tracing::debug!("dashboard client too slow: disconnected");
             (close_code::POLICY, "too slow")
+        }
+        End::Flooding => {
+            hub.count_cut_off();
+            tracing::info!("dashboard client sent too many messages: disconnected");
+            (close_code::POLICY, "too many messages")
         }
         End::ServerClosing => (close_code::AWAY, "server shutting down"),
     };

@@ -3,6 +3,7 @@
 //! than the idle timeout is cut.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::accounting::tracker::{Outcome, Tracker};
+use crate::limits::Connection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -34,6 +36,8 @@ pub struct ForwardBody {
     /// before the first frame, when nothing has been rewritten yet.
     may_rewrite: bool,
     done: bool,
+    /// The client's connection: tells a client that stopped reading from one that left.
+    connection: Option<Arc<Connection>>,
 }
 
 impl ForwardBody {
@@ -41,9 +45,15 @@ impl ForwardBody {
         inner: Incoming,
         idle: Duration,
         provider: String,
-        tracker: Tracker,
+        mut tracker: Tracker,
         may_rewrite: bool,
     ) -> Self {
+        // An empty answer (a redirect, a 204, `Content-Length: 0`) is never polled: hyper writes its headers and
+        // drops it. It is complete now, not a client that left.
+        let done = inner.is_end_stream();
+        if done {
+            tracker.finish(Outcome::Complete);
+        }
         Self {
             inner,
             idle,
@@ -51,7 +61,30 @@ impl ForwardBody {
             provider,
             tracker,
             may_rewrite,
-            done: false,
+            done,
+            connection: None,
+        }
+    }
+
+    /// The client connection the answer goes to (a request extension set by the server), if known.
+    pub fn on_connection(mut self, connection: Option<Arc<Connection>>) -> Self {
+        self.connection = connection;
+        self
+    }
+}
+
+impl Drop for ForwardBody {
+    fn drop(&mut self) {
+        // Dropped unfinished: the client left, or stopped reading and was cut (the tracker's own drop records
+        // the first).
+        if !self.done
+            && self
+                .connection
+                .as_ref()
+                .is_some_and(|connection| connection.write_timed_out())
+        {
+            tracing::info!(provider = %self.provider, "client stopped reading the answer: cut, upstream cancelled");
+            self.tracker.finish(Outcome::ClientTooSlow);
         }
     }
 }

@@ -127,6 +127,31 @@ pub fn cache_key(body: &[u8], upstream_id: &str, deterministic_only: bool) -> Op
     Some(top.hash)
 }
 
+/// Whether a request uses the response cache: the client's `x-kimi-proxy-cache` header (`on` only when the
+/// config lets clients opt in; `off` always), else the model's setting, else `[cache] enabled`.
+pub fn wanted(header: Option<&str>, configured: bool, client_opt_in: bool) -> bool {
+    match header {
+        Some("on" | "1" | "true") => client_opt_in || configured,
+        Some("off" | "0" | "false") => false,
+        _ => configured,
+    }
+}
+
+/// The key of a request as one client sees it: `client` (the virtual key's name) is part of it unless the
+/// cache is shared, so one key holder never gets an answer cached for another.
+pub fn scoped_key(key: u128, client: Option<&str>, shared: bool) -> u128 {
+    match client {
+        Some(name) if !shared => {
+            let mut hasher = Xxh3::new();
+            hasher.update(&key.to_le_bytes());
+            hasher.update(b"\0client\0");
+            hasher.update(name.as_bytes());
+            hasher.digest128()
+        }
+        _ => key,
+    }
+}
+
 /// Tags that keep values of different kinds apart in the hash.
 const TAG_NULL: u8 = 0;
 const TAG_BOOL: u8 = 1;

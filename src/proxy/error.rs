@@ -21,6 +21,10 @@ pub enum ProxyError {
     BodyTooLarge { limit: usize },
     #[error("could not read the request body: {0}")]
     BodyRead(String),
+    #[error(
+        "the request body did not arrive in time (see [server] body_read_timeout_ms and body_idle_timeout_ms)"
+    )]
+    BodyTimeout,
     #[error("{}", unknown_model_message(.model, .suggestions))]
     UnknownModel {
         model: String,
@@ -90,6 +94,7 @@ impl ProxyError {
             | ProxyError::BodyRead(_)
             | ProxyError::InvalidTarget(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UnknownModel { .. } | ProxyError::NotFound { .. } => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::MissingApiKey { .. } | ProxyError::MissingBaseUrlVar { .. } => {
@@ -113,6 +118,7 @@ impl ProxyError {
             | ProxyError::InvalidRequest(_)
             | ProxyError::BodyTooLarge { .. }
             | ProxyError::BodyRead(_)
+            | ProxyError::BodyTimeout
             | ProxyError::UnknownModel { .. }
             | ProxyError::InvalidTarget(_)
             | ProxyError::TargetNotAllowed(_)
@@ -134,9 +140,10 @@ impl ProxyError {
     /// OpenAI's `error.type`.
     pub fn error_type(&self) -> &'static str {
         match self.status() {
-            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::NOT_FOUND => {
-                "invalid_request_error"
-            }
+            StatusCode::BAD_REQUEST
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::NOT_FOUND
+            | StatusCode::REQUEST_TIMEOUT => "invalid_request_error",
             StatusCode::METHOD_NOT_ALLOWED | StatusCode::UNAUTHORIZED => "invalid_request_error",
             StatusCode::FORBIDDEN => "permission_error",
             StatusCode::SERVICE_UNAVAILABLE => "configuration_error",
@@ -152,6 +159,7 @@ impl ProxyError {
             ProxyError::InvalidRequest(_) => "invalid_request",
             ProxyError::BodyTooLarge { .. } => "body_too_large",
             ProxyError::BodyRead(_) => "body_read_error",
+            ProxyError::BodyTimeout => "body_timeout",
             ProxyError::UnknownModel { .. } => "model_not_found",
             ProxyError::MissingApiKey { .. } => "missing_api_key",
             ProxyError::MissingBaseUrlVar { .. } => "missing_base_url_variable",

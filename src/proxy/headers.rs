@@ -52,10 +52,25 @@ pub fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
     headers
 }
 
-/// The upstream's headers as they go back to the client.
+/// The upstream's headers as they go back to the client: hop-by-hop ones removed, and those that would act
+/// for the proxy's own origin: an upstream's cookies (one could be named like the login cookie) and CORS
+/// grants (the proxy decides what browsers may read, `[server] cors_allowed_origins`). No sniffing either.
 pub fn client_response_headers(upstream: &HeaderMap) -> HeaderMap {
     let mut headers = upstream.clone();
     strip_hop_by_hop(&mut headers);
+    headers.remove(header::SET_COOKIE);
+    let cors: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("access-control-"))
+        .cloned()
+        .collect();
+    for name in cors {
+        headers.remove(name);
+    }
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
     headers
 }
 

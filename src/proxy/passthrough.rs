@@ -56,10 +56,55 @@ impl Target {
         format!("{scheme}://{}{path}", self.authority())
     }
 
-    /// The literal IP of the target, when its host is one.
+    /// The literal IP of the target, when its host is one: the usual forms, and the numeric IPv4 forms a system
+    /// resolver also accepts (`127.1`, `0x7f000001`, `2130706433`, `017700000001`), so they are refused as the
+    /// address they are rather than resolved.
     pub fn ip(&self) -> Option<IpAddr> {
-        self.host.parse().ok()
+        self.host
+            .parse()
+            .ok()
+            .or_else(|| numeric_ipv4(&self.host).map(IpAddr::V4))
     }
+}
+
+/// An IPv4 address in the forms of `inet_aton`: one to four parts, each decimal, octal (a leading `0`) or hex
+/// (`0x`), the last one filling the remaining bytes.
+pub fn numeric_ipv4(host: &str) -> Option<Ipv4Addr> {
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.is_empty() || parts.len() > 4 {
+        return None;
+    }
+    let mut values = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let value = if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+            if hex.is_empty() {
+                0
+            } else {
+                u64::from_str_radix(hex, 16).ok()?
+            }
+        } else if part.len() > 1 && part.starts_with('0') {
+            u64::from_str_radix(&part[1..], 8).ok()?
+        } else {
+            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            part.parse::<u64>().ok()?
+        };
+        values.push(value);
+    }
+    let (last, leading) = values.split_last()?;
+    if leading.iter().any(|&v| v > 255) {
+        return None;
+    }
+    let last_bits = 8 * (4 - leading.len() as u32);
+    if last_bits < 64 && *last >= (1u64 << last_bits) {
+        return None;
+    }
+    let mut address = *last;
+    for (i, &value) in leading.iter().enumerate() {
+        address |= value << (24 - 8 * i as u32);
+    }
+    u32::try_from(address).ok().map(Ipv4Addr::from)
 }
 
 /// Parses and canonicalises the `X-Target-Base-URL` value.
@@ -173,7 +218,9 @@ impl TargetPattern {
             && host
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-.*:".contains(&b));
-        if !host_ok || host == "*" || host.contains('@') {
+        // A host of wildcards only (`*`, `**`, `*.*`) allows every host: refused, like no allowlist at all.
+        let wildcard_only = host.bytes().all(|b| b"*.:".contains(&b));
+        if !host_ok || wildcard_only || host.contains('@') {
             return Err(format!(
                 "`{text}`: the host must be a name, an IP, or a pattern like *.example.com"
             ));
@@ -248,7 +295,8 @@ fn forbidden_v4(ip: Ipv4Addr, allow_loopback: bool) -> Option<&'static str> {
     if ip.is_loopback() {
         return (!allow_loopback).then_some("a loopback address");
     }
-    if ip == Ipv4Addr::new(169, 254, 169, 254) {
+    // Cloud metadata: 169.254.169.254 (most clouds; link-local anyway) and Azure's WireServer.
+    if ip == Ipv4Addr::new(169, 254, 169, 254) || ip == Ipv4Addr::new(168, 63, 129, 16) {
         return Some("a cloud metadata address");
     }
     if ip.is_link_local() {
@@ -302,6 +350,15 @@ fn forbidden_v6(ip: Ipv6Addr, allow_loopback: bool) -> Option<&'static str> {
     }
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         return forbidden_v4(embedded(s[6], s[7]), allow_loopback);
+    }
+    // IPv4-translated (::ffff:0:a.b.c.d, RFC 2765): never a public target.
+    if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
+        return forbidden_v4(embedded(s[6], s[7]), allow_loopback)
+            .or(Some("an IPv4-translated address"));
+    }
+    // Local-use NAT64 (64:ff9b:1::/48, RFC 8215): translated inside one network.
+    if s[..3] == [0x64, 0xff9b, 1] {
+        return Some("a local-use NAT64 address");
     }
     if s[0] == 0x2002 {
         return forbidden_v4(embedded(s[1], s[2]), allow_loopback);
@@ -568,6 +625,16 @@ mod tests {
         ));
         assert!(TargetPattern::parse("ftp://x").is_err());
         assert!(TargetPattern::parse("https://*/v1").is_err());
+        for allow_all in [
+            "https://**/*",
+            "https://*/*",
+            "https://*.*/*",
+            "https://***:*/*",
+            "http://**",
+        ] {
+            assert!(TargetPattern::parse(allow_all).is_err(), "{allow_all}");
+        }
+        assert!(TargetPattern::parse("https://*.example.com/*").is_ok());
         assert!(TargetPattern::parse("https://x.com:abc/").is_err());
     }
 
@@ -594,6 +661,12 @@ mod tests {
             "::ffff:127.0.0.1",
             "64:ff9b::a00:1",
             "2002:a00:1::",
+            "::ffff:0:7f00:1",
+            "::ffff:0:a00:1",
+            "::ffff:0:808:808",
+            "64:ff9b:1::808:808",
+            "64:ff9b:1:ffff::1",
+            "168.63.129.16",
         ] {
             let ip: IpAddr = bad.parse().unwrap();
             assert!(forbidden_reason(ip, false).is_some(), "{bad}");
@@ -606,6 +679,37 @@ mod tests {
         assert_eq!(forbidden_reason("::1".parse().unwrap(), true), None);
         assert!(forbidden_reason("10.0.0.1".parse().unwrap(), true).is_some());
         assert!(forbidden_reason("169.254.169.254".parse().unwrap(), true).is_some());
+    }
+
+    #[test]
+    fn numeric_ipv4_forms_are_addresses() {
+        let loopback = Some(Ipv4Addr::new(127, 0, 0, 1));
+        for form in [
+            "127.1",
+            "0x7f000001",
+            "2130706433",
+            "017700000001",
+            "127.0.1",
+            "0x7f.1",
+            "0177.0.0.1",
+        ] {
+            assert_eq!(numeric_ipv4(form), loopback, "{form}");
+            let target = parse_target(&format!("https://{form}/v1")).unwrap();
+            assert_eq!(target.ip(), loopback.map(IpAddr::V4), "{form}");
+        }
+        assert_eq!(numeric_ipv4("10.1"), Some(Ipv4Addr::new(10, 0, 0, 1)));
+        for name in [
+            "api.example.com",
+            "1e100.net",
+            "",
+            "1..2",
+            "256.1.1.1",
+            "4294967296",
+            "0x1g",
+            "08",
+        ] {
+            assert_eq!(numeric_ipv4(name), None, "{name}");
+        }
     }
 
     #[tokio::test]

@@ -59,6 +59,8 @@ pub struct Exchange<'s> {
     client: Dialect,
     /// Known from routing on: whatever happens next, the request is recorded.
     record: Option<Recording>,
+    /// The client's connection (set by the server): tells a client that stopped reading from one that left.
+    connection: Option<Arc<crate::limits::Connection>>,
     /// What a refusal before routing reports: the method and path, and the client application.
     method: String,
     path: String,
@@ -143,6 +145,7 @@ impl<'s> Exchange<'s> {
             started_at_ms: unix_ms(),
             client,
             record: None,
+            connection: None,
             method: String::new(),
             path: String::new(),
             client_app: None,
@@ -154,6 +157,10 @@ impl<'s> Exchange<'s> {
         self.method = parts.method.to_string();
         self.path = parts.uri.path().to_string();
         self.client_app = client_app::client_app(&parts.headers);
+        self.connection = parts
+            .extensions
+            .get::<Arc<crate::limits::Connection>>()
+            .cloned();
         let bytes = self.read(&parts, body).await?;
         let view = self.parse(&bytes)?;
         let route = self.route(&parts, &view.model)?;
@@ -388,19 +395,22 @@ impl<'s> Exchange<'s> {
     fn cache_key(&self, parts: &Parts, route: &Route<'_>, bytes: &[u8]) -> Option<u128> {
         let config = &self.state.config.cache;
         let wanted = !route.is_passthrough()
-            && match parts
-                .headers
-                .get(CACHE_HEADER)
-                .and_then(|v| v.to_str().ok())
-            {
-                Some("on" | "1" | "true") => true,
-                Some("off" | "0" | "false") => false,
-                _ => route.model.cache.unwrap_or(config.enabled),
-            };
+            && cache::wanted(
+                parts
+                    .headers
+                    .get(CACHE_HEADER)
+                    .and_then(|v| v.to_str().ok()),
+                route.model.cache.unwrap_or(config.enabled),
+                config.client_opt_in,
+            );
         if !wanted {
             return None;
         }
+        // Scoped to the client's virtual key unless the config shares the cache: one key holder never gets
+        // another's answer.
+        let virtual_key = parts.extensions.get::<crate::auth::VirtualKey>();
         cache::cache_key(bytes, &route.model.upstream_id, config.deterministic_only)
+            .map(|key| cache::scoped_key(key, virtual_key.map(|k| &*k.0), config.shared))
     }
 
     /// Answers from the response cache on a hit; on a miss of a non-streaming request, arranges for the answer
@@ -660,7 +670,8 @@ impl<'s> Exchange<'s> {
             provider.key.clone(),
             tracker,
             may_rewrite,
-        );
+        )
+        .on_connection(self.connection.take());
         Response::from_parts(response_parts, Body::new(body))
     }
 
@@ -812,6 +823,9 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ProxyError> {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
             Err(ProxyError::BodyTooLarge { limit })
+        }
+        Err(error) if crate::limits::is_body_timeout(error.as_ref()) => {
+            Err(ProxyError::BodyTimeout)
         }
         Err(error) => Err(ProxyError::BodyRead(error.to_string())),
     }

@@ -105,6 +105,18 @@ pub fn inspect(body: &[u8]) -> Result<ChatRequestView, ProxyError> {
     let mut read_loosely = false;
     let peek: Peek<'_> = match serde_json::from_slice(body) {
         Ok(peek) => peek,
+        // A key the proxy reads, given twice: which copy counts is up to each parser, so the proxy could
+        // count, record and route one and the provider read the other. Refused, whatever the key.
+        Err(error) if is_duplicate_key(&error) => {
+            return Err(ProxyError::InvalidRequest(format!(
+                "{}: each key may appear once",
+                error
+                    .to_string()
+                    .split(" at line")
+                    .next()
+                    .unwrap_or_default()
+            )));
+        }
         Err(error) => match serde_json::from_slice::<LoosePeek<'_>>(body) {
             Ok(loose) => {
                 read_loosely = true;
@@ -197,6 +209,11 @@ pub fn inspect(body: &[u8]) -> Result<ChatRequestView, ProxyError> {
         reasoning_missing,
         layout,
     })
+}
+
+/// serde's error for a struct field given twice (`duplicate field `messages``).
+fn is_duplicate_key(error: &serde_json::Error) -> bool {
+    error.is_data() && error.to_string().starts_with("duplicate field `")
 }
 
 /// Deepest nesting of arrays and objects accepted, as serde_json's own limit: parts the scan skips (unknown
@@ -459,7 +476,6 @@ mod tests {
     fn flags_tool_calls_in_odd_shapes_that_the_mending_reads() {
         let call = r#"{"function":{"name":"f","arguments":"{}"}}"#;
         let cases = [
-            format!(r#"{{"model":"m","messages":[],"messages":[{{"tool_calls":[{call}]}}]}}"#),
             format!(r#"{{"model":"m","messages":[{{"tool\u005fcalls":[{call}]}}]}}"#),
             format!(r#"{{"model":"m","messages":[{{"\u0074ool_calls":[{call}]}}]}}"#),
             format!(r#"{{"model":"m","messages":[{{"tool_calls":[1,{call}]}}]}}"#),
@@ -479,6 +495,25 @@ mod tests {
         let html =
             br#"{"model":"m","messages":[{"role":"user","content":"\u003cdiv\u003e \u0026"}]}"#;
         assert!(!inspect(html).unwrap().needs_tool_fix);
+    }
+
+    #[test]
+    fn refuses_a_key_it_reads_given_twice() {
+        for body in [
+            r#"{"model":"m","messages":[],"messages":[{"role":"user","content":"hidden"}]}"#,
+            r#"{"model":"m","messages":[],"\u006dessages":[]}"#,
+            r#"{"model":"m","model":"n","messages":[]}"#,
+            r#"{"model":"m","messages":[],"stream":false,"stream":true}"#,
+            r#"{"model":"m","messages":[],"tools":[],"tools":[]}"#,
+        ] {
+            let result = inspect(body.as_bytes());
+            assert!(
+                matches!(&result, Err(ProxyError::InvalidRequest(m)) if m.contains("duplicate field")),
+                "{body}: {result:?}"
+            );
+        }
+        // Keys the proxy does not read are the provider's business.
+        assert!(inspect(br#"{"model":"m","messages":[],"x":1,"x":2}"#).is_ok());
     }
 
     #[test]

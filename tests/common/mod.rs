@@ -203,3 +203,50 @@ pub async fn recent_records(proxy: &Proxy, n: usize) -> Vec<serde_json::Value> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A one-trick upstream on loopback: reads each request's head (and a `Content-Length` body), answers with
+/// exactly `response` (raw HTTP, which should say `Connection: close`), and closes. For answers the mock
+/// upstream cannot give (redirects, cookies, arbitrary headers).
+pub async fn raw_upstream(response: &'static [u8]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut received = Vec::new();
+                let mut buf = [0u8; 4096];
+                let read = async {
+                    loop {
+                        let n = stream.read(&mut buf).await.ok()?;
+                        if n == 0 {
+                            return None;
+                        }
+                        received.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&received).to_ascii_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let length = text
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if received.len() >= end + 4 + length {
+                                return Some(());
+                            }
+                        }
+                    }
+                };
+                if tokio::time::timeout(Duration::from_secs(10), read)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+                {
+                    let _ = stream.write_all(response).await;
+                    let _ = stream.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
