@@ -13,6 +13,7 @@ const LAYERS: &[&str] = &[
     "http_error",
     "tokens",
     "config",
+    "limits",
     "monitor",
     "context",
     "accounting",
