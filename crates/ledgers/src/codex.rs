@@ -23,8 +23,9 @@ struct Line<'a> {
     timestamp: Option<Cow<'a, str>>,
     #[serde(rename = "type", borrow, default)]
     kind: Option<Cow<'a, str>>,
-    #[serde(default)]
-    payload: Option<Payload<'a>>,
+    /// Parsed further only for the kinds read: the other items' payloads have shapes of their own.
+    #[serde(borrow, default)]
+    payload: Option<&'a serde_json::value::RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -138,8 +139,18 @@ fn owned(s: Option<Cow<'_, str>>) -> Option<String> {
 impl LineReader for Reader {
     fn line(&mut self, line: &[u8], offset: u64) -> Result<Option<UsageEntry>, ()> {
         let parsed: Line<'_> = serde_json::from_slice(line).map_err(|_| ())?;
-        let Some(payload) = parsed.payload else {
+        let Some(raw) = parsed.payload else {
             return Ok(None);
+        };
+        if !matches!(
+            parsed.kind.as_deref(),
+            Some("session_meta" | "turn_context" | "event_msg")
+        ) {
+            return Ok(None);
+        }
+        let Ok(payload) = serde_json::from_str::<Payload<'_>>(raw.get()) else {
+            // Another event's payload (event_msg carries many): only a token_count that fails is malformed.
+            return if raw.get().contains("\"token_count\"") { Err(()) } else { Ok(None) };
         };
         match parsed.kind.as_deref() {
             Some("session_meta") => {

@@ -106,6 +106,12 @@ fn configured_model(share: &Path) -> Option<String> {
 
 impl LineReader for Reader {
     fn line(&mut self, line: &[u8], offset: u64) -> Result<Option<UsageEntry>, ()> {
+        // Only status updates carry usage; other messages' payloads have shapes of their own.
+        if memchr::memmem::find(line, b"\"StatusUpdate\"").is_none() {
+            return serde_json::from_slice::<serde::de::IgnoredAny>(line)
+                .map(|_| None)
+                .map_err(|_| ());
+        }
         let record: Record<'_> = serde_json::from_slice(line).map_err(|_| ())?;
         if record.kind.as_deref() == Some("metadata") {
             return Ok(None);
