@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod dashboard;
+pub mod ledgers;
 pub mod live;
 pub mod monitor;
 pub mod proxy;

@@ -367,6 +367,15 @@ impl Default for AlertsConfig {
     }
 }
 
+/// `[ledgers]`: the agents whose usage records `serve` follows (`kimi-proxy import` reads them on demand).
+#[derive(Debug, Clone, Default)]
+pub struct LedgersConfig {
+    /// Agent names (`claude-code`, `codex`, …).
+    pub follow: Vec<String>,
+    /// How often the followed directories are looked at for new or grown files.
+    pub poll: std::time::Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
@@ -374,6 +383,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub cache: CacheConfig,
     pub alerts: AlertsConfig,
+    pub ledgers: LedgersConfig,
     pub context: crate::context::config::ContextConfig,
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub models: BTreeMap<String, Arc<Model>>,

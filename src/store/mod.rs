@@ -9,6 +9,7 @@ pub mod alerts;
 pub mod api;
 pub mod cli;
 pub mod export;
+pub mod ledgers;
 pub mod masks;
 pub mod query;
 pub mod schema;

@@ -163,6 +163,8 @@ CREATE TABLE masked_content (
 );
 CREATE INDEX masked_content_by_time ON masked_content (created_at);
 "#,
+    // v7: usage imported from the agents' own records (src/store/ledgers.rs).
+    super::ledgers::MIGRATION,
 ];
 
 /// The columns of `requests` in the order the writer binds them (`id` excluded).
