@@ -76,9 +76,11 @@ impl Pricer {
         if let Some(hit) = self.cache.get(model) {
             return *hit;
         }
-        let found = self.by_name.get(&normalize(model)).copied().map(|(p, a)| {
-            (p, a || model.starts_with("claude"))
-        });
+        let found = self
+            .by_name
+            .get(&normalize(model))
+            .copied()
+            .map(|(p, a)| (p, a || model.starts_with("claude")));
         self.cache.insert(model.to_string(), found);
         found
     }
@@ -93,7 +95,9 @@ impl Pricer {
                 } else {
                     (1.0, 1.0)
                 };
-                let one_hour = entry.cache_creation_1h_tokens.min(entry.cache_creation_tokens);
+                let one_hour = entry
+                    .cache_creation_1h_tokens
+                    .min(entry.cache_creation_tokens);
                 let five_min = entry.cache_creation_tokens - one_hour;
                 let cost = (entry.input_tokens as f64 * p.input
                     + entry.cache_read_tokens as f64 * p.cached_input
@@ -128,7 +132,15 @@ pub struct Totals {
 }
 
 impl Totals {
-    fn add(&mut self, input: i64, output: i64, creation: i64, read: i64, cost: f64, agent: Option<f64>) {
+    fn add(
+        &mut self,
+        input: i64,
+        output: i64,
+        creation: i64,
+        read: i64,
+        cost: f64,
+        agent: Option<f64>,
+    ) {
         self.requests += 1;
         self.input_tokens += input;
         self.output_tokens += output;
@@ -362,7 +374,7 @@ fn group(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -617,15 +629,31 @@ fn write_table(report: &Report, period: Period, out: &mut dyn Write) -> std::io:
     };
     for row in &report.rows {
         let join = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(", ");
-        table.push(line(&row.key, &row.totals, join(&row.sources), join(&row.models)));
+        table.push(line(
+            &row.key,
+            &row.totals,
+            join(&row.sources),
+            join(&row.models),
+        ));
         for (model, t) in &row.model_breakdown {
-            table.push(line(&format!("  └ {model}"), t, String::new(), String::new()));
+            table.push(line(
+                &format!("  └ {model}"),
+                t,
+                String::new(),
+                String::new(),
+            ));
         }
     }
     table.push(line("total", &report.totals, String::new(), String::new()));
     let columns = header.len();
     let widths: Vec<usize> = (0..columns)
-        .map(|c| table.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let last = table.len() - 1;
     for (i, row) in table.iter().enumerate() {
@@ -655,26 +683,6 @@ fn write_table(report: &Report, period: Period, out: &mut dyn Write) -> std::io:
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-    use super::*;
-
-    #[test]
-    fn model_names_normalize_to_catalog_names() {
-        assert_eq!(normalize("claude-sonnet-4-5-20250929"), "claude-sonnet-4-5");
-        assert_eq!(normalize("anthropic/claude-sonnet-4.5"), "claude-sonnet-4-5");
-        assert_eq!(normalize("gpt-5-codex"), "gpt-5-codex");
-    }
-
-    #[test]
-    fn dates_parse_both_ways() {
-        assert_eq!(parse_date("2025-01-02").unwrap(), Date::new(2025, 1, 2).unwrap());
-        assert_eq!(parse_date("20250102").unwrap(), Date::new(2025, 1, 2).unwrap());
-        assert!(parse_date("2025-13-02").is_err());
-    }
 }
 
 /// Follows the agents named in `[ledgers] follow` while `serve` runs: a thread that looks at their directories
@@ -743,5 +751,34 @@ pub fn spawn_follower(
             tracing::error!(%error, "cannot start the ledgers follower");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn model_names_normalize_to_catalog_names() {
+        assert_eq!(normalize("claude-sonnet-4-5-20250929"), "claude-sonnet-4-5");
+        assert_eq!(
+            normalize("anthropic/claude-sonnet-4.5"),
+            "claude-sonnet-4-5"
+        );
+        assert_eq!(normalize("gpt-5-codex"), "gpt-5-codex");
+    }
+
+    #[test]
+    fn dates_parse_both_ways() {
+        assert_eq!(
+            parse_date("2025-01-02").unwrap(),
+            Date::new(2025, 1, 2).unwrap()
+        );
+        assert_eq!(
+            parse_date("20250102").unwrap(),
+            Date::new(2025, 1, 2).unwrap()
+        );
+        assert!(parse_date("2025-13-02").is_err());
     }
 }

@@ -146,7 +146,11 @@ impl Env {
     }
 
     fn db(&self) -> String {
-        self.dir.path().join("data/kimi-proxy.db").display().to_string()
+        self.dir
+            .path()
+            .join("data/kimi-proxy.db")
+            .display()
+            .to_string()
     }
 
     fn home(&self) -> PathBuf {
@@ -203,7 +207,10 @@ fn claude_code_import_is_idempotent_and_counts_what_it_skipped() {
     assert_eq!(totals["requests"], entries.len() as u64);
     assert_eq!(totals["input_tokens"], sum(&entries, |e| e.input));
     assert_eq!(totals["output_tokens"], sum(&entries, |e| e.output));
-    assert_eq!(totals["cache_creation_tokens"], sum(&entries, |e| e.creation));
+    assert_eq!(
+        totals["cache_creation_tokens"],
+        sum(&entries, |e| e.creation)
+    );
     assert_eq!(totals["cache_read_tokens"], sum(&entries, |e| e.read));
     assert!(totals["cost_usd"].as_f64().unwrap() > 0.0);
     assert_eq!(report["timezone"], "UTC");
@@ -250,7 +257,15 @@ fn days_are_counted_in_the_given_time_zone() {
     assert_eq!(la["rows"][0]["key"], "2025-01-01");
     assert_eq!(la["rows"][0]["requests"], 3);
     // --since/--until are days in the report's zone.
-    let one = env.report(&["daily", "--timezone", "UTC", "--since", "2025-01-02", "--until", "20250102"]);
+    let one = env.report(&[
+        "daily",
+        "--timezone",
+        "UTC",
+        "--since",
+        "2025-01-02",
+        "--until",
+        "20250102",
+    ]);
     assert_eq!(one["rows"].as_array().unwrap().len(), 1);
     assert_eq!(one["totals"]["requests"], 3);
     let monthly = env.report(&["monthly", "--timezone", "UTC"]);
@@ -287,11 +302,24 @@ fn codex_cumulative_counters_import_as_per_turn_deltas() {
     let report = env.report(&["session", "--timezone", "UTC"]);
     let t = &report["totals"];
     // Input excludes cached tokens: 3000 - 1200.
-    assert_eq!((t["input_tokens"].as_i64(), t["cache_read_tokens"].as_i64(), t["output_tokens"].as_i64()), (Some(1800), Some(1200), Some(90)));
+    assert_eq!(
+        (
+            t["input_tokens"].as_i64(),
+            t["cache_read_tokens"].as_i64(),
+            t["output_tokens"].as_i64()
+        ),
+        (Some(1800), Some(1200), Some(90))
+    );
     // gpt-5-codex is in the catalog: 1.25 in, 0.125 cached, 10 out per million.
     let expected = (1800.0 * 1.25 + 1200.0 * 0.125 + 90.0 * 10.0) / 1e6;
-    assert!((t["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-9, "{t}");
-    assert_eq!(report["rows"][0]["key"], "codex/0199aaaa-bbbb-7ccc-8ddd-eeeeffff0000");
+    assert!(
+        (t["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-9,
+        "{t}"
+    );
+    assert_eq!(
+        report["rows"][0]["key"],
+        "codex/0199aaaa-bbbb-7ccc-8ddd-eeeeffff0000"
+    );
     assert_eq!(env.import("codex", &codex)["imported"], 0);
 }
 
@@ -318,7 +346,10 @@ fn cline_continue_and_kimi_cli_records_import() {
         &cont,
         &(r#"{"eventName":"tokensGenerated","schema":"0.2.0","createdAt":"2025-03-01T12:00:00.000Z","userId":"","userAgent":"VSCode","selectedProfileId":"local","model":"gpt-4.1","provider":"openai","promptTokens":1500,"generatedTokens":300}"#.to_string() + "\n"),
     );
-    assert_eq!(env.import("continue", &base.join("continue"))["imported"], 1);
+    assert_eq!(
+        env.import("continue", &base.join("continue"))["imported"],
+        1
+    );
 
     let kimi = base.join("kimi/sessions/0123456789abcdef0123456789abcdef/sess-1/wire.jsonl");
     write(
@@ -337,7 +368,13 @@ fn cline_continue_and_kimi_cli_records_import() {
         .as_array()
         .unwrap()
         .iter()
-        .flat_map(|r| r["sources"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()))
+        .flat_map(|r| {
+            r["sources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_string())
+        })
         .collect();
     for s in ["cline", "continue", "kimi-cli"] {
         assert!(sources.iter().any(|x| x == s), "{sources:?}");
@@ -360,14 +397,27 @@ async fn a_request_the_proxy_served_is_counted_once() {
     // Give the writer time to commit before the import looks for the request.
     let db = proxy.db_path();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while common::run_cli(&["requests", "tail", "--json", "--db", db.to_str().unwrap()], &[]).trim().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the request was not written");
+    while common::run_cli(
+        &["requests", "tail", "--json", "--db", db.to_str().unwrap()],
+        &[],
+    )
+    .trim()
+    .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request was not written"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 
     // The same call as an agent recorded it (written on completion, a second later), and one it made directly.
-    let ts = jiff::Timestamp::from_millisecond(started + 1000).unwrap().to_string();
-    let ts2 = jiff::Timestamp::from_millisecond(started + 60_000).unwrap().to_string();
+    let ts = jiff::Timestamp::from_millisecond(started + 1000)
+        .unwrap()
+        .to_string();
+    let ts2 = jiff::Timestamp::from_millisecond(started + 60_000)
+        .unwrap()
+        .to_string();
     let mut same = Claude::new("x", 1);
     same.model = "mock-model";
     same.input = prompt;
@@ -377,11 +427,23 @@ async fn a_request_the_proxy_served_is_counted_once() {
     let mut direct = Claude::new("x", 2);
     direct.model = "claude-sonnet-4-5-20250929";
     let dir = tempfile::tempdir().unwrap();
-    let text = same.line().replace("\"timestamp\":\"x\"", &format!("\"timestamp\":\"{ts}\""))
-        + &direct.line().replace("\"timestamp\":\"x\"", &format!("\"timestamp\":\"{ts2}\""));
+    let text = same
+        .line()
+        .replace("\"timestamp\":\"x\"", &format!("\"timestamp\":\"{ts}\""))
+        + &direct
+            .line()
+            .replace("\"timestamp\":\"x\"", &format!("\"timestamp\":\"{ts2}\""));
     write(&dir.path().join("projects/p/s.jsonl"), &text);
     let out = run_cli(
-        &["import", "claude-code", "--path", dir.path().to_str().unwrap(), "--json", "--db", db.to_str().unwrap()],
+        &[
+            "import",
+            "claude-code",
+            "--path",
+            dir.path().to_str().unwrap(),
+            "--json",
+            "--db",
+            db.to_str().unwrap(),
+        ],
         &[],
     );
     let v: Value = serde_json::from_str(&out).unwrap();
@@ -403,8 +465,14 @@ async fn a_request_the_proxy_served_is_counted_once() {
 const CCUSAGE: &str = "ccusage@18.0.11";
 
 fn ccusage() -> Option<PathBuf> {
-    if std::process::Command::new("npm").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: npm is not installed, so ccusage cannot be compared (install Node.js and npm)");
+    if std::process::Command::new("npm")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!(
+            "SKIPPED: npm is not installed, so ccusage cannot be compared (install Node.js and npm)"
+        );
         return None;
     }
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ccusage-18.0.11");
@@ -412,14 +480,24 @@ fn ccusage() -> Option<PathBuf> {
     if !script.exists() {
         std::fs::create_dir_all(&dir).unwrap();
         let status = std::process::Command::new("npm")
-            .args(["install", "--no-save", "--no-audit", "--no-fund", "--prefix"])
+            .args([
+                "install",
+                "--no-save",
+                "--no-audit",
+                "--no-fund",
+                "--prefix",
+            ])
             .arg(&dir)
             .arg(CCUSAGE)
             .status()
             .unwrap();
         assert!(status.success(), "npm install {CCUSAGE} failed");
     }
-    assert!(script.exists(), "{} missing after npm install", script.display());
+    assert!(
+        script.exists(),
+        "{} missing after npm install",
+        script.display()
+    );
     Some(script)
 }
 
@@ -433,7 +511,11 @@ fn ccusage_daily(script: &Path, config_dir: &Path, home: &Path) -> Value {
         .env("CLAUDE_CONFIG_DIR", config_dir)
         .output()
         .unwrap();
-    assert!(output.status.success(), "ccusage: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "ccusage: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
@@ -452,15 +534,25 @@ fn ccusage_daily_totals_equal_ours_and_ours_include_sidechains() {
     let ours = env.report(&["daily", "--timezone", "UTC"]);
     let their_days = theirs["daily"].as_array().unwrap();
     let our_days = ours["rows"].as_array().unwrap();
-    assert_eq!(their_days.len(), our_days.len(), "ccusage {theirs}\nours {ours}");
+    assert_eq!(
+        their_days.len(),
+        our_days.len(),
+        "ccusage {theirs}\nours {ours}"
+    );
     for (t, o) in their_days.iter().zip(our_days) {
         assert_eq!(t["date"], o["key"]);
         assert_eq!(t["inputTokens"], o["input_tokens"], "{t}\n{o}");
         assert_eq!(t["outputTokens"], o["output_tokens"], "{t}\n{o}");
-        assert_eq!(t["cacheCreationTokens"], o["cache_creation_tokens"], "{t}\n{o}");
+        assert_eq!(
+            t["cacheCreationTokens"], o["cache_creation_tokens"],
+            "{t}\n{o}"
+        );
         assert_eq!(t["cacheReadTokens"], o["cache_read_tokens"], "{t}\n{o}");
         // Every fixture entry records its cost: ccusage shows it, we keep it beside the catalog's.
-        let (tc, oc) = (t["totalCost"].as_f64().unwrap(), o["agent_cost_usd"].as_f64().unwrap());
+        let (tc, oc) = (
+            t["totalCost"].as_f64().unwrap(),
+            o["agent_cost_usd"].as_f64().unwrap(),
+        );
         assert!((tc - oc).abs() < 1e-9, "{tc} vs {oc}");
     }
 
@@ -468,15 +560,24 @@ fn ccusage_daily_totals_equal_ours_and_ours_include_sidechains() {
     let own = add_sidechains(&claude);
     env.import("claude-code", &claude);
     let ours_after = env.report(&["daily", "--timezone", "UTC"]);
-    let before: u64 = their_days.iter().map(|d| d["outputTokens"].as_u64().unwrap()).sum();
+    let before: u64 = their_days
+        .iter()
+        .map(|d| d["outputTokens"].as_u64().unwrap())
+        .sum();
     assert_eq!(
         ours_after["totals"]["output_tokens"].as_u64().unwrap(),
         before + sum(&own, |e| e.output)
     );
+    // ccusage (this release) counts the sidechain's replay of the parent's message a second time.
     let theirs_after = ccusage_daily(&script, &claude, &env.home());
     eprintln!(
         "ccusage with sidechains: output {}; ours {}",
         theirs_after["totals"]["outputTokens"], ours_after["totals"]["output_tokens"]
+    );
+    let replayed = Claude::new("2025-01-02T12:00:00.000Z", 4).output;
+    assert_eq!(
+        theirs_after["totals"]["outputTokens"].as_u64().unwrap(),
+        ours_after["totals"]["output_tokens"].as_u64().unwrap() + replayed
     );
 }
 
@@ -485,7 +586,15 @@ async fn wait_for_requests(db: &Path, n: u64) -> Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let report: Value = serde_json::from_str(&run_cli(
-            &["report", "daily", "--json", "--timezone", "UTC", "--db", db.to_str().unwrap()],
+            &[
+                "report",
+                "daily",
+                "--json",
+                "--timezone",
+                "UTC",
+                "--db",
+                db.to_str().unwrap(),
+            ],
             &[],
         ))
         .unwrap();
@@ -507,7 +616,10 @@ async fn serve_follows_a_growing_file_and_survives_rotation_and_truncation() {
     let claude = tempfile::tempdir().unwrap();
     let file = claude.path().join("projects/p/sess.jsonl");
     write(&file, &Claude::new("2025-02-01T10:00:00Z", 1).line());
-    let config = mock_config(&mock, "[ledgers]\nfollow = [\"claude-code\"]\npoll_ms = 100\n");
+    let config = mock_config(
+        &mock,
+        "[ledgers]\nfollow = [\"claude-code\"]\npoll_ms = 100\n",
+    );
     let dir = claude.path().to_str().unwrap().to_string();
     let proxy = Proxy::start(&config, &[("MOCK_KEY", "k"), ("CLAUDE_CONFIG_DIR", &dir)]).await;
     let db = proxy.db_path();
@@ -518,7 +630,10 @@ async fn serve_follows_a_growing_file_and_survives_rotation_and_truncation() {
     let third = Claude::new("2025-02-01T10:02:00Z", 3).line();
     {
         use std::io::Write as _;
-        let mut f = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap();
         f.write_all(second.as_bytes()).unwrap();
         f.write_all(&third.as_bytes()[..20]).unwrap();
         f.flush().unwrap();

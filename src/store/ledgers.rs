@@ -109,7 +109,9 @@ impl Store {
                             inode: i as u64,
                         }),
                         state: row.get(3)?,
-                        stamp: stamp_len.zip(stamp_mtime).map(|(l, m)| (l.max(0) as u64, m)),
+                        stamp: stamp_len
+                            .zip(stamp_mtime)
+                            .map(|(l, m)| (l.max(0) as u64, m)),
                     })
                 },
             )
@@ -139,11 +141,14 @@ impl Store {
                 "SELECT id, input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, agent_cost_usd
                  FROM usage_entries WHERE source = ?1 AND entry_key = ?2",
             )?;
-            let mut same_message = tx.prepare_cached(
-                "SELECT id, sidechain FROM usage_entries
-                 WHERE source = ?1 AND message_id = ?2 AND entry_key <> ?3",
+            let mut replayed = tx.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM usage_entries
+                 WHERE source = ?1 AND message_id = ?2 AND entry_key <> ?3)",
             )?;
-            let mut delete = tx.prepare_cached("DELETE FROM usage_entries WHERE id = ?1")?;
+            let mut delete_replays = tx.prepare_cached(
+                "DELETE FROM usage_entries
+                 WHERE source = ?1 AND message_id = ?2 AND sidechain = 1 AND entry_key <> ?3",
+            )?;
             let mut update = tx.prepare_cached(
                 "UPDATE usage_entries SET timestamp = ?2, model = ?3, input_tokens = ?4, output_tokens = ?5,
                      cache_creation_tokens = ?6, cache_read_tokens = ?7, cost_usd = ?8, cost_estimated = ?9,
@@ -164,67 +169,88 @@ impl Store {
                      request_id, input_tokens, output_tokens, cache_creation_tokens, cache_creation_1h_tokens,
                      cache_read_tokens, reasoning_tokens, cost_usd, cost_estimated, agent_cost_usd, sidechain,
                      proxied_request_id, imported_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)
+                 ON CONFLICT (source, entry_key) DO NOTHING",
+            )?;
+            // Look-ups most imports never need: proxied requests in the batch's time range, sidechain entries.
+            let lo = entries
+                .iter()
+                .map(|p| p.entry.timestamp_ms)
+                .min()
+                .unwrap_or(0);
+            let hi = entries
+                .iter()
+                .map(|p| p.entry.timestamp_ms)
+                .max()
+                .unwrap_or(0);
+            let any_requests: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM requests WHERE started_at BETWEEN ?1 AND ?2)",
+                params![lo - MATCH_BEFORE_MS, hi + MATCH_AFTER_MS],
+                |r| r.get(0),
+            )?;
+            let mut any_sidechains: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM usage_entries WHERE source = ?1 AND sidechain = 1)",
+                [source],
+                |r| r.get(0),
             )?;
             for priced in entries {
                 let e = &priced.entry;
-                type Existing = (i64, i64, i64, i64, i64, Option<f64>);
-                let found: Option<Existing> = existing
-                    .query_row(params![source, e.key], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
-                    })
-                    .optional()?;
-                if let Some((id, input, output, creation, read, agent_cost)) = found {
-                    let changed = (input, output, creation, read, agent_cost)
-                        != (
-                            clamp(e.input_tokens),
-                            clamp(e.output_tokens),
-                            clamp(e.cache_creation_tokens),
-                            clamp(e.cache_read_tokens),
-                            e.agent_cost_usd,
-                        );
-                    if replace && changed {
-                        update.execute(params![
-                            id,
-                            e.timestamp_ms,
-                            e.model,
-                            clamp(e.input_tokens),
-                            clamp(e.output_tokens),
-                            clamp(e.cache_creation_tokens),
-                            clamp(e.cache_read_tokens),
-                            priced.cost_usd,
-                            priced.cost_estimated,
-                            e.agent_cost_usd,
-                            now,
-                        ])?;
-                        outcome.updated += 1;
-                    } else {
-                        outcome.known += 1;
+                if replace {
+                    type Existing = (i64, i64, i64, i64, i64, Option<f64>);
+                    let found: Option<Existing> = existing
+                        .query_row(params![source, e.key], |r| {
+                            Ok((
+                                r.get(0)?,
+                                r.get(1)?,
+                                r.get(2)?,
+                                r.get(3)?,
+                                r.get(4)?,
+                                r.get(5)?,
+                            ))
+                        })
+                        .optional()?;
+                    if let Some((id, input, output, creation, read, agent_cost)) = found {
+                        let changed = (input, output, creation, read, agent_cost)
+                            != (
+                                clamp(e.input_tokens),
+                                clamp(e.output_tokens),
+                                clamp(e.cache_creation_tokens),
+                                clamp(e.cache_read_tokens),
+                                e.agent_cost_usd,
+                            );
+                        if changed {
+                            update.execute(params![
+                                id,
+                                e.timestamp_ms,
+                                e.model,
+                                clamp(e.input_tokens),
+                                clamp(e.output_tokens),
+                                clamp(e.cache_creation_tokens),
+                                clamp(e.cache_read_tokens),
+                                priced.cost_usd,
+                                priced.cost_estimated,
+                                e.agent_cost_usd,
+                                now,
+                            ])?;
+                            outcome.updated += 1;
+                        } else {
+                            outcome.known += 1;
+                        }
+                        continue;
                     }
-                    continue;
                 }
                 // A sidechain replaying a parent message (same message id, another request id) is the parent's
                 // copy: the parent's entry is kept, whichever file was read first.
-                if let Some(message_id) = e.message_id.as_deref() {
-                    let others: Vec<(i64, bool)> = same_message
-                        .query_map(params![source, message_id, e.key], |r| {
-                            Ok((r.get(0)?, r.get(1)?))
-                        })?
-                        .collect::<Result<_, _>>()?;
-                    if !others.is_empty() {
-                        if e.sidechain {
-                            outcome.known += 1;
-                            continue;
-                        }
-                        for (id, sidechain) in &others {
-                            if *sidechain {
-                                delete.execute([id])?;
-                            }
-                        }
-                    }
+                if e.sidechain
+                    && let Some(message_id) = e.message_id.as_deref()
+                    && replayed
+                        .query_row(params![source, message_id, e.key], |r| r.get::<_, bool>(0))?
+                {
+                    outcome.known += 1;
+                    continue;
                 }
                 let proxied_id: Option<i64> = match e.model.as_deref() {
-                    Some(model) => proxied
+                    Some(model) if any_requests => proxied
                         .query_row(
                             params![
                                 e.timestamp_ms - MATCH_BEFORE_MS,
@@ -232,18 +258,17 @@ impl Store {
                                 model,
                                 clamp(e.output_tokens),
                                 clamp(e.input_tokens + e.cache_read_tokens),
-                                clamp(e.input_tokens + e.cache_read_tokens + e.cache_creation_tokens),
+                                clamp(
+                                    e.input_tokens + e.cache_read_tokens + e.cache_creation_tokens
+                                ),
                                 e.timestamp_ms,
                             ],
                             |r| r.get(0),
                         )
                         .optional()?,
-                    None => None,
+                    _ => None,
                 };
-                if proxied_id.is_some() {
-                    outcome.proxied += 1;
-                }
-                insert.execute(params![
+                let inserted = insert.execute(params![
                     source,
                     e.key,
                     e.timestamp_ms,
@@ -265,7 +290,20 @@ impl Store {
                     proxied_id,
                     now,
                 ])?;
+                if inserted == 0 {
+                    outcome.known += 1;
+                    continue;
+                }
                 outcome.imported += 1;
+                if proxied_id.is_some() {
+                    outcome.proxied += 1;
+                }
+                if e.sidechain {
+                    any_sidechains = true;
+                } else if any_sidechains && let Some(message_id) = e.message_id.as_deref() {
+                    // The parent came after its replay: the replay goes.
+                    delete_replays.execute(params![source, message_id, e.key])?;
+                }
             }
         }
         if let Some(cursor) = cursor {
@@ -426,6 +464,32 @@ mod tests {
         })
         .unwrap();
         assert_eq!(rows.len(), 2);
+    }
+
+    #[test]
+    fn a_parent_read_after_its_sidechain_replay_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("db")).unwrap();
+        let replay = [entry("m1:r9", Some("m1"), true)];
+        store
+            .import_ledger_batch("claude-code", "/side", None, &replay, false)
+            .unwrap();
+        let parent = [entry("m1:r1", Some("m1"), false)];
+        let outcome = store
+            .import_ledger_batch("claude-code", "/main", None, &parent, false)
+            .unwrap();
+        assert_eq!(outcome.imported, 1);
+        let mut rows = Vec::new();
+        usage_rows(store.connection(), &UsageFilter::default(), &mut |r| {
+            rows.push(r)
+        })
+        .unwrap();
+        assert_eq!(rows.len(), 1);
+        // And the replay read again stays out.
+        let again = store
+            .import_ledger_batch("claude-code", "/side", None, &replay, false)
+            .unwrap();
+        assert_eq!((again.imported, again.known), (0, 1));
     }
 
     #[test]

@@ -150,7 +150,11 @@ impl LineReader for Reader {
         }
         let Ok(payload) = serde_json::from_str::<Payload<'_>>(raw.get()) else {
             // Another event's payload (event_msg carries many): only a token_count that fails is malformed.
-            return if raw.get().contains("\"token_count\"") { Err(()) } else { Ok(None) };
+            return if raw.get().contains("\"token_count\"") {
+                Err(())
+            } else {
+                Ok(None)
+            };
         };
         match parsed.kind.as_deref() {
             Some("session_meta") => {
