@@ -685,14 +685,54 @@ fn write_table(report: &Report, period: Period, out: &mut dyn Write) -> std::io:
     Ok(())
 }
 
-/// Follows the agents named in `[ledgers] follow` while `serve` runs: a thread that looks at their directories
-/// every `[ledgers] poll_ms` (500 ms by default), and imports the files that appeared or changed since (a
-/// rotated or truncated file is read again from its start; the keys keep that from counting twice). It writes
-/// through its own connection, as `kimi-proxy import` does from another process. Stops when `shutdown` fires.
+/// How often the followed directories are walked in full while inotify (or the platform's watcher) reports
+/// changes: a safety net for missed events, and how new agent directories get watched.
+const RESCAN: std::time::Duration = std::time::Duration::from_secs(30);
+/// The longest the follower sleeps before looking at the shutdown signal.
+const WAKE: std::time::Duration = std::time::Duration::from_millis(250);
+
+type Stamp = (u64, Option<std::time::SystemTime>);
+
+/// Imports `file` when its length or modification time changed since it was last imported.
+fn follow_file(
+    store: &mut Store,
+    pricer: &mut Pricer,
+    agent: Agent,
+    file: &Path,
+    seen: &mut HashMap<PathBuf, Stamp>,
+) {
+    let Ok(meta) = std::fs::metadata(file) else {
+        return;
+    };
+    let stamp = (meta.len(), meta.modified().ok());
+    if seen.get(file) == Some(&stamp) {
+        return;
+    }
+    let mut summary = ImportSummary::default();
+    match import_file(store, pricer, agent, file, &mut summary) {
+        Ok(outcome) => {
+            seen.insert(file.to_path_buf(), stamp);
+            if outcome.imported + outcome.updated > 0 {
+                tracing::debug!(file = %file.display(), imported = outcome.imported, updated = outcome.updated, "imported an agent's new usage");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(file = %file.display(), %error, "cannot import an agent's record file");
+        }
+    }
+}
+
+/// Follows the agents named in `[ledgers] follow` while `serve` runs: a thread that watches their directories
+/// (inotify through `notify`; `[ledgers] watch = false` or a watcher that cannot start falls back to looking every
+/// `poll_ms`, 500 ms by default) and imports what appeared or changed. A rotated or truncated file is read again
+/// from its start; the entry keys keep that from counting twice. It writes through its own connection, as
+/// `kimi-proxy import` does from another process. Stops when `shutdown` fires.
 pub fn spawn_follower(
     config: &Config,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> Option<std::thread::JoinHandle<()>> {
+    use notify::Watcher as _;
+
     let agents: Vec<Agent> = config
         .ledgers
         .follow
@@ -704,6 +744,7 @@ pub fn spawn_follower(
     }
     let db = config.store.path.clone()?;
     let poll = config.ledgers.poll;
+    let use_watcher = config.ledgers.watch;
     let mut pricer = Pricer::new(config);
     let spawned = std::thread::Builder::new()
         .name("ledgers-follow".into())
@@ -715,34 +756,77 @@ pub fn spawn_follower(
                     return;
                 }
             };
-            let mut seen: HashMap<PathBuf, (u64, Option<std::time::SystemTime>)> = HashMap::new();
-            tracing::info!(agents = ?agents.iter().map(|a| a.name()).collect::<Vec<_>>(), "following the agents' usage records");
-            while !shutdown.is_cancelled() {
-                for &agent in &agents {
-                    let roots = kimi_ledgers::default_roots(agent, &kimi_ledgers::ProcessEnv);
-                    for file in kimi_ledgers::record_files(agent, &roots) {
-                        let Ok(meta) = std::fs::metadata(&file) else {
-                            continue;
-                        };
-                        let stamp = (meta.len(), meta.modified().ok());
-                        if seen.get(&file) == Some(&stamp) {
-                            continue;
-                        }
-                        let mut summary = ImportSummary::default();
-                        match import_file(&mut store, &mut pricer, agent, &file, &mut summary) {
-                            Ok(outcome) => {
-                                seen.insert(file.clone(), stamp);
-                                if outcome.imported + outcome.updated > 0 {
-                                    tracing::debug!(file = %file.display(), imported = outcome.imported, updated = outcome.updated, "imported an agent's new usage");
-                                }
-                            }
-                            Err(error) => {
-                                tracing::warn!(file = %file.display(), %error, "cannot import an agent's record file");
-                            }
-                        }
+            let (tx, rx) = std::sync::mpsc::channel();
+            let mut watcher = if use_watcher {
+                match notify::recommended_watcher(tx) {
+                    Ok(w) => Some(w),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot watch the agents' directories; looking every poll_ms instead");
+                        None
                     }
                 }
-                std::thread::sleep(poll);
+            } else {
+                None
+            };
+            let mut watched: Vec<(Agent, PathBuf)> = Vec::new();
+            let mut seen: HashMap<PathBuf, Stamp> = HashMap::new();
+            let mut next_scan = std::time::Instant::now();
+            tracing::info!(agents = ?agents.iter().map(|a| a.name()).collect::<Vec<_>>(), watching = watcher.is_some(), "following the agents' usage records");
+            while !shutdown.is_cancelled() {
+                let now = std::time::Instant::now();
+                if now >= next_scan {
+                    for &agent in &agents {
+                        let roots = kimi_ledgers::default_roots(agent, &kimi_ledgers::ProcessEnv);
+                        if let Some(w) = watcher.as_mut() {
+                            for root in &roots {
+                                if watched.iter().any(|(a, r)| *a == agent && r == root) {
+                                    continue;
+                                }
+                                match w.watch(root, notify::RecursiveMode::Recursive) {
+                                    Ok(()) => watched.push((agent, root.clone())),
+                                    Err(error) => tracing::warn!(root = %root.display(), %error, "cannot watch"),
+                                }
+                            }
+                        }
+                        for file in kimi_ledgers::record_files(agent, &roots) {
+                            follow_file(&mut store, &mut pricer, agent, &file, &mut seen);
+                        }
+                    }
+                    next_scan = now + if watcher.is_some() { RESCAN } else { poll };
+                }
+                let wait = next_scan
+                    .saturating_duration_since(std::time::Instant::now())
+                    .min(WAKE);
+                if watcher.is_none() {
+                    std::thread::sleep(wait);
+                    continue;
+                }
+                let first = match rx.recv_timeout(wait) {
+                    Ok(event) => event,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                        watcher = None;
+                        continue;
+                    }
+                };
+                let mut changed: Vec<PathBuf> = Vec::new();
+                for event in std::iter::once(first).chain(rx.try_iter()) {
+                    match event {
+                        Ok(event) => changed.extend(event.paths),
+                        // Events were lost (queue overflow): look at everything.
+                        Err(_) => next_scan = std::time::Instant::now(),
+                    }
+                }
+                changed.sort();
+                changed.dedup();
+                for path in changed {
+                    if let Some((agent, _)) = watched
+                        .iter()
+                        .find(|(a, root)| path.starts_with(root) && a.is_record_file(&path))
+                    {
+                        follow_file(&mut store, &mut pricer, *agent, &path, &mut seen);
+                    }
+                }
             }
         });
     match spawned {

@@ -612,18 +612,35 @@ async fn wait_for_requests(db: &Path, n: u64) -> Value {
 
 #[tokio::test]
 async fn serve_follows_a_growing_file_and_survives_rotation_and_truncation() {
+    follow("").await;
+}
+
+#[tokio::test]
+async fn serve_follows_by_polling_when_not_watching() {
+    follow("watch = false\n").await;
+}
+
+async fn follow(extra: &str) {
     let mock = MockUpstream::start().await.unwrap();
     let claude = tempfile::tempdir().unwrap();
     let file = claude.path().join("projects/p/sess.jsonl");
     write(&file, &Claude::new("2025-02-01T10:00:00Z", 1).line());
     let config = mock_config(
         &mock,
-        "[ledgers]\nfollow = [\"claude-code\"]\npoll_ms = 100\n",
+        &format!("[ledgers]\nfollow = [\"claude-code\"]\npoll_ms = 100\n{extra}"),
     );
     let dir = claude.path().to_str().unwrap().to_string();
     let proxy = Proxy::start(&config, &[("MOCK_KEY", "k"), ("CLAUDE_CONFIG_DIR", &dir)]).await;
     let db = proxy.db_path();
     wait_for_requests(&db, 1).await;
+    // Watching (inotify) unless told not to; the log line ends with the `watching` field.
+    let log = proxy.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("following the agents' usage records"))
+        .unwrap();
+    let watching = if extra.is_empty() { "true" } else { "false" };
+    assert!(line.ends_with(watching), "{line}");
 
     // The file grows, the last line in two writes.
     let second = Claude::new("2025-02-01T10:01:00Z", 2).line();

@@ -372,7 +372,9 @@ impl Default for AlertsConfig {
 pub struct LedgersConfig {
     /// Agent names (`claude-code`, `codex`, …).
     pub follow: Vec<String>,
-    /// How often the followed directories are looked at for new or grown files.
+    /// Watch the directories (inotify); off, or when the watcher cannot start, they are looked at every `poll`.
+    pub watch: bool,
+    /// How often the followed directories are looked at for new or grown files when not watched.
     pub poll: std::time::Duration,
 }
 

@@ -48,6 +48,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawLedgers {
     pub follow: Option<Vec<String>>,
+    pub watch: Option<bool>,
     pub poll_ms: Option<u64>,
 }
 
@@ -543,6 +544,7 @@ impl RawConfig {
             alerts: self.alerts.merge(over.alerts),
             ledgers: RawLedgers {
                 follow: merge_opt(self.ledgers.follow, over.ledgers.follow),
+                watch: merge_opt(self.ledgers.watch, over.ledgers.watch),
                 poll_ms: merge_opt(self.ledgers.poll_ms, over.ledgers.poll_ms),
             },
             context: merge_opt(self.context, over.context),
@@ -701,6 +703,7 @@ impl RawConfig {
         let alerts = self.alerts.validate(env, &mut errors);
         let ledgers = super::LedgersConfig {
             follow: self.ledgers.follow.unwrap_or_default(),
+            watch: self.ledgers.watch.unwrap_or(true),
             poll: std::time::Duration::from_millis(self.ledgers.poll_ms.unwrap_or(500).max(50)),
         };
         for name in &ledgers.follow {
