@@ -57,7 +57,7 @@ pub struct ImportArgs {
 pub struct ReportArgs {
     #[command(flatten)]
     pub db: DbArgs,
-    /// daily, weekly, monthly, session or project.
+    /// daily, weekly, monthly, session, project or source (per-agent totals).
     pub period: String,
     /// First day, inclusive (YYYY-MM-DD or YYYYMMDD, in the report's time zone).
     #[arg(long)]

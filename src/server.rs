@@ -78,6 +78,7 @@ fn admin_router(
 ) -> Router {
     let mut admin = crate::api::router(state).merge(crate::dashboard::router());
     if let Some(store) = store {
+        admin = admin.merge(crate::ledgers::api::router(Arc::clone(&store)));
         admin = admin.merge(crate::store::api::router(store));
     }
     if let Some(hub) = hub {

@@ -458,6 +458,25 @@ async fn a_request_the_proxy_served_is_counted_once() {
     assert_eq!(report["totals"]["requests"], 2, "{report}");
     let sources = report["rows"][0]["sources"].as_array().unwrap();
     assert_eq!(sources.len(), 2, "{report}");
+
+    // The dashboard's view: per-source totals and a source filter.
+    let by_source: Value = common::get_json(&proxy, "/api/usage?period=source&timezone=UTC").await;
+    let keys: Vec<&str> = by_source["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["claude-code", "proxy"], "{by_source}");
+    let proxied: Value = common::get_json(&proxy, "/api/usage?source=proxy").await;
+    assert_eq!(proxied["totals"]["requests"], 1, "{proxied}");
+    let status = common::client()
+        .get(proxy.url("/api/usage?period=hourly"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 400);
 }
 
 /// ccusage, pinned: the last release that runs as plain JavaScript (`dist/index.js`; later ones need a native

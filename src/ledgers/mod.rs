@@ -10,6 +10,8 @@ use jiff::tz::TimeZone;
 use kimi_ledgers::{Agent, UsageEntry};
 use serde_json::json;
 
+pub mod api;
+
 use crate::config::{Config, Prices};
 use crate::store::ledgers::{ImportOutcome, PricedEntry, UsageFilter, UsageRow, usage_rows};
 use crate::store::{Store, StoreError};
@@ -390,6 +392,8 @@ pub enum Period {
     Monthly,
     Session,
     Project,
+    /// Per agent (and `proxy`): the totals of each source.
+    Source,
 }
 
 impl Period {
@@ -400,9 +404,10 @@ impl Period {
             "monthly" => Period::Monthly,
             "session" => Period::Session,
             "project" => Period::Project,
+            "source" => Period::Source,
             other => {
                 return Err(LedgerError::Usage(format!(
-                    "unknown report `{other}` (daily, weekly, monthly, session or project)"
+                    "unknown report `{other}` (daily, weekly, monthly, session, project or source)"
                 )));
             }
         })
@@ -415,6 +420,7 @@ impl Period {
             Period::Monthly => "monthly",
             Period::Session => "session",
             Period::Project => "project",
+            Period::Source => "source",
         }
     }
 
@@ -425,6 +431,7 @@ impl Period {
             Period::Monthly => "month",
             Period::Session => "session",
             Period::Project => "project",
+            Period::Source => "source",
         }
     }
 }
@@ -523,6 +530,7 @@ pub fn build_report(
         let key = match period {
             Period::Session => format!("{}/{}", r.source, r.session.as_deref().unwrap_or("-")),
             Period::Project => r.project.clone().unwrap_or_else(|| "(none)".to_string()),
+            Period::Source => r.source.clone(),
             _ => {
                 let date = jiff::Timestamp::from_millisecond(r.timestamp_ms)
                     .map(|t| t.to_zoned(tz.clone()).date())
@@ -592,7 +600,7 @@ fn write_table(report: &Report, period: Period, out: &mut dyn Write) -> std::io:
         Period::Daily => "days",
         Period::Weekly => "weeks (from Monday)",
         Period::Monthly => "months",
-        Period::Session | Period::Project => "times",
+        Period::Session | Period::Project | Period::Source => "times",
     };
     writeln!(
         out,
