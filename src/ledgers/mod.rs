@@ -27,7 +27,7 @@ pub enum LedgerError {
 }
 
 /// Entries written per transaction.
-const BATCH: usize = 4096;
+const BATCH: usize = 8_192;
 
 /// Anthropic's cache-write prices relative to input: 1.25x for 5 minutes, 2x for one hour.
 const CACHE_WRITE_5M: f64 = 1.25;
@@ -305,6 +305,7 @@ pub fn run_import(
         std::fs::create_dir_all(parent)?;
     }
     let mut store = Store::open(db)?;
+    store.prepare_for_import()?;
     let mut pricer = Pricer::new(config);
     let mut summaries = Vec::new();
     for agent in agents {
