@@ -33,6 +33,53 @@ pub enum Command {
     Sessions(SessionsArgs),
     /// Requests in the database (works while the server runs).
     Requests(RequestsArgs),
+    /// Import the usage a coding agent recorded on disk (idempotent: what was imported before is skipped).
+    Import(ImportArgs),
+    /// Usage by day, week, month, session or project: proxied requests and imported agent records together.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// claude-code, codex, cline, continue, kimi-cli or all.
+    pub agent: String,
+    /// Read these files or directories instead of the agent's own places (repeatable).
+    #[arg(long)]
+    pub path: Vec<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// daily, weekly, monthly, session, project or source (per-agent totals).
+    pub period: String,
+    /// First day, inclusive (YYYY-MM-DD or YYYYMMDD, in the report's time zone).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Last day, inclusive.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// IANA time zone the days are in (default: the system's).
+    #[arg(long)]
+    pub timezone: Option<String>,
+    /// Only this source: `proxy` or an agent (claude-code, codex, cline, continue, kimi-cli).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Only this project (working directory).
+    #[arg(long)]
+    pub project: Option<String>,
+    /// A line per model under each row.
+    #[arg(long)]
+    pub breakdown: bool,
+    /// Print JSON: {"rows": [...], "totals": {...}}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the database is: `--db`, else `[store] path`, else `<data-dir>/kimi-proxy.db`.

@@ -14,6 +14,7 @@ pub mod config;
 pub mod context;
 pub mod dashboard;
 pub mod http_error;
+pub mod ledgers;
 pub mod limits;
 pub mod live;
 pub mod monitor;

@@ -51,6 +51,8 @@ fn main() -> anyhow::Result<()> {
         Command::CountTokens(args) => count_tokens(args),
         Command::Sessions(args) => sessions(args),
         Command::Requests(args) => requests(args),
+        Command::Import(args) => import(args),
+        Command::Report(args) => report(args),
         Command::Serve(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -184,6 +186,31 @@ fn requests(args: cli::RequestsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn import(args: cli::ImportArgs) -> anyhow::Result<()> {
+    let config = Config::load(args.db.config.as_deref(), &ProcessEnv)?;
+    let path = db_path(&args.db)?;
+    let mut out = std::io::stdout().lock();
+    kimi_proxy::ledgers::run_import(&path, &config, &args.agent, &args.path, args.json, &mut out)?;
+    Ok(())
+}
+
+fn report(args: cli::ReportArgs) -> anyhow::Result<()> {
+    use kimi_proxy::ledgers::{Period, ReportOptions, parse_date};
+    let path = db_path(&args.db)?;
+    let options = ReportOptions {
+        period: Period::parse(&args.period)?,
+        since: args.since.as_deref().map(parse_date).transpose()?,
+        until: args.until.as_deref().map(parse_date).transpose()?,
+        timezone: args.timezone,
+        source: args.source,
+        project: args.project,
+        breakdown: args.breakdown,
+    };
+    let mut out = std::io::stdout().lock();
+    kimi_proxy::ledgers::run_report(&path, &options, args.json, &mut out)?;
+    Ok(())
+}
+
 async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
     let mut config = Config::load(args.config.config.as_deref(), &ProcessEnv)?;
     let missing = config.missing_variables();
@@ -239,7 +266,13 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
         server::shutdown_signal().await;
         trigger.cancel();
     });
-    server::serve(Arc::new(config), listener, shutdown).await?;
+    let follower = kimi_proxy::ledgers::spawn_follower(&config, shutdown.clone());
+    server::serve(Arc::new(config), listener, shutdown.clone()).await?;
+    // The follower ends at its next look once shutdown has fired.
+    shutdown.cancel();
+    if let Some(follower) = follower {
+        let _ = tokio::task::spawn_blocking(move || follower.join()).await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

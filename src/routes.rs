@@ -108,6 +108,7 @@ fn admin(state: &Arc<ProxyState>, store: Option<Arc<StoreApi>>, hub: Option<Arc<
                 .route("/api/sessions/{id}/export", get(s::export_session))
                 .route("/api/export", get(s::export_all))
                 .route("/api/stats/store", get(s::store_stats))
+                .route("/api/usage", get(admin::usage::usage))
                 .route("/api/maintenance/retention", post(s::retention))
                 .route("/api/mask/{hash}", get(ctx::get_mask))
                 .route(

@@ -21,6 +21,7 @@ const LAYERS: &[&str] = &[
     "alerts",
     "auth",
     "proxy",
+    "ledgers",
     "live",
     "admin",
     "dashboard",

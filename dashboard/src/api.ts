@@ -1,6 +1,6 @@
 // The REST calls the page makes (docs/api.md). Errors come back in the OpenAI shape; their message is shown.
 
-import type { CompactionPreview, ContextToggles, ModelInfo, Rec, Session } from "./types";
+import type { CompactionPreview, ContextToggles, ModelInfo, Rec, Session, UsageReport } from "./types";
 
 export class ApiError extends Error {
   constructor(
@@ -57,6 +57,13 @@ export async function checkAccess(): Promise<void> {
 }
 
 export const api = {
+  usage: (q: { period: string; source?: string; project?: string; timezone?: string }) => {
+    const params = new URLSearchParams({ period: q.period });
+    if (q.source) params.set("source", q.source);
+    if (q.project) params.set("project", q.project);
+    if (q.timezone) params.set("timezone", q.timezone);
+    return call<UsageReport>("GET", `/api/usage?${params.toString()}`);
+  },
   listSessions: (limit = 200) =>
     call<{ data: Session[]; total: number }>("GET", `/api/sessions?limit=${limit}&sort=last_activity`),
   createSession: (name: string, model: string | null, activate: boolean) =>

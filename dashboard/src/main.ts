@@ -20,6 +20,7 @@ import {
 import { initSessions, renderSessionBar } from "./sessions";
 import { apply, dirty, markAll, setSessionRequests, shownSessionId, state } from "./state";
 import { initTheme } from "./theme";
+import { initUsage } from "./usage";
 import type { Envelope, Init } from "./types";
 
 let frame = 0;
@@ -158,6 +159,7 @@ function start(): void {
     dirty.totals = true;
     schedule();
   });
+  initUsage();
   byId("conn-retry").addEventListener("click", () => conn.reconnectNow());
   byId("alerts-button").addEventListener("click", showAllAlerts);
   byId("log-session-only").addEventListener("change", () => {

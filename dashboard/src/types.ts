@@ -189,3 +189,28 @@ export interface Envelope {
   ts: number;
   data: unknown;
 }
+
+/** Token and cost sums of GET /api/usage. */
+export interface UsageTotals {
+  requests: number;
+  input_tokens: number;
+  output_tokens: number;
+  cache_creation_tokens: number;
+  cache_read_tokens: number;
+  total_tokens: number;
+  cost_usd: number;
+  agent_cost_usd: number;
+}
+
+export interface UsageRow extends UsageTotals {
+  key: string;
+  sources: string[];
+  models: string[];
+}
+
+export interface UsageReport {
+  period: string;
+  timezone: string;
+  rows: UsageRow[];
+  totals: UsageTotals;
+}

@@ -5,5 +5,6 @@ pub mod alerts;
 pub mod context;
 pub mod sessions;
 pub mod stats;
+pub mod usage;
 
 pub use sessions::{ApiResult, StoreApi};

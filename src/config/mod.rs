@@ -398,6 +398,17 @@ impl Default for AlertsConfig {
     }
 }
 
+/// `[ledgers]`: the agents whose usage records `serve` follows (`kimi-proxy import` reads them on demand).
+#[derive(Debug, Clone, Default)]
+pub struct LedgersConfig {
+    /// Agent names (`claude-code`, `codex`, …).
+    pub follow: Vec<String>,
+    /// Watch the directories (inotify); off, or when the watcher cannot start, they are looked at every `poll`.
+    pub watch: bool,
+    /// How often the followed directories are looked at for new or grown files when not watched.
+    pub poll: std::time::Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
@@ -405,6 +416,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub cache: CacheConfig,
     pub alerts: AlertsConfig,
+    pub ledgers: LedgersConfig,
     pub context: crate::config::context::ContextConfig,
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub models: BTreeMap<String, Arc<Model>>,

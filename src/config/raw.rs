@@ -35,10 +35,21 @@ pub struct RawConfig {
     pub passthrough: RawPassthrough,
     #[serde(default)]
     pub alerts: RawAlerts,
+    /// `[ledgers]`: the agents' usage records `serve` follows.
+    #[serde(default)]
+    pub ledgers: RawLedgers,
     #[serde(default)]
     pub providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     pub models: BTreeMap<String, RawModel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLedgers {
+    pub follow: Option<Vec<String>>,
+    pub watch: Option<bool>,
+    pub poll_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -622,6 +633,11 @@ impl RawConfig {
                 ),
             },
             alerts: self.alerts.merge(over.alerts),
+            ledgers: RawLedgers {
+                follow: merge_opt(self.ledgers.follow, over.ledgers.follow),
+                watch: merge_opt(self.ledgers.watch, over.ledgers.watch),
+                poll_ms: merge_opt(self.ledgers.poll_ms, over.ledgers.poll_ms),
+            },
             context: merge_opt(self.context, over.context),
             cache: RawCache {
                 enabled: merge_opt(self.cache.enabled, over.cache.enabled),
@@ -820,6 +836,18 @@ impl RawConfig {
         }
 
         let alerts = self.alerts.validate(env, &mut errors);
+        let ledgers = super::LedgersConfig {
+            follow: self.ledgers.follow.unwrap_or_default(),
+            watch: self.ledgers.watch.unwrap_or(true),
+            poll: std::time::Duration::from_millis(self.ledgers.poll_ms.unwrap_or(500).max(50)),
+        };
+        for name in &ledgers.follow {
+            if kimi_ledgers::Agent::from_name(name).is_none() {
+                errors.push(format!(
+                    "ledgers.follow: unknown agent `{name}` (claude-code, codex, cline, continue, kimi-cli)"
+                ));
+            }
+        }
 
         let mut providers = BTreeMap::new();
         for (key, raw) in self.providers {
@@ -851,6 +879,7 @@ impl RawConfig {
                 store,
                 cache,
                 alerts,
+                ledgers,
                 context,
                 providers,
                 models,

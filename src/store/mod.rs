@@ -10,6 +10,7 @@ pub mod cli;
 mod commands;
 pub use commands::SessionSettings;
 pub mod export;
+pub mod ledgers;
 pub mod masks;
 pub mod query;
 pub mod schema;

@@ -169,6 +169,8 @@ ALTER TABLE requests ADD COLUMN client_app TEXT;
 ALTER TABLE requests ADD COLUMN client_api TEXT NOT NULL DEFAULT 'chat';
 ALTER TABLE sessions ADD COLUMN client_app TEXT;
 "#,
+    // 7 → 8: usage imported from the agents' own records (src/store/ledgers.rs).
+    super::ledgers::MIGRATION,
 ];
 
 /// The columns of `requests` in the order the writer binds them (`id` excluded).

@@ -250,3 +250,20 @@ pub async fn raw_upstream(response: &'static [u8]) -> SocketAddr {
     });
     addr
 }
+
+/// Runs a one-shot `kimi-proxy` command (`import`, `report`, `sessions`, …) with exactly the environment `env`,
+/// and returns its output; fails the test when it does not succeed.
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut command = std::process::Command::new(BIN);
+    command.args(args).env_clear();
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let output = command.output().expect("run kimi-proxy");
+    assert!(
+        output.status.success(),
+        "kimi-proxy {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8 output")
+}
