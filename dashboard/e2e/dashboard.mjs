@@ -278,6 +278,18 @@ async function main() {
     check(pct.endsWith("%") && (await page.locator("#gauge").getAttribute("data-level")) === "ok", `gauge ${pct}`);
     check((await page.locator("#t-s-requests").textContent()).startsWith("2"), "session totals");
     check((await page.locator("#p-rps").textContent()) !== "—", "the performance panel has figures");
+
+    // A client speaking an API the proxy does not serve is refused, and the refusal shows in the log.
+    const refusedStatus = await fetch(`${BASE}/v1/not-an-api`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "user-agent": "claude-cli/2.1.197 (external, sdk-cli)" },
+      body: "{}",
+    }).then((r) => r.status);
+    check(refusedStatus === 404, `a refused request gets 404 (${refusedStatus})`);
+    const refusedRow = page.locator("#log tr.row-failed", { hasText: "not_found" });
+    await until(UPDATE_MS, "the refusal in the log", async () => (await refusedRow.count()) > 0);
+    const refusedText = await refusedRow.first().textContent();
+    check(refusedText.includes("Claude Code 2.1.197") && refusedText.includes("/v1/not-an-api"), `refusal row: ${refusedText}`);
     await shot("dashboard-light");
     await page.click("#theme-toggle"); // auto → light
     await page.click("#theme-toggle"); // light → dark

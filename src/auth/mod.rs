@@ -91,8 +91,10 @@ enum Class {
     Admin,
 }
 
+/// Everything under `/v1/` is the proxy surface (no admin route lives there): a path no route serves is then
+/// refused by the proxy in the client's error format, counted and shown, instead of asking for the admin token.
 fn classify(proxy_paths: &[String], path: &str) -> Class {
-    if proxy_paths.iter().any(|p| p == path) {
+    if path.starts_with("/v1/") || proxy_paths.iter().any(|p| p == path) {
         Class::Proxy
     } else if path == "/login" || path == "/logout" {
         Class::Login
@@ -345,14 +347,10 @@ mod tests {
         assert_eq!(classify(paths, "/v1/chat/completions"), Class::Proxy);
         assert_eq!(classify(paths, "/models"), Class::Proxy);
         assert_eq!(classify(paths, "/login"), Class::Login);
-        for admin in [
-            "/",
-            "/api/stats",
-            "/ws",
-            "/metrics",
-            "/v1/models/",
-            "/anything",
-        ] {
+        // An API client's unknown path (Claude Code's `/v1/messages` before it was served) is the proxy's.
+        assert_eq!(classify(paths, "/v1/messages"), Class::Proxy);
+        assert_eq!(classify(paths, "/v1/models/"), Class::Proxy);
+        for admin in ["/", "/api/stats", "/ws", "/metrics", "/anything", "/v1"] {
             assert_eq!(classify(paths, admin), Class::Admin, "{admin}");
         }
     }
