@@ -88,21 +88,30 @@ pub fn preview(messages: &[&[u8]], chars: usize) -> Option<String> {
             }
         };
         let text = if raw.starts_with('"') {
-            json_string_prefix(raw, chars)
+            user_words(&json_string_prefix(raw, budget_for(raw, chars))).to_string()
         } else {
-            // Content parts: the first text parts, each decoded from its start only.
+            // Content parts: the first text parts, each decoded from its start only; parts an agent injected
+            // (a whole `<system-reminder>`) are skipped.
             let parts = serde_json::from_str::<Vec<TextPart<'_>>>(raw).ok()?;
             let mut text = String::new();
             for part in parts.iter().filter_map(|p| p.text) {
                 if text.chars().count() > chars {
                     break;
                 }
-                text.push(' ');
-                text.push_str(&json_string_prefix(part.get(), chars));
+                let decoded = json_string_prefix(part.get(), budget_for(part.get(), chars));
+                let words = user_words(&decoded);
+                if !words.is_empty() {
+                    text.push(' ');
+                    text.push_str(words);
+                }
             }
             text
         };
-        return collapse(&text, chars);
+        if let Some(preview) = collapse(&text, chars) {
+            return Some(preview);
+        }
+        // Only injected text in the last user message: say nothing rather than the agent's words.
+        return None;
     }
     None
 }
@@ -175,6 +184,51 @@ fn collapse(text: &str, chars: usize) -> Option<String> {
         }
     }
     (!out.is_empty()).then_some(out)
+}
+
+/// Blocks a coding agent puts into a user message ahead of the user's own words: Claude Code's
+/// `<system-reminder>` (a text block of its first message, captured against the proxy) and Cline's
+/// `<environment_details>`. The preview, which names sessions, skips them.
+const INJECTED_BLOCKS: [&str; 2] = ["system-reminder", "environment_details"];
+/// Tags that wrap the user's own words (Cline's first message is `<task>…</task>`): the words are kept.
+const WORD_WRAPPERS: [&str; 3] = ["task", "feedback", "user_query"];
+/// Most text decoded to get past injected blocks.
+const INJECTED_BUDGET: usize = 64 * 1024;
+
+/// How much of a string to decode for a preview of `chars`: more when it starts with a tag an agent injects.
+fn budget_for(raw: &str, chars: usize) -> usize {
+    if raw.starts_with("\"<") {
+        INJECTED_BUDGET
+    } else {
+        chars
+    }
+}
+
+/// The user's words in `text`: leading injected blocks skipped, a wrapper tag dropped.
+fn user_words(text: &str) -> &str {
+    let mut rest = text.trim_start();
+    'skip: loop {
+        for tag in INJECTED_BLOCKS {
+            let open = format!("<{tag}>");
+            let close = format!("</{tag}>");
+            if let Some(inner) = rest.strip_prefix(open.as_str()) {
+                rest = match inner.find(close.as_str()) {
+                    Some(end) => inner[end + close.len()..].trim_start(),
+                    // The block runs past what was decoded: nothing of the user's is in reach.
+                    None => "",
+                };
+                continue 'skip;
+            }
+        }
+        break;
+    }
+    for tag in WORD_WRAPPERS {
+        if let Some(inner) = rest.strip_prefix(format!("<{tag}>").as_str()) {
+            let close = format!("</{tag}>");
+            return inner.split(close.as_str()).next().unwrap_or(inner).trim();
+        }
+    }
+    rest
 }
 
 /// Decodes the beginning of a JSON string literal (`raw` starts with its opening quote): about `chars`
@@ -565,6 +619,20 @@ mod tests {
             cl.message_hashes, o.message_hashes,
             "content hashes do not depend on the tokenizer"
         );
+    }
+
+    #[test]
+    fn preview_skips_what_an_agent_injected() {
+        let claude_code = br#"{"role":"user","content":[{"type":"text","text":"<system-reminder>\nAs you answer the user's questions, you can use the following context: lots of it\n</system-reminder>"},{"type":"text","text":"say hi"}]}"#;
+        assert_eq!(preview(&[claude_code], 30).as_deref(), Some("say hi"));
+        let inline = br#"{"role":"user","content":"<system-reminder>rules</system-reminder>\nfix the parser"}"#;
+        assert_eq!(preview(&[inline], 30).as_deref(), Some("fix the parser"));
+        let cline = br#"{"role":"user","content":[{"type":"text","text":"<task>\nrename the module\n</task>"},{"type":"text","text":"<environment_details>\n# VSCode Visible Files\n</environment_details>"}]}"#;
+        assert_eq!(preview(&[cline], 30).as_deref(), Some("rename the module"));
+        let only_injected = br#"{"role":"user","content":"<system-reminder>x</system-reminder>"}"#;
+        assert_eq!(preview(&[only_injected], 30), None);
+        let plain = br#"{"role":"user","content":"<b>bold</b> words"}"#;
+        assert_eq!(preview(&[plain], 30).as_deref(), Some("<b>bold</b> words"));
     }
 
     #[test]
