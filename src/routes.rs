@@ -18,19 +18,37 @@ use crate::proxy::{self, ProxyState};
 #[derive(Clone, Copy)]
 enum Endpoint {
     ChatCompletions,
+    /// Anthropic Messages (Claude Code, the Anthropic SDKs).
+    Messages,
+    MessagesCountTokens,
     Models,
 }
 
 /// The proxy's routes, each served under `/v1` and without it (clients differ in how they join base URLs).
 const PROXY: &[(&str, Endpoint)] = &[
     ("/chat/completions", Endpoint::ChatCompletions),
+    ("/messages", Endpoint::Messages),
+    ("/messages/count_tokens", Endpoint::MessagesCountTokens),
     ("/models", Endpoint::Models),
 ];
 
 fn handler(endpoint: Endpoint) -> MethodRouter<Arc<ProxyState>> {
     match endpoint {
         Endpoint::ChatCompletions => post(proxy::chat_completions),
+        Endpoint::Messages => post(proxy::messages),
+        Endpoint::MessagesCountTokens => post(proxy::count_tokens),
         Endpoint::Models => get(proxy::list_models),
+    }
+}
+
+/// The API a client on `path` speaks, for errors produced before the pipeline (the guard, the fallbacks).
+pub fn client_dialect(path: &str) -> kimi_dialects::Dialect {
+    let path = path.strip_prefix("/v1").unwrap_or(path);
+    match PROXY.iter().find(|(p, _)| *p == path) {
+        Some((_, Endpoint::Messages | Endpoint::MessagesCountTokens)) => {
+            kimi_dialects::Dialect::Messages
+        }
+        _ => kimi_dialects::Dialect::Chat,
     }
 }
 

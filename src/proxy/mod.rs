@@ -6,6 +6,7 @@
 pub mod body;
 pub mod cache;
 pub mod client_app;
+pub mod dialect;
 pub mod error;
 pub mod headers;
 pub mod passthrough;
@@ -193,7 +194,7 @@ fn refuse(state: &ProxyState, request: &Request, error: ProxyError) -> Response 
             client_app: client_app::client_app(request.headers()),
         });
     }
-    error.into_response()
+    dialect::error_response(crate::routes::client_dialect(path), error)
 }
 
 /// Paths an LLM client calls: under `/v1/`, or one of the APIs' own paths without it.
@@ -256,4 +257,15 @@ fn unix_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+pub(crate) async fn messages(State(state): State<Arc<ProxyState>>, request: Request) -> Response {
+    dialect::messages::messages(&state, request).await
+}
+
+pub(crate) async fn count_tokens(
+    State(state): State<Arc<ProxyState>>,
+    request: Request,
+) -> Response {
+    dialect::messages::count_tokens(&state, request).await
 }
