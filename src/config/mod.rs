@@ -4,6 +4,7 @@
 //! Loading happens in two stages (raw → validated) so that an unknown key is reported with its line by the TOML
 //! parser, and a missing or inconsistent value is reported with the provider or model it belongs to.
 
+mod aliases;
 mod raw;
 
 use std::collections::BTreeMap;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use aliases::ModelAlias;
 pub use raw::{RawConfig, default_tokenizer, normalize_origin};
 
 /// The built-in catalog, embedded in the binary.
@@ -383,6 +385,8 @@ pub struct Config {
     pub context: crate::context::config::ContextConfig,
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub models: BTreeMap<String, Arc<Model>>,
+    /// `[model_aliases]`, most specific first.
+    pub model_aliases: Vec<ModelAlias>,
 }
 
 /// The response cache.
@@ -556,6 +560,16 @@ pub fn describe(config: &Config) -> String {
             m.prices.cached_input,
             m.capabilities.join(", ")
         );
+    }
+    if !config.model_aliases.is_empty() {
+        let _ = writeln!(
+            out,
+            "model aliases ({}, most specific first):",
+            config.model_aliases.len()
+        );
+        for alias in &config.model_aliases {
+            let _ = writeln!(out, "  {:<36} -> {}", alias.pattern, alias.target);
+        }
     }
     out
 }
