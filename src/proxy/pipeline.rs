@@ -550,7 +550,12 @@ impl<'s> Exchange<'s> {
                 self.state.config.server.forward_client_key,
             )?;
         }
-        let uri = upstream_uri(provider, parts.uri.query())?;
+        // The query is the client API's (Anthropic's `?beta=true`); only a chat client's goes to a chat provider.
+        let query = match self.adapter {
+            ClientAdapter::None => parts.uri.query(),
+            _ => None,
+        };
+        let uri = upstream_uri(provider, query)?;
         if let Some(limiter) = &route.upstream().limiter {
             match limiter.reserve(tokio::time::Instant::now()) {
                 Ok(wait) if wait.is_zero() => {}

@@ -267,8 +267,6 @@ pub struct MessagesEventBody {
     parser: SseParser,
     translator: ChatToMessagesStream,
     out: Vec<u8>,
-    /// The upstream failed mid-way: the closing `error` event goes out first, then this.
-    failed: Option<axum::Error>,
     done: bool,
 }
 
@@ -279,7 +277,6 @@ impl MessagesEventBody {
             parser: SseParser::new(MAX_EVENT_BYTES),
             translator: ChatToMessagesStream::new(ctx),
             out: Vec::new(),
-            failed: None,
             done: false,
         }
     }
@@ -299,10 +296,6 @@ impl http_body::Body for MessagesEventBody {
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = &mut *self;
         loop {
-            if let Some(error) = this.failed.take() {
-                this.done = true;
-                return Poll::Ready(Some(Err(error)));
-            }
             if this.done {
                 return Poll::Ready(None);
             }
@@ -321,13 +314,16 @@ impl http_body::Body for MessagesEventBody {
                     }
                 }
                 Poll::Ready(Some(Err(error))) => {
-                    // The stream was cut (upstream failure, idle timeout): Anthropic clients get the
-                    // closing `error` event before the connection ends.
+                    // The stream was cut (upstream failure, idle timeout; the record says so already): an
+                    // Anthropic stream reports that with a closing `error` event (as Anthropic itself does mid-
+                    // stream), and then ends. Cutting the connection instead could lose the event in hyper's
+                    // buffer. Only when nothing is owed does the failure go on as it is.
                     this.translator.finish(&mut this.out);
-                    this.failed = Some(error);
-                    if let Some(bytes) = this.take_out() {
-                        return Poll::Ready(Some(Ok(Frame::data(bytes))));
-                    }
+                    this.done = true;
+                    return Poll::Ready(Some(match this.take_out() {
+                        Some(bytes) => Ok(Frame::data(bytes)),
+                        None => Err(error),
+                    }));
                 }
                 Poll::Ready(None) => {
                     this.translator.finish(&mut this.out);
@@ -340,7 +336,7 @@ impl http_body::Body for MessagesEventBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.failed.is_none() && self.out.is_empty()
+        self.done
     }
 }
 
