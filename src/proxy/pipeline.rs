@@ -8,11 +8,11 @@
 //! ```
 //!
 //! - **read**: the body, bounded (declared and actual length).
-//! - **parse**: the client's request in its own dialect ([`Dialect`]); today chat completions, scanned once
-//!   without a JSON tree ([`request::inspect`]).
+//! - **parse**: the client's request in its own dialect ([`Dialect`]): chat completions scanned once without a
+//!   JSON tree ([`request::inspect`]); another API peeked at by its [`ClientAdapter`] (model, stream, session).
 //! - **route**: the catalog model and its provider, or a pass-through target.
-//! - **shape**: context transforms, the model id, tool-call mending, the usage request; the client's bytes go
-//!   upstream unchanged when nothing needs changing.
+//! - **shape**: another API's request translated into the provider's; context transforms, the model id,
+//!   tool-call mending, the usage request; the client's bytes go upstream unchanged when nothing needs changing.
 //! - **cache**: a stored answer, when caching applies.
 //! - **admit**: the provider's credentials and budgets.
 //! - **send**: the upstream call with its retries (and one retry without the usage request for a provider
