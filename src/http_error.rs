@@ -112,6 +112,29 @@ impl HttpError {
     }
 }
 
+impl HttpError {
+    /// The error in the format of the API the client speaks: Anthropic's for a Messages client, OpenAI's
+    /// otherwise (chat completions and Responses share it).
+    pub fn into_response_for(self, dialect: kimi_dialects::Dialect) -> Response {
+        if dialect != kimi_dialects::Dialect::Messages {
+            return self.into_response();
+        }
+        let body = kimi_dialects::anthropic::error_body(self.status.as_u16(), &self.message);
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.code));
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        response
+    }
+}
+
 impl std::fmt::Display for HttpError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)

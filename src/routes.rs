@@ -18,18 +18,25 @@ use crate::proxy::{self, ProxyState};
 #[derive(Clone, Copy)]
 enum Endpoint {
     ChatCompletions,
+    /// Anthropic Messages (Claude Code, the Anthropic SDKs).
+    Messages,
+    MessagesCountTokens,
     Models,
 }
 
 /// The proxy's routes, each served under `/v1` and without it (clients differ in how they join base URLs).
 const PROXY: &[(&str, Endpoint)] = &[
     ("/chat/completions", Endpoint::ChatCompletions),
+    ("/messages", Endpoint::Messages),
+    ("/messages/count_tokens", Endpoint::MessagesCountTokens),
     ("/models", Endpoint::Models),
 ];
 
 fn handler(endpoint: Endpoint) -> MethodRouter<Arc<ProxyState>> {
     match endpoint {
         Endpoint::ChatCompletions => post(proxy::chat_completions),
+        Endpoint::Messages => post(proxy::messages),
+        Endpoint::MessagesCountTokens => post(proxy::count_tokens),
         Endpoint::Models => get(proxy::list_models),
     }
 }

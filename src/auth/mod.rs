@@ -143,9 +143,17 @@ impl Auth {
             || session::cookie_value(headers).is_some_and(|v| self.sessions.is_valid(v))
     }
 
-    /// The name of the virtual key presented, checked against every key in constant time.
+    /// The name of the virtual key presented (`Authorization: Bearer`, or `x-api-key` as Anthropic clients send
+    /// it), checked against every key in constant time.
     fn virtual_key(&self, headers: &HeaderMap) -> Option<Arc<str>> {
-        let presented = bearer(headers)?;
+        let presented = bearer(headers).or_else(|| {
+            headers
+                .get(API_KEY_HEADER)?
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+        })?;
         let mut found = None;
         for (name, tag) in &self.client_keys {
             if hmac::verify(&self.key, presented.as_bytes(), tag).is_ok() {
@@ -155,6 +163,9 @@ impl Auth {
         found
     }
 }
+
+/// Anthropic clients' key header (<https://docs.anthropic.com/en/api/overview>: "x-api-key: Your API key").
+const API_KEY_HEADER: &str = "x-api-key";
 
 /// The bearer token of `Authorization`, if any.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -169,6 +180,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// The guard in front of every route (see the module comment).
 pub async fn guard(State(auth): State<Arc<Auth>>, mut request: Request, next: Next) -> Response {
     let class = classify(auth.proxy_paths, request.uri().path());
+    let dialect = kimi_dialects::Dialect::of_path(request.uri().path());
     let cors_origin = match auth
         .policy
         .check(request.headers(), request.method(), request.uri())
@@ -182,9 +194,14 @@ pub async fn guard(State(auth): State<Arc<Auth>>, mut request: Request, next: Ne
                     refusal.message()
                 );
             }
-            return HttpError::forbidden(refusal.message()).into_response();
+            return HttpError::forbidden(refusal.message()).into_response_for(dialect);
         }
     };
+    // Claude Code probes its base URL with `HEAD /` before it starts (headroomlabs-ai/headroom#2032: a 405 there
+    // reads as "endpoint down"): the answer says only that something listens, so it needs no token.
+    if request.method() == Method::HEAD && request.uri().path() == "/" {
+        return StatusCode::OK.into_response();
+    }
     if let Some(origin) = &cors_origin
         && request.method() == Method::OPTIONS
         && request
@@ -202,15 +219,16 @@ pub async fn guard(State(auth): State<Arc<Auth>>, mut request: Request, next: Ne
                 let Some(name) = auth.virtual_key(headers) else {
                     return with_cors(
                         HttpError::unauthorized(
-                            "a virtual key is required: send `Authorization: Bearer <key>` with a key from \
-                             [[server.client_keys]]",
+                            "a virtual key is required: send `Authorization: Bearer <key>` (or \
+                             `x-api-key: <key>`) with a key from [[server.client_keys]]",
                         )
-                        .into_response(),
+                        .into_response_for(dialect),
                         cors_origin,
                     );
                 };
                 // The virtual key is ours: it never goes upstream (the provider's key is used there).
                 headers.remove(header::AUTHORIZATION);
+                headers.remove(API_KEY_HEADER);
                 request.extensions_mut().insert(VirtualKey(name));
             }
             let mut response = next.run(request).await;

@@ -6,6 +6,7 @@
 pub mod body;
 pub mod cache;
 pub mod client_app;
+pub mod dialect;
 pub mod error;
 pub mod headers;
 pub mod passthrough;
@@ -193,7 +194,7 @@ fn refuse(state: &ProxyState, request: &Request, error: ProxyError) -> Response 
             client_app: client_app::client_app(request.headers()),
         });
     }
-    error.into_response()
+    dialect::error_response(kimi_dialects::Dialect::of_path(path), error)
 }
 
 /// Paths an LLM client calls: under `/v1/`, or one of the APIs' own paths without it.
@@ -252,3 +253,14 @@ pub(crate) async fn chat_completions(
 }
 
 use crate::util::unix_ms;
+
+pub(crate) async fn messages(State(state): State<Arc<ProxyState>>, request: Request) -> Response {
+    dialect::messages::messages(&state, request).await
+}
+
+pub(crate) async fn count_tokens(
+    State(state): State<Arc<ProxyState>>,
+    request: Request,
+) -> Response {
+    dialect::messages::count_tokens(&state, request).await
+}

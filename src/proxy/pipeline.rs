@@ -8,11 +8,11 @@
 //! ```
 //!
 //! - **read**: the body, bounded (declared and actual length).
-//! - **parse**: the client's request in its own dialect ([`Dialect`]); today chat completions, scanned once
-//!   without a JSON tree ([`request::inspect`]).
+//! - **parse**: the client's request in its own dialect ([`Dialect`]): chat completions scanned once without a
+//!   JSON tree ([`request::inspect`]); another API peeked at by its [`ClientAdapter`] (model, stream, session).
 //! - **route**: the catalog model and its provider, or a pass-through target.
-//! - **shape**: context transforms, the model id, tool-call mending, the usage request; the client's bytes go
-//!   upstream unchanged when nothing needs changing.
+//! - **shape**: another API's request translated into the provider's; context transforms, the model id,
+//!   tool-call mending, the usage request; the client's bytes go upstream unchanged when nothing needs changing.
 //! - **cache**: a stored answer, when caching applies.
 //! - **admit**: the provider's credentials and budgets.
 //! - **send**: the upstream call with its retries (and one retry without the usage request for a provider
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Uri, header};
@@ -36,9 +36,10 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use kimi_dialects::Dialect;
 
 use super::body::ForwardBody;
+use super::dialect::{self, ClientAdapter, Parsed};
 use super::error::ProxyError;
 use super::reasoning::ReasoningCapture;
-use super::request::{self, ChatRequestView};
+use super::request;
 use super::toolcalls::ToolCallFixes;
 use super::upstream::{self, OutgoingRequest, UpstreamResponse};
 use super::{
@@ -57,6 +58,8 @@ pub struct Exchange<'s> {
     started_at_ms: i64,
     /// The API the client speaks: its request is read and its answers and errors are written in it.
     client: Dialect,
+    /// What differs for a client API other than chat completions (translation at the edges).
+    adapter: ClientAdapter,
     /// Known from routing on: whatever happens next, the request is recorded.
     record: Option<Recording>,
     /// The client's connection (set by the server): tells a client that stopped reading from one that left.
@@ -130,7 +133,12 @@ struct Shaped {
 
 /// Serves one chat completions request.
 pub async fn chat_completions(state: &ProxyState, request: Request) -> Response {
-    let mut exchange = Exchange::new(state, Dialect::Chat);
+    serve(state, Dialect::Chat, request).await
+}
+
+/// Serves one request of a client speaking `client`.
+pub async fn serve(state: &ProxyState, client: Dialect, request: Request) -> Response {
+    let mut exchange = Exchange::new(state, client);
     match exchange.run(request).await {
         Ok(response) => response,
         Err(error) => exchange.fail(error),
@@ -144,6 +152,7 @@ impl<'s> Exchange<'s> {
             started: Instant::now(),
             started_at_ms: unix_ms(),
             client,
+            adapter: ClientAdapter::for_dialect(client),
             record: None,
             connection: None,
             method: String::new(),
@@ -154,6 +163,24 @@ impl<'s> Exchange<'s> {
 
     async fn run(&mut self, request: Request) -> Result<Response, ProxyError> {
         let (parts, body) = request.into_parts();
+        self.note_request(&parts);
+        let bytes = self.read(&parts, body).await?;
+        let parsed = self.parse(&parts, &bytes)?;
+        let route = self.route(&parts, parsed.model())?;
+        self.open_record(&parts, &route, parsed.streaming(), parsed.client_session());
+        let shaped = self.shape(&parts, &route, bytes, parsed).await?;
+        if let Some(hit) = self.cache(&shaped) {
+            return Ok(self.adapter.answer(hit).await);
+        }
+        let (uri, headers) = self.admit(&parts, &route).await?;
+        let ready_at = Instant::now();
+        let answer = self.send(&route, uri, headers, shaped).await?;
+        let response = self.respond(&route, answer, ready_at);
+        Ok(self.adapter.answer(response).await)
+    }
+
+    /// What a refusal before routing reports: the method and path, and the client application.
+    pub(crate) fn note_request(&mut self, parts: &Parts) {
         self.method = parts.method.to_string();
         self.path = parts.uri.path().to_string();
         self.client_app = client_app::client_app(&parts.headers);
@@ -161,23 +188,15 @@ impl<'s> Exchange<'s> {
             .extensions
             .get::<Arc<crate::limits::Connection>>()
             .cloned();
-        let bytes = self.read(&parts, body).await?;
-        let view = self.parse(&bytes)?;
-        let route = self.route(&parts, &view.model)?;
-        self.open_record(&parts, &route, &view);
-        let shaped = self.shape(&parts, &route, bytes, view).await?;
-        if let Some(hit) = self.cache(&shaped) {
-            return Ok(hit);
-        }
-        let (uri, headers) = self.admit(&parts, &route).await?;
-        let ready_at = Instant::now();
-        let answer = self.send(&route, uri, headers, shaped).await?;
-        Ok(self.respond(&route, answer, ready_at))
+    }
+
+    pub(crate) fn state(&self) -> &'s ProxyState {
+        self.state
     }
 
     // --- read ---------------------------------------------------------------------------------------------
 
-    async fn read(&self, parts: &Parts, body: Body) -> Result<Bytes, ProxyError> {
+    pub(crate) async fn read(&self, parts: &Parts, body: Body) -> Result<Bytes, ProxyError> {
         let limit = self.state.config.server.max_body_bytes;
         let declared = parts
             .headers
@@ -192,20 +211,24 @@ impl<'s> Exchange<'s> {
 
     // --- parse --------------------------------------------------------------------------------------------
 
-    fn parse(&self, bytes: &Bytes) -> Result<ChatRequestView, ProxyError> {
-        match self.client {
-            Dialect::Chat => request::inspect(bytes),
-            // The Anthropic and Responses adapters translate here, into the provider's dialect.
-            Dialect::Messages | Dialect::Responses => Err(ProxyError::NotFound {
-                method: "POST".to_string(),
-                path: format!("({} API)", self.client.as_str()),
-            }),
+    /// A chat request is scanned; another client API's is peeked at for routing and translated in shape.
+    fn parse(&self, parts: &Parts, bytes: &Bytes) -> Result<Parsed, ProxyError> {
+        match self.adapter {
+            ClientAdapter::None => match self.client {
+                Dialect::Chat => Ok(Parsed::Chat(request::inspect(bytes)?)),
+                // Not served yet: its adapter will translate here.
+                Dialect::Messages | Dialect::Responses => Err(ProxyError::NotFound {
+                    method: "POST".to_string(),
+                    path: format!("({} API)", self.client.as_str()),
+                }),
+            },
+            _ => Ok(Parsed::Foreign(self.adapter.peek(&parts.headers, bytes)?)),
         }
     }
 
     // --- route --------------------------------------------------------------------------------------------
 
-    fn route(&self, parts: &Parts, requested: &str) -> Result<Route<'s>, ProxyError> {
+    pub(crate) fn route(&self, parts: &Parts, requested: &str) -> Result<Route<'s>, ProxyError> {
         let state = self.state;
         if let Some(target) = parts.headers.get(passthrough::TARGET_HEADER) {
             let (model, upstream) = passthrough::route(state, target, requested)?;
@@ -233,7 +256,13 @@ impl<'s> Exchange<'s> {
     }
 
     /// From here on the request is recorded, whatever phase fails.
-    fn open_record(&mut self, parts: &Parts, route: &Route<'_>, view: &ChatRequestView) {
+    fn open_record(
+        &mut self,
+        parts: &Parts,
+        route: &Route<'_>,
+        streaming: bool,
+        body_session: Option<&str>,
+    ) {
         let state = self.state;
         let mut context = RequestContext::new(
             state.accounting.next_id(),
@@ -241,14 +270,14 @@ impl<'s> Exchange<'s> {
             self.started_at_ms,
             Arc::clone(&route.model),
             state.accounting.tokenizer_for(&route.model),
-            view.streaming,
+            streaming,
         );
         context.client_session = parts
             .headers
             .get("x-session-id")
             .and_then(|v| v.to_str().ok())
             .and_then(request::clean_session_id)
-            .or_else(|| view.client_session.clone());
+            .or_else(|| body_session.map(str::to_string));
         context.virtual_key = parts
             .extensions
             .get::<crate::auth::VirtualKey>()
@@ -277,9 +306,14 @@ impl<'s> Exchange<'s> {
         parts: &Parts,
         route: &Route<'_>,
         bytes: Bytes,
-        mut view: ChatRequestView,
+        parsed: Parsed,
     ) -> Result<Shaped, ProxyError> {
         let state = self.state;
+        // Another client API's request becomes the provider's chat request here, once the target is known.
+        let (bytes, mut view) = match parsed {
+            Parsed::Chat(view) => (bytes, view),
+            Parsed::Foreign(_) => self.adapter.translate(route, &bytes)?,
+        };
         let model = &route.model;
         let provider = route.provider();
         let client_session = self
@@ -459,7 +493,7 @@ impl<'s> Exchange<'s> {
                     let error = ProxyError::InvalidRequest("cached answer unreadable".to_string());
                     let prompt = prompt.map_or(PromptCounting::nothing(), Prompt::start);
                     record_failure(state, context, prompt, &error);
-                    return error.into_response();
+                    return dialect::error_response(self.client, error);
                 }
             }
         } else {
@@ -510,6 +544,7 @@ impl<'s> Exchange<'s> {
         let provider = route.provider();
         let mut headers = headers::upstream_request_headers(&parts.headers);
         headers.remove(CONTEXT_HEADER);
+        self.adapter.upstream_headers(&mut headers);
         if route.is_passthrough() {
             // The client's own key for the target: `X-Target-Authorization` when given (required when
             // `Authorization` carries a virtual key, which the guard has removed), else its `Authorization`.
@@ -525,7 +560,12 @@ impl<'s> Exchange<'s> {
                 self.state.config.server.forward_client_key,
             )?;
         }
-        let uri = upstream_uri(provider, parts.uri.query())?;
+        // The query is the client API's (Anthropic's `?beta=true`); only a chat client's goes to a chat provider.
+        let query = match self.adapter {
+            ClientAdapter::None => parts.uri.query(),
+            _ => None,
+        };
+        let uri = upstream_uri(provider, query)?;
         if let Some(limiter) = &route.upstream().limiter {
             match limiter.reserve(tokio::time::Instant::now()) {
                 Ok(wait) if wait.is_zero() => {}
@@ -681,7 +721,7 @@ impl<'s> Exchange<'s> {
     /// dialect.
     pub fn fail(mut self, error: ProxyError) -> Response {
         self.note_failure(&error);
-        error.into_response()
+        dialect::error_response(self.client, error)
     }
 
     /// Logs a failure and records it when the request was routed (once: the record is taken).
@@ -762,7 +802,12 @@ impl Exchange<'_> {
         let view = request::inspect(&body)?;
         let parts = internal_parts();
         let route = self.route(&parts, model_key)?;
-        self.open_record(&parts, &route, &view);
+        self.open_record(
+            &parts,
+            &route,
+            view.streaming,
+            view.client_session.as_deref(),
+        );
         let tokenizer = state.accounting.tokenizer_for(&route.model);
         let job = state
             .accounting

@@ -24,6 +24,20 @@ pub enum Dialect {
 }
 
 impl Dialect {
+    /// The API a request on `path` speaks (with or without the `/v1` prefix): Anthropic's Messages and OpenAI's
+    /// Responses have their own paths, everything else is chat completions. Used for errors produced before a
+    /// request reaches its handler (an auth refusal, an unknown route).
+    pub fn of_path(path: &str) -> Dialect {
+        let path = path.strip_prefix("/v1").unwrap_or(path);
+        if path == "/messages" || path.starts_with("/messages/") {
+            Dialect::Messages
+        } else if path == "/responses" || path.starts_with("/responses/") {
+            Dialect::Responses
+        } else {
+            Dialect::Chat
+        }
+    }
+
     /// The name recorded per request and shown on the dashboard.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -31,5 +45,22 @@ impl Dialect {
             Dialect::Messages => "messages",
             Dialect::Responses => "responses",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Dialect;
+
+    #[test]
+    fn each_api_is_known_by_its_path() {
+        assert_eq!(Dialect::of_path("/v1/messages"), Dialect::Messages);
+        assert_eq!(
+            Dialect::of_path("/messages/count_tokens"),
+            Dialect::Messages
+        );
+        assert_eq!(Dialect::of_path("/v1/responses/resp_1"), Dialect::Responses);
+        assert_eq!(Dialect::of_path("/v1/chat/completions"), Dialect::Chat);
+        assert_eq!(Dialect::of_path("/v1/messagesx"), Dialect::Chat);
     }
 }
