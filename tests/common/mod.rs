@@ -365,3 +365,44 @@ pub fn anthropic_sdk_python() -> Option<PathBuf> {
     assert!(ready(&python), "the anthropic package does not import");
     Some(python)
 }
+
+/// The Claude Code CLI (`@anthropic-ai/claude-code` from npm, installed once under the target directory), as the
+/// command that runs it: `node …/cli-wrapper.cjs` (the package's own fallback launcher, which works whether or not
+/// npm ran its postinstall). `None` — said loudly — only when the machine has no `npm`.
+pub fn claude_code_cli() -> Option<Vec<String>> {
+    let has_npm = std::process::Command::new("npm")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_npm {
+        eprintln!("\n!!! SKIPPED: npm is not installed, so the Claude Code CLI test cannot run\n");
+        return None;
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("claude-code");
+    let wrapper = dir.join("node_modules/@anthropic-ai/claude-code/cli-wrapper.cjs");
+    let command = vec!["node".to_string(), wrapper.to_str().unwrap().to_string()];
+    let works = || {
+        std::process::Command::new(&command[0])
+            .args([&command[1], "--version"])
+            .env("HOME", dir.join("home"))
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if works() {
+        return Some(command);
+    }
+    std::fs::create_dir_all(dir.join("home")).unwrap();
+    let output = std::process::Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&dir)
+        .arg("@anthropic-ai/claude-code")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "npm install @anthropic-ai/claude-code failed (registry unreachable?):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(works(), "the installed Claude Code CLI does not run");
+    Some(command)
+}
