@@ -19,18 +19,30 @@ use crate::proxy::{self, ProxyState};
 enum Endpoint {
     ChatCompletions,
     Models,
+    /// OpenAI Responses: create (translated to chat completions), and the stored responses.
+    Responses,
+    Response,
+    ResponseInputItems,
 }
 
 /// The proxy's routes, each served under `/v1` and without it (clients differ in how they join base URLs).
 const PROXY: &[(&str, Endpoint)] = &[
     ("/chat/completions", Endpoint::ChatCompletions),
     ("/models", Endpoint::Models),
+    ("/responses", Endpoint::Responses),
+    ("/responses/{id}", Endpoint::Response),
+    ("/responses/{id}/input_items", Endpoint::ResponseInputItems),
 ];
 
 fn handler(endpoint: Endpoint) -> MethodRouter<Arc<ProxyState>> {
     match endpoint {
         Endpoint::ChatCompletions => post(proxy::chat_completions),
         Endpoint::Models => get(proxy::list_models),
+        Endpoint::Responses => post(proxy::create_response),
+        Endpoint::Response => {
+            get(proxy::responses::get_response).delete(proxy::responses::delete_response)
+        }
+        Endpoint::ResponseInputItems => get(proxy::responses::input_items),
     }
 }
 

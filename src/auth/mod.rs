@@ -81,8 +81,7 @@ const ADMIN_SECURITY_HEADERS: [(&str, &str); 4] = [
 ];
 
 /// Headers a browser on an allowlisted origin may read from answers.
-const EXPOSED_HEADERS: &str =
-    "x-kimi-proxy-overhead-us, x-kimi-proxy-error, x-kimi-proxy-cache, x-request-id, retry-after";
+const EXPOSED_HEADERS: &str = "x-kimi-proxy-overhead-us, x-kimi-proxy-error, x-kimi-proxy-cache, x-kimi-proxy-dropped-tools, x-request-id, retry-after";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
@@ -92,12 +91,30 @@ enum Class {
 }
 
 fn classify(proxy_paths: &[String], path: &str) -> Class {
-    if proxy_paths.iter().any(|p| p == path) {
+    if proxy_paths.iter().any(|p| path_matches(p, path)) {
         Class::Proxy
     } else if path == "/login" || path == "/logout" {
         Class::Login
     } else {
         Class::Admin
+    }
+}
+
+/// A route pattern against a request path: a `{name}` segment matches one non-empty segment, every other
+/// segment itself.
+fn path_matches(pattern: &str, path: &str) -> bool {
+    if !pattern.contains('{') {
+        return pattern == path;
+    }
+    let mut pattern = pattern.split('/');
+    let mut path = path.split('/');
+    loop {
+        match (pattern.next(), path.next()) {
+            (None, None) => return true,
+            (Some(p), Some(s)) if p.starts_with('{') && p.ends_with('}') && !s.is_empty() => {}
+            (Some(p), Some(s)) if p == s => {}
+            _ => return false,
+        }
     }
 }
 
@@ -341,12 +358,19 @@ mod tests {
         assert_eq!(classify(paths, "/v1/chat/completions"), Class::Proxy);
         assert_eq!(classify(paths, "/models"), Class::Proxy);
         assert_eq!(classify(paths, "/login"), Class::Login);
+        assert_eq!(classify(paths, "/v1/responses/resp_1"), Class::Proxy);
+        assert_eq!(
+            classify(paths, "/v1/responses/resp_1/input_items"),
+            Class::Proxy
+        );
         for admin in [
             "/",
             "/api/stats",
             "/ws",
             "/metrics",
             "/v1/models/",
+            "/v1/responses/",
+            "/v1/responses/resp_1/other",
             "/anything",
         ] {
             assert_eq!(classify(paths, admin), Class::Admin, "{admin}");

@@ -88,6 +88,11 @@ pub enum ProxyError {
     NotFound { method: String, path: String },
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
+    /// A Responses request the translation to chat completions refuses (or an answer it cannot translate),
+    /// answered with the OpenAI error the API itself would give (e.g. the 404 of an unknown
+    /// `previous_response_id`).
+    #[error("{}", .0.message)]
+    Responses(kimi_dialects::responses::TranslateError),
 }
 
 fn unknown_model_message(model: &str, suggestions: &[String]) -> String {
@@ -122,6 +127,9 @@ impl ProxyError {
             | ProxyError::PassthroughDisabled
             | ProxyError::TargetNotAllowed(_)
             | ProxyError::ForbiddenTarget(_) => StatusCode::FORBIDDEN,
+            ProxyError::Responses(error) => {
+                StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_REQUEST)
+            }
         }
     }
 
@@ -147,6 +155,8 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
                 ErrorSource::Upstream
             }
+            ProxyError::Responses(error) if error.status >= 500 => ErrorSource::Upstream,
+            ProxyError::Responses(_) => ErrorSource::Client,
         }
     }
 
@@ -185,10 +195,20 @@ impl ProxyError {
             ProxyError::InvalidTarget(_) => "invalid_target",
             ProxyError::TargetNotAllowed(_) => "target_not_allowed",
             ProxyError::ForbiddenTarget(_) => "target_address_forbidden",
+            ProxyError::Responses(error) => match error.code.as_deref() {
+                Some("previous_response_not_found") => "previous_response_not_found",
+                Some("unsupported_tool_choice") => "unsupported_tool_choice",
+                _ if error.status >= 500 => "upstream_answer_untranslatable",
+                _ if error.status == 404 => "not_found",
+                _ => "invalid_request",
+            },
         }
     }
 
     pub fn body_json(&self) -> serde_json::Value {
+        if let ProxyError::Responses(error) = self {
+            return error.to_value();
+        }
         let param = match self {
             ProxyError::UnknownModel { .. } => serde_json::Value::from("model"),
             _ => serde_json::Value::Null,

@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod ratelimit;
 pub mod reasoning;
 pub mod request;
+pub mod responses;
 pub mod route;
 mod shape;
 pub mod summary;
@@ -87,6 +88,8 @@ pub struct ProxyState {
     models_json: Bytes,
     /// Reasoning seen in answers, for the models that need it back (`reasoning_echo`).
     pub reasoning: Arc<reasoning::ReasoningMemory>,
+    /// Responses API state (`store: true`), for `previous_response_id` and `/v1/responses/{id}`.
+    pub responses: Arc<responses::ResponseStore>,
 }
 
 impl ProxyState {
@@ -150,6 +153,10 @@ impl ProxyState {
             None
         };
         let alerts = AlertEngine::new(&config.alerts);
+        let responses = Arc::new(responses::ResponseStore::new(
+            config.store.responses_memory_bytes,
+            config.store.responses_retention,
+        ));
         Ok(ProxyState {
             passthrough,
             context,
@@ -161,6 +168,7 @@ impl ProxyState {
             alerts,
             models_json,
             reasoning: Arc::new(reasoning::ReasoningMemory::default()),
+            responses,
         })
     }
 }
@@ -249,6 +257,13 @@ pub(crate) async fn chat_completions(
     request: Request,
 ) -> Response {
     pipeline::chat_completions(&state, request).await
+}
+
+pub(crate) async fn create_response(
+    State(state): State<Arc<ProxyState>>,
+    request: Request,
+) -> Response {
+    pipeline::responses(&state, request).await
 }
 
 use crate::util::unix_ms;

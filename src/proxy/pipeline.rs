@@ -8,8 +8,9 @@
 //! ```
 //!
 //! - **read**: the body, bounded (declared and actual length).
-//! - **parse**: the client's request in its own dialect ([`Dialect`]); today chat completions, scanned once
-//!   without a JSON tree ([`request::inspect`]).
+//! - **parse**: the client's request in its own dialect ([`Dialect`]): chat completions scanned once without a
+//!   JSON tree ([`request::inspect`]); a Responses request translated into chat completions first
+//!   ([`responses::translate`]).
 //! - **route**: the catalog model and its provider, or a pass-through target.
 //! - **shape**: context transforms, the model id, tool-call mending, the usage request; the client's bytes go
 //!   upstream unchanged when nothing needs changing.
@@ -39,6 +40,7 @@ use super::body::ForwardBody;
 use super::error::ProxyError;
 use super::reasoning::ReasoningCapture;
 use super::request::{self, ChatRequestView};
+use super::responses;
 use super::toolcalls::ToolCallFixes;
 use super::upstream::{self, OutgoingRequest, UpstreamResponse};
 use super::{
@@ -57,12 +59,43 @@ pub struct Exchange<'s> {
     started_at_ms: i64,
     /// The API the client speaks: its request is read and its answers and errors are written in it.
     client: Dialect,
+    /// Translates between the client's dialect and the provider's, when they differ.
+    adapter: Option<ClientAdapter>,
     /// Known from routing on: whatever happens next, the request is recorded.
     record: Option<Recording>,
     /// What a refusal before routing reports: the method and path, and the client application.
     method: String,
     path: String,
     client_app: Option<String>,
+}
+
+/// The client side of a request whose client speaks another API than its provider: what the answer's
+/// translation needs, from **parse** to **respond**.
+enum ClientAdapter {
+    /// OpenAI Responses → chat completions.
+    Responses(Box<responses::Turn>),
+}
+
+impl ClientAdapter {
+    /// The conversation id the client's API carries (after `X-Session-Id`, before the chat body's own).
+    fn session(&self, headers: &HeaderMap) -> Option<String> {
+        match self {
+            ClientAdapter::Responses(turn) => turn.session(headers),
+        }
+    }
+
+    fn dropped_tools(&self) -> u32 {
+        match self {
+            ClientAdapter::Responses(turn) => turn.dropped_tools(),
+        }
+    }
+
+    /// The provider's answer (through the tracker) in the client's API.
+    async fn answer(self, response: Response) -> Response {
+        match self {
+            ClientAdapter::Responses(turn) => turn.answer(response).await,
+        }
+    }
 }
 
 /// What the record of a routed request holds until its answer starts.
@@ -135,6 +168,15 @@ pub async fn chat_completions(state: &ProxyState, request: Request) -> Response 
     }
 }
 
+/// Serves one OpenAI Responses request (translated to chat completions for the provider).
+pub async fn responses(state: &ProxyState, request: Request) -> Response {
+    let mut exchange = Exchange::new(state, Dialect::Responses);
+    match exchange.run(request).await {
+        Ok(response) => response,
+        Err(error) => exchange.fail(error),
+    }
+}
+
 impl<'s> Exchange<'s> {
     pub fn new(state: &'s ProxyState, client: Dialect) -> Exchange<'s> {
         Exchange {
@@ -142,6 +184,7 @@ impl<'s> Exchange<'s> {
             started: Instant::now(),
             started_at_ms: unix_ms(),
             client,
+            adapter: None,
             record: None,
             method: String::new(),
             path: String::new(),
@@ -155,17 +198,26 @@ impl<'s> Exchange<'s> {
         self.path = parts.uri.path().to_string();
         self.client_app = client_app::client_app(&parts.headers);
         let bytes = self.read(&parts, body).await?;
-        let view = self.parse(&bytes)?;
+        let (bytes, view) = self.parse(bytes).await?;
         let route = self.route(&parts, &view.model)?;
         self.open_record(&parts, &route, &view);
         let shaped = self.shape(&parts, &route, bytes, view).await?;
         if let Some(hit) = self.cache(&shaped) {
-            return Ok(hit);
+            return Ok(self.to_client(hit).await);
         }
         let (uri, headers) = self.admit(&parts, &route).await?;
         let ready_at = Instant::now();
         let answer = self.send(&route, uri, headers, shaped).await?;
-        Ok(self.respond(&route, answer, ready_at))
+        let response = self.respond(&route, answer, ready_at);
+        Ok(self.to_client(response).await)
+    }
+
+    /// The answer in the client's API: as it is for a chat client, translated by the adapter otherwise.
+    async fn to_client(&mut self, response: Response) -> Response {
+        match self.adapter.take() {
+            None => response,
+            Some(adapter) => adapter.answer(response).await,
+        }
     }
 
     // --- read ---------------------------------------------------------------------------------------------
@@ -185,11 +237,21 @@ impl<'s> Exchange<'s> {
 
     // --- parse --------------------------------------------------------------------------------------------
 
-    fn parse(&self, bytes: &Bytes) -> Result<ChatRequestView, ProxyError> {
+    /// The chat completions body to go on with (the client's own for a chat client), and its view.
+    async fn parse(&mut self, bytes: Bytes) -> Result<(Bytes, ChatRequestView), ProxyError> {
         match self.client {
-            Dialect::Chat => request::inspect(bytes),
-            // The Anthropic and Responses adapters translate here, into the provider's dialect.
-            Dialect::Messages | Dialect::Responses => Err(ProxyError::NotFound {
+            Dialect::Chat => {
+                let view = request::inspect(&bytes)?;
+                Ok((bytes, view))
+            }
+            Dialect::Responses => {
+                let (chat, turn) = responses::translate(self.state, &bytes).await?;
+                let view = request::inspect(&chat)?;
+                self.adapter = Some(ClientAdapter::Responses(turn));
+                Ok((chat, view))
+            }
+            // The Anthropic adapter translates here, into the provider's dialect.
+            Dialect::Messages => Err(ProxyError::NotFound {
                 method: "POST".to_string(),
                 path: format!("({} API)", self.client.as_str()),
             }),
@@ -241,7 +303,16 @@ impl<'s> Exchange<'s> {
             .get("x-session-id")
             .and_then(|v| v.to_str().ok())
             .and_then(request::clean_session_id)
+            .or_else(|| {
+                self.adapter
+                    .as_ref()
+                    .and_then(|a| a.session(&parts.headers))
+            })
             .or_else(|| view.client_session.clone());
+        context.dropped_tools = self
+            .adapter
+            .as_ref()
+            .map_or(0, ClientAdapter::dropped_tools);
         context.virtual_key = parts
             .extensions
             .get::<crate::auth::VirtualKey>()

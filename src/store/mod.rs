@@ -10,6 +10,7 @@ pub mod cli;
 pub mod export;
 pub mod masks;
 pub mod query;
+pub mod responses;
 pub mod schema;
 pub mod sessions;
 pub mod writer;
@@ -231,6 +232,7 @@ impl Store {
                     record.cost_saved_usd,
                     record.client_app,
                     record.client_api,
+                    record.dropped_tools,
                 ])?;
                 if let Some(id) = session {
                     let window = resolver.context_window(&record.model);
