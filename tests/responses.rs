@@ -1,0 +1,381 @@
+//! The OpenAI Responses API through the proxy to a chat completions provider (the mock), over real sockets:
+//! the translation both ways, the event stream's order, stored responses and `previous_response_id`, what is
+//! dropped, errors; and the official OpenAI Python SDK (`client.responses.create`) end to end.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{MockUpstream, Proxy, client, mock_config, recent_records};
+use serde_json::{Value, json};
+
+async fn start() -> (MockUpstream, Proxy) {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = Proxy::start(&mock_config(&mock, ""), &[("MOCK_KEY", "k")]).await;
+    (mock, proxy)
+}
+
+async fn create(proxy: &Proxy, body: &Value, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = client().post(proxy.url("/v1/responses")).json(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+/// The chat request the mock received last.
+fn last_chat_request(mock: &MockUpstream) -> Value {
+    let request = mock.last_request().expect("the mock saw a request");
+    assert_eq!(request.path, "/v1/chat/completions");
+    request.json().unwrap()
+}
+
+/// Responses SSE events as `(event name, data)`.
+fn events(body: &[u8]) -> Vec<(String, Value)> {
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    text.split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .map(|block| {
+            let mut name = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(rest) = line.strip_prefix("event:") {
+                    name = rest.trim().to_string();
+                } else if let Some(rest) = line.strip_prefix("data:") {
+                    data.push_str(rest.trim_start());
+                }
+            }
+            (name, serde_json::from_str(&data).unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_responses_request_is_answered_with_a_response_by_a_chat_provider() {
+    let (mock, proxy) = start().await;
+    let body = json!({"model": "mock/model", "instructions": "Be terse.", "input": "Say hello."});
+    let response = create(&proxy, &body, &[]).await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["object"], "response");
+    assert_eq!(answer["status"], "completed");
+    assert_eq!(answer["model"], "mock/model");
+    assert!(answer["id"].as_str().unwrap().starts_with("resp_"));
+    assert_eq!(answer["output"][0]["type"], "message");
+    let text = answer["output"][0]["content"][0]["text"].as_str().unwrap();
+    assert!(!text.is_empty());
+    assert!(answer["usage"]["input_tokens"].as_u64().unwrap() > 0);
+
+    let chat = last_chat_request(&mock);
+    assert_eq!(chat["model"], "mock-model", "the upstream id, as for chat");
+    assert_eq!(chat["messages"][0]["role"], "system");
+    assert_eq!(chat["messages"][1]["content"], "Say hello.");
+
+    let records = recent_records(&proxy, 1).await;
+    assert_eq!(records[0]["client_api"], "responses");
+    assert_eq!(records[0]["status"], 200);
+    assert!(records[0]["completion_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test]
+async fn a_streamed_response_sends_the_apis_events_in_order_with_consecutive_sequence_numbers() {
+    let (_mock, proxy) = start().await;
+    let body = json!({"model": "mock/model", "input": "Say hello.", "stream": true});
+    let response = create(&proxy, &body, &[("x-mock-chunks", "5")]).await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let (bytes, clean) = common::read_body(response).await;
+    assert!(clean);
+    let events = events(&bytes);
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names[..2], ["response.created", "response.in_progress"]);
+    assert_eq!(names.last(), Some(&"response.completed"));
+    for (i, (name, data)) in events.iter().enumerate() {
+        assert_eq!(data["type"], name.as_str());
+        assert_eq!(data["sequence_number"], i as u64, "{name}");
+    }
+    let deltas: String = events
+        .iter()
+        .filter(|(n, _)| n == "response.output_text.delta")
+        .map(|(_, d)| d["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| **n == "response.output_text.delta")
+            .count(),
+        5
+    );
+    let (_, completed) = events.last().unwrap();
+    assert_eq!(
+        completed["response"]["output"][0]["content"][0]["text"],
+        deltas.as_str()
+    );
+    assert!(
+        completed["response"]["usage"]["output_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+
+    let records = recent_records(&proxy, 1).await;
+    assert_eq!(records[0]["client_api"], "responses");
+    assert_eq!(
+        records[0]["error_kind"],
+        Value::Null,
+        "recorded as complete: {}",
+        records[0]
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_tool_call_arrives_as_a_function_call_item() {
+    let (_mock, proxy) = start().await;
+    let body = json!({
+        "model": "mock/model", "input": "Weather in Paris?", "stream": true,
+        "tools": [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}],
+    });
+    let response = create(&proxy, &body, &[("x-mock-tool-call", "1")]).await;
+    let (bytes, _) = common::read_body(response).await;
+    let events = events(&bytes);
+    let done: Vec<&Value> = events
+        .iter()
+        .filter(|(n, d)| n == "response.output_item.done" && d["item"]["type"] == "function_call")
+        .map(|(_, d)| &d["item"])
+        .collect();
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0]["name"], "get_weather");
+    assert!(
+        events
+            .iter()
+            .any(|(n, _)| n == "response.function_call_arguments.delta")
+    );
+}
+
+#[tokio::test]
+async fn previous_response_id_continues_the_stored_conversation() {
+    let (mock, proxy) = start().await;
+    let first: Value = create(
+        &proxy,
+        &json!({"model": "mock/model", "input": "My name is Ada."}),
+        &[],
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let id = first["id"].as_str().unwrap();
+    let said = first["output"][0]["content"][0]["text"].as_str().unwrap();
+
+    let second = create(
+        &proxy,
+        &json!({"model": "mock/model", "input": "What is my name?", "previous_response_id": id}),
+        &[],
+    )
+    .await;
+    assert_eq!(second.status(), 200);
+    let chat = last_chat_request(&mock);
+    let messages = chat["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 3, "{chat}");
+    assert_eq!(messages[0]["content"], "My name is Ada.");
+    assert_eq!(messages[1]["role"], "assistant");
+    assert_eq!(messages[1]["content"], said);
+    assert_eq!(messages[2]["content"], "What is my name?");
+}
+
+#[tokio::test]
+async fn a_stored_response_can_be_read_listed_and_deleted() {
+    let (_mock, proxy) = start().await;
+    let first: Value = create(
+        &proxy,
+        &json!({"model": "mock/model", "input": [
+            {"role": "user", "content": "one"},
+            {"role": "user", "content": "two"},
+        ]}),
+        &[],
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let id = first["id"].as_str().unwrap();
+
+    let got: Value = common::get_json(&proxy, &format!("/v1/responses/{id}")).await;
+    assert_eq!(got, first);
+
+    let items: Value = common::get_json(&proxy, &format!("/v1/responses/{id}/input_items")).await;
+    assert_eq!(items["object"], "list");
+    let data = items["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(
+        data[0]["content"][0]["text"], "two",
+        "newest first by default"
+    );
+    assert_eq!(items["has_more"], false);
+    let asc: Value = common::get_json(
+        &proxy,
+        &format!("/v1/responses/{id}/input_items?order=asc&limit=1"),
+    )
+    .await;
+    assert_eq!(asc["data"][0]["content"][0]["text"], "one");
+    assert_eq!(asc["has_more"], true);
+
+    let deleted: Value = client()
+        .delete(proxy.url(&format!("/v1/responses/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        deleted,
+        json!({"id": id, "object": "response", "deleted": true})
+    );
+    let gone = client()
+        .get(proxy.url(&format!("/v1/responses/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+}
+
+#[tokio::test]
+async fn an_unknown_previous_response_id_gets_the_apis_404() {
+    let (mock, proxy) = start().await;
+    let response = create(
+        &proxy,
+        &json!({"model": "mock/model", "input": "hi", "previous_response_id": "resp_nope"}),
+        &[],
+    )
+    .await;
+    assert_eq!(response.status(), 404);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(
+        error,
+        json!({"error": {
+            "message": "Previous response with id 'resp_nope' not found.",
+            "type": "invalid_request_error",
+            "param": "previous_response_id",
+            "code": "previous_response_not_found",
+        }})
+    );
+    assert!(mock.last_request().is_none(), "nothing went upstream");
+}
+
+#[tokio::test]
+async fn store_false_keeps_nothing() {
+    let (_mock, proxy) = start().await;
+    let first: Value = create(
+        &proxy,
+        &json!({"model": "mock/model", "input": "hi", "store": false}),
+        &[],
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let id = first["id"].as_str().unwrap();
+    let got = client()
+        .get(proxy.url(&format!("/v1/responses/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 404);
+}
+
+#[tokio::test]
+async fn hosted_tools_are_dropped_with_a_header_and_a_count_in_the_record() {
+    let (mock, proxy) = start().await;
+    let body = json!({
+        "model": "mock/model", "input": "hi", "tool_choice": "auto",
+        "tools": [
+            {"type": "web_search"},
+            {"type": "function", "name": "get_weather", "parameters": {"type": "object"}},
+        ],
+    });
+    let response = create(&proxy, &body, &[]).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-kimi-proxy-dropped-tools"], "1");
+    let chat = last_chat_request(&mock);
+    assert_eq!(chat["tools"].as_array().unwrap().len(), 1);
+    let records = recent_records(&proxy, 1).await;
+    assert_eq!(records[0]["dropped_tools"], 1);
+
+    let plain = create(&proxy, &json!({"model": "mock/model", "input": "hi"}), &[]).await;
+    assert!(plain.headers().get("x-kimi-proxy-dropped-tools").is_none());
+}
+
+#[tokio::test]
+async fn tool_choice_forcing_a_dropped_tool_is_refused() {
+    let (mock, proxy) = start().await;
+    let body = json!({
+        "model": "mock/model", "input": "hi",
+        "tools": [{"type": "web_search"}],
+        "tool_choice": {"type": "web_search"},
+    });
+    let response = create(&proxy, &body, &[]).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "tool_choice");
+    assert!(mock.last_request().is_none());
+}
+
+#[tokio::test]
+async fn an_upstream_error_reaches_the_client_as_an_openai_error() {
+    let (_mock, proxy) = start().await;
+    for stream in [false, true] {
+        let body = json!({"model": "mock/model", "input": "hi", "stream": stream});
+        let response = create(&proxy, &body, &[("x-mock-status", "400")]).await;
+        assert_eq!(response.status(), 400);
+        let error: Value = response.json().await.unwrap();
+        assert!(error["error"]["message"].is_string(), "{error}");
+        assert!(error["error"]["type"].is_string(), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn the_session_comes_from_codex_headers_or_the_prompt_cache_key() {
+    let (_mock, proxy) = start().await;
+    let body = json!({"model": "mock/model", "input": "hi", "prompt_cache_key": "conv-1"});
+    create(&proxy, &body, &[("session-id", "codex-session")]).await;
+    create(&proxy, &body, &[]).await;
+    let records = recent_records(&proxy, 2).await;
+    let sessions: Vec<&Value> = records.iter().map(|r| &r["client_session"]).collect();
+    assert!(sessions.contains(&&json!("codex-session")), "{sessions:?}");
+    assert!(sessions.contains(&&json!("conv-1")), "{sessions:?}");
+}
+
+#[tokio::test]
+async fn stored_responses_outlive_a_restart_of_the_proxy() {
+    let mock = MockUpstream::start().await.unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let db_path = db.path().join("kimi.db");
+    let args = ["--db", db_path.to_str().unwrap()];
+    let config = mock_config(&mock, "");
+    let proxy = Proxy::start_with_args(&config, &[("MOCK_KEY", "k")], &args).await;
+    let first: Value = create(&proxy, &json!({"model": "mock/model", "input": "hi"}), &[])
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = first["id"].as_str().unwrap().to_string();
+    proxy.terminate();
+    let mut proxy = proxy;
+    proxy.child.wait().await.unwrap();
+
+    let again = Proxy::start_with_args(&config, &[("MOCK_KEY", "k")], &args).await;
+    let got: Value = common::get_json(&again, &format!("/v1/responses/{id}")).await;
+    assert_eq!(got, first);
+    let follow_up = create(
+        &again,
+        &json!({"model": "mock/model", "input": "more", "previous_response_id": id}),
+        &[],
+    )
+    .await;
+    assert_eq!(follow_up.status(), 200);
+}
