@@ -379,3 +379,69 @@ async fn stored_responses_outlive_a_restart_of_the_proxy() {
     .await;
     assert_eq!(follow_up.status(), 200);
 }
+
+/// The official OpenAI Python SDK (latest from PyPI, in a venv under `target/`) through the proxy to the chat
+/// mock: `responses.create` plain and streamed, the stream helper's final response, a function tool call and
+/// its result sent back with `previous_response_id` (plain and streamed), `retrieve`, `input_items.list`,
+/// `delete`, and the 404 a deleted id then gets.
+#[tokio::test]
+async fn the_openai_python_sdk_speaks_responses_through_the_proxy() {
+    let python = tokio::task::spawn_blocking(|| common::python_venv("openai-venv", &["openai"]))
+        .await
+        .unwrap();
+    let (mock, proxy) = start().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/responses_sdk.py");
+    let output = tokio::process::Command::new(&python)
+        .arg(script)
+        .env_clear()
+        .env("BASE_URL", proxy.url("/v1"))
+        .env("MODEL", "mock/model")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the SDK script failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(seen["text"]["model"], "mock/model");
+    assert!(
+        seen["stream"]["types"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("response.output_text.delta"))
+    );
+    assert_eq!(
+        seen["not_found"]["code"], "previous_response_not_found",
+        "{seen}"
+    );
+
+    // The tool result went to the chat provider as a tool message answering the assistant's call.
+    let call_id = seen["tool"]["call_id"].as_str().unwrap();
+    let tool_turn = mock
+        .requests()
+        .into_iter()
+        .filter_map(|r| r.json())
+        .find(|chat| {
+            chat["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["role"] == "tool" && m["content"] == "sunny, 21 C")
+        })
+        .expect("the tool result reached the provider");
+    let messages = tool_turn["messages"].as_array().unwrap();
+    let asked = messages
+        .iter()
+        .find(|m| m["role"] == "assistant")
+        .expect("the assistant's call is in the conversation");
+    assert_eq!(asked["tool_calls"][0]["id"], call_id);
+    assert_eq!(asked["tool_calls"][0]["function"]["name"], "get_weather");
+    let answered = messages.iter().find(|m| m["role"] == "tool").unwrap();
+    assert_eq!(answered["tool_call_id"], call_id);
+
+    let records = recent_records(&proxy, 8).await;
+    assert!(records.iter().all(|r| r["client_api"] == "responses"));
+}

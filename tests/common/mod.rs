@@ -203,3 +203,49 @@ pub async fn recent_records(proxy: &Proxy, n: usize) -> Vec<serde_json::Value> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A Python virtual environment under `target/` holding `packages` (pip requirement strings), made once and
+/// reused by later runs (a marker file records what was installed). Returns the venv's `python`. Panics with
+/// what to install when `python3 -m venv` is unavailable (Debian: `python3-venv`; `.ci/run` installs it).
+pub fn python_venv(name: &str, packages: &[&str]) -> PathBuf {
+    use std::process::Command as Std;
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let venv = root.join(name);
+    let python = venv.join("bin").join("python");
+    let marker = venv.join("kimi-installed.txt");
+    let wanted = packages.join("\n");
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) && python.exists() {
+        return python;
+    }
+    // Built beside and renamed into place, so a half-made venv is never taken for a finished one.
+    let building = root.join(format!("{name}.building-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&building);
+    std::fs::create_dir_all(root).unwrap();
+    let status = Std::new("python3")
+        .args(["-m", "venv"])
+        .arg(&building)
+        .status()
+        .expect("python3 is needed for the SDK tests");
+    assert!(
+        status.success(),
+        "`python3 -m venv` failed: install python3-venv (Debian/Ubuntu) or run .ci/run as root"
+    );
+    let status = Std::new(building.join("bin").join("python"))
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(packages)
+        .status()
+        .unwrap();
+    assert!(status.success(), "pip install {packages:?} failed");
+    std::fs::write(building.join("kimi-installed.txt"), &wanted).unwrap();
+    let _ = std::fs::remove_dir_all(&venv);
+    std::fs::rename(&building, &venv).unwrap();
+    python
+}
