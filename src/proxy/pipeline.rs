@@ -203,17 +203,17 @@ impl<'s> Exchange<'s> {
         self.open_record(&parts, &route, &view);
         let shaped = self.shape(&parts, &route, bytes, view).await?;
         if let Some(hit) = self.cache(&shaped) {
-            return Ok(self.to_client(hit).await);
+            return Ok(self.in_client_api(hit).await);
         }
         let (uri, headers) = self.admit(&parts, &route).await?;
         let ready_at = Instant::now();
         let answer = self.send(&route, uri, headers, shaped).await?;
         let response = self.respond(&route, answer, ready_at);
-        Ok(self.to_client(response).await)
+        Ok(self.in_client_api(response).await)
     }
 
     /// The answer in the client's API: as it is for a chat client, translated by the adapter otherwise.
-    async fn to_client(&mut self, response: Response) -> Response {
+    async fn in_client_api(&mut self, response: Response) -> Response {
         match self.adapter.take() {
             None => response,
             Some(adapter) => adapter.answer(response).await,
