@@ -445,3 +445,62 @@ async fn the_openai_python_sdk_speaks_responses_through_the_proxy() {
     let records = recent_records(&proxy, 8).await;
     assert!(records.iter().all(|r| r["client_api"] == "responses"));
 }
+
+/// The real Codex CLI (`@openai/codex` from npm, under `target/`), headless (`codex exec`), with a
+/// `model_providers` entry whose `base_url` is the proxy and `wire_api = "responses"`: its turn is answered
+/// by the chat mock through the translation, recorded as a Responses request of Codex's session.
+#[tokio::test]
+async fn codex_exec_runs_a_turn_through_the_proxy_to_a_chat_provider() {
+    let codex =
+        tokio::task::spawn_blocking(|| common::npm_package("codex-npm", "@openai/codex", "codex"))
+            .await
+            .unwrap();
+    let (mock, proxy) = start().await;
+    let home = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"model = "mock/model"
+model_provider = "kimi-proxy"
+
+[model_providers.kimi-proxy]
+name = "kimi-proxy"
+base_url = "{}"
+wire_api = "responses"
+env_key = "KIMI_PROXY_API_KEY"
+"#,
+        proxy.url("/v1")
+    );
+    std::fs::write(home.path().join("config.toml"), config).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new(&codex)
+        .args(["exec", "--skip-git-repo-check", "Say hello."])
+        .current_dir(work.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("CODEX_HOME", home.path())
+        .env("KIMI_PROXY_API_KEY", "unused")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "codex exec failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("héllo 世界"), "{stdout}");
+
+    let chat = last_chat_request(&mock);
+    assert_eq!(chat["model"], "mock-model");
+    assert_eq!(chat["stream"], true);
+    let records = recent_records(&proxy, 1).await;
+    let record = &records[0];
+    assert_eq!(record["client_api"], "responses");
+    assert!(
+        record["client_app"].as_str().unwrap().starts_with("Codex"),
+        "{record}"
+    );
+    assert!(record["client_session"].is_string(), "Codex's session-id");
+    assert_eq!(record["error_kind"], Value::Null, "{record}");
+}

@@ -249,3 +249,26 @@ pub fn python_venv(name: &str, packages: &[&str]) -> PathBuf {
     std::fs::rename(&building, &venv).unwrap();
     python
 }
+
+/// An npm package installed (once, reused by later runs) under `target/`; returns the path of its `bin` entry
+/// `bin` (e.g. `@openai/codex` → `codex`).
+pub fn npm_package(dir: &str, package: &str, bin: &str) -> PathBuf {
+    use std::process::Command as Std;
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let prefix = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(dir);
+    let entry = prefix.join("node_modules").join(".bin").join(bin);
+    if entry.exists() {
+        return entry;
+    }
+    std::fs::create_dir_all(&prefix).unwrap();
+    let status = Std::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&prefix)
+        .arg(package)
+        .status()
+        .expect("npm (Node.js) is needed for this test");
+    assert!(status.success(), "npm install {package} failed");
+    assert!(entry.exists(), "{package} has no `{bin}` command");
+    entry
+}
