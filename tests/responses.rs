@@ -504,3 +504,27 @@ env_key = "KIMI_PROXY_API_KEY"
     assert!(record["client_session"].is_string(), "Codex's session-id");
     assert_eq!(record["error_kind"], Value::Null, "{record}");
 }
+
+#[tokio::test]
+async fn a_cached_chat_answer_is_translated_like_a_fresh_one() {
+    let (mock, proxy) = start().await;
+    let body = json!({"model": "mock/model", "input": "Say hello.", "temperature": 0});
+    let cache_on = [("x-kimi-proxy-cache", "on")];
+    let fresh: Value = create(&proxy, &body, &cache_on).await.json().await.unwrap();
+    // The answer is cached when its record is finished.
+    recent_records(&proxy, 1).await;
+    let hit = create(&proxy, &body, &cache_on).await;
+    assert_eq!(hit.headers()["x-kimi-proxy-cache"], "hit");
+    let hit: Value = hit.json().await.unwrap();
+    assert_eq!(hit["output"][0]["content"], fresh["output"][0]["content"]);
+    assert_ne!(hit["id"], fresh["id"], "a Response of its own");
+
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let replay = create(&proxy, &streamed, &cache_on).await;
+    assert_eq!(replay.headers()["x-kimi-proxy-cache"], "hit");
+    let (bytes, _) = common::read_body(replay).await;
+    let events = events(&bytes);
+    assert_eq!(events.last().unwrap().0, "response.completed");
+    assert_eq!(mock.requests().len(), 1, "both came from the cache");
+}

@@ -193,9 +193,10 @@ pub async fn translate(
     };
     let model = peek_model(bytes)?;
     let target = dialect::ChatTarget::new(model);
-    let translated = dialect::request_to_chat(bytes, &target, previous.as_deref())
+    let mut translated = dialect::request_to_chat(bytes, &target, previous.as_deref())
         .map_err(ProxyError::Responses)?;
-    let body = Bytes::from(translated.body.clone());
+    // The chat body goes on alone; the turn keeps the rest.
+    let body = Bytes::from(std::mem::take(&mut translated.body));
     Ok((
         body,
         Box::new(Turn {
