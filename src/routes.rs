@@ -18,6 +18,9 @@ use crate::proxy::{self, ProxyState};
 #[derive(Clone, Copy)]
 enum Endpoint {
     ChatCompletions,
+    /// Anthropic Messages (Claude Code, the Anthropic SDKs).
+    Messages,
+    MessagesCountTokens,
     Models,
     /// OpenAI Responses: create (translated to chat completions), and the stored responses.
     Responses,
@@ -28,6 +31,8 @@ enum Endpoint {
 /// The proxy's routes, each served under `/v1` and without it (clients differ in how they join base URLs).
 const PROXY: &[(&str, Endpoint)] = &[
     ("/chat/completions", Endpoint::ChatCompletions),
+    ("/messages", Endpoint::Messages),
+    ("/messages/count_tokens", Endpoint::MessagesCountTokens),
     ("/models", Endpoint::Models),
     ("/responses", Endpoint::Responses),
     ("/responses/{id}", Endpoint::Response),
@@ -37,12 +42,24 @@ const PROXY: &[(&str, Endpoint)] = &[
 fn handler(endpoint: Endpoint) -> MethodRouter<Arc<ProxyState>> {
     match endpoint {
         Endpoint::ChatCompletions => post(proxy::chat_completions),
+        Endpoint::Messages => post(proxy::messages),
+        Endpoint::MessagesCountTokens => post(proxy::count_tokens),
         Endpoint::Models => get(proxy::list_models),
         Endpoint::Responses => post(proxy::create_response),
-        Endpoint::Response => {
-            get(proxy::responses::get_response).delete(proxy::responses::delete_response)
+        Endpoint::Response => get(proxy::dialect::responses::get_response)
+            .delete(proxy::dialect::responses::delete_response),
+        Endpoint::ResponseInputItems => get(proxy::dialect::responses::input_items),
+    }
+}
+
+/// The API a client on `path` speaks, for errors produced before the pipeline (the guard, the fallbacks).
+pub fn client_dialect(path: &str) -> kimi_dialects::Dialect {
+    let path = path.strip_prefix("/v1").unwrap_or(path);
+    match PROXY.iter().find(|(p, _)| *p == path) {
+        Some((_, Endpoint::Messages | Endpoint::MessagesCountTokens)) => {
+            kimi_dialects::Dialect::Messages
         }
-        Endpoint::ResponseInputItems => get(proxy::responses::input_items),
+        _ => kimi_dialects::Dialect::Chat,
     }
 }
 

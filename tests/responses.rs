@@ -29,26 +29,6 @@ fn last_chat_request(mock: &MockUpstream) -> Value {
     request.json().unwrap()
 }
 
-/// Responses SSE events as `(event name, data)`.
-fn events(body: &[u8]) -> Vec<(String, Value)> {
-    let text = String::from_utf8(body.to_vec()).unwrap();
-    text.split("\n\n")
-        .filter(|block| !block.trim().is_empty())
-        .map(|block| {
-            let mut name = String::new();
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(rest) = line.strip_prefix("event:") {
-                    name = rest.trim().to_string();
-                } else if let Some(rest) = line.strip_prefix("data:") {
-                    data.push_str(rest.trim_start());
-                }
-            }
-            (name, serde_json::from_str(&data).unwrap())
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn a_responses_request_is_answered_with_a_response_by_a_chat_provider() {
     let (mock, proxy) = start().await;
@@ -90,7 +70,7 @@ async fn a_streamed_response_sends_the_apis_events_in_order_with_consecutive_seq
     );
     let (bytes, clean) = common::read_body(response).await;
     assert!(clean);
-    let events = events(&bytes);
+    let events = common::sse_events(&bytes);
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names[..2], ["response.created", "response.in_progress"]);
     assert_eq!(names.last(), Some(&"response.completed"));
@@ -141,7 +121,7 @@ async fn a_streamed_tool_call_arrives_as_a_function_call_item() {
     });
     let response = create(&proxy, &body, &[("x-mock-tool-call", "1")]).await;
     let (bytes, _) = common::read_body(response).await;
-    let events = events(&bytes);
+    let events = common::sse_events(&bytes);
     let done: Vec<&Value> = events
         .iter()
         .filter(|(n, d)| n == "response.output_item.done" && d["item"]["type"] == "function_call")
@@ -386,11 +366,18 @@ async fn stored_responses_outlive_a_restart_of_the_proxy() {
 /// `delete`, and the 404 a deleted id then gets.
 #[tokio::test]
 async fn the_openai_python_sdk_speaks_responses_through_the_proxy() {
-    let python = tokio::task::spawn_blocking(|| common::python_venv("openai-venv", &["openai"]))
-        .await
-        .unwrap();
+    let Some(python) =
+        tokio::task::spawn_blocking(|| common::sdk_python("openai-sdk-venv", "openai"))
+            .await
+            .unwrap()
+    else {
+        return;
+    };
     let (mock, proxy) = start().await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/responses_sdk.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/openai_responses_sdk.py"
+    );
     let output = tokio::process::Command::new(&python)
         .arg(script)
         .env_clear()
@@ -524,7 +511,7 @@ async fn a_cached_chat_answer_is_translated_like_a_fresh_one() {
     let replay = create(&proxy, &streamed, &cache_on).await;
     assert_eq!(replay.headers()["x-kimi-proxy-cache"], "hit");
     let (bytes, _) = common::read_body(replay).await;
-    let events = events(&bytes);
+    let events = common::sse_events(&bytes);
     assert_eq!(events.last().unwrap().0, "response.completed");
     assert_eq!(mock.requests().len(), 1, "both came from the cache");
 }

@@ -18,6 +18,7 @@ use rand::RngCore;
 use ring::hmac;
 
 use crate::config::{ADMIN_TOKEN_ENV, Config};
+use crate::proxy::dialect::error_response;
 use crate::proxy::error::ProxyError;
 use origin::{Policy, Refusal};
 use session::Sessions;
@@ -158,9 +159,17 @@ impl Auth {
             || session::cookie_value(headers).is_some_and(|v| self.sessions.is_valid(v))
     }
 
-    /// The name of the virtual key presented, checked against every key in constant time.
+    /// The name of the virtual key presented (`Authorization: Bearer`, or `x-api-key` as Anthropic clients send
+    /// it), checked against every key in constant time.
     fn virtual_key(&self, headers: &HeaderMap) -> Option<Arc<str>> {
-        let presented = bearer(headers)?;
+        let presented = bearer(headers).or_else(|| {
+            headers
+                .get(API_KEY_HEADER)?
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+        })?;
         let mut found = None;
         for (name, tag) in &self.client_keys {
             if hmac::verify(&self.key, presented.as_bytes(), tag).is_ok() {
@@ -170,6 +179,9 @@ impl Auth {
         found
     }
 }
+
+/// Anthropic clients' key header (<https://docs.anthropic.com/en/api/overview>: "x-api-key: Your API key").
+const API_KEY_HEADER: &str = "x-api-key";
 
 /// The bearer token of `Authorization`, if any.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -184,6 +196,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// The guard in front of every route (see the module comment).
 pub async fn guard(State(auth): State<Arc<Auth>>, mut request: Request, next: Next) -> Response {
     let class = classify(auth.proxy_paths, request.uri().path());
+    let dialect = crate::routes::client_dialect(request.uri().path());
     let cors_origin = match auth
         .policy
         .check(request.headers(), request.method(), request.uri())
@@ -197,9 +210,14 @@ pub async fn guard(State(auth): State<Arc<Auth>>, mut request: Request, next: Ne
                     refusal.message()
                 );
             }
-            return ProxyError::Forbidden(refusal.message()).into_response();
+            return error_response(dialect, ProxyError::Forbidden(refusal.message()));
         }
     };
+    // Claude Code probes its base URL with `HEAD /` before it starts (headroomlabs-ai/headroom#2032: a 405 there
+    // reads as "endpoint down"): the answer says only that something listens, so it needs no token.
+    if request.method() == Method::HEAD && request.uri().path() == "/" {
+        return StatusCode::OK.into_response();
+    }
     if let Some(origin) = &cors_origin
         && request.method() == Method::OPTIONS
         && request
@@ -216,17 +234,20 @@ pub async fn guard(State(auth): State<Arc<Auth>>, mut request: Request, next: Ne
             if !auth.client_keys.is_empty() {
                 let Some(name) = auth.virtual_key(headers) else {
                     return with_cors(
-                        ProxyError::Unauthorized(
-                            "a virtual key is required: send `Authorization: Bearer <key>` with a key from \
-                             [[server.client_keys]]"
-                                .to_string(),
-                        )
-                        .into_response(),
+                        error_response(
+                            dialect,
+                            ProxyError::Unauthorized(
+                                "a virtual key is required: send `Authorization: Bearer <key>` (or \
+                                 `x-api-key: <key>`) with a key from [[server.client_keys]]"
+                                    .to_string(),
+                            ),
+                        ),
                         cors_origin,
                     );
                 };
                 // The virtual key is ours: it never goes upstream (the provider's key is used there).
                 headers.remove(header::AUTHORIZATION);
+                headers.remove(API_KEY_HEADER);
                 request.extensions_mut().insert(VirtualKey(name));
             }
             next.run(request).await

@@ -4,6 +4,7 @@
 //! Loading happens in two stages (raw → validated) so that an unknown key is reported with its line by the TOML
 //! parser, and a missing or inconsistent value is reported with the provider or model it belongs to.
 
+mod aliases;
 pub mod context;
 mod raw;
 
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use aliases::ModelAlias;
 pub use raw::{RawConfig, default_tokenizer, normalize_origin};
 
 /// The built-in catalog, embedded in the binary.
@@ -396,6 +398,8 @@ pub struct Config {
     pub context: crate::config::context::ContextConfig,
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub models: BTreeMap<String, Arc<Model>>,
+    /// `[model_aliases]`, most specific first.
+    pub model_aliases: Vec<ModelAlias>,
 }
 
 /// The response cache.
@@ -569,6 +573,16 @@ pub fn describe(config: &Config) -> String {
             m.prices.cached_input,
             m.capabilities.join(", ")
         );
+    }
+    if !config.model_aliases.is_empty() {
+        let _ = writeln!(
+            out,
+            "model aliases ({}, most specific first):",
+            config.model_aliases.len()
+        );
+        for alias in &config.model_aliases {
+            let _ = writeln!(out, "  {:<36} -> {}", alias.pattern, alias.target);
+        }
     }
     out
 }

@@ -39,6 +39,9 @@ pub struct RawConfig {
     pub providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     pub models: BTreeMap<String, RawModel>,
+    /// `[model_aliases]`: a model name or glob pattern → a catalog key.
+    #[serde(default)]
+    pub model_aliases: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -542,7 +545,10 @@ impl RawConfig {
             };
             models.insert(key, merged);
         }
+        let mut model_aliases = self.model_aliases;
+        model_aliases.extend(over.model_aliases);
         RawConfig {
+            model_aliases,
             builtin_catalog: merge_opt(self.builtin_catalog, over.builtin_catalog),
             store: self.store.merge(over.store),
             passthrough: RawPassthrough {
@@ -731,8 +737,28 @@ impl RawConfig {
             ));
         }
 
+        let model_aliases = super::aliases::by_specificity(
+            self.model_aliases
+                .into_iter()
+                .filter_map(|(pattern, target)| {
+                    if pattern.trim().is_empty() {
+                        errors.push("model_aliases: an empty name".to_string());
+                        return None;
+                    }
+                    if !models.contains_key(&target) {
+                        errors.push(format!(
+                            "model_aliases.\"{pattern}\": no model named `{target}` in the catalog"
+                        ));
+                        return None;
+                    }
+                    Some(super::ModelAlias { pattern, target })
+                })
+                .collect(),
+        );
+
         if errors.is_empty() {
             Ok(Config {
+                model_aliases,
                 server,
                 passthrough,
                 store,

@@ -224,6 +224,18 @@ impl ProxyError {
     }
 }
 
+impl ProxyError {
+    /// The headers every rendering of the error carries, whatever the client's API: the proxy's error code
+    /// and, for a budget refusal, `Retry-After`.
+    pub fn decorate(&self, headers: &mut http::HeaderMap) {
+        headers.insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.code()));
+        if let ProxyError::RateLimited { retry_after, .. } = self {
+            let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+    }
+}
+
 impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
         let body = self.body_json().to_string();
@@ -233,11 +245,7 @@ impl IntoResponse for ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        headers.insert(PROXY_ERROR_HEADER, HeaderValue::from_static(self.code()));
-        if let ProxyError::RateLimited { retry_after, .. } = &self {
-            let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
+        self.decorate(headers);
         response
     }
 }

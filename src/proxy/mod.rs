@@ -6,6 +6,7 @@
 pub mod body;
 pub mod cache;
 pub mod client_app;
+pub mod dialect;
 pub mod error;
 pub mod headers;
 pub mod passthrough;
@@ -13,7 +14,6 @@ pub mod pipeline;
 pub mod ratelimit;
 pub mod reasoning;
 pub mod request;
-pub mod responses;
 pub mod route;
 mod shape;
 pub mod summary;
@@ -89,7 +89,7 @@ pub struct ProxyState {
     /// Reasoning seen in answers, for the models that need it back (`reasoning_echo`).
     pub reasoning: Arc<reasoning::ReasoningMemory>,
     /// Responses API state (`store: true`), for `previous_response_id` and `/v1/responses/{id}`.
-    pub responses: Arc<responses::ResponseStore>,
+    pub responses: Arc<dialect::responses::ResponseStore>,
 }
 
 impl ProxyState {
@@ -153,7 +153,7 @@ impl ProxyState {
             None
         };
         let alerts = AlertEngine::new(&config.alerts);
-        let responses = Arc::new(responses::ResponseStore::new(
+        let responses = Arc::new(dialect::responses::ResponseStore::new(
             config.store.responses_memory_bytes,
             config.store.responses_retention,
         ));
@@ -201,7 +201,7 @@ fn refuse(state: &ProxyState, request: &Request, error: ProxyError) -> Response 
             client_app: client_app::client_app(request.headers()),
         });
     }
-    error.into_response()
+    dialect::error_response(crate::routes::client_dialect(path), error)
 }
 
 /// Paths an LLM client calls: under `/v1/`, or one of the APIs' own paths without it.
@@ -263,7 +263,18 @@ pub(crate) async fn create_response(
     State(state): State<Arc<ProxyState>>,
     request: Request,
 ) -> Response {
-    pipeline::responses(&state, request).await
+    pipeline::serve(&state, kimi_dialects::Dialect::Responses, request).await
+}
+
+pub(crate) async fn messages(State(state): State<Arc<ProxyState>>, request: Request) -> Response {
+    dialect::messages::messages(&state, request).await
+}
+
+pub(crate) async fn count_tokens(
+    State(state): State<Arc<ProxyState>>,
+    request: Request,
+) -> Response {
+    dialect::messages::count_tokens(&state, request).await
 }
 
 use crate::util::unix_ms;

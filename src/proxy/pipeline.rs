@@ -9,11 +9,10 @@
 //!
 //! - **read**: the body, bounded (declared and actual length).
 //! - **parse**: the client's request in its own dialect ([`Dialect`]): chat completions scanned once without a
-//!   JSON tree ([`request::inspect`]); a Responses request translated into chat completions first
-//!   ([`responses::translate`]).
+//!   JSON tree ([`request::inspect`]); another API peeked at by its [`ClientAdapter`] (model, stream, session).
 //! - **route**: the catalog model and its provider, or a pass-through target.
-//! - **shape**: context transforms, the model id, tool-call mending, the usage request; the client's bytes go
-//!   upstream unchanged when nothing needs changing.
+//! - **shape**: another API's request translated into the provider's; context transforms, the model id,
+//!   tool-call mending, the usage request; the client's bytes go upstream unchanged when nothing needs changing.
 //! - **cache**: a stored answer, when caching applies.
 //! - **admit**: the provider's credentials and budgets.
 //! - **send**: the upstream call with its retries (and one retry without the usage request for a provider
@@ -29,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Uri, header};
@@ -37,10 +36,10 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use kimi_dialects::Dialect;
 
 use super::body::ForwardBody;
+use super::dialect::{self, ClientAdapter, Parsed};
 use super::error::ProxyError;
 use super::reasoning::ReasoningCapture;
-use super::request::{self, ChatRequestView};
-use super::responses;
+use super::request;
 use super::toolcalls::ToolCallFixes;
 use super::upstream::{self, OutgoingRequest, UpstreamResponse};
 use super::{
@@ -59,43 +58,14 @@ pub struct Exchange<'s> {
     started_at_ms: i64,
     /// The API the client speaks: its request is read and its answers and errors are written in it.
     client: Dialect,
-    /// Translates between the client's dialect and the provider's, when they differ.
-    adapter: Option<ClientAdapter>,
+    /// What differs for a client API other than chat completions (translation at the edges).
+    adapter: ClientAdapter,
     /// Known from routing on: whatever happens next, the request is recorded.
     record: Option<Recording>,
     /// What a refusal before routing reports: the method and path, and the client application.
     method: String,
     path: String,
     client_app: Option<String>,
-}
-
-/// The client side of a request whose client speaks another API than its provider: what the answer's
-/// translation needs, from **parse** to **respond**.
-enum ClientAdapter {
-    /// OpenAI Responses → chat completions.
-    Responses(Box<responses::Turn>),
-}
-
-impl ClientAdapter {
-    /// The conversation id the client's API carries (after `X-Session-Id`, before the chat body's own).
-    fn session(&self, headers: &HeaderMap) -> Option<String> {
-        match self {
-            ClientAdapter::Responses(turn) => turn.session(headers),
-        }
-    }
-
-    fn dropped_tools(&self) -> u32 {
-        match self {
-            ClientAdapter::Responses(turn) => turn.dropped_tools(),
-        }
-    }
-
-    /// The provider's answer (through the tracker) in the client's API.
-    async fn answer(self, response: Response) -> Response {
-        match self {
-            ClientAdapter::Responses(turn) => turn.answer(response).await,
-        }
-    }
 }
 
 /// What the record of a routed request holds until its answer starts.
@@ -161,16 +131,12 @@ struct Shaped {
 
 /// Serves one chat completions request.
 pub async fn chat_completions(state: &ProxyState, request: Request) -> Response {
-    let mut exchange = Exchange::new(state, Dialect::Chat);
-    match exchange.run(request).await {
-        Ok(response) => response,
-        Err(error) => exchange.fail(error),
-    }
+    serve(state, Dialect::Chat, request).await
 }
 
-/// Serves one OpenAI Responses request (translated to chat completions for the provider).
-pub async fn responses(state: &ProxyState, request: Request) -> Response {
-    let mut exchange = Exchange::new(state, Dialect::Responses);
+/// Serves one request of a client speaking `client`.
+pub async fn serve(state: &ProxyState, client: Dialect, request: Request) -> Response {
+    let mut exchange = Exchange::new(state, client);
     match exchange.run(request).await {
         Ok(response) => response,
         Err(error) => exchange.fail(error),
@@ -184,7 +150,7 @@ impl<'s> Exchange<'s> {
             started: Instant::now(),
             started_at_ms: unix_ms(),
             client,
-            adapter: None,
+            adapter: ClientAdapter::for_dialect(client),
             record: None,
             method: String::new(),
             path: String::new(),
@@ -194,35 +160,36 @@ impl<'s> Exchange<'s> {
 
     async fn run(&mut self, request: Request) -> Result<Response, ProxyError> {
         let (parts, body) = request.into_parts();
-        self.method = parts.method.to_string();
-        self.path = parts.uri.path().to_string();
-        self.client_app = client_app::client_app(&parts.headers);
+        self.note_request(&parts);
         let bytes = self.read(&parts, body).await?;
-        let (bytes, view) = self.parse(bytes).await?;
-        let route = self.route(&parts, &view.model)?;
-        self.open_record(&parts, &route, &view);
-        let shaped = self.shape(&parts, &route, bytes, view).await?;
+        let parsed = self.parse(&parts, &bytes).await?;
+        let route = self.route(&parts, parsed.model())?;
+        self.open_record(&parts, &route, parsed.streaming(), parsed.client_session());
+        let shaped = self.shape(&parts, &route, bytes, parsed).await?;
         if let Some(hit) = self.cache(&shaped) {
-            return Ok(self.in_client_api(hit).await);
+            return Ok(self.adapter.answer(hit).await);
         }
         let (uri, headers) = self.admit(&parts, &route).await?;
         let ready_at = Instant::now();
         let answer = self.send(&route, uri, headers, shaped).await?;
         let response = self.respond(&route, answer, ready_at);
-        Ok(self.in_client_api(response).await)
+        Ok(self.adapter.answer(response).await)
     }
 
-    /// The answer in the client's API: as it is for a chat client, translated by the adapter otherwise.
-    async fn in_client_api(&mut self, response: Response) -> Response {
-        match self.adapter.take() {
-            None => response,
-            Some(adapter) => adapter.answer(response).await,
-        }
+    /// What a refusal before routing reports: the method and path, and the client application.
+    pub(crate) fn note_request(&mut self, parts: &Parts) {
+        self.method = parts.method.to_string();
+        self.path = parts.uri.path().to_string();
+        self.client_app = client_app::client_app(&parts.headers);
+    }
+
+    pub(crate) fn state(&self) -> &'s ProxyState {
+        self.state
     }
 
     // --- read ---------------------------------------------------------------------------------------------
 
-    async fn read(&self, parts: &Parts, body: Body) -> Result<Bytes, ProxyError> {
+    pub(crate) async fn read(&self, parts: &Parts, body: Body) -> Result<Bytes, ProxyError> {
         let limit = self.state.config.server.max_body_bytes;
         let declared = parts
             .headers
@@ -237,30 +204,28 @@ impl<'s> Exchange<'s> {
 
     // --- parse --------------------------------------------------------------------------------------------
 
-    /// The chat completions body to go on with (the client's own for a chat client), and its view.
-    async fn parse(&mut self, bytes: Bytes) -> Result<(Bytes, ChatRequestView), ProxyError> {
-        match self.client {
-            Dialect::Chat => {
-                let view = request::inspect(&bytes)?;
-                Ok((bytes, view))
+    /// A chat request is scanned; another client API's is peeked at for routing and translated in shape.
+    async fn parse(&mut self, parts: &Parts, bytes: &Bytes) -> Result<Parsed, ProxyError> {
+        match self.adapter {
+            ClientAdapter::None => match self.client {
+                Dialect::Chat => Ok(Parsed::Chat(request::inspect(bytes)?)),
+                // Not served: no adapter for it.
+                Dialect::Messages | Dialect::Responses => Err(ProxyError::NotFound {
+                    method: "POST".to_string(),
+                    path: format!("({} API)", self.client.as_str()),
+                }),
+            },
+            _ => {
+                let state = self.state;
+                let peek = self.adapter.peek(state, &parts.headers, bytes).await?;
+                Ok(Parsed::Foreign(peek))
             }
-            Dialect::Responses => {
-                let (chat, turn) = responses::translate(self.state, &bytes).await?;
-                let view = request::inspect(&chat)?;
-                self.adapter = Some(ClientAdapter::Responses(turn));
-                Ok((chat, view))
-            }
-            // The Anthropic adapter translates here, into the provider's dialect.
-            Dialect::Messages => Err(ProxyError::NotFound {
-                method: "POST".to_string(),
-                path: format!("({} API)", self.client.as_str()),
-            }),
         }
     }
 
     // --- route --------------------------------------------------------------------------------------------
 
-    fn route(&self, parts: &Parts, requested: &str) -> Result<Route<'s>, ProxyError> {
+    pub(crate) fn route(&self, parts: &Parts, requested: &str) -> Result<Route<'s>, ProxyError> {
         let state = self.state;
         if let Some(target) = parts.headers.get(passthrough::TARGET_HEADER) {
             let (model, upstream) = passthrough::route(state, target, requested)?;
@@ -288,7 +253,13 @@ impl<'s> Exchange<'s> {
     }
 
     /// From here on the request is recorded, whatever phase fails.
-    fn open_record(&mut self, parts: &Parts, route: &Route<'_>, view: &ChatRequestView) {
+    fn open_record(
+        &mut self,
+        parts: &Parts,
+        route: &Route<'_>,
+        streaming: bool,
+        body_session: Option<&str>,
+    ) {
         let state = self.state;
         let mut context = RequestContext::new(
             state.accounting.next_id(),
@@ -296,23 +267,14 @@ impl<'s> Exchange<'s> {
             self.started_at_ms,
             Arc::clone(&route.model),
             state.accounting.tokenizer_for(&route.model),
-            view.streaming,
+            streaming,
         );
         context.client_session = parts
             .headers
             .get("x-session-id")
             .and_then(|v| v.to_str().ok())
             .and_then(request::clean_session_id)
-            .or_else(|| {
-                self.adapter
-                    .as_ref()
-                    .and_then(|a| a.session(&parts.headers))
-            })
-            .or_else(|| view.client_session.clone());
-        context.dropped_tools = self
-            .adapter
-            .as_ref()
-            .map_or(0, ClientAdapter::dropped_tools);
+            .or_else(|| body_session.map(str::to_string));
         context.virtual_key = parts
             .extensions
             .get::<crate::auth::VirtualKey>()
@@ -341,9 +303,21 @@ impl<'s> Exchange<'s> {
         parts: &Parts,
         route: &Route<'_>,
         bytes: Bytes,
-        mut view: ChatRequestView,
+        parsed: Parsed,
     ) -> Result<Shaped, ProxyError> {
         let state = self.state;
+        // Another client API's request becomes the provider's chat request here, once the target is known.
+        let (bytes, mut view) = match parsed {
+            Parsed::Chat(view) => (bytes, view),
+            Parsed::Foreign(_) => {
+                let translated = self.adapter.translate(route, &bytes)?;
+                let dropped_tools = self.adapter.dropped_tools();
+                if let Some(context) = self.context_mut() {
+                    context.dropped_tools = dropped_tools;
+                }
+                translated
+            }
+        };
         let model = &route.model;
         let provider = route.provider();
         let client_session = self
@@ -520,7 +494,7 @@ impl<'s> Exchange<'s> {
                     let error = ProxyError::InvalidRequest("cached answer unreadable".to_string());
                     let prompt = prompt.map_or(PromptCounting::nothing(), Prompt::start);
                     record_failure(state, context, prompt, &error);
-                    return error.into_response();
+                    return dialect::error_response(self.client, error);
                 }
             }
         } else {
@@ -571,6 +545,7 @@ impl<'s> Exchange<'s> {
         let provider = route.provider();
         let mut headers = headers::upstream_request_headers(&parts.headers);
         headers.remove(CONTEXT_HEADER);
+        self.adapter.upstream_headers(&mut headers);
         if route.is_passthrough() {
             // The client's own key for the target: `X-Target-Authorization` when given (required when
             // `Authorization` carries a virtual key, which the guard has removed), else its `Authorization`.
@@ -586,7 +561,12 @@ impl<'s> Exchange<'s> {
                 self.state.config.server.forward_client_key,
             )?;
         }
-        let uri = upstream_uri(provider, parts.uri.query())?;
+        // The query is the client API's (Anthropic's `?beta=true`); only a chat client's goes to a chat provider.
+        let query = match self.adapter {
+            ClientAdapter::None => parts.uri.query(),
+            _ => None,
+        };
+        let uri = upstream_uri(provider, query)?;
         if let Some(limiter) = &route.upstream().limiter {
             match limiter.reserve(tokio::time::Instant::now()) {
                 Ok(wait) if wait.is_zero() => {}
@@ -741,7 +721,7 @@ impl<'s> Exchange<'s> {
     /// dialect.
     pub fn fail(mut self, error: ProxyError) -> Response {
         self.note_failure(&error);
-        error.into_response()
+        dialect::error_response(self.client, error)
     }
 
     /// Logs a failure and records it when the request was routed (once: the record is taken).
@@ -822,7 +802,12 @@ impl Exchange<'_> {
         let view = request::inspect(&body)?;
         let parts = internal_parts();
         let route = self.route(&parts, model_key)?;
-        self.open_record(&parts, &route, &view);
+        self.open_record(
+            &parts,
+            &route,
+            view.streaming,
+            view.client_session.as_deref(),
+        );
         let tokenizer = state.accounting.tokenizer_for(&route.model);
         let job = state
             .accounting

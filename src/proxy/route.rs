@@ -3,10 +3,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{ApiKey, Config, Model};
+use crate::config::{ApiKey, Config, Model, ModelAlias};
 
 /// Lookup tables built once from the configuration.
 pub struct Catalog {
+    /// `[model_aliases]`, most specific first, each with its model.
+    aliases: Vec<(ModelAlias, Arc<Model>)>,
     by_name: HashMap<String, Arc<Model>>,
     by_name_lower: HashMap<String, Arc<Model>>,
     models: Vec<Arc<Model>>,
@@ -39,14 +41,26 @@ impl Catalog {
             .iter()
             .map(|(name, m)| (name.to_lowercase(), m.clone()))
             .collect();
+        let aliases = config
+            .model_aliases
+            .iter()
+            .filter_map(|a| Some((a.clone(), config.models.get(&a.target)?.clone())))
+            .collect();
         Catalog {
+            aliases,
             by_name,
             by_name_lower,
             models: config.models.values().cloned().collect(),
         }
     }
 
+    /// The model a client's name stands for: an alias first (the user said so), then a catalog name.
     pub fn resolve(&self, name: &str) -> Option<&Arc<Model>> {
+        if !self.aliases.is_empty()
+            && let Some((_, model)) = self.aliases.iter().find(|(a, _)| a.matches(name))
+        {
+            return Some(model);
+        }
         self.by_name
             .get(name)
             .or_else(|| self.by_name_lower.get(&name.to_lowercase()))
@@ -133,6 +147,41 @@ mod tests {
                 .key
                 .clone()
         }
+    }
+
+    #[test]
+    fn aliases_route_claude_code_names_before_catalog_names() {
+        let user = r#"
+[model_aliases]
+"claude-*" = "nvidia/kimi-k2.5"
+"claude-haiku-*" = "openai/gpt-4o"
+"gpt-4o" = "nvidia/kimi-k2.5"
+"#;
+        let c = Catalog::new(&Config::from_sources(Some(("test", user)), &|_: &str| None).unwrap());
+        let key = |name: &str| c.resolve(name).map(|m| m.key.clone());
+        assert_eq!(
+            key("claude-sonnet-4-5-20250929").as_deref(),
+            Some("nvidia/kimi-k2.5")
+        );
+        assert_eq!(
+            key("claude-haiku-4-5-20251001").as_deref(),
+            Some("openai/gpt-4o")
+        );
+        assert_eq!(key("gpt-4o").as_deref(), Some("nvidia/kimi-k2.5"));
+        assert_eq!(key("openai/gpt-4o").as_deref(), Some("openai/gpt-4o"));
+    }
+
+    #[test]
+    fn an_alias_to_an_unknown_model_is_a_configuration_error() {
+        let user = "[model_aliases]\n\"claude-*\" = \"nowhere/model\"\n";
+        let error = Config::from_sources(Some(("test", user)), &|_: &str| None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("model_aliases.\"claude-*\": no model named `nowhere/model`"),
+            "{error}"
+        );
     }
 
     #[test]

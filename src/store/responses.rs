@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Readers, StoreError, StoreSink, unix_ms};
-use crate::proxy::responses::{ResponseBacking, StoredResponse};
+use crate::proxy::dialect::responses::{ResponseBacking, StoredResponse};
 
 /// How often the writer deletes expired rows (at most), piggybacking on an insert.
 const PRUNE_EVERY_MS: i64 = 3_600_000;

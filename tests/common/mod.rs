@@ -272,3 +272,77 @@ pub fn npm_package(dir: &str, package: &str, bin: &str) -> PathBuf {
     assert!(entry.exists(), "{package} has no `{bin}` command");
     entry
 }
+
+/// A Messages request (Anthropic's API) as Claude Code would send it: a system prompt, one user turn.
+pub fn messages_body(model: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": model,
+        "max_tokens": 1024,
+        "stream": stream,
+        "system": "You are terse.",
+        "messages": [{"role": "user", "content": "Say hello."}]
+    })
+}
+
+/// POSTs `body` to `/v1/messages` (or `path`) with Anthropic's headers (`x-api-key`, `anthropic-version`) and
+/// the `extra` headers.
+pub async fn post_messages(
+    proxy: &Proxy,
+    path: &str,
+    body: &serde_json::Value,
+    extra: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut request = client()
+        .post(proxy.url(path))
+        .header("x-api-key", "sk-ant-client-key")
+        .header("anthropic-version", "2023-06-01")
+        .json(body);
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+/// An event stream split into `(event name, data as JSON)` pairs, in order.
+pub fn sse_events(body: &[u8]) -> Vec<(String, serde_json::Value)> {
+    let text = String::from_utf8_lossy(body);
+    text.split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .map(|block| {
+            let mut name = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event:") {
+                    name = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            let data = serde_json::from_str(&data)
+                .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {data}"));
+            (name, data)
+        })
+        .collect()
+}
+
+/// A Python with the official SDK `package` (`openai`, `anthropic`) from PyPI, in the venv `venv` under the
+/// target directory (made on first use by [`python_venv`]). `None` — said loudly — only when the machine has no
+/// `python3`.
+pub fn sdk_python(venv: &str, package: &str) -> Option<PathBuf> {
+    let has_python = std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_python {
+        eprintln!(
+            "\n!!! SKIPPED: python3 is not installed, so the {package} SDK test cannot run (.ci/run installs it)\n"
+        );
+        return None;
+    }
+    Some(python_venv(venv, &[package]))
+}
+
+/// A Python with the official Anthropic SDK (see [`sdk_python`]).
+pub fn anthropic_sdk_python() -> Option<PathBuf> {
+    sdk_python("anthropic-sdk-venv", "anthropic")
+}

@@ -3,10 +3,12 @@
 //!
 //! The translation itself is `kimi_dialects::responses` (pure). This module is the proxy's side of it:
 //!
-//! - **parse**: [`translate`] looks up the stored conversation of `previous_response_id` and turns the
-//!   client's Responses request into a chat completions body, which then goes through shape, cache, admit and
-//!   send like any chat request; the [`Turn`] keeps what the answer needs.
-//! - **respond**: [`Turn::answer`] turns the provider's chat answer back into the client's API. A stream goes
+//! - **parse**: [`ResponsesAdapter::peek`] reads the model, `stream` and the session, and looks up the stored
+//!   conversation of `previous_response_id`.
+//! - **shape**: [`ResponsesAdapter::translate`] turns the request into the routed provider's chat request
+//!   (its upstream model id written in), which then goes through cache, admit and send like any chat request;
+//!   the [`Turn`] keeps what the answer needs.
+//! - **respond**: [`ResponsesAdapter::answer`] turns the provider's chat answer into the client's API. A stream goes
 //!   through [`TranslatingBody`]: each frame, after the accounting tracker saw it (in `ForwardBody`), is framed
 //!   into SSE events and fed to a per-response `StreamTranslator`, whose Responses events go out at once
 //!   (bounded by one event; nothing collected). A JSON answer (or an upstream error) is read whole — bounded —
@@ -36,9 +38,11 @@ use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::ProxyState;
-use super::error::ProxyError;
-use super::request::clean_session_id;
+use super::Peek;
+use crate::proxy::ProxyState;
+use crate::proxy::error::ProxyError;
+use crate::proxy::pipeline::Route;
+use crate::proxy::request::{self, ChatRequestView, clean_session_id};
 use crate::store::StoreError;
 use crate::tokens::stream::SseParser;
 use crate::util::unix_ms;
@@ -167,93 +171,141 @@ impl ResponseStore {
     }
 }
 
-// --- parse --------------------------------------------------------------------------------------------------
+// --- parse and shape ----------------------------------------------------------------------------------------
 
-/// A Responses request on its way: the translation's result, kept for the answer and for storage.
+/// The per-request state of a Responses client: the stored conversation it continues (looked up in parse),
+/// then the translation's result (from shape), kept for the answer and for storage.
+#[derive(Default)]
+pub struct ResponsesAdapter {
+    store: Option<Arc<ResponseStore>>,
+    /// The stored items of `previous_response_id`; `None` also when it names nothing stored (the translation
+    /// then answers the API's 404).
+    previous: Option<Vec<Value>>,
+    turn: Option<Box<Turn>>,
+}
+
+/// A translated Responses request.
 pub struct Turn {
     translated: Translated,
-    store: Arc<ResponseStore>,
+    store: Option<Arc<ResponseStore>>,
     /// Items of the conversation that came from `previous_response_id` (this request's input follows them).
     previous_items: usize,
 }
 
-/// Translates a Responses request into a chat completions body (the client's `model` kept: routing and the
-/// model id splice happen as for a chat request). An unknown or expired `previous_response_id` is the API's
-/// 404; a request the translation refuses (e.g. `tool_choice` forcing a hosted tool) its 400.
-pub async fn translate(
-    state: &ProxyState,
-    bytes: &Bytes,
-) -> Result<(Bytes, Box<Turn>), ProxyError> {
-    let previous = match dialect::previous_response_id(bytes) {
-        Some(id) => match state.responses.get(&id).await? {
-            Some(stored) => Some(stored.items()?),
-            None => None,
-        },
-        None => None,
-    };
-    let model = peek_model(bytes)?;
-    let target = dialect::ChatTarget::new(model);
-    let mut translated = dialect::request_to_chat(bytes, &target, previous.as_deref())
-        .map_err(ProxyError::Responses)?;
-    // The chat body goes on alone; the turn keeps the rest.
-    let body = Bytes::from(std::mem::take(&mut translated.body));
-    Ok((
-        body,
-        Box::new(Turn {
-            translated,
-            store: Arc::clone(&state.responses),
-            previous_items: previous.as_ref().map_or(0, Vec::len),
-        }),
-    ))
+#[derive(Deserialize)]
+struct PeekBody {
+    model: Option<String>,
+    #[serde(default)]
+    stream: Option<bool>,
+    prompt_cache_key: Option<String>,
 }
 
-fn peek_model(bytes: &[u8]) -> Result<String, ProxyError> {
-    #[derive(Deserialize)]
-    struct Peek {
-        model: Option<String>,
+impl ResponsesAdapter {
+    /// The model, `stream` and the session of a Responses request, and the stored conversation its
+    /// `previous_response_id` continues (memory first, else the database on the blocking pool). The session
+    /// is Codex's `session-id` (or `session_id`) header, its `thread-id`, else the body's `prompt_cache_key`
+    /// (Codex sets it to its conversation id).
+    pub async fn peek(
+        &mut self,
+        state: &ProxyState,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Peek, ProxyError> {
+        let parsed: PeekBody = serde_json::from_slice(body).map_err(|error| {
+            if error.is_syntax() || error.is_eof() {
+                ProxyError::InvalidJson {
+                    message: error.to_string(),
+                    line: error.line(),
+                    column: error.column(),
+                }
+            } else {
+                ProxyError::InvalidRequest(format!(
+                    "the body must be a Responses request object: {error}"
+                ))
+            }
+        })?;
+        let Some(model) = parsed.model else {
+            return Err(ProxyError::Responses(dialect::TranslateError {
+                status: 400,
+                kind: "invalid_request_error",
+                message: "Missing required parameter: 'model'.".to_string(),
+                param: Some("model".to_string()),
+                code: Some("missing_required_parameter".to_string()),
+            }));
+        };
+        self.store = Some(Arc::clone(&state.responses));
+        if let Some(id) = dialect::previous_response_id(body)
+            && let Some(stored) = state.responses.get(&id).await?
+        {
+            self.previous = Some(stored.items()?);
+        }
+        let client_session = ["session-id", "session_id", "thread-id"]
+            .iter()
+            .find_map(|name| headers.get(*name)?.to_str().ok().and_then(clean_session_id))
+            .or_else(|| {
+                parsed
+                    .prompt_cache_key
+                    .as_deref()
+                    .and_then(clean_session_id)
+            });
+        Ok(Peek {
+            model,
+            streaming: parsed.stream.unwrap_or(false),
+            client_session,
+        })
     }
-    match serde_json::from_slice::<Peek>(bytes) {
-        Ok(Peek { model: Some(model) }) => Ok(model),
-        Ok(Peek { model: None }) => Err(ProxyError::Responses(dialect::TranslateError {
-            status: 400,
-            kind: "invalid_request_error",
-            message: "Missing required parameter: 'model'.".to_string(),
-            param: Some("model".to_string()),
-            code: Some("missing_required_parameter".to_string()),
-        })),
-        Err(error) => Err(ProxyError::InvalidJson {
-            message: error.to_string(),
-            line: error.line(),
-            column: error.column(),
-        }),
+
+    /// The chat request for `route` (the upstream model id written in), with its scan. An unknown or expired
+    /// `previous_response_id` is the API's 404; a request the translation refuses (e.g. `tool_choice` forcing
+    /// a hosted tool) its 400.
+    pub fn translate(
+        &mut self,
+        route: &Route<'_>,
+        body: &[u8],
+    ) -> Result<(Bytes, ChatRequestView), ProxyError> {
+        // The catalog does not say which providers take `reasoning_effort` or `max_completion_tokens`: the
+        // conservative defaults (dropped and counted rather than a 400).
+        let target = dialect::ChatTarget::new(route.model.upstream_id.clone());
+        let previous = self.previous.take();
+        let mut translated = dialect::request_to_chat(body, &target, previous.as_deref())
+            .map_err(ProxyError::Responses)?;
+        if !translated.dropped.params.is_empty() {
+            tracing::debug!(params = ?translated.dropped.params, "Responses request: parameters not sent");
+        }
+        // The chat body goes on alone; the turn keeps the rest.
+        let chat = Bytes::from(std::mem::take(&mut translated.body));
+        let view = request::inspect(&chat)?;
+        self.turn = Some(Box::new(Turn {
+            translated,
+            store: self.store.clone(),
+            previous_items: previous.as_ref().map_or(0, Vec::len),
+        }));
+        Ok((chat, view))
+    }
+
+    /// Tools the chat provider was not given (hosted and `custom` tools).
+    pub fn dropped_tools(&self) -> u32 {
+        self.turn.as_ref().map_or(0, |turn| turn.dropped_tools())
+    }
+
+    /// The provider's chat answer (already passing through the tracker) in the client's API.
+    pub async fn answer(&mut self, response: Response) -> Response {
+        match self.turn.take() {
+            Some(turn) => turn.answer(response).await,
+            None => response,
+        }
     }
 }
 
 impl Turn {
-    /// The conversation this request belongs to: Codex's `session-id` (or `session_id`) header, its
-    /// `thread-id`, else the body's `prompt_cache_key` (Codex sets it to its conversation id).
-    pub fn session(&self, headers: &HeaderMap) -> Option<String> {
-        ["session-id", "session_id", "thread-id"]
-            .iter()
-            .find_map(|name| headers.get(*name)?.to_str().ok().and_then(clean_session_id))
-            .or_else(|| {
-                self.translated
-                    .session_id
-                    .as_deref()
-                    .and_then(clean_session_id)
-            })
-    }
-
-    /// Tools the chat provider was not given.
-    pub fn dropped_tools(&self) -> u32 {
+    fn dropped_tools(&self) -> u32 {
         let dropped = &self.translated.dropped;
         dropped.builtin_tools.saturating_add(dropped.custom_tools)
     }
 
     // --- respond --------------------------------------------------------------------------------------------
 
-    /// The provider's chat answer (already passing through the tracker) in the client's API.
-    pub async fn answer(self: Box<Self>, chat: Response) -> Response {
+    async fn answer(self: Box<Self>, chat: Response) -> Response {
         let (mut parts, body) = chat.into_parts();
         let dropped = self.dropped_tools();
         if dropped > 0 {
@@ -326,8 +378,8 @@ impl Turn {
                 input: self.previous_items.min(input_end)..input_end,
             })
         })();
-        if let Some(stored) = stored {
-            self.store.put(stored);
+        if let (Some(stored), Some(store)) = (stored, &self.store) {
+            store.put(stored);
         }
     }
 }
