@@ -22,6 +22,10 @@ enum Endpoint {
     Messages,
     MessagesCountTokens,
     Models,
+    /// OpenAI Responses: create (translated to chat completions), and the stored responses.
+    Responses,
+    Response,
+    ResponseInputItems,
 }
 
 /// The proxy's routes, each served under `/v1` and without it (clients differ in how they join base URLs).
@@ -30,6 +34,9 @@ const PROXY: &[(&str, Endpoint)] = &[
     ("/messages", Endpoint::Messages),
     ("/messages/count_tokens", Endpoint::MessagesCountTokens),
     ("/models", Endpoint::Models),
+    ("/responses", Endpoint::Responses),
+    ("/responses/{id}", Endpoint::Response),
+    ("/responses/{id}/input_items", Endpoint::ResponseInputItems),
 ];
 
 fn handler(endpoint: Endpoint) -> MethodRouter<Arc<ProxyState>> {
@@ -38,6 +45,10 @@ fn handler(endpoint: Endpoint) -> MethodRouter<Arc<ProxyState>> {
         Endpoint::Messages => post(proxy::messages),
         Endpoint::MessagesCountTokens => post(proxy::count_tokens),
         Endpoint::Models => get(proxy::list_models),
+        Endpoint::Responses => post(proxy::create_response),
+        Endpoint::Response => get(proxy::dialect::responses::get_response)
+            .delete(proxy::dialect::responses::delete_response),
+        Endpoint::ResponseInputItems => get(proxy::dialect::responses::input_items),
     }
 }
 

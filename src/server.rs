@@ -68,6 +68,13 @@ pub async fn serve(
             sink: Arc::clone(sink),
             key: mask_key.clone(),
         }));
+        let retention = config.store.responses_retention.as_millis();
+        state
+            .responses
+            .set_backing(Arc::new(crate::store::responses::StoreResponses::new(
+                Arc::clone(sink),
+                i64::try_from(retention).unwrap_or(i64::MAX),
+            )));
         load_context_settings(sink, &state).await;
     }
     let store = sink

@@ -70,6 +70,7 @@ fn record(id: u64, started: i64, hashes: Vec<u64>, client: Option<&str>) -> Arc<
         virtual_key: None,
         client_app: None,
         client_api: "chat",
+        dropped_tools: 0,
         context: None,
         tokens_saved: 0,
         cost_saved_usd: 0.0,

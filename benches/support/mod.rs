@@ -45,6 +45,7 @@ pub fn agent_turn(id: u64) -> RequestRecord {
         virtual_key: None,
         client_app: Some("OpenAI Python SDK 1.57.0".to_string()),
         client_api: "chat",
+        dropped_tools: 0,
         context: None,
         tokens_saved: 0,
         cost_saved_usd: 0.0,

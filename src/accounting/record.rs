@@ -90,6 +90,8 @@ pub struct RequestRecord {
     pub client_app: Option<String>,
     /// The API the client spoke: `chat`, `messages` or `responses`.
     pub client_api: &'static str,
+    /// Tools of the client's request dropped by the translation to the provider's API.
+    pub dropped_tools: u32,
     /// What the context transforms did (when any ran).
     pub context: Option<Box<crate::context::Outcome>>,
     /// Prompt tokens the context transforms removed, and their price at the model's input rate.

@@ -48,6 +48,9 @@ pub struct RequestContext {
     pub client_app: Option<String>,
     /// The API the client spoke (`chat`, `messages`, `responses`).
     pub client_api: &'static str,
+    /// Tools of the client's request the translation to the provider's API dropped (hosted tools a chat
+    /// provider cannot run).
+    pub dropped_tools: u32,
     /// Told of a complete, successful non-streaming answer with its counts (the response cache keeps it).
     pub on_complete: Option<Box<dyn CompletionHook>>,
     /// Sees the answer as it passes (a proxy feature that learns from answers).
@@ -86,6 +89,7 @@ impl RequestContext {
             virtual_key: None,
             client_app: None,
             client_api: "chat",
+            dropped_tools: 0,
             on_complete: None,
             observer: None,
             cache_hit: false,
@@ -595,6 +599,7 @@ fn build_record(
         virtual_key: context.virtual_key,
         client_app: context.client_app,
         client_api: context.client_api,
+        dropped_tools: context.dropped_tools,
         prompt_breakdown: prompt,
         cost_usd: cost,
         cost_estimated: billable && tokens_estimated,

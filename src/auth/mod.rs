@@ -81,8 +81,7 @@ const ADMIN_SECURITY_HEADERS: [(&str, &str); 4] = [
 ];
 
 /// Headers a browser on an allowlisted origin may read from answers.
-const EXPOSED_HEADERS: &str =
-    "x-kimi-proxy-overhead-us, x-kimi-proxy-error, x-kimi-proxy-cache, x-request-id, retry-after";
+const EXPOSED_HEADERS: &str = "x-kimi-proxy-overhead-us, x-kimi-proxy-error, x-kimi-proxy-cache, x-kimi-proxy-dropped-tools, x-request-id, retry-after";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
@@ -94,12 +93,30 @@ enum Class {
 /// Everything under `/v1/` is the proxy surface (no admin route lives there): a path no route serves is then
 /// refused by the proxy in the client's error format, counted and shown, instead of asking for the admin token.
 fn classify(proxy_paths: &[String], path: &str) -> Class {
-    if path.starts_with("/v1/") || proxy_paths.iter().any(|p| p == path) {
+    if path.starts_with("/v1/") || proxy_paths.iter().any(|p| path_matches(p, path)) {
         Class::Proxy
     } else if path == "/login" || path == "/logout" {
         Class::Login
     } else {
         Class::Admin
+    }
+}
+
+/// A route pattern against a request path: a `{name}` segment matches one non-empty segment, every other
+/// segment itself.
+fn path_matches(pattern: &str, path: &str) -> bool {
+    if !pattern.contains('{') {
+        return pattern == path;
+    }
+    let mut pattern = pattern.split('/');
+    let mut path = path.split('/');
+    loop {
+        match (pattern.next(), path.next()) {
+            (None, None) => return true,
+            (Some(p), Some(s)) if p.starts_with('{') && p.ends_with('}') && !s.is_empty() => {}
+            (Some(p), Some(s)) if p == s => {}
+            _ => return false,
+        }
     }
 }
 
@@ -368,7 +385,22 @@ mod tests {
         // An API client's unknown path (Claude Code's `/v1/messages` before it was served) is the proxy's.
         assert_eq!(classify(paths, "/v1/messages"), Class::Proxy);
         assert_eq!(classify(paths, "/v1/models/"), Class::Proxy);
-        for admin in ["/", "/api/stats", "/ws", "/metrics", "/anything", "/v1"] {
+        assert_eq!(classify(paths, "/v1/responses/resp_1"), Class::Proxy);
+        assert_eq!(
+            classify(paths, "/v1/responses/resp_1/input_items"),
+            Class::Proxy
+        );
+        assert_eq!(classify(paths, "/responses/resp_1"), Class::Proxy);
+        for admin in [
+            "/",
+            "/api/stats",
+            "/ws",
+            "/metrics",
+            "/anything",
+            "/v1",
+            "/responses/",
+            "/responses/resp_1/other",
+        ] {
             assert_eq!(classify(paths, admin), Class::Admin, "{admin}");
         }
     }

@@ -280,7 +280,15 @@ pub struct StoreConfig {
     /// Longest time a record waits for its transaction.
     pub flush_interval: Duration,
     pub session_mode: SessionMode,
+    /// Responses API state (`store: true`) is kept this long, then a `previous_response_id` naming it gets the
+    /// API's 404 (OpenAI keeps stored responses 30 days).
+    pub responses_retention: Duration,
+    /// The in-memory index of stored responses in front of the database, in bytes.
+    pub responses_memory_bytes: u64,
 }
+
+pub const DEFAULT_RESPONSES_RETENTION_DAYS: u32 = 30;
+pub const DEFAULT_RESPONSES_MEMORY_MB: u64 = 64;
 
 pub const DEFAULT_STORE_PREVIEW_CHARS: usize = 60;
 pub const DEFAULT_STORE_QUEUE_CAPACITY: usize = 10_000;
@@ -298,6 +306,10 @@ impl Default for StoreConfig {
             batch_rows: DEFAULT_STORE_BATCH_ROWS,
             flush_interval: Duration::from_millis(DEFAULT_STORE_FLUSH_INTERVAL_MS),
             session_mode: SessionMode::Conversation,
+            responses_retention: Duration::from_secs(
+                u64::from(DEFAULT_RESPONSES_RETENTION_DAYS) * 86_400,
+            ),
+            responses_memory_bytes: DEFAULT_RESPONSES_MEMORY_MB * 1024 * 1024,
         }
     }
 }

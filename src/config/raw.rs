@@ -104,6 +104,8 @@ pub struct RawStore {
     pub batch_rows: Option<usize>,
     pub flush_interval_ms: Option<u64>,
     pub session_mode: Option<String>,
+    pub responses_retention_days: Option<u32>,
+    pub responses_memory_mb: Option<u64>,
 }
 
 impl RawStore {
@@ -117,6 +119,11 @@ impl RawStore {
             batch_rows: merge_opt(self.batch_rows, over.batch_rows),
             flush_interval_ms: merge_opt(self.flush_interval_ms, over.flush_interval_ms),
             session_mode: merge_opt(self.session_mode, over.session_mode),
+            responses_retention_days: merge_opt(
+                self.responses_retention_days,
+                over.responses_retention_days,
+            ),
+            responses_memory_mb: merge_opt(self.responses_memory_mb, over.responses_memory_mb),
         }
     }
 
@@ -141,6 +148,11 @@ impl RawStore {
         at_least_one("batch_rows", self.batch_rows.map(|v| v as u64));
         at_least_one("flush_interval_ms", self.flush_interval_ms);
         at_least_one("retention_days", self.retention_days.map(u64::from));
+        at_least_one(
+            "responses_retention_days",
+            self.responses_retention_days.map(u64::from),
+        );
+        at_least_one("responses_memory_mb", self.responses_memory_mb);
         if self.path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             errors.push("store.path must not be empty".to_string());
         }
@@ -160,6 +172,14 @@ impl RawStore {
                 .unwrap_or(defaults.flush_interval)
                 .max(Duration::from_millis(1)),
             session_mode,
+            responses_retention: self
+                .responses_retention_days
+                .map(|days| Duration::from_secs(u64::from(days) * 86_400))
+                .unwrap_or(defaults.responses_retention),
+            responses_memory_bytes: self
+                .responses_memory_mb
+                .map(|mb| mb.saturating_mul(1024 * 1024))
+                .unwrap_or(defaults.responses_memory_bytes),
         }
     }
 }

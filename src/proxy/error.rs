@@ -73,6 +73,11 @@ pub enum ProxyError {
     NotFound { method: String, path: String },
     #[error("method {0} is not allowed here")]
     MethodNotAllowed(String),
+    /// A Responses request the translation to chat completions refuses (or an answer it cannot translate),
+    /// answered with the OpenAI error the API itself would give (e.g. the 404 of an unknown
+    /// `previous_response_id`).
+    #[error("{}", .0.message)]
+    Responses(kimi_dialects::responses::TranslateError),
 }
 
 fn unknown_model_message(model: &str, suggestions: &[String]) -> String {
@@ -108,6 +113,9 @@ impl ProxyError {
             | ProxyError::PassthroughDisabled
             | ProxyError::TargetNotAllowed(_)
             | ProxyError::ForbiddenTarget(_) => StatusCode::FORBIDDEN,
+            ProxyError::Responses(error) => {
+                StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_REQUEST)
+            }
         }
     }
 
@@ -134,6 +142,8 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable { .. } | ProxyError::UpstreamTimeout { .. } => {
                 ErrorSource::Upstream
             }
+            ProxyError::Responses(error) if error.status >= 500 => ErrorSource::Upstream,
+            ProxyError::Responses(_) => ErrorSource::Client,
         }
     }
 
@@ -174,6 +184,13 @@ impl ProxyError {
             ProxyError::InvalidTarget(_) => "invalid_target",
             ProxyError::TargetNotAllowed(_) => "target_not_allowed",
             ProxyError::ForbiddenTarget(_) => "target_address_forbidden",
+            ProxyError::Responses(error) => match error.code.as_deref() {
+                Some("previous_response_not_found") => "previous_response_not_found",
+                Some("unsupported_tool_choice") => "unsupported_tool_choice",
+                _ if error.status >= 500 => "upstream_answer_untranslatable",
+                _ if error.status == 404 => "not_found",
+                _ => "invalid_request",
+            },
         }
     }
 
@@ -190,6 +207,9 @@ impl ProxyError {
     }
 
     pub fn body_json(&self) -> serde_json::Value {
+        if let ProxyError::Responses(error) = self {
+            return error.to_value();
+        }
         self.to_http().body_json()
     }
 }
@@ -208,7 +228,18 @@ impl ProxyError {
 
 impl IntoResponse for ProxyError {
     fn into_response(self) -> Response {
-        let mut response = self.to_http().into_response();
+        let mut response = match &self {
+            // The translation's own error body (its `param` and `code` are the API's).
+            ProxyError::Responses(_) => {
+                let mut response = (self.status(), axum::Json(self.body_json())).into_response();
+                response.headers_mut().insert(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                );
+                response
+            }
+            _ => self.to_http().into_response(),
+        };
         self.decorate(response.headers_mut());
         response
     }

@@ -88,6 +88,8 @@ pub struct ProxyState {
     models_json: Bytes,
     /// Reasoning seen in answers, for the models that need it back (`reasoning_echo`).
     pub reasoning: Arc<reasoning::ReasoningMemory>,
+    /// Responses API state (`store: true`), for `previous_response_id` and `/v1/responses/{id}`.
+    pub responses: Arc<dialect::responses::ResponseStore>,
 }
 
 impl ProxyState {
@@ -151,6 +153,10 @@ impl ProxyState {
             None
         };
         let alerts = AlertEngine::new(&config.alerts);
+        let responses = Arc::new(dialect::responses::ResponseStore::new(
+            config.store.responses_memory_bytes,
+            config.store.responses_retention,
+        ));
         Ok(ProxyState {
             passthrough,
             context,
@@ -162,6 +168,7 @@ impl ProxyState {
             alerts,
             models_json,
             reasoning: Arc::new(reasoning::ReasoningMemory::default()),
+            responses,
         })
     }
 }
@@ -252,7 +259,12 @@ pub(crate) async fn chat_completions(
     pipeline::chat_completions(&state, request).await
 }
 
-use crate::util::unix_ms;
+pub(crate) async fn create_response(
+    State(state): State<Arc<ProxyState>>,
+    request: Request,
+) -> Response {
+    pipeline::serve(&state, kimi_dialects::Dialect::Responses, request).await
+}
 
 pub(crate) async fn messages(State(state): State<Arc<ProxyState>>, request: Request) -> Response {
     dialect::messages::messages(&state, request).await
@@ -264,3 +276,5 @@ pub(crate) async fn count_tokens(
 ) -> Response {
     dialect::messages::count_tokens(&state, request).await
 }
+
+use crate::util::unix_ms;

@@ -165,7 +165,7 @@ impl<'s> Exchange<'s> {
         let (parts, body) = request.into_parts();
         self.note_request(&parts);
         let bytes = self.read(&parts, body).await?;
-        let parsed = self.parse(&parts, &bytes)?;
+        let parsed = self.parse(&parts, &bytes).await?;
         let route = self.route(&parts, parsed.model())?;
         self.open_record(&parts, &route, parsed.streaming(), parsed.client_session());
         let shaped = self.shape(&parts, &route, bytes, parsed).await?;
@@ -212,17 +212,21 @@ impl<'s> Exchange<'s> {
     // --- parse --------------------------------------------------------------------------------------------
 
     /// A chat request is scanned; another client API's is peeked at for routing and translated in shape.
-    fn parse(&self, parts: &Parts, bytes: &Bytes) -> Result<Parsed, ProxyError> {
+    async fn parse(&mut self, parts: &Parts, bytes: &Bytes) -> Result<Parsed, ProxyError> {
         match self.adapter {
             ClientAdapter::None => match self.client {
                 Dialect::Chat => Ok(Parsed::Chat(request::inspect(bytes)?)),
-                // Not served yet: its adapter will translate here.
+                // Not served: no adapter for it.
                 Dialect::Messages | Dialect::Responses => Err(ProxyError::NotFound {
                     method: "POST".to_string(),
                     path: format!("({} API)", self.client.as_str()),
                 }),
             },
-            _ => Ok(Parsed::Foreign(self.adapter.peek(&parts.headers, bytes)?)),
+            _ => {
+                let state = self.state;
+                let peek = self.adapter.peek(state, &parts.headers, bytes).await?;
+                Ok(Parsed::Foreign(peek))
+            }
         }
     }
 
@@ -312,7 +316,14 @@ impl<'s> Exchange<'s> {
         // Another client API's request becomes the provider's chat request here, once the target is known.
         let (bytes, mut view) = match parsed {
             Parsed::Chat(view) => (bytes, view),
-            Parsed::Foreign(_) => self.adapter.translate(route, &bytes)?,
+            Parsed::Foreign(_) => {
+                let translated = self.adapter.translate(route, &bytes)?;
+                let dropped_tools = self.adapter.dropped_tools();
+                if let Some(context) = self.context_mut() {
+                    context.dropped_tools = dropped_tools;
+                }
+                translated
+            }
         };
         let model = &route.model;
         let provider = route.provider();

@@ -13,6 +13,7 @@ pub mod export;
 pub mod ledgers;
 pub mod masks;
 pub mod query;
+pub mod responses;
 pub mod schema;
 pub mod sessions;
 pub mod writer;
@@ -234,6 +235,7 @@ impl Store {
                     record.cost_saved_usd,
                     record.client_app,
                     record.client_api,
+                    record.dropped_tools,
                 ])?;
                 if let Some(id) = session {
                     let window = resolver.context_window(&record.model);

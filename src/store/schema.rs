@@ -171,6 +171,20 @@ ALTER TABLE sessions ADD COLUMN client_app TEXT;
 "#,
     // 7 → 8: usage imported from the agents' own records (src/store/ledgers.rs).
     super::ledgers::MIGRATION,
+    // 8 → 9: Responses API state (`store: true`): each response's object and the conversation up to it, for
+    // `previous_response_id` and `GET /v1/responses/{id}`; the tools a translation dropped, per request.
+    r#"
+CREATE TABLE responses (
+    id         TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL,
+    response   TEXT NOT NULL,
+    items      TEXT NOT NULL,
+    input_from INTEGER NOT NULL DEFAULT 0,
+    input_to   INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX responses_by_time ON responses (created_at);
+ALTER TABLE requests ADD COLUMN dropped_tools INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// The columns of `requests` in the order the writer binds them (`id` excluded).
@@ -233,6 +247,7 @@ pub const REQUEST_COLUMNS: &[&str] = &[
     "cost_saved_usd",
     "client_app",
     "client_api",
+    "dropped_tools",
 ];
 
 /// Columns read back as booleans.

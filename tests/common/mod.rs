@@ -268,6 +268,75 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> String {
     String::from_utf8(output.stdout).expect("utf-8 output")
 }
 
+/// A Python virtual environment under `target/` holding `packages` (pip requirement strings), made once and
+/// reused by later runs (a marker file records what was installed). Returns the venv's `python`. Panics with
+/// what to install when `python3 -m venv` is unavailable (Debian: `python3-venv`; `.ci/run` installs it).
+pub fn python_venv(name: &str, packages: &[&str]) -> PathBuf {
+    use std::process::Command as Std;
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let venv = root.join(name);
+    let python = venv.join("bin").join("python");
+    let marker = venv.join("kimi-installed.txt");
+    let wanted = packages.join("\n");
+    if std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) && python.exists() {
+        return python;
+    }
+    // Built beside and renamed into place, so a half-made venv is never taken for a finished one.
+    let building = root.join(format!("{name}.building-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&building);
+    std::fs::create_dir_all(root).unwrap();
+    let status = Std::new("python3")
+        .args(["-m", "venv"])
+        .arg(&building)
+        .status()
+        .expect("python3 is needed for the SDK tests");
+    assert!(
+        status.success(),
+        "`python3 -m venv` failed: install python3-venv (Debian/Ubuntu) or run .ci/run as root"
+    );
+    let status = Std::new(building.join("bin").join("python"))
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(packages)
+        .status()
+        .unwrap();
+    assert!(status.success(), "pip install {packages:?} failed");
+    std::fs::write(building.join("kimi-installed.txt"), &wanted).unwrap();
+    let _ = std::fs::remove_dir_all(&venv);
+    std::fs::rename(&building, &venv).unwrap();
+    python
+}
+
+/// An npm package installed (once, reused by later runs) under `target/`; returns the path of its `bin` entry
+/// `bin` (e.g. `@openai/codex` → `codex`).
+pub fn npm_package(dir: &str, package: &str, bin: &str) -> PathBuf {
+    use std::process::Command as Std;
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let prefix = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(dir);
+    let entry = prefix.join("node_modules").join(".bin").join(bin);
+    if entry.exists() {
+        return entry;
+    }
+    std::fs::create_dir_all(&prefix).unwrap();
+    let status = Std::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--prefix"])
+        .arg(&prefix)
+        .arg(package)
+        .status()
+        .expect("npm (Node.js) is needed for this test");
+    assert!(status.success(), "npm install {package} failed");
+    assert!(entry.exists(), "{package} has no `{bin}` command");
+    entry
+}
+
 /// A Messages request (Anthropic's API) as Claude Code would send it: a system prompt, one user turn.
 pub fn messages_body(model: &str, stream: bool) -> serde_json::Value {
     serde_json::json!({
@@ -320,50 +389,26 @@ pub fn sse_events(body: &[u8]) -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
-/// A Python with the official Anthropic SDK, in a venv under the target directory (created, and `anthropic`
-/// installed from PyPI, on first use). `None` — said loudly — only when the machine has no `python3`.
-pub fn anthropic_sdk_python() -> Option<PathBuf> {
+/// A Python with the official SDK `package` (`openai`, `anthropic`) from PyPI, in the venv `venv` under the
+/// target directory (made on first use by [`python_venv`]). `None` — said loudly — only when the machine has no
+/// `python3`.
+pub fn sdk_python(venv: &str, package: &str) -> Option<PathBuf> {
     let has_python = std::process::Command::new("python3")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_python {
         eprintln!(
-            "\n!!! SKIPPED: python3 is not installed, so the Anthropic SDK test cannot run (.ci/run installs it)\n"
+            "\n!!! SKIPPED: python3 is not installed, so the {package} SDK test cannot run (.ci/run installs it)\n"
         );
         return None;
     }
-    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("anthropic-sdk-venv");
-    let python = venv.join("bin").join("python");
-    let ready = |python: &PathBuf| {
-        std::process::Command::new(python)
-            .args(["-c", "import anthropic"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if ready(&python) {
-        return Some(python);
-    }
-    let run = |program: &std::path::Path, args: &[&str]| {
-        let output = std::process::Command::new(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
-        assert!(
-            output.status.success(),
-            "{} {args:?} failed (python3-venv missing? PyPI unreachable?):\n{}\n{}",
-            program.display(),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    run(
-        std::path::Path::new("python3"),
-        &["-m", "venv", venv.to_str().unwrap()],
-    );
-    run(&python, &["-m", "pip", "install", "--quiet", "anthropic"]);
-    assert!(ready(&python), "the anthropic package does not import");
-    Some(python)
+    Some(python_venv(venv, &[package]))
+}
+
+/// A Python with the official Anthropic SDK (see [`sdk_python`]).
+pub fn anthropic_sdk_python() -> Option<PathBuf> {
+    sdk_python("anthropic-sdk-venv", "anthropic")
 }
 
 /// The Claude Code CLI (`@anthropic-ai/claude-code` from npm, installed once under the target directory), as the

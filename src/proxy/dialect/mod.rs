@@ -13,15 +13,18 @@
 //! - **fail**: [`error_response`] renders the proxy's errors in the client's format.
 //!
 //! Chat completions requests have [`ClientAdapter::None`]: the pipeline's chat path never enters this module.
-//! A new client API (Responses) is one more variant and one more module.
+//! Each other client API is one variant and one module: `messages` (Anthropic), `responses` (OpenAI
+//! Responses, with its stored responses).
 
 pub mod messages;
+pub mod responses;
 
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::HeaderMap;
 use kimi_dialects::Dialect;
 
+use super::ProxyState;
 use super::error::ProxyError;
 use super::pipeline::Route;
 use super::request::ChatRequestView;
@@ -32,6 +35,8 @@ pub enum ClientAdapter {
     None,
     /// Anthropic Messages.
     Messages(Box<messages::MessagesAdapter>),
+    /// OpenAI Responses.
+    Responses(Box<responses::ResponsesAdapter>),
 }
 
 /// What parse learnt of a request in another client API: enough to route it and open its record.
@@ -82,14 +87,22 @@ impl ClientAdapter {
     pub fn for_dialect(dialect: Dialect) -> ClientAdapter {
         match dialect {
             Dialect::Messages => ClientAdapter::Messages(Box::default()),
-            Dialect::Chat | Dialect::Responses => ClientAdapter::None,
+            Dialect::Responses => ClientAdapter::Responses(Box::default()),
+            Dialect::Chat => ClientAdapter::None,
         }
     }
 
-    /// Reads what routing needs from a request in the adapter's API.
-    pub fn peek(&self, headers: &HeaderMap, body: &[u8]) -> Result<Peek, ProxyError> {
+    /// Reads what routing needs from a request in the adapter's API (and what it continues: a Responses
+    /// request's `previous_response_id`, looked up in the stored responses).
+    pub async fn peek(
+        &mut self,
+        state: &ProxyState,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Peek, ProxyError> {
         match self {
             ClientAdapter::Messages(_) => messages::peek(headers, body),
+            ClientAdapter::Responses(adapter) => adapter.peek(state, headers, body).await,
             ClientAdapter::None => Err(ProxyError::InvalidRequest(
                 "no adapter for this client API".to_string(),
             )),
@@ -104,6 +117,7 @@ impl ClientAdapter {
     ) -> Result<(Bytes, ChatRequestView), ProxyError> {
         match self {
             ClientAdapter::Messages(adapter) => adapter.translate(route, body),
+            ClientAdapter::Responses(adapter) => adapter.translate(route, body),
             ClientAdapter::None => Err(ProxyError::InvalidRequest(
                 "no adapter for this client API".to_string(),
             )),
@@ -114,7 +128,15 @@ impl ClientAdapter {
     pub fn upstream_headers(&self, headers: &mut HeaderMap) {
         match self {
             ClientAdapter::Messages(_) => messages::upstream_headers(headers),
-            ClientAdapter::None => {}
+            ClientAdapter::Responses(_) | ClientAdapter::None => {}
+        }
+    }
+
+    /// Tools of the client's request the provider was not given (recorded per request).
+    pub fn dropped_tools(&self) -> u32 {
+        match self {
+            ClientAdapter::Responses(adapter) => adapter.dropped_tools(),
+            ClientAdapter::Messages(_) | ClientAdapter::None => 0,
         }
     }
 
@@ -122,6 +144,7 @@ impl ClientAdapter {
     pub async fn answer(&mut self, response: Response) -> Response {
         match self {
             ClientAdapter::Messages(adapter) => adapter.answer(response).await,
+            ClientAdapter::Responses(adapter) => adapter.answer(response).await,
             ClientAdapter::None => response,
         }
     }

@@ -1,0 +1,170 @@
+//! Stored Responses (`store: true`): written by the writer thread (queued without waiting on the request
+//! path), read back on a miss of the proxy's in-memory index and by `GET /v1/responses/{id}`. Rows older than
+//! the retention are never read and are deleted as new ones are written.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Readers, StoreError, StoreSink, unix_ms};
+use crate::proxy::dialect::responses::{ResponseBacking, StoredResponse};
+
+/// How often the writer deletes expired rows (at most), piggybacking on an insert.
+const PRUNE_EVERY_MS: i64 = 3_600_000;
+
+/// Writes one stored response (a second write of an id replaces it).
+pub fn insert(conn: &Connection, stored: &StoredResponse) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO responses (id, created_at, response, items, input_from, input_to)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        stored.id,
+        stored.created_at_ms,
+        stored.response.get(),
+        stored.items.get(),
+        stored.input.start as i64,
+        stored.input.end as i64,
+    ])?;
+    Ok(())
+}
+
+/// The stored response `id`, unless it was written before `not_before_ms`.
+pub fn get(
+    conn: &Connection,
+    id: &str,
+    not_before_ms: i64,
+) -> Result<Option<StoredResponse>, StoreError> {
+    type Row = (i64, String, String, i64, i64);
+    let row: Option<Row> = conn
+        .prepare_cached(
+            "SELECT created_at, response, items, input_from, input_to FROM responses
+             WHERE id = ?1 AND created_at >= ?2",
+        )?
+        .query_row(params![id, not_before_ms], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()?;
+    let Some((created_at_ms, response, items, from, to)) = row else {
+        return Ok(None);
+    };
+    let raw = |text: String| {
+        serde_json::value::RawValue::from_string(text)
+            .map_err(|e| StoreError::Other(format!("stored response {id} unreadable: {e}")))
+    };
+    Ok(Some(StoredResponse {
+        id: id.to_string(),
+        created_at_ms,
+        response: raw(response)?,
+        items: raw(items)?,
+        input: usize::try_from(from).unwrap_or(0)..usize::try_from(to).unwrap_or(0),
+    }))
+}
+
+/// Deletes the stored response `id`; true when there was one.
+pub fn delete(conn: &Connection, id: &str) -> Result<bool, StoreError> {
+    let n = conn
+        .prepare_cached("DELETE FROM responses WHERE id = ?1")?
+        .execute([id])?;
+    Ok(n > 0)
+}
+
+/// Deletes every stored response written before `before_ms`; how many.
+pub fn prune(conn: &Connection, before_ms: i64) -> Result<usize, StoreError> {
+    Ok(conn
+        .prepare_cached("DELETE FROM responses WHERE created_at < ?1")?
+        .execute([before_ms])?)
+}
+
+/// The proxy's Responses state backed by the database: writes through the writer's queue, reads from the
+/// read-only pool (on the blocking pool, never on an async worker).
+pub struct StoreResponses {
+    pub sink: Arc<StoreSink>,
+    pub readers: Arc<Readers>,
+    /// Stored responses older than this are gone.
+    pub retention_ms: i64,
+    last_prune_ms: Arc<AtomicI64>,
+}
+
+impl StoreResponses {
+    pub fn new(sink: Arc<StoreSink>, retention_ms: i64) -> StoreResponses {
+        let readers = Arc::new(Readers::new(sink.path()));
+        StoreResponses {
+            sink,
+            readers,
+            retention_ms,
+            last_prune_ms: Arc::new(AtomicI64::new(0)),
+        }
+    }
+}
+
+impl ResponseBacking for StoreResponses {
+    fn keep(&self, stored: Arc<StoredResponse>) -> bool {
+        let bytes = stored.weight();
+        let retention_ms = self.retention_ms;
+        let last_prune = Arc::clone(&self.last_prune_ms);
+        self.sink.try_execute_sized(bytes, move |state| {
+            let result = state.store().and_then(|store| {
+                let conn = store.connection();
+                insert(conn, &stored)?;
+                let now = unix_ms();
+                if now - last_prune.load(Ordering::Relaxed) >= PRUNE_EVERY_MS {
+                    last_prune.store(now, Ordering::Relaxed);
+                    prune(conn, now - retention_ms)?;
+                }
+                Ok(())
+            });
+            if let Err(error) = result {
+                tracing::warn!(%error, id = %stored.id, "cannot keep a stored response");
+            }
+        })
+    }
+
+    fn load(&self, id: &str) -> Result<Option<StoredResponse>, StoreError> {
+        let not_before = unix_ms() - self.retention_ms;
+        self.readers.with(|conn| get(conn, id, not_before))
+    }
+
+    fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.sink
+            .execute_blocking(move |state| delete(state.store()?.connection(), &id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn stored(id: &str, at: i64) -> StoredResponse {
+        StoredResponse {
+            id: id.into(),
+            created_at_ms: at,
+            response: RawValue::from_string(r#"{"id":"x","output":[]}"#.into()).unwrap(),
+            items: RawValue::from_string(r#"[{"type":"message"}]"#.into()).unwrap(),
+            input: 0..1,
+        }
+    }
+
+    #[test]
+    fn a_stored_response_reads_back_until_it_expires_or_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::super::Store::open(&dir.path().join("db")).unwrap();
+        let conn = store.connection();
+        insert(conn, &stored("resp_a", 1_000)).unwrap();
+        let back = get(conn, "resp_a", 0).unwrap().unwrap();
+        assert_eq!(back.items.get(), r#"[{"type":"message"}]"#);
+        assert_eq!(back.input, 0..1);
+        assert!(get(conn, "resp_a", 1_001).unwrap().is_none(), "expired");
+        assert!(get(conn, "resp_b", 0).unwrap().is_none());
+        assert!(delete(conn, "resp_a").unwrap());
+        assert!(!delete(conn, "resp_a").unwrap());
+        insert(conn, &stored("resp_old", 5)).unwrap();
+        insert(conn, &stored("resp_new", 50)).unwrap();
+        assert_eq!(prune(conn, 10).unwrap(), 1);
+        assert!(get(conn, "resp_new", 0).unwrap().is_some());
+    }
+}
