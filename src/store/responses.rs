@@ -2,13 +2,45 @@
 //! path), read back on a miss of the proxy's in-memory index and by `GET /v1/responses/{id}`. Rows older than
 //! the retention are never read and are deleted as new ones are written.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::value::RawValue;
 
 use super::{Readers, StoreError, StoreSink, unix_ms};
-use crate::proxy::dialect::responses::{ResponseBacking, StoredResponse};
+
+/// One stored response: the Response object as the client got it, and the conversation up to and including
+/// its output (what a follow-up's `previous_response_id` continues), both as JSON text.
+#[derive(Debug)]
+pub struct StoredResponse {
+    pub id: String,
+    pub created_at_ms: i64,
+    pub response: Box<RawValue>,
+    /// `items_to_store`: the conversation the request saw, then the response's output items.
+    pub items: Box<RawValue>,
+    /// Where this request's own input items lie in `items` (`input_items` lists them).
+    pub input: Range<usize>,
+}
+
+impl StoredResponse {
+    /// Bytes held, for the memory bound and the writer queue's.
+    pub fn weight(&self) -> usize {
+        self.id.len() + self.response.get().len() + self.items.get().len() + 64
+    }
+}
+
+/// Where stored responses persist (the database: [`StoreResponses`]). Calls that read or wait are
+/// made on the blocking pool.
+pub trait ResponseBacking: Send + Sync {
+    /// Queues `stored` for writing without waiting; false when the queue refused it.
+    fn keep(&self, stored: Arc<StoredResponse>) -> bool;
+    /// Reads a stored response that has not expired (blocking).
+    fn load(&self, id: &str) -> Result<Option<StoredResponse>, StoreError>;
+    /// Deletes a stored response (blocking); true when there was one.
+    fn delete(&self, id: &str) -> Result<bool, StoreError>;
+}
 
 /// How often the writer deletes expired rows (at most), piggybacking on an insert.
 const PRUNE_EVERY_MS: i64 = 3_600_000;

@@ -20,7 +20,6 @@
 //!
 //! Accounting always reads the provider's chat answer: the translation sits after the tracker.
 
-use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -36,14 +35,12 @@ use http_body_util::{BodyExt, Limited};
 use kimi_dialects::responses::{self as dialect, StreamTranslator, Translated};
 use serde::Deserialize;
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 use super::Peek;
 use crate::proxy::ProxyState;
 use crate::proxy::error::ProxyError;
 use crate::proxy::pipeline::Route;
 use crate::proxy::request::{self, ChatRequestView, clean_session_id};
-use crate::store::StoreError;
 use crate::tokens::stream::SseParser;
 use crate::util::unix_ms;
 
@@ -58,41 +55,13 @@ const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 
 // --- state --------------------------------------------------------------------------------------------------
 
-/// One stored response: the Response object as the client got it, and the conversation up to and including
-/// its output (what a follow-up's `previous_response_id` continues), both as JSON text.
-#[derive(Debug)]
-pub struct StoredResponse {
-    pub id: String,
-    pub created_at_ms: i64,
-    pub response: Box<RawValue>,
-    /// `items_to_store`: the conversation the request saw, then the response's output items.
-    pub items: Box<RawValue>,
-    /// Where this request's own input items lie in `items` (`input_items` lists them).
-    pub input: Range<usize>,
-}
+pub use crate::store::responses::{ResponseBacking, StoredResponse};
 
-impl StoredResponse {
-    /// Bytes held, for the memory bound and the writer queue's.
-    pub fn weight(&self) -> usize {
-        self.id.len() + self.response.get().len() + self.items.get().len() + 64
-    }
-
-    fn items(&self) -> Result<Vec<Value>, ProxyError> {
-        serde_json::from_str(self.items.get()).map_err(|e| {
-            ProxyError::InvalidRequest(format!("stored response {} unreadable: {e}", self.id))
-        })
-    }
-}
-
-/// Where stored responses persist (the database, `crate::store::responses`). Calls that read or wait are
-/// made on the blocking pool.
-pub trait ResponseBacking: Send + Sync {
-    /// Queues `stored` for writing without waiting; false when the queue refused it.
-    fn keep(&self, stored: Arc<StoredResponse>) -> bool;
-    /// Reads a stored response that has not expired (blocking).
-    fn load(&self, id: &str) -> Result<Option<StoredResponse>, StoreError>;
-    /// Deletes a stored response (blocking); true when there was one.
-    fn delete(&self, id: &str) -> Result<bool, StoreError>;
+/// The conversation a stored response holds, as items.
+fn stored_items(stored: &StoredResponse) -> Result<Vec<Value>, ProxyError> {
+    serde_json::from_str(stored.items.get()).map_err(|e| {
+        ProxyError::InvalidRequest(format!("stored response {} unreadable: {e}", stored.id))
+    })
 }
 
 /// Stored responses: memory first (bounded in bytes, expiring with the retention), the database behind.
@@ -237,7 +206,7 @@ impl ResponsesAdapter {
         if let Some(id) = dialect::previous_response_id(body)
             && let Some(stored) = state.responses.get(&id).await?
         {
-            self.previous = Some(stored.items()?);
+            self.previous = Some(stored_items(&stored)?);
         }
         let client_session = ["session-id", "session_id", "thread-id"]
             .iter()
@@ -606,7 +575,7 @@ pub async fn input_items(
         Ok(None) => return not_found(&id),
         Err(error) => return error.into_response(),
     };
-    let items = match stored.items() {
+    let items = match stored_items(&stored) {
         Ok(items) => items,
         Err(error) => return error.into_response(),
     };
@@ -684,8 +653,8 @@ mod tests {
         store.put(StoredResponse {
             id: "resp_1".into(),
             created_at_ms: 0,
-            response: RawValue::from_string("{}".into()).unwrap(),
-            items: RawValue::from_string("[]".into()).unwrap(),
+            response: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            items: serde_json::value::RawValue::from_string("[]".into()).unwrap(),
             input: 0..0,
         });
         assert!(store.get("resp_1").await.unwrap().is_some());
