@@ -227,6 +227,7 @@ fn migrations_upgrade_empty_and_v1_databases_and_refuse_newer_ones() {
                         "cost_saved_usd",
                         "client_app",
                         "client_api",
+                        "dropped_tools",
                     ]
                     .contains(c)
             })
