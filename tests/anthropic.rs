@@ -492,3 +492,46 @@ async fn the_official_anthropic_python_sdk_works_through_the_proxy() {
     assert_eq!(tool_message["tool_call_id"], "call_mock");
     assert_eq!(tool_message["content"], "18 C, sunny");
 }
+
+#[tokio::test]
+async fn the_claude_code_cli_says_hi_through_the_proxy() {
+    let Some(claude) = common::claude_code_cli() else {
+        return;
+    };
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = proxy_for(&mock, "[model_aliases]\n\"claude-*\" = \"mock/model\"\n").await;
+    let home = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new(&claude[0])
+        .args([&claude[1], "-p", "say hi"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("ANTHROPIC_BASE_URL", proxy.url(""))
+        .env("ANTHROPIC_API_KEY", "sk-ant-unused")
+        .env("DISABLE_TELEMETRY", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.starts_with("tok0 tok1"),
+        "claude -p failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let records = recent_records(&proxy, 1).await;
+    let record = &records[0];
+    assert_eq!(record["client_api"], "messages");
+    assert!(
+        record["client_app"]
+            .as_str()
+            .unwrap()
+            .starts_with("Claude Code"),
+        "{record}"
+    );
+    assert!(
+        record["client_session"].is_string(),
+        "Claude Code's session id is recorded"
+    );
+}

@@ -437,18 +437,18 @@ async fn refused_requests_are_counted_and_shown_with_their_client() {
     let (_mock, proxy) = start().await;
     let (mut dash, _) = Dashboard::connect(&proxy, "").await;
 
-    // `/v1/messages` and `/v1/responses` are served now; the legacy completions API is not.
+    // An API the proxy does not serve (embeddings), with its query.
     let unknown_route = client()
-        .post(proxy.url("/v1/completions?beta=true"))
+        .post(proxy.url("/v1/embeddings?beta=true"))
         .header("user-agent", "claude-cli/2.1.197 (external, sdk-cli)")
-        .json(&json!({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": []}))
+        .json(&json!({"model": "claude-sonnet-4-5", "input": "hello"}))
         .send()
         .await
         .unwrap();
     assert_eq!(unknown_route.status(), 404);
     let (refused, _) = dash.until("request.refused", |_| true).await;
     let data = &refused["data"];
-    assert_eq!(data["path"], "/v1/completions");
+    assert_eq!(data["path"], "/v1/embeddings");
     assert_eq!(data["status"], 404);
     assert_eq!(data["code"], "not_found");
     assert_eq!(data["client_app"], "Claude Code 2.1.197");

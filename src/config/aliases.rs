@@ -4,7 +4,7 @@
 //! ```toml
 //! [model_aliases]
 //! "claude-*" = "moonshot/kimi-k2.5"
-//! "claude-haiku-*" = "groq/kimi-k2"
+//! "claude-haiku-*" = "moonshot/kimi-k2-turbo-preview"
 //! ```
 //!
 //! The most specific pattern wins: an exact name before any pattern, then the pattern with the most literal
