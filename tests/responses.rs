@@ -438,10 +438,12 @@ async fn the_openai_python_sdk_speaks_responses_through_the_proxy() {
 /// by the chat mock through the translation, recorded as a Responses request of Codex's session.
 #[tokio::test]
 async fn codex_exec_runs_a_turn_through_the_proxy_to_a_chat_provider() {
-    let codex =
-        tokio::task::spawn_blocking(|| common::npm_package("codex-npm", "@openai/codex", "codex"))
-            .await
-            .unwrap();
+    let Some(codex) = tokio::task::spawn_blocking(common::codex_cli)
+        .await
+        .unwrap()
+    else {
+        return;
+    };
     let (mock, proxy) = start().await;
     let home = tempfile::tempdir().unwrap();
     let config = format!(

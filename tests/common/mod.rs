@@ -314,27 +314,49 @@ pub fn python_venv(name: &str, packages: &[&str]) -> PathBuf {
     python
 }
 
-/// An npm package installed (once, reused by later runs) under `target/`; returns the path of its `bin` entry
-/// `bin` (e.g. `@openai/codex` → `codex`).
-pub fn npm_package(dir: &str, package: &str, bin: &str) -> PathBuf {
-    use std::process::Command as Std;
+/// `package` installed from npm (once, reused by later runs) under `target/<dir>`, with `ready(prefix)` saying
+/// whether an install there works. Returns the prefix; `None` — said loudly — only when the machine has no
+/// `npm`.
+pub fn npm_install(
+    dir: &str,
+    package: &str,
+    ready: &dyn Fn(&std::path::Path) -> bool,
+) -> Option<PathBuf> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let prefix = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(dir);
-    let entry = prefix.join("node_modules").join(".bin").join(bin);
-    if entry.exists() {
-        return entry;
+    let prefix = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(dir);
+    if ready(&prefix) {
+        return Some(prefix);
+    }
+    let has_npm = std::process::Command::new("npm")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_npm {
+        eprintln!("\n!!! SKIPPED: npm is not installed, so the {package} test cannot run\n");
+        return None;
     }
     std::fs::create_dir_all(&prefix).unwrap();
-    let status = Std::new("npm")
+    let output = std::process::Command::new("npm")
         .args(["install", "--no-audit", "--no-fund", "--prefix"])
         .arg(&prefix)
         .arg(package)
-        .status()
-        .expect("npm (Node.js) is needed for this test");
-    assert!(status.success(), "npm install {package} failed");
-    assert!(entry.exists(), "{package} has no `{bin}` command");
-    entry
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "npm install {package} failed (registry unreachable?):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(ready(&prefix), "the installed {package} does not run");
+    Some(prefix)
+}
+
+/// The Codex CLI (`@openai/codex` from npm, under the target directory): its `codex` command.
+pub fn codex_cli() -> Option<PathBuf> {
+    let bin = |prefix: &std::path::Path| prefix.join("node_modules/.bin/codex");
+    let prefix = npm_install("codex-npm", "@openai/codex", &|prefix| bin(prefix).exists())?;
+    Some(bin(&prefix))
 }
 
 /// A Messages request (Anthropic's API) as Claude Code would send it: a system prompt, one user turn.
@@ -415,39 +437,21 @@ pub fn anthropic_sdk_python() -> Option<PathBuf> {
 /// command that runs it: `node …/cli-wrapper.cjs` (the package's own fallback launcher, which works whether or not
 /// npm ran its postinstall). `None` — said loudly — only when the machine has no `npm`.
 pub fn claude_code_cli() -> Option<Vec<String>> {
-    let has_npm = std::process::Command::new("npm")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_npm {
-        eprintln!("\n!!! SKIPPED: npm is not installed, so the Claude Code CLI test cannot run\n");
-        return None;
-    }
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("claude-code");
-    let wrapper = dir.join("node_modules/@anthropic-ai/claude-code/cli-wrapper.cjs");
-    let command = vec!["node".to_string(), wrapper.to_str().unwrap().to_string()];
-    let works = || {
-        std::process::Command::new(&command[0])
-            .args([&command[1], "--version"])
-            .env("HOME", dir.join("home"))
-            .output()
-            .is_ok_and(|o| o.status.success())
+    let wrapper = |prefix: &std::path::Path| {
+        prefix.join("node_modules/@anthropic-ai/claude-code/cli-wrapper.cjs")
     };
-    if works() {
-        return Some(command);
-    }
-    std::fs::create_dir_all(dir.join("home")).unwrap();
-    let output = std::process::Command::new("npm")
-        .args(["install", "--no-audit", "--no-fund", "--prefix"])
-        .arg(&dir)
-        .arg("@anthropic-ai/claude-code")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "npm install @anthropic-ai/claude-code failed (registry unreachable?):\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(works(), "the installed Claude Code CLI does not run");
-    Some(command)
+    let works = |prefix: &std::path::Path| {
+        std::fs::create_dir_all(prefix.join("home")).is_ok()
+            && std::process::Command::new("node")
+                .arg(wrapper(prefix))
+                .arg("--version")
+                .env("HOME", prefix.join("home"))
+                .output()
+                .is_ok_and(|o| o.status.success())
+    };
+    let prefix = npm_install("claude-code", "@anthropic-ai/claude-code", &works)?;
+    Some(vec![
+        "node".to_string(),
+        wrapper(&prefix).to_str().unwrap().to_string(),
+    ])
 }

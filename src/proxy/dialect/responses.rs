@@ -447,6 +447,22 @@ impl TranslatingBody {
     }
 }
 
+impl Drop for TranslatingBody {
+    /// A client may close as soon as it has the terminal event (Codex does), before the upstream's body has
+    /// ended: the rest of it (in practice the end of the chunked body, bounded by the idle timeout) is then
+    /// read on a task of its own, so the tracker still records a complete answer rather than a client that left.
+    fn drop(&mut self) {
+        if self.done || !self.translator.is_finished() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut rest = std::mem::take(&mut self.inner);
+        runtime.spawn(async move { while let Some(Ok(_)) = rest.frame().await {} });
+    }
+}
+
 impl http_body::Body for TranslatingBody {
     type Data = Bytes;
     type Error = axum::Error;
