@@ -455,21 +455,34 @@ async fn dashboards_are_bounded_and_hold_connection_slots() {
         }
         other => panic!("a third dashboard was not refused: {:?}", other.map(|_| ())),
     }
-    // Two upgraded sockets hold two slots: one is left.
-    let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
-    // On a loaded machine the refused third socket may still be closing: a few tries, one must be refused.
-    let mut refused = false;
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if client().get(proxy.url("/v1/models")).send().await.is_err() {
-            refused = true;
+    // Two upgraded sockets hold two slots: one is left, once the refused third socket has closed. A socket the
+    // server refuses is closed at once (EOF); one it holds stays silent until the header deadline. On a loaded
+    // machine the third socket may still hold its slot when `idle` arrives: then `idle` is refused, and the
+    // round starts again.
+    use tokio::io::AsyncReadExt;
+    async fn refused(socket: &mut TcpStream) -> bool {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(300), socket.read(&mut byte)).await;
+        read.is_ok()
+    }
+    let mut held = None;
+    for _ in 0..30 {
+        let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
+        if refused(&mut idle).await {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let beyond = client().get(proxy.url("/v1/models")).send().await;
+        if beyond.is_err() {
+            held = Some(idle);
             break;
         }
+        assert!(
+            refused(&mut idle).await,
+            "a connection beyond max_connections was served while dashboards and an idle socket were open"
+        );
     }
-    assert!(
-        refused,
-        "connections beyond max_connections were served while dashboards were open"
-    );
+    let mut idle = held.expect("the last connection slot never came free");
     use tokio::io::AsyncWriteExt;
     idle.shutdown().await.unwrap();
     drop(idle);
