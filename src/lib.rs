@@ -18,6 +18,7 @@ pub mod ledgers;
 pub mod limits;
 pub mod live;
 pub mod monitor;
+pub mod net;
 pub mod proxy;
 pub mod routes;
 pub mod server;

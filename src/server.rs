@@ -34,7 +34,7 @@ pub enum ServerError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Client(#[from] proxy::upstream::ClientBuildError),
+    Client(#[from] crate::net::ClientBuildError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -185,7 +185,10 @@ async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
     let grace = config.server.shutdown_grace;
-    let hub = Hub::start(Arc::clone(&state), store.clone());
+    let hub = Hub::start(
+        Arc::clone(&state),
+        store.as_ref().map(|api| Arc::clone(&api.sink)),
+    );
     let app = crate::routes::app(state, store, Some(Arc::clone(&hub)));
     let builder = Arc::new(connection_builder(&config.server));
     // One permit per open client connection: bounds what idle or slow clients can hold, and tells shutdown

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{AlertEvent, EventKind, Severity};
 use crate::config::{WebhookConfig, WebhookFormat};
-use crate::proxy::upstream::{HttpClient, build_https_client};
+use crate::net::{HttpClient, build_https_client};
 
 /// Longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);

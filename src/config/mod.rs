@@ -317,7 +317,7 @@ impl Default for StoreConfig {
 /// `[passthrough]`: requests to providers outside the catalog (`X-Target-Base-URL`), off unless allowed.
 #[derive(Debug, Clone, Default)]
 pub struct PassthroughConfig {
-    pub allowed: Vec<crate::proxy::passthrough::TargetPattern>,
+    pub allowed: Vec<crate::net::TargetPattern>,
     /// Allow loopback targets (and plain http to them): for tests and local servers.
     pub allow_loopback: bool,
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::proxy::passthrough::TargetPattern;
+use crate::net::TargetPattern;
 
 use super::{
     ADMIN_TOKEN_ENV, AlertsConfig, ApiKey, BaseUrl, CacheConfig, ClientKey, Config, ConfigError,

@@ -22,10 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accounting::live::{LiveRequest, StartListener};
 use crate::accounting::{RecordSink, Refusal, RequestRecord};
-use crate::admin::StoreApi;
 use crate::proxy::ProxyState;
 use crate::store::query::Session;
-use crate::store::{SessionChange, StoreListener};
+use crate::store::{Readers, SessionChange, StoreListener, StoreSink};
 use protocol::{Envelope, RequestView};
 
 /// Events waiting for the hub task. Full: the event is lost (counted) and the next event skips a sequence
@@ -59,6 +58,12 @@ enum Input {
     Session(SessionChange),
 }
 
+/// What the hub reads of the store: its writer's queue (for its figures) and read connections of its own.
+pub(crate) struct HubStore {
+    pub(crate) sink: Arc<StoreSink>,
+    pub(crate) readers: Arc<Readers>,
+}
+
 /// The hub: shared by the proxy (as listener and sink), the store (listener) and every WebSocket task.
 pub struct Hub {
     inputs: mpsc::Sender<Input>,
@@ -70,7 +75,7 @@ pub struct Hub {
     /// Recent record → session assignments, newest last.
     assignments: Mutex<VecDeque<(u64, Option<i64>)>>,
     pub(crate) state: Arc<ProxyState>,
-    pub(crate) store: Option<Arc<StoreApi>>,
+    pub(crate) store: Option<HubStore>,
     pub(crate) started_at_ms: i64,
     /// Cancelled at shutdown: clients are told the server is going away.
     pub(crate) closing: CancellationToken,
@@ -78,7 +83,7 @@ pub struct Hub {
 
 impl Hub {
     /// Starts the hub task and registers the hub with the accounting and the store.
-    pub fn start(state: Arc<ProxyState>, store: Option<Arc<StoreApi>>) -> Arc<Hub> {
+    pub fn start(state: Arc<ProxyState>, store: Option<Arc<StoreSink>>) -> Arc<Hub> {
         let (inputs, receiver) = mpsc::channel(INPUT_CAPACITY);
         let (frames, _) = broadcast::channel(CLIENT_BACKLOG);
         let hub = Arc::new(Hub {
@@ -89,7 +94,10 @@ impl Hub {
             cut_off: AtomicU64::new(0),
             assignments: Mutex::new(VecDeque::with_capacity(ASSIGNMENTS_KEPT)),
             state: Arc::clone(&state),
-            store: store.clone(),
+            store: store.as_ref().map(|sink| HubStore {
+                sink: Arc::clone(sink),
+                readers: Arc::new(Readers::new(sink.path())),
+            }),
             started_at_ms: crate::util::unix_ms(),
             closing: CancellationToken::new(),
         });
@@ -100,10 +108,8 @@ impl Hub {
         state
             .accounting
             .add_sink(Arc::clone(&hub) as Arc<dyn RecordSink>);
-        if let Some(store) = &store {
-            store
-                .sink
-                .set_listener(Arc::clone(&hub) as Arc<dyn StoreListener>);
+        if let Some(sink) = &store {
+            sink.set_listener(Arc::clone(&hub) as Arc<dyn StoreListener>);
         }
         let worker = Worker {
             hub: Arc::clone(&hub),

@@ -336,10 +336,10 @@ async fn snapshot(hub: &Arc<Hub>, params: &Params, seq: u64) -> Result<String, S
     let since = local_midnight_ms(now, params.tz_offset_min.unwrap_or(0));
     let stored = match &hub.store {
         Some(store) => {
-            let store = Arc::clone(store);
+            let readers = Arc::clone(&store.readers);
             let selected = params.session_id;
             tokio::task::spawn_blocking(move || {
-                store.readers.with(|conn| read_store(conn, since, selected))
+                readers.with(|conn| read_store(conn, since, selected))
             })
             .await
             .map_err(|e| StoreError::Other(format!("snapshot task failed: {e}")))??

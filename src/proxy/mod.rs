@@ -35,11 +35,11 @@ use crate::accounting::{Accounting, DEFAULT_MESSAGE_CACHE_BYTES, RecordSink};
 use crate::alerts::AlertEngine;
 use crate::config::{Config, Provider};
 use crate::context::ContextEngine;
+use crate::net::HttpClient;
 use cache::ResponseCache;
 use error::ProxyError;
 use ratelimit::RateLimiter;
 use route::Catalog;
-use upstream::HttpClient;
 
 /// Tells the client how long the proxy itself took (microseconds, upstream excluded).
 pub const OVERHEAD_HEADER: &str = "x-kimi-proxy-overhead-us";
@@ -109,7 +109,7 @@ impl ProxyState {
             .collect()
     }
 
-    pub fn new(config: Arc<Config>) -> Result<ProxyState, upstream::ClientBuildError> {
+    pub fn new(config: Arc<Config>) -> Result<ProxyState, crate::net::ClientBuildError> {
         let catalog = Catalog::new(&config);
         let mut upstreams = HashMap::new();
         for (key, provider) in &config.providers {
@@ -123,7 +123,7 @@ impl ProxyState {
                 key.clone(),
                 Upstream {
                     provider: provider.clone(),
-                    client: upstream::build_client(provider)?,
+                    client: crate::net::build_https_client(provider.timeouts.connect)?,
                     limiter,
                     throttled: Arc::new(AtomicU64::new(0)),
                 },
@@ -145,7 +145,7 @@ impl ProxyState {
         let response_cache = Arc::new(ResponseCache::new(config.cache.max_bytes, config.cache.ttl));
         let context = Arc::new(ContextEngine::new(&config));
         let passthrough = if config.passthrough.enabled() {
-            Some(upstream::build_passthrough_client(
+            Some(crate::net::build_passthrough_client(
                 config.passthrough.allow_loopback,
                 crate::config::Timeouts::default().connect,
             )?)

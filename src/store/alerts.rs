@@ -1,10 +1,107 @@
-//! The alerts table. The alert engine decides; this only writes what it decided (on the writer thread, through
+//! The alerts table and its row, [`Alert`] (the same shape in the API, events and webhooks). The alert engine
+//! decides; this only writes what it decided (on the writer thread, through
 //! [`super::StoreSink::try_execute`]) and reads the history back for `/api/alerts`.
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::Serialize;
 
 use super::{Store, StoreError};
-use crate::alerts::{Alert, AlertKind, Severity};
+
+/// What an alert is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertKind {
+    /// A session's context window filling up (value: share used).
+    Context,
+    /// p95 end-to-end latency (value: milliseconds).
+    Latency,
+    /// Share of requests ending in an error (value: share).
+    ErrorRate,
+    /// 429 answers from a provider (value: count in the window; subject: the provider).
+    #[serde(rename = "upstream_429")]
+    Upstream429,
+    /// Resident memory (value: bytes).
+    Memory,
+    /// Records waiting for the store writer (value: records).
+    StoreBacklog,
+    /// Records the store lost (value: records in the window).
+    StoreDropped,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Context => "context",
+            AlertKind::Latency => "latency",
+            AlertKind::ErrorRate => "error_rate",
+            AlertKind::Upstream429 => "upstream_429",
+            AlertKind::Memory => "memory",
+            AlertKind::StoreBacklog => "store_backlog",
+            AlertKind::StoreDropped => "store_dropped",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AlertKind> {
+        [
+            AlertKind::Context,
+            AlertKind::Latency,
+            AlertKind::ErrorRate,
+            AlertKind::Upstream429,
+            AlertKind::Memory,
+            AlertKind::StoreBacklog,
+            AlertKind::StoreDropped,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == text)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Severity> {
+        match text {
+            "info" => Some(Severity::Info),
+            "warning" => Some(Severity::Warning),
+            "critical" | "error" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// One alert, active or resolved. The same shape in the API, the database, events and webhooks.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Alert {
+    pub id: i64,
+    pub kind: AlertKind,
+    pub severity: Severity,
+    pub session_id: Option<i64>,
+    /// What else it is about (the provider of an `upstream_429` alert).
+    pub subject: Option<String>,
+    pub message: String,
+    /// The measured value when it fired, and the rule's threshold (units per kind).
+    pub value: f64,
+    pub threshold: f64,
+    pub fired_at_ms: i64,
+    pub resolved_at_ms: Option<i64>,
+    /// `cleared`, `session_deleted` or `restart` once resolved.
+    pub resolution: Option<String>,
+    pub acked_at_ms: Option<i64>,
+}
 
 const COLUMNS: &str = "id, fired_at, resolved_at, kind, severity, session_id, subject, message, value, \
                        threshold, resolution, acked_at";

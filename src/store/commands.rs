@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
+use super::alerts::Alert;
 use super::alerts::Restored;
 use super::{RetentionOutcome, StoreError, StoreSink};
-use crate::alerts::Alert;
 
 /// A session's saved context settings and whether it is the active one (what the proxy mirrors in memory).
 #[derive(Debug, Clone)]
