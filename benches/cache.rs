@@ -110,7 +110,7 @@ fn hit(c: &mut Criterion) {
     let like_the_mock_served = like_the_mock.clone();
     runtime.spawn(async move { axum::serve(listener, like_the_mock_served).await });
     let state = state(upstream);
-    let cached = kimi_proxy::routes::proxy(Arc::clone(&state));
+    let cached = kimi_proxy::routes::proxy_routes().with_state(Arc::clone(&state));
     let key = cache::cache_key(&body, "mock-model", true).unwrap();
     runtime.block_on(async {
         let response = cached.clone().oneshot(request(&body)).await.unwrap();

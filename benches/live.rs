@@ -56,7 +56,7 @@ fn fan_out(c: &mut Criterion) {
         let hub = Hub::start(state(), None);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let router = kimi_proxy::routes::dashboards(Arc::clone(&hub));
+        let router = kimi_proxy::routes::dashboard_routes().with_state(Arc::clone(&hub));
         tokio::spawn(async move { axum::serve(listener, router).await });
         (hub, addr)
     });

@@ -6,11 +6,14 @@
 use std::sync::{Arc, LazyLock};
 
 use axum::Router;
+use axum::extract::FromRef;
 use axum::routing::{MethodRouter, get, post};
 
 use crate::admin;
 use crate::admin::StoreApi;
+use crate::alerts::AlertEngine;
 use crate::auth::{self, Auth};
+use crate::context::ContextEngine;
 use crate::live::{self, Hub};
 use crate::proxy::{self, ProxyState};
 
@@ -39,7 +42,58 @@ const PROXY: &[(&str, Endpoint)] = &[
     ("/responses/{id}/input_items", Endpoint::ResponseInputItems),
 ];
 
-fn handler(endpoint: Endpoint) -> MethodRouter<Arc<ProxyState>> {
+/// The application's state, built once; each handler takes the narrow part it needs (`State<Arc<ProxyState>>`,
+/// `State<Arc<AlertEngine>>`, `admin::Store`, …) through `FromRef`.
+#[derive(Clone)]
+pub struct AppState {
+    pub proxy: Arc<ProxyState>,
+    pub auth: Arc<Auth>,
+    pub hub: Arc<Hub>,
+    /// `None` when `[store] enabled = false`: the store's routes then answer 404 ([`admin::Store`]).
+    pub store: Option<Arc<StoreApi>>,
+}
+
+impl FromRef<AppState> for Arc<ProxyState> {
+    fn from_ref(state: &AppState) -> Arc<ProxyState> {
+        Arc::clone(&state.proxy)
+    }
+}
+
+impl FromRef<AppState> for Arc<AlertEngine> {
+    fn from_ref(state: &AppState) -> Arc<AlertEngine> {
+        Arc::clone(&state.proxy.alerts)
+    }
+}
+
+impl FromRef<AppState> for Arc<ContextEngine> {
+    fn from_ref(state: &AppState) -> Arc<ContextEngine> {
+        Arc::clone(&state.proxy.context)
+    }
+}
+
+impl FromRef<AppState> for Arc<Auth> {
+    fn from_ref(state: &AppState) -> Arc<Auth> {
+        Arc::clone(&state.auth)
+    }
+}
+
+impl FromRef<AppState> for Arc<Hub> {
+    fn from_ref(state: &AppState) -> Arc<Hub> {
+        Arc::clone(&state.hub)
+    }
+}
+
+impl FromRef<AppState> for Option<Arc<StoreApi>> {
+    fn from_ref(state: &AppState) -> Option<Arc<StoreApi>> {
+        state.store.clone()
+    }
+}
+
+fn handler<S>(endpoint: Endpoint) -> MethodRouter<S>
+where
+    Arc<ProxyState>: FromRef<S>,
+    S: Clone + Send + Sync + 'static,
+{
     match endpoint {
         Endpoint::ChatCompletions => post(proxy::chat_completions),
         Endpoint::Messages => post(proxy::messages),
@@ -63,103 +117,95 @@ pub fn proxy_paths() -> &'static [String] {
     &PATHS
 }
 
-/// The proxy surface alone.
-pub fn proxy(state: Arc<ProxyState>) -> Router {
+/// The proxy surface, for any state that holds the proxy's (the benchmarks serve it alone).
+pub fn proxy_routes<S>() -> Router<S>
+where
+    Arc<ProxyState>: FromRef<S>,
+    S: Clone + Send + Sync + 'static,
+{
     let mut router = Router::new();
     for (path, endpoint) in PROXY {
         router = router
             .route(&format!("/v1{path}"), handler(*endpoint))
             .route(path, handler(*endpoint));
     }
-    router.with_state(state)
+    router
 }
 
-/// The dashboards' WebSocket.
-pub fn dashboards(hub: Arc<Hub>) -> Router {
-    Router::new()
-        .route("/ws", get(live::socket::upgrade))
-        .with_state(hub)
+/// The dashboards' WebSocket, for any state that holds the hub.
+pub fn dashboard_routes<S>() -> Router<S>
+where
+    Arc<Hub>: FromRef<S>,
+    S: Clone + Send + Sync + 'static,
+{
+    Router::new().route("/ws", get(live::socket::upgrade))
 }
 
 /// The admin surface: everything that is not a proxy route. The guard protects it by path (only the proxy
 /// paths and `/login`, `/logout` are exempt), whatever router a route is in.
-fn admin(state: &Arc<ProxyState>, store: Option<Arc<StoreApi>>, hub: Option<Arc<Hub>>) -> Router {
-    let mut router = Router::new()
+fn admin() -> Router<AppState> {
+    use admin::context as ctx;
+    use admin::sessions as s;
+    Router::new()
         .route("/", get(crate::dashboard::index))
         .route("/index.html", get(crate::dashboard::index))
         .route("/assets/{file}", get(crate::dashboard::asset))
-        .merge(
-            Router::new()
-                .route("/api/requests/recent", get(admin::stats::recent_requests))
-                .route("/api/requests/live", get(admin::stats::live_requests))
-                .route("/api/tokens", get(admin::stats::token_stats))
-                .route("/api/stats", get(admin::stats::stats))
-                .route("/metrics", get(admin::stats::metrics))
-                .with_state(Arc::clone(state)),
+        .route("/api/requests/recent", get(admin::stats::recent_requests))
+        .route("/api/requests/live", get(admin::stats::live_requests))
+        .route("/api/tokens", get(admin::stats::token_stats))
+        .route("/api/stats", get(admin::stats::stats))
+        .route("/metrics", get(admin::stats::metrics))
+        .route("/api/alerts", get(admin::alerts::list))
+        .route("/api/alerts/{id}/ack", post(admin::alerts::ack))
+        .route(
+            "/api/sessions",
+            get(s::list_sessions)
+                .post(s::create_session)
+                .delete(s::delete_sessions),
         )
-        .merge(
-            Router::new()
-                .route("/api/alerts", get(admin::alerts::list))
-                .route("/api/alerts/{id}/ack", post(admin::alerts::ack))
-                .with_state(Arc::clone(&state.alerts)),
-        );
-    if let Some(store) = store {
-        use admin::context as ctx;
-        use admin::sessions as s;
-        router = router.merge(
-            Router::new()
-                .route(
-                    "/api/sessions",
-                    get(s::list_sessions)
-                        .post(s::create_session)
-                        .delete(s::delete_sessions),
-                )
-                .route(
-                    "/api/sessions/{id}",
-                    get(s::get_session)
-                        .patch(s::rename_session)
-                        .delete(s::delete_session),
-                )
-                .route("/api/sessions/{id}/activate", post(s::activate))
-                .route("/api/sessions/{id}/deactivate", post(s::deactivate))
-                .route("/api/sessions/{id}/requests", get(s::session_requests))
-                .route("/api/sessions/{id}/export", get(s::export_session))
-                .route("/api/export", get(s::export_all))
-                .route("/api/stats/store", get(s::store_stats))
-                .route("/api/usage", get(admin::usage::usage))
-                .route("/api/maintenance/retention", post(s::retention))
-                .route("/api/mask/{hash}", get(ctx::get_mask))
-                .route(
-                    "/api/sessions/{id}/context",
-                    get(ctx::get_settings).put(ctx::put_settings),
-                )
-                .route("/api/sessions/{id}/compact", post(ctx::compact))
-                .route(
-                    "/api/sessions/{id}/compact/preview",
-                    post(ctx::compact_preview),
-                )
-                .with_state(store),
-        );
-    }
-    if let Some(hub) = hub {
-        router = router.merge(dashboards(hub));
-    }
-    router
+        .route(
+            "/api/sessions/{id}",
+            get(s::get_session)
+                .patch(s::rename_session)
+                .delete(s::delete_session),
+        )
+        .route("/api/sessions/{id}/activate", post(s::activate))
+        .route("/api/sessions/{id}/deactivate", post(s::deactivate))
+        .route("/api/sessions/{id}/requests", get(s::session_requests))
+        .route("/api/sessions/{id}/export", get(s::export_session))
+        .route("/api/export", get(s::export_all))
+        .route("/api/stats/store", get(s::store_stats))
+        .route("/api/usage", get(admin::usage::usage))
+        .route("/api/maintenance/retention", post(s::retention))
+        .route("/api/mask/{hash}", get(ctx::get_mask))
+        .route(
+            "/api/sessions/{id}/context",
+            get(ctx::get_settings).put(ctx::put_settings),
+        )
+        .route("/api/sessions/{id}/compact", post(ctx::compact))
+        .route(
+            "/api/sessions/{id}/compact/preview",
+            post(ctx::compact_preview),
+        )
+        .merge(dashboard_routes())
 }
 
 /// Every route of the product behind the auth guard, with the fallbacks for unknown paths and methods.
-pub fn app(state: Arc<ProxyState>, store: Option<Arc<StoreApi>>, hub: Option<Arc<Hub>>) -> Router {
-    let auth = Arc::new(Auth::new(&state.config, proxy_paths()));
-    let mut app = proxy(Arc::clone(&state)).merge(admin(&state, store, hub));
+pub fn app(proxy: Arc<ProxyState>, store: Option<Arc<StoreApi>>, hub: Arc<Hub>) -> Router {
+    let auth = Arc::new(Auth::new(&proxy.config, proxy_paths()));
+    let state = AppState {
+        proxy,
+        auth: Arc::clone(&auth),
+        hub,
+        store,
+    };
+    let mut app = proxy_routes().merge(admin());
     if auth.admin_token_set() {
-        app = app.merge(
-            Router::new()
-                .route("/login", get(auth::login::page).post(auth::login::login))
-                .route("/logout", post(auth::login::logout))
-                .with_state(Arc::clone(&auth)),
-        );
+        app = app
+            .route("/login", get(auth::login::page).post(auth::login::login))
+            .route("/logout", post(auth::login::logout));
     }
-    let (for_not_found, for_not_allowed) = (Arc::clone(&state), Arc::clone(&state));
+    let (for_not_found, for_not_allowed) = (Arc::clone(&state.proxy), Arc::clone(&state.proxy));
     app.fallback(move |request| proxy::not_found(for_not_found, request))
         .method_not_allowed_fallback(move |request| {
             proxy::method_not_allowed(for_not_allowed, request)
@@ -167,4 +213,5 @@ pub fn app(state: Arc<ProxyState>, store: Option<Arc<StoreApi>>, hub: Option<Arc
         // Outermost, so it sees every request, the fallbacks included: Host/Origin/CORS rules everywhere,
         // virtual keys on the proxy paths, the admin token on every other path.
         .layer(axum::middleware::from_fn_with_state(auth, auth::guard))
+        .with_state(state)
 }

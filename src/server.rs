@@ -77,9 +77,13 @@ pub async fn serve(
             )));
         load_context_settings(sink, &state).await;
     }
-    let store = sink
-        .as_ref()
-        .map(|sink| StoreApi::new(Arc::clone(sink), Arc::clone(&state), mask_key.clone()));
+    let store = sink.as_ref().map(|sink| {
+        StoreApi::new(
+            Arc::clone(sink),
+            Arc::clone(&state.context),
+            mask_key.clone(),
+        )
+    });
     let alerts = start_alerts(&state, sink.as_ref()).await;
     let result = run(&config, Arc::clone(&state), store, listener, shutdown).await;
     // Alert writes still pending go to the store before it closes.
@@ -189,7 +193,7 @@ async fn run(
         Arc::clone(&state),
         store.as_ref().map(|api| Arc::clone(&api.sink)),
     );
-    let app = crate::routes::app(state, store, Some(Arc::clone(&hub)));
+    let app = crate::routes::app(state, store, Arc::clone(&hub));
     let builder = Arc::new(connection_builder(&config.server));
     // One permit per open client connection: bounds what idle or slow clients can hold, and tells shutdown
     // when every connection has finished.

@@ -1312,3 +1312,17 @@ async fn a_sessions_model_is_bounded() {
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["model"], "moonshot/kimi-k2.5", "{created}");
 }
+
+/// Without a store the proxy still serves, and the store's routes say why they have nothing.
+#[tokio::test]
+async fn without_a_store_its_routes_answer_404_and_the_proxy_serves() {
+    let (_mock, proxy) = setup("enabled = false\n").await;
+    assert_eq!(chat(&proxy, json!([user("hi")]), &[]).await, 200);
+    for path in ["/api/sessions", "/api/sessions/1/requests", "/api/usage"] {
+        let (status, body) = get(&proxy, path).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "store_disabled", "{path}: {body}");
+    }
+    let (status, _) = get(&proxy, "/api/stats").await;
+    assert_eq!(status, 200);
+}

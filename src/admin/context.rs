@@ -9,16 +9,17 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json};
 use serde_json::json;
 
-use super::sessions::{ApiResult, StoreApi, json_error, read, session_id};
+use super::sessions::{ApiResult, Store, StoreApi, json_error, read, session_id};
 use crate::config::context::Toggles;
 use crate::context::conversation::Counter;
 use crate::context::sessions::SessionContext;
 use crate::http_error::HttpError;
+use crate::proxy::ProxyState;
 use crate::store::masks::{self, MaskReadError};
 use crate::store::{SessionChange, StoreError, query};
 
 /// `GET /api/mask/{hash}`: a masked original.
-pub async fn get_mask(State(api): State<Arc<StoreApi>>, Path(hash): Path<String>) -> ApiResult {
+pub async fn get_mask(Store(api): Store, Path(hash): Path<String>) -> ApiResult {
     if hash.len() != 32 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(HttpError::bad_request(
             "invalid_parameter",
@@ -27,7 +28,7 @@ pub async fn get_mask(State(api): State<Arc<StoreApi>>, Path(hash): Path<String>
     }
     let hash = hash.to_ascii_lowercase();
     let key = api.mask_key.clone();
-    let preview_chars = api.proxy.context.config.masking.preview_chars;
+    let preview_chars = api.context.config.masking.preview_chars;
     let api2 = Arc::clone(&api);
     let found = tokio::task::spawn_blocking(move || {
         let mut outcome = None;
@@ -62,7 +63,7 @@ pub async fn get_mask(State(api): State<Arc<StoreApi>>, Path(hash): Path<String>
 }
 
 fn settings_json(id: i64, context: &SessionContext, api: &StoreApi) -> serde_json::Value {
-    let model_free = context.toggles.over(api.proxy.context.config.toggles());
+    let model_free = context.toggles.over(api.context.config.toggles());
     json!({
         "session_id": id,
         "settings": context.toggles,
@@ -72,7 +73,7 @@ fn settings_json(id: i64, context: &SessionContext, api: &StoreApi) -> serde_jso
 }
 
 /// `GET /api/sessions/{id}/context`.
-pub async fn get_settings(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> ApiResult {
+pub async fn get_settings(Store(api): Store, Path(id): Path<String>) -> ApiResult {
     let id = session_id(&id)?;
     if read(&api, move |conn| query::get_session(conn, id))
         .await?
@@ -80,14 +81,14 @@ pub async fn get_settings(State(api): State<Arc<StoreApi>>, Path(id): Path<Strin
     {
         return Err(super::sessions::unknown_session(id));
     }
-    let context = api.proxy.context.sessions.get(id);
+    let context = api.context.sessions.get(id);
     Ok(Json(settings_json(id, &context, &api)).into_response())
 }
 
 /// `PUT /api/sessions/{id}/context`: `{"masking": true, "observation": null, "compaction": false}` (a field
 /// left out or `null` follows the model and `[context]`).
 pub async fn put_settings(
-    State(api): State<Arc<StoreApi>>,
+    Store(api): Store,
     Path(id): Path<String>,
     body: Result<Json<Toggles>, JsonRejection>,
 ) -> ApiResult {
@@ -98,7 +99,7 @@ pub async fn put_settings(
         .transpose()
         .map_err(|e| HttpError::from(StoreError::Other(e.to_string())))?;
     let (client_key, active) = api.sink.set_context_settings(id, stored).await?;
-    let sessions = &api.proxy.context.sessions;
+    let sessions = &api.context.sessions;
     let mut context = sessions.get(id);
     context.toggles = toggles;
     sessions.set(id, client_key.as_deref(), context.clone());
@@ -113,12 +114,12 @@ pub async fn put_settings(
 }
 
 /// `POST /api/sessions/{id}/compact`: the session's next request is compacted whatever its size (once).
-pub async fn compact(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -> ApiResult {
+pub async fn compact(Store(api): Store, Path(id): Path<String>) -> ApiResult {
     let id = session_id(&id)?;
     let Some(session) = read(&api, move |conn| query::get_session(conn, id)).await? else {
         return Err(super::sessions::unknown_session(id));
     };
-    let sessions = &api.proxy.context.sessions;
+    let sessions = &api.context.sessions;
     let mut context = sessions.get(id);
     context.compact_next = true;
     sessions.set(id, session.client_key.as_deref(), context.clone());
@@ -134,7 +135,8 @@ pub async fn compact(State(api): State<Arc<StoreApi>>, Path(id): Path<String>) -
 
 /// `POST /api/sessions/{id}/compact/preview`: before/after tokens of compacting the session's latest request.
 pub async fn compact_preview(
-    State(api): State<Arc<StoreApi>>,
+    Store(api): Store,
+    State(proxy): State<Arc<ProxyState>>,
     Path(id): Path<String>,
 ) -> ApiResult {
     let id = session_id(&id)?;
@@ -157,12 +159,10 @@ pub async fn compact_preview(
         )
     };
     let record_id = latest.ok_or_else(not_kept)?;
-    let recent = api
-        .proxy
+    let recent = proxy
         .context
         .recent_body(record_id as u64)
         .ok_or_else(not_kept)?;
-    let proxy = Arc::clone(&api.proxy);
     let preview = tokio::task::spawn_blocking(move || {
         let tokenizer = proxy.accounting.tokenizer_for(&recent.model).tokenizer;
         let counter = Counter {

@@ -7,4 +7,4 @@ pub mod sessions;
 pub mod stats;
 pub mod usage;
 
-pub use sessions::{ApiResult, StoreApi};
+pub use sessions::{ApiResult, Store, StoreApi};

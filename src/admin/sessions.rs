@@ -6,15 +6,16 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRef, FromRequestParts, Path, Query};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::context::ContextEngine;
 use crate::http_error::HttpError;
-use crate::proxy::ProxyState;
 use crate::store::export::{self, Format};
 use crate::store::masks::MaskKey;
 use crate::store::query::{self, Order, RequestFilter, SessionSort, StatusFilter};
@@ -24,34 +25,57 @@ use crate::store::{Readers, SessionChange, StoreError, StoreSink};
 pub struct StoreApi {
     pub sink: Arc<StoreSink>,
     pub readers: Readers,
-    /// The proxy (context settings, masked originals, compaction previews).
-    pub proxy: Arc<ProxyState>,
+    /// The context transforms: their per-session settings mirror the store's sessions.
+    pub context: Arc<ContextEngine>,
     pub mask_key: Option<MaskKey>,
 }
 
 impl StoreApi {
     pub fn new(
         sink: Arc<StoreSink>,
-        proxy: Arc<ProxyState>,
+        context: Arc<ContextEngine>,
         mask_key: Option<MaskKey>,
     ) -> Arc<StoreApi> {
         let readers = Readers::new(sink.path());
         Arc::new(StoreApi {
             sink,
             readers,
-            proxy,
+            context,
             mask_key,
         })
     }
 
     /// Mirrors the active session for the context settings of requests without a client session id.
     fn note_active(&self, id: i64, active: bool) {
-        let sessions = &self.proxy.context.sessions;
+        let sessions = &self.context.sessions;
         if active {
             sessions.set_active(Some(id));
         } else if sessions.active() == Some(id) {
             sessions.set_active(None);
         }
+    }
+}
+
+/// The store's API, for a handler that needs it: refused with a 404 when this instance runs without a store
+/// (`[store] enabled = false`).
+pub struct Store(pub Arc<StoreApi>);
+
+impl<S> FromRequestParts<S> for Store
+where
+    Option<Arc<StoreApi>>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = HttpError;
+
+    async fn from_request_parts(_parts: &mut Parts, state: &S) -> Result<Store, HttpError> {
+        Option::<Arc<StoreApi>>::from_ref(state)
+            .map(Store)
+            .ok_or_else(|| {
+                HttpError::not_found(
+                    "store_disabled",
+                    "this kimi-proxy runs without a store ([store] enabled = false)",
+                )
+            })
     }
 }
 
@@ -134,7 +158,7 @@ pub(crate) struct SessionsQuery {
 }
 
 pub(crate) async fn list_sessions(
-    State(api): State<Arc<StoreApi>>,
+    Store(api): Store,
     query: Result<Query<SessionsQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) = query.map_err(query_error)?;
@@ -159,10 +183,7 @@ pub(crate) async fn list_sessions(
     .into_response())
 }
 
-pub(crate) async fn get_session(
-    State(api): State<Arc<StoreApi>>,
-    Path(id): Path<String>,
-) -> ApiResult {
+pub(crate) async fn get_session(Store(api): Store, Path(id): Path<String>) -> ApiResult {
     let id = session_id(&id)?;
     match read(&api, move |conn| query::get_session(conn, id)).await? {
         Some(session) => Ok(Json(session).into_response()),
@@ -180,7 +201,7 @@ pub(crate) struct CreateSession {
 }
 
 pub(crate) async fn create_session(
-    State(api): State<Arc<StoreApi>>,
+    Store(api): Store,
     body: Result<Json<CreateSession>, JsonRejection>,
 ) -> ApiResult {
     let Json(body) = body.map_err(json_error)?;
@@ -240,7 +261,7 @@ pub(crate) struct RenameSession {
 }
 
 pub(crate) async fn rename_session(
-    State(api): State<Arc<StoreApi>>,
+    Store(api): Store,
     Path(id): Path<String>,
     body: Result<Json<RenameSession>, JsonRejection>,
 ) -> ApiResult {
@@ -269,36 +290,27 @@ async fn changed_session_response(api: &Arc<StoreApi>, id: i64, activation: bool
     Ok(Json(session).into_response())
 }
 
-pub(crate) async fn activate(
-    State(api): State<Arc<StoreApi>>,
-    Path(id): Path<String>,
-) -> ApiResult {
+pub(crate) async fn activate(Store(api): Store, Path(id): Path<String>) -> ApiResult {
     let id = session_id(&id)?;
     api.sink.set_active(id, true).await?;
     api.note_active(id, true);
     changed_session_response(&api, id, true).await
 }
 
-pub(crate) async fn deactivate(
-    State(api): State<Arc<StoreApi>>,
-    Path(id): Path<String>,
-) -> ApiResult {
+pub(crate) async fn deactivate(Store(api): Store, Path(id): Path<String>) -> ApiResult {
     let id = session_id(&id)?;
     api.sink.set_active(id, false).await?;
     api.note_active(id, false);
     changed_session_response(&api, id, true).await
 }
 
-pub(crate) async fn delete_session(
-    State(api): State<Arc<StoreApi>>,
-    Path(id): Path<String>,
-) -> ApiResult {
+pub(crate) async fn delete_session(Store(api): Store, Path(id): Path<String>) -> ApiResult {
     let id = session_id(&id)?;
     let deleted = api.sink.delete_sessions(vec![id]).await?;
     if deleted == 0 {
         return Err(unknown_session(id));
     }
-    api.proxy.context.sessions.forget(id);
+    api.context.sessions.forget(id);
     api.note_active(id, false);
     api.sink.notify(SessionChange::Deleted(vec![id]));
     Ok(Json(json!({"deleted": [id]})).into_response())
@@ -311,7 +323,7 @@ pub(crate) struct DeleteSessions {
 }
 
 pub(crate) async fn delete_sessions(
-    State(api): State<Arc<StoreApi>>,
+    Store(api): Store,
     body: Result<Json<DeleteSessions>, JsonRejection>,
 ) -> ApiResult {
     let Json(body) = body.map_err(json_error)?;
@@ -323,7 +335,7 @@ pub(crate) async fn delete_sessions(
     }
     let ids = body.ids;
     for id in &ids {
-        api.proxy.context.sessions.forget(*id);
+        api.context.sessions.forget(*id);
         api.note_active(*id, false);
     }
     let count = ids.len();
@@ -347,7 +359,7 @@ pub(crate) struct RequestsQuery {
 }
 
 pub(crate) async fn session_requests(
-    State(api): State<Arc<StoreApi>>,
+    Store(api): Store,
     Path(id): Path<String>,
     query: Result<Query<RequestsQuery>, QueryRejection>,
 ) -> ApiResult {
@@ -412,7 +424,7 @@ fn export_format(text: Option<&str>) -> Result<Format, HttpError> {
 }
 
 pub(crate) async fn export_session(
-    State(api): State<Arc<StoreApi>>,
+    Store(api): Store,
     Path(id): Path<String>,
     query: Result<Query<ExportQuery>, QueryRejection>,
 ) -> ApiResult {
@@ -440,7 +452,7 @@ pub(crate) async fn export_session(
 }
 
 pub(crate) async fn export_all(
-    State(api): State<Arc<StoreApi>>,
+    Store(api): Store,
     query: Result<Query<ExportQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) = query.map_err(query_error)?;
@@ -496,7 +508,7 @@ fn stream_export(
     response
 }
 
-pub(crate) async fn store_stats(State(api): State<Arc<StoreApi>>) -> ApiResult {
+pub(crate) async fn store_stats(Store(api): Store) -> ApiResult {
     let writer = api.sink.stats();
     let path = api.sink.path().to_path_buf();
     let shown = path.display().to_string();
@@ -531,7 +543,7 @@ pub(crate) struct RetentionBody {
 }
 
 pub(crate) async fn retention(
-    State(api): State<Arc<StoreApi>>,
+    Store(api): Store,
     body: Result<Json<RetentionBody>, JsonRejection>,
 ) -> ApiResult {
     let Json(body) = body.map_err(json_error)?;

@@ -6,13 +6,10 @@
 //! server's), `source`, `project`, `breakdown` (per model). Answer: the report JSON
 //! (`{"period", "timezone", "rows": [...], "totals": {...}}`); errors in the OpenAI format (`crate::http_error`).
 
-use std::sync::Arc;
-
-use axum::extract::{Query, State};
+use axum::extract::Query;
 use axum::response::{IntoResponse, Json, Response};
 use serde::Deserialize;
 
-use super::StoreApi;
 use crate::http_error::HttpError;
 use crate::ledgers::{LedgerError, Period, ReportOptions, build_report, parse_date};
 
@@ -42,7 +39,7 @@ fn options(q: UsageQuery) -> Result<ReportOptions, LedgerError> {
 }
 
 pub(crate) async fn usage(
-    State(store): State<Arc<StoreApi>>,
+    super::Store(store): super::Store,
     query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let query = match query {
