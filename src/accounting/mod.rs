@@ -3,7 +3,7 @@
 //! counting as the answer passes, reconciliation with the provider's usage, cost, and self-calibration.
 
 pub mod calibration;
-pub mod live;
+pub mod in_flight;
 pub mod record;
 pub mod tracker;
 
@@ -159,7 +159,7 @@ pub struct Accounting {
     pub totals: Totals,
     sinks: parking_lot::RwLock<Vec<Arc<dyn RecordSink>>>,
     /// Requests in flight with their running counts.
-    pub live: live::LiveRequests,
+    pub in_flight: in_flight::LiveRequests,
     /// The proxy's own latency histograms and rates.
     pub monitor: Arc<Monitor>,
     /// Characters of the last user message kept as a preview (0: none).
@@ -217,7 +217,7 @@ impl Accounting {
             next_id: AtomicU64::new(1),
             totals: Totals::default(),
             sinks: parking_lot::RwLock::new(Vec::new()),
-            live: live::LiveRequests::default(),
+            in_flight: in_flight::LiveRequests::default(),
             monitor: Monitor::new(),
             preview_chars,
             refusals_unlogged: AtomicU64::new(0),

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::record::{RequestRecord, accuracy, cost_usd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::live::LiveRequest;
+use super::in_flight::LiveRequest;
 use super::{Accounting, ModelTokenizer, PromptCounting};
 use crate::config::Model;
 use crate::monitor::Metric;
@@ -57,8 +57,8 @@ pub struct RequestContext {
     pub observer: Option<Box<dyn AnswerObserver>>,
     /// The answer came from the response cache.
     pub cache_hit: bool,
-    /// What the context transforms did.
-    pub context: Option<Box<crate::context::Outcome>>,
+    /// What the context transforms (masking, observation masking, compaction) saved.
+    pub savings: Option<Box<crate::context::Outcome>>,
 }
 
 impl RequestContext {
@@ -93,7 +93,7 @@ impl RequestContext {
             on_complete: None,
             observer: None,
             cache_hit: false,
-            context: None,
+            savings: None,
         }
     }
 }
@@ -198,7 +198,7 @@ impl Tracker {
             streaming: context.streaming,
             completion_tokens: AtomicU64::new(0),
         });
-        accounting.live.insert(Arc::clone(&live));
+        accounting.in_flight.insert(Arc::clone(&live));
         let mut context = context;
         let observer = context.observer.take();
         Tracker {
@@ -344,7 +344,7 @@ impl Tracker {
         let Some(context) = self.context.take() else {
             return;
         };
-        self.accounting.live.remove(context.id);
+        self.accounting.in_flight.remove(context.id);
         let prompt = self.prompt.take();
         let ended = Instant::now();
         let mode = std::mem::replace(
@@ -561,7 +561,7 @@ fn build_record(
     } else {
         0.0
     };
-    let tokens_saved = match &context.context {
+    let tokens_saved = match &context.savings {
         Some(outcome) if billable => outcome.tokens_saved(),
         _ => 0,
     };
@@ -613,7 +613,7 @@ fn build_record(
         tool_call_fixes: context.tool_call_fixes,
         usage_injected: context.usage_injected,
         cache_hit: context.cache_hit,
-        context: context.context,
+        context: context.savings,
         tokens_saved,
         cost_saved_usd,
         finish_reason: finished.completion.finish_reason,

@@ -28,7 +28,7 @@ pub(crate) async fn recent_requests(
 
 pub(crate) async fn live_requests(State(state): State<Arc<ProxyState>>) -> Response {
     let accounting = &state.accounting;
-    Json(accounting.live.snapshot()).into_response()
+    Json(accounting.in_flight.snapshot()).into_response()
 }
 
 /// The proxy's own performance: percentiles per histogram and window, rates, memory, open streams, cache.
@@ -42,7 +42,7 @@ pub(crate) async fn stats(State(state): State<Arc<ProxyState>>) -> Response {
         "error_rate": monitor.error_rate,
         "errors_last_minute": monitor.errors_last_minute,
         "errors_total": monitor.errors_total,
-        "open_requests": accounting.live.len(),
+        "open_requests": accounting.in_flight.len(),
         "dashboard_clients": accounting.monitor.dashboard_clients.load(std::sync::atomic::Ordering::Relaxed),
         "rss_bytes": monitor.rss_bytes,
         "message_cache": accounting.cache_stats(),
@@ -65,7 +65,7 @@ pub(crate) async fn metrics(State(state): State<Arc<ProxyState>>) -> Response {
         (
             "kimi_proxy_open_requests",
             "Requests in flight.",
-            accounting.live.len() as f64,
+            accounting.in_flight.len() as f64,
         ),
         (
             "kimi_proxy_dashboard_clients",

@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::accounting::live::{LiveRequest, StartListener};
+use crate::accounting::in_flight::{LiveRequest, StartListener};
 use crate::accounting::{RecordSink, Refusal, RequestRecord};
 use crate::proxy::ProxyState;
 use crate::store::query::Session;
@@ -103,7 +103,7 @@ impl Hub {
         });
         state
             .accounting
-            .live
+            .in_flight
             .set_listener(Arc::clone(&hub) as Arc<dyn StartListener>);
         state
             .accounting
@@ -391,7 +391,7 @@ impl Worker {
         self.hub
             .state
             .accounting
-            .live
+            .in_flight
             .each_progress(|id, started_at_ms, tokens| {
                 if tokens > 0 && self.progress_sent.get(&id) != Some(&tokens) {
                     moved.push(protocol::ProgressItem {

@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::accounting::RequestRecord;
-use crate::accounting::live::LiveSnapshot;
+use crate::accounting::in_flight::LiveSnapshot;
 use crate::config::{ApiKey, Config, Prices};
 use crate::monitor::Summary;
 use crate::store::query::Session;

@@ -397,7 +397,7 @@ async fn snapshot(hub: &Arc<Hub>, params: &Params, seq: u64) -> Result<String, S
         recent,
         selected_session_id: params.session_id,
         session_requests: stored.session_requests,
-        live: accounting.live.snapshot(),
+        live: accounting.in_flight.snapshot(),
         accuracy: accuracy(hub, &recent_records),
         models: protocol::models(&hub.state.config),
         alerts: hub.state.alerts.active(),
@@ -542,7 +542,7 @@ pub(super) fn stats(hub: &Hub) -> protocol::Stats {
         requests_total: snapshot.requests_total,
         requests_per_s: snapshot.requests_per_s,
         error_rate: snapshot.error_rate,
-        open_requests: accounting.live.len(),
+        open_requests: accounting.in_flight.len(),
         rss_bytes: snapshot.rss_bytes,
         dashboard_clients: hub.clients(),
         store: hub.store.as_ref().map(|store| {

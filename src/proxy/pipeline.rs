@@ -362,7 +362,7 @@ impl<'s> Exchange<'s> {
                     bytes = body;
                 }
                 if let Some(context) = self.context_mut() {
-                    context.context = Some(Box::new(outcome));
+                    context.savings = Some(Box::new(outcome));
                 }
             }
         }
