@@ -57,6 +57,15 @@ impl Snapshot {
     }
 }
 
+/// Microseconds in one clock tick of /proc's CPU counters (`USER_HZ`, 100 on Linux whatever the kernel's HZ).
+pub const TICK_US: f64 = 10_000.0;
+
+/// CPU time (user + system, all threads) `pid` has spent so far, in clock ticks.
+pub fn process_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_process_ticks(&stat)
+}
+
 /// `(total, busy, steal)` from the aggregate `cpu` line of /proc/stat.
 fn parse_cpu_line(stat: &str) -> Option<(u64, u64, u64)> {
     let line = stat.lines().find(|line| line.starts_with("cpu "))?;

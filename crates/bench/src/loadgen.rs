@@ -140,6 +140,12 @@ pub struct RunResult {
     pub errors: u64,
     /// Failures during the warm-up (not in `errors`).
     pub warmup_errors: u64,
+    /// Successful warm-up requests (not in `ok`): with `ok` and the errors, every request the servers handled.
+    pub warmup_ok: u64,
+    /// CPU time (clock ticks, from /proc) the side's server and the mock behind it spent during the run
+    /// (filled in by the scenario, which knows the processes).
+    pub server_ticks: u64,
+    pub mock_ticks: u64,
     /// Measured phase, from its start to the last measured completion (summed over merged runs).
     pub elapsed: Duration,
     pub error_samples: Vec<String>,
@@ -154,6 +160,9 @@ impl RunResult {
             ok: 0,
             errors: 0,
             warmup_errors: 0,
+            warmup_ok: 0,
+            server_ticks: 0,
+            mock_ticks: 0,
             elapsed: Duration::ZERO,
             error_samples: Vec::new(),
         })
@@ -166,6 +175,9 @@ impl RunResult {
         self.ok += other.ok;
         self.errors += other.errors;
         self.warmup_errors += other.warmup_errors;
+        self.warmup_ok += other.warmup_ok;
+        self.server_ticks += other.server_ticks;
+        self.mock_ticks += other.mock_ticks;
         self.elapsed += other.elapsed;
         for sample in &other.error_samples {
             if self.error_samples.len() < ERROR_SAMPLES && !self.error_samples.contains(sample) {
@@ -176,6 +188,11 @@ impl RunResult {
     }
 
     /// Successful requests per second of measured time.
+    /// Every request the servers handled in the runs merged here, warm-up included.
+    pub fn handled(&self) -> u64 {
+        self.ok + self.errors + self.warmup_ok + self.warmup_errors
+    }
+
     pub fn rps(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
         if secs > 0.0 {
@@ -195,6 +212,7 @@ struct VuRecord {
     ok: u64,
     errors: u64,
     warmup_errors: u64,
+    warmup_ok: u64,
     last_done: Option<Instant>,
     error_samples: Vec<String>,
 }
@@ -263,6 +281,7 @@ pub async fn run(spec: Spec) -> anyhow::Result<RunResult> {
         result.ok += record.ok;
         result.errors += record.errors;
         result.warmup_errors += record.warmup_errors;
+        result.warmup_ok += record.warmup_ok;
         last_done = last_done.max(record.last_done);
         for sample in &record.error_samples {
             if result.error_samples.len() < ERROR_SAMPLES && !result.error_samples.contains(sample)
@@ -344,6 +363,8 @@ async fn virtual_user(
                         record.ttft.push(micros(ttft));
                     }
                     record.gaps.extend_from_slice(&timings.gaps);
+                } else {
+                    record.warmup_ok += 1;
                 }
             }
             Ok(Err(err)) => {

@@ -337,6 +337,31 @@ pub fn render(settings: &Settings, machine: &Machine, results: &Results) -> Stri
         percentile_rows(&mut out, "latency", &d, &p, false);
         counts_row(&mut out, "requests", pair);
         error_notes(&mut out, pair);
+        if let Some(cpu) = CpuPerRequest::of(pair) {
+            let _ = writeln!(
+                out,
+                "\nCPU time per request (user + system from /proc, every request of the side incl. warm-up): \
+                 the proxy {:.1} µs, the mock behind it {:.1} µs (proxy ÷ mock = {:.2}); the mock serving \
+                 directly {:.1} µs.",
+                cpu.proxy_us,
+                cpu.mock_behind_us,
+                cpu.ratio(),
+                cpu.mock_direct_us
+            );
+            targets.push(Target {
+                what: format!(
+                    "proxy CPU time per request ≤ the mock's at concurrency {}",
+                    settings.throughput_concurrency
+                ),
+                measured: format!(
+                    "{:.1} µs vs {:.1} µs ({:.2}×)",
+                    cpu.proxy_us,
+                    cpu.mock_behind_us,
+                    cpu.ratio()
+                ),
+                pass: Some(cpu.ratio() <= 1.0),
+            });
+        }
         targets.push(Target {
             what: format!(
                 "proxy throughput ≥ {:.0}% of direct at concurrency {}",
@@ -1021,11 +1046,63 @@ fn render_peers(out: &mut String, settings: &Settings, results: &Results) {
     }
 }
 
+/// CPU time per handled request of the proxy and of the mock, from a pair's tick counts.
+struct CpuPerRequest {
+    proxy_us: f64,
+    mock_behind_us: f64,
+    mock_direct_us: f64,
+}
+
+impl CpuPerRequest {
+    fn of(pair: &Pair) -> Option<CpuPerRequest> {
+        let per = |ticks: u64, requests: u64| ticks as f64 * crate::cpu::TICK_US / requests as f64;
+        let (through, direct) = (pair.proxy.handled(), pair.direct.handled());
+        if through == 0 || direct == 0 || pair.proxy.mock_ticks == 0 {
+            return None;
+        }
+        Some(CpuPerRequest {
+            proxy_us: per(pair.proxy.server_ticks, through),
+            mock_behind_us: per(pair.proxy.mock_ticks, through),
+            mock_direct_us: per(pair.direct.server_ticks, direct),
+        })
+    }
+
+    fn ratio(&self) -> f64 {
+        self.proxy_us / self.mock_behind_us
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::scenarios::Memory;
     use crate::sysinfo::Machine;
+
+    #[test]
+    fn cpu_per_request_divides_ticks_by_every_request_handled() -> anyhow::Result<()> {
+        let mut direct = RunResult::empty()?;
+        direct.ok = 900;
+        direct.warmup_ok = 100;
+        direct.server_ticks = 5; // 50 ms over 1,000 requests
+        let mut proxy = RunResult::empty()?;
+        proxy.ok = 400;
+        proxy.errors = 50;
+        proxy.warmup_ok = 50;
+        proxy.server_ticks = 8; // 80 ms over 500 requests
+        proxy.mock_ticks = 4;
+        let pair = Pair {
+            direct,
+            proxy,
+            off: None,
+            peers: Vec::new(),
+        };
+        let cpu = CpuPerRequest::of(&pair).expect("ticks were counted");
+        assert_eq!(cpu.proxy_us, 160.0);
+        assert_eq!(cpu.mock_behind_us, 80.0);
+        assert_eq!(cpu.mock_direct_us, 50.0);
+        assert_eq!(cpu.ratio(), 2.0);
+        Ok(())
+    }
 
     #[test]
     fn formats_durations() {

@@ -348,7 +348,12 @@ async fn alternate(
                 }
                 None => 0,
             };
+            let mock = targets.direct.pid;
+            let ticks = |pid| crate::cpu::process_ticks(pid).unwrap_or(0);
+            let (server_before, mock_before) = (ticks(side.pid), ticks(mock));
             let mut result = loadgen::run(side.aim(make_spec(side.addr, round))).await?;
+            result.server_ticks = ticks(side.pid).saturating_sub(server_before);
+            result.mock_ticks = ticks(mock).saturating_sub(mock_before);
             result.warmup_errors += warm_errors;
             progress(label, round, rounds, &side.name, &result);
             total.merge(&result)?;
