@@ -1096,7 +1096,7 @@ mod tests {
             off: None,
             peers: Vec::new(),
         };
-        let cpu = CpuPerRequest::of(&pair).expect("ticks were counted");
+        let cpu = CpuPerRequest::of(&pair).ok_or_else(|| anyhow::anyhow!("no ticks counted"))?;
         assert_eq!(cpu.proxy_us, 160.0);
         assert_eq!(cpu.mock_behind_us, 80.0);
         assert_eq!(cpu.mock_direct_us, 50.0);
