@@ -19,10 +19,16 @@ pub struct AlertsConfig {
     #[serde(deserialize_with = "units::percents")]
     pub context_thresholds: Vec<f64>,
     /// Context thresholds from this share up are `critical`, those below `warning`.
-    #[serde(rename = "context_critical_percent", deserialize_with = "units::percent")]
+    #[serde(
+        rename = "context_critical_percent",
+        deserialize_with = "units::percent"
+    )]
     pub context_critical: f64,
     /// A context alert resolves when the session drops this share below its threshold (or is deleted).
-    #[serde(rename = "context_hysteresis_percent", deserialize_with = "units::percent")]
+    #[serde(
+        rename = "context_hysteresis_percent",
+        deserialize_with = "units::percent"
+    )]
     pub context_hysteresis: f64,
     /// p95 end-to-end latency over `latency_window` above this, for `latency_for`, fires (0: off).
     pub latency_p95_ms: u64,
@@ -36,7 +42,10 @@ pub struct AlertsConfig {
     pub error_rate: f64,
     #[serde(skip)]
     pub error_rate_clear: f64,
-    #[serde(rename = "error_rate_clear_percent", deserialize_with = "units::percent_opt")]
+    #[serde(
+        rename = "error_rate_clear_percent",
+        deserialize_with = "units::percent_opt"
+    )]
     pub error_rate_clear_given: Option<f64>,
     #[serde(rename = "error_rate_window_secs", deserialize_with = "units::secs")]
     pub error_rate_window: Duration,
@@ -143,8 +152,14 @@ impl AlertsConfig {
             ("interval_ms", self.interval.is_zero()),
             ("latency_window_secs", self.latency_window.is_zero()),
             ("error_rate_window_secs", self.error_rate_window.is_zero()),
-            ("upstream_429_window_secs", self.upstream_429_window.is_zero()),
-            ("store_dropped_window_secs", self.store_dropped_window.is_zero()),
+            (
+                "upstream_429_window_secs",
+                self.upstream_429_window.is_zero(),
+            ),
+            (
+                "store_dropped_window_secs",
+                self.store_dropped_window.is_zero(),
+            ),
             ("webhook_timeout_ms", self.webhook_timeout.is_zero()),
             ("webhook_max_attempts", self.webhook_max_attempts == 0),
             ("webhook_queue", self.webhook_queue == 0),
@@ -164,8 +179,9 @@ impl AlertsConfig {
                         matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
                     });
                     if !usable {
-                        errors
-                            .push("alerts.webhook_url is not an http:// or https:// URL".to_string());
+                        errors.push(
+                            "alerts.webhook_url is not an http:// or https:// URL".to_string(),
+                        );
                     }
                     usable.then(|| WebhookConfig {
                         url: Secret::new(url),

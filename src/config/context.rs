@@ -386,17 +386,19 @@ mod tests {
         assert_eq!(parse_key(&"ab".repeat(32)).unwrap()[0], 0xab);
         assert!(parse_key("short").is_none());
         let mut errors = Vec::new();
-        let mut config: ContextConfig = toml::from_str(
-            "[compaction]\nthreshold = 1.5\n[masking]\nthreshold_tokens = 0",
-        )
-        .unwrap();
+        let mut config: ContextConfig =
+            toml::from_str("[compaction]\nthreshold = 1.5\n[masking]\nthreshold_tokens = 0")
+                .unwrap();
         config.resolve(&|_: &str| None, &mut errors);
         assert_eq!(errors.len(), 2, "{errors:?}");
         // A bad summary mode is refused while reading, with its line.
         let error = toml::from_str::<ContextConfig>("[compaction]\nsummary = \"abstractive\"")
             .unwrap_err()
             .to_string();
-        assert!(error.contains("line 2") && error.contains("abstractive"), "{error}");
+        assert!(
+            error.contains("line 2") && error.contains("abstractive"),
+            "{error}"
+        );
         let config: ContextConfig =
             toml::from_str("[compaction]\nsummary = { model = \"m/x\" }").unwrap();
         assert_eq!(config.compaction.summary, SummaryMode::Model("m/x".into()));

@@ -6,8 +6,8 @@
 //! value of the wrong type is reported by the TOML parser with its file and line (see `raw.rs`); an inconsistent
 //! value with the section, provider or model it belongs to, all at once.
 
-mod aliases;
 mod alerts;
+mod aliases;
 pub mod context;
 mod providers;
 mod raw;
@@ -20,8 +20,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use aliases::ModelAlias;
 pub use alerts::{AlertsConfig, WebhookConfig, WebhookFormat};
+pub use aliases::ModelAlias;
 pub use providers::{
     ApiKey, BaseUrl, Model, Prices, Provider, ProviderKind, RetryPolicy, Timeouts, TokenizerSpec,
     default_tokenizer,

@@ -21,7 +21,9 @@ pub enum ApiKey {
     None,
     Ready(Secret),
     /// The configuration names an environment variable that is not set (or empty).
-    Missing { var: String },
+    Missing {
+        var: String,
+    },
 }
 
 /// A provider's base URL after `${VAR}` expansion.
@@ -237,7 +239,10 @@ pub enum TokenizerSpec {
     Cl100kBase,
     O200kBase,
     /// A tiktoken-format vocabulary on disk with its pre-tokenizer pattern.
-    File { path: PathBuf, pattern: String },
+    File {
+        path: PathBuf,
+        pattern: String,
+    },
 }
 
 impl<'de> Deserialize<'de> for TokenizerSpec {

@@ -53,6 +53,15 @@ struct Source<'a> {
 }
 
 pub fn load(user: Option<(&str, &str)>, env: &dyn EnvSource) -> Result<Config, ConfigError> {
+    load_over(BUILTIN_CATALOG, user, env)
+}
+
+/// [`load`] over another catalog text (tests use a broken one).
+fn load_over(
+    catalog: &str,
+    user: Option<(&str, &str)>,
+    env: &dyn EnvSource,
+) -> Result<Config, ConfigError> {
     let user = user.map(|(origin, text)| Source {
         origin,
         text,
@@ -60,7 +69,7 @@ pub fn load(user: Option<(&str, &str)>, env: &dyn EnvSource) -> Result<Config, C
     });
     let catalog = Source {
         origin: "built-in catalog",
-        text: BUILTIN_CATALOG,
+        text: catalog,
         offset: user.as_ref().map_or(0, |u| u.text.len() + 1),
     };
     let mut root = parse(&catalog)?;
@@ -83,7 +92,10 @@ pub fn load(user: Option<(&str, &str)>, env: &dyn EnvSource) -> Result<Config, C
             keep
         }
     };
-    let sources: Vec<Source<'_>> = user.into_iter().chain(keep_catalog.then_some(catalog)).collect();
+    let sources: Vec<Source<'_>> = user
+        .into_iter()
+        .chain(keep_catalog.then_some(catalog))
+        .collect();
     let document = Document::deserialize(toml::de::Deserializer::from(root))
         .map_err(|e| render(e, &sources))?;
     document.resolve(env)
@@ -240,5 +252,57 @@ impl Document {
             providers,
             models,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn load_text(catalog: &str, user: &str) -> Result<Config, ConfigError> {
+        load_over(catalog, Some(("user.toml", user)), &|_: &str| None)
+    }
+
+    const CATALOG: &str = "[providers.p]\nbase_url = \"http://127.0.0.1:1/v1\"\n\n\
+                           [models.\"p/m\"]\nprovider = \"p\"\nmax_context_size = 100\n\
+                           capabilities = [\"tools\", \"vision\"]\ncontext = { masking = true }\n";
+
+    #[test]
+    fn tables_merge_key_by_key_and_other_values_are_replaced() {
+        let user = "[models.\"p/m\"]\ncapabilities = [\"thinking\"]\nmax_context_size = 50\n\
+                    context = { compaction = true }\n[models.\"p/n\"]\nprovider = \"p\"\nmax_context_size = 9\n";
+        let config = load_text(CATALOG, user).unwrap();
+        let m = &config.models["p/m"];
+        assert_eq!(m.capabilities, ["thinking"], "an array is replaced whole");
+        assert_eq!(m.max_context_size, 50);
+        assert_eq!(m.provider, "p", "untouched keys stay");
+        assert_eq!(m.context.masking, Some(true), "inline tables merge too");
+        assert_eq!(m.context.compaction, Some(true));
+        assert!(config.models.contains_key("p/n"));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line_they_point_into() {
+        // The user's wrong type, in an entry the catalog defines.
+        let user = "\n[models.\"p/m\"]\nmax_context_size = \"big\"\n";
+        let error = load_text(CATALOG, user).unwrap_err().to_string();
+        assert!(error.starts_with("user.toml: "), "{error}");
+        assert!(error.contains("line 3"), "{error}");
+        // A value the user did not touch, wrong in the catalog: the catalog's line, not the user's.
+        let broken = "[providers.p]\nbase_url = \"http://127.0.0.1:1/v1\"\nidle = 1\n";
+        let error = load_text(broken, "[server]\nlisten = \"127.0.0.1:1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("built-in catalog: line 3: "), "{error}");
+        assert!(error.contains("unknown field `idle`"), "{error}");
+    }
+
+    #[test]
+    fn the_catalog_can_be_left_out() {
+        let user = "builtin_catalog = false\n[providers.q]\nbase_url = \"http://127.0.0.1:2\"\n";
+        let config = load_text(CATALOG, user).unwrap();
+        assert_eq!(config.providers.keys().collect::<Vec<_>>(), ["q"]);
+        assert!(config.models.is_empty());
     }
 }

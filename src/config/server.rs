@@ -52,7 +52,10 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     #[serde(rename = "idle_timeout_ms", deserialize_with = "units::ms")]
     pub idle_timeout: Duration,
-    #[serde(rename = "http2_keep_alive_interval_ms", deserialize_with = "units::ms")]
+    #[serde(
+        rename = "http2_keep_alive_interval_ms",
+        deserialize_with = "units::ms"
+    )]
     pub http2_keep_alive_interval: Duration,
     #[serde(rename = "http2_keep_alive_timeout_ms", deserialize_with = "units::ms")]
     pub http2_keep_alive_timeout: Duration,
@@ -160,7 +163,10 @@ impl ServerConfig {
             ("body_idle_timeout_ms", self.body_idle_timeout),
             ("write_timeout_ms", self.write_timeout),
             ("idle_timeout_ms", self.idle_timeout),
-            ("http2_keep_alive_interval_ms", self.http2_keep_alive_interval),
+            (
+                "http2_keep_alive_interval_ms",
+                self.http2_keep_alive_interval,
+            ),
             ("http2_keep_alive_timeout_ms", self.http2_keep_alive_timeout),
         ] {
             if value.is_zero() {
@@ -169,7 +175,10 @@ impl ServerConfig {
         }
         for (key, value) in [
             ("max_connections", self.max_connections),
-            ("max_connections_per_ip", self.limits().max_connections_per_ip),
+            (
+                "max_connections_per_ip",
+                self.limits().max_connections_per_ip,
+            ),
             ("max_dashboards", self.max_dashboards),
         ] {
             if value == 0 {
@@ -313,8 +322,9 @@ fn target_patterns<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TargetPattern>
     Vec::<String>::deserialize(d)?
         .iter()
         .map(|text| {
-            TargetPattern::parse(text)
-                .map_err(|message| serde::de::Error::custom(format!("passthrough.allowed: {message}")))
+            TargetPattern::parse(text).map_err(|message| {
+                serde::de::Error::custom(format!("passthrough.allowed: {message}"))
+            })
         })
         .collect()
 }

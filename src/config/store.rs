@@ -104,7 +104,10 @@ impl StoreConfig {
             ("batch_rows", self.batch_rows == 0),
             ("flush_interval_ms", self.flush_interval.is_zero()),
             ("retention_days", self.retention_days == Some(0)),
-            ("responses_retention_days", self.responses_retention.is_zero()),
+            (
+                "responses_retention_days",
+                self.responses_retention.is_zero(),
+            ),
             ("responses_memory_mb", self.responses_memory_bytes == 0),
         ] {
             if zero {

@@ -472,9 +472,7 @@ pub fn route(
     target: &http::HeaderValue,
     requested: &str,
 ) -> Result<(std::sync::Arc<crate::config::Model>, super::Upstream), ProxyError> {
-    use crate::config::{
-        ApiKey, BaseUrl, Model, Provider, ProviderKind, RetryPolicy, Timeouts,
-    };
+    use crate::config::{ApiKey, BaseUrl, Model, Provider, ProviderKind, RetryPolicy, Timeouts};
     use std::sync::Arc;
     use std::sync::atomic::AtomicU64;
     let Some(client) = &state.passthrough else {
