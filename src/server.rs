@@ -203,10 +203,10 @@ async fn run(
         .min(Semaphore::MAX_PERMITS)
         .min(u32::MAX as usize);
     let permits = Arc::new(Semaphore::new(max));
-    let shares = IpShares::new(config.server.limits.max_connections_per_ip);
+    let shares = IpShares::new(config.server.limits().max_connections_per_ip);
     let deadlines = Deadlines {
         first_byte: config.server.header_read_timeout,
-        limits: config.server.limits,
+        limits: config.server.limits(),
     };
     let mut refused = RefusedConnections::default();
     loop {
@@ -227,7 +227,7 @@ async fn run(
         };
         // One address may hold only its share of the slots (loopback clients are exempt: they are this machine).
         let Some(share) = shares.take(remote.ip()) else {
-            refused.note_address(remote, config.server.limits.max_connections_per_ip);
+            refused.note_address(remote, config.server.limits().max_connections_per_ip);
             drop(tcp);
             continue;
         };
@@ -283,8 +283,8 @@ fn connection_builder(server: &crate::config::ServerConfig) -> auto::Builder<Tok
         .enable_connect_protocol()
         .max_header_list_size(MAX_HTTP2_HEADER_BYTES)
         .max_concurrent_streams(MAX_HTTP2_STREAMS)
-        .keep_alive_interval(server.limits.http2_keep_alive_interval)
-        .keep_alive_timeout(server.limits.http2_keep_alive_timeout);
+        .keep_alive_interval(server.limits().http2_keep_alive_interval)
+        .keep_alive_timeout(server.limits().http2_keep_alive_timeout);
     builder
 }
 

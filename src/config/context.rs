@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{EnvSource, Secret, expand_vars};
+use crate::config::{EnvSource, Secret, expand_vars, units};
 
 pub const DEFAULT_MASK_THRESHOLD_TOKENS: u64 = 1000;
 pub const DEFAULT_MASK_PREVIEW_CHARS: usize = 200;
@@ -17,17 +17,23 @@ pub const DEFAULT_MAX_CONSECUTIVE: u32 = 3;
 pub const DEFAULT_SUMMARY_MAX_TOKENS: u64 = 2000;
 pub const DEFAULT_SUMMARY_TIMEOUT_MS: u64 = 60_000;
 
-/// The validated `[context]` section.
-#[derive(Debug, Clone)]
+/// The `[context]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ContextConfig {
     pub masking: MaskingConfig,
     pub observation: ObservationConfig,
     pub compaction: CompactionConfig,
+    /// As written (usually `"${VAR}"`); [`ContextConfig::encryption_key`] is the key in force.
+    #[serde(rename = "encryption_key")]
+    pub encryption_key_template: Option<Secret>,
     /// 32-byte key (hex or base64) that encrypts masked originals at rest.
+    #[serde(skip)]
     pub encryption_key: Option<Secret>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct MaskingConfig {
     pub enabled: bool,
     /// A result with more tokens than this is masked.
@@ -38,7 +44,8 @@ pub struct MaskingConfig {
     pub skip_current_turn: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ObservationConfig {
     pub enabled: bool,
     /// Tool results of the last N tool turns (assistant messages with `tool_calls`) stay whole.
@@ -47,7 +54,8 @@ pub struct ObservationConfig {
     pub keep_errors: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CompactionConfig {
     pub enabled: bool,
     /// Share of the model's context window (the request's prompt tokens) at which compaction starts.
@@ -58,24 +66,81 @@ pub struct CompactionConfig {
     /// Longest summary, in tokens.
     pub summary_max_tokens: u64,
     /// How long an LLM summary may take before the original request goes on.
+    #[serde(rename = "summary_timeout_ms", deserialize_with = "units::ms")]
     pub summary_timeout: Duration,
     /// No new compaction of the same conversation within this time (the last one is reused).
+    #[serde(rename = "cooldown_secs", deserialize_with = "units::secs")]
     pub cooldown: Duration,
     /// New compactions in a row that left the request above the threshold; past this, no more are tried.
     pub max_consecutive: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `summary = "extractive"` or `summary = { model = "<catalog key>" }`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum SummaryMode {
     /// A deterministic digest of the messages replaced.
+    #[default]
     Extractive,
     /// A summary written by this catalog model, sent through the proxy's own upstream client.
     Model(String),
 }
 
-impl Default for ContextConfig {
+impl<'de> Deserialize<'de> for SummaryMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Name(String),
+            Model(ModelForm),
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct ModelForm {
+            model: String,
+        }
+        match Written::deserialize(d)? {
+            Written::Name(name) if name == "extractive" => Ok(SummaryMode::Extractive),
+            Written::Name(other) => Err(serde::de::Error::custom(format!(
+                "context.compaction.summary: `{other}` is not a summary mode (use \"extractive\" or {{ model = \"...\" }})"
+            ))),
+            Written::Model(m) => Ok(SummaryMode::Model(m.model)),
+        }
+    }
+}
+
+impl Default for MaskingConfig {
     fn default() -> Self {
-        RawContext::default().validate(&|_: &str| None, &mut Vec::new())
+        MaskingConfig {
+            enabled: false,
+            threshold_tokens: DEFAULT_MASK_THRESHOLD_TOKENS,
+            preview_chars: DEFAULT_MASK_PREVIEW_CHARS,
+            skip_current_turn: true,
+        }
+    }
+}
+
+impl Default for ObservationConfig {
+    fn default() -> Self {
+        ObservationConfig {
+            enabled: false,
+            keep_last_tool_turns: DEFAULT_KEEP_LAST_TOOL_TURNS,
+            keep_errors: true,
+        }
+    }
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            enabled: false,
+            threshold: DEFAULT_COMPACTION_THRESHOLD,
+            keep_last_exchanges: DEFAULT_KEEP_LAST_EXCHANGES,
+            summary: SummaryMode::Extractive,
+            summary_max_tokens: DEFAULT_SUMMARY_MAX_TOKENS,
+            summary_timeout: Duration::from_millis(DEFAULT_SUMMARY_TIMEOUT_MS),
+            cooldown: Duration::from_secs(DEFAULT_COMPACTION_COOLDOWN_SECS),
+            max_consecutive: DEFAULT_MAX_CONSECUTIVE,
+        }
     }
 }
 
@@ -210,92 +275,23 @@ impl Toggles {
     }
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawContext {
-    pub encryption_key: Option<String>,
-    #[serde(default)]
-    pub masking: RawMasking,
-    #[serde(default)]
-    pub observation: RawObservation,
-    #[serde(default)]
-    pub compaction: RawCompaction,
-}
-
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawMasking {
-    pub enabled: Option<bool>,
-    pub threshold_tokens: Option<u64>,
-    pub preview_chars: Option<usize>,
-    pub skip_current_turn: Option<bool>,
-}
-
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawObservation {
-    pub enabled: Option<bool>,
-    pub keep_last_tool_turns: Option<usize>,
-    pub keep_errors: Option<bool>,
-}
-
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCompaction {
-    pub enabled: Option<bool>,
-    pub threshold: Option<f64>,
-    pub keep_last_exchanges: Option<usize>,
-    pub summary: Option<RawSummary>,
-    pub summary_max_tokens: Option<u64>,
-    pub summary_timeout_ms: Option<u64>,
-    pub cooldown_secs: Option<u64>,
-    pub max_consecutive: Option<u32>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum RawSummary {
-    Name(String),
-    Model(RawSummaryModel),
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawSummaryModel {
-    pub model: String,
-}
-
-impl RawContext {
-    /// Validates into [`ContextConfig`]; problems are pushed to `errors` (the summary model is checked against
-    /// the catalog by the caller).
-    pub fn validate(self, env: &dyn EnvSource, errors: &mut Vec<String>) -> ContextConfig {
-        let m = self.masking;
-        let o = self.observation;
-        let c = self.compaction;
-        let threshold = c.threshold.unwrap_or(DEFAULT_COMPACTION_THRESHOLD);
+impl ContextConfig {
+    /// Expands the encryption key and checks the values; problems are pushed to `errors` (the summary model is
+    /// checked against the catalog by the caller).
+    pub fn resolve(&mut self, env: &dyn EnvSource, errors: &mut Vec<String>) {
+        let threshold = self.compaction.threshold;
         if !(threshold > 0.0 && threshold <= 1.0) {
             errors.push(format!(
                 "context.compaction.threshold must be in (0, 1], not {threshold}"
             ));
         }
-        if m.threshold_tokens == Some(0) {
+        if self.masking.threshold_tokens == 0 {
             errors.push("context.masking.threshold_tokens must be at least 1".to_string());
         }
-        if c.summary_max_tokens == Some(0) {
+        if self.compaction.summary_max_tokens == 0 {
             errors.push("context.compaction.summary_max_tokens must be at least 1".to_string());
         }
-        let summary = match c.summary {
-            None => SummaryMode::Extractive,
-            Some(RawSummary::Name(name)) if name == "extractive" => SummaryMode::Extractive,
-            Some(RawSummary::Name(other)) => {
-                errors.push(format!(
-                    "context.compaction.summary: `{other}` is not a summary mode (use \"extractive\" or {{ model = \"...\" }})"
-                ));
-                SummaryMode::Extractive
-            }
-            Some(RawSummary::Model(m)) => SummaryMode::Model(m.model),
-        };
-        let encryption_key = match self.encryption_key.as_deref() {
+        self.encryption_key = match self.encryption_key_template.as_ref().map(Secret::expose) {
             None | Some("") => None,
             Some(template) => match expand_vars(template, env) {
                 Ok(value) => {
@@ -315,36 +311,6 @@ impl RawContext {
                 }
             },
         };
-        ContextConfig {
-            masking: MaskingConfig {
-                enabled: m.enabled.unwrap_or(false),
-                threshold_tokens: m.threshold_tokens.unwrap_or(DEFAULT_MASK_THRESHOLD_TOKENS),
-                preview_chars: m.preview_chars.unwrap_or(DEFAULT_MASK_PREVIEW_CHARS),
-                skip_current_turn: m.skip_current_turn.unwrap_or(true),
-            },
-            observation: ObservationConfig {
-                enabled: o.enabled.unwrap_or(false),
-                keep_last_tool_turns: o
-                    .keep_last_tool_turns
-                    .unwrap_or(DEFAULT_KEEP_LAST_TOOL_TURNS),
-                keep_errors: o.keep_errors.unwrap_or(true),
-            },
-            compaction: CompactionConfig {
-                enabled: c.enabled.unwrap_or(false),
-                threshold,
-                keep_last_exchanges: c.keep_last_exchanges.unwrap_or(DEFAULT_KEEP_LAST_EXCHANGES),
-                summary,
-                summary_max_tokens: c.summary_max_tokens.unwrap_or(DEFAULT_SUMMARY_MAX_TOKENS),
-                summary_timeout: Duration::from_millis(
-                    c.summary_timeout_ms.unwrap_or(DEFAULT_SUMMARY_TIMEOUT_MS),
-                ),
-                cooldown: Duration::from_secs(
-                    c.cooldown_secs.unwrap_or(DEFAULT_COMPACTION_COOLDOWN_SECS),
-                ),
-                max_consecutive: c.max_consecutive.unwrap_or(DEFAULT_MAX_CONSECUTIVE),
-            },
-            encryption_key,
-        }
     }
 }
 
@@ -420,16 +386,22 @@ mod tests {
         assert_eq!(parse_key(&"ab".repeat(32)).unwrap()[0], 0xab);
         assert!(parse_key("short").is_none());
         let mut errors = Vec::new();
-        let raw: RawContext = toml::from_str(
-            "[compaction]\nthreshold = 1.5\nsummary = \"abstractive\"\n[masking]\nthreshold_tokens = 0",
-        )
-        .unwrap();
-        raw.validate(&|_: &str| None, &mut errors);
-        assert_eq!(errors.len(), 3, "{errors:?}");
-        let raw: RawContext =
+        let mut config: ContextConfig =
+            toml::from_str("[compaction]\nthreshold = 1.5\n[masking]\nthreshold_tokens = 0")
+                .unwrap();
+        config.resolve(&|_: &str| None, &mut errors);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        // A bad summary mode is refused while reading, with its line.
+        let error = toml::from_str::<ContextConfig>("[compaction]\nsummary = \"abstractive\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("line 2") && error.contains("abstractive"),
+            "{error}"
+        );
+        let config: ContextConfig =
             toml::from_str("[compaction]\nsummary = { model = \"m/x\" }").unwrap();
-        let config = raw.validate(&|_: &str| None, &mut errors);
         assert_eq!(config.compaction.summary, SummaryMode::Model("m/x".into()));
-        assert!(toml::from_str::<RawContext>("[masking]\nenable = true").is_err());
+        assert!(toml::from_str::<ContextConfig>("[masking]\nenable = true").is_err());
     }
 }

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::*;
+use std::time::Duration;
 
 fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
     let pairs: Vec<(String, String)> = pairs
@@ -196,7 +197,7 @@ fn expand_vars_handles_several_and_literal_text() {
 #[test]
 fn connection_limits_and_cache_scope_have_defaults_and_are_checked() {
     let config = Config::from_sources(None, &env_of(&[])).unwrap();
-    let limits = config.server.limits;
+    let limits = config.server.limits();
     assert_eq!(limits.body_read_timeout, Duration::from_secs(60));
     assert_eq!(limits.body_idle_timeout, Duration::from_secs(15));
     assert_eq!(limits.write_timeout, Duration::from_secs(30));
@@ -214,12 +215,12 @@ fn connection_limits_and_cache_scope_have_defaults_and_are_checked() {
     let text = "[server]\nmax_connections = 100\nbody_read_timeout_ms = 5000\nmax_dashboards = 2\n\
                 [cache]\nscope = \"shared\"\nclient_opt_in = false\n";
     let config = Config::from_sources(Some(("test", text)), &env_of(&[])).unwrap();
-    assert_eq!(config.server.limits.max_connections_per_ip, 25);
+    assert_eq!(config.server.limits().max_connections_per_ip, 25);
     assert_eq!(
-        config.server.limits.body_read_timeout,
+        config.server.limits().body_read_timeout,
         Duration::from_secs(5)
     );
-    assert_eq!(config.server.limits.max_dashboards, 2);
+    assert_eq!(config.server.limits().max_dashboards, 2);
     assert!(config.cache.shared);
     assert!(!config.cache.client_opt_in);
 

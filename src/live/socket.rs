@@ -71,7 +71,7 @@ pub(crate) async fn upgrade(
         Ok(Query(params)) => params,
         Err(rejection) => return rejection.into_response(),
     };
-    let max = hub.state.config.server.limits.max_dashboards;
+    let max = hub.state.config.server.limits().max_dashboards;
     let Some(guard) = hub.try_connect(max) else {
         tracing::warn!(
             max_dashboards = max,

@@ -18,9 +18,7 @@ pub fn route(
     target: &http::HeaderValue,
     requested: &str,
 ) -> Result<(std::sync::Arc<crate::config::Model>, super::Upstream), ProxyError> {
-    use crate::config::{
-        ApiKey, BaseUrl, Model, Prices, Provider, ProviderKind, RetryPolicy, Timeouts,
-    };
+    use crate::config::{ApiKey, BaseUrl, Model, Provider, ProviderKind, RetryPolicy, Timeouts};
     use std::sync::Arc;
     use std::sync::atomic::AtomicU64;
     let Some(client) = &state.passthrough else {
@@ -58,11 +56,8 @@ pub fn route(
         upstream_id: requested.to_string(),
         max_context_size: 0,
         tokenizer: crate::config::default_tokenizer(requested),
-        prices: Prices::default(),
-        capabilities: Vec::new(),
         cache: Some(false),
-        context: Default::default(),
-        reasoning_echo: false,
+        ..Model::default()
     });
     let provider = Arc::new(Provider {
         key,
@@ -77,11 +72,9 @@ pub fn route(
             max_backoff: std::time::Duration::ZERO,
             deadline: std::time::Duration::ZERO,
         },
-        requests_per_minute: None,
-        tokens_per_minute: None,
         rate_limit_max_wait: std::time::Duration::ZERO,
         stream_usage: true,
-        usage_always: false,
+        ..Provider::default()
     });
     Ok((
         model,
