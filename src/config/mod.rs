@@ -79,12 +79,16 @@ pub enum BaseUrl {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderKind {
     OpenAiCompatible,
+    /// Speaks Anthropic's Messages API (`POST {base_url}/v1/messages`): Anthropic clients are passed through
+    /// as they are, chat clients translated.
+    Anthropic,
 }
 
 impl ProviderKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::OpenAiCompatible => "openai-compatible",
+            ProviderKind::Anthropic => "anthropic",
         }
     }
 }
@@ -128,6 +132,12 @@ pub struct Provider {
     /// The provider ends every stream with its usage chunk whether asked or not: the proxy then asks for
     /// nothing and removes nothing, so the client receives what the provider sent.
     pub usage_always: bool,
+    /// `type = "anthropic"` only: the `anthropic-beta` features the provider accepts (`None`: every one passes;
+    /// the others are removed from the header and counted).
+    pub anthropic_betas: Option<Vec<String>>,
+    /// `type = "anthropic"` only: top-level request fields the provider does not take, removed (and counted)
+    /// so the request succeeds rather than meeting a 400.
+    pub anthropic_drop_fields: Vec<String>,
 }
 
 /// Which tokenizer counts a model's tokens.
@@ -158,6 +168,8 @@ pub struct Prices {
     pub input: f64,
     pub output: f64,
     pub cached_input: f64,
+    /// Prompt tokens written to the provider's cache (Anthropic's `cache_creation_input_tokens`).
+    pub cache_write: f64,
 }
 
 #[derive(Debug, Clone)]

@@ -196,6 +196,8 @@ pub struct RawProvider {
     pub rate_limit_max_wait_ms: Option<u64>,
     pub stream_usage: Option<bool>,
     pub usage_always: Option<bool>,
+    pub anthropic_betas: Option<Vec<String>>,
+    pub anthropic_drop_fields: Option<Vec<String>>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
     #[serde(default)]
@@ -229,6 +231,8 @@ pub struct RawModel {
     pub input_price: Option<f64>,
     pub output_price: Option<f64>,
     pub cached_input_price: Option<f64>,
+    /// Price of prompt tokens written to the provider's cache (Anthropic); the input price when absent.
+    pub cache_write_price: Option<f64>,
     pub capabilities: Option<Vec<String>>,
     pub cache: Option<bool>,
     pub reasoning_echo: Option<bool>,
@@ -950,6 +954,11 @@ impl RawProvider {
             ),
             stream_usage: merge_opt(self.stream_usage, over.stream_usage),
             usage_always: merge_opt(self.usage_always, over.usage_always),
+            anthropic_betas: merge_opt(self.anthropic_betas, over.anthropic_betas),
+            anthropic_drop_fields: merge_opt(
+                self.anthropic_drop_fields,
+                over.anthropic_drop_fields,
+            ),
             timeouts: RawTimeouts {
                 connect_ms: merge_opt(self.timeouts.connect_ms, over.timeouts.connect_ms),
                 first_byte_ms: merge_opt(self.timeouts.first_byte_ms, over.timeouts.first_byte_ms),
@@ -976,9 +985,10 @@ impl RawProvider {
         let start = errors.len();
         let kind = match self.kind.as_deref() {
             None | Some("openai-compatible") | Some("openai") => ProviderKind::OpenAiCompatible,
+            Some("anthropic") => ProviderKind::Anthropic,
             Some(other) => {
                 errors.push(format!(
-                    "providers.{key}.type: unknown provider type `{other}` (supported: openai-compatible)"
+                    "providers.{key}.type: unknown provider type `{other}` (supported: openai-compatible, anthropic)"
                 ));
                 ProviderKind::OpenAiCompatible
             }
@@ -1072,6 +1082,8 @@ impl RawProvider {
             ),
             stream_usage: self.stream_usage.unwrap_or(true),
             usage_always: self.usage_always.unwrap_or(false),
+            anthropic_betas: self.anthropic_betas,
+            anthropic_drop_fields: self.anthropic_drop_fields.unwrap_or_default(),
         })
     }
 }
@@ -1086,6 +1098,7 @@ impl RawModel {
             input_price: merge_opt(self.input_price, over.input_price),
             output_price: merge_opt(self.output_price, over.output_price),
             cached_input_price: merge_opt(self.cached_input_price, over.cached_input_price),
+            cache_write_price: merge_opt(self.cache_write_price, over.cache_write_price),
             capabilities: merge_opt(self.capabilities, over.capabilities),
             cache: merge_opt(self.cache, over.cache),
             reasoning_echo: merge_opt(self.reasoning_echo, over.reasoning_echo),
@@ -1149,11 +1162,13 @@ impl RawModel {
             input: self.input_price.unwrap_or(0.0),
             output: self.output_price.unwrap_or(0.0),
             cached_input: self.cached_input_price.or(self.input_price).unwrap_or(0.0),
+            cache_write: self.cache_write_price.or(self.input_price).unwrap_or(0.0),
         };
         for (name, value) in [
             ("input_price", prices.input),
             ("output_price", prices.output),
             ("cached_input_price", prices.cached_input),
+            ("cache_write_price", prices.cache_write),
         ] {
             if !value.is_finite() || value < 0.0 {
                 errors.push(format!(

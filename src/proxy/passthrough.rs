@@ -536,6 +536,8 @@ pub fn route(
         rate_limit_max_wait: std::time::Duration::ZERO,
         stream_usage: true,
         usage_always: false,
+        anthropic_betas: None,
+        anthropic_drop_fields: Vec::new(),
     });
     Ok((
         model,

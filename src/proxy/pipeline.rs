@@ -48,7 +48,7 @@ use super::{
 use super::{shape, unix_ms};
 use crate::accounting::tracker::{self, RequestContext, Tracker};
 use crate::accounting::{PromptCounting, PromptJob, Refusal};
-use crate::config::{ApiKey, BaseUrl, Model, Provider};
+use crate::config::{ApiKey, BaseUrl, Model, Provider, ProviderKind};
 use crate::context::{self, CONTEXT_HEADER};
 
 /// One request on its way through the phases.
@@ -168,7 +168,13 @@ impl<'s> Exchange<'s> {
         let parsed = self.parse(&parts, &bytes).await?;
         let route = self.route(&parts, parsed.model())?;
         self.open_record(&parts, &route, parsed.streaming(), parsed.client_session());
-        let shaped = self.shape(&parts, &route, bytes, parsed).await?;
+        let native = self.is_native(&route);
+        let shaped = if native {
+            self.shape_native(&route, bytes, parsed.streaming())
+        } else {
+            self.check_provider_api(&route)?;
+            self.shape(&parts, &route, bytes, parsed).await?
+        };
         if let Some(hit) = self.cache(&shaped) {
             return Ok(self.adapter.answer(hit).await);
         }
@@ -176,7 +182,28 @@ impl<'s> Exchange<'s> {
         let ready_at = Instant::now();
         let answer = self.send(&route, uri, headers, shaped).await?;
         let response = self.respond(&route, answer, ready_at);
+        if native {
+            // The provider's answer is already in the client's API: byte for byte.
+            return Ok(response);
+        }
         Ok(self.adapter.answer(response).await)
+    }
+
+    /// The client speaks the provider's own API (an Anthropic client, an Anthropic-native provider): the request
+    /// goes as it came, the answer comes back as it is.
+    fn is_native(&self, route: &Route<'_>) -> bool {
+        self.client == Dialect::Messages && route.provider().kind == ProviderKind::Anthropic
+    }
+
+    /// Only an Anthropic client is served by an Anthropic-native provider (for now).
+    fn check_provider_api(&self, route: &Route<'_>) -> Result<(), ProxyError> {
+        if route.provider().kind == ProviderKind::Anthropic {
+            return Err(ProxyError::InvalidRequest(format!(
+                "model `{}` is served by an Anthropic Messages provider: use POST /v1/messages",
+                route.model.key
+            )));
+        }
+        Ok(())
     }
 
     /// What a refusal before routing reports: the method and path, and the client application.
@@ -433,6 +460,39 @@ impl<'s> Exchange<'s> {
         })
     }
 
+    /// An Anthropic-native provider's request: the client's bytes (model mapped, fields the provider does not
+    /// take removed). The prompt is counted on its chat form, as chat requests are, for the record's estimate
+    /// and calibration (the provider's usage is what counts). Not cached: the response cache holds chat answers.
+    fn shape_native(&mut self, route: &Route<'_>, bytes: Bytes, streaming: bool) -> Shaped {
+        let state = self.state;
+        let provider = route.provider();
+        let (body, dropped) = dialect::messages::native_body(
+            &bytes,
+            &route.model.upstream_id,
+            &provider.anthropic_drop_fields,
+        );
+        let accounting_on = state.config.server.token_accounting;
+        let job = dialect::messages::prompt_for_count(route, &bytes).map(|(chat, view)| {
+            let tokenizer = state.accounting.tokenizer_for(&route.model);
+            let job = state
+                .accounting
+                .prompt_job(chat, view.layout, tokenizer.tokenizer);
+            if accounting_on { job } else { job.disabled() }
+        });
+        if let Some(record) = &mut self.record {
+            record.context.provider_messages = true;
+            record.context.dropped_fields += dropped;
+            record.prompt = job.map(Prompt::Queued);
+        }
+        Shaped {
+            plain: body,
+            with_usage: None,
+            streaming,
+            client_asked_usage: false,
+            cache_key: None,
+        }
+    }
+
     // --- cache --------------------------------------------------------------------------------------------
 
     /// The response cache's key for this request, when caching applies. Pass-through answers are never cached:
@@ -553,9 +613,20 @@ impl<'s> Exchange<'s> {
         route: &Route<'_>,
     ) -> Result<(Uri, HeaderMap), ProxyError> {
         let provider = route.provider();
+        let native = self.is_native(route);
         let mut headers = headers::upstream_request_headers(&parts.headers);
         headers.remove(CONTEXT_HEADER);
-        self.adapter.upstream_headers(&mut headers);
+        if native {
+            let dropped = dialect::messages::native_headers(
+                &mut headers,
+                provider.anthropic_betas.as_deref(),
+            );
+            if let Some(context) = self.context_mut() {
+                context.dropped_fields += dropped;
+            }
+        } else {
+            self.adapter.upstream_headers(&mut headers);
+        }
         if route.is_passthrough() {
             // The client's own key for the target: `X-Target-Authorization` when given (required when
             // `Authorization` carries a virtual key, which the guard has removed), else its `Authorization`.
@@ -564,6 +635,12 @@ impl<'s> Exchange<'s> {
                 key.set_sensitive(true);
                 headers.insert(header::AUTHORIZATION, key);
             }
+        } else if native {
+            apply_anthropic_credentials(
+                &mut headers,
+                provider,
+                self.state.config.server.forward_client_key,
+            )?;
         } else {
             apply_credentials(
                 &mut headers,
@@ -571,9 +648,10 @@ impl<'s> Exchange<'s> {
                 self.state.config.server.forward_client_key,
             )?;
         }
-        // The query is the client API's (Anthropic's `?beta=true`); only a chat client's goes to a chat provider.
+        // The query is the client API's (Anthropic's `?beta=true`): it goes to a provider of the same API only.
         let query = match self.adapter {
             ClientAdapter::None => parts.uri.query(),
+            _ if native => parts.uri.query(),
             _ => None,
         };
         let uri = upstream_uri(provider, query)?;
@@ -813,6 +891,7 @@ impl Exchange<'_> {
         let view = request::inspect(&body)?;
         let parts = internal_parts();
         let route = self.route(&parts, model_key)?;
+        self.check_provider_api(&route)?;
         self.open_record(
             &parts,
             &route,
@@ -924,6 +1003,49 @@ fn apply_credentials(
     Ok(())
 }
 
+/// The provider's key as an Anthropic-native provider takes it: `x-api-key` (Anthropic's header, which the
+/// Anthropic-compatible endpoints of Moonshot, Kimi Code and DeepSeek take too: api-docs.deepseek.com/guides/anthropic_api
+/// lists `x-api-key` as "Fully Supported"); the client's `Authorization` removed. Without a provider key, the
+/// client's own (`x-api-key` or `Authorization`) goes when forwarding is allowed.
+fn apply_anthropic_credentials(
+    headers: &mut HeaderMap,
+    provider: &Provider,
+    forward_client_key: bool,
+) -> Result<(), ProxyError> {
+    let client_sent_key =
+        headers.contains_key("x-api-key") || headers.contains_key(header::AUTHORIZATION);
+    match &provider.api_key {
+        ApiKey::Ready(secret) => {
+            let mut value = HeaderValue::from_str(secret.expose()).map_err(|_| {
+                ProxyError::InvalidRequest(format!(
+                    "provider `{}` has an API key that is not a valid header",
+                    provider.key
+                ))
+            })?;
+            value.set_sensitive(true);
+            headers.remove(header::AUTHORIZATION);
+            headers.insert("x-api-key", value);
+        }
+        ApiKey::Missing { var } => {
+            if !(forward_client_key && client_sent_key) {
+                return Err(ProxyError::MissingApiKey {
+                    provider: provider.key.clone(),
+                    var: var.clone(),
+                });
+            }
+        }
+        ApiKey::None => {
+            if !forward_client_key {
+                headers.remove(header::AUTHORIZATION);
+                headers.remove("x-api-key");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The provider's endpoint: `{base_url}/chat/completions`, or `{base_url}/v1/messages` for an Anthropic-native
+/// provider (its base URL is what `ANTHROPIC_BASE_URL` would be: the SDKs append `/v1/messages`).
 fn upstream_uri(provider: &Provider, query: Option<&str>) -> Result<Uri, ProxyError> {
     let base_url = match &provider.base_url {
         BaseUrl::Ready(base_url) => base_url,
@@ -934,9 +1056,13 @@ fn upstream_uri(provider: &Provider, query: Option<&str>) -> Result<Uri, ProxyEr
             });
         }
     };
+    let path = match provider.kind {
+        ProviderKind::OpenAiCompatible => "/chat/completions",
+        ProviderKind::Anthropic => "/v1/messages",
+    };
     let text = match query {
-        Some(q) => format!("{base_url}/chat/completions?{q}"),
-        None => format!("{base_url}/chat/completions"),
+        Some(q) => format!("{base_url}{path}?{q}"),
+        None => format!("{base_url}{path}"),
     };
     text.parse::<Uri>()
         .map_err(|e| ProxyError::InvalidRequest(format!("cannot build the upstream URL: {e}")))

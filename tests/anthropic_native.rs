@@ -1,0 +1,256 @@
+//! Anthropic Messages clients in front of an Anthropic-native provider (`type = "anthropic"`: the mock's
+//! Anthropic mode) through the real binary: the request and the answer pass byte for byte (stream, JSON,
+//! errors), the provider's key replaces the client's, unsupported betas and fields are removed and counted, and
+//! the record reads Anthropic's usage (cache reads and writes priced); the official Anthropic SDK on this route.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{
+    MockUpstream, anthropic_provider, client, content_type, read_body, recent_records, start_proxy,
+};
+use serde_json::{Value, json};
+
+/// A Messages request for the native model, as Claude Code would shape it (system blocks, a cache mark).
+fn native_body(stream: bool) -> Value {
+    json!({
+        "model": "claude-mock",
+        "max_tokens": 1024,
+        "stream": stream,
+        "system": [{"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "metadata": {"user_id": "user_abc"}
+    })
+}
+
+/// POSTs raw `body` bytes to `url` with Anthropic's headers and `extra`.
+async fn post_raw(url: &str, body: &[u8], extra: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = client()
+        .post(url)
+        .header("x-api-key", "sk-ant-client-key")
+        .header("anthropic-version", "2023-06-01")
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+/// The body as text with the mock's per-request number in an error's `request_id` (`req_mockN`) left out:
+/// the only byte that differs between two calls.
+fn without_request_seq(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    match text.split_once("req_mock") {
+        Some((head, tail)) => format!(
+            "{head}req_mock{}",
+            tail.trim_start_matches(|c: char| c.is_ascii_digit())
+        ),
+        None => text.into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn request_and_answer_pass_byte_for_byte_stream_json_and_errors() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = start_proxy(&mock, &anthropic_provider(&mock, "")).await;
+    let cases: [(bool, &[(&str, &str)]); 5] = [
+        (false, &[]),
+        (true, &[]),
+        (
+            true,
+            &[("x-mock-reasoning", "2"), ("x-mock-tool-call", "1")],
+        ),
+        (false, &[("x-mock-tool-call", "1")]),
+        (false, &[("x-mock-status", "400")]),
+    ];
+    for (stream, mock_headers) in cases {
+        let body = serde_json::to_vec_pretty(&native_body(stream)).unwrap();
+        let mut headers = vec![
+            ("x-mock-id", "fixed"),
+            (
+                "anthropic-beta",
+                "claude-code-20250219,interleaved-thinking-2025-05-14",
+            ),
+        ];
+        headers.extend_from_slice(mock_headers);
+        let proxied = post_raw(&proxy.url("/v1/messages?beta=true"), &body, &headers).await;
+        let status = proxied.status();
+        let kind = content_type(&proxied);
+        let (proxied_bytes, clean) = read_body(proxied).await;
+        assert!(clean);
+
+        // What reached the provider: the client's bytes, its Anthropic headers, the provider's key.
+        let upstream = mock.last_request().unwrap();
+        assert_eq!(upstream.path, "/v1/messages");
+        assert_eq!(upstream.query.as_deref(), Some("beta=true"));
+        assert_eq!(&upstream.body[..], &body[..], "the body went as it came");
+        assert_eq!(upstream.header("x-api-key"), Some("mock-provider-key"));
+        assert_eq!(upstream.header("authorization"), None);
+        assert_eq!(upstream.header("anthropic-version"), Some("2023-06-01"));
+        assert_eq!(
+            upstream.header("anthropic-beta"),
+            Some("claude-code-20250219,interleaved-thinking-2025-05-14")
+        );
+
+        // The same request straight to the mock gives the same bytes.
+        let direct = post_raw(
+            &format!("http://{}/v1/messages", mock.addr()),
+            &body,
+            &headers,
+        )
+        .await;
+        assert_eq!(direct.status(), status);
+        assert_eq!(content_type(&direct), kind);
+        let (direct_bytes, _) = read_body(direct).await;
+        assert_eq!(
+            without_request_seq(&proxied_bytes),
+            without_request_seq(&direct_bytes),
+            "stream={stream} {mock_headers:?}"
+        );
+        assert!(
+            kind.starts_with(if stream && status == 200 {
+                "text/event-stream"
+            } else {
+                "application/json"
+            }),
+            "{kind}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_record_reads_anthropic_usage_with_cache_reads_and_writes_priced() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = start_proxy(&mock, &anthropic_provider(&mock, "")).await;
+    for (n, stream) in [false, true].into_iter().enumerate() {
+        let body = serde_json::to_vec(&native_body(stream)).unwrap();
+        let headers = [
+            ("x-mock-cache-read", "200"),
+            ("x-mock-cache-write", "50"),
+            ("x-mock-chunks", "6"),
+        ];
+        let response = post_raw(&proxy.url("/v1/messages"), &body, &headers).await;
+        assert_eq!(response.status(), 200);
+        let (answer, _) = read_body(response).await;
+        // The mock reports `input_tokens` as a quarter of the body's length, and 6 output tokens.
+        let input = (body.len() / 4) as u64;
+        if !stream {
+            let message: Value = serde_json::from_slice(&answer).unwrap();
+            assert_eq!(message["usage"]["input_tokens"], input);
+            assert_eq!(message["usage"]["cache_read_input_tokens"], 200);
+        }
+        let records = recent_records(&proxy, n + 1).await;
+        let record = &records[0];
+        assert_eq!(record["streaming"], stream);
+        assert_eq!(record["model"], "mock-anthropic/claude-mock");
+        assert_eq!(record["client_api"], "messages");
+        assert_eq!(record["status"], 200);
+        assert_eq!(record["error_kind"], Value::Null, "{record}");
+        assert_eq!(record["prompt_reported"], input + 250, "{record}");
+        assert_eq!(record["prompt_tokens"], input + 250);
+        assert_eq!(record["cached_reported"], 200);
+        assert_eq!(record["cache_write_reported"], 50);
+        assert_eq!(record["completion_reported"], 6);
+        assert_eq!(record["tokens_estimated"], false);
+        assert_eq!(record["finish_reason"], "end_turn");
+        assert!(
+            record["completion_estimated"].as_u64().unwrap() > 0,
+            "the answer's text was counted too: {record}"
+        );
+        assert!(
+            record["prompt_estimated"].as_u64().unwrap() > 0,
+            "the prompt was counted: {record}"
+        );
+        let expected = (input as f64 * 1.0 + 200.0 * 0.1 + 50.0 * 1.25 + 6.0 * 5.0) / 1e6;
+        let cost = record["cost_usd"].as_f64().unwrap();
+        assert!((cost - expected).abs() < 1e-12, "{cost} != {expected}");
+    }
+}
+
+#[tokio::test]
+async fn unsupported_betas_and_fields_are_removed_and_counted_and_the_model_mapped() {
+    let mock = MockUpstream::start().await.unwrap();
+    let extra = format!(
+        "{}\n[model_aliases]\n\"claude-*\" = \"mock-anthropic/claude-mock\"\n",
+        anthropic_provider(
+            &mock,
+            "anthropic_betas = [\"claude-code-20250219\"]\nanthropic_drop_fields = [\"context_management\"]"
+        )
+    );
+    let proxy = start_proxy(&mock, &extra).await;
+    let mut body = native_body(false);
+    body["model"] = json!("claude-sonnet-4-5-20250929");
+    body["context_management"] = json!({"edits": [{"type": "clear_tool_uses_20250919"}]});
+    let body = serde_json::to_vec(&body).unwrap();
+    let response = post_raw(
+        &proxy.url("/v1/messages"),
+        &body,
+        &[(
+            "anthropic-beta",
+            "claude-code-20250219,context-management-2025-06-27,effort-2025-11-24",
+        )],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let upstream = mock.last_request().unwrap();
+    assert_eq!(
+        upstream.header("anthropic-beta"),
+        Some("claude-code-20250219")
+    );
+    let sent = upstream.json().unwrap();
+    assert_eq!(
+        sent["model"], "claude-mock",
+        "the alias mapped to the upstream id"
+    );
+    assert!(sent.get("context_management").is_none());
+    assert_eq!(
+        sent["system"],
+        native_body(false)["system"],
+        "the rest as it was"
+    );
+    assert_eq!(sent["metadata"], json!({"user_id": "user_abc"}));
+    let records = recent_records(&proxy, 1).await;
+    assert_eq!(records[0]["dropped_fields"], 3, "{}", records[0]);
+}
+
+#[tokio::test]
+async fn a_chat_client_asking_for_a_native_model_is_told_which_api_serves_it() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = start_proxy(&mock, &anthropic_provider(&mock, "")).await;
+    let response = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&common::chat_body("claude-mock", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(
+        response.text().await.unwrap().contains("/v1/messages"),
+        "the error says where to go"
+    );
+    assert!(mock.requests().is_empty(), "nothing went upstream");
+}
+
+#[tokio::test]
+async fn the_official_anthropic_python_sdk_works_on_the_native_route() {
+    let Some(python) = common::anthropic_sdk_python() else {
+        return;
+    };
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = start_proxy(&mock, &anthropic_provider(&mock, "")).await;
+    common::run_anthropic_sdk_script(&python, &proxy, "claude-mock").await;
+    let upstream = mock.requests();
+    assert!(
+        upstream.iter().all(|r| r.path == "/v1/messages"),
+        "every call went to the provider's Messages endpoint"
+    );
+    let tool_result = upstream
+        .iter()
+        .filter_map(|r| r.json())
+        .flat_map(|body| body["messages"].as_array().cloned().unwrap_or_default())
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .find(|block| block["type"] == "tool_result")
+        .expect("the tool result went upstream as Anthropic's block");
+    assert_eq!(tool_result["content"], "18 C, sunny");
+}
