@@ -1,7 +1,8 @@
-//! Anthropic Messages clients in front of an Anthropic-native provider (`type = "anthropic"`: the mock's
-//! Anthropic mode) through the real binary: the request and the answer pass byte for byte (stream, JSON,
-//! errors), the provider's key replaces the client's, unsupported betas and fields are removed and counted, and
-//! the record reads Anthropic's usage (cache reads and writes priced); the official Anthropic SDK on this route.
+//! An Anthropic-native provider (`type = "anthropic"`: the mock's Anthropic mode) through the real binary. For
+//! Anthropic clients the request and the answer pass byte for byte (stream, JSON, errors), the provider's key
+//! replaces the client's, unsupported betas and fields are removed and counted, and the record reads Anthropic's
+//! usage (cache reads and writes priced); the official Anthropic SDK on this route. Chat and Responses clients are
+//! translated both ways.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -215,21 +216,159 @@ async fn unsupported_betas_and_fields_are_removed_and_counted_and_the_model_mapp
 }
 
 #[tokio::test]
-async fn a_chat_client_asking_for_a_native_model_is_told_which_api_serves_it() {
+async fn a_chat_client_of_a_native_model_is_translated_both_ways() {
     let mock = MockUpstream::start().await.unwrap();
     let proxy = start_proxy(&mock, &anthropic_provider(&mock, "")).await;
     let response = client()
         .post(proxy.url("/v1/chat/completions"))
+        .header("x-mock-cache-read", "40")
+        .json(&common::chat_body("claude-mock", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(content_type(&response).starts_with("application/json"));
+    let completion: Value = response.json().await.unwrap();
+    assert_eq!(completion["object"], "chat.completion");
+    let message = &completion["choices"][0]["message"];
+    assert_eq!(message["role"], "assistant");
+    assert!(message["content"].as_str().unwrap().starts_with("tok0 "));
+    assert_eq!(completion["choices"][0]["finish_reason"], "stop");
+
+    // The provider got a Messages request: the system prompt at the top, `max_tokens` (Anthropic requires it).
+    let upstream = mock.last_request().unwrap();
+    assert_eq!(upstream.path, "/v1/messages");
+    assert_eq!(upstream.header("x-api-key"), Some("mock-provider-key"));
+    assert_eq!(upstream.header("anthropic-version"), Some("2023-06-01"));
+    let sent = upstream.json().unwrap();
+    assert_eq!(sent["model"], "claude-mock");
+    assert_eq!(sent["system"][0]["text"], "You are terse.");
+    assert_eq!(sent["messages"][0]["role"], "user");
+    assert!(sent["max_tokens"].as_u64().unwrap() > 0);
+    let input = (upstream.body.len() / 4) as u64;
+    assert_eq!(completion["usage"]["prompt_tokens"], input + 40);
+    assert_eq!(
+        completion["usage"]["prompt_tokens_details"]["cached_tokens"],
+        40
+    );
+
+    // The record read the provider's Anthropic usage.
+    let records = recent_records(&proxy, 1).await;
+    let record = &records[0];
+    assert_eq!(record["client_api"], "chat");
+    assert_eq!(record["prompt_reported"], input + 40, "{record}");
+    assert_eq!(record["cached_reported"], 40);
+    assert_eq!(record["finish_reason"], "end_turn");
+    assert_eq!(record["error_kind"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_chat_client_streams_from_a_native_model_with_tool_calls_and_usage() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = start_proxy(&mock, &anthropic_provider(&mock, "")).await;
+    let mut body = common::chat_body("claude-mock", true);
+    body["stream_options"] = json!({"include_usage": true});
+    let response = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-mock-tool-call", "1")
+        .header("x-mock-chunks", "3")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(content_type(&response).starts_with("text/event-stream"));
+    let (bytes, clean) = read_body(response).await;
+    assert!(clean);
+    let text = String::from_utf8(bytes).unwrap();
+    let data: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|event| event.trim().strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(
+        content,
+        (0..3)
+            .map(mock_upstream::sse_chunk_text)
+            .collect::<String>()
+    );
+    let arguments: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments).unwrap(),
+        json!({"city": "Paris"})
+    );
+    let finish: Vec<&str> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
+        .collect();
+    assert_eq!(finish, ["tool_calls"]);
+    let usage = chunks.last().unwrap();
+    assert_eq!(
+        usage["choices"],
+        json!([]),
+        "the usage chunk the client asked for"
+    );
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    let records = recent_records(&proxy, 1).await;
+    assert_eq!(records[0]["finish_reason"], "tool_use");
+    assert_eq!(records[0]["tokens_estimated"], false, "{}", records[0]);
+}
+
+#[tokio::test]
+async fn a_native_providers_error_reaches_a_chat_client_as_a_chat_error() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = start_proxy(&mock, &anthropic_provider(&mock, "")).await;
+    let response = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-mock-status", "400")
         .json(&common::chat_body("claude-mock", false))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
     assert!(
-        response.text().await.unwrap().contains("/v1/messages"),
-        "the error says where to go"
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mock upstream error"),
+        "{error}"
     );
-    assert!(mock.requests().is_empty(), "nothing went upstream");
+}
+
+#[tokio::test]
+async fn a_responses_client_of_a_native_model_gets_a_response() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = start_proxy(&mock, &anthropic_provider(&mock, "")).await;
+    let response = client()
+        .post(proxy.url("/v1/responses"))
+        .json(&json!({"model": "claude-mock", "input": "Say hello.", "store": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["object"], "response");
+    assert_eq!(answer["status"], "completed", "{answer}");
+    assert!(
+        answer["output"][0]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("tok0 "),
+        "{answer}"
+    );
+    assert_eq!(mock.last_request().unwrap().path, "/v1/messages");
 }
 
 #[tokio::test]

@@ -60,6 +60,8 @@ pub struct Exchange<'s> {
     client: Dialect,
     /// What differs for a client API other than chat completions (translation at the edges).
     adapter: ClientAdapter,
+    /// Set when a chat request went to an Anthropic-native provider translated: its answer comes back as chat.
+    provider_answer: Option<kimi_dialects::anthropic::AnswerContext>,
     /// Known from routing on: whatever happens next, the request is recorded.
     record: Option<Recording>,
     /// The client's connection (set by the server): tells a client that stopped reading from one that left.
@@ -153,6 +155,7 @@ impl<'s> Exchange<'s> {
             started_at_ms: unix_ms(),
             client,
             adapter: ClientAdapter::for_dialect(client),
+            provider_answer: None,
             record: None,
             connection: None,
             method: String::new(),
@@ -172,7 +175,6 @@ impl<'s> Exchange<'s> {
         let shaped = if native {
             self.shape_native(&route, bytes, parsed.streaming())
         } else {
-            self.check_provider_api(&route)?;
             self.shape(&parts, &route, bytes, parsed).await?
         };
         if let Some(hit) = self.cache(&shaped) {
@@ -186,6 +188,13 @@ impl<'s> Exchange<'s> {
             // The provider's answer is already in the client's API: byte for byte.
             return Ok(response);
         }
+        // An Anthropic provider's answer becomes chat's first, then the client's.
+        let response = match self.provider_answer.take() {
+            Some(ctx) => {
+                dialect::messages::native_answer_to_chat(response, ctx, &route.provider().key).await
+            }
+            None => response,
+        };
         Ok(self.adapter.answer(response).await)
     }
 
@@ -195,11 +204,12 @@ impl<'s> Exchange<'s> {
         self.client == Dialect::Messages && route.provider().kind == ProviderKind::Anthropic
     }
 
-    /// Only an Anthropic client is served by an Anthropic-native provider (for now).
+    /// The proxy's own calls (compaction summaries) are chat requests sent as they are: not to an Anthropic
+    /// provider.
     fn check_provider_api(&self, route: &Route<'_>) -> Result<(), ProxyError> {
         if route.provider().kind == ProviderKind::Anthropic {
             return Err(ProxyError::InvalidRequest(format!(
-                "model `{}` is served by an Anthropic Messages provider: use POST /v1/messages",
+                "model `{}` is served by an Anthropic Messages provider, which the proxy's own calls do not use",
                 route.model.key
             )));
         }
@@ -400,7 +410,9 @@ impl<'s> Exchange<'s> {
         // its usage anyway, or when the client asked.
         let rename = view.model != model.upstream_id;
         let accounting_on = state.config.server.token_accounting;
+        let anthropic_provider = provider.kind == ProviderKind::Anthropic;
         let inject_usage = accounting_on
+            && !anthropic_provider
             && view.streaming
             && provider.stream_usage
             && !provider.usage_always
@@ -432,7 +444,19 @@ impl<'s> Exchange<'s> {
             (plain, with_usage, ToolCallFixes::default())
         };
 
-        let cache_key = self.cache_key(parts, route, &bytes);
+        // An Anthropic-native provider gets the shaped chat request in its own API (and is not cached: the
+        // response cache holds chat answers).
+        let (plain, cache_key) = if anthropic_provider {
+            let (body, ctx, dropped) = dialect::messages::chat_to_native(route, &plain)?;
+            self.provider_answer = Some(ctx);
+            if let Some(context) = self.context_mut() {
+                context.provider_messages = true;
+                context.dropped_fields += dropped;
+            }
+            (body, None)
+        } else {
+            (plain, self.cache_key(parts, route, &bytes))
+        };
         let tokenizer = state.accounting.tokenizer_for(model);
         let job = state
             .accounting
@@ -616,7 +640,11 @@ impl<'s> Exchange<'s> {
         let native = self.is_native(route);
         let mut headers = headers::upstream_request_headers(&parts.headers);
         headers.remove(CONTEXT_HEADER);
-        if native {
+        let anthropic_provider = provider.kind == ProviderKind::Anthropic;
+        if !native {
+            self.adapter.upstream_headers(&mut headers);
+        }
+        if anthropic_provider {
             let dropped = dialect::messages::native_headers(
                 &mut headers,
                 provider.anthropic_betas.as_deref(),
@@ -624,8 +652,6 @@ impl<'s> Exchange<'s> {
             if let Some(context) = self.context_mut() {
                 context.dropped_fields += dropped;
             }
-        } else {
-            self.adapter.upstream_headers(&mut headers);
         }
         if route.is_passthrough() {
             // The client's own key for the target: `X-Target-Authorization` when given (required when
@@ -635,7 +661,7 @@ impl<'s> Exchange<'s> {
                 key.set_sensitive(true);
                 headers.insert(header::AUTHORIZATION, key);
             }
-        } else if native {
+        } else if anthropic_provider {
             apply_anthropic_credentials(
                 &mut headers,
                 provider,

@@ -19,14 +19,14 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use http_body::Frame;
 use http_body_util::{BodyExt, Limited};
 use kimi_dialects::Dialect;
 use kimi_dialects::anthropic::{
-    self, AnswerContext, ChatTarget, ChatToMessagesStream, MessagesToChatStream,
+    self, AnswerContext, ChatTarget, ChatToMessagesStream, MessagesTarget, MessagesToChatStream,
 };
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -559,6 +559,82 @@ pub(crate) fn prompt_for_count(route: &Route<'_>, body: &[u8]) -> Option<(Bytes,
     to_chat(route, body)
         .ok()
         .map(|(body, view, _)| (body, view))
+}
+
+/// What a chat request lost on its way to an Anthropic provider, as one count for the record.
+fn dropped_count(dropped: &anthropic::Dropped) -> u32 {
+    let blocks: u32 = dropped.blocks.iter().map(|(_, n)| *n).sum();
+    dropped
+        .cache_control
+        .saturating_add(blocks)
+        .saturating_add(dropped.fields.len() as u32)
+}
+
+/// A chat request (a chat client's, or a Responses client's once translated, already shaped) as the Messages
+/// request for an Anthropic-native provider, with what its answer's translation back needs and how many parts
+/// had no Messages equivalent.
+pub fn chat_to_native(
+    route: &Route<'_>,
+    chat: &[u8],
+) -> Result<(Bytes, AnswerContext, u32), ProxyError> {
+    let model = &route.model;
+    let target = MessagesTarget {
+        model: model.upstream_id.clone(),
+        max_output_tokens: None,
+        thinking: model.capabilities.iter().any(|c| c == "thinking"),
+    };
+    let translated = anthropic::chat_request_to_messages(chat, &target)
+        .map_err(|e| ProxyError::InvalidRequest(e.to_string()))?;
+    let mut ctx = translated.answer_context();
+    ctx.created = u64::try_from(crate::util::unix_ms() / 1000).unwrap_or(0);
+    let dropped = dropped_count(&translated.dropped);
+    Ok((Bytes::from(translated.body), ctx, dropped))
+}
+
+/// An Anthropic provider's answer (already seen by the tracker) as a chat answer: an event stream translated
+/// event by event ([`MessagesToChatStream`]), a message or an error status whole (bounded).
+pub async fn native_answer_to_chat(
+    response: Response,
+    ctx: AnswerContext,
+    provider: &str,
+) -> Response {
+    let (mut parts, body) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let event_stream = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if parts.status.is_success() && event_stream {
+        let body = EventBody::with(body, MessagesToChatStream::new(&ctx));
+        return Response::from_parts(parts, Body::new(body));
+    }
+    let unreadable = |reason: String| {
+        tracing::warn!(%reason, "Anthropic provider answer could not be translated for a chat client");
+        ProxyError::UpstreamUnreachable {
+            provider: provider.to_string(),
+            reason: format!("the provider's answer could not be translated: {reason}"),
+        }
+        .into_response()
+    };
+    let status = parts.status.as_u16();
+    let whole = match Limited::new(body, MAX_ANSWER_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => return unreadable(error.to_string()),
+    };
+    let translated = if parts.status.is_success() {
+        match anthropic::messages_response_to_chat(&whole, &ctx) {
+            Ok(body) => body,
+            Err(error) => return unreadable(error.to_string()),
+        }
+    } else {
+        anthropic::messages_error_to_chat(status, &whole)
+    };
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(translated))
 }
 
 #[cfg(test)]
