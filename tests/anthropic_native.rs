@@ -393,3 +393,89 @@ async fn the_official_anthropic_python_sdk_works_on_the_native_route() {
         .expect("the tool result went upstream as Anthropic's block");
     assert_eq!(tool_result["content"], "18 C, sunny");
 }
+
+#[tokio::test]
+async fn masking_rewrites_a_bulky_tool_result_block_on_the_native_route() {
+    let mock = MockUpstream::start().await.unwrap();
+    let extra = format!(
+        "{}\n[context.masking]\nenabled = true\nthreshold_tokens = 200\npreview_chars = 120\n",
+        anthropic_provider(&mock, "")
+    );
+    let proxy = start_proxy(&mock, &extra).await;
+    let bulky: String = (0..300)
+        .map(|i| format!("src/module/file_{i}.rs: fn item_{i}() {{}}\n"))
+        .collect();
+    let small = "ok";
+    let body = json!({
+        "model": "claude-mock",
+        "max_tokens": 1024,
+        "messages": [
+            {"role": "user", "content": "Look around."},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "Reading.", "signature": "c2lnbmF0dXJl"},
+                {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"path": "src"}},
+                {"type": "tool_use", "id": "toolu_2", "name": "Bash", "input": {"cmd": "true"}}
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": bulky, "cache_control": {"type": "ephemeral"}},
+                {"type": "tool_result", "tool_use_id": "toolu_2", "content": [{"type": "text", "text": small}]}
+            ]},
+            {"role": "assistant", "content": [{"type": "text", "text": "Seen."}]},
+            {"role": "user", "content": "Now fix it."}
+        ]
+    });
+    let response = post_raw(
+        &proxy.url("/v1/messages"),
+        &serde_json::to_vec(&body).unwrap(),
+        &[],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let sent = mock.last_request().unwrap().json().unwrap();
+    let results = &sent["messages"][2]["content"];
+    let masked = results[0]["content"].as_str().unwrap();
+    assert!(masked.starts_with("[kimi-proxy masked"), "{masked}");
+    assert!(masked.contains("`Read`"), "names the tool: {masked}");
+    assert!(masked.contains("src/module/file_0.rs"), "preview: {masked}");
+    assert_eq!(results[0]["tool_use_id"], "toolu_1");
+    assert_eq!(results[0]["cache_control"], json!({"type": "ephemeral"}));
+    assert_eq!(
+        results[1], body["messages"][2]["content"][1],
+        "a small result stays"
+    );
+    // Everything else as the client sent it (the thinking signature included).
+    assert_eq!(sent["messages"][1], body["messages"][1]);
+    assert_eq!(sent["messages"][4], body["messages"][4]);
+
+    let record = &recent_records(&proxy, 1).await[0];
+    let context = &record["context"];
+    assert_eq!(context["transforms"], "mask", "{record}");
+    assert_eq!(context["masked_messages"], 1);
+    let before = context["tokens_before"].as_u64().unwrap();
+    let after = context["tokens_after"].as_u64().unwrap();
+    assert!(after * 5 < before, "{before} -> {after}");
+    assert_eq!(record["tokens_saved"].as_u64().unwrap(), before - after);
+
+    // The original is kept, as for chat requests.
+    let at = masked.find("; id ").unwrap() + 5;
+    let id = &masked[at..at + 32];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let response = client()
+            .get(proxy.url(&format!("/api/mask/{id}")))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            let kept: Value = response.json().await.unwrap();
+            assert_eq!(kept["content"], bulky.as_str());
+            assert_eq!(kept["tool"], "Read");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the original was not kept"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

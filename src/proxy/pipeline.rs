@@ -173,7 +173,7 @@ impl<'s> Exchange<'s> {
         self.open_record(&parts, &route, parsed.streaming(), parsed.client_session());
         let native = self.is_native(&route);
         let shaped = if native {
-            self.shape_native(&route, bytes, parsed.streaming())
+            self.shape_native(&parts, &route, bytes, parsed.streaming())?
         } else {
             self.shape(&parts, &route, bytes, parsed).await?
         };
@@ -487,9 +487,16 @@ impl<'s> Exchange<'s> {
     /// An Anthropic-native provider's request: the client's bytes (model mapped, fields the provider does not
     /// take removed). The prompt is counted on its chat form, as chat requests are, for the record's estimate
     /// and calibration (the provider's usage is what counts). Not cached: the response cache holds chat answers.
-    fn shape_native(&mut self, route: &Route<'_>, bytes: Bytes, streaming: bool) -> Shaped {
+    fn shape_native(
+        &mut self,
+        parts: &Parts,
+        route: &Route<'_>,
+        bytes: Bytes,
+        streaming: bool,
+    ) -> Result<Shaped, ProxyError> {
         let state = self.state;
         let provider = route.provider();
+        let bytes = self.mask_native(parts, route, bytes)?;
         let (body, dropped) = dialect::messages::native_body(
             &bytes,
             &route.model.upstream_id,
@@ -508,13 +515,69 @@ impl<'s> Exchange<'s> {
             record.context.dropped_fields += dropped;
             record.prompt = job.map(Prompt::Queued);
         }
-        Shaped {
+        Ok(Shaped {
             plain: body,
             with_usage: None,
             streaming,
             client_asked_usage: false,
             cache_key: None,
+        })
+    }
+
+    /// Masking on a native Messages request (`tool_result` blocks), when the context settings turn it on;
+    /// observation masking and compaction work on chat requests only.
+    fn mask_native(
+        &mut self,
+        parts: &Parts,
+        route: &Route<'_>,
+        bytes: Bytes,
+    ) -> Result<Bytes, ProxyError> {
+        let state = self.state;
+        let header = match parts.headers.get(CONTEXT_HEADER) {
+            Some(value) => Some(value.to_str().map_err(|_| {
+                ProxyError::InvalidRequest(format!("`{CONTEXT_HEADER}` must be ASCII"))
+            })?),
+            None => None,
+        };
+        if !state.context.may_apply(header) {
+            return Ok(bytes);
         }
+        let session = self
+            .record
+            .as_ref()
+            .and_then(|r| r.context.client_session.clone());
+        let resolved = state
+            .context
+            .resolve(header, session.as_deref(), &route.model)
+            .map_err(|e| ProxyError::InvalidRequest(format!("`{CONTEXT_HEADER}`: {e}")))?;
+        if !resolved.enabled.masking {
+            return Ok(bytes);
+        }
+        let started = Instant::now();
+        let tokenizer = state.accounting.tokenizer_for(&route.model).tokenizer;
+        let Some((body, masked, before, after)) = context::masking::mask_messages_body(
+            &bytes,
+            &state.context.config.masking,
+            &tokenizer,
+            &state.context.masks,
+        ) else {
+            return Ok(bytes);
+        };
+        // The figures cover the masked blocks (the whole prompt is counted on its chat form elsewhere).
+        let outcome = context::Outcome {
+            transforms: "mask".to_string(),
+            tokens_before: before,
+            after_masking: Some(after),
+            tokens_after: after,
+            masked_messages: masked,
+            elapsed_us: started.elapsed().as_micros() as u64,
+            ..context::Outcome::default()
+        };
+        state.context.count(&outcome);
+        if let Some(context) = self.context_mut() {
+            context.context = Some(Box::new(outcome));
+        }
+        Ok(Bytes::from(body))
     }
 
     // --- cache --------------------------------------------------------------------------------------------

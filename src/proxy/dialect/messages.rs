@@ -37,6 +37,7 @@ use crate::proxy::pipeline::{Exchange, Route};
 use crate::proxy::request::{self, ChatRequestView};
 use crate::proxy::{ProxyState, pipeline};
 use crate::tokens::stream::SseParser;
+use crate::util::JsonMembers;
 
 /// Claude Code's session header (one id per conversation).
 pub const SESSION_HEADER: &str = "x-claude-code-session-id";
@@ -439,37 +440,11 @@ pub async fn messages(state: &ProxyState, request: Request) -> Response {
 
 // --- Anthropic-native providers ------------------------------------------------------------------------------
 
-/// The top-level members of a JSON object in order, each value as its raw bytes.
-struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Members<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
-            type Value = Members<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Members<'a>, A::Error> {
-                let mut members = Vec::new();
-                while let Some(entry) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
-                    members.push(entry);
-                }
-                Ok(Members(members))
-            }
-        }
-        deserializer.deserialize_map(Visit(std::marker::PhantomData))
-    }
-}
-
 /// The body for an Anthropic-native provider: the client's bytes as they are, unless the model id must be
 /// mapped or the request has top-level fields the provider does not take (`drop`); then the object is written
 /// again, every other member's value byte for byte. Returns the body and how many fields were removed.
 pub fn native_body(body: &Bytes, upstream_model: &str, drop: &[String]) -> (Bytes, u32) {
-    let Ok(Members(members)) = serde_json::from_slice::<Members<'_>>(body) else {
+    let Ok(JsonMembers(members)) = serde_json::from_slice::<JsonMembers<'_>>(body) else {
         // Peek read it already; anything else goes as it came, for the provider to judge.
         return (body.clone(), 0);
     };
