@@ -38,19 +38,6 @@ impl LogThrottle {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_throttle_lets_one_warning_through_per_interval() {
-        let throttle = LogThrottle::new();
-        assert!(throttle.ready(Duration::from_secs(60)));
-        assert!(!throttle.ready(Duration::from_secs(60)));
-        assert!(throttle.ready(Duration::ZERO));
-    }
-}
-
 /// The top-level members of a JSON object in order, each value as its raw bytes: what a rewrite of one member
 /// needs to leave every other byte for byte.
 pub struct JsonMembers<'a>(pub Vec<(std::borrow::Cow<'a, str>, &'a serde_json::value::RawValue)>);
@@ -94,4 +81,17 @@ pub fn json_object<'a>(members: impl IntoIterator<Item = (&'a str, &'a [u8])>) -
     }
     out.push(b'}');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_throttle_lets_one_warning_through_per_interval() {
+        let throttle = LogThrottle::new();
+        assert!(throttle.ready(Duration::from_secs(60)));
+        assert!(!throttle.ready(Duration::from_secs(60)));
+        assert!(throttle.ready(Duration::ZERO));
+    }
 }
