@@ -6,27 +6,10 @@
 mod common;
 
 use common::{
-    MockUpstream, Proxy, client, messages_body, mock_config, post_messages, read_body,
-    recent_records, sse_events,
+    MockUpstream, Proxy, client, content_type, messages_body, mock_config, post_messages,
+    read_body, recent_records, sse_events, start_proxy as proxy_for,
 };
 use serde_json::{Value, json};
-
-async fn proxy_for(mock: &MockUpstream, extra: &str) -> Proxy {
-    Proxy::start(
-        &mock_config(mock, extra),
-        &[("MOCK_KEY", "mock-provider-key")],
-    )
-    .await
-}
-
-fn content_type(response: &reqwest::Response) -> String {
-    response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
-}
 
 /// The names of the events, in order, with the runs of `content_block_delta` folded into one.
 fn event_outline(events: &[(String, Value)]) -> Vec<String> {
@@ -456,31 +439,7 @@ async fn the_official_anthropic_python_sdk_works_through_the_proxy() {
     };
     let mock = MockUpstream::start().await.unwrap();
     let proxy = proxy_for(&mock, "[model_aliases]\n\"claude-*\" = \"mock/model\"\n").await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/anthropic_sdk.py"
-    );
-    let output = tokio::process::Command::new(&python)
-        .arg(script)
-        .env("PROXY_URL", proxy.url(""))
-        .env("MODEL", "claude-sonnet-4-5-20250929")
-        .env("NO_PROXY", "127.0.0.1")
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("all checks passed"),
-        "the SDK script failed:\n{stdout}\n{}\nproxy log tail:\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        proxy
-            .log()
-            .lines()
-            .rev()
-            .take(30)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    common::run_anthropic_sdk_script(&python, &proxy, "claude-sonnet-4-5-20250929").await;
     // The tool result went upstream as chat's `tool` message, answering the provider's call id.
     let tool_message = mock
         .requests()

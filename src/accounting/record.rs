@@ -47,6 +47,9 @@ pub struct RequestRecord {
     pub completion_estimated: u64,
     pub completion_reported: Option<u64>,
     pub cached_reported: Option<u64>,
+    /// Prompt tokens the provider reported writing to its cache (Anthropic's `cache_creation_input_tokens`);
+    /// part of `prompt_tokens`, priced at the cache-write price. Not stored in the database yet.
+    pub cache_write_reported: Option<u64>,
     pub reasoning_estimated: u64,
     pub reasoning_reported: Option<u64>,
     /// The figures that count: the provider's where it reported them, ours (calibrated) otherwise.
@@ -92,6 +95,9 @@ pub struct RequestRecord {
     pub client_api: &'static str,
     /// Tools of the client's request dropped by the translation to the provider's API.
     pub dropped_tools: u32,
+    /// Request fields, `anthropic-beta` features and content parts removed because the provider does not take
+    /// them (an Anthropic-native provider's unsupported betas and fields). Not stored in the database yet.
+    pub dropped_fields: u32,
     /// What the context transforms did (when any ran).
     pub context: Option<Box<crate::context::Outcome>>,
     /// Prompt tokens the context transforms removed, and their price at the model's input rate.
@@ -102,11 +108,20 @@ pub struct RequestRecord {
     pub message_hashes: Vec<u64>,
 }
 
-/// Cost in USD: cached prompt tokens at the cached price, the rest of the prompt at the input price.
-pub fn cost_usd(prices: &Prices, prompt: u64, cached: u64, completion: u64) -> f64 {
+/// Cost in USD: of the whole prompt, cached (read) tokens at the cached price, tokens written to the cache
+/// (Anthropic's cache creation) at the cache-write price, the rest at the input price.
+pub fn cost_usd(
+    prices: &Prices,
+    prompt: u64,
+    cached: u64,
+    cache_write: u64,
+    completion: u64,
+) -> f64 {
     let cached = cached.min(prompt);
-    ((prompt - cached) as f64 * prices.input
+    let cache_write = cache_write.min(prompt - cached);
+    ((prompt - cached - cache_write) as f64 * prices.input
         + cached as f64 * prices.cached_input
+        + cache_write as f64 * prices.cache_write
         + completion as f64 * prices.output)
         / 1_000_000.0
 }
@@ -127,10 +142,15 @@ mod tests {
             input: 2.0,
             output: 8.0,
             cached_input: 0.5,
+            cache_write: 2.5,
         };
-        let cost = cost_usd(&prices, 1_000_000, 400_000, 100_000);
+        let cost = cost_usd(&prices, 1_000_000, 400_000, 0, 100_000);
         assert!((cost - (0.6 * 2.0 + 0.4 * 0.5 + 0.1 * 8.0)).abs() < 1e-12);
-        assert_eq!(cost_usd(&prices, 10, 50, 0), 10.0 * 0.5 / 1e6);
+        assert_eq!(cost_usd(&prices, 10, 50, 0, 0), 10.0 * 0.5 / 1e6);
+        // Anthropic: 100 read, 300 written, 600 plain of a 1000-token prompt.
+        let cost = cost_usd(&prices, 1000, 100, 300, 10);
+        let expected = (600.0 * 2.0 + 100.0 * 0.5 + 300.0 * 2.5 + 10.0 * 8.0) / 1e6;
+        assert!((cost - expected).abs() < 1e-15);
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub struct RequestContext {
     /// Tools of the client's request the translation to the provider's API dropped (hosted tools a chat
     /// provider cannot run).
     pub dropped_tools: u32,
+    /// Request fields, `anthropic-beta` features and content parts the provider does not take, removed.
+    pub dropped_fields: u32,
+    /// The provider answers in Anthropic's Messages format (an Anthropic-native provider), not chat's.
+    pub provider_messages: bool,
     /// Told of a complete, successful non-streaming answer with its counts (the response cache keeps it).
     pub on_complete: Option<Box<dyn CompletionHook>>,
     /// Sees the answer as it passes (a proxy feature that learns from answers).
@@ -90,6 +94,8 @@ impl RequestContext {
             client_app: None,
             client_api: "chat",
             dropped_tools: 0,
+            dropped_fields: 0,
+            provider_messages: false,
             on_complete: None,
             observer: None,
             cache_hit: false,
@@ -179,7 +185,11 @@ impl Tracker {
         } else if event_stream {
             Mode::Sse {
                 parser: SseParser::new(MAX_EVENT_BYTES),
-                counter: Box::new(CompletionCounter::new(context.tokenizer.tokenizer.clone())),
+                counter: Box::new(if context.provider_messages {
+                    CompletionCounter::messages(context.tokenizer.tokenizer.clone())
+                } else {
+                    CompletionCounter::new(context.tokenizer.tokenizer.clone())
+                }),
                 strip_usage: context.usage_injected,
                 held: BytesMut::new(),
             }
@@ -389,7 +399,11 @@ impl Tracker {
                         Completion::default()
                     } else {
                         let body: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-                        let completion = json_completion(&body, &context.tokenizer.tokenizer);
+                        let completion = if context.provider_messages {
+                            messages_completion(&body, &context.tokenizer.tokenizer)
+                        } else {
+                            json_completion(&body, &context.tokenizer.tokenizer)
+                        };
                         if let Some(observer) = observer.as_mut() {
                             observer.on_json(&body);
                         }
@@ -519,6 +533,53 @@ fn json_completion(body: &[u8], tokenizer: &Tokenizer) -> Completion {
     completion
 }
 
+/// Reads a whole Anthropic message (anthropics/anthropic-sdk-python `types/message.py`): its usage,
+/// `stop_reason`, and our own count of its text, thinking and `tool_use` blocks.
+fn messages_completion(body: &[u8], tokenizer: &Tokenizer) -> Completion {
+    let mut completion = Completion {
+        usage: usage::from_message_body(body),
+        ..Default::default()
+    };
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return completion;
+    };
+    completion.finish_reason = value
+        .get("stop_reason")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    for block in value
+        .get("content")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => {
+                if let Some(text) = block.get("text").and_then(Value::as_str) {
+                    completion.total += tokenizer.count(text) as u64;
+                }
+            }
+            Some("thinking") => {
+                if let Some(text) = block.get("thinking").and_then(Value::as_str) {
+                    let reasoning = tokenizer.count(text) as u64;
+                    completion.reasoning += reasoning;
+                    completion.total += reasoning;
+                }
+            }
+            Some("tool_use") => {
+                if let Some(name) = block.get("name").and_then(Value::as_str) {
+                    completion.total += tokenizer.count(name) as u64;
+                }
+                if let Some(input) = block.get("input") {
+                    completion.total += tokenizer.count(&input.to_string()) as u64;
+                }
+            }
+            _ => {}
+        }
+    }
+    completion
+}
+
 fn build_record(
     accounting: &Accounting,
     context: RequestContext,
@@ -538,6 +599,7 @@ fn build_record(
     let completion_tokens = usage.completion.unwrap_or(completion_estimated);
     let tokens_estimated = usage.prompt.is_none() || usage.completion.is_none();
     let cached = usage.cached.unwrap_or(0);
+    let cache_write = usage.cache_write.unwrap_or(0);
     let error_kind = match &finished.outcome {
         Outcome::Complete if context.status >= 400 => {
             Some(format!("upstream_http_{}", context.status))
@@ -557,7 +619,13 @@ fn build_record(
         && context.status < 400
         && !context.cache_hit;
     let cost = if billable {
-        cost_usd(&model.prices, prompt_tokens, cached, completion_tokens)
+        cost_usd(
+            &model.prices,
+            prompt_tokens,
+            cached,
+            cache_write,
+            completion_tokens,
+        )
     } else {
         0.0
     };
@@ -582,6 +650,7 @@ fn build_record(
         completion_estimated,
         completion_reported: usage.completion,
         cached_reported: usage.cached,
+        cache_write_reported: usage.cache_write,
         reasoning_estimated: finished.completion.reasoning,
         reasoning_reported: usage.reasoning,
         prompt_tokens,
@@ -600,6 +669,7 @@ fn build_record(
         client_app: context.client_app,
         client_api: context.client_api,
         dropped_tools: context.dropped_tools,
+        dropped_fields: context.dropped_fields,
         prompt_breakdown: prompt,
         cost_usd: cost,
         cost_estimated: billable && tokens_estimated,

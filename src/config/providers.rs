@@ -44,12 +44,17 @@ pub enum ProviderKind {
     #[default]
     #[serde(rename = "openai-compatible", alias = "openai")]
     OpenAiCompatible,
+    /// Speaks Anthropic's Messages API (`POST {base_url}/v1/messages`): Anthropic clients are passed through
+    /// as they are, chat clients translated.
+    #[serde(rename = "anthropic")]
+    Anthropic,
 }
 
 impl ProviderKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::OpenAiCompatible => "openai-compatible",
+            ProviderKind::Anthropic => "anthropic",
         }
     }
 }
@@ -154,6 +159,14 @@ pub struct Provider {
     /// nothing and removes nothing, so the client receives what the provider sent.
     #[serde(default)]
     pub usage_always: bool,
+    /// `type = "anthropic"` only: the `anthropic-beta` features the provider accepts (`None`: every one passes;
+    /// the others are removed from the header and counted).
+    #[serde(default)]
+    pub anthropic_betas: Option<Vec<String>>,
+    /// `type = "anthropic"` only: top-level request fields the provider does not take, removed (and counted)
+    /// so the request succeeds rather than meeting a 400.
+    #[serde(default)]
+    pub anthropic_drop_fields: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -291,6 +304,8 @@ pub struct Prices {
     pub input: f64,
     pub output: f64,
     pub cached_input: f64,
+    /// Prompt tokens written to the provider's cache (Anthropic's `cache_creation_input_tokens`).
+    pub cache_write: f64,
 }
 
 /// A `[models."<key>"]` entry. `Default` is for code that builds a model (pass-through).
@@ -314,6 +329,8 @@ pub struct Model {
     pub input_price: f64,
     pub output_price: f64,
     pub cached_input_price: Option<f64>,
+    /// Price of prompt tokens written to the provider's cache (Anthropic); the input price when absent.
+    pub cache_write_price: Option<f64>,
     #[serde(skip)]
     pub prices: Prices,
     pub capabilities: Vec<String>,
@@ -366,11 +383,13 @@ impl Model {
             input: self.input_price,
             output: self.output_price,
             cached_input: self.cached_input_price.unwrap_or(self.input_price),
+            cache_write: self.cache_write_price.unwrap_or(self.input_price),
         };
         for (name, value) in [
             ("input_price", self.prices.input),
             ("output_price", self.prices.output),
             ("cached_input_price", self.prices.cached_input),
+            ("cache_write_price", self.prices.cache_write),
         ] {
             if !value.is_finite() || value < 0.0 {
                 errors.push(format!(

@@ -557,7 +557,8 @@ impl ContextEngine {
         }
     }
 
-    fn count(&self, outcome: &Outcome) {
+    /// Adds one request's outcome to the totals (the pipeline's native route, which runs masking itself).
+    pub fn count(&self, outcome: &Outcome) {
         let t = &self.totals;
         t.requests.fetch_add(1, Ordering::Relaxed);
         t.tokens_before

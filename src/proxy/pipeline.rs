@@ -48,7 +48,7 @@ use super::{
 use super::{shape, unix_ms};
 use crate::accounting::tracker::{self, RequestContext, Tracker};
 use crate::accounting::{PromptCounting, PromptJob, Refusal};
-use crate::config::{ApiKey, BaseUrl, Model, Provider};
+use crate::config::{ApiKey, BaseUrl, Model, Provider, ProviderKind};
 use crate::context::{self, CONTEXT_HEADER};
 
 /// One request on its way through the phases.
@@ -60,6 +60,8 @@ pub struct Exchange<'s> {
     client: Dialect,
     /// What differs for a client API other than chat completions (translation at the edges).
     adapter: ClientAdapter,
+    /// Set when a chat request went to an Anthropic-native provider translated: its answer comes back as chat.
+    provider_answer: Option<kimi_dialects::anthropic::AnswerContext>,
     /// Known from routing on: whatever happens next, the request is recorded.
     record: Option<Recording>,
     /// The client's connection (set by the server): tells a client that stopped reading from one that left.
@@ -153,6 +155,7 @@ impl<'s> Exchange<'s> {
             started_at_ms: unix_ms(),
             client,
             adapter: ClientAdapter::for_dialect(client),
+            provider_answer: None,
             record: None,
             connection: None,
             method: String::new(),
@@ -168,7 +171,12 @@ impl<'s> Exchange<'s> {
         let parsed = self.parse(&parts, &bytes).await?;
         let route = self.route(&parts, parsed.model())?;
         self.open_record(&parts, &route, parsed.streaming(), parsed.client_session());
-        let shaped = self.shape(&parts, &route, bytes, parsed).await?;
+        let native = self.is_native(&route);
+        let shaped = if native {
+            self.shape_native(&parts, &route, bytes, parsed.streaming())?
+        } else {
+            self.shape(&parts, &route, bytes, parsed).await?
+        };
         if let Some(hit) = self.cache(&shaped) {
             return Ok(self.adapter.answer(hit).await);
         }
@@ -176,7 +184,36 @@ impl<'s> Exchange<'s> {
         let ready_at = Instant::now();
         let answer = self.send(&route, uri, headers, shaped).await?;
         let response = self.respond(&route, answer, ready_at);
+        if native {
+            // The provider's answer is already in the client's API: byte for byte.
+            return Ok(response);
+        }
+        // An Anthropic provider's answer becomes chat's first, then the client's.
+        let response = match self.provider_answer.take() {
+            Some(ctx) => {
+                dialect::messages::native_answer_to_chat(response, ctx, &route.provider().key).await
+            }
+            None => response,
+        };
         Ok(self.adapter.answer(response).await)
+    }
+
+    /// The client speaks the provider's own API (an Anthropic client, an Anthropic-native provider): the request
+    /// goes as it came, the answer comes back as it is.
+    fn is_native(&self, route: &Route<'_>) -> bool {
+        self.client == Dialect::Messages && route.provider().kind == ProviderKind::Anthropic
+    }
+
+    /// The proxy's own calls (compaction summaries) are chat requests sent as they are: not to an Anthropic
+    /// provider.
+    fn check_provider_api(&self, route: &Route<'_>) -> Result<(), ProxyError> {
+        if route.provider().kind == ProviderKind::Anthropic {
+            return Err(ProxyError::InvalidRequest(format!(
+                "model `{}` is served by an Anthropic Messages provider, which the proxy's own calls do not use",
+                route.model.key
+            )));
+        }
+        Ok(())
     }
 
     /// What a refusal before routing reports: the method and path, and the client application.
@@ -373,7 +410,9 @@ impl<'s> Exchange<'s> {
         // its usage anyway, or when the client asked.
         let rename = view.model != model.upstream_id;
         let accounting_on = state.config.server.token_accounting;
+        let anthropic_provider = provider.kind == ProviderKind::Anthropic;
         let inject_usage = accounting_on
+            && !anthropic_provider
             && view.streaming
             && provider.stream_usage
             && !provider.usage_always
@@ -405,7 +444,19 @@ impl<'s> Exchange<'s> {
             (plain, with_usage, ToolCallFixes::default())
         };
 
-        let cache_key = self.cache_key(parts, route, &bytes);
+        // An Anthropic-native provider gets the shaped chat request in its own API (and is not cached: the
+        // response cache holds chat answers).
+        let (plain, cache_key) = if anthropic_provider {
+            let (body, ctx, dropped) = dialect::messages::chat_to_native(route, &plain)?;
+            self.provider_answer = Some(ctx);
+            if let Some(context) = self.context_mut() {
+                context.provider_messages = true;
+                context.dropped_fields += dropped;
+            }
+            (body, None)
+        } else {
+            (plain, self.cache_key(parts, route, &bytes))
+        };
         let tokenizer = state.accounting.tokenizer_for(model);
         let job = state
             .accounting
@@ -431,6 +482,102 @@ impl<'s> Exchange<'s> {
             client_asked_usage: view.client_asked_usage,
             cache_key,
         })
+    }
+
+    /// An Anthropic-native provider's request: the client's bytes (model mapped, fields the provider does not
+    /// take removed). The prompt is counted on its chat form, as chat requests are, for the record's estimate
+    /// and calibration (the provider's usage is what counts). Not cached: the response cache holds chat answers.
+    fn shape_native(
+        &mut self,
+        parts: &Parts,
+        route: &Route<'_>,
+        bytes: Bytes,
+        streaming: bool,
+    ) -> Result<Shaped, ProxyError> {
+        let state = self.state;
+        let provider = route.provider();
+        let bytes = self.mask_native(parts, route, bytes)?;
+        let (body, dropped) = dialect::messages::native_body(
+            &bytes,
+            &route.model.upstream_id,
+            &provider.anthropic_drop_fields,
+        );
+        let accounting_on = state.config.server.token_accounting;
+        let job = dialect::messages::prompt_for_count(route, &bytes).map(|(chat, view)| {
+            let tokenizer = state.accounting.tokenizer_for(&route.model);
+            let job = state
+                .accounting
+                .prompt_job(chat, view.layout, tokenizer.tokenizer);
+            if accounting_on { job } else { job.disabled() }
+        });
+        if let Some(record) = &mut self.record {
+            record.context.provider_messages = true;
+            record.context.dropped_fields += dropped;
+            record.prompt = job.map(Prompt::Queued);
+        }
+        Ok(Shaped {
+            plain: body,
+            with_usage: None,
+            streaming,
+            client_asked_usage: false,
+            cache_key: None,
+        })
+    }
+
+    /// Masking on a native Messages request (`tool_result` blocks), when the context settings turn it on;
+    /// observation masking and compaction work on chat requests only.
+    fn mask_native(
+        &mut self,
+        parts: &Parts,
+        route: &Route<'_>,
+        bytes: Bytes,
+    ) -> Result<Bytes, ProxyError> {
+        let state = self.state;
+        let header = match parts.headers.get(CONTEXT_HEADER) {
+            Some(value) => Some(value.to_str().map_err(|_| {
+                ProxyError::InvalidRequest(format!("`{CONTEXT_HEADER}` must be ASCII"))
+            })?),
+            None => None,
+        };
+        if !state.context.may_apply(header) {
+            return Ok(bytes);
+        }
+        let session = self
+            .record
+            .as_ref()
+            .and_then(|r| r.context.client_session.clone());
+        let resolved = state
+            .context
+            .resolve(header, session.as_deref(), &route.model)
+            .map_err(|e| ProxyError::InvalidRequest(format!("`{CONTEXT_HEADER}`: {e}")))?;
+        if !resolved.enabled.masking {
+            return Ok(bytes);
+        }
+        let started = Instant::now();
+        let tokenizer = state.accounting.tokenizer_for(&route.model).tokenizer;
+        let Some((body, masked, before, after)) = context::masking::mask_messages_body(
+            &bytes,
+            &state.context.config.masking,
+            &tokenizer,
+            &state.context.masks,
+        ) else {
+            return Ok(bytes);
+        };
+        // The figures cover the masked blocks (the whole prompt is counted on its chat form elsewhere).
+        let outcome = context::Outcome {
+            transforms: "mask".to_string(),
+            tokens_before: before,
+            after_masking: Some(after),
+            tokens_after: after,
+            masked_messages: masked,
+            elapsed_us: started.elapsed().as_micros() as u64,
+            ..context::Outcome::default()
+        };
+        state.context.count(&outcome);
+        if let Some(context) = self.context_mut() {
+            context.savings = Some(Box::new(outcome));
+        }
+        Ok(Bytes::from(body))
     }
 
     // --- cache --------------------------------------------------------------------------------------------
@@ -553,9 +700,22 @@ impl<'s> Exchange<'s> {
         route: &Route<'_>,
     ) -> Result<(Uri, HeaderMap), ProxyError> {
         let provider = route.provider();
+        let native = self.is_native(route);
         let mut headers = headers::upstream_request_headers(&parts.headers);
         headers.remove(CONTEXT_HEADER);
-        self.adapter.upstream_headers(&mut headers);
+        let anthropic_provider = provider.kind == ProviderKind::Anthropic;
+        if !native {
+            self.adapter.upstream_headers(&mut headers);
+        }
+        if anthropic_provider {
+            let dropped = dialect::messages::native_headers(
+                &mut headers,
+                provider.anthropic_betas.as_deref(),
+            );
+            if let Some(context) = self.context_mut() {
+                context.dropped_fields += dropped;
+            }
+        }
         if route.is_passthrough() {
             // The client's own key for the target: `X-Target-Authorization` when given (required when
             // `Authorization` carries a virtual key, which the guard has removed), else its `Authorization`.
@@ -564,6 +724,12 @@ impl<'s> Exchange<'s> {
                 key.set_sensitive(true);
                 headers.insert(header::AUTHORIZATION, key);
             }
+        } else if anthropic_provider {
+            apply_anthropic_credentials(
+                &mut headers,
+                provider,
+                self.state.config.server.forward_client_key,
+            )?;
         } else {
             apply_credentials(
                 &mut headers,
@@ -571,9 +737,10 @@ impl<'s> Exchange<'s> {
                 self.state.config.server.forward_client_key,
             )?;
         }
-        // The query is the client API's (Anthropic's `?beta=true`); only a chat client's goes to a chat provider.
+        // The query is the client API's (Anthropic's `?beta=true`): it goes to a provider of the same API only.
         let query = match self.adapter {
             ClientAdapter::None => parts.uri.query(),
+            _ if native => parts.uri.query(),
             _ => None,
         };
         let uri = upstream_uri(provider, query)?;
@@ -813,6 +980,7 @@ impl Exchange<'_> {
         let view = request::inspect(&body)?;
         let parts = internal_parts();
         let route = self.route(&parts, model_key)?;
+        self.check_provider_api(&route)?;
         self.open_record(
             &parts,
             &route,
@@ -924,6 +1092,49 @@ fn apply_credentials(
     Ok(())
 }
 
+/// The provider's key as an Anthropic-native provider takes it: `x-api-key` (Anthropic's header, which the
+/// Anthropic-compatible endpoints of Moonshot, Kimi Code and DeepSeek take too: api-docs.deepseek.com/guides/anthropic_api
+/// lists `x-api-key` as "Fully Supported"); the client's `Authorization` removed. Without a provider key, the
+/// client's own (`x-api-key` or `Authorization`) goes when forwarding is allowed.
+fn apply_anthropic_credentials(
+    headers: &mut HeaderMap,
+    provider: &Provider,
+    forward_client_key: bool,
+) -> Result<(), ProxyError> {
+    let client_sent_key =
+        headers.contains_key("x-api-key") || headers.contains_key(header::AUTHORIZATION);
+    match &provider.api_key {
+        ApiKey::Ready(secret) => {
+            let mut value = HeaderValue::from_str(secret.expose()).map_err(|_| {
+                ProxyError::InvalidRequest(format!(
+                    "provider `{}` has an API key that is not a valid header",
+                    provider.key
+                ))
+            })?;
+            value.set_sensitive(true);
+            headers.remove(header::AUTHORIZATION);
+            headers.insert("x-api-key", value);
+        }
+        ApiKey::Missing { var } => {
+            if !(forward_client_key && client_sent_key) {
+                return Err(ProxyError::MissingApiKey {
+                    provider: provider.key.clone(),
+                    var: var.clone(),
+                });
+            }
+        }
+        ApiKey::None => {
+            if !forward_client_key {
+                headers.remove(header::AUTHORIZATION);
+                headers.remove("x-api-key");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The provider's endpoint: `{base_url}/chat/completions`, or `{base_url}/v1/messages` for an Anthropic-native
+/// provider (its base URL is what `ANTHROPIC_BASE_URL` would be: the SDKs append `/v1/messages`).
 fn upstream_uri(provider: &Provider, query: Option<&str>) -> Result<Uri, ProxyError> {
     let base_url = match &provider.base_url {
         BaseUrl::Ready(base_url) => base_url,
@@ -934,9 +1145,13 @@ fn upstream_uri(provider: &Provider, query: Option<&str>) -> Result<Uri, ProxyEr
             });
         }
     };
+    let path = match provider.kind {
+        ProviderKind::OpenAiCompatible => "/chat/completions",
+        ProviderKind::Anthropic => "/v1/messages",
+    };
     let text = match query {
-        Some(q) => format!("{base_url}/chat/completions?{q}"),
-        None => format!("{base_url}/chat/completions"),
+        Some(q) => format!("{base_url}{path}?{q}"),
+        None => format!("{base_url}{path}"),
     };
     text.parse::<Uri>()
         .map_err(|e| ProxyError::InvalidRequest(format!("cannot build the upstream URL: {e}")))

@@ -24,10 +24,20 @@ impl Catalog {
                 .get(&m.provider)
                 .is_some_and(|p| matches!(p.api_key, ApiKey::Ready(_)))
         };
+        // A bare upstream id served both by a chat provider and by its Anthropic-compatible twin (`kimi-k2.5` at
+        // `moonshot` and `moonshot-anthropic`) means the chat one: the name kept what it meant before the twin.
+        let chat_kind = |m: &Model| {
+            config
+                .providers
+                .get(&m.provider)
+                .is_some_and(|p| p.kind == crate::config::ProviderKind::OpenAiCompatible)
+        };
         let mut by_name: HashMap<String, Arc<Model>> = HashMap::new();
         // Lowest priority first; later inserts override earlier ones.
         let mut upstream: Vec<&Arc<Model>> = config.models.values().collect();
-        upstream.sort_by(|a, b| (key_ready(a), &b.key).cmp(&(key_ready(b), &a.key)));
+        upstream.sort_by(|a, b| {
+            (key_ready(a), chat_kind(a), &b.key).cmp(&(key_ready(b), chat_kind(b), &a.key))
+        });
         for m in upstream {
             by_name.insert(m.upstream_id.clone(), m.clone());
         }
@@ -147,6 +157,21 @@ mod tests {
                 .key
                 .clone()
         }
+    }
+
+    #[test]
+    fn a_bare_id_means_the_chat_provider_over_its_anthropic_twin() {
+        let env = [("MOONSHOT_API_KEY", "k"), ("DEEPSEEK_API_KEY", "k")];
+        let c = catalog(&env);
+        assert_eq!(c.resolve("kimi-k2.5").unwrap().key, "moonshot/kimi-k2.5");
+        assert_eq!(
+            c.resolve("deepseek-chat").unwrap().key,
+            "deepseek/deepseek-chat"
+        );
+        assert_eq!(
+            c.resolve("moonshot-anthropic/kimi-k2.5").unwrap().key,
+            "moonshot-anthropic/kimi-k2.5"
+        );
     }
 
     #[test]

@@ -28,9 +28,10 @@ pub struct UpstreamResponse {
     pub attempts: u32,
 }
 
-/// Statuses worth another attempt: rate limits and transient gateway failures.
+/// Statuses worth another attempt: rate limits and transient gateway failures, and Anthropic's 529
+/// `overloaded_error` ("the API is temporarily overloaded", <https://docs.claude.com/en/api/errors>).
 fn retryable_status(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 429 | 502 | 503 | 504)
+    matches!(status.as_u16(), 429 | 502 | 503 | 504 | 529)
 }
 
 /// Sends `request`, retrying connect failures and retryable statuses with exponential backoff and jitter,

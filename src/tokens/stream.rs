@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use super::Tokenizer;
-use super::usage::{ReportedUsage, WireUsage};
+use super::usage::{MessagesUsage, ReportedUsage, WireMessagesUsage, WireUsage};
 
 /// Counts tokens of a text that arrives in pieces, with a final count equal to counting the whole text at once.
 ///
@@ -247,6 +247,55 @@ struct WireFunctionDelta<'a> {
     arguments: Option<Cow<'a, str>>,
 }
 
+// === Anthropic Messages events (anthropics/anthropic-sdk-python `types/raw_message_stream_event.py` and the
+// `raw_*_event.py` files: `message_start.message.usage`, `content_block_start.content_block`,
+// `content_block_delta.delta` of type `text_delta`/`thinking_delta`/`input_json_delta`, `message_delta.delta.stop_reason`
+// with `message_delta.usage`, `message_stop`) ===
+
+#[derive(Deserialize)]
+struct WireEvent<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    index: Option<usize>,
+    #[serde(default)]
+    message: Option<WireStartMessage>,
+    #[serde(default)]
+    usage: Option<WireMessagesUsage>,
+    #[serde(borrow, default)]
+    delta: Option<WireEventDelta<'a>>,
+    #[serde(borrow, default)]
+    content_block: Option<WireBlock<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireStartMessage {
+    #[serde(default)]
+    usage: Option<WireMessagesUsage>,
+}
+
+#[derive(Deserialize)]
+struct WireEventDelta<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    thinking: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    partial_json: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    stop_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct WireBlock<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    thinking: Option<Cow<'a, str>>,
+}
+
 /// Most tool calls a stream may carry before further ones are ignored (bounds memory).
 const MAX_TOOL_CALLS: usize = 128;
 const MAX_TOOL_NAME_BYTES: usize = 16 * 1024;
@@ -279,6 +328,8 @@ pub struct CompletionCounter {
     /// Events that were chunks, usage or `[DONE]`: none in a non-empty stream means it was not one.
     pub understood: u64,
     pub done: bool,
+    /// The stream is Anthropic's Messages events (an Anthropic-native provider), not chat chunks.
+    messages: Option<MessagesUsage>,
 }
 
 /// Final figures of a completion.
@@ -308,6 +359,15 @@ impl CompletionCounter {
             events: 0,
             understood: 0,
             done: false,
+            messages: None,
+        }
+    }
+
+    /// A counter for an Anthropic Messages event stream.
+    pub fn messages(tokenizer: Tokenizer) -> Self {
+        Self {
+            messages: Some(MessagesUsage::default()),
+            ..Self::new(tokenizer)
         }
     }
 
@@ -322,6 +382,9 @@ impl CompletionCounter {
     }
 
     fn account(&mut self, data: &[u8]) -> EventKind {
+        if self.messages.is_some() {
+            return self.account_messages(data);
+        }
         if data == b"[DONE]" {
             self.done = true;
             return EventKind::Done;
@@ -376,6 +439,79 @@ impl CompletionCounter {
         EventKind::Delta
     }
 
+    fn account_messages(&mut self, data: &[u8]) -> EventKind {
+        let Ok(event) = serde_json::from_slice::<WireEvent<'_>>(data) else {
+            return EventKind::Unparsed;
+        };
+        let mut usage = self.messages.unwrap_or_default();
+        let kind = match &*event.kind {
+            "message_start" => {
+                if let Some(wire) = event.message.as_ref().and_then(|m| m.usage.as_ref()) {
+                    usage.update(wire);
+                }
+                EventKind::Delta
+            }
+            "content_block_start" => {
+                if let Some(block) = event.content_block {
+                    if let Some(name) = block.name
+                        && self.tool_names.len() + name.len() < MAX_TOOL_NAME_BYTES
+                    {
+                        self.tool_names.push_str(&name);
+                        self.tool_names.push('\n');
+                    }
+                    if let Some(text) = block.text {
+                        self.content.push(&self.tokenizer, &text);
+                    }
+                    if let Some(text) = block.thinking {
+                        self.reasoning.push(&self.tokenizer, &text);
+                    }
+                }
+                EventKind::Delta
+            }
+            "content_block_delta" => {
+                if let Some(delta) = event.delta {
+                    if let Some(text) = delta.text {
+                        self.content.push(&self.tokenizer, &text);
+                    }
+                    if let Some(text) = delta.thinking {
+                        self.reasoning.push(&self.tokenizer, &text);
+                    }
+                    if let Some(json) = delta.partial_json {
+                        let index = event.index.unwrap_or(0);
+                        if index < MAX_TOOL_CALLS {
+                            if self.tool_arguments.len() <= index {
+                                self.tool_arguments
+                                    .resize_with(index + 1, IncrementalCounter::new);
+                            }
+                            self.tool_arguments[index].push(&self.tokenizer, &json);
+                        }
+                    }
+                }
+                EventKind::Delta
+            }
+            "message_delta" => {
+                if let Some(reason) = event.delta.and_then(|d| d.stop_reason) {
+                    self.finish_reason = Some(reason.into_owned());
+                }
+                if let Some(wire) = &event.usage {
+                    usage.update(wire);
+                }
+                EventKind::Delta
+            }
+            "message_stop" => {
+                self.done = true;
+                EventKind::Done
+            }
+            "ping" | "content_block_stop" | "error" => EventKind::Delta,
+            _ => EventKind::Unparsed,
+        };
+        self.messages = Some(usage);
+        if let Some(reported) = usage.normalize() {
+            self.usage = Some(reported);
+        }
+        kind
+    }
+
     /// Tokens so far, cheap (for live progress).
     pub fn running(&self) -> u64 {
         let tools: usize = self
@@ -411,6 +547,38 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn anthropic_events_are_counted_with_their_usage() {
+        let tokenizer = Tokenizer::cl100k_base();
+        let mut counter = CompletionCounter::messages(tokenizer.clone());
+        let events: [&[u8]; 8] = [
+            br#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":12,"cache_read_input_tokens":100,"cache_creation_input_tokens":40,"output_tokens":1}}}"#,
+            br#"{"type":"ping"}"#,
+            br#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            br#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello there"}}"#,
+            br#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"t","name":"Read","input":{}}}"#,
+            br#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"path\":\"a\"}"}}"#,
+            br#"{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":9}}"#,
+            br#"{"type":"message_stop"}"#,
+        ];
+        for event in events {
+            assert_ne!(counter.on_event(event), EventKind::Unparsed);
+        }
+        let usage = counter.usage.unwrap();
+        assert_eq!(usage.prompt, Some(152));
+        assert_eq!(usage.cached, Some(100));
+        assert_eq!(usage.cache_write, Some(40));
+        assert_eq!(usage.completion, Some(9));
+        assert_eq!(counter.finish_reason.as_deref(), Some("tool_use"));
+        assert!(counter.done);
+        let tokens = counter.finish();
+        assert_eq!(tokens.content, tokenizer.count("Hello there") as u64);
+        assert_eq!(
+            tokens.tool_calls,
+            (tokenizer.count("{\"path\":\"a\"}") + tokenizer.count("Read")) as u64
+        );
+    }
 
     fn count_in_chunks(tokenizer: &Tokenizer, text: &str, cuts: &[usize]) -> usize {
         let mut counter = IncrementalCounter::new();

@@ -44,6 +44,8 @@ pub struct ReportedUsage {
     pub completion: Option<u64>,
     pub cached: Option<u64>,
     pub reasoning: Option<u64>,
+    /// Prompt tokens written to the provider's cache (Anthropic only), part of `prompt`.
+    pub cache_write: Option<u64>,
 }
 
 impl WireUsage {
@@ -71,8 +73,75 @@ impl WireUsage {
             completion,
             cached,
             reasoning,
+            cache_write: None,
         })
     }
+}
+
+/// Anthropic's `usage` as on the wire (anthropics/anthropic-sdk-python `src/anthropic/types/usage.py` and
+/// `message_delta_usage.py`): "Total input tokens in a request is the summation of `input_tokens`,
+/// `cache_creation_input_tokens`, and `cache_read_input_tokens`". The cache fields may be `null`.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct WireMessagesUsage {
+    #[serde(default)]
+    pub input_tokens: Option<u64>,
+    #[serde(default)]
+    pub output_tokens: Option<u64>,
+    #[serde(default)]
+    pub cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    pub cache_creation_input_tokens: Option<u64>,
+}
+
+/// Anthropic usage gathered over a stream: `message_start` carries the input figures, `message_delta` the
+/// (cumulative) output and possibly updated input figures; a field present later replaces the earlier one.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MessagesUsage {
+    input: Option<u64>,
+    output: Option<u64>,
+    cache_read: Option<u64>,
+    cache_write: Option<u64>,
+}
+
+impl MessagesUsage {
+    pub fn update(&mut self, wire: &WireMessagesUsage) {
+        self.input = wire.input_tokens.or(self.input);
+        self.output = wire.output_tokens.or(self.output);
+        self.cache_read = wire.cache_read_input_tokens.or(self.cache_read);
+        self.cache_write = wire.cache_creation_input_tokens.or(self.cache_write);
+    }
+
+    /// In the record's terms: `prompt` is the whole prompt (plain input, cache reads and cache writes),
+    /// `cached` the cache reads. `None` when no figure came.
+    pub fn normalize(&self) -> Option<ReportedUsage> {
+        if self.input.is_none() && self.output.is_none() {
+            return None;
+        }
+        let cache_read = self.cache_read.unwrap_or(0);
+        let cache_write = self.cache_write.unwrap_or(0);
+        Some(ReportedUsage {
+            prompt: self
+                .input
+                .map(|n| n.saturating_add(cache_read).saturating_add(cache_write)),
+            completion: self.output,
+            cached: Some(cache_read),
+            reasoning: None,
+            cache_write: Some(cache_write),
+        })
+    }
+}
+
+/// Reads `usage` from a whole Anthropic message.
+pub fn from_message_body(body: &[u8]) -> Option<ReportedUsage> {
+    #[derive(Deserialize)]
+    struct Body {
+        #[serde(default)]
+        usage: Option<WireMessagesUsage>,
+    }
+    let wire = serde_json::from_slice::<Body>(body).ok()?.usage?;
+    let mut usage = MessagesUsage::default();
+    usage.update(&wire);
+    usage.normalize()
 }
 
 /// Reads `usage` from a whole (non-streaming) chat completion body.
@@ -103,7 +172,8 @@ mod tests {
                 prompt: Some(100),
                 completion: Some(20),
                 cached: Some(64),
-                reasoning: Some(12)
+                reasoning: Some(12),
+                cache_write: None,
             }
         );
         let moonshot = br#"{"usage":{"prompt_tokens":50,"completion_tokens":5,"total_tokens":55,"cached_tokens":32}}"#;
@@ -118,5 +188,19 @@ mod tests {
         assert_eq!(from_completion_body(br#"{"usage":null}"#), None);
         assert_eq!(from_completion_body(br#"{"usage":{}}"#), None);
         assert_eq!(from_completion_body(b"garbage"), None);
+    }
+
+    #[test]
+    fn anthropic_usage_excludes_cache_from_input() {
+        let body = br#"{"usage":{"input_tokens":10,"cache_read_input_tokens":200,"cache_creation_input_tokens":30,"output_tokens":7}}"#;
+        let usage = from_message_body(body).unwrap();
+        assert_eq!(usage.prompt, Some(240));
+        assert_eq!(usage.cached, Some(200));
+        assert_eq!(usage.cache_write, Some(30));
+        assert_eq!(usage.completion, Some(7));
+        let nulls =
+            br#"{"usage":{"input_tokens":5,"cache_read_input_tokens":null,"output_tokens":1}}"#;
+        assert_eq!(from_message_body(nulls).unwrap().prompt, Some(5));
+        assert_eq!(from_message_body(br#"{"usage":{}}"#), None);
     }
 }

@@ -69,6 +69,51 @@ max_context_size = 100000
     )
 }
 
+/// The config snippet of an Anthropic-native provider on the mock (its Anthropic mode): provider `mock-anthropic`
+/// (`type = "anthropic"`, key from `$MOCK_KEY`, `provider_extra` lines added to it) with the model
+/// `mock-anthropic/claude-mock` (upstream id `claude-mock`, priced: input 1, cached input 0.1, cache write 1.25,
+/// output 5 USD per million tokens). Goes into [`mock_config`]'s `extra`.
+pub fn anthropic_provider(mock: &MockUpstream, provider_extra: &str) -> String {
+    format!(
+        r#"
+[providers.mock-anthropic]
+type = "anthropic"
+base_url = "http://{addr}"
+api_key = "${{MOCK_KEY}}"
+{provider_extra}
+
+[models."mock-anthropic/claude-mock"]
+provider = "mock-anthropic"
+model = "claude-mock"
+max_context_size = 200000
+input_price = 1.0
+cached_input_price = 0.1
+cache_write_price = 1.25
+output_price = 5.0
+"#,
+        addr = mock.addr()
+    )
+}
+
+/// The proxy in front of the mock with [`mock_config`] and `extra`, the provider key `mock-provider-key`.
+pub async fn start_proxy(mock: &MockUpstream, extra: &str) -> Proxy {
+    Proxy::start(
+        &mock_config(mock, extra),
+        &[("MOCK_KEY", "mock-provider-key")],
+    )
+    .await
+}
+
+/// A response's `Content-Type` (empty when none).
+pub fn content_type(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
@@ -454,4 +499,35 @@ pub fn claude_code_cli() -> Option<Vec<String>> {
         "node".to_string(),
         wrapper(&prefix).to_str().unwrap().to_string(),
     ])
+}
+
+/// Runs `tests/clients/anthropic_sdk.py` (the official Anthropic SDK: messages whole and streamed, tools,
+/// thinking, count_tokens, errors) with `python` against the proxy, asking for `model`; fails the test with the
+/// script's output and the proxy log's tail unless every check passed.
+pub async fn run_anthropic_sdk_script(python: &std::path::Path, proxy: &Proxy, model: &str) {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/anthropic_sdk.py"
+    );
+    let output = tokio::process::Command::new(python)
+        .arg(script)
+        .env("PROXY_URL", proxy.url(""))
+        .env("MODEL", model)
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("all checks passed"),
+        "the SDK script failed:\n{stdout}\n{}\nproxy log tail:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        proxy
+            .log()
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

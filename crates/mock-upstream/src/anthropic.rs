@@ -210,6 +210,8 @@ pub(crate) async fn respond(
         reasoning: opts.reasoning,
         tool_call: opts.tool_call,
         input_tokens,
+        cache_read: opts.cache_read,
+        cache_write: opts.cache_write,
         ttft: opts.ttft,
         chunk_delay: opts.chunk_delay,
         fault: opts.fault,
@@ -270,6 +272,8 @@ struct Plan {
     reasoning: usize,
     tool_call: bool,
     input_tokens: u64,
+    cache_read: u64,
+    cache_write: u64,
     ttft: Duration,
     chunk_delay: Duration,
     fault: Option<Fault>,
@@ -312,8 +316,8 @@ impl Plan {
     fn usage(&self, output_tokens: u64) -> Value {
         json!({
             "input_tokens": self.input_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": self.cache_write,
+            "cache_read_input_tokens": self.cache_read,
             "output_tokens": output_tokens,
         })
     }
@@ -592,6 +596,8 @@ mod tests {
             reasoning,
             tool_call,
             input_tokens: 3,
+            cache_read: 0,
+            cache_write: 0,
             ttft: Duration::ZERO,
             chunk_delay: Duration::ZERO,
             fault: None,

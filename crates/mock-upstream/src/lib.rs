@@ -17,6 +17,7 @@
 //! - `x-mock-delay-ms`: delay before the response headers.
 //! - `x-mock-fault: close-mid-stream | stall | stall-headers | garbage`.
 //! - `x-mock-body-kb: N`: pad the JSON answer's content to N KiB.
+//! - `x-mock-cache-read: N`, `x-mock-cache-write: N` (Anthropic mode): the prompt-cache figures in `usage`.
 //! - `x-mock-echo-authorization` (any value): the answer carries the request's `Authorization` back in a header
 //!   of the same name, as a careless gateway might (the proxy must remove it).
 //!

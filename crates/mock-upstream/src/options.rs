@@ -55,6 +55,10 @@ pub(crate) struct MockOptions {
     /// `x-mock-stream-body: fixed`: a stream sent as one body with a `Content-Length`, as buffering gateways
     /// and simple servers do, instead of chunked frames.
     pub(crate) fixed_length: bool,
+    /// Anthropic mode: `x-mock-cache-read` / `x-mock-cache-write`, the prompt tokens reported as read from and
+    /// written to the prompt cache (`cache_read_input_tokens`, `cache_creation_input_tokens`).
+    pub(crate) cache_read: u64,
+    pub(crate) cache_write: u64,
 }
 
 fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -130,6 +134,8 @@ impl MockOptions {
             delay: millis(headers, "x-mock-delay-ms").unwrap_or(Duration::ZERO),
             fault,
             body_kb: count(headers, "x-mock-body-kb").map(|kb| kb.min(MAX_BODY_KB)),
+            cache_read: number(headers, "x-mock-cache-read").unwrap_or(0),
+            cache_write: number(headers, "x-mock-cache-write").unwrap_or(0),
         }
     }
 }

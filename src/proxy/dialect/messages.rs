@@ -19,13 +19,15 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use http_body::Frame;
 use http_body_util::{BodyExt, Limited};
 use kimi_dialects::Dialect;
-use kimi_dialects::anthropic::{self, AnswerContext, ChatTarget, ChatToMessagesStream};
+use kimi_dialects::anthropic::{
+    self, AnswerContext, ChatTarget, ChatToMessagesStream, MessagesTarget, MessagesToChatStream,
+};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -35,6 +37,7 @@ use crate::proxy::pipeline::{Exchange, Route};
 use crate::proxy::request::{self, ChatRequestView};
 use crate::proxy::{ProxyState, pipeline};
 use crate::tokens::stream::SseParser;
+use crate::util::JsonMembers;
 
 /// Claude Code's session header (one id per conversation).
 pub const SESSION_HEADER: &str = "x-claude-code-session-id";
@@ -258,24 +261,59 @@ pub fn error_response(error: ProxyError) -> Response {
     response
 }
 
-/// The answer body for an Anthropic client of a chat provider's event stream: each frame, as the tracker
-/// passed it on, is split into SSE events ([`SseParser`]) and each event's data fed to one
-/// [`ChatToMessagesStream`]; what it writes goes out at once. Holds at most one partial event and one frame's
-/// translation.
-pub struct MessagesEventBody {
+/// One answer's event translation, fed each SSE event's data as it arrives.
+pub trait EventTranslate: Send + Unpin + 'static {
+    fn push(&mut self, data: &[u8], out: &mut Vec<u8>);
+    /// The upstream body ended (or was cut): what is still owed.
+    fn finish(&mut self, out: &mut Vec<u8>);
+}
+
+impl EventTranslate for ChatToMessagesStream {
+    fn push(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        ChatToMessagesStream::push(self, data, out);
+    }
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        ChatToMessagesStream::finish(self, out);
+    }
+}
+
+impl EventTranslate for MessagesToChatStream {
+    fn push(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        // Each Anthropic event's data names its type (the `event:` line says the same).
+        MessagesToChatStream::push(self, "", data, out);
+    }
+    fn finish(&mut self, out: &mut Vec<u8>) {
+        MessagesToChatStream::finish(self, out);
+    }
+}
+
+/// A chat provider's event stream for an Anthropic client.
+pub type MessagesEventBody = EventBody<ChatToMessagesStream>;
+
+/// The answer body of a translated event stream: each frame, as the tracker passed it on, is split into SSE
+/// events ([`SseParser`]) and each event's data fed to one translator ([`ChatToMessagesStream`] for an
+/// Anthropic client of a chat provider, [`MessagesToChatStream`] for a chat client of an Anthropic provider);
+/// what it writes goes out at once. Holds at most one partial event and one frame's translation.
+pub struct EventBody<T> {
     inner: Body,
     parser: SseParser,
-    translator: ChatToMessagesStream,
+    translator: T,
     out: Vec<u8>,
     done: bool,
 }
 
-impl MessagesEventBody {
+impl EventBody<ChatToMessagesStream> {
     pub fn new(inner: Body, ctx: &AnswerContext) -> Self {
+        Self::with(inner, ChatToMessagesStream::new(ctx))
+    }
+}
+
+impl<T: EventTranslate> EventBody<T> {
+    pub fn with(inner: Body, translator: T) -> Self {
         Self {
             inner,
             parser: SseParser::new(MAX_EVENT_BYTES),
-            translator: ChatToMessagesStream::new(ctx),
+            translator,
             out: Vec::new(),
             done: false,
         }
@@ -286,7 +324,7 @@ impl MessagesEventBody {
     }
 }
 
-impl http_body::Body for MessagesEventBody {
+impl<T: EventTranslate> http_body::Body for EventBody<T> {
     type Data = Bytes;
     type Error = axum::Error;
 
@@ -398,4 +436,217 @@ impl Exchange<'_> {
 /// The pipeline's entry for `POST /v1/messages`.
 pub async fn messages(state: &ProxyState, request: Request) -> Response {
     pipeline::serve(state, Dialect::Messages, request).await
+}
+
+// --- Anthropic-native providers ------------------------------------------------------------------------------
+
+/// The body for an Anthropic-native provider: the client's bytes as they are, unless the model id must be
+/// mapped or the request has top-level fields the provider does not take (`drop`); then the object is written
+/// again, every other member's value byte for byte. Returns the body and how many fields were removed.
+pub fn native_body(body: &Bytes, upstream_model: &str, drop: &[String]) -> (Bytes, u32) {
+    let Ok(JsonMembers(members)) = serde_json::from_slice::<JsonMembers<'_>>(body) else {
+        // Peek read it already; anything else goes as it came, for the provider to judge.
+        return (body.clone(), 0);
+    };
+    let model_is = |raw: &RawValue| {
+        serde_json::from_str::<Cow<'_, str>>(raw.get()).is_ok_and(|m| m == upstream_model)
+    };
+    let dropped = members
+        .iter()
+        .filter(|(key, _)| drop.iter().any(|d| d == key))
+        .count() as u32;
+    let rename = members
+        .iter()
+        .any(|(key, raw)| key == "model" && !model_is(raw));
+    if dropped == 0 && !rename {
+        return (body.clone(), 0);
+    }
+    let mut out = Vec::with_capacity(body.len());
+    out.push(b'{');
+    let mut first = true;
+    for (key, raw) in &members {
+        if drop.iter().any(|d| d == key) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        // Keys and a model id serialize infallibly as JSON strings.
+        out.extend_from_slice(&serde_json::to_vec(key).unwrap_or_default());
+        out.push(b':');
+        if key == "model" {
+            out.extend_from_slice(&serde_json::to_vec(upstream_model).unwrap_or_default());
+        } else {
+            out.extend_from_slice(raw.get().as_bytes());
+        }
+    }
+    out.push(b'}');
+    (Bytes::from(out), dropped)
+}
+
+/// The client's headers for an Anthropic-native provider: `anthropic-version` kept (Anthropic's default
+/// `2023-06-01` when the client sent none: the API requires it, <https://docs.anthropic.com/en/api/versioning>),
+/// `anthropic-beta` features the provider does not accept removed (the header is a comma-separated list,
+/// <https://docs.anthropic.com/en/api/beta-headers>). Returns how many features were removed.
+pub fn native_headers(headers: &mut HeaderMap, accepted_betas: Option<&[String]>) -> u32 {
+    if !headers.contains_key("anthropic-version") {
+        headers.insert(
+            "anthropic-version",
+            HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),
+        );
+    }
+    let Some(accepted) = accepted_betas else {
+        return 0;
+    };
+    let mut kept: Vec<String> = Vec::new();
+    let mut removed = 0u32;
+    for value in headers.get_all("anthropic-beta") {
+        for feature in value.to_str().unwrap_or_default().split(',') {
+            let feature = feature.trim();
+            if feature.is_empty() {
+                continue;
+            }
+            if accepted.iter().any(|a| a == feature) {
+                kept.push(feature.to_string());
+            } else {
+                removed += 1;
+            }
+        }
+    }
+    if removed > 0 {
+        headers.remove("anthropic-beta");
+        if let Ok(value) = HeaderValue::from_str(&kept.join(","))
+            && !kept.is_empty()
+        {
+            headers.insert("anthropic-beta", value);
+        }
+    }
+    removed
+}
+
+/// The version sent when an Anthropic client sent none.
+pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// The chat form of a Messages request, only to count its prompt as chat requests are counted (an
+/// Anthropic-native provider gets the Messages request itself). `None` when it does not translate.
+pub(crate) fn prompt_for_count(route: &Route<'_>, body: &[u8]) -> Option<(Bytes, ChatRequestView)> {
+    to_chat(route, body)
+        .ok()
+        .map(|(body, view, _)| (body, view))
+}
+
+/// What a chat request lost on its way to an Anthropic provider, as one count for the record.
+fn dropped_count(dropped: &anthropic::Dropped) -> u32 {
+    let blocks: u32 = dropped.blocks.iter().map(|(_, n)| *n).sum();
+    dropped
+        .cache_control
+        .saturating_add(blocks)
+        .saturating_add(dropped.fields.len() as u32)
+}
+
+/// A chat request (a chat client's, or a Responses client's once translated, already shaped) as the Messages
+/// request for an Anthropic-native provider, with what its answer's translation back needs and how many parts
+/// had no Messages equivalent.
+pub fn chat_to_native(
+    route: &Route<'_>,
+    chat: &[u8],
+) -> Result<(Bytes, AnswerContext, u32), ProxyError> {
+    let model = &route.model;
+    let target = MessagesTarget {
+        model: model.upstream_id.clone(),
+        max_output_tokens: None,
+        thinking: model.capabilities.iter().any(|c| c == "thinking"),
+    };
+    let translated = anthropic::chat_request_to_messages(chat, &target)
+        .map_err(|e| ProxyError::InvalidRequest(e.to_string()))?;
+    let mut ctx = translated.answer_context();
+    ctx.created = u64::try_from(crate::util::unix_ms() / 1000).unwrap_or(0);
+    let dropped = dropped_count(&translated.dropped);
+    Ok((Bytes::from(translated.body), ctx, dropped))
+}
+
+/// An Anthropic provider's answer (already seen by the tracker) as a chat answer: an event stream translated
+/// event by event ([`MessagesToChatStream`]), a message or an error status whole (bounded).
+pub async fn native_answer_to_chat(
+    response: Response,
+    ctx: AnswerContext,
+    provider: &str,
+) -> Response {
+    let (mut parts, body) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let event_stream = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if parts.status.is_success() && event_stream {
+        let body = EventBody::with(body, MessagesToChatStream::new(&ctx));
+        return Response::from_parts(parts, Body::new(body));
+    }
+    let unreadable = |reason: String| {
+        tracing::warn!(%reason, "Anthropic provider answer could not be translated for a chat client");
+        ProxyError::UpstreamUnreachable {
+            provider: provider.to_string(),
+            reason: format!("the provider's answer could not be translated: {reason}"),
+        }
+        .into_response()
+    };
+    let status = parts.status.as_u16();
+    let whole = match Limited::new(body, MAX_ANSWER_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => return unreadable(error.to_string()),
+    };
+    let translated = if parts.status.is_success() {
+        match anthropic::messages_response_to_chat(&whole, &ctx) {
+            Ok(body) => body,
+            Err(error) => return unreadable(error.to_string()),
+        }
+    } else {
+        anthropic::messages_error_to_chat(status, &whole)
+    };
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(translated))
+}
+
+#[cfg(test)]
+mod native_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn body_unchanged_unless_it_must_change() {
+        let body = Bytes::from_static(
+            br#"{ "model" : "m1", "context_management": {"edits": []}, "max_tokens": 5 }"#,
+        );
+        let (same, n) = native_body(&body, "m1", &[]);
+        assert_eq!((same, n), (body.clone(), 0));
+        let (same, n) = native_body(&body, "m1", &["container".to_string()]);
+        assert_eq!((same, n), (body.clone(), 0));
+        let (changed, n) = native_body(&body, "up-1", &["context_management".to_string()]);
+        assert_eq!(n, 1);
+        assert_eq!(&changed[..], br#"{"model":"up-1","max_tokens":5}"#);
+    }
+
+    #[test]
+    fn betas_filtered() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "anthropic-beta",
+            HeaderValue::from_static("claude-code-20250219, context-management-2025-06-27"),
+        );
+        let accepted = vec!["claude-code-20250219".to_string()];
+        assert_eq!(native_headers(&mut headers, Some(&accepted)), 1);
+        assert_eq!(headers["anthropic-beta"], "claude-code-20250219");
+        assert_eq!(headers["anthropic-version"], DEFAULT_ANTHROPIC_VERSION);
+        assert_eq!(native_headers(&mut headers, Some(&[])), 1);
+        assert!(!headers.contains_key("anthropic-beta"));
+        let mut all = HeaderMap::new();
+        all.insert("anthropic-beta", HeaderValue::from_static("a,b"));
+        assert_eq!(native_headers(&mut all, None), 0);
+        assert_eq!(all["anthropic-beta"], "a,b");
+    }
 }

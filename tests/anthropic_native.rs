@@ -1,0 +1,481 @@
+//! An Anthropic-native provider (`type = "anthropic"`: the mock's Anthropic mode) through the real binary. For
+//! Anthropic clients the request and the answer pass byte for byte (stream, JSON, errors), the provider's key
+//! replaces the client's, unsupported betas and fields are removed and counted, and the record reads Anthropic's
+//! usage (cache reads and writes priced); the official Anthropic SDK on this route. Chat and Responses clients are
+//! translated both ways.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{
+    MockUpstream, anthropic_provider, client, content_type, read_body, recent_records, start_proxy,
+};
+use serde_json::{Value, json};
+
+/// A Messages request for the native model, as Claude Code would shape it (system blocks, a cache mark).
+fn native_body(stream: bool) -> Value {
+    json!({
+        "model": "claude-mock",
+        "max_tokens": 1024,
+        "stream": stream,
+        "system": [{"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "metadata": {"user_id": "user_abc"}
+    })
+}
+
+/// POSTs raw `body` bytes to `url` with Anthropic's headers and `extra`.
+async fn post_raw(url: &str, body: &[u8], extra: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = client()
+        .post(url)
+        .header("x-api-key", "sk-ant-client-key")
+        .header("anthropic-version", "2023-06-01")
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+/// The body as text with the mock's per-request number in an error's `request_id` (`req_mockN`) left out:
+/// the only byte that differs between two calls.
+fn without_request_seq(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    match text.split_once("req_mock") {
+        Some((head, tail)) => format!(
+            "{head}req_mock{}",
+            tail.trim_start_matches(|c: char| c.is_ascii_digit())
+        ),
+        None => text.into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn request_and_answer_pass_byte_for_byte_stream_json_and_errors() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = start_proxy(&mock, &anthropic_provider(&mock, "")).await;
+    let cases: [(bool, &[(&str, &str)]); 5] = [
+        (false, &[]),
+        (true, &[]),
+        (
+            true,
+            &[("x-mock-reasoning", "2"), ("x-mock-tool-call", "1")],
+        ),
+        (false, &[("x-mock-tool-call", "1")]),
+        (false, &[("x-mock-status", "400")]),
+    ];
+    for (stream, mock_headers) in cases {
+        let body = serde_json::to_vec_pretty(&native_body(stream)).unwrap();
+        let mut headers = vec![
+            ("x-mock-id", "fixed"),
+            (
+                "anthropic-beta",
+                "claude-code-20250219,interleaved-thinking-2025-05-14",
+            ),
+        ];
+        headers.extend_from_slice(mock_headers);
+        let proxied = post_raw(&proxy.url("/v1/messages?beta=true"), &body, &headers).await;
+        let status = proxied.status();
+        let kind = content_type(&proxied);
+        let (proxied_bytes, clean) = read_body(proxied).await;
+        assert!(clean);
+
+        // What reached the provider: the client's bytes, its Anthropic headers, the provider's key.
+        let upstream = mock.last_request().unwrap();
+        assert_eq!(upstream.path, "/v1/messages");
+        assert_eq!(upstream.query.as_deref(), Some("beta=true"));
+        assert_eq!(&upstream.body[..], &body[..], "the body went as it came");
+        assert_eq!(upstream.header("x-api-key"), Some("mock-provider-key"));
+        assert_eq!(upstream.header("authorization"), None);
+        assert_eq!(upstream.header("anthropic-version"), Some("2023-06-01"));
+        assert_eq!(
+            upstream.header("anthropic-beta"),
+            Some("claude-code-20250219,interleaved-thinking-2025-05-14")
+        );
+
+        // The same request straight to the mock gives the same bytes.
+        let direct = post_raw(
+            &format!("http://{}/v1/messages", mock.addr()),
+            &body,
+            &headers,
+        )
+        .await;
+        assert_eq!(direct.status(), status);
+        assert_eq!(content_type(&direct), kind);
+        let (direct_bytes, _) = read_body(direct).await;
+        assert_eq!(
+            without_request_seq(&proxied_bytes),
+            without_request_seq(&direct_bytes),
+            "stream={stream} {mock_headers:?}"
+        );
+        assert!(
+            kind.starts_with(if stream && status == 200 {
+                "text/event-stream"
+            } else {
+                "application/json"
+            }),
+            "{kind}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_record_reads_anthropic_usage_with_cache_reads_and_writes_priced() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = start_proxy(&mock, &anthropic_provider(&mock, "")).await;
+    for (n, stream) in [false, true].into_iter().enumerate() {
+        let body = serde_json::to_vec(&native_body(stream)).unwrap();
+        let headers = [
+            ("x-mock-cache-read", "200"),
+            ("x-mock-cache-write", "50"),
+            ("x-mock-chunks", "6"),
+        ];
+        let response = post_raw(&proxy.url("/v1/messages"), &body, &headers).await;
+        assert_eq!(response.status(), 200);
+        let (answer, _) = read_body(response).await;
+        // The mock reports `input_tokens` as a quarter of the body's length, and 6 output tokens.
+        let input = (body.len() / 4) as u64;
+        if !stream {
+            let message: Value = serde_json::from_slice(&answer).unwrap();
+            assert_eq!(message["usage"]["input_tokens"], input);
+            assert_eq!(message["usage"]["cache_read_input_tokens"], 200);
+        }
+        let records = recent_records(&proxy, n + 1).await;
+        let record = &records[0];
+        assert_eq!(record["streaming"], stream);
+        assert_eq!(record["model"], "mock-anthropic/claude-mock");
+        assert_eq!(record["client_api"], "messages");
+        assert_eq!(record["status"], 200);
+        assert_eq!(record["error_kind"], Value::Null, "{record}");
+        assert_eq!(record["prompt_reported"], input + 250, "{record}");
+        assert_eq!(record["prompt_tokens"], input + 250);
+        assert_eq!(record["cached_reported"], 200);
+        assert_eq!(record["cache_write_reported"], 50);
+        assert_eq!(record["completion_reported"], 6);
+        assert_eq!(record["tokens_estimated"], false);
+        assert_eq!(record["finish_reason"], "end_turn");
+        assert!(
+            record["completion_estimated"].as_u64().unwrap() > 0,
+            "the answer's text was counted too: {record}"
+        );
+        assert!(
+            record["prompt_estimated"].as_u64().unwrap() > 0,
+            "the prompt was counted: {record}"
+        );
+        let expected = (input as f64 * 1.0 + 200.0 * 0.1 + 50.0 * 1.25 + 6.0 * 5.0) / 1e6;
+        let cost = record["cost_usd"].as_f64().unwrap();
+        assert!((cost - expected).abs() < 1e-12, "{cost} != {expected}");
+    }
+}
+
+#[tokio::test]
+async fn unsupported_betas_and_fields_are_removed_and_counted_and_the_model_mapped() {
+    let mock = MockUpstream::start().await.unwrap();
+    let extra = format!(
+        "{}\n[model_aliases]\n\"claude-*\" = \"mock-anthropic/claude-mock\"\n",
+        anthropic_provider(
+            &mock,
+            "anthropic_betas = [\"claude-code-20250219\"]\nanthropic_drop_fields = [\"context_management\"]"
+        )
+    );
+    let proxy = start_proxy(&mock, &extra).await;
+    let mut body = native_body(false);
+    body["model"] = json!("claude-sonnet-4-5-20250929");
+    body["context_management"] = json!({"edits": [{"type": "clear_tool_uses_20250919"}]});
+    let body = serde_json::to_vec(&body).unwrap();
+    let response = post_raw(
+        &proxy.url("/v1/messages"),
+        &body,
+        &[(
+            "anthropic-beta",
+            "claude-code-20250219,context-management-2025-06-27,effort-2025-11-24",
+        )],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let upstream = mock.last_request().unwrap();
+    assert_eq!(
+        upstream.header("anthropic-beta"),
+        Some("claude-code-20250219")
+    );
+    let sent = upstream.json().unwrap();
+    assert_eq!(
+        sent["model"], "claude-mock",
+        "the alias mapped to the upstream id"
+    );
+    assert!(sent.get("context_management").is_none());
+    assert_eq!(
+        sent["system"],
+        native_body(false)["system"],
+        "the rest as it was"
+    );
+    assert_eq!(sent["metadata"], json!({"user_id": "user_abc"}));
+    let records = recent_records(&proxy, 1).await;
+    assert_eq!(records[0]["dropped_fields"], 3, "{}", records[0]);
+}
+
+#[tokio::test]
+async fn a_chat_client_of_a_native_model_is_translated_both_ways() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = start_proxy(&mock, &anthropic_provider(&mock, "")).await;
+    let response = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-mock-cache-read", "40")
+        .json(&common::chat_body("claude-mock", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(content_type(&response).starts_with("application/json"));
+    let completion: Value = response.json().await.unwrap();
+    assert_eq!(completion["object"], "chat.completion");
+    let message = &completion["choices"][0]["message"];
+    assert_eq!(message["role"], "assistant");
+    assert!(message["content"].as_str().unwrap().starts_with("tok0 "));
+    assert_eq!(completion["choices"][0]["finish_reason"], "stop");
+
+    // The provider got a Messages request: the system prompt at the top, `max_tokens` (Anthropic requires it).
+    let upstream = mock.last_request().unwrap();
+    assert_eq!(upstream.path, "/v1/messages");
+    assert_eq!(upstream.header("x-api-key"), Some("mock-provider-key"));
+    assert_eq!(upstream.header("anthropic-version"), Some("2023-06-01"));
+    let sent = upstream.json().unwrap();
+    assert_eq!(sent["model"], "claude-mock");
+    assert_eq!(sent["system"][0]["text"], "You are terse.");
+    assert_eq!(sent["messages"][0]["role"], "user");
+    assert!(sent["max_tokens"].as_u64().unwrap() > 0);
+    let input = (upstream.body.len() / 4) as u64;
+    assert_eq!(completion["usage"]["prompt_tokens"], input + 40);
+    assert_eq!(
+        completion["usage"]["prompt_tokens_details"]["cached_tokens"],
+        40
+    );
+
+    // The record read the provider's Anthropic usage.
+    let records = recent_records(&proxy, 1).await;
+    let record = &records[0];
+    assert_eq!(record["client_api"], "chat");
+    assert_eq!(record["prompt_reported"], input + 40, "{record}");
+    assert_eq!(record["cached_reported"], 40);
+    assert_eq!(record["finish_reason"], "end_turn");
+    assert_eq!(record["error_kind"], Value::Null);
+}
+
+#[tokio::test]
+async fn a_chat_client_streams_from_a_native_model_with_tool_calls_and_usage() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = start_proxy(&mock, &anthropic_provider(&mock, "")).await;
+    let mut body = common::chat_body("claude-mock", true);
+    body["stream_options"] = json!({"include_usage": true});
+    let response = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-mock-tool-call", "1")
+        .header("x-mock-chunks", "3")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(content_type(&response).starts_with("text/event-stream"));
+    let (bytes, clean) = read_body(response).await;
+    assert!(clean);
+    let text = String::from_utf8(bytes).unwrap();
+    let data: Vec<&str> = text
+        .split("\n\n")
+        .filter_map(|event| event.trim().strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(
+        content,
+        (0..3)
+            .map(mock_upstream::sse_chunk_text)
+            .collect::<String>()
+    );
+    let arguments: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments).unwrap(),
+        json!({"city": "Paris"})
+    );
+    let finish: Vec<&str> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
+        .collect();
+    assert_eq!(finish, ["tool_calls"]);
+    let usage = chunks.last().unwrap();
+    assert_eq!(
+        usage["choices"],
+        json!([]),
+        "the usage chunk the client asked for"
+    );
+    assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    let records = recent_records(&proxy, 1).await;
+    assert_eq!(records[0]["finish_reason"], "tool_use");
+    assert_eq!(records[0]["tokens_estimated"], false, "{}", records[0]);
+}
+
+#[tokio::test]
+async fn a_native_providers_error_reaches_a_chat_client_as_a_chat_error() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = start_proxy(&mock, &anthropic_provider(&mock, "")).await;
+    let response = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .header("x-mock-status", "400")
+        .json(&common::chat_body("claude-mock", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mock upstream error"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_responses_client_of_a_native_model_gets_a_response() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = start_proxy(&mock, &anthropic_provider(&mock, "")).await;
+    let response = client()
+        .post(proxy.url("/v1/responses"))
+        .json(&json!({"model": "claude-mock", "input": "Say hello.", "store": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["object"], "response");
+    assert_eq!(answer["status"], "completed", "{answer}");
+    assert!(
+        answer["output"][0]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("tok0 "),
+        "{answer}"
+    );
+    assert_eq!(mock.last_request().unwrap().path, "/v1/messages");
+}
+
+#[tokio::test]
+async fn the_official_anthropic_python_sdk_works_on_the_native_route() {
+    let Some(python) = common::anthropic_sdk_python() else {
+        return;
+    };
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = start_proxy(&mock, &anthropic_provider(&mock, "")).await;
+    common::run_anthropic_sdk_script(&python, &proxy, "claude-mock").await;
+    let upstream = mock.requests();
+    assert!(
+        upstream.iter().all(|r| r.path == "/v1/messages"),
+        "every call went to the provider's Messages endpoint"
+    );
+    let tool_result = upstream
+        .iter()
+        .filter_map(|r| r.json())
+        .flat_map(|body| body["messages"].as_array().cloned().unwrap_or_default())
+        .flat_map(|m| m["content"].as_array().cloned().unwrap_or_default())
+        .find(|block| block["type"] == "tool_result")
+        .expect("the tool result went upstream as Anthropic's block");
+    assert_eq!(tool_result["content"], "18 C, sunny");
+}
+
+#[tokio::test]
+async fn masking_rewrites_a_bulky_tool_result_block_on_the_native_route() {
+    let mock = MockUpstream::start().await.unwrap();
+    let extra = format!(
+        "{}\n[context.masking]\nenabled = true\nthreshold_tokens = 200\npreview_chars = 120\n",
+        anthropic_provider(&mock, "")
+    );
+    let proxy = start_proxy(&mock, &extra).await;
+    let bulky: String = (0..300)
+        .map(|i| format!("src/module/file_{i}.rs: fn item_{i}() {{}}\n"))
+        .collect();
+    let small = "ok";
+    let body = json!({
+        "model": "claude-mock",
+        "max_tokens": 1024,
+        "messages": [
+            {"role": "user", "content": "Look around."},
+            {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": "Reading.", "signature": "c2lnbmF0dXJl"},
+                {"type": "tool_use", "id": "toolu_1", "name": "Read", "input": {"path": "src"}},
+                {"type": "tool_use", "id": "toolu_2", "name": "Bash", "input": {"cmd": "true"}}
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": bulky, "cache_control": {"type": "ephemeral"}},
+                {"type": "tool_result", "tool_use_id": "toolu_2", "content": [{"type": "text", "text": small}]}
+            ]},
+            {"role": "assistant", "content": [{"type": "text", "text": "Seen."}]},
+            {"role": "user", "content": "Now fix it."}
+        ]
+    });
+    let response = post_raw(
+        &proxy.url("/v1/messages"),
+        &serde_json::to_vec(&body).unwrap(),
+        &[],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let sent = mock.last_request().unwrap().json().unwrap();
+    let results = &sent["messages"][2]["content"];
+    let masked = results[0]["content"].as_str().unwrap();
+    assert!(masked.starts_with("[kimi-proxy masked"), "{masked}");
+    assert!(masked.contains("`Read`"), "names the tool: {masked}");
+    assert!(masked.contains("src/module/file_0.rs"), "preview: {masked}");
+    assert_eq!(results[0]["tool_use_id"], "toolu_1");
+    assert_eq!(results[0]["cache_control"], json!({"type": "ephemeral"}));
+    assert_eq!(
+        results[1], body["messages"][2]["content"][1],
+        "a small result stays"
+    );
+    // Everything else as the client sent it (the thinking signature included).
+    assert_eq!(sent["messages"][1], body["messages"][1]);
+    assert_eq!(sent["messages"][4], body["messages"][4]);
+
+    let record = &recent_records(&proxy, 1).await[0];
+    let context = &record["context"];
+    assert_eq!(context["transforms"], "mask", "{record}");
+    assert_eq!(context["masked_messages"], 1);
+    let before = context["tokens_before"].as_u64().unwrap();
+    let after = context["tokens_after"].as_u64().unwrap();
+    assert!(after * 5 < before, "{before} -> {after}");
+    assert_eq!(record["tokens_saved"].as_u64().unwrap(), before - after);
+
+    // The original is kept, as for chat requests.
+    let at = masked.find("; id ").unwrap() + 5;
+    let id = &masked[at..at + 32];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let response = client()
+            .get(proxy.url(&format!("/api/mask/{id}")))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            let kept: Value = response.json().await.unwrap();
+            assert_eq!(kept["content"], bulky.as_str());
+            assert_eq!(kept["tool"], "Read");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the original was not kept"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
