@@ -17,7 +17,9 @@ use crate::config::Model;
 use crate::monitor::Metric;
 use crate::tokens::Tokenizer;
 use crate::tokens::chat::PromptCount;
-use crate::tokens::stream::{CompletionCounter, EventKind, SseParser};
+use crate::tokens::stream::{
+    AnswerFormat, CompletionCounter, EventKind, SseParser, responses_finish_reason,
+};
 use crate::tokens::usage::{self, ReportedUsage};
 
 /// Largest SSE event that is parsed (bigger ones pass through uncounted).
@@ -48,6 +50,9 @@ pub struct RequestContext {
     pub client_app: Option<String>,
     /// The API the client spoke (`chat`, `messages`, `responses`).
     pub client_api: &'static str,
+    /// The API the provider answers in (what the tracker reads): chat completions, or Responses for a
+    /// Responses request passed through to a provider that speaks it.
+    pub answer_format: AnswerFormat,
     /// Tools of the client's request the translation to the provider's API dropped (hosted tools a chat
     /// provider cannot run).
     pub dropped_tools: u32,
@@ -89,6 +94,7 @@ impl RequestContext {
             virtual_key: None,
             client_app: None,
             client_api: "chat",
+            answer_format: AnswerFormat::Chat,
             dropped_tools: 0,
             on_complete: None,
             observer: None,
@@ -179,7 +185,10 @@ impl Tracker {
         } else if event_stream {
             Mode::Sse {
                 parser: SseParser::new(MAX_EVENT_BYTES),
-                counter: Box::new(CompletionCounter::new(context.tokenizer.tokenizer.clone())),
+                counter: Box::new(CompletionCounter::with_format(
+                    context.tokenizer.tokenizer.clone(),
+                    context.answer_format,
+                )),
                 strip_usage: context.usage_injected,
                 held: BytesMut::new(),
             }
@@ -389,7 +398,14 @@ impl Tracker {
                         Completion::default()
                     } else {
                         let body: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-                        let completion = json_completion(&body, &context.tokenizer.tokenizer);
+                        let completion = match context.answer_format {
+                            AnswerFormat::Chat => {
+                                json_completion(&body, &context.tokenizer.tokenizer)
+                            }
+                            AnswerFormat::Responses => {
+                                response_completion(&body, &context.tokenizer.tokenizer)
+                            }
+                        };
                         if let Some(observer) = observer.as_mut() {
                             observer.on_json(&body);
                         }
@@ -515,6 +531,65 @@ fn json_completion(body: &[u8], tokenizer: &Tokenizer) -> Completion {
                 }
             }
         }
+    }
+    completion
+}
+
+/// Reads a whole Response object (the Responses API's JSON answer): the provider's usage and our own count
+/// of its output items (message text and refusals, reasoning summaries and text, function calls' names and
+/// arguments), as openai-python `types/responses/response.py` and `response_output_item.py` shape them.
+fn response_completion(body: &[u8], tokenizer: &Tokenizer) -> Completion {
+    let usage = usage::from_completion_body(body);
+    let mut completion = Completion {
+        usage,
+        ..Default::default()
+    };
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return completion;
+    };
+    let texts = |list: Option<&Value>, field: &str| -> u64 {
+        list.and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|part| part.get(field).and_then(Value::as_str))
+            .map(|text| tokenizer.count(text) as u64)
+            .sum()
+    };
+    let mut called = false;
+    for item in value
+        .get("output")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        match item.get("type").and_then(Value::as_str) {
+            Some("message") => {
+                let content = item.get("content");
+                completion.total += texts(content, "text") + texts(content, "refusal");
+            }
+            Some("reasoning") => {
+                let reasoning =
+                    texts(item.get("summary"), "text") + texts(item.get("content"), "text");
+                completion.reasoning += reasoning;
+                completion.total += reasoning;
+            }
+            Some("function_call") => {
+                called = true;
+                for field in ["name", "arguments"] {
+                    if let Some(text) = item.get(field).and_then(Value::as_str) {
+                        completion.total += tokenizer.count(text) as u64;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(status) = value.get("status").and_then(Value::as_str) {
+        let reason = value
+            .get("incomplete_details")
+            .and_then(|d| d.get("reason"))
+            .and_then(Value::as_str);
+        completion.finish_reason = responses_finish_reason(status, reason, called);
     }
     completion
 }

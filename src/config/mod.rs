@@ -128,6 +128,29 @@ pub struct Provider {
     /// The provider ends every stream with its usage chunk whether asked or not: the proxy then asks for
     /// nothing and removes nothing, so the client receives what the provider sent.
     pub usage_always: bool,
+    /// The client API the provider speaks besides chat completions (`api`): a client speaking it is passed
+    /// through to the provider unchanged instead of being translated to chat.
+    pub api: ProviderApi,
+}
+
+/// `api` of a provider entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProviderApi {
+    /// Chat completions only (`{base_url}/chat/completions`).
+    #[default]
+    Chat,
+    /// Also the OpenAI Responses API (`{base_url}/responses`): Responses clients pass through, chat clients
+    /// still use chat completions.
+    Responses,
+}
+
+impl ProviderApi {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderApi::Chat => "chat",
+            ProviderApi::Responses => "responses",
+        }
+    }
 }
 
 /// Which tokenizer counts a model's tokens.

@@ -14,8 +14,8 @@ use crate::proxy::passthrough::TargetPattern;
 use super::{
     ADMIN_TOKEN_ENV, AlertsConfig, ApiKey, BaseUrl, CacheConfig, ClientKey, Config, ConfigError,
     DEFAULT_MAX_BODY_BYTES, EnvSource, MIN_SECRET_CHARS, Model, PassthroughConfig, Prices,
-    Provider, ProviderKind, RetryPolicy, Secret, ServerConfig, SessionMode, StoreConfig, Timeouts,
-    TokenizerSpec, WebhookConfig, WebhookFormat, expand_vars,
+    Provider, ProviderApi, ProviderKind, RetryPolicy, Secret, ServerConfig, SessionMode,
+    StoreConfig, Timeouts, TokenizerSpec, WebhookConfig, WebhookFormat, expand_vars,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -196,6 +196,8 @@ pub struct RawProvider {
     pub rate_limit_max_wait_ms: Option<u64>,
     pub stream_usage: Option<bool>,
     pub usage_always: Option<bool>,
+    /// The client API the provider also speaks natively: `"chat"` (default) or `"responses"`.
+    pub api: Option<String>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
     #[serde(default)]
@@ -950,6 +952,7 @@ impl RawProvider {
             ),
             stream_usage: merge_opt(self.stream_usage, over.stream_usage),
             usage_always: merge_opt(self.usage_always, over.usage_always),
+            api: merge_opt(self.api, over.api),
             timeouts: RawTimeouts {
                 connect_ms: merge_opt(self.timeouts.connect_ms, over.timeouts.connect_ms),
                 first_byte_ms: merge_opt(self.timeouts.first_byte_ms, over.timeouts.first_byte_ms),
@@ -1049,6 +1052,16 @@ impl RawProvider {
                 "providers.{key}.tokens_per_minute must be at least 1"
             ));
         }
+        let api = match self.api.as_deref() {
+            None | Some("chat") => ProviderApi::Chat,
+            Some("responses") => ProviderApi::Responses,
+            Some(other) => {
+                errors.push(format!(
+                    "providers.{key}.api: `{other}` is not \"chat\" or \"responses\""
+                ));
+                ProviderApi::Chat
+            }
+        };
         if self.requests_per_minute == Some(0) {
             errors.push(format!(
                 "providers.{key}.requests_per_minute must be at least 1"
@@ -1072,6 +1085,7 @@ impl RawProvider {
             ),
             stream_usage: self.stream_usage.unwrap_or(true),
             usage_always: self.usage_always.unwrap_or(false),
+            api,
         })
     }
 }

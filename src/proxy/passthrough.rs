@@ -536,6 +536,7 @@ pub fn route(
         rate_limit_max_wait: std::time::Duration::ZERO,
         stream_usage: true,
         usage_always: false,
+        api: crate::config::ProviderApi::Chat,
     });
     Ok((
         model,

@@ -48,8 +48,9 @@ use super::{
 use super::{shape, unix_ms};
 use crate::accounting::tracker::{self, RequestContext, Tracker};
 use crate::accounting::{PromptCounting, PromptJob, Refusal};
-use crate::config::{ApiKey, BaseUrl, Model, Provider};
+use crate::config::{ApiKey, BaseUrl, Model, Provider, ProviderApi};
 use crate::context::{self, CONTEXT_HEADER};
+use crate::tokens::stream::AnswerFormat;
 
 /// One request on its way through the phases.
 pub struct Exchange<'s> {
@@ -68,6 +69,9 @@ pub struct Exchange<'s> {
     method: String,
     path: String,
     client_app: Option<String>,
+    /// The provider speaks the client's API: the request goes to it as the client sent it (but for the
+    /// model id), the answer comes back byte for byte.
+    native: bool,
 }
 
 /// What the record of a routed request holds until its answer starts.
@@ -158,6 +162,7 @@ impl<'s> Exchange<'s> {
             method: String::new(),
             path: String::new(),
             client_app: None,
+            native: false,
         }
     }
 
@@ -168,6 +173,9 @@ impl<'s> Exchange<'s> {
         let parsed = self.parse(&parts, &bytes).await?;
         let route = self.route(&parts, parsed.model())?;
         self.open_record(&parts, &route, parsed.streaming(), parsed.client_session());
+        if self.speaks_client_api(&route) {
+            return self.run_native(&parts, &route, bytes, &parsed).await;
+        }
         let shaped = self.shape(&parts, &route, bytes, parsed).await?;
         if let Some(hit) = self.cache(&shaped) {
             return Ok(self.adapter.answer(hit).await);
@@ -177,6 +185,78 @@ impl<'s> Exchange<'s> {
         let answer = self.send(&route, uri, headers, shaped).await?;
         let response = self.respond(&route, answer, ready_at);
         Ok(self.adapter.answer(response).await)
+    }
+
+    /// Whether the routed provider speaks the client's API itself (a Responses client and a provider with
+    /// `api = "responses"`; never a pass-through target, whose API is chat).
+    fn speaks_client_api(&self, route: &Route<'_>) -> bool {
+        self.client == Dialect::Responses
+            && !route.is_passthrough()
+            && route.provider().api == ProviderApi::Responses
+    }
+
+    /// A request passed through in its own API: shape only writes the upstream model id (as for chat) and
+    /// prepares the prompt estimate; no context transforms, no response cache (both read chat requests);
+    /// admit, send and respond as for chat, with the tracker reading the provider's Responses events. The
+    /// answer goes back as the provider sent it: no adapter after the tracker. State (`store`,
+    /// `previous_response_id`) stays with the provider.
+    async fn run_native(
+        &mut self,
+        parts: &Parts,
+        route: &Route<'_>,
+        bytes: Bytes,
+        parsed: &Parsed,
+    ) -> Result<Response, ProxyError> {
+        self.native = true;
+        let shaped = self.shape_native(route, bytes, parsed);
+        let (uri, headers) = self.admit(parts, route).await?;
+        let ready_at = Instant::now();
+        let answer = self.send(route, uri, headers, shaped).await?;
+        Ok(self.respond(route, answer, ready_at))
+    }
+
+    fn shape_native(&mut self, route: &Route<'_>, bytes: Bytes, parsed: &Parsed) -> Shaped {
+        let state = self.state;
+        let model = &route.model;
+        let (range, continues) = match &self.adapter {
+            ClientAdapter::Responses(adapter) => (adapter.model_range(), adapter.continues()),
+            _ => (0..0, false),
+        };
+        let plain = if parsed.model() != model.upstream_id && !range.is_empty() {
+            let id = serde_json::to_vec(&model.upstream_id).unwrap_or_default();
+            request::splice(&bytes, range, &id)
+        } else {
+            bytes.clone()
+        };
+        // The prompt estimate counts the request's chat form, made where the count runs (beside the send). A
+        // follow-up's history is the provider's: its estimate would be partial, so none is made.
+        let accounting_on = state.config.server.token_accounting && !continues;
+        let tokenizer = state.accounting.tokenizer_for(model);
+        let target = kimi_dialects::responses::ChatTarget::new(model.upstream_id.clone());
+        let job = state
+            .accounting
+            .prompt_job(bytes, Default::default(), tokenizer.tokenizer)
+            .derived(Box::new(move |body: &[u8]| {
+                let mut translated =
+                    kimi_dialects::responses::request_to_chat(body, &target, Some(&[])).ok()?;
+                let chat = Bytes::from(std::mem::take(&mut translated.body));
+                let view = request::inspect(&chat).ok()?;
+                Some((chat, view.layout))
+            }));
+        let job = if accounting_on { job } else { job.disabled() };
+        if let Some(record) = &mut self.record {
+            record.context.answer_format = AnswerFormat::Responses;
+            // The observers read chat answers.
+            record.context.observer = None;
+            record.prompt = Some(Prompt::Queued(job));
+        }
+        Shaped {
+            plain,
+            with_usage: None,
+            streaming: parsed.streaming(),
+            client_asked_usage: false,
+            cache_key: None,
+        }
     }
 
     /// What a refusal before routing reports: the method and path, and the client application.
@@ -317,7 +397,7 @@ impl<'s> Exchange<'s> {
         let (bytes, mut view) = match parsed {
             Parsed::Chat(view) => (bytes, view),
             Parsed::Foreign(_) => {
-                let translated = self.adapter.translate(route, &bytes)?;
+                let translated = self.adapter.translate(state, route, &bytes).await?;
                 let dropped_tools = self.adapter.dropped_tools();
                 if let Some(context) = self.context_mut() {
                     context.dropped_tools = dropped_tools;
@@ -571,12 +651,18 @@ impl<'s> Exchange<'s> {
                 self.state.config.server.forward_client_key,
             )?;
         }
-        // The query is the client API's (Anthropic's `?beta=true`); only a chat client's goes to a chat provider.
+        // The query is the client API's (Anthropic's `?beta=true`); it goes only to a provider of the same API.
         let query = match self.adapter {
             ClientAdapter::None => parts.uri.query(),
+            _ if self.native => parts.uri.query(),
             _ => None,
         };
-        let uri = upstream_uri(provider, query)?;
+        let path = if self.native {
+            "/responses"
+        } else {
+            "/chat/completions"
+        };
+        let uri = upstream_uri(provider, path, query)?;
         if let Some(limiter) = &route.upstream().limiter {
             match limiter.reserve(tokio::time::Instant::now()) {
                 Ok(wait) if wait.is_zero() => {}
@@ -834,7 +920,7 @@ impl Exchange<'_> {
             HeaderValue::from_static("application/json"),
         );
         apply_credentials(&mut headers, provider, false)?;
-        let uri = upstream_uri(provider, None)?;
+        let uri = upstream_uri(provider, "/chat/completions", None)?;
         let shaped = Shaped {
             plain: body,
             with_usage: None,
@@ -924,7 +1010,8 @@ fn apply_credentials(
     Ok(())
 }
 
-fn upstream_uri(provider: &Provider, query: Option<&str>) -> Result<Uri, ProxyError> {
+/// `{base_url}{path}` with the query, e.g. `/chat/completions` or `/responses`.
+fn upstream_uri(provider: &Provider, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
     let base_url = match &provider.base_url {
         BaseUrl::Ready(base_url) => base_url,
         BaseUrl::Missing { var } => {
@@ -935,8 +1022,8 @@ fn upstream_uri(provider: &Provider, query: Option<&str>) -> Result<Uri, ProxyEr
         }
     };
     let text = match query {
-        Some(q) => format!("{base_url}/chat/completions?{q}"),
-        None => format!("{base_url}/chat/completions"),
+        Some(q) => format!("{base_url}{path}?{q}"),
+        None => format!("{base_url}{path}"),
     };
     text.parse::<Uri>()
         .map_err(|e| ProxyError::InvalidRequest(format!("cannot build the upstream URL: {e}")))

@@ -55,6 +55,8 @@ pub(crate) struct MockOptions {
     /// `x-mock-stream-body: fixed`: a stream sent as one body with a `Content-Length`, as buffering gateways
     /// and simple servers do, instead of chunked frames.
     pub(crate) fixed_length: bool,
+    /// `x-mock-cached-tokens: N`: the Responses usage reports N of its input tokens as cached (at most all).
+    pub(crate) cached_tokens: u64,
 }
 
 fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -130,6 +132,7 @@ impl MockOptions {
             delay: millis(headers, "x-mock-delay-ms").unwrap_or(Duration::ZERO),
             fault,
             body_kb: count(headers, "x-mock-body-kb").map(|kb| kb.min(MAX_BODY_KB)),
+            cached_tokens: number(headers, "x-mock-cached-tokens").unwrap_or(0),
         }
     }
 }

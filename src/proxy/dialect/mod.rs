@@ -102,7 +102,7 @@ impl ClientAdapter {
     ) -> Result<Peek, ProxyError> {
         match self {
             ClientAdapter::Messages(_) => messages::peek(headers, body),
-            ClientAdapter::Responses(adapter) => adapter.peek(state, headers, body).await,
+            ClientAdapter::Responses(adapter) => adapter.peek(state, headers, body),
             ClientAdapter::None => Err(ProxyError::InvalidRequest(
                 "no adapter for this client API".to_string(),
             )),
@@ -110,14 +110,15 @@ impl ClientAdapter {
     }
 
     /// The provider's chat request for a routed request, with its scan.
-    pub fn translate(
+    pub async fn translate(
         &mut self,
+        state: &ProxyState,
         route: &Route<'_>,
         body: &[u8],
     ) -> Result<(Bytes, ChatRequestView), ProxyError> {
         match self {
             ClientAdapter::Messages(adapter) => adapter.translate(route, body),
-            ClientAdapter::Responses(adapter) => adapter.translate(route, body),
+            ClientAdapter::Responses(adapter) => adapter.translate(state, route, body).await,
             ClientAdapter::None => Err(ProxyError::InvalidRequest(
                 "no adapter for this client API".to_string(),
             )),

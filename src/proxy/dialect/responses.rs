@@ -20,6 +20,7 @@
 //!
 //! Accounting always reads the provider's chat answer: the translation sits after the tracker.
 
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -35,6 +36,7 @@ use http_body_util::{BodyExt, Limited};
 use kimi_dialects::responses::{self as dialect, StreamTranslator, Translated};
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::Peek;
 use crate::proxy::ProxyState;
@@ -142,14 +144,16 @@ impl ResponseStore {
 
 // --- parse and shape ----------------------------------------------------------------------------------------
 
-/// The per-request state of a Responses client: the stored conversation it continues (looked up in parse),
-/// then the translation's result (from shape), kept for the answer and for storage.
+/// The per-request state of a Responses client: what parse read, then the translation's result (from shape),
+/// kept for the answer and for storage.
 #[derive(Default)]
 pub struct ResponsesAdapter {
     store: Option<Arc<ResponseStore>>,
-    /// The stored items of `previous_response_id`; `None` also when it names nothing stored (the translation
-    /// then answers the API's 404).
-    previous: Option<Vec<Value>>,
+    /// `previous_response_id`, looked up in shape only when the request is translated (a provider that speaks
+    /// Responses keeps its own state).
+    previous_id: Option<String>,
+    /// Where the model name is in the body (spliced when passed through to a Responses provider).
+    model_range: Range<usize>,
     turn: Option<Box<Turn>>,
 }
 
@@ -162,19 +166,20 @@ pub struct Turn {
 }
 
 #[derive(Deserialize)]
-struct PeekBody {
-    model: Option<String>,
+struct PeekBody<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
     #[serde(default)]
     stream: Option<bool>,
     prompt_cache_key: Option<String>,
+    previous_response_id: Option<String>,
 }
 
 impl ResponsesAdapter {
-    /// The model, `stream` and the session of a Responses request, and the stored conversation its
-    /// `previous_response_id` continues (memory first, else the database on the blocking pool). The session
+    /// The model, `stream` and the session of a Responses request, and its `previous_response_id`. The session
     /// is Codex's `session-id` (or `session_id`) header, its `thread-id`, else the body's `prompt_cache_key`
     /// (Codex sets it to its conversation id).
-    pub async fn peek(
+    pub fn peek(
         &mut self,
         state: &ProxyState,
         headers: &HeaderMap,
@@ -193,7 +198,18 @@ impl ResponsesAdapter {
                 ))
             }
         })?;
-        let Some(model) = parsed.model else {
+        let raw_model = parsed.model.filter(|raw| raw.get() != "null");
+        let model = match raw_model.map(|raw| serde_json::from_str::<String>(raw.get())) {
+            None => None,
+            Some(Ok(model)) => Some(model),
+            Some(Err(_)) => {
+                return Err(ProxyError::InvalidRequest(
+                    "the body must be a Responses request object: `model` must be a string"
+                        .to_string(),
+                ));
+            }
+        };
+        let Some(model) = model else {
             return Err(ProxyError::Responses(dialect::TranslateError {
                 status: 400,
                 kind: "invalid_request_error",
@@ -203,11 +219,8 @@ impl ResponsesAdapter {
             }));
         };
         self.store = Some(Arc::clone(&state.responses));
-        if let Some(id) = dialect::previous_response_id(body)
-            && let Some(stored) = state.responses.get(&id).await?
-        {
-            self.previous = Some(stored_items(&stored)?);
-        }
+        self.previous_id = parsed.previous_response_id;
+        self.model_range = raw_model.map_or(0..0, |raw| request::offset_in(body, raw.get()));
         let client_session = ["session-id", "session_id", "thread-id"]
             .iter()
             .find_map(|name| headers.get(*name)?.to_str().ok().and_then(clean_session_id))
@@ -224,18 +237,35 @@ impl ResponsesAdapter {
         })
     }
 
-    /// The chat request for `route` (the upstream model id written in), with its scan. An unknown or expired
-    /// `previous_response_id` is the API's 404; a request the translation refuses (e.g. `tool_choice` forcing
-    /// a hosted tool) its 400.
-    pub fn translate(
+    /// Where the model name is in the body.
+    pub fn model_range(&self) -> Range<usize> {
+        self.model_range.clone()
+    }
+
+    /// Whether the request continues a previous response.
+    pub fn continues(&self) -> bool {
+        self.previous_id.is_some()
+    }
+
+    /// The chat request for `route` (the upstream model id written in), with its scan, after the stored
+    /// conversation of `previous_response_id` was looked up (memory first, else the database on the blocking
+    /// pool). An unknown or expired `previous_response_id` is the API's 404; a request the translation refuses
+    /// (e.g. `tool_choice` forcing a hosted tool) its 400.
+    pub async fn translate(
         &mut self,
+        state: &ProxyState,
         route: &Route<'_>,
         body: &[u8],
     ) -> Result<(Bytes, ChatRequestView), ProxyError> {
+        let mut previous = None;
+        if let Some(id) = self.previous_id.take()
+            && let Some(stored) = state.responses.get(&id).await?
+        {
+            previous = Some(stored_items(&stored)?);
+        }
         // The catalog does not say which providers take `reasoning_effort` or `max_completion_tokens`: the
         // conservative defaults (dropped and counted rather than a 400).
         let target = dialect::ChatTarget::new(route.model.upstream_id.clone());
-        let previous = self.previous.take();
         let mut translated = dialect::request_to_chat(body, &target, previous.as_deref())
             .map_err(ProxyError::Responses)?;
         if !translated.dropped.params.is_empty() {
