@@ -522,3 +522,34 @@ async fn a_cached_chat_answer_is_translated_like_a_fresh_one() {
     assert_eq!(events.last().unwrap().0, "response.completed");
     assert_eq!(mock.requests().len(), 1, "both came from the cache");
 }
+
+/// What Codex sends beside the body (originator, session and thread ids, `x-codex-*`; the capture of
+/// Codex 0.171), and OpenAI-only headers.
+const CODEX_HEADERS: [(&str, &str); 9] = [
+    ("originator", "codex_exec"),
+    ("session-id", "s-1"),
+    ("thread-id", "t-1"),
+    ("x-client-request-id", "r-1"),
+    ("x-codex-turn-metadata", "{\"turn_id\":\"1\"}"),
+    ("x-codex-window-id", "s-1:0"),
+    ("openai-beta", "responses=experimental"),
+    ("x-openai-subagent", "review"),
+    ("chatgpt-account-id", "acct-1"),
+];
+
+#[tokio::test]
+async fn codex_and_openai_only_headers_do_not_reach_a_chat_provider() {
+    let (mock, proxy) = start().await;
+    let mut headers = CODEX_HEADERS.to_vec();
+    headers.push(("x-custom-keep", "1"));
+    let body = json!({"model": "mock/model", "input": "hi"});
+    assert_eq!(create(&proxy, &body, &headers).await.status(), 200);
+    let sent = mock.last_request().unwrap();
+    for (name, _) in CODEX_HEADERS {
+        assert_eq!(sent.header(name), None, "{name} reached the chat provider");
+    }
+    assert_eq!(sent.header("x-custom-keep"), Some("1"));
+    // The proxy still read the session from them.
+    let records = recent_records(&proxy, 1).await;
+    assert_eq!(records[0]["client_session"], "s-1");
+}

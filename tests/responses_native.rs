@@ -193,3 +193,20 @@ async fn an_unknown_api_is_a_config_error() {
         + &String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("providers.mock.api"), "{text}");
 }
+
+#[tokio::test]
+async fn a_responses_provider_gets_codexs_headers() {
+    let (mock, proxy) = start().await;
+    let headers = [
+        ("originator", "codex_exec"),
+        ("session-id", "s-1"),
+        ("x-codex-window-id", "s-1:0"),
+    ];
+    let body = json!({"model": "mock/model", "input": "hi"});
+    let response = post(proxy.url("/v1/responses"), &body, &headers).await;
+    assert_eq!(response.status(), 200);
+    let sent = mock.last_request().unwrap();
+    for (name, value) in headers {
+        assert_eq!(sent.header(name), Some(value), "{name}");
+    }
+}

@@ -635,7 +635,9 @@ impl<'s> Exchange<'s> {
         let provider = route.provider();
         let mut headers = headers::upstream_request_headers(&parts.headers);
         headers.remove(CONTEXT_HEADER);
-        self.adapter.upstream_headers(&mut headers);
+        if !self.native {
+            self.adapter.upstream_headers(&mut headers);
+        }
         if route.is_passthrough() {
             // The client's own key for the target: `X-Target-Authorization` when given (required when
             // `Authorization` carries a virtual key, which the guard has removed), else its `Authorization`.

@@ -129,7 +129,8 @@ impl ClientAdapter {
     pub fn upstream_headers(&self, headers: &mut HeaderMap) {
         match self {
             ClientAdapter::Messages(_) => messages::upstream_headers(headers),
-            ClientAdapter::Responses(_) | ClientAdapter::None => {}
+            ClientAdapter::Responses(_) => responses::upstream_headers(headers),
+            ClientAdapter::None => {}
         }
     }
 

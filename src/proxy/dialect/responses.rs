@@ -142,6 +142,40 @@ impl ResponseStore {
     }
 }
 
+// --- admit --------------------------------------------------------------------------------------------------
+
+/// Headers only a Responses client's own service reads: Codex's (`originator`, `session-id`/`session_id`,
+/// `conversation_id`, `thread-id`, `x-client-request-id`, every `x-codex-*`, as the capture of Codex 0.171
+/// and openai/codex `codex-rs` send them) and the OpenAI-only `openai-beta`, `x-openai-subagent` and
+/// `chatgpt-account-id` (an account identifier a third-party provider has no business seeing).
+const CLIENT_ONLY_HEADERS: [&str; 9] = [
+    "originator",
+    "session-id",
+    "session_id",
+    "conversation_id",
+    "thread-id",
+    "x-client-request-id",
+    "openai-beta",
+    "x-openai-subagent",
+    "chatgpt-account-id",
+];
+
+/// The client-only headers out of a request translated for a chat provider (a provider that speaks Responses
+/// gets them all).
+pub fn upstream_headers(headers: &mut HeaderMap) {
+    for name in CLIENT_ONLY_HEADERS {
+        headers.remove(name);
+    }
+    let codex: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-codex-"))
+        .cloned()
+        .collect();
+    for name in codex {
+        headers.remove(name);
+    }
+}
+
 // --- parse and shape ----------------------------------------------------------------------------------------
 
 /// The per-request state of a Responses client: what parse read, then the translation's result (from shape),
