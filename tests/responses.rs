@@ -553,3 +553,62 @@ async fn codex_and_openai_only_headers_do_not_reach_a_chat_provider() {
     let records = recent_records(&proxy, 1).await;
     assert_eq!(records[0]["client_session"], "s-1");
 }
+
+/// A proxy whose only provider is a raw upstream answering every request with `answer`.
+async fn start_raw(answer: &'static [u8]) -> (MockUpstream, Proxy) {
+    let mock = MockUpstream::start().await.unwrap();
+    let addr = common::raw_upstream(answer).await;
+    let config = mock_config(&mock, "").replace(&mock.base_url(), &format!("http://{addr}/v1"));
+    let proxy = Proxy::start(&config, &[("MOCK_KEY", "k")]).await;
+    (mock, proxy)
+}
+
+#[tokio::test]
+async fn a_stream_the_translation_ends_with_response_failed_is_recorded_as_the_client_saw_it() {
+    // A 200 chat stream that turns into an error event (as providers report trouble mid-stream) and ends: the
+    // upstream's answer is whole, the client's Response failed.
+    let (_mock, proxy) = start_raw(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n\
+          data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hel\"},\"finish_reason\":null}]}\n\n\
+          data: {\"error\":{\"message\":\"overloaded mid-stream\",\"type\":\"server_error\",\"code\":\"overloaded\"}}\n\n",
+    )
+    .await;
+    let body = json!({"model": "mock/model", "input": "hi", "stream": true});
+    let response = create(&proxy, &body, &[]).await;
+    assert_eq!(response.status(), 200);
+    let (bytes, _) = common::read_body(response).await;
+    let events = common::sse_events(&bytes);
+    let (last, data) = events.last().unwrap();
+    assert_eq!(last, "response.failed", "{events:?}");
+    assert_eq!(data["response"]["status"], "failed");
+
+    let records = recent_records(&proxy, 1).await;
+    assert_eq!(records[0]["status"], 200, "{}", records[0]);
+    assert_eq!(
+        records[0]["error_kind"], "response_failed",
+        "{}",
+        records[0]
+    );
+}
+
+#[tokio::test]
+async fn a_json_answer_the_translation_refuses_is_recorded_with_the_status_the_client_got() {
+    let (_mock, proxy) = start_raw(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 53\r\nconnection: close\r\n\r\n\
+          {\"error\":{\"message\":\"quota exceeded\",\"code\":\"quota\"}}",
+    )
+    .await;
+    let body = json!({"model": "mock/model", "input": "hi"});
+    let response = create(&proxy, &body, &[]).await;
+    assert_eq!(response.status(), 502);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["message"], "quota exceeded");
+
+    let records = recent_records(&proxy, 1).await;
+    assert_eq!(records[0]["status"], 502, "{}", records[0]);
+    assert_eq!(
+        records[0]["error_kind"], "translation_failed",
+        "{}",
+        records[0]
+    );
+}

@@ -26,6 +26,22 @@ use crate::tokens::usage::{self, ReportedUsage};
 const MAX_EVENT_BYTES: usize = 1024 * 1024;
 /// Largest non-streamed body kept to read its usage (bigger ones pass through uncounted).
 const MAX_JSON_BYTES: usize = 2 * 1024 * 1024;
+/// Longest a finished record waits to hear how a translated answer ended for its client (the translation
+/// runs right after the tracker saw each frame, so in practice it waits for no more than the last frame).
+const CLIENT_SAW_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How an answer ended for its client when a translation after the tracker changed that: a stream ended by
+/// `response.failed` (status 200, as sent), or an answer the translation refused (the error status the client
+/// got). The record says this rather than what the provider sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSaw {
+    pub status: u16,
+    pub error_kind: &'static str,
+}
+
+/// Where the adapter after the tracker tells the record how the answer ended for the client (`None`: as the
+/// provider sent it). A sender dropped unsent means the same.
+pub type ClientSawSender = tokio::sync::oneshot::Sender<Option<ClientSaw>>;
 
 /// What is known about a request before its answer starts.
 pub struct RequestContext {
@@ -62,6 +78,9 @@ pub struct RequestContext {
     pub observer: Option<Box<dyn AnswerObserver>>,
     /// The answer came from the response cache.
     pub cache_hit: bool,
+    /// Set when a translation after the tracker decides how the answer ends for the client: the record waits
+    /// (bounded) for its word.
+    pub client_saw: Option<tokio::sync::oneshot::Receiver<Option<ClientSaw>>>,
     /// What the context transforms did.
     pub context: Option<Box<crate::context::Outcome>>,
 }
@@ -99,6 +118,7 @@ impl RequestContext {
             on_complete: None,
             observer: None,
             cache_hit: false,
+            client_saw: None,
             context: None,
         }
     }
@@ -371,7 +391,16 @@ impl Tracker {
         let response_bytes = self.response_bytes;
         let accounting = Arc::clone(&self.accounting);
         let mut observer = self.observer.take();
+        let mut context = context;
         let job = async move {
+            let client_saw = match context.client_saw.take() {
+                Some(word) => tokio::time::timeout(CLIENT_SAW_WAIT, word)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten(),
+                None => None,
+            };
             let (prompt, counting_us) = match prompt {
                 Some(counting) => counting.resolve().await,
                 None => (PromptCount::default(), 0),
@@ -432,6 +461,7 @@ impl Tracker {
                 response_bytes,
                 outcome,
                 completion,
+                client_saw,
             };
             let record = build_record(&accounting, context, prompt, counting_us, finished);
             tracing::debug!(
@@ -476,6 +506,7 @@ struct Finished {
     response_bytes: u64,
     outcome: Outcome,
     completion: Completion,
+    client_saw: Option<ClientSaw>,
 }
 
 /// Reads a whole chat completion: the provider's usage and our own count of what it generated.
@@ -627,6 +658,14 @@ fn build_record(
         Outcome::ClientTooSlow => Some("client_write_timeout".to_string()),
         Outcome::ProxyError(code) => Some((*code).to_string()),
     };
+    // What the client saw, when a translation changed it; a more precise cause found above is kept.
+    let (status, error_kind) = match &finished.client_saw {
+        Some(saw) => (
+            saw.status,
+            error_kind.or_else(|| Some(saw.error_kind.to_string())),
+        ),
+        None => (context.status, error_kind),
+    };
     // An upstream that failed before answering generated nothing billable we know of.
     let billable = !matches!(finished.outcome, Outcome::ProxyError(_))
         && context.status < 400
@@ -648,7 +687,7 @@ fn build_record(
         provider: model.provider.clone(),
         upstream_model: model.upstream_id.clone(),
         streaming: context.streaming,
-        status: context.status,
+        status,
         error_kind,
         prompt_estimated,
         prompt_calibrated,

@@ -399,8 +399,10 @@ impl<'s> Exchange<'s> {
             Parsed::Foreign(_) => {
                 let translated = self.adapter.translate(state, route, &bytes).await?;
                 let dropped_tools = self.adapter.dropped_tools();
+                let client_saw = self.adapter.client_saw();
                 if let Some(context) = self.context_mut() {
                     context.dropped_tools = dropped_tools;
+                    context.client_saw = client_saw;
                 }
                 translated
             }
@@ -833,7 +835,12 @@ impl<'s> Exchange<'s> {
             "{error}"
         );
         match self.record.take() {
-            Some(Recording { context, prompt }) => {
+            Some(Recording {
+                mut context,
+                prompt,
+            }) => {
+                // The proxy's own error is what the client sees: nothing to wait for.
+                context.client_saw = None;
                 let prompt = prompt.map_or(PromptCounting::nothing(), Prompt::start);
                 record_failure(self.state, context, prompt, error);
             }

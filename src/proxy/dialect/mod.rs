@@ -134,6 +134,17 @@ impl ClientAdapter {
         }
     }
 
+    /// Where the record hears how a translated answer ended for the client (the Responses translation may end
+    /// a 200 stream with `response.failed`, or refuse an answer).
+    pub fn client_saw(
+        &mut self,
+    ) -> Option<tokio::sync::oneshot::Receiver<Option<crate::accounting::tracker::ClientSaw>>> {
+        match self {
+            ClientAdapter::Responses(adapter) => adapter.client_saw(),
+            ClientAdapter::Messages(_) | ClientAdapter::None => None,
+        }
+    }
+
     /// Tools of the client's request the provider was not given (recorded per request).
     pub fn dropped_tools(&self) -> u32 {
         match self {

@@ -39,6 +39,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::Peek;
+use crate::accounting::tracker::{ClientSaw, ClientSawSender};
 use crate::proxy::ProxyState;
 use crate::proxy::error::ProxyError;
 use crate::proxy::pipeline::Route;
@@ -193,6 +194,8 @@ pub struct ResponsesAdapter {
 
 /// A translated Responses request.
 pub struct Turn {
+    /// Tells the record how the answer ended for the client, when the translation made it a failure.
+    client_saw: Option<ClientSawSender>,
     translated: Translated,
     store: Option<Arc<ResponseStore>>,
     /// Items of the conversation that came from `previous_response_id` (this request's input follows them).
@@ -309,11 +312,20 @@ impl ResponsesAdapter {
         let chat = Bytes::from(std::mem::take(&mut translated.body));
         let view = request::inspect(&chat)?;
         self.turn = Some(Box::new(Turn {
+            client_saw: None,
             translated,
             store: self.store.clone(),
             previous_items: previous.as_ref().map_or(0, Vec::len),
         }));
         Ok((chat, view))
+    }
+
+    /// Where the record hears how the translated answer ended for the client (once translated).
+    pub fn client_saw(&mut self) -> Option<tokio::sync::oneshot::Receiver<Option<ClientSaw>>> {
+        let turn = self.turn.as_mut()?;
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        turn.client_saw = Some(sender);
+        Some(receiver)
     }
 
     /// Tools the chat provider was not given (hosted and `custom` tools).
@@ -338,7 +350,7 @@ impl Turn {
 
     // --- respond --------------------------------------------------------------------------------------------
 
-    async fn answer(self: Box<Self>, chat: Response) -> Response {
+    async fn answer(mut self: Box<Self>, chat: Response) -> Response {
         let (mut parts, body) = chat.into_parts();
         let dropped = self.dropped_tools();
         if dropped > 0 {
@@ -366,6 +378,10 @@ impl Turn {
                     param: None,
                     code: None,
                 };
+                self.tell(Some(ClientSaw {
+                    status: 502,
+                    error_kind: "translation_failed",
+                }));
                 return with_headers(ProxyError::Responses(error).into_response(), &parts);
             }
         };
@@ -389,8 +405,19 @@ impl Turn {
             }
             Err(error) => {
                 tracing::warn!(%error, "chat answer not translatable into a Response");
+                self.tell(Some(ClientSaw {
+                    status: error.status,
+                    error_kind: "translation_failed",
+                }));
                 with_headers(ProxyError::Responses(error).into_response(), &parts)
             }
+        }
+    }
+
+    /// Tells the record how the answer ended for the client (once; `None`: as the provider sent it).
+    fn tell(&mut self, saw: Option<ClientSaw>) {
+        if let Some(sender) = self.client_saw.take() {
+            let _ = sender.send(saw);
         }
     }
 
@@ -499,6 +526,12 @@ impl TranslatingBody {
         }
         self.kept = true;
         if let Some(response) = self.translator.final_response() {
+            // The client's stream ends with `response.failed`: the record says so (status 200, as sent).
+            let failed = response.get("status").and_then(Value::as_str) == Some("failed");
+            self.turn.tell(failed.then_some(ClientSaw {
+                status: 200,
+                error_kind: "response_failed",
+            }));
             self.turn.keep(response);
         }
     }
