@@ -612,3 +612,33 @@ async fn a_json_answer_the_translation_refuses_is_recorded_with_the_status_the_c
         records[0]
     );
 }
+
+#[tokio::test]
+async fn a_models_capabilities_say_how_reasoning_effort_and_the_output_limit_are_sent() {
+    let mock = MockUpstream::start().await.unwrap();
+    let config = mock_config(
+        &mock,
+        r#"
+[models."mock/reasoner"]
+provider = "mock"
+model = "mock-reasoner"
+max_context_size = 100000
+capabilities = ["tools", "reasoning_effort", "max_completion_tokens"]
+"#,
+    );
+    let proxy = Proxy::start(&config, &[("MOCK_KEY", "k")]).await;
+    let body = |model: &str| json!({"model": model, "input": "hi", "reasoning": {"effort": "high"}, "max_output_tokens": 64});
+    assert_eq!(
+        create(&proxy, &body("mock/reasoner"), &[]).await.status(),
+        200
+    );
+    let chat = last_chat_request(&mock);
+    assert_eq!(chat["reasoning_effort"], "high", "{chat}");
+    assert_eq!(chat["max_completion_tokens"], 64, "{chat}");
+    assert!(chat.get("max_tokens").is_none(), "{chat}");
+
+    assert_eq!(create(&proxy, &body("mock/model"), &[]).await.status(), 200);
+    let chat = last_chat_request(&mock);
+    assert!(chat.get("reasoning_effort").is_none(), "{chat}");
+    assert_eq!(chat["max_tokens"], 64, "{chat}");
+}

@@ -300,9 +300,14 @@ impl ResponsesAdapter {
         {
             previous = Some(stored_items(&stored)?);
         }
-        // The catalog does not say which providers take `reasoning_effort` or `max_completion_tokens`: the
-        // conservative defaults (dropped and counted rather than a 400).
-        let target = dialect::ChatTarget::new(route.model.upstream_id.clone());
+        // What the model's chat API takes beyond the conservative defaults (dropped and counted rather than a
+        // 400) is said by its `capabilities`: `reasoning_effort` (`reasoning.effort` sent as
+        // `reasoning_effort`), `max_completion_tokens` (the output limit under that name, which OpenAI's
+        // reasoning models require instead of `max_tokens`).
+        let mut target = dialect::ChatTarget::new(route.model.upstream_id.clone());
+        let capable = |name: &str| route.model.capabilities.iter().any(|c| c == name);
+        target.reasoning_effort = capable("reasoning_effort");
+        target.max_completion_tokens = capable("max_completion_tokens");
         let mut translated = dialect::request_to_chat(body, &target, previous.as_deref())
             .map_err(ProxyError::Responses)?;
         if !translated.dropped.params.is_empty() {
