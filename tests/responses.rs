@@ -522,3 +522,123 @@ async fn a_cached_chat_answer_is_translated_like_a_fresh_one() {
     assert_eq!(events.last().unwrap().0, "response.completed");
     assert_eq!(mock.requests().len(), 1, "both came from the cache");
 }
+
+/// What Codex sends beside the body (originator, session and thread ids, `x-codex-*`; the issue's capture of
+/// Codex 0.171), and OpenAI-only headers.
+const CODEX_HEADERS: [(&str, &str); 9] = [
+    ("originator", "codex_exec"),
+    ("session-id", "s-1"),
+    ("thread-id", "t-1"),
+    ("x-client-request-id", "r-1"),
+    ("x-codex-turn-metadata", "{\"turn_id\":\"1\"}"),
+    ("x-codex-window-id", "s-1:0"),
+    ("openai-beta", "responses=experimental"),
+    ("x-openai-subagent", "review"),
+    ("chatgpt-account-id", "acct-1"),
+];
+
+#[tokio::test]
+async fn codex_and_openai_only_headers_do_not_reach_a_chat_provider() {
+    let (mock, proxy) = start().await;
+    let mut headers = CODEX_HEADERS.to_vec();
+    headers.push(("x-custom-keep", "1"));
+    let body = json!({"model": "mock/model", "input": "hi"});
+    assert_eq!(create(&proxy, &body, &headers).await.status(), 200);
+    let sent = mock.last_request().unwrap();
+    for (name, _) in CODEX_HEADERS {
+        assert_eq!(sent.header(name), None, "{name} reached the chat provider");
+    }
+    assert_eq!(sent.header("x-custom-keep"), Some("1"));
+    // The proxy still read the session from them.
+    let records = recent_records(&proxy, 1).await;
+    assert_eq!(records[0]["client_session"], "s-1");
+}
+
+/// A proxy whose only provider is a raw upstream answering every request with `answer`.
+async fn start_raw(answer: &'static [u8]) -> (MockUpstream, Proxy) {
+    let mock = MockUpstream::start().await.unwrap();
+    let addr = common::raw_upstream(answer).await;
+    let config = mock_config(&mock, "").replace(&mock.base_url(), &format!("http://{addr}/v1"));
+    let proxy = Proxy::start(&config, &[("MOCK_KEY", "k")]).await;
+    (mock, proxy)
+}
+
+#[tokio::test]
+async fn a_stream_the_translation_ends_with_response_failed_is_recorded_as_the_client_saw_it() {
+    // A 200 chat stream that turns into an error event (as providers report trouble mid-stream) and ends: the
+    // upstream's answer is whole, the client's Response failed.
+    let (_mock, proxy) = start_raw(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n\
+          data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hel\"},\"finish_reason\":null}]}\n\n\
+          data: {\"error\":{\"message\":\"overloaded mid-stream\",\"type\":\"server_error\",\"code\":\"overloaded\"}}\n\n",
+    )
+    .await;
+    let body = json!({"model": "mock/model", "input": "hi", "stream": true});
+    let response = create(&proxy, &body, &[]).await;
+    assert_eq!(response.status(), 200);
+    let (bytes, _) = common::read_body(response).await;
+    let events = common::sse_events(&bytes);
+    let (last, data) = events.last().unwrap();
+    assert_eq!(last, "response.failed", "{events:?}");
+    assert_eq!(data["response"]["status"], "failed");
+
+    let records = recent_records(&proxy, 1).await;
+    assert_eq!(records[0]["status"], 200, "{}", records[0]);
+    assert_eq!(
+        records[0]["error_kind"], "response_failed",
+        "{}",
+        records[0]
+    );
+}
+
+#[tokio::test]
+async fn a_json_answer_the_translation_refuses_is_recorded_with_the_status_the_client_got() {
+    let (_mock, proxy) = start_raw(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 53\r\nconnection: close\r\n\r\n\
+          {\"error\":{\"message\":\"quota exceeded\",\"code\":\"quota\"}}",
+    )
+    .await;
+    let body = json!({"model": "mock/model", "input": "hi"});
+    let response = create(&proxy, &body, &[]).await;
+    assert_eq!(response.status(), 502);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["message"], "quota exceeded");
+
+    let records = recent_records(&proxy, 1).await;
+    assert_eq!(records[0]["status"], 502, "{}", records[0]);
+    assert_eq!(
+        records[0]["error_kind"], "translation_failed",
+        "{}",
+        records[0]
+    );
+}
+
+#[tokio::test]
+async fn a_models_capabilities_say_how_reasoning_effort_and_the_output_limit_are_sent() {
+    let mock = MockUpstream::start().await.unwrap();
+    let config = mock_config(
+        &mock,
+        r#"
+[models."mock/reasoner"]
+provider = "mock"
+model = "mock-reasoner"
+max_context_size = 100000
+capabilities = ["tools", "reasoning_effort", "max_completion_tokens"]
+"#,
+    );
+    let proxy = Proxy::start(&config, &[("MOCK_KEY", "k")]).await;
+    let body = |model: &str| json!({"model": model, "input": "hi", "reasoning": {"effort": "high"}, "max_output_tokens": 64});
+    assert_eq!(
+        create(&proxy, &body("mock/reasoner"), &[]).await.status(),
+        200
+    );
+    let chat = last_chat_request(&mock);
+    assert_eq!(chat["reasoning_effort"], "high", "{chat}");
+    assert_eq!(chat["max_completion_tokens"], 64, "{chat}");
+    assert!(chat.get("max_tokens").is_none(), "{chat}");
+
+    assert_eq!(create(&proxy, &body("mock/model"), &[]).await.status(), 200);
+    let chat = last_chat_request(&mock);
+    assert!(chat.get("reasoning_effort").is_none(), "{chat}");
+    assert_eq!(chat["max_tokens"], 64, "{chat}");
+}

@@ -50,7 +50,13 @@ pub struct PromptJob {
     body: Bytes,
     layout: RequestLayout,
     tokenizer: Tokenizer,
+    /// Turns the body into the chat request that is counted, where the counting happens (off the request's
+    /// way): a request passed through in another API than chat.
+    derive: Option<DeriveChat>,
 }
+
+/// A request's chat form and layout, made from its body (`None`: nothing to count).
+pub type DeriveChat = Box<dyn FnOnce(&[u8]) -> Option<(Bytes, RequestLayout)> + Send + Sync>;
 
 /// A prompt count, made or in the making.
 pub enum PromptCounting {
@@ -90,6 +96,12 @@ impl PromptJob {
         self
     }
 
+    /// Counts the chat request `derive` makes of the body instead of the body itself.
+    pub fn derived(mut self, derive: DeriveChat) -> Self {
+        self.derive = Some(derive);
+        self
+    }
+
     pub fn needs_blocking(&self) -> bool {
         self.enabled && (self.body.len() > INLINE_COUNT_LIMIT || !self.tokenizer.is_ready())
     }
@@ -99,9 +111,16 @@ impl PromptJob {
             return (PromptCount::default(), 0);
         }
         let started = std::time::Instant::now();
+        let (body, layout) = match self.derive {
+            Some(derive) => match derive(&self.body) {
+                Some(derived) => derived,
+                None => return (PromptCount::default(), started.elapsed().as_micros() as u64),
+            },
+            None => (self.body, self.layout),
+        };
         let count = count_layout(
-            &self.body,
-            &self.layout,
+            &body,
+            &layout,
             &self.tokenizer,
             &self.accounting.cache,
             self.accounting.preview_chars,
@@ -312,6 +331,7 @@ impl Accounting {
             body,
             layout,
             tokenizer,
+            derive: None,
         }
     }
 

@@ -17,13 +17,31 @@ use crate::config::Model;
 use crate::monitor::Metric;
 use crate::tokens::Tokenizer;
 use crate::tokens::chat::PromptCount;
-use crate::tokens::stream::{CompletionCounter, EventKind, SseParser};
+use crate::tokens::stream::{
+    AnswerFormat, CompletionCounter, EventKind, SseParser, responses_finish_reason,
+};
 use crate::tokens::usage::{self, ReportedUsage};
 
 /// Largest SSE event that is parsed (bigger ones pass through uncounted).
 const MAX_EVENT_BYTES: usize = 1024 * 1024;
 /// Largest non-streamed body kept to read its usage (bigger ones pass through uncounted).
 const MAX_JSON_BYTES: usize = 2 * 1024 * 1024;
+/// Longest a finished record waits to hear how a translated answer ended for its client (the translation
+/// runs right after the tracker saw each frame, so in practice it waits for no more than the last frame).
+const CLIENT_SAW_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How an answer ended for its client when a translation after the tracker changed that: a stream ended by
+/// `response.failed` (status 200, as sent), or an answer the translation refused (the error status the client
+/// got). The record says this rather than what the provider sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSaw {
+    pub status: u16,
+    pub error_kind: &'static str,
+}
+
+/// Where the adapter after the tracker tells the record how the answer ended for the client (`None`: as the
+/// provider sent it). A sender dropped unsent means the same.
+pub type ClientSawSender = tokio::sync::oneshot::Sender<Option<ClientSaw>>;
 
 /// What is known about a request before its answer starts.
 pub struct RequestContext {
@@ -48,6 +66,9 @@ pub struct RequestContext {
     pub client_app: Option<String>,
     /// The API the client spoke (`chat`, `messages`, `responses`).
     pub client_api: &'static str,
+    /// The API the provider answers in (what the tracker reads): chat completions, or Responses for a
+    /// Responses request passed through to a provider that speaks it.
+    pub answer_format: AnswerFormat,
     /// Tools of the client's request the translation to the provider's API dropped (hosted tools a chat
     /// provider cannot run).
     pub dropped_tools: u32,
@@ -61,6 +82,9 @@ pub struct RequestContext {
     pub observer: Option<Box<dyn AnswerObserver>>,
     /// The answer came from the response cache.
     pub cache_hit: bool,
+    /// Set when a translation after the tracker decides how the answer ends for the client: the record waits
+    /// (bounded) for its word.
+    pub client_saw: Option<tokio::sync::oneshot::Receiver<Option<ClientSaw>>>,
     /// What the context transforms (masking, observation masking, compaction) saved.
     pub savings: Option<Box<crate::context::Outcome>>,
 }
@@ -93,12 +117,14 @@ impl RequestContext {
             virtual_key: None,
             client_app: None,
             client_api: "chat",
+            answer_format: AnswerFormat::Chat,
             dropped_tools: 0,
             dropped_fields: 0,
             provider_messages: false,
             on_complete: None,
             observer: None,
             cache_hit: false,
+            client_saw: None,
             savings: None,
         }
     }
@@ -188,7 +214,10 @@ impl Tracker {
                 counter: Box::new(if context.provider_messages {
                     CompletionCounter::messages(context.tokenizer.tokenizer.clone())
                 } else {
-                    CompletionCounter::new(context.tokenizer.tokenizer.clone())
+                    CompletionCounter::with_format(
+                        context.tokenizer.tokenizer.clone(),
+                        context.answer_format,
+                    )
                 }),
                 strip_usage: context.usage_injected,
                 held: BytesMut::new(),
@@ -372,7 +401,16 @@ impl Tracker {
         let response_bytes = self.response_bytes;
         let accounting = Arc::clone(&self.accounting);
         let mut observer = self.observer.take();
+        let mut context = context;
         let job = async move {
+            let client_saw = match context.client_saw.take() {
+                Some(word) => tokio::time::timeout(CLIENT_SAW_WAIT, word)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten(),
+                None => None,
+            };
             let (prompt, counting_us) = match prompt {
                 Some(counting) => counting.resolve().await,
                 None => (PromptCount::default(), 0),
@@ -399,10 +437,14 @@ impl Tracker {
                         Completion::default()
                     } else {
                         let body: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+                        let tokenizer = &context.tokenizer.tokenizer;
                         let completion = if context.provider_messages {
-                            messages_completion(&body, &context.tokenizer.tokenizer)
+                            messages_completion(&body, tokenizer)
                         } else {
-                            json_completion(&body, &context.tokenizer.tokenizer)
+                            match context.answer_format {
+                                AnswerFormat::Chat => json_completion(&body, tokenizer),
+                                AnswerFormat::Responses => response_completion(&body, tokenizer),
+                            }
                         };
                         if let Some(observer) = observer.as_mut() {
                             observer.on_json(&body);
@@ -430,6 +472,7 @@ impl Tracker {
                 response_bytes,
                 outcome,
                 completion,
+                client_saw,
             };
             let record = build_record(&accounting, context, prompt, counting_us, finished);
             tracing::debug!(
@@ -474,6 +517,7 @@ struct Finished {
     response_bytes: u64,
     outcome: Outcome,
     completion: Completion,
+    client_saw: Option<ClientSaw>,
 }
 
 /// Reads a whole chat completion: the provider's usage and our own count of what it generated.
@@ -580,6 +624,65 @@ fn messages_completion(body: &[u8], tokenizer: &Tokenizer) -> Completion {
     completion
 }
 
+/// Reads a whole Response object (the Responses API's JSON answer): the provider's usage and our own count
+/// of its output items (message text and refusals, reasoning summaries and text, function calls' names and
+/// arguments), as openai-python `types/responses/response.py` and `response_output_item.py` shape them.
+fn response_completion(body: &[u8], tokenizer: &Tokenizer) -> Completion {
+    let usage = usage::from_completion_body(body);
+    let mut completion = Completion {
+        usage,
+        ..Default::default()
+    };
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return completion;
+    };
+    let texts = |list: Option<&Value>, field: &str| -> u64 {
+        list.and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|part| part.get(field).and_then(Value::as_str))
+            .map(|text| tokenizer.count(text) as u64)
+            .sum()
+    };
+    let mut called = false;
+    for item in value
+        .get("output")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        match item.get("type").and_then(Value::as_str) {
+            Some("message") => {
+                let content = item.get("content");
+                completion.total += texts(content, "text") + texts(content, "refusal");
+            }
+            Some("reasoning") => {
+                let reasoning =
+                    texts(item.get("summary"), "text") + texts(item.get("content"), "text");
+                completion.reasoning += reasoning;
+                completion.total += reasoning;
+            }
+            Some("function_call") => {
+                called = true;
+                for field in ["name", "arguments"] {
+                    if let Some(text) = item.get(field).and_then(Value::as_str) {
+                        completion.total += tokenizer.count(text) as u64;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(status) = value.get("status").and_then(Value::as_str) {
+        let reason = value
+            .get("incomplete_details")
+            .and_then(|d| d.get("reason"))
+            .and_then(Value::as_str);
+        completion.finish_reason = responses_finish_reason(status, reason, called);
+    }
+    completion
+}
+
 fn build_record(
     accounting: &Accounting,
     context: RequestContext,
@@ -614,6 +717,14 @@ fn build_record(
         Outcome::ClientTooSlow => Some("client_write_timeout".to_string()),
         Outcome::ProxyError(code) => Some((*code).to_string()),
     };
+    // What the client saw, when a translation changed it; a more precise cause found above is kept.
+    let (status, error_kind) = match &finished.client_saw {
+        Some(saw) => (
+            saw.status,
+            error_kind.or_else(|| Some(saw.error_kind.to_string())),
+        ),
+        None => (context.status, error_kind),
+    };
     // An upstream that failed before answering generated nothing billable we know of.
     let billable = !matches!(finished.outcome, Outcome::ProxyError(_))
         && context.status < 400
@@ -641,7 +752,7 @@ fn build_record(
         provider: model.provider.clone(),
         upstream_model: model.upstream_id.clone(),
         streaming: context.streaming,
-        status: context.status,
+        status,
         error_kind,
         prompt_estimated,
         prompt_calibrated,

@@ -23,8 +23,8 @@ use std::sync::Arc;
 pub use alerts::{AlertsConfig, WebhookConfig, WebhookFormat};
 pub use aliases::ModelAlias;
 pub use providers::{
-    ApiKey, BaseUrl, Model, Prices, Provider, ProviderKind, RetryPolicy, Timeouts, TokenizerSpec,
-    default_tokenizer,
+    ApiKey, BaseUrl, Model, Prices, Provider, ProviderApi, ProviderKind, RetryPolicy, Timeouts,
+    TokenizerSpec, default_tokenizer,
 };
 pub use server::{
     CacheConfig, ClientKey, ConnectionLimits, DEFAULT_MAX_BODY_BYTES, PassthroughConfig,

@@ -167,6 +167,32 @@ pub struct Provider {
     /// so the request succeeds rather than meeting a 400.
     #[serde(default)]
     pub anthropic_drop_fields: Vec<String>,
+    /// The client API the provider speaks besides chat completions (`api`): a client speaking it is passed
+    /// through to the provider unchanged instead of being translated to chat.
+    #[serde(default)]
+    pub api: ProviderApi,
+}
+
+/// `api` of a provider entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum ProviderApi {
+    /// Chat completions only (`{base_url}/chat/completions`).
+    #[default]
+    #[serde(rename = "chat")]
+    Chat,
+    /// Also the OpenAI Responses API (`{base_url}/responses`): Responses clients pass through, chat clients
+    /// still use chat completions.
+    #[serde(rename = "responses")]
+    Responses,
+}
+
+impl ProviderApi {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderApi::Chat => "chat",
+            ProviderApi::Responses => "responses",
+        }
+    }
 }
 
 fn yes() -> bool {

@@ -48,8 +48,9 @@ use super::{
 use super::{shape, unix_ms};
 use crate::accounting::tracker::{self, RequestContext, Tracker};
 use crate::accounting::{PromptCounting, PromptJob, Refusal};
-use crate::config::{ApiKey, BaseUrl, Model, Provider, ProviderKind};
+use crate::config::{ApiKey, BaseUrl, Model, Provider, ProviderApi, ProviderKind};
 use crate::context::{self, CONTEXT_HEADER};
+use crate::tokens::stream::AnswerFormat;
 
 /// One request on its way through the phases.
 pub struct Exchange<'s> {
@@ -70,6 +71,9 @@ pub struct Exchange<'s> {
     method: String,
     path: String,
     client_app: Option<String>,
+    /// The provider speaks the client's API: the request goes to it as the client sent it (but for the
+    /// model id), the answer comes back byte for byte.
+    native: bool,
 }
 
 /// What the record of a routed request holds until its answer starts.
@@ -161,6 +165,7 @@ impl<'s> Exchange<'s> {
             method: String::new(),
             path: String::new(),
             client_app: None,
+            native: false,
         }
     }
 
@@ -171,7 +176,11 @@ impl<'s> Exchange<'s> {
         let parsed = self.parse(&parts, &bytes).await?;
         let route = self.route(&parts, parsed.model())?;
         self.open_record(&parts, &route, parsed.streaming(), parsed.client_session());
+        if self.speaks_client_api(&route) {
+            return self.run_native(&parts, &route, bytes, &parsed).await;
+        }
         let native = self.is_native(&route);
+        self.native = native;
         let shaped = if native {
             self.shape_native(&parts, &route, bytes, parsed.streaming())?
         } else {
@@ -214,6 +223,83 @@ impl<'s> Exchange<'s> {
             )));
         }
         Ok(())
+    }
+
+    /// Whether the routed provider speaks the client's API itself (a Responses client and a provider with
+    /// `api = "responses"`; never a pass-through target, whose API is chat).
+    fn speaks_client_api(&self, route: &Route<'_>) -> bool {
+        self.client == Dialect::Responses
+            && !route.is_passthrough()
+            && route.provider().api == ProviderApi::Responses
+    }
+
+    /// A request passed through in its own API: shape only writes the upstream model id (as for chat) and
+    /// prepares the prompt estimate; no context transforms, no response cache (both read chat requests);
+    /// admit, send and respond as for chat, with the tracker reading the provider's Responses events. The
+    /// answer goes back as the provider sent it: no adapter after the tracker. State (`store`,
+    /// `previous_response_id`) stays with the provider.
+    async fn run_native(
+        &mut self,
+        parts: &Parts,
+        route: &Route<'_>,
+        bytes: Bytes,
+        parsed: &Parsed,
+    ) -> Result<Response, ProxyError> {
+        self.native = true;
+        let shaped = self.shape_responses_native(route, bytes, parsed);
+        let (uri, headers) = self.admit(parts, route).await?;
+        let ready_at = Instant::now();
+        let answer = self.send(route, uri, headers, shaped).await?;
+        Ok(self.respond(route, answer, ready_at))
+    }
+
+    fn shape_responses_native(
+        &mut self,
+        route: &Route<'_>,
+        bytes: Bytes,
+        parsed: &Parsed,
+    ) -> Shaped {
+        let state = self.state;
+        let model = &route.model;
+        let (range, continues) = match &self.adapter {
+            ClientAdapter::Responses(adapter) => (adapter.model_range(), adapter.continues()),
+            _ => (0..0, false),
+        };
+        let plain = if parsed.model() != model.upstream_id && !range.is_empty() {
+            let id = serde_json::to_vec(&model.upstream_id).unwrap_or_default();
+            request::splice(&bytes, range, &id)
+        } else {
+            bytes.clone()
+        };
+        // The prompt estimate counts the request's chat form, made where the count runs (beside the send). A
+        // follow-up's history is the provider's: its estimate would be partial, so none is made.
+        let accounting_on = state.config.server.token_accounting && !continues;
+        let tokenizer = state.accounting.tokenizer_for(model);
+        let target = kimi_dialects::responses::ChatTarget::new(model.upstream_id.clone());
+        let job = state
+            .accounting
+            .prompt_job(bytes, Default::default(), tokenizer.tokenizer)
+            .derived(Box::new(move |body: &[u8]| {
+                let mut translated =
+                    kimi_dialects::responses::request_to_chat(body, &target, Some(&[])).ok()?;
+                let chat = Bytes::from(std::mem::take(&mut translated.body));
+                let view = request::inspect(&chat).ok()?;
+                Some((chat, view.layout))
+            }));
+        let job = if accounting_on { job } else { job.disabled() };
+        if let Some(record) = &mut self.record {
+            record.context.answer_format = AnswerFormat::Responses;
+            // The observers read chat answers.
+            record.context.observer = None;
+            record.prompt = Some(Prompt::Queued(job));
+        }
+        Shaped {
+            plain,
+            with_usage: None,
+            streaming: parsed.streaming(),
+            client_asked_usage: false,
+            cache_key: None,
+        }
     }
 
     /// What a refusal before routing reports: the method and path, and the client application.
@@ -354,10 +440,12 @@ impl<'s> Exchange<'s> {
         let (bytes, mut view) = match parsed {
             Parsed::Chat(view) => (bytes, view),
             Parsed::Foreign(_) => {
-                let translated = self.adapter.translate(route, &bytes)?;
+                let translated = self.adapter.translate(state, route, &bytes).await?;
                 let dropped_tools = self.adapter.dropped_tools();
+                let client_saw = self.adapter.client_saw();
                 if let Some(context) = self.context_mut() {
                     context.dropped_tools = dropped_tools;
+                    context.client_saw = client_saw;
                 }
                 translated
             }
@@ -700,11 +788,10 @@ impl<'s> Exchange<'s> {
         route: &Route<'_>,
     ) -> Result<(Uri, HeaderMap), ProxyError> {
         let provider = route.provider();
-        let native = self.is_native(route);
         let mut headers = headers::upstream_request_headers(&parts.headers);
         headers.remove(CONTEXT_HEADER);
         let anthropic_provider = provider.kind == ProviderKind::Anthropic;
-        if !native {
+        if !self.native {
             self.adapter.upstream_headers(&mut headers);
         }
         if anthropic_provider {
@@ -737,13 +824,19 @@ impl<'s> Exchange<'s> {
                 self.state.config.server.forward_client_key,
             )?;
         }
-        // The query is the client API's (Anthropic's `?beta=true`): it goes to a provider of the same API only.
+        // The query is the client API's (Anthropic's `?beta=true`); it goes only to a provider of the same API.
         let query = match self.adapter {
             ClientAdapter::None => parts.uri.query(),
-            _ if native => parts.uri.query(),
+            _ if self.native => parts.uri.query(),
             _ => None,
         };
-        let uri = upstream_uri(provider, query)?;
+        let path = match provider.kind {
+            // Its base URL is what `ANTHROPIC_BASE_URL` would be: the SDKs append `/v1/messages`.
+            ProviderKind::Anthropic => "/v1/messages",
+            ProviderKind::OpenAiCompatible if self.native => "/responses",
+            ProviderKind::OpenAiCompatible => "/chat/completions",
+        };
+        let uri = upstream_uri(provider, path, query)?;
         if let Some(limiter) = &route.upstream().limiter {
             match limiter.reserve(tokio::time::Instant::now()) {
                 Ok(wait) if wait.is_zero() => {}
@@ -912,7 +1005,12 @@ impl<'s> Exchange<'s> {
             "{error}"
         );
         match self.record.take() {
-            Some(Recording { context, prompt }) => {
+            Some(Recording {
+                mut context,
+                prompt,
+            }) => {
+                // The proxy's own error is what the client sees: nothing to wait for.
+                context.client_saw = None;
                 let prompt = prompt.map_or(PromptCounting::nothing(), Prompt::start);
                 record_failure(self.state, context, prompt, error);
             }
@@ -1002,7 +1100,7 @@ impl Exchange<'_> {
             HeaderValue::from_static("application/json"),
         );
         apply_credentials(&mut headers, provider, false)?;
-        let uri = upstream_uri(provider, None)?;
+        let uri = upstream_uri(provider, "/chat/completions", None)?;
         let shaped = Shaped {
             plain: body,
             with_usage: None,
@@ -1133,9 +1231,8 @@ fn apply_anthropic_credentials(
     Ok(())
 }
 
-/// The provider's endpoint: `{base_url}/chat/completions`, or `{base_url}/v1/messages` for an Anthropic-native
-/// provider (its base URL is what `ANTHROPIC_BASE_URL` would be: the SDKs append `/v1/messages`).
-fn upstream_uri(provider: &Provider, query: Option<&str>) -> Result<Uri, ProxyError> {
+/// `{base_url}{path}` with the query, e.g. `/chat/completions`, `/responses` or `/v1/messages`.
+fn upstream_uri(provider: &Provider, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
     let base_url = match &provider.base_url {
         BaseUrl::Ready(base_url) => base_url,
         BaseUrl::Missing { var } => {
@@ -1144,10 +1241,6 @@ fn upstream_uri(provider: &Provider, query: Option<&str>) -> Result<Uri, ProxyEr
                 var: var.clone(),
             });
         }
-    };
-    let path = match provider.kind {
-        ProviderKind::OpenAiCompatible => "/chat/completions",
-        ProviderKind::Anthropic => "/v1/messages",
     };
     let text = match query {
         Some(q) => format!("{base_url}{path}?{q}"),

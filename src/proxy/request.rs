@@ -279,7 +279,7 @@ fn invalid_at(body: &[u8], offset: usize, what: &str) -> ProxyError {
 }
 
 /// Where `part` (a slice of `body`) lies in `body`.
-fn offset_in(body: &[u8], part: &str) -> Range<usize> {
+pub(crate) fn offset_in(body: &[u8], part: &str) -> Range<usize> {
     let start = (part.as_ptr() as usize).saturating_sub(body.as_ptr() as usize);
     start..start + part.len()
 }

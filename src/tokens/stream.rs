@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::Tokenizer;
 use super::usage::{MessagesUsage, ReportedUsage, WireMessagesUsage, WireUsage};
@@ -253,7 +254,7 @@ struct WireFunctionDelta<'a> {
 // with `message_delta.usage`, `message_stop`) ===
 
 #[derive(Deserialize)]
-struct WireEvent<'a> {
+struct WireMessagesEvent<'a> {
     #[serde(borrow, rename = "type")]
     kind: Cow<'a, str>,
     #[serde(default)]
@@ -263,9 +264,9 @@ struct WireEvent<'a> {
     #[serde(default)]
     usage: Option<WireMessagesUsage>,
     #[serde(borrow, default)]
-    delta: Option<WireEventDelta<'a>>,
+    delta: Option<WireMessagesDelta<'a>>,
     #[serde(borrow, default)]
-    content_block: Option<WireBlock<'a>>,
+    content_block: Option<WireMessagesBlock<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -275,7 +276,7 @@ struct WireStartMessage {
 }
 
 #[derive(Deserialize)]
-struct WireEventDelta<'a> {
+struct WireMessagesDelta<'a> {
     #[serde(borrow, default)]
     text: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -287,7 +288,7 @@ struct WireEventDelta<'a> {
 }
 
 #[derive(Deserialize)]
-struct WireBlock<'a> {
+struct WireMessagesBlock<'a> {
     #[serde(borrow, default)]
     name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -312,10 +313,89 @@ pub enum EventKind {
     Unparsed,
 }
 
+// === OpenAI Responses events, borrowed where possible ===
+//
+// Event shapes from openai-python `types/responses/response_stream_event.py` (each event's own module: `delta`
+// and `output_index` on the delta events, `item` on `response.output_item.added`, the whole Response with
+// `status`, `incomplete_details` and `usage` on `response.completed` / `.incomplete` / `.failed`).
+
+#[derive(Deserialize)]
+struct WireEvent<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    /// Read as text only for the events counted (other events' `delta` may be something else).
+    #[serde(borrow, default)]
+    delta: Option<&'a RawValue>,
+    #[serde(default)]
+    output_index: Option<usize>,
+    #[serde(borrow, default)]
+    item: Option<WireItem<'a>>,
+    #[serde(default)]
+    response: Option<WireResponse>,
+}
+
+#[derive(Deserialize)]
+struct WireItem<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct WireResponse {
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    incomplete_details: Option<IncompleteDetails>,
+}
+
+#[derive(Deserialize)]
+struct IncompleteDetails {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// A Responses answer's end in the chat finish reasons the records use: `completed` is `stop` (`tool_calls`
+/// when it called a function), `incomplete` for `max_output_tokens` is `length`, for `content_filter` that;
+/// `failed` is `failed`.
+pub fn responses_finish_reason(
+    status: &str,
+    incomplete_reason: Option<&str>,
+    called: bool,
+) -> Option<String> {
+    let reason = match (status, incomplete_reason) {
+        ("completed", _) if called => "tool_calls",
+        ("completed", _) => "stop",
+        ("incomplete", Some("max_output_tokens")) => "length",
+        ("incomplete", Some(other)) => other,
+        ("incomplete", None) => "incomplete",
+        ("failed", _) => "failed",
+        ("cancelled", _) => "cancelled",
+        _ => return None,
+    };
+    Some(reason.to_string())
+}
+
+/// The API an answer is in: what its events look like to the counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AnswerFormat {
+    /// Chat completions chunks (`choices[].delta`, a usage chunk, `[DONE]`).
+    #[default]
+    Chat,
+    /// OpenAI Responses events (`response.output_text.delta`, …, `response.completed` with `usage`).
+    Responses,
+}
+
 /// Counts a streamed completion as it passes: content, reasoning and tool-call arguments, each with its own
 /// incremental counter, plus the provider's usage if a chunk carries it.
 #[derive(Debug)]
 pub struct CompletionCounter {
+    format: AnswerFormat,
+    /// A Responses answer called a function (its finish reason is then `tool_calls`).
+    called: bool,
     tokenizer: Tokenizer,
     content: IncrementalCounter,
     reasoning: IncrementalCounter,
@@ -348,7 +428,14 @@ impl CompletionTokens {
 
 impl CompletionCounter {
     pub fn new(tokenizer: Tokenizer) -> Self {
+        Self::with_format(tokenizer, AnswerFormat::Chat)
+    }
+
+    /// A counter for an answer in `format`.
+    pub fn with_format(tokenizer: Tokenizer, format: AnswerFormat) -> Self {
         Self {
+            format,
+            called: false,
             tokenizer,
             content: IncrementalCounter::new(),
             reasoning: IncrementalCounter::new(),
@@ -384,6 +471,9 @@ impl CompletionCounter {
     fn account(&mut self, data: &[u8]) -> EventKind {
         if self.messages.is_some() {
             return self.account_messages(data);
+        }
+        if self.format == AnswerFormat::Responses {
+            return self.account_responses(data);
         }
         if data == b"[DONE]" {
             self.done = true;
@@ -440,7 +530,7 @@ impl CompletionCounter {
     }
 
     fn account_messages(&mut self, data: &[u8]) -> EventKind {
-        let Ok(event) = serde_json::from_slice::<WireEvent<'_>>(data) else {
+        let Ok(event) = serde_json::from_slice::<WireMessagesEvent<'_>>(data) else {
             return EventKind::Unparsed;
         };
         let mut usage = self.messages.unwrap_or_default();
@@ -510,6 +600,80 @@ impl CompletionCounter {
             self.usage = Some(reported);
         }
         kind
+    }
+
+    /// One Responses event: its text deltas counted, the terminal event's usage and status read.
+    fn account_responses(&mut self, data: &[u8]) -> EventKind {
+        let Ok(event) = serde_json::from_slice::<WireEvent<'_>>(data) else {
+            return EventKind::Unparsed;
+        };
+        let delta = || {
+            event
+                .delta
+                .and_then(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).ok())
+        };
+        match event.kind.as_ref() {
+            "response.output_text.delta" | "response.refusal.delta" => {
+                if let Some(text) = delta() {
+                    self.content.push(&self.tokenizer, &text);
+                }
+            }
+            "response.reasoning_summary_text.delta" | "response.reasoning_text.delta" => {
+                if let Some(text) = delta() {
+                    self.reasoning.push(&self.tokenizer, &text);
+                }
+            }
+            "response.function_call_arguments.delta" | "response.custom_tool_call_input.delta" => {
+                let index = event.output_index.unwrap_or(0);
+                if index < MAX_TOOL_CALLS
+                    && let Some(text) = delta()
+                {
+                    if self.tool_arguments.len() <= index {
+                        self.tool_arguments
+                            .resize_with(index + 1, IncrementalCounter::new);
+                    }
+                    self.tool_arguments[index].push(&self.tokenizer, &text);
+                }
+            }
+            "response.output_item.added" => {
+                if let Some(item) = &event.item
+                    && matches!(
+                        item.kind.as_deref(),
+                        Some("function_call" | "custom_tool_call")
+                    )
+                {
+                    self.called = true;
+                    if let Some(name) = &item.name
+                        && self.tool_names.len() + name.len() < MAX_TOOL_NAME_BYTES
+                    {
+                        self.tool_names.push_str(name);
+                        self.tool_names.push('\n');
+                    }
+                }
+            }
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                self.done = true;
+                if let Some(response) = &event.response {
+                    if let Some(usage) = response.usage.as_ref().and_then(WireUsage::normalize) {
+                        self.usage = Some(usage);
+                    }
+                    let reason = response
+                        .incomplete_details
+                        .as_ref()
+                        .and_then(|d| d.reason.as_deref());
+                    let status = response
+                        .status
+                        .as_deref()
+                        .unwrap_or(&event.kind["response.".len()..]);
+                    self.finish_reason = responses_finish_reason(status, reason, self.called);
+                }
+                return EventKind::Done;
+            }
+            "error" => {}
+            other if other.starts_with("response.") => {}
+            _ => return EventKind::Unparsed,
+        }
+        EventKind::Delta
     }
 
     /// Tokens so far, cheap (for live progress).
@@ -696,6 +860,50 @@ mod tests {
         );
         assert_eq!(counter.finish_reason.as_deref(), Some("tool_calls"));
         assert!(counter.done);
+    }
+
+    #[test]
+    fn completion_counter_reads_responses_events() {
+        let tokenizer = Tokenizer::cl100k_base();
+        let mut counter =
+            CompletionCounter::with_format(tokenizer.clone(), AnswerFormat::Responses);
+        let events: [&[u8]; 8] = [
+            br#"{"type":"response.created","sequence_number":0,"response":{"status":"in_progress","usage":null}}"#,
+            br#"{"type":"response.reasoning_summary_text.delta","delta":"Think","output_index":0}"#,
+            br#"{"type":"response.output_text.delta","delta":"Hello ","output_index":1}"#,
+            br#"{"type":"response.output_text.delta","delta":"world","output_index":1}"#,
+            br#"{"type":"response.output_item.added","output_index":2,"item":{"type":"function_call","name":"get_weather"}}"#,
+            br#"{"type":"response.function_call_arguments.delta","delta":"{\"city\":","output_index":2}"#,
+            br#"{"type":"response.function_call_arguments.delta","delta":"\"Paris\"}","output_index":2}"#,
+            br#"{"type":"response.completed","response":{"status":"completed","usage":{"input_tokens":12,"input_tokens_details":{"cached_tokens":4},"output_tokens":9,"output_tokens_details":{"reasoning_tokens":2}}}}"#,
+        ];
+        let kinds: Vec<EventKind> = events.iter().map(|e| counter.on_event(e)).collect();
+        assert_eq!(kinds.last(), Some(&EventKind::Done));
+        assert!(counter.done);
+        assert_eq!(counter.understood, 8);
+        assert_eq!(counter.finish_reason.as_deref(), Some("tool_calls"));
+        assert_eq!(
+            counter.usage,
+            Some(ReportedUsage {
+                prompt: Some(12),
+                completion: Some(9),
+                cached: Some(4),
+                reasoning: Some(2),
+                cache_write: None
+            })
+        );
+        let tokens = counter.finish();
+        assert_eq!(tokens.content as usize, tokenizer.count("Hello world"));
+        assert_eq!(tokens.reasoning as usize, tokenizer.count("Think"));
+        assert_eq!(
+            tokens.tool_calls as usize,
+            tokenizer.count("{\"city\":\"Paris\"}") + tokenizer.count("get_weather")
+        );
+        assert_eq!(counter.on_event(b"[DONE]"), EventKind::Unparsed);
+        assert_eq!(
+            responses_finish_reason("incomplete", Some("max_output_tokens"), false).as_deref(),
+            Some("length")
+        );
     }
 
     #[test]

@@ -23,6 +23,16 @@ pub struct WireUsage {
     /// DeepSeek.
     #[serde(default)]
     pub prompt_cache_hit_tokens: Option<u64>,
+    /// The Responses API names them `input_tokens`, `output_tokens`, `input_tokens_details.cached_tokens` and
+    /// `output_tokens_details.reasoning_tokens` (openai-python `types/responses/response_usage.py`).
+    #[serde(default)]
+    pub input_tokens: Option<u64>,
+    #[serde(default)]
+    pub output_tokens: Option<u64>,
+    #[serde(default)]
+    pub input_tokens_details: Option<PromptDetails>,
+    #[serde(default)]
+    pub output_tokens_details: Option<CompletionDetails>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -51,19 +61,22 @@ pub struct ReportedUsage {
 impl WireUsage {
     /// `None` when the object carries no figure at all (some providers send `"usage": null` or `{}`).
     pub fn normalize(&self) -> Option<ReportedUsage> {
-        let prompt = self.prompt_tokens;
+        let prompt = self.prompt_tokens.or(self.input_tokens);
         let completion = self
             .completion_tokens
+            .or(self.output_tokens)
             .or_else(|| Some(self.total_tokens?.saturating_sub(prompt?)));
         let cached = self
             .prompt_tokens_details
             .as_ref()
+            .or(self.input_tokens_details.as_ref())
             .and_then(|d| d.cached_tokens)
             .or(self.cached_tokens)
             .or(self.prompt_cache_hit_tokens);
         let reasoning = self
             .completion_tokens_details
             .as_ref()
+            .or(self.output_tokens_details.as_ref())
             .and_then(|d| d.reasoning_tokens);
         if prompt.is_none() && completion.is_none() {
             return None;
@@ -184,6 +197,18 @@ mod tests {
         assert_eq!(
             from_completion_body(total_only).unwrap().completion,
             Some(5)
+        );
+        let responses = br#"{"object":"response","usage":{"input_tokens":90,"input_tokens_details":{"cached_tokens":40},
+            "output_tokens":30,"output_tokens_details":{"reasoning_tokens":10},"total_tokens":120}}"#;
+        assert_eq!(
+            from_completion_body(responses).unwrap(),
+            ReportedUsage {
+                prompt: Some(90),
+                completion: Some(30),
+                cached: Some(40),
+                reasoning: Some(10),
+                cache_write: None
+            }
         );
         assert_eq!(from_completion_body(br#"{"usage":null}"#), None);
         assert_eq!(from_completion_body(br#"{"usage":{}}"#), None);

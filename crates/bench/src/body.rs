@@ -89,8 +89,8 @@ pub fn chat_body(stream: bool) -> Bytes {
     chat_body_at(stream, 0.2)
 }
 
-/// The same body with another `temperature` (the response cache keeps only `temperature: 0` answers).
-pub fn chat_body_at(stream: bool, temperature: f64) -> Bytes {
+/// The system and user texts of the benchmark request (about 16 KB together).
+fn texts() -> (String, String) {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut system = String::from(
         "You are a careful senior engineer. Answer precisely, cite the lines you refer to, and prefer \
@@ -101,6 +101,12 @@ pub fn chat_body_at(stream: bool, temperature: f64) -> Bytes {
     // JSON escaping adds a little (newlines, quotes); leave room for the envelope.
     fill(&mut rng, &mut user, TARGET_BYTES - system.len() - 1024);
     user.push_str("\nWhat is the most likely cause of the slowdown, and how would you fix it?");
+    (system, user)
+}
+
+/// The same body with another `temperature` (the response cache keeps only `temperature: 0` answers).
+pub fn chat_body_at(stream: bool, temperature: f64) -> Bytes {
+    let (system, user) = texts();
     let mut body = json!({
         "model": MODEL,
         "messages": [
@@ -113,6 +119,24 @@ pub fn chat_body_at(stream: bool, temperature: f64) -> Bytes {
     if stream && let Some(map) = body.as_object_mut() {
         map.insert("stream".into(), json!(true));
         map.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// The same request in the OpenAI Responses API (`POST /v1/responses`): the system text as `instructions`,
+/// the user text as an input message, the same temperature and output limit (`max_output_tokens`).
+pub fn responses_body(stream: bool) -> Bytes {
+    let (system, user) = texts();
+    let mut body = json!({
+        "model": MODEL,
+        "instructions": system,
+        "input": [{"role": "user", "content": user}],
+        "temperature": 0.2,
+        "max_output_tokens": 512,
+        "store": false,
+    });
+    if stream && let Some(map) = body.as_object_mut() {
+        map.insert("stream".into(), json!(true));
     }
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }

@@ -14,6 +14,7 @@ mod loadgen;
 mod peers;
 mod procs;
 mod report;
+mod responses;
 mod scenarios;
 mod sysinfo;
 
@@ -39,7 +40,7 @@ struct Args {
     #[arg(long, default_value = "bench-results/report.md")]
     out: PathBuf,
     /// Scenarios to run, comma-separated: latency, throughput, streaming, streams-concurrency, frontier,
-    /// memory, dashboards, cache (default: all; --quick: all but frontier).
+    /// memory, dashboards, cache, responses (default: all; --quick: all but frontier).
     #[arg(long, value_enum, value_delimiter = ',')]
     scenarios: Option<Vec<Scenario>>,
     /// Worker threads of the load generator's runtime (the servers need the other cores).
@@ -414,6 +415,9 @@ async fn run(
                     cache_scenario(settings, binaries, &targets, mock.addr, &scratch.0, log_dir)
                         .await?,
                 );
+            }
+            Scenario::Responses => {
+                results.responses = Some(responses::run(settings, &targets).await?);
             }
             Scenario::MemoryRuns => {
                 let candidates =

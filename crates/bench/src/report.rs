@@ -508,6 +508,29 @@ pub fn render(settings: &Settings, machine: &Machine, results: &Results) -> Stri
             });
         }
     }
+    if let Some(responses) = &results.responses {
+        crate::responses::render(&mut out, settings, responses);
+        let clean = responses.errors() == 0;
+        let ratio = responses.added_ratio();
+        targets.push(Target {
+            what: format!(
+                "Responses client adds ≤ {}× the chat client's added p50 (c=1, translated to the chat mock)",
+                crate::responses::TARGET_ADDED_RATIO
+            ),
+            measured: ratio.map_or("n/a".into(), |r| format!("{r:.2}×")),
+            pass: ratio.map(|r| clean && r <= crate::responses::TARGET_ADDED_RATIO),
+        });
+        let share = responses.throughput_share();
+        targets.push(Target {
+            what: format!(
+                "Responses client keeps ≥ {:.0} % of the chat client's throughput (c={})",
+                crate::responses::TARGET_THROUGHPUT_SHARE * 100.0,
+                settings.throughput_concurrency
+            ),
+            measured: share.map_or("n/a".into(), |s| format!("{:.1} %", s * 100.0)),
+            pass: share.map(|s| clean && s >= crate::responses::TARGET_THROUGHPUT_SHARE),
+        });
+    }
     for phase in results.dashboards.iter().filter(|p| p.dashboards > 0) {
         targets.push(Target {
             what: format!("event delivery p99 ≤ 10 ms ({})", phase.label),

@@ -29,6 +29,8 @@ pub enum Scenario {
     Memory,
     Dashboards,
     Cache,
+    /// A Responses client vs a chat client through the proxy to the chat mock.
+    Responses,
     /// The streams load repeated run after run, per build (`--candidate`); not in the defaults.
     MemoryRuns,
     /// Mixed traffic for `--soak-minutes`; not in the defaults.
@@ -47,6 +49,7 @@ impl Scenario {
             Scenario::Memory,
             Scenario::Dashboards,
             Scenario::Cache,
+            Scenario::Responses,
         ];
         if quick {
             all.retain(|&s| s != Scenario::Frontier);
@@ -64,6 +67,7 @@ impl Scenario {
             Scenario::Memory => "memory",
             Scenario::Dashboards => "dashboards",
             Scenario::Cache => "cache",
+            Scenario::Responses => "responses",
             Scenario::MemoryRuns => "memory-runs",
             Scenario::Soak => "soak",
         }
@@ -242,6 +246,8 @@ pub struct Results {
     pub dashboards: Vec<crate::dashboards::Phase>,
     /// The cache scenario.
     pub cache: Option<crate::cache::CacheResults>,
+    /// The responses scenario.
+    pub responses: Option<crate::responses::ResponsesResults>,
 }
 
 /// One endpoint under test: where it listens, its process, and the headers every request to it carries.

@@ -59,6 +59,8 @@ pub(crate) struct MockOptions {
     /// written to the prompt cache (`cache_read_input_tokens`, `cache_creation_input_tokens`).
     pub(crate) cache_read: u64,
     pub(crate) cache_write: u64,
+    /// `x-mock-cached-tokens: N`: the Responses usage reports N of its input tokens as cached (at most all).
+    pub(crate) cached_tokens: u64,
 }
 
 fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -136,6 +138,7 @@ impl MockOptions {
             body_kb: count(headers, "x-mock-body-kb").map(|kb| kb.min(MAX_BODY_KB)),
             cache_read: number(headers, "x-mock-cache-read").unwrap_or(0),
             cache_write: number(headers, "x-mock-cache-write").unwrap_or(0),
+            cached_tokens: number(headers, "x-mock-cached-tokens").unwrap_or(0),
         }
     }
 }

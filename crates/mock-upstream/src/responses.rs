@@ -7,7 +7,8 @@
 //! Response with `usage`. Output items: a `reasoning` item with one summary part when `x-mock-reasoning: N`
 //! (N summary deltas), a `message` with one `output_text` part (`x-mock-chunks` deltas, the same texts as the
 //! chat stream), and a `function_call` (`get_weather`, arguments in three deltas) with `x-mock-tool-call`.
-//! `x-mock-usage: none` gives `usage: null`; otherwise usage is always reported (the API always does).
+//! `x-mock-usage: none` gives `usage: null`; otherwise usage is always reported (the API always does), with
+//! `x-mock-cached-tokens: N` of its input tokens cached.
 //! Faults and delays behave as for chat completions. This is an independent implementation: it does not use
 //! kimi-dialects, so it can check the proxy's translation and passthrough from the outside.
 
@@ -413,7 +414,7 @@ pub(crate) fn respond(
     let usage = (opts.usage != UsageMode::None).then(|| {
         json!({
             "input_tokens": input_tokens,
-            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "input_tokens_details": {"cached_tokens": opts.cached_tokens.min(input_tokens)},
             "output_tokens": output_tokens,
             "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
             "total_tokens": input_tokens.saturating_add(output_tokens),

@@ -102,7 +102,7 @@ impl ClientAdapter {
     ) -> Result<Peek, ProxyError> {
         match self {
             ClientAdapter::Messages(_) => messages::peek(headers, body),
-            ClientAdapter::Responses(adapter) => adapter.peek(state, headers, body).await,
+            ClientAdapter::Responses(adapter) => adapter.peek(state, headers, body),
             ClientAdapter::None => Err(ProxyError::InvalidRequest(
                 "no adapter for this client API".to_string(),
             )),
@@ -110,14 +110,15 @@ impl ClientAdapter {
     }
 
     /// The provider's chat request for a routed request, with its scan.
-    pub fn translate(
+    pub async fn translate(
         &mut self,
+        state: &ProxyState,
         route: &Route<'_>,
         body: &[u8],
     ) -> Result<(Bytes, ChatRequestView), ProxyError> {
         match self {
             ClientAdapter::Messages(adapter) => adapter.translate(route, body),
-            ClientAdapter::Responses(adapter) => adapter.translate(route, body),
+            ClientAdapter::Responses(adapter) => adapter.translate(state, route, body).await,
             ClientAdapter::None => Err(ProxyError::InvalidRequest(
                 "no adapter for this client API".to_string(),
             )),
@@ -128,7 +129,19 @@ impl ClientAdapter {
     pub fn upstream_headers(&self, headers: &mut HeaderMap) {
         match self {
             ClientAdapter::Messages(_) => messages::upstream_headers(headers),
-            ClientAdapter::Responses(_) | ClientAdapter::None => {}
+            ClientAdapter::Responses(_) => responses::upstream_headers(headers),
+            ClientAdapter::None => {}
+        }
+    }
+
+    /// Where the record hears how a translated answer ended for the client (the Responses translation may end
+    /// a 200 stream with `response.failed`, or refuse an answer).
+    pub fn client_saw(
+        &mut self,
+    ) -> Option<tokio::sync::oneshot::Receiver<Option<crate::accounting::tracker::ClientSaw>>> {
+        match self {
+            ClientAdapter::Responses(adapter) => adapter.client_saw(),
+            ClientAdapter::Messages(_) | ClientAdapter::None => None,
         }
     }
 

@@ -20,6 +20,7 @@
 //!
 //! Accounting always reads the provider's chat answer: the translation sits after the tracker.
 
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -35,8 +36,10 @@ use http_body_util::{BodyExt, Limited};
 use kimi_dialects::responses::{self as dialect, StreamTranslator, Translated};
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::Peek;
+use crate::accounting::tracker::{ClientSaw, ClientSawSender};
 use crate::proxy::ProxyState;
 use crate::proxy::error::ProxyError;
 use crate::proxy::pipeline::Route;
@@ -140,21 +143,59 @@ impl ResponseStore {
     }
 }
 
+// --- admit --------------------------------------------------------------------------------------------------
+
+/// Headers only a Responses client's own service reads: Codex's (`originator`, `session-id`/`session_id`,
+/// `conversation_id`, `thread-id`, `x-client-request-id`, every `x-codex-*`, as the capture of Codex 0.171
+/// and openai/codex `codex-rs` send them) and the OpenAI-only `openai-beta`, `x-openai-subagent` and
+/// `chatgpt-account-id` (an account identifier a third-party provider has no business seeing).
+const CLIENT_ONLY_HEADERS: [&str; 9] = [
+    "originator",
+    "session-id",
+    "session_id",
+    "conversation_id",
+    "thread-id",
+    "x-client-request-id",
+    "openai-beta",
+    "x-openai-subagent",
+    "chatgpt-account-id",
+];
+
+/// The client-only headers out of a request translated for a chat provider (a provider that speaks Responses
+/// gets them all).
+pub fn upstream_headers(headers: &mut HeaderMap) {
+    for name in CLIENT_ONLY_HEADERS {
+        headers.remove(name);
+    }
+    let codex: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-codex-"))
+        .cloned()
+        .collect();
+    for name in codex {
+        headers.remove(name);
+    }
+}
+
 // --- parse and shape ----------------------------------------------------------------------------------------
 
-/// The per-request state of a Responses client: the stored conversation it continues (looked up in parse),
-/// then the translation's result (from shape), kept for the answer and for storage.
+/// The per-request state of a Responses client: what parse read, then the translation's result (from shape),
+/// kept for the answer and for storage.
 #[derive(Default)]
 pub struct ResponsesAdapter {
     store: Option<Arc<ResponseStore>>,
-    /// The stored items of `previous_response_id`; `None` also when it names nothing stored (the translation
-    /// then answers the API's 404).
-    previous: Option<Vec<Value>>,
+    /// `previous_response_id`, looked up in shape only when the request is translated (a provider that speaks
+    /// Responses keeps its own state).
+    previous_id: Option<String>,
+    /// Where the model name is in the body (spliced when passed through to a Responses provider).
+    model_range: Range<usize>,
     turn: Option<Box<Turn>>,
 }
 
 /// A translated Responses request.
 pub struct Turn {
+    /// Tells the record how the answer ended for the client, when the translation made it a failure.
+    client_saw: Option<ClientSawSender>,
     translated: Translated,
     store: Option<Arc<ResponseStore>>,
     /// Items of the conversation that came from `previous_response_id` (this request's input follows them).
@@ -162,19 +203,20 @@ pub struct Turn {
 }
 
 #[derive(Deserialize)]
-struct PeekBody {
-    model: Option<String>,
+struct PeekBody<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
     #[serde(default)]
     stream: Option<bool>,
     prompt_cache_key: Option<String>,
+    previous_response_id: Option<String>,
 }
 
 impl ResponsesAdapter {
-    /// The model, `stream` and the session of a Responses request, and the stored conversation its
-    /// `previous_response_id` continues (memory first, else the database on the blocking pool). The session
+    /// The model, `stream` and the session of a Responses request, and its `previous_response_id`. The session
     /// is Codex's `session-id` (or `session_id`) header, its `thread-id`, else the body's `prompt_cache_key`
     /// (Codex sets it to its conversation id).
-    pub async fn peek(
+    pub fn peek(
         &mut self,
         state: &ProxyState,
         headers: &HeaderMap,
@@ -193,7 +235,18 @@ impl ResponsesAdapter {
                 ))
             }
         })?;
-        let Some(model) = parsed.model else {
+        let raw_model = parsed.model.filter(|raw| raw.get() != "null");
+        let model = match raw_model.map(|raw| serde_json::from_str::<String>(raw.get())) {
+            None => None,
+            Some(Ok(model)) => Some(model),
+            Some(Err(_)) => {
+                return Err(ProxyError::InvalidRequest(
+                    "the body must be a Responses request object: `model` must be a string"
+                        .to_string(),
+                ));
+            }
+        };
+        let Some(model) = model else {
             return Err(ProxyError::Responses(dialect::TranslateError {
                 status: 400,
                 kind: "invalid_request_error",
@@ -203,11 +256,8 @@ impl ResponsesAdapter {
             }));
         };
         self.store = Some(Arc::clone(&state.responses));
-        if let Some(id) = dialect::previous_response_id(body)
-            && let Some(stored) = state.responses.get(&id).await?
-        {
-            self.previous = Some(stored_items(&stored)?);
-        }
+        self.previous_id = parsed.previous_response_id;
+        self.model_range = raw_model.map_or(0..0, |raw| request::offset_in(body, raw.get()));
         let client_session = ["session-id", "session_id", "thread-id"]
             .iter()
             .find_map(|name| headers.get(*name)?.to_str().ok().and_then(clean_session_id))
@@ -224,18 +274,40 @@ impl ResponsesAdapter {
         })
     }
 
-    /// The chat request for `route` (the upstream model id written in), with its scan. An unknown or expired
-    /// `previous_response_id` is the API's 404; a request the translation refuses (e.g. `tool_choice` forcing
-    /// a hosted tool) its 400.
-    pub fn translate(
+    /// Where the model name is in the body.
+    pub fn model_range(&self) -> Range<usize> {
+        self.model_range.clone()
+    }
+
+    /// Whether the request continues a previous response.
+    pub fn continues(&self) -> bool {
+        self.previous_id.is_some()
+    }
+
+    /// The chat request for `route` (the upstream model id written in), with its scan, after the stored
+    /// conversation of `previous_response_id` was looked up (memory first, else the database on the blocking
+    /// pool). An unknown or expired `previous_response_id` is the API's 404; a request the translation refuses
+    /// (e.g. `tool_choice` forcing a hosted tool) its 400.
+    pub async fn translate(
         &mut self,
+        state: &ProxyState,
         route: &Route<'_>,
         body: &[u8],
     ) -> Result<(Bytes, ChatRequestView), ProxyError> {
-        // The catalog does not say which providers take `reasoning_effort` or `max_completion_tokens`: the
-        // conservative defaults (dropped and counted rather than a 400).
-        let target = dialect::ChatTarget::new(route.model.upstream_id.clone());
-        let previous = self.previous.take();
+        let mut previous = None;
+        if let Some(id) = self.previous_id.take()
+            && let Some(stored) = state.responses.get(&id).await?
+        {
+            previous = Some(stored_items(&stored)?);
+        }
+        // What the model's chat API takes beyond the conservative defaults (dropped and counted rather than a
+        // 400) is said by its `capabilities`: `reasoning_effort` (`reasoning.effort` sent as
+        // `reasoning_effort`), `max_completion_tokens` (the output limit under that name, which OpenAI's
+        // reasoning models require instead of `max_tokens`).
+        let mut target = dialect::ChatTarget::new(route.model.upstream_id.clone());
+        let capable = |name: &str| route.model.capabilities.iter().any(|c| c == name);
+        target.reasoning_effort = capable("reasoning_effort");
+        target.max_completion_tokens = capable("max_completion_tokens");
         let mut translated = dialect::request_to_chat(body, &target, previous.as_deref())
             .map_err(ProxyError::Responses)?;
         if !translated.dropped.params.is_empty() {
@@ -245,11 +317,20 @@ impl ResponsesAdapter {
         let chat = Bytes::from(std::mem::take(&mut translated.body));
         let view = request::inspect(&chat)?;
         self.turn = Some(Box::new(Turn {
+            client_saw: None,
             translated,
             store: self.store.clone(),
             previous_items: previous.as_ref().map_or(0, Vec::len),
         }));
         Ok((chat, view))
+    }
+
+    /// Where the record hears how the translated answer ended for the client (once translated).
+    pub fn client_saw(&mut self) -> Option<tokio::sync::oneshot::Receiver<Option<ClientSaw>>> {
+        let turn = self.turn.as_mut()?;
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        turn.client_saw = Some(sender);
+        Some(receiver)
     }
 
     /// Tools the chat provider was not given (hosted and `custom` tools).
@@ -274,7 +355,7 @@ impl Turn {
 
     // --- respond --------------------------------------------------------------------------------------------
 
-    async fn answer(self: Box<Self>, chat: Response) -> Response {
+    async fn answer(mut self: Box<Self>, chat: Response) -> Response {
         let (mut parts, body) = chat.into_parts();
         let dropped = self.dropped_tools();
         if dropped > 0 {
@@ -302,6 +383,10 @@ impl Turn {
                     param: None,
                     code: None,
                 };
+                self.tell(Some(ClientSaw {
+                    status: 502,
+                    error_kind: "translation_failed",
+                }));
                 return with_headers(ProxyError::Responses(error).into_response(), &parts);
             }
         };
@@ -325,8 +410,19 @@ impl Turn {
             }
             Err(error) => {
                 tracing::warn!(%error, "chat answer not translatable into a Response");
+                self.tell(Some(ClientSaw {
+                    status: error.status,
+                    error_kind: "translation_failed",
+                }));
                 with_headers(ProxyError::Responses(error).into_response(), &parts)
             }
+        }
+    }
+
+    /// Tells the record how the answer ended for the client (once; `None`: as the provider sent it).
+    fn tell(&mut self, saw: Option<ClientSaw>) {
+        if let Some(sender) = self.client_saw.take() {
+            let _ = sender.send(saw);
         }
     }
 
@@ -435,6 +531,12 @@ impl TranslatingBody {
         }
         self.kept = true;
         if let Some(response) = self.translator.final_response() {
+            // The client's stream ends with `response.failed`: the record says so (status 200, as sent).
+            let failed = response.get("status").and_then(Value::as_str) == Some("failed");
+            self.turn.tell(failed.then_some(ClientSaw {
+                status: 200,
+                error_kind: "response_failed",
+            }));
             self.turn.keep(response);
         }
     }
