@@ -269,6 +269,8 @@ pub struct StoreConfig {
     /// The database file as configured (a relative path is relative to the data directory); `None`: the
     /// default `<data-dir>/kimi-proxy.db`. The command line resolves the final path.
     pub path: Option<PathBuf>,
+    /// A PostgreSQL store (`postgres://USER@HOST:PORT/DB`) instead of the SQLite file; `--db` overrides it.
+    pub url: Option<String>,
     /// Characters of the last user message kept as a preview (0: none).
     pub preview_chars: usize,
     /// Requests older than this many days are deleted at start and daily.
@@ -300,6 +302,7 @@ impl Default for StoreConfig {
         StoreConfig {
             enabled: true,
             path: None,
+            url: None,
             preview_chars: DEFAULT_STORE_PREVIEW_CHARS,
             retention_days: None,
             queue_capacity: DEFAULT_STORE_QUEUE_CAPACITY,

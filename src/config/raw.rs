@@ -98,6 +98,7 @@ pub struct RawPassthrough {
 pub struct RawStore {
     pub enabled: Option<bool>,
     pub path: Option<PathBuf>,
+    pub url: Option<String>,
     pub preview_chars: Option<usize>,
     pub retention_days: Option<u32>,
     pub queue_capacity: Option<usize>,
@@ -113,6 +114,7 @@ impl RawStore {
         RawStore {
             enabled: merge_opt(self.enabled, over.enabled),
             path: merge_opt(self.path, over.path),
+            url: merge_opt(self.url, over.url),
             preview_chars: merge_opt(self.preview_chars, over.preview_chars),
             retention_days: merge_opt(self.retention_days, over.retention_days),
             queue_capacity: merge_opt(self.queue_capacity, over.queue_capacity),
@@ -156,9 +158,17 @@ impl RawStore {
         if self.path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             errors.push("store.path must not be empty".to_string());
         }
+        if let Some(url) = &self.url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            errors.push(
+                "store.url must be a PostgreSQL URL (postgres://USER@HOST:PORT/DB)".to_string(),
+            );
+        }
         StoreConfig {
             enabled: self.enabled.unwrap_or(defaults.enabled),
             path: self.path,
+            url: self.url,
             preview_chars: self.preview_chars.unwrap_or(defaults.preview_chars),
             retention_days: self.retention_days,
             queue_capacity: self
