@@ -250,7 +250,7 @@ fn big_database_queries(c: &mut Criterion) {
     group.bench_function("store_counts_full_scan", |b| {
         b.iter(|| {
             readers
-                .with(|conn| query::store_counts(conn, &path))
+                .with(|conn| query::store_counts(conn, Some(&path)))
                 .unwrap()
         })
     });

@@ -140,11 +140,11 @@ async fn start_store(
     }
     let location = match &config.store.url {
         Some(url) => crate::store::pg::Location::parse(url)?,
-        None => crate::store::pg::Location::Sqlite(
-            config.store.path.clone().unwrap_or_else(|| {
+        None => {
+            crate::store::pg::Location::Sqlite(config.store.path.clone().unwrap_or_else(|| {
                 crate::cli::default_data_dir().join(crate::cli::DEFAULT_DB_FILE)
-            }),
-        ),
+            }))
+        }
     };
     let options = WriterOptions::for_config(config);
     let shown = location.to_string();

@@ -23,10 +23,12 @@ async fn start(mock: &MockUpstream, db: &TestDb) -> Proxy {
 }
 
 async fn chat(proxy: &Proxy, text: &str, session: Option<&str>) -> u16 {
-    let mut request = client().post(proxy.url("/v1/chat/completions")).json(&json!({
-        "model": "mock/model",
-        "messages": [{"role": "user", "content": text}]
-    }));
+    let mut request = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&json!({
+            "model": "mock/model",
+            "messages": [{"role": "user", "content": text}]
+        }));
     if let Some(session) = session {
         request = request.header("x-session-id", session);
     }
@@ -50,7 +52,11 @@ async fn wait_written(proxy: &Proxy, n: u64) {
         if stats["writer"]["written"].as_u64().unwrap_or(0) >= n {
             return;
         }
-        assert!(Instant::now() < deadline, "not written: {stats}\n{}", proxy.log());
+        assert!(
+            Instant::now() < deadline,
+            "not written: {stats}\n{}",
+            proxy.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -67,7 +73,10 @@ async fn requests_through_the_proxy_are_stored_in_postgresql() {
     let mock = MockUpstream::start().await.unwrap();
     let proxy = start(&mock, &db).await;
     for i in 0..5 {
-        assert_eq!(chat(&proxy, &format!("client turn {i}"), Some("pg-agent")).await, 200);
+        assert_eq!(
+            chat(&proxy, &format!("client turn {i}"), Some("pg-agent")).await,
+            200
+        );
     }
     assert_eq!(chat(&proxy, "a conversation of its own", None).await, 200);
     wait_written(&proxy, 6).await;
@@ -89,7 +98,10 @@ async fn requests_through_the_proxy_are_stored_in_postgresql() {
         .unwrap_or_else(|| panic!("{list}"));
     assert_eq!(agent["source"], "client");
     assert_eq!(agent["request_count"], 5);
-    let conversation = sessions.iter().find(|s| s["source"] == "conversation").unwrap();
+    let conversation = sessions
+        .iter()
+        .find(|s| s["source"] == "conversation")
+        .unwrap();
     assert_eq!(conversation["request_count"], 1);
 
     // Aggregates are the sums of the session's requests; tokens and cost are what the proxy counted.
@@ -99,8 +111,14 @@ async fn requests_through_the_proxy_are_stored_in_postgresql() {
     let rows = page["data"].as_array().unwrap();
     assert_eq!(rows.len(), 5);
     assert!(sum(rows, "prompt_tokens") > 0.0);
-    assert_eq!(agent["prompt_tokens"].as_f64().unwrap(), sum(rows, "prompt_tokens"));
-    assert_eq!(agent["completion_tokens"].as_f64().unwrap(), sum(rows, "completion_tokens"));
+    assert_eq!(
+        agent["prompt_tokens"].as_f64().unwrap(),
+        sum(rows, "prompt_tokens")
+    );
+    assert_eq!(
+        agent["completion_tokens"].as_f64().unwrap(),
+        sum(rows, "completion_tokens")
+    );
     let cost = sum(rows, "cost_usd");
     let expected =
         (sum(rows, "prompt_tokens") * 2.0 + sum(rows, "completion_tokens") * 8.0) / 1_000_000.0;
@@ -211,4 +229,80 @@ async fn two_proxies_on_one_database_share_rows_and_session_aggregates() {
     let rows = page["data"].as_array().unwrap();
     assert_eq!(rows.len(), 2 * (EACH - EACH / 4));
     assert!((shared["cost_usd"].as_f64().unwrap() - sum(rows, "cost_usd")).abs() < 1e-9);
+}
+
+#[tokio::test]
+async fn a_postgresql_outage_is_survived_records_held_then_written_in_order() {
+    let Some(db) = TestDb::create("outage") else {
+        return;
+    };
+    let relay = common::pg::PgRelay::start().await;
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = Proxy::start_with_args(
+        &mock_config(&mock, EXTRA),
+        &[("MOCK_KEY", "sk-mock-provider-key")],
+        &["--db", &relay.url(&db)],
+    )
+    .await;
+    for i in 0..3 {
+        assert_eq!(
+            chat(&proxy, &format!("before {i}"), Some("outage")).await,
+            200
+        );
+    }
+    wait_written(&proxy, 3).await;
+
+    relay.down();
+    // The proxy answers throughout; the writer holds what it cannot write.
+    for i in 0..5 {
+        assert_eq!(
+            chat(&proxy, &format!("during {i}"), Some("outage")).await,
+            200
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, stats) = get(&proxy, "/api/stats/store").await;
+        let writer = &stats["writer"];
+        if writer["held"] == 5 {
+            assert_eq!(writer["written"], 3, "{stats}");
+            assert_eq!(writer["healthy"], false, "{stats}");
+            assert!(writer["write_errors"].as_u64().unwrap() >= 1);
+            assert!(stats["database_error"].is_string(), "{stats}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "records not held: {stats}\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(db.int("SELECT count(*) FROM requests"), 3);
+
+    relay.up();
+    wait_written(&proxy, 8).await;
+    let (_, stats) = get(&proxy, "/api/stats/store").await;
+    assert_eq!(stats["writer"]["held"], 0, "{stats}");
+    assert_eq!(stats["writer"]["dropped"], 0, "{stats}");
+    assert_eq!(stats["writer"]["healthy"], true, "{stats}");
+    assert_eq!(db.int("SELECT count(*) FROM requests"), 8);
+    // In order: the held records come after the ones written before the outage.
+    let previews = db.rows("SELECT preview FROM requests ORDER BY id");
+    let previews: Vec<String> = previews
+        .into_iter()
+        .map(|r| r[0].clone().unwrap())
+        .collect();
+    assert_eq!(
+        previews[..3],
+        ["before 0", "before 1", "before 2"],
+        "{previews:?}"
+    );
+    assert!(
+        previews[3..].iter().all(|p| p.starts_with("during")),
+        "{previews:?}"
+    );
+    let (_, list) = get(&proxy, "/api/sessions?limit=10").await;
+    assert_eq!(list["total"], 1, "{list}");
+    assert_eq!(list["data"][0]["request_count"], 8, "{list}");
 }

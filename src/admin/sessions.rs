@@ -15,10 +15,10 @@ use serde_json::json;
 
 use crate::http_error::HttpError;
 use crate::proxy::ProxyState;
+use crate::store::db::Db;
 use crate::store::export::{self, Format};
 use crate::store::masks::MaskKey;
 use crate::store::query::{self, Order, RequestFilter, SessionSort, StatusFilter};
-use crate::store::db::Db;
 use crate::store::{Readers, SessionChange, StoreError, StoreSink};
 
 /// Shared by the store routes.

@@ -339,7 +339,9 @@ async fn snapshot(hub: &Arc<Hub>, params: &Params, seq: u64) -> Result<String, S
             let store = Arc::clone(store);
             let selected = params.session_id;
             tokio::task::spawn_blocking(move || {
-                store.readers.with_db(|conn| read_store(conn, since, selected))
+                store
+                    .readers
+                    .with_db(|conn| read_store(conn, since, selected))
             })
             .await
             .map_err(|e| StoreError::Other(format!("snapshot task failed: {e}")))??

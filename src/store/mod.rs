@@ -6,14 +6,14 @@
 //! the command line) use their own read-only connections; WAL lets them read while the writer writes.
 
 pub mod alerts;
-pub mod db;
 pub mod cli;
 mod commands;
+pub mod db;
 pub use commands::SessionSettings;
 pub mod export;
 pub mod ledgers;
-pub mod pg;
 pub mod masks;
+pub mod pg;
 pub mod query;
 pub mod responses;
 pub mod schema;
@@ -84,7 +84,10 @@ pub enum StoreError {
     #[error("PostgreSQL error: {0}")]
     Postgres(#[from] postgres::Error),
     #[error("cannot connect to PostgreSQL at {url}: {source}")]
-    Connect { url: String, source: postgres::Error },
+    Connect {
+        url: String,
+        source: postgres::Error,
+    },
     #[error("{0} is not available on the PostgreSQL store yet")]
     NotOnPostgres(&'static str),
     #[error("the database file {0} was removed or replaced")]
@@ -501,7 +504,9 @@ fn request_values<'a>(
         context.map(|c| clamp(c.tokens_after)).into(),
         context.map_or(0, |c| i64::from(c.masked_messages)).into(),
         context.map_or(0, |c| i64::from(c.observed_messages)).into(),
-        context.map_or(0, |c| i64::from(c.compacted_messages)).into(),
+        context
+            .map_or(0, |c| i64::from(c.compacted_messages))
+            .into(),
         context.and_then(|c| c.compaction.as_deref()).into(),
         context.and_then(|c| c.error.as_deref()).into(),
         clamp(record.tokens_saved).into(),

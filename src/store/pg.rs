@@ -21,7 +21,13 @@ use crate::accounting::RequestRecord;
 /// The schema version a new PostgreSQL database starts at.
 pub const PG_BASELINE: i64 = 9;
 /// The tables PostgreSQL has; the ledger import (`ledger_files`, `usage_entries`) is SQLite-only for now.
-const PG_TABLES: &[&str] = &["sessions", "requests", "alerts", "masked_content", "responses"];
+const PG_TABLES: &[&str] = &[
+    "sessions",
+    "requests",
+    "alerts",
+    "masked_content",
+    "responses",
+];
 /// Rows per `INSERT` (59 parameters each, under PostgreSQL's 65,535).
 const PG_CHUNK: usize = 256;
 /// Key of the advisory lock held while the schema is created or upgraded.
@@ -84,9 +90,8 @@ impl std::fmt::Display for PgUrl {
 
 impl PgUrl {
     pub fn parse(text: &str) -> Result<PgUrl, StoreError> {
-        let mut config = postgres::Config::from_str(text).map_err(|e| {
-            StoreError::Other(format!("invalid PostgreSQL URL: {e}"))
-        })?;
+        let mut config = postgres::Config::from_str(text)
+            .map_err(|e| StoreError::Other(format!("invalid PostgreSQL URL: {e}")))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }

@@ -155,7 +155,9 @@ fn one_int(db: &dyn Db, sql: &str, params: &[P<'_>]) -> Result<Option<i64>, Stor
 
 pub fn get_session(db: &dyn Db, id: i64) -> Result<Option<Session>, StoreError> {
     let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1");
-    Ok(sessions_of(db.query(&sql, &[id.into()])?)?.into_iter().next())
+    Ok(sessions_of(db.query(&sql, &[id.into()])?)?
+        .into_iter()
+        .next())
 }
 
 pub fn active_session(db: &dyn Db) -> Result<Option<Session>, StoreError> {
@@ -302,7 +304,9 @@ fn rows_to_json(rows: Rows) -> Vec<Map<String, Value>> {
             for (name, value) in names.iter().zip(row) {
                 let value = match value {
                     Owned::Null | Owned::Blob(_) => Value::Null,
-                    Owned::Int(n) if BOOLEAN_COLUMNS.contains(&name.as_str()) => Value::Bool(n != 0),
+                    Owned::Int(n) if BOOLEAN_COLUMNS.contains(&name.as_str()) => {
+                        Value::Bool(n != 0)
+                    }
                     Owned::Int(n) => Value::from(n),
                     Owned::Real(f) => Value::from(f),
                     Owned::Text(t) => Value::String(t),
@@ -331,7 +335,10 @@ pub struct StoreCounts {
 
 /// Counts and sizes; `path` is the SQLite file (its size and its WAL's), `None` on PostgreSQL (the database's
 /// size).
-pub fn store_counts(db: &dyn Db, path: Option<&std::path::Path>) -> Result<StoreCounts, StoreError> {
+pub fn store_counts(
+    db: &dyn Db,
+    path: Option<&std::path::Path>,
+) -> Result<StoreCounts, StoreError> {
     let one = |sql: &str| one_int(db, sql, &[]);
     let file_len = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let (db_bytes, wal_bytes) = match (db.dialect(), path) {
@@ -341,7 +348,9 @@ pub fn store_counts(db: &dyn Db, path: Option<&std::path::Path>) -> Result<Store
             (file_len(path), file_len(std::path::Path::new(&wal)))
         }
         (Dialect::Postgres, _) => (
-            one("SELECT pg_database_size(current_database())")?.unwrap_or(0).max(0) as u64,
+            one("SELECT pg_database_size(current_database())")?
+                .unwrap_or(0)
+                .max(0) as u64,
             0,
         ),
         (Dialect::Sqlite, None) => (0, 0),

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::query::{self, Session};
-use super::sessions::SessionResolver;
 use super::db::Db;
 use super::pg::{Location, PgStore};
+use super::query::{self, Session};
+use super::sessions::SessionResolver;
 use super::{BatchReport, Store, StoreError, unix_ms};
 use crate::accounting::{RecordSink, RequestRecord};
 use crate::config::{Config, SessionMode, StoreConfig};
@@ -277,12 +277,17 @@ impl StoreSink {
 
     /// Opens the store at `location` (SQLite file or PostgreSQL URL: unreachable, a newer schema or settings the
     /// PostgreSQL store cannot honour yet are reported here) and starts the writer.
-    pub fn start_at(location: &Location, options: WriterOptions) -> Result<Arc<StoreSink>, StoreError> {
+    pub fn start_at(
+        location: &Location,
+        options: WriterOptions,
+    ) -> Result<Arc<StoreSink>, StoreError> {
         let (store, pg) = match location {
             Location::Sqlite(path) => (Some(Store::open(path)?), None),
             Location::Postgres(url) => {
                 if options.retention_days.is_some() {
-                    return Err(StoreError::NotOnPostgres("retention (`[store] retention_days`)"));
+                    return Err(StoreError::NotOnPostgres(
+                        "retention (`[store] retention_days`)",
+                    ));
                 }
                 (None, Some(PgStore::open(url)?))
             }

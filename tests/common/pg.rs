@@ -16,8 +16,9 @@ pub struct TestDb {
 
 fn admin(sql: String) -> Result<(), String> {
     std::thread::spawn(move || {
-        let mut client = postgres::Client::connect(&format!("{}/postgres", server()), postgres::NoTls)
-            .map_err(|e| e.to_string())?;
+        let mut client =
+            postgres::Client::connect(&format!("{}/postgres", server()), postgres::NoTls)
+                .map_err(|e| e.to_string())?;
         client.batch_execute(&sql).map_err(|e| e.to_string())
     })
     .join()
@@ -35,7 +36,10 @@ impl TestDb {
         match admin(format!("CREATE DATABASE {name}")) {
             Ok(()) => Some(TestDb { name }),
             Err(error) => {
-                eprintln!("SKIPPED: PostgreSQL at {} cannot be reached: {error}", server());
+                eprintln!(
+                    "SKIPPED: PostgreSQL at {} cannot be reached: {error}",
+                    server()
+                );
                 None
             }
         }
@@ -78,6 +82,71 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let _ = admin(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        let _ = admin(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+/// A TCP relay in front of the PostgreSQL server that the test can cut and restore: "the database is down"
+/// without stopping the machine's shared server.
+pub struct PgRelay {
+    pub port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl PgRelay {
+    pub async fn start() -> PgRelay {
+        use std::sync::atomic::Ordering;
+        let target = server()
+            .rsplit('@')
+            .next()
+            .unwrap()
+            .trim_end_matches('/')
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up2, connections2) = (up.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                if !up2.load(Ordering::SeqCst) {
+                    drop(socket);
+                    continue;
+                }
+                let target = target.clone();
+                let handle = tokio::spawn(async move {
+                    if let Ok(mut upstream) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut socket, &mut upstream).await;
+                    }
+                });
+                connections2.lock().unwrap().push(handle);
+            }
+        });
+        PgRelay {
+            port,
+            up,
+            connections,
+        }
+    }
+
+    /// The URL of `db` through the relay.
+    pub fn url(&self, db: &TestDb) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{}", self.port, db.name)
+    }
+
+    /// Cuts every open connection and refuses new ones.
+    pub fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for handle in self.connections.lock().unwrap().drain(..) {
+            handle.abort();
+        }
+    }
+
+    pub fn up(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
