@@ -170,11 +170,7 @@ impl Db for rusqlite::Connection {
 
     fn query(&self, sql: &str, params: &[Value<'_>]) -> Result<Rows, StoreError> {
         let mut stmt = self.prepare_cached(sql)?;
-        let names: Vec<String> = stmt
-            .column_names()
-            .into_iter()
-            .map(str::to_string)
-            .collect();
+        let names: Vec<String> = stmt.column_names().map(str::to_string).collect();
         let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {

@@ -38,14 +38,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub enum Location {
     Sqlite(PathBuf),
-    Postgres(PgUrl),
+    Postgres(Box<PgUrl>),
 }
 
 impl Location {
     /// A `postgres://` or `postgresql://` URL is PostgreSQL; anything else is an SQLite file path.
     pub fn parse(text: &str) -> Result<Location, StoreError> {
         if is_postgres_url(text) {
-            Ok(Location::Postgres(PgUrl::parse(text)?))
+            Ok(Location::Postgres(Box::new(PgUrl::parse(text)?)))
         } else {
             Ok(Location::Sqlite(PathBuf::from(text)))
         }
