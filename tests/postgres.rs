@@ -306,3 +306,68 @@ async fn a_postgresql_outage_is_survived_records_held_then_written_in_order() {
     assert_eq!(list["total"], 1, "{list}");
     assert_eq!(list["data"][0]["request_count"], 8, "{list}");
 }
+
+async fn send(proxy: &Proxy, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = client().request(method, proxy.url(path));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn sessions_are_managed_through_the_api_on_postgresql() {
+    let Some(db) = TestDb::create("manage") else {
+        return;
+    };
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = start(&mock, &db).await;
+    let (status, manual) = send(
+        &proxy,
+        "POST",
+        "/api/sessions",
+        Some(json!({"name": "refactor", "model": "mock/model"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{manual}");
+    assert_eq!(manual["active"], true);
+    assert_eq!(manual["context_window"], 100000);
+    let id = manual["id"].as_i64().unwrap();
+    // The active session takes requests without a client id.
+    assert_eq!(chat(&proxy, "inside the manual session", None).await, 200);
+    wait_written(&proxy, 1).await;
+    let (_, manual) = get(&proxy, &format!("/api/sessions/{id}")).await;
+    assert_eq!(manual["request_count"], 1, "{manual}");
+
+    let (status, _) = send(
+        &proxy,
+        "PATCH",
+        &format!("/api/sessions/{id}"),
+        Some(json!({"name": "renamed"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = send(
+        &proxy,
+        "POST",
+        &format!("/api/sessions/{id}/deactivate"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        db.rows(&format!(
+            "SELECT name, active FROM sessions WHERE id = {id}"
+        )),
+        vec![vec![Some("renamed".to_string()), Some("0".to_string())]]
+    );
+    let (status, body) = send(&proxy, "DELETE", &format!("/api/sessions/{id}"), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(db.int("SELECT count(*) FROM sessions"), 0);
+    assert_eq!(db.int("SELECT count(*) FROM requests"), 0);
+    let (status, _) = get(&proxy, &format!("/api/sessions/{id}")).await;
+    assert_eq!(status, 404);
+}

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use crate::accounting::RequestRecord;
 use db::{Db, Value};
@@ -177,6 +177,19 @@ impl Store {
         Ok(written.committed(resolver))
     }
 
+    /// Runs `f` in one `IMMEDIATE` transaction, committed when it succeeds.
+    pub(crate) fn transact<T>(
+        &mut self,
+        f: impl FnOnce(&dyn Db) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&*tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
     /// Creates a manual session; `activate` makes it the active one.
     pub fn create_session(
         &mut self,
@@ -185,66 +198,20 @@ impl Store {
         model: Option<&str>,
         activate: bool,
     ) -> Result<i64, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        resolver.begin(&*tx)?;
-        let id = resolver.create(
-            &*tx,
-            &NewSession {
-                name: Some(name),
-                model,
-                source: "manual",
-                client_key: None,
-                created_at: unix_ms(),
-                context_window: model.and_then(|m| resolver.context_window(m)),
-                active: activate,
-                client_app: None,
-            },
-        );
-        match id.and_then(|id| tx.commit().map(|()| id).map_err(StoreError::from)) {
-            Ok(id) => Ok(id),
-            Err(error) => {
-                resolver.rollback();
-                Err(error)
-            }
+        let result = self.transact(|db| create_session_in(db, resolver, name, model, activate));
+        if result.is_err() {
+            resolver.rollback();
         }
+        result
     }
 
     pub fn rename_session(&mut self, id: i64, name: &str) -> Result<(), StoreError> {
-        let changed = self.conn.execute(
-            "UPDATE sessions SET name = ?2 WHERE id = ?1",
-            params![id, name],
-        )?;
-        if changed == 0 {
-            return Err(StoreError::UnknownSession(id));
-        }
-        Ok(())
+        self.transact(|db| rename_session_in(db, id, name))
     }
 
     /// Makes `id` the active session (or, with `active = false`, no longer active).
     pub fn set_active(&mut self, id: i64, active: bool) -> Result<(), StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists = tx
-            .query_row("SELECT 1 FROM sessions WHERE id = ?1", [id], |_| Ok(()))
-            .optional()?
-            .is_some();
-        if !exists {
-            return Err(StoreError::UnknownSession(id));
-        }
-        if active {
-            tx.execute(
-                "UPDATE sessions SET active = 0 WHERE active = 1 AND id <> ?1",
-                [id],
-            )?;
-            tx.execute("UPDATE sessions SET active = 1 WHERE id = ?1", [id])?;
-        } else {
-            tx.execute("UPDATE sessions SET active = 0 WHERE id = ?1", [id])?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.transact(|db| set_active_in(db, id, active))
     }
 
     /// Deletes sessions and their requests; returns how many sessions existed.
@@ -253,17 +220,7 @@ impl Store {
         resolver: Option<&mut SessionResolver>,
         ids: &[i64],
     ) -> Result<usize, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut deleted = 0;
-        {
-            let mut delete = tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?;
-            for id in ids {
-                deleted += delete.execute([id])?;
-            }
-        }
-        tx.commit()?;
+        let deleted = self.transact(|db| delete_sessions_in(db, ids))?;
         if let Some(resolver) = resolver {
             for id in ids {
                 resolver.forget(*id);
@@ -342,6 +299,69 @@ pub struct BatchReport {
     pub sessions: Vec<i64>,
     /// Sessions the batch created (a subset of `sessions`).
     pub created: Vec<i64>,
+}
+
+/// Creates a manual session (both backends, inside the caller's transaction).
+pub(crate) fn create_session_in(
+    db: &dyn Db,
+    resolver: &mut SessionResolver,
+    name: &str,
+    model: Option<&str>,
+    activate: bool,
+) -> Result<i64, StoreError> {
+    resolver.begin(db)?;
+    let context_window = model.and_then(|m| resolver.context_window(m));
+    resolver.create(
+        db,
+        &NewSession {
+            name: Some(name),
+            model,
+            source: "manual",
+            client_key: None,
+            created_at: unix_ms(),
+            context_window,
+            active: activate,
+            client_app: None,
+        },
+    )
+}
+
+pub(crate) fn rename_session_in(db: &dyn Db, id: i64, name: &str) -> Result<(), StoreError> {
+    let changed = db.execute(
+        "UPDATE sessions SET name = ?2 WHERE id = ?1",
+        &[id.into(), name.into()],
+    )?;
+    if changed == 0 {
+        return Err(StoreError::UnknownSession(id));
+    }
+    Ok(())
+}
+
+pub(crate) fn set_active_in(db: &dyn Db, id: i64, active: bool) -> Result<(), StoreError> {
+    if db
+        .first("SELECT 1 FROM sessions WHERE id = ?1", &[id.into()])?
+        .is_none()
+    {
+        return Err(StoreError::UnknownSession(id));
+    }
+    if active {
+        db.execute(
+            "UPDATE sessions SET active = 0 WHERE active = 1 AND id <> ?1",
+            &[id.into()],
+        )?;
+        db.execute("UPDATE sessions SET active = 1 WHERE id = ?1", &[id.into()])?;
+    } else {
+        db.execute("UPDATE sessions SET active = 0 WHERE id = ?1", &[id.into()])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn delete_sessions_in(db: &dyn Db, ids: &[i64]) -> Result<usize, StoreError> {
+    let mut deleted = 0;
+    for id in ids {
+        deleted += db.execute("DELETE FROM sessions WHERE id = ?1", &[(*id).into()])? as usize;
+    }
+    Ok(deleted)
 }
 
 /// A batch written, not yet committed: where each record went and what each session gains.

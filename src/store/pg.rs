@@ -182,6 +182,20 @@ impl PgStore {
         Ok(written.committed(resolver))
     }
 
+    /// Runs `f` in one transaction, committed when it succeeds.
+    pub(crate) fn transact<T>(
+        &mut self,
+        f: impl FnOnce(&dyn Db) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut tx = self.client.transaction()?;
+        let value = {
+            let db = Pg::new(&mut tx, &mut self.statements);
+            f(&db)?
+        };
+        tx.commit()?;
+        Ok(value)
+    }
+
     /// Runs shared statements outside a transaction (each its own).
     pub fn with<T>(
         &mut self,

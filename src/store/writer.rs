@@ -210,6 +210,31 @@ impl WriterState {
         }
     }
 
+    /// Runs `f` in one transaction on whichever backend the store is; on failure the resolver forgets what the
+    /// transaction created.
+    pub fn transact<T>(
+        &mut self,
+        f: impl FnOnce(&dyn Db, &mut SessionResolver) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let result = if self.location.is_postgres() {
+            self.pg()?;
+            match (self.pg.as_mut(), &mut self.resolver) {
+                (Some(pg), resolver) => pg.transact(|db| f(db, resolver)),
+                (None, _) => Err(StoreError::Closed),
+            }
+        } else {
+            self.store()?;
+            match (self.store.as_mut(), &mut self.resolver) {
+                (Some(store), resolver) => store.transact(|db| f(db, resolver)),
+                (None, _) => Err(StoreError::Closed),
+            }
+        };
+        if result.is_err() {
+            self.resolver.rollback();
+        }
+        result
+    }
+
     /// Forgets the connections (after an error): the next use reopens them.
     fn disconnect(&mut self) {
         self.store = None;
