@@ -237,9 +237,9 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     // `--db` (or KIMI_PROXY_DB) names a file or a PostgreSQL URL and wins; then `[store] url`, then the file.
     let url = match &args.db {
-        Some(db) if kimi_proxy::store::pg::is_postgres_url(&db.to_string_lossy()) => {
-            Some(db.to_string_lossy().into_owned())
-        }
+        Some(db) if kimi_proxy::store::pg::is_postgres_url(&db.to_string_lossy()) => Some(
+            kimi_proxy::config::Secret::new(db.to_string_lossy().into_owned()),
+        ),
         Some(_) => None,
         None => config.store.url.clone(),
     };

@@ -139,7 +139,7 @@ async fn start_store(
         return Ok(None);
     }
     let location = match &config.store.url {
-        Some(url) => crate::store::pg::Location::parse(url)?,
+        Some(url) => crate::store::pg::Location::parse(url.expose())?,
         None => {
             crate::store::pg::Location::Sqlite(config.store.path.clone().unwrap_or_else(|| {
                 crate::cli::default_data_dir().join(crate::cli::DEFAULT_DB_FILE)

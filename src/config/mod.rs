@@ -269,8 +269,9 @@ pub struct StoreConfig {
     /// The database file as configured (a relative path is relative to the data directory); `None`: the
     /// default `<data-dir>/kimi-proxy.db`. The command line resolves the final path.
     pub path: Option<PathBuf>,
-    /// A PostgreSQL store (`postgres://USER@HOST:PORT/DB`) instead of the SQLite file; `--db` overrides it.
-    pub url: Option<String>,
+    /// A PostgreSQL store (`postgres://USER@HOST:PORT/DB`) instead of the SQLite file; `--db` overrides it. A
+    /// secret: the URL may carry a password.
+    pub url: Option<Secret>,
     /// Characters of the last user message kept as a preview (0: none).
     pub preview_chars: usize,
     /// Requests older than this many days are deleted at start and daily.

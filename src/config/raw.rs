@@ -168,7 +168,7 @@ impl RawStore {
         StoreConfig {
             enabled: self.enabled.unwrap_or(defaults.enabled),
             path: self.path,
-            url: self.url,
+            url: self.url.map(super::Secret::new),
             preview_chars: self.preview_chars.unwrap_or(defaults.preview_chars),
             retention_days: self.retention_days,
             queue_capacity: self

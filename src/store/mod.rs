@@ -1,5 +1,5 @@
-//! The embedded SQLite store: every finished request, grouped into sessions with aggregates kept up to date,
-//! and alerts.
+//! The store: every finished request, grouped into sessions with aggregates kept up to date, and alerts — in an
+//! SQLite file (the default) or PostgreSQL ([`pg`]), through one interface ([`db`]).
 //!
 //! One writer: [`StoreSink`] takes records on the request path (a `try_send` into a bounded queue) and one
 //! dedicated thread commits them in batches, resolving sessions in order ([`sessions`]). Readers (the HTTP API,

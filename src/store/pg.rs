@@ -314,3 +314,40 @@ impl PgReaders {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_select_postgresql_and_never_show_the_password() {
+        let location = Location::parse("postgres://kimi:s3cret@db.internal:5433/kimi").unwrap();
+        assert!(location.is_postgres());
+        assert_eq!(
+            location.to_string(),
+            "postgres://kimi@db.internal:5433/kimi"
+        );
+        assert!(!format!("{location:?}").contains("s3cret"));
+        assert!(
+            !Location::parse("/var/lib/kimi-proxy.db")
+                .unwrap()
+                .is_postgres()
+        );
+        assert!(Location::parse("postgres://h:notaport/db").is_err());
+    }
+
+    #[test]
+    fn the_baseline_schema_translates_the_core_tables() {
+        let ddl = baseline_ddl().unwrap().join(";\n");
+        for table in PG_TABLES {
+            assert!(
+                ddl.contains(&format!("CREATE TABLE {table} "))
+                    || ddl.contains(&format!("CREATE TABLE \"{table}\"")),
+                "{table}: {ddl}"
+            );
+        }
+        assert!(!ddl.contains("usage_entries"));
+        assert!(!ddl.contains(" INTEGER"), "{ddl}");
+        assert!(!ddl.contains("REAL"), "{ddl}");
+    }
+}

@@ -1,7 +1,8 @@
 //! The single writer: a bounded queue filled on the request path, drained by one thread that commits batches.
 //!
 //! A batch is committed when it holds `batch_rows` records or `batch_bytes` bytes, or `flush_interval` after its
-//! first record arrived. When the database cannot be written (disk full, read-only, file gone or unopenable)
+//! first record arrived. When the database cannot be written (disk full, read-only, file gone or unopenable;
+//! PostgreSQL down, restarting or unreachable)
 //! the writer holds the records in memory — at most `queue_capacity` records and `queue_bytes` bytes — and
 //! retries with backoff, reopening the file, until the disk recovers; then it writes them in order. Records
 //! beyond that bound are dropped and counted, so memory stays bounded and the proxy never waits. Any other
