@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kimi_proxy::accounting::{RecordSink, RequestRecord};
 use kimi_proxy::config::SessionMode;
+use kimi_proxy::store::pg::{Location, PgStore};
 use kimi_proxy::store::query::{self, Order, RequestFilter, SessionSort};
 use kimi_proxy::store::sessions::SessionResolver;
 use kimi_proxy::store::{Readers, Store, StoreSink, WriterOptions};
@@ -125,10 +126,82 @@ fn writer_throughput(c: &mut Criterion) {
             spent
         })
     });
-    group.finish();
     let stats = sink.stats();
     assert_eq!(stats.dropped, 0, "{stats:?}");
     sink.shutdown();
+
+    // The same on PostgreSQL (`KIMI_BENCH_PG`, default the local server), side by side; skipped when unreachable.
+    let server = std::env::var("KIMI_BENCH_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let name = format!("kp_bench_{}", std::process::id());
+    let admin = postgres::Client::connect(&format!("{server}/postgres"), postgres::NoTls).and_then(
+        |mut admin| {
+            admin
+                .batch_execute(&format!("CREATE DATABASE {name}"))
+                .map(|()| admin)
+        },
+    );
+    match admin {
+        Err(error) => {
+            eprintln!("PostgreSQL benchmarks skipped: {server} cannot be reached: {error}")
+        }
+        Ok(mut admin) => {
+            let location = Location::parse(&format!("{server}/{name}")).unwrap();
+            let Location::Postgres(url) = &location else {
+                panic!("not a PostgreSQL URL")
+            };
+            let mut store = PgStore::open(url).unwrap();
+            let mut resolver = self::resolver();
+            let mut traffic = Traffic::new();
+            group.bench_function("write_batch_512_postgres", |b| {
+                b.iter_custom(|iters| {
+                    let mut spent = Duration::ZERO;
+                    for _ in 0..iters {
+                        let batches: Vec<Vec<Arc<RequestRecord>>> = (0..ROWS as usize / BATCH)
+                            .map(|_| (0..BATCH).map(|_| traffic.next()).collect())
+                            .collect();
+                        let started = Instant::now();
+                        for batch in &batches {
+                            store.write_batch(batch, &mut resolver).unwrap();
+                        }
+                        spent += started.elapsed();
+                    }
+                    spent
+                })
+            });
+            drop(store);
+            let sink = StoreSink::start_at(
+                &location,
+                WriterOptions {
+                    queue_capacity: 2 * ROWS as usize,
+                    ..WriterOptions::default()
+                },
+            )
+            .unwrap();
+            let mut traffic = Traffic::new();
+            group.bench_function("sink_offer_to_commit_postgres", |b| {
+                b.iter_custom(|iters| {
+                    let mut spent = Duration::ZERO;
+                    for _ in 0..iters {
+                        let records: Vec<Arc<RequestRecord>> =
+                            (0..ROWS).map(|_| traffic.next()).collect();
+                        let started = Instant::now();
+                        for r in &records {
+                            sink.offer(r);
+                        }
+                        sink.flush().unwrap();
+                        spent += started.elapsed();
+                    }
+                    spent
+                })
+            });
+            let stats = sink.stats();
+            assert_eq!(stats.dropped, 0, "{stats:?}");
+            sink.shutdown();
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+    group.finish();
 }
 
 fn offer_cost(c: &mut Criterion) {
@@ -250,7 +323,7 @@ fn big_database_queries(c: &mut Criterion) {
     group.bench_function("store_counts_full_scan", |b| {
         b.iter(|| {
             readers
-                .with(|conn| query::store_counts(conn, &path))
+                .with(|conn| query::store_counts(conn, Some(&path)))
                 .unwrap()
         })
     });

@@ -146,6 +146,13 @@ fn count_tokens(args: cli::CountTokensArgs) -> anyhow::Result<()> {
 /// The database file of a store command.
 fn db_path(args: &cli::DbArgs) -> anyhow::Result<std::path::PathBuf> {
     let config = Config::load(args.config.as_deref(), &ProcessEnv)?;
+    let on_postgres = match &args.db {
+        Some(db) => kimi_proxy::store::pg::is_postgres_url(&db.to_string_lossy()),
+        None => config.store.url.is_some(),
+    };
+    if on_postgres {
+        anyhow::bail!("this command is not available on the PostgreSQL store yet");
+    }
     let data_dir = args.data_dir.clone().unwrap_or_else(cli::default_data_dir);
     Ok(cli::resolve_db_path(
         args.db.clone(),
@@ -228,14 +235,25 @@ async fn serve(args: cli::ServeArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(cli::default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-    let db = cli::resolve_db_path(args.db, config.store.path.as_deref(), &data_dir);
-    if config.store.enabled
-        && let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create the directory {}", parent.display()))?;
+    // `--db` (or KIMI_PROXY_DB) names a file or a PostgreSQL URL and wins; then `[store] url`, then the file.
+    let url = match &args.db {
+        Some(db) if kimi_proxy::store::pg::is_postgres_url(&db.to_string_lossy()) => Some(
+            kimi_proxy::config::Secret::new(db.to_string_lossy().into_owned()),
+        ),
+        Some(_) => None,
+        None => config.store.url.clone(),
+    };
+    if url.is_none() {
+        let db = cli::resolve_db_path(args.db, config.store.path.as_deref(), &data_dir);
+        if config.store.enabled
+            && let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create the directory {}", parent.display()))?;
+        }
+        config.store.path = Some(db);
     }
-    config.store.path = Some(db);
+    config.store.url = url;
 
     let listen = match (args.listen, config.server.listen) {
         (Some(addr), _) | (None, Some(addr)) => addr,

@@ -142,20 +142,28 @@ async fn start_store(
         tracing::info!("store disabled: requests are not persisted");
         return Ok(None);
     }
-    let path = config
-        .store
-        .path
-        .clone()
-        .unwrap_or_else(|| crate::cli::default_data_dir().join(crate::cli::DEFAULT_DB_FILE));
+    let location = match &config.store.url {
+        Some(url) => crate::store::pg::Location::parse(url.expose())?,
+        None => {
+            crate::store::pg::Location::Sqlite(config.store.path.clone().unwrap_or_else(|| {
+                crate::cli::default_data_dir().join(crate::cli::DEFAULT_DB_FILE)
+            }))
+        }
+    };
     let options = WriterOptions::for_config(config);
-    let shown = path.display().to_string();
-    let sink = tokio::task::spawn_blocking(move || StoreSink::start(&path, options))
+    let shown = location.to_string();
+    let sink = tokio::task::spawn_blocking(move || StoreSink::start_at(&location, options))
         .await
         .map_err(|e| ServerError::Store(StoreError::Other(format!("store start failed: {e}"))))??;
     state
         .accounting
         .add_sink(Arc::clone(&sink) as Arc<dyn crate::accounting::RecordSink>);
     tracing::info!(path = %shown, session_mode = config.store.session_mode.as_str(), "store open");
+    if config.store.url.is_some() {
+        tracing::warn!(
+            "PostgreSQL store: exports, the alert history, masked originals, stored Responses API state, saved context settings, retention and the store commands are not available on it yet (their API answers 501)"
+        );
+    }
     Ok(Some(sink))
 }
 

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::context::ContextEngine;
 use crate::http_error::HttpError;
+use crate::store::db::Db;
 use crate::store::export::{self, Format};
 use crate::store::masks::MaskKey;
 use crate::store::query::{self, Order, RequestFilter, SessionSort, StatusFilter};
@@ -36,7 +37,7 @@ impl StoreApi {
         context: Arc<ContextEngine>,
         mask_key: Option<MaskKey>,
     ) -> Arc<StoreApi> {
-        let readers = Readers::new(sink.path());
+        let readers = Readers::at(sink.location());
         Arc::new(StoreApi {
             sink,
             readers,
@@ -88,6 +89,14 @@ impl From<StoreError> for HttpError {
     fn from(error: StoreError) -> HttpError {
         let code = match &error {
             StoreError::UnknownSession(id) => return unknown_session(*id),
+            StoreError::NotOnPostgres(_) => {
+                return HttpError::new(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "store_error",
+                    "not_on_postgres",
+                    error.to_string(),
+                );
+            }
             StoreError::Closed => "store_closed",
             _ => "store_unavailable",
         };
@@ -122,10 +131,10 @@ pub fn session_id(text: &str) -> Result<i64, HttpError> {
 /// Runs a read on the blocking pool.
 pub async fn read<T: Send + 'static>(
     api: &Arc<StoreApi>,
-    f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
+    f: impl FnOnce(&dyn Db) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, HttpError> {
     let api = Arc::clone(api);
-    tokio::task::spawn_blocking(move || api.readers.with(f))
+    tokio::task::spawn_blocking(move || api.readers.with_db(f))
         .await
         .map_err(|e| HttpError::from(StoreError::Other(format!("read task failed: {e}"))))?
         .map_err(HttpError::from)
@@ -476,6 +485,9 @@ fn stream_export(
     format: Format,
     stem: &str,
 ) -> Response {
+    if api.readers.is_postgres() {
+        return HttpError::from(StoreError::NotOnPostgres("export")).into_response();
+    }
     let (sender, receiver) =
         tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_CHANNEL);
     let api = Arc::clone(api);
@@ -510,9 +522,9 @@ fn stream_export(
 
 pub(crate) async fn store_stats(Store(api): Store) -> ApiResult {
     let writer = api.sink.stats();
-    let path = api.sink.path().to_path_buf();
-    let shown = path.display().to_string();
-    let counts = read(&api, move |conn| query::store_counts(conn, &path)).await;
+    let path = api.sink.sqlite_path().map(std::path::Path::to_path_buf);
+    let shown = api.sink.location().to_string();
+    let counts = read(&api, move |conn| query::store_counts(conn, path.as_deref())).await;
     let (database, error) = match counts {
         Ok(counts) => (serde_json::to_value(counts).unwrap_or_default(), None),
         Err(error) => (serde_json::Value::Null, Some(error.message)),

@@ -260,7 +260,7 @@ impl AlertEngine {
         }
         let _ = self.store.set(StoreLink {
             sink: Arc::clone(sink),
-            readers: Arc::new(Readers::new(sink.path())),
+            readers: Arc::new(Readers::at(sink.location())),
         });
         let context = restored.context.clone();
         let stale = self

@@ -42,6 +42,9 @@ pub struct StoreConfig {
     /// The database file as configured (a relative path is relative to the data directory); `None`: the
     /// default `<data-dir>/kimi-proxy.db`. The command line resolves the final path.
     pub path: Option<PathBuf>,
+    /// A PostgreSQL store (`postgres://USER@HOST:PORT/DB`) instead of the SQLite file; `--db` overrides it. A
+    /// secret: the URL may carry a password.
+    pub url: Option<super::Secret>,
     /// Characters of the last user message kept as a preview (0: none).
     pub preview_chars: usize,
     /// Requests older than this many days are deleted at start and daily.
@@ -72,6 +75,7 @@ impl Default for StoreConfig {
         StoreConfig {
             enabled: true,
             path: None,
+            url: None,
             preview_chars: DEFAULT_STORE_PREVIEW_CHARS,
             retention_days: None,
             queue_capacity: DEFAULT_STORE_QUEUE_CAPACITY,
@@ -116,6 +120,13 @@ impl StoreConfig {
         }
         if self.path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             errors.push("store.path must not be empty".to_string());
+        }
+        if let Some(url) = &self.url
+            && !(url.expose().starts_with("postgres://") || url.expose().starts_with("postgresql://"))
+        {
+            errors.push(
+                "store.url must be a PostgreSQL URL (postgres://USER@HOST:PORT/DB)".to_string(),
+            );
         }
     }
 }

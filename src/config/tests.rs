@@ -237,3 +237,21 @@ fn connection_limits_and_cache_scope_have_defaults_and_are_checked() {
         assert!(error.is_some(), "accepted: {bad}");
     }
 }
+
+#[test]
+fn the_store_url_is_a_postgresql_url_and_a_secret() {
+    let user = "[store]\nurl = \"postgres://kimi:pw-canary-9@db.internal:5432/kimi\"\n";
+    let config = Config::from_sources(Some(("c.toml", user)), &env_of(&[])).unwrap();
+    assert_eq!(
+        config.store.url.as_ref().map(|u| u.expose()),
+        Some("postgres://kimi:pw-canary-9@db.internal:5432/kimi")
+    );
+    assert!(!format!("{config:?}").contains("pw-canary-9"));
+    let err = Config::from_sources(
+        Some(("c.toml", "[store]\nurl = \"mysql://x@y/z\"\n")),
+        &env_of(&[]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("store.url must be a PostgreSQL URL"), "{err}");
+}

@@ -96,7 +96,7 @@ impl Hub {
             state: Arc::clone(&state),
             store: store.as_ref().map(|sink| HubStore {
                 sink: Arc::clone(sink),
-                readers: Arc::new(Readers::new(sink.path())),
+                readers: Arc::new(Readers::at(sink.location())),
             }),
             started_at_ms: crate::util::unix_ms(),
             closing: CancellationToken::new(),

@@ -339,7 +339,7 @@ async fn snapshot(hub: &Arc<Hub>, params: &Params, seq: u64) -> Result<String, S
             let readers = Arc::clone(&store.readers);
             let selected = params.session_id;
             tokio::task::spawn_blocking(move || {
-                readers.with(|conn| read_store(conn, since, selected))
+                readers.with_db(|conn| read_store(conn, since, selected))
             })
             .await
             .map_err(|e| StoreError::Other(format!("snapshot task failed: {e}")))??
@@ -413,7 +413,7 @@ async fn snapshot(hub: &Arc<Hub>, params: &Params, seq: u64) -> Result<String, S
 }
 
 fn read_store(
-    conn: &rusqlite::Connection,
+    conn: &dyn crate::store::db::Db,
     since: i64,
     selected: Option<i64>,
 ) -> Result<Stored, StoreError> {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::alerts::Alert;
 use super::alerts::Restored;
+use super::db::{Db, RowExt};
 use super::{RetentionOutcome, StoreError, StoreSink};
 
 /// A session's saved context settings and whether it is the active one (what the proxy mirrors in memory).
@@ -26,27 +27,32 @@ impl StoreSink {
         activate: bool,
     ) -> Result<i64, StoreError> {
         self.execute(move |state| {
-            let (store, resolver) = state.parts()?;
-            store.create_session(resolver, &name, model.as_deref(), activate)
+            state.transact(|db, resolver| {
+                super::create_session_in(db, resolver, &name, model.as_deref(), activate)
+            })
         })
         .await
     }
 
     pub async fn rename_session(self: &Arc<Self>, id: i64, name: String) -> Result<(), StoreError> {
-        self.execute(move |state| state.store()?.rename_session(id, &name))
+        self.execute(move |state| state.transact(|db, _| super::rename_session_in(db, id, &name)))
             .await
     }
 
     pub async fn set_active(self: &Arc<Self>, id: i64, active: bool) -> Result<(), StoreError> {
-        self.execute(move |state| state.store()?.set_active(id, active))
+        self.execute(move |state| state.transact(|db, _| super::set_active_in(db, id, active)))
             .await
     }
 
     /// Deletes sessions with their requests; returns how many existed.
     pub async fn delete_sessions(self: &Arc<Self>, ids: Vec<i64>) -> Result<usize, StoreError> {
         self.execute(move |state| {
-            let (store, resolver) = state.parts()?;
-            store.delete_sessions(Some(resolver), &ids)
+            let deleted = state.transact(|db, _| super::delete_sessions_in(db, &ids))?;
+            for id in &ids {
+                state.resolver.forget(*id);
+            }
+            state.resolver.notify_deleted(&ids);
+            Ok(deleted)
         })
         .await
     }
@@ -70,15 +76,17 @@ impl StoreSink {
         id: i64,
         settings: Option<String>,
     ) -> Result<(Option<String>, bool), StoreError> {
-        self.execute(move |state| state.store()?.set_context_settings(id, settings.as_deref()))
-            .await
+        self.execute(move |state| {
+            state.transact(|db, _| set_context_settings(db, id, settings.as_deref()))
+        })
+        .await
     }
 
     /// The sessions that have context settings or are active.
     pub async fn sessions_with_settings(
         self: &Arc<Self>,
     ) -> Result<Vec<SessionSettings>, StoreError> {
-        self.execute(|state| state.store()?.sessions_with_settings())
+        self.execute(|state| state.with_db(sessions_with_settings))
             .await
     }
 
@@ -131,43 +139,42 @@ impl StoreSink {
     }
 }
 
-impl super::Store {
-    fn set_context_settings(
-        &mut self,
-        id: i64,
-        settings: Option<&str>,
-    ) -> Result<(Option<String>, bool), StoreError> {
-        let conn = self.connection();
-        let changed = conn.execute(
-            "UPDATE sessions SET context_settings = ?2 WHERE id = ?1",
-            rusqlite::params![id, settings],
-        )?;
-        if changed == 0 {
-            return Err(StoreError::UnknownSession(id));
-        }
-        Ok(conn.query_row(
+fn set_context_settings(
+    db: &dyn Db,
+    id: i64,
+    settings: Option<&str>,
+) -> Result<(Option<String>, bool), StoreError> {
+    let changed = db.execute(
+        "UPDATE sessions SET context_settings = ?2 WHERE id = ?1",
+        &[id.into(), settings.into()],
+    )?;
+    if changed == 0 {
+        return Err(StoreError::UnknownSession(id));
+    }
+    let row = db
+        .first(
             "SELECT client_key, active FROM sessions WHERE id = ?1",
-            [id],
-            |row| Ok((row.get::<_, Option<String>>(0)?, row.get::<_, bool>(1)?)),
-        )?)
-    }
+            &[id.into()],
+        )?
+        .ok_or(StoreError::UnknownSession(id))?;
+    Ok((row.opt_text(0)?, row.int(1)? != 0))
+}
 
-    fn sessions_with_settings(&mut self) -> Result<Vec<SessionSettings>, StoreError> {
-        let conn = self.connection();
-        let mut stmt = conn.prepare(
-            "SELECT id, client_key, context_settings, active FROM sessions
-             WHERE context_settings IS NOT NULL OR active = 1",
-        )?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok(SessionSettings {
-                    id: r.get(0)?,
-                    client_key: r.get(1)?,
-                    settings: r.get(2)?,
-                    active: r.get(3)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
-    }
+fn sessions_with_settings(db: &dyn Db) -> Result<Vec<SessionSettings>, StoreError> {
+    db.query(
+        "SELECT id, client_key, context_settings, active FROM sessions
+         WHERE context_settings IS NOT NULL OR active = 1",
+        &[],
+    )?
+    .rows
+    .iter()
+    .map(|r| {
+        Ok(SessionSettings {
+            id: r.int(0)?,
+            client_key: r.opt_text(1)?,
+            settings: r.opt_text(2)?,
+            active: r.int(3)? != 0,
+        })
+    })
+    .collect()
 }

@@ -1,5 +1,5 @@
-//! The embedded SQLite store: every finished request, grouped into sessions with aggregates kept up to date,
-//! and alerts.
+//! The store: every finished request, grouped into sessions with aggregates kept up to date, and alerts — in an
+//! SQLite file (the default) or PostgreSQL ([`pg`]), through one interface ([`db`]).
 //!
 //! One writer: [`StoreSink`] takes records on the request path (a `try_send` into a bounded queue) and one
 //! dedicated thread commits them in batches, resolving sessions in order ([`sessions`]). Readers (the HTTP API,
@@ -8,10 +8,12 @@
 pub mod alerts;
 pub mod cli;
 mod commands;
+pub mod db;
 pub use commands::SessionSettings;
 pub mod export;
 pub mod ledgers;
 pub mod masks;
+pub mod pg;
 pub mod query;
 pub mod responses;
 pub mod schema;
@@ -23,9 +25,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use crate::accounting::RequestRecord;
+use db::{Db, Value};
 pub use schema::LATEST_VERSION;
 use sessions::{NewSession, SessionResolver, clamp, truncate_chars};
 pub use writer::{SessionChange, StoreListener, StoreSink, WriterOptions, WriterStats};
@@ -78,6 +81,15 @@ pub enum StoreError {
     Missing(PathBuf),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL error: {0}")]
+    Postgres(#[from] postgres::Error),
+    #[error("cannot connect to PostgreSQL at {url}: {source}")]
+    Connect {
+        url: String,
+        source: postgres::Error,
+    },
+    #[error("{0} is not available on the PostgreSQL store yet")]
+    NotOnPostgres(&'static str),
     #[error("the database file {0} was removed or replaced")]
     Replaced(PathBuf),
     #[error("no session {0}")]
@@ -159,117 +171,23 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        resolver.begin(&tx)?;
-        let mut deltas: Vec<(i64, SessionDelta)> = Vec::new();
-        let mut assignments = Vec::with_capacity(records.len());
-        // Records are finished on their own tasks: within a batch, restore the order requests arrived in (ids
-        // are given on arrival), so a conversation's turns are seen in order.
-        let mut ordered: Vec<&Arc<RequestRecord>> = records.iter().collect();
-        ordered.sort_by_key(|r| r.id);
-        {
-            let mut insert = tx.prepare_cached(&insert_request_sql())?;
-            for record in ordered {
-                let session = resolver.resolve(&tx, record)?;
-                assignments.push((record.id, session));
-                let context = record.context.as_deref();
-                let preview = record
-                    .preview
-                    .as_deref()
-                    .and_then(|p| truncate_chars(p, resolver.preview_chars()));
-                insert.execute(params![
-                    clamp(record.id),
-                    session,
-                    record.started_at_ms,
-                    record.model,
-                    record.provider,
-                    record.upstream_model,
-                    record.streaming,
-                    record.status,
-                    record.error_kind,
-                    clamp(record.prompt_estimated),
-                    clamp(record.prompt_calibrated),
-                    record.calibration_ratio,
-                    record.prompt_reported.map(clamp),
-                    clamp(record.completion_estimated),
-                    record.completion_reported.map(clamp),
-                    record.cached_reported.map(clamp),
-                    clamp(record.reasoning_estimated),
-                    record.reasoning_reported.map(clamp),
-                    clamp(record.prompt_tokens),
-                    clamp(record.completion_tokens),
-                    record.tokens_estimated,
-                    record.prompt_accuracy,
-                    record.completion_accuracy,
-                    record.tokenizer,
-                    record.tokenizer_exact,
-                    record.cost_usd,
-                    record.cost_estimated,
-                    clamp(record.counting_us),
-                    clamp(record.latency_us),
-                    record.ttft_us.map(clamp),
-                    record.upstream_headers_us.map(clamp),
-                    record.attempts,
-                    record.tool_call_fixes,
-                    record.usage_injected,
-                    record.finish_reason,
-                    clamp(record.response_bytes),
-                    preview,
-                    record.client_session,
-                    record.message_hashes.len() as i64,
-                    record.upstream_us.map(clamp),
-                    record.overhead_us.map(clamp),
-                    record.cache_hit,
-                    record.virtual_key,
-                    context.map(|c| c.transforms.as_str()),
-                    context.map(|c| clamp(c.tokens_before)),
-                    context.and_then(|c| c.after_masking).map(clamp),
-                    context.and_then(|c| c.after_observation).map(clamp),
-                    context.and_then(|c| c.after_compaction).map(clamp),
-                    context.map(|c| clamp(c.tokens_after)),
-                    context.map_or(0, |c| c.masked_messages),
-                    context.map_or(0, |c| c.observed_messages),
-                    context.map_or(0, |c| c.compacted_messages),
-                    context.and_then(|c| c.compaction.as_deref()),
-                    context.and_then(|c| c.error.as_deref()),
-                    clamp(record.tokens_saved),
-                    record.cost_saved_usd,
-                    record.client_app,
-                    record.client_api,
-                    record.dropped_tools,
-                ])?;
-                if let Some(id) = session {
-                    let window = resolver.context_window(&record.model);
-                    match deltas.iter_mut().find(|(s, _)| *s == id) {
-                        Some((_, delta)) => delta.add(record, window),
-                        None => {
-                            let mut delta = SessionDelta::default();
-                            delta.add(record, window);
-                            deltas.push((id, delta));
-                        }
-                    }
-                }
-            }
-        }
-        for (id, delta) in &deltas {
-            apply_delta(&tx, *id, delta)?;
-        }
+        // SQLite: one cached single-row statement per record is as fast as multi-row inserts.
+        let written = write_records(&*tx, records, resolver, 1)?;
         tx.commit()?;
-        let updates: Vec<ContextUpdate> = deltas
-            .iter()
-            .filter_map(|(id, delta)| {
-                delta.context_window.map(|window| ContextUpdate {
-                    session_id: *id,
-                    tokens: delta.context_tokens.max(0) as u64,
-                    window,
-                })
-            })
-            .collect();
-        resolver.notify_context(&updates);
-        Ok(BatchReport {
-            assignments,
-            sessions: deltas.iter().map(|(id, _)| *id).collect(),
-            created: resolver.created().to_vec(),
-        })
+        Ok(written.committed(resolver))
+    }
+
+    /// Runs `f` in one `IMMEDIATE` transaction, committed when it succeeds.
+    pub(crate) fn transact<T>(
+        &mut self,
+        f: impl FnOnce(&dyn Db) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&*tx)?;
+        tx.commit()?;
+        Ok(value)
     }
 
     /// Creates a manual session; `activate` makes it the active one.
@@ -280,66 +198,20 @@ impl Store {
         model: Option<&str>,
         activate: bool,
     ) -> Result<i64, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        resolver.begin(&tx)?;
-        let id = resolver.create(
-            &tx,
-            &NewSession {
-                name: Some(name),
-                model,
-                source: "manual",
-                client_key: None,
-                created_at: unix_ms(),
-                context_window: model.and_then(|m| resolver.context_window(m)),
-                active: activate,
-                client_app: None,
-            },
-        );
-        match id.and_then(|id| tx.commit().map(|()| id)) {
-            Ok(id) => Ok(id),
-            Err(error) => {
-                resolver.rollback();
-                Err(error.into())
-            }
+        let result = self.transact(|db| create_session_in(db, resolver, name, model, activate));
+        if result.is_err() {
+            resolver.rollback();
         }
+        result
     }
 
     pub fn rename_session(&mut self, id: i64, name: &str) -> Result<(), StoreError> {
-        let changed = self.conn.execute(
-            "UPDATE sessions SET name = ?2 WHERE id = ?1",
-            params![id, name],
-        )?;
-        if changed == 0 {
-            return Err(StoreError::UnknownSession(id));
-        }
-        Ok(())
+        self.transact(|db| rename_session_in(db, id, name))
     }
 
     /// Makes `id` the active session (or, with `active = false`, no longer active).
     pub fn set_active(&mut self, id: i64, active: bool) -> Result<(), StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists = tx
-            .query_row("SELECT 1 FROM sessions WHERE id = ?1", [id], |_| Ok(()))
-            .optional()?
-            .is_some();
-        if !exists {
-            return Err(StoreError::UnknownSession(id));
-        }
-        if active {
-            tx.execute(
-                "UPDATE sessions SET active = 0 WHERE active = 1 AND id <> ?1",
-                [id],
-            )?;
-            tx.execute("UPDATE sessions SET active = 1 WHERE id = ?1", [id])?;
-        } else {
-            tx.execute("UPDATE sessions SET active = 0 WHERE id = ?1", [id])?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.transact(|db| set_active_in(db, id, active))
     }
 
     /// Deletes sessions and their requests; returns how many sessions existed.
@@ -348,17 +220,7 @@ impl Store {
         resolver: Option<&mut SessionResolver>,
         ids: &[i64],
     ) -> Result<usize, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut deleted = 0;
-        {
-            let mut delete = tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?;
-            for id in ids {
-                deleted += delete.execute([id])?;
-            }
-        }
-        tx.commit()?;
+        let deleted = self.transact(|db| delete_sessions_in(db, ids))?;
         if let Some(resolver) = resolver {
             for id in ids {
                 resolver.forget(*id);
@@ -439,6 +301,242 @@ pub struct BatchReport {
     pub created: Vec<i64>,
 }
 
+/// Creates a manual session (both backends, inside the caller's transaction).
+pub(crate) fn create_session_in(
+    db: &dyn Db,
+    resolver: &mut SessionResolver,
+    name: &str,
+    model: Option<&str>,
+    activate: bool,
+) -> Result<i64, StoreError> {
+    resolver.begin(db)?;
+    let context_window = model.and_then(|m| resolver.context_window(m));
+    resolver.create(
+        db,
+        &NewSession {
+            name: Some(name),
+            model,
+            source: "manual",
+            client_key: None,
+            created_at: unix_ms(),
+            context_window,
+            active: activate,
+            client_app: None,
+        },
+    )
+}
+
+pub(crate) fn rename_session_in(db: &dyn Db, id: i64, name: &str) -> Result<(), StoreError> {
+    let changed = db.execute(
+        "UPDATE sessions SET name = ?2 WHERE id = ?1",
+        &[id.into(), name.into()],
+    )?;
+    if changed == 0 {
+        return Err(StoreError::UnknownSession(id));
+    }
+    Ok(())
+}
+
+pub(crate) fn set_active_in(db: &dyn Db, id: i64, active: bool) -> Result<(), StoreError> {
+    if db
+        .first("SELECT 1 FROM sessions WHERE id = ?1", &[id.into()])?
+        .is_none()
+    {
+        return Err(StoreError::UnknownSession(id));
+    }
+    if active {
+        db.execute(
+            "UPDATE sessions SET active = 0 WHERE active = 1 AND id <> ?1",
+            &[id.into()],
+        )?;
+        db.execute("UPDATE sessions SET active = 1 WHERE id = ?1", &[id.into()])?;
+    } else {
+        db.execute("UPDATE sessions SET active = 0 WHERE id = ?1", &[id.into()])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn delete_sessions_in(db: &dyn Db, ids: &[i64]) -> Result<usize, StoreError> {
+    let mut deleted = 0;
+    for id in ids {
+        deleted += db.execute("DELETE FROM sessions WHERE id = ?1", &[(*id).into()])? as usize;
+    }
+    Ok(deleted)
+}
+
+/// A batch written, not yet committed: where each record went and what each session gains.
+pub(crate) struct Written {
+    assignments: Vec<(u64, Option<i64>)>,
+    deltas: Vec<(i64, SessionDelta)>,
+}
+
+impl Written {
+    /// After the commit: tells the resolver's listener each session's context; the report of the batch.
+    pub(crate) fn committed(self, resolver: &SessionResolver) -> BatchReport {
+        let updates: Vec<ContextUpdate> = self
+            .deltas
+            .iter()
+            .filter_map(|(id, delta)| {
+                delta.context_window.map(|window| ContextUpdate {
+                    session_id: *id,
+                    tokens: delta.context_tokens.max(0) as u64,
+                    window,
+                })
+            })
+            .collect();
+        resolver.notify_context(&updates);
+        BatchReport {
+            assignments: self.assignments,
+            sessions: self.deltas.iter().map(|(id, _)| *id).collect(),
+            created: resolver.created().to_vec(),
+        }
+    }
+}
+
+/// Writes `records` inside the caller's transaction, on either backend: each gets its session (resolved in
+/// arrival order), rows go in by `chunk` per statement, then each session's aggregates are added to once —
+/// `x = x + delta`, sessions in id order, so writers of one session on other instances neither lose updates nor
+/// deadlock.
+pub(crate) fn write_records(
+    db: &dyn Db,
+    records: &[Arc<RequestRecord>],
+    resolver: &mut SessionResolver,
+    chunk: usize,
+) -> Result<Written, StoreError> {
+    resolver.begin(db)?;
+    let mut deltas: Vec<(i64, SessionDelta)> = Vec::new();
+    let mut assignments = Vec::with_capacity(records.len());
+    // Records are finished on their own tasks: within a batch, restore the order requests arrived in (ids
+    // are given on arrival), so a conversation's turns are seen in order.
+    let mut ordered: Vec<&Arc<RequestRecord>> = records.iter().collect();
+    ordered.sort_by_key(|r| r.id);
+    let mut sessions = Vec::with_capacity(ordered.len());
+    for record in &ordered {
+        let session = resolver.resolve(db, record)?;
+        assignments.push((record.id, session));
+        sessions.push(session);
+        if let Some(id) = session {
+            let window = resolver.context_window(&record.model);
+            match deltas.iter_mut().find(|(s, _)| *s == id) {
+                Some((_, delta)) => delta.add(record, window),
+                None => {
+                    let mut delta = SessionDelta::default();
+                    delta.add(record, window);
+                    deltas.push((id, delta));
+                }
+            }
+        }
+    }
+    let previews: Vec<Option<String>> = ordered
+        .iter()
+        .map(|r| {
+            r.preview
+                .as_deref()
+                .and_then(|p| truncate_chars(p, resolver.preview_chars()))
+        })
+        .collect();
+    let chunk = chunk.max(1);
+    let mut values: Vec<Value<'_>> = Vec::with_capacity(chunk * schema::REQUEST_COLUMNS.len());
+    let mut full_sql: Option<String> = None;
+    for ((records, sessions), previews) in ordered
+        .chunks(chunk)
+        .zip(sessions.chunks(chunk))
+        .zip(previews.chunks(chunk))
+    {
+        values.clear();
+        for ((record, session), preview) in records.iter().zip(sessions).zip(previews) {
+            request_values(record, *session, preview.as_deref(), &mut values);
+        }
+        let sql = if records.len() == chunk {
+            full_sql.get_or_insert_with(|| insert_request_sql(chunk))
+        } else {
+            &insert_request_sql(records.len())
+        };
+        db.execute(sql, &values)?;
+    }
+    deltas.sort_by_key(|(id, _)| *id);
+    for (id, delta) in &deltas {
+        apply_delta(db, *id, delta)?;
+    }
+    Ok(Written {
+        assignments,
+        deltas,
+    })
+}
+
+/// One record's `requests` row, in [`schema::REQUEST_COLUMNS`] order.
+fn request_values<'a>(
+    record: &'a RequestRecord,
+    session: Option<i64>,
+    preview: Option<&'a str>,
+    out: &mut Vec<Value<'a>>,
+) {
+    let context = record.context.as_deref();
+    out.extend_from_slice(&[
+        clamp(record.id).into(),
+        session.into(),
+        record.started_at_ms.into(),
+        record.model.as_str().into(),
+        record.provider.as_str().into(),
+        record.upstream_model.as_str().into(),
+        record.streaming.into(),
+        i64::from(record.status).into(),
+        record.error_kind.as_deref().into(),
+        clamp(record.prompt_estimated).into(),
+        clamp(record.prompt_calibrated).into(),
+        record.calibration_ratio.into(),
+        record.prompt_reported.map(clamp).into(),
+        clamp(record.completion_estimated).into(),
+        record.completion_reported.map(clamp).into(),
+        record.cached_reported.map(clamp).into(),
+        clamp(record.reasoning_estimated).into(),
+        record.reasoning_reported.map(clamp).into(),
+        clamp(record.prompt_tokens).into(),
+        clamp(record.completion_tokens).into(),
+        record.tokens_estimated.into(),
+        record.prompt_accuracy.into(),
+        record.completion_accuracy.into(),
+        record.tokenizer.as_str().into(),
+        record.tokenizer_exact.into(),
+        record.cost_usd.into(),
+        record.cost_estimated.into(),
+        clamp(record.counting_us).into(),
+        clamp(record.latency_us).into(),
+        record.ttft_us.map(clamp).into(),
+        record.upstream_headers_us.map(clamp).into(),
+        i64::from(record.attempts).into(),
+        i64::from(record.tool_call_fixes).into(),
+        record.usage_injected.into(),
+        record.finish_reason.as_deref().into(),
+        clamp(record.response_bytes).into(),
+        preview.into(),
+        record.client_session.as_deref().into(),
+        (record.message_hashes.len() as i64).into(),
+        record.upstream_us.map(clamp).into(),
+        record.overhead_us.map(clamp).into(),
+        record.cache_hit.into(),
+        record.virtual_key.as_deref().into(),
+        context.map(|c| c.transforms.as_str()).into(),
+        context.map(|c| clamp(c.tokens_before)).into(),
+        context.and_then(|c| c.after_masking).map(clamp).into(),
+        context.and_then(|c| c.after_observation).map(clamp).into(),
+        context.and_then(|c| c.after_compaction).map(clamp).into(),
+        context.map(|c| clamp(c.tokens_after)).into(),
+        context.map_or(0, |c| i64::from(c.masked_messages)).into(),
+        context.map_or(0, |c| i64::from(c.observed_messages)).into(),
+        context
+            .map_or(0, |c| i64::from(c.compacted_messages))
+            .into(),
+        context.and_then(|c| c.compaction.as_deref()).into(),
+        context.and_then(|c| c.error.as_deref()).into(),
+        clamp(record.tokens_saved).into(),
+        record.cost_saved_usd.into(),
+        record.client_app.as_deref().into(),
+        record.client_api.into(),
+        i64::from(record.dropped_tools).into(),
+    ]);
+}
+
 /// What one batch adds to one session.
 #[derive(Default)]
 struct SessionDelta {
@@ -494,8 +592,8 @@ pub fn is_error(record: &RequestRecord) -> bool {
     record.status == 0 || record.status >= 400 || record.error_kind.is_some()
 }
 
-fn apply_delta(conn: &Connection, id: i64, delta: &SessionDelta) -> rusqlite::Result<()> {
-    conn.prepare_cached(
+fn apply_delta(db: &dyn Db, id: i64, delta: &SessionDelta) -> Result<(), StoreError> {
+    db.execute(
         "UPDATE sessions SET
             request_count = request_count + ?2,
             error_count = error_count + ?3,
@@ -503,40 +601,45 @@ fn apply_delta(conn: &Connection, id: i64, delta: &SessionDelta) -> rusqlite::Re
             completion_tokens = completion_tokens + ?5,
             cached_tokens = cached_tokens + ?6,
             cost_usd = cost_usd + ?7,
-            last_activity = max(last_activity, ?8),
+            last_activity = CASE WHEN last_activity > ?8 THEN last_activity ELSE ?8 END,
             context_tokens = ?9,
             context_window = coalesce(?10, context_window),
             model = CASE WHEN source = 'manual' AND model IS NOT NULL THEN model ELSE ?11 END,
             tokens_saved = tokens_saved + ?12,
             cost_saved_usd = cost_saved_usd + ?13
          WHERE id = ?1",
-    )?
-    .execute(params![
-        id,
-        delta.requests,
-        delta.errors,
-        delta.prompt,
-        delta.completion,
-        delta.cached,
-        delta.cost,
-        delta.last_activity,
-        delta.context_tokens,
-        delta.context_window.map(clamp),
-        delta.model,
-        delta.tokens_saved,
-        delta.cost_saved,
-    ])?;
+        &[
+            id.into(),
+            delta.requests.into(),
+            delta.errors.into(),
+            delta.prompt.into(),
+            delta.completion.into(),
+            delta.cached.into(),
+            delta.cost.into(),
+            delta.last_activity.into(),
+            delta.context_tokens.into(),
+            delta.context_window.map(clamp).into(),
+            delta.model.as_str().into(),
+            delta.tokens_saved.into(),
+            delta.cost_saved.into(),
+        ],
+    )?;
     Ok(())
 }
 
-fn insert_request_sql() -> String {
+/// `INSERT INTO requests` of `rows` rows.
+fn insert_request_sql(rows: usize) -> String {
     let columns = schema::REQUEST_COLUMNS.join(", ");
-    let placeholders: Vec<String> = (1..=schema::REQUEST_COLUMNS.len())
-        .map(|i| format!("?{i}"))
+    let n = schema::REQUEST_COLUMNS.len();
+    let tuples: Vec<String> = (0..rows)
+        .map(|r| {
+            let placeholders: Vec<String> = (1..=n).map(|i| format!("?{}", r * n + i)).collect();
+            format!("({})", placeholders.join(", "))
+        })
         .collect();
     format!(
-        "INSERT INTO requests ({columns}) VALUES ({})",
-        placeholders.join(", ")
+        "INSERT INTO requests ({columns}) VALUES {}",
+        tuples.join(", ")
     )
 }
 
@@ -636,33 +739,57 @@ pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// A small pool of read-only connections, each used by one blocking task at a time.
+/// Readers of either backend: a small pool of connections, each used by one blocking task at a time.
 pub struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    pg: Option<pg::PgReaders>,
 }
 
 /// Idle read connections kept.
 const IDLE_READERS: usize = 4;
 
 impl Readers {
+    /// Readers of an SQLite file.
     pub fn new(path: &Path) -> Readers {
         Readers {
             path: path.to_path_buf(),
             idle: Mutex::new(Vec::new()),
+            pg: None,
         }
     }
 
+    /// Readers of the store at `location`.
+    pub fn at(location: &pg::Location) -> Readers {
+        match location {
+            pg::Location::Sqlite(path) => Readers::new(path),
+            pg::Location::Postgres(url) => Readers {
+                path: PathBuf::new(),
+                idle: Mutex::new(Vec::new()),
+                pg: Some(pg::PgReaders::new(url)),
+            },
+        }
+    }
+
+    /// The SQLite file (empty on PostgreSQL).
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Runs `f` with a read connection (blocking: call from `spawn_blocking`). A connection that saw an error
-    /// is not reused.
+    pub fn is_postgres(&self) -> bool {
+        self.pg.is_some()
+    }
+
+    /// Runs `f` with an SQLite read connection (blocking: call from `spawn_blocking`); on PostgreSQL, for the
+    /// reads not yet written against [`db::Db`], [`StoreError::NotOnPostgres`]. A connection that saw an error is
+    /// not reused.
     pub fn with<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        if self.pg.is_some() {
+            return Err(StoreError::NotOnPostgres("this request"));
+        }
         let pooled = self.idle.lock().pop();
         let conn = match pooled {
             Some(conn) => conn,
@@ -676,6 +803,17 @@ impl Readers {
             }
         }
         result
+    }
+
+    /// Runs `f` with a read connection of either backend (blocking: call from `spawn_blocking`).
+    pub fn with_db<T>(
+        &self,
+        f: impl FnOnce(&dyn db::Db) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match &self.pg {
+            Some(pg) => pg.with(f),
+            None => self.with(|conn| f(conn)),
+        }
     }
 }
 

@@ -1,12 +1,15 @@
 //! Read-side queries (API, command line). Every query is served by an index; none scans `requests` except
 //! counts in the store statistics and the exports, which page through it.
 
-use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OptionalExtension, Row, params_from_iter};
+//!
+//! The queries here are shared by both backends ([`super::db`]): they take any [`Db`].
+
+use rusqlite::{Connection, params_from_iter};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::StoreError;
+use super::db::{Db, Dialect, Owned, RowExt, Rows, Value as P};
 use super::schema::BOOLEAN_COLUMNS;
 
 /// A session with its aggregates.
@@ -44,38 +47,42 @@ pub struct Session {
 
 const SESSION_COLUMNS: &str = "id, name, model, source, client_key, created_at, last_activity, active, request_count, error_count, prompt_tokens, completion_tokens, cached_tokens, cost_usd, context_tokens, context_window, tokens_saved, cost_saved_usd, context_settings, client_app";
 
-fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
-    let prompt_tokens: i64 = row.get(10)?;
-    let completion_tokens: i64 = row.get(11)?;
-    let context_tokens: i64 = row.get(14)?;
-    let context_window: Option<i64> = row.get(15)?;
-    let settings: Option<String> = row.get(18)?;
+fn session_from_row(row: &[Owned]) -> Result<Session, StoreError> {
+    let prompt_tokens = row.int(10)?;
+    let completion_tokens = row.int(11)?;
+    let context_tokens = row.int(14)?;
+    let context_window = row.opt_int(15)?;
+    let settings = row.opt_text(18)?;
     Ok(Session {
-        id: row.get(0)?,
-        name: row.get(1)?,
-        model: row.get(2)?,
-        source: row.get(3)?,
-        client_key: row.get(4)?,
-        created_at_ms: row.get(5)?,
-        last_activity_ms: row.get(6)?,
-        active: row.get(7)?,
-        request_count: row.get(8)?,
-        error_count: row.get(9)?,
+        id: row.int(0)?,
+        name: row.opt_text(1)?,
+        model: row.opt_text(2)?,
+        source: row.text(3)?,
+        client_key: row.opt_text(4)?,
+        created_at_ms: row.int(5)?,
+        last_activity_ms: row.int(6)?,
+        active: row.int(7)? != 0,
+        request_count: row.int(8)?,
+        error_count: row.int(9)?,
         prompt_tokens,
         completion_tokens,
-        cached_tokens: row.get(12)?,
+        cached_tokens: row.int(12)?,
         total_tokens: prompt_tokens.saturating_add(completion_tokens),
-        cost_usd: row.get(13)?,
+        cost_usd: row.real(13)?,
         context_tokens,
         context_window,
         context_used: context_window
             .filter(|w| *w > 0)
             .map(|w| context_tokens as f64 / w as f64),
-        tokens_saved: row.get(16)?,
-        cost_saved_usd: row.get(17)?,
+        tokens_saved: row.int(16)?,
+        cost_saved_usd: row.real(17)?,
         context_settings: settings.and_then(|s| serde_json::from_str(&s).ok()),
-        client_app: row.get(19)?,
+        client_app: row.opt_text(19)?,
     })
+}
+
+fn sessions_of(rows: Rows) -> Result<Vec<Session>, StoreError> {
+    rows.rows.iter().map(|r| session_from_row(r)).collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -119,40 +126,43 @@ pub fn list_sessions_sql(sort: SessionSort, order: Order) -> String {
 
 /// A page of sessions.
 pub fn list_sessions(
-    conn: &Connection,
+    db: &dyn Db,
     sort: SessionSort,
     order: Order,
     limit: u32,
     offset: u64,
 ) -> Result<Vec<Session>, StoreError> {
-    let mut stmt = conn.prepare_cached(&list_sessions_sql(sort, order))?;
-    let rows = stmt.query_map(
-        [i64::from(limit), i64::try_from(offset).unwrap_or(i64::MAX)],
-        session_from_row,
-    )?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    sessions_of(db.query(
+        &list_sessions_sql(sort, order),
+        &[
+            i64::from(limit).into(),
+            i64::try_from(offset).unwrap_or(i64::MAX).into(),
+        ],
+    )?)
 }
 
-pub fn count_sessions(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT count(*) FROM sessions")?
-        .query_row([], |row| row.get(0))?)
+pub fn count_sessions(db: &dyn Db) -> Result<i64, StoreError> {
+    one_int(db, "SELECT count(*) FROM sessions", &[]).map(|n| n.unwrap_or(0))
 }
 
-pub fn get_session(conn: &Connection, id: i64) -> Result<Option<Session>, StoreError> {
+/// The first column of the first row, as an integer.
+fn one_int(db: &dyn Db, sql: &str, params: &[P<'_>]) -> Result<Option<i64>, StoreError> {
+    match db.first(sql, params)? {
+        Some(row) => row.opt_int(0),
+        None => Ok(None),
+    }
+}
+
+pub fn get_session(db: &dyn Db, id: i64) -> Result<Option<Session>, StoreError> {
     let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1");
-    Ok(conn
-        .prepare_cached(&sql)?
-        .query_row([id], session_from_row)
-        .optional()?)
+    Ok(sessions_of(db.query(&sql, &[id.into()])?)?
+        .into_iter()
+        .next())
 }
 
-pub fn active_session(conn: &Connection) -> Result<Option<Session>, StoreError> {
+pub fn active_session(db: &dyn Db) -> Result<Option<Session>, StoreError> {
     let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE active = 1 LIMIT 1");
-    Ok(conn
-        .prepare_cached(&sql)?
-        .query_row([], session_from_row)
-        .optional()?)
+    Ok(sessions_of(db.query(&sql, &[])?)?.into_iter().next())
 }
 
 /// Which requests to read.
@@ -189,6 +199,21 @@ impl StatusFilter {
 impl RequestFilter {
     /// A page of requests, newest first: the query and its parameters, limit and offset to be appended.
     pub fn list_sql(&self) -> (String, Vec<rusqlite::types::Value>) {
+        let (sql, values) = self.list_query();
+        let values = values
+            .iter()
+            .map(|v| match *v {
+                P::Null => rusqlite::types::Value::Null,
+                P::Int(n) => rusqlite::types::Value::Integer(n),
+                P::Real(f) => rusqlite::types::Value::Real(f),
+                P::Text(t) => rusqlite::types::Value::Text(t.to_string()),
+            })
+            .collect();
+        (sql, values)
+    }
+
+    /// [`RequestFilter::list_sql`] with borrowed parameters.
+    fn list_query(&self) -> (String, Vec<P<'_>>) {
         let (clause, values) = self.clause();
         let sql = format!(
             "SELECT * FROM requests WHERE {clause} ORDER BY started_at DESC, id DESC LIMIT ?{} OFFSET ?{}",
@@ -199,25 +224,24 @@ impl RequestFilter {
     }
 
     /// The WHERE clause (without `WHERE`) and its parameters.
-    fn clause(&self) -> (String, Vec<rusqlite::types::Value>) {
-        use rusqlite::types::Value as V;
+    fn clause(&self) -> (String, Vec<P<'_>>) {
         let mut parts = Vec::new();
         let mut values = Vec::new();
         if let Some(session) = self.session {
-            values.push(V::Integer(session));
+            values.push(P::Int(session));
             parts.push(format!("session_id = ?{}", values.len()));
         }
         if let Some(since) = self.since {
-            values.push(V::Integer(since));
+            values.push(P::Int(since));
             parts.push(format!("started_at >= ?{}", values.len()));
         }
         if let Some(until) = self.until {
-            values.push(V::Integer(until));
+            values.push(P::Int(until));
             parts.push(format!("started_at < ?{}", values.len()));
         }
         match self.status {
             Some(StatusFilter::Code(code)) => {
-                values.push(V::Integer(i64::from(code)));
+                values.push(P::Int(i64::from(code)));
                 parts.push(format!("status = ?{}", values.len()));
             }
             Some(StatusFilter::Error) => {
@@ -229,11 +253,11 @@ impl RequestFilter {
             None => {}
         }
         if let Some(model) = &self.model {
-            values.push(V::Text(model.clone()));
+            values.push(P::Text(model));
             parts.push(format!("model = ?{}", values.len()));
         }
         if parts.is_empty() {
-            parts.push("1".to_string());
+            parts.push("1 = 1".to_string());
         }
         (parts.join(" AND "), values)
     }
@@ -241,65 +265,57 @@ impl RequestFilter {
 
 /// A page of requests, newest first, as JSON objects (every stored column).
 pub fn list_requests(
-    conn: &Connection,
+    db: &dyn Db,
     filter: &RequestFilter,
     limit: u32,
     offset: u64,
 ) -> Result<Vec<Map<String, Value>>, StoreError> {
-    let (sql, mut values) = filter.list_sql();
-    values.push(rusqlite::types::Value::Integer(i64::from(limit)));
-    values.push(rusqlite::types::Value::Integer(
-        i64::try_from(offset).unwrap_or(i64::MAX),
-    ));
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let names: Vec<String> = stmt.column_names().map(str::to_string).collect();
-    let mut rows = stmt.query(params_from_iter(values))?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(row_to_json(row, &names)?);
-    }
-    Ok(out)
+    let (sql, mut values) = filter.list_query();
+    values.push(P::Int(i64::from(limit)));
+    values.push(P::Int(i64::try_from(offset).unwrap_or(i64::MAX)));
+    Ok(rows_to_json(db.query(&sql, &values)?))
 }
 
 /// Requests with a row id above `after`, oldest first (`requests tail --follow`).
 pub fn requests_after(
-    conn: &Connection,
+    db: &dyn Db,
     after: i64,
     limit: u32,
 ) -> Result<Vec<Map<String, Value>>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT * FROM requests WHERE id > ?1 ORDER BY id LIMIT ?2")?;
-    let names: Vec<String> = stmt.column_names().map(str::to_string).collect();
-    let mut rows = stmt.query([after, i64::from(limit)])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(row_to_json(row, &names)?);
-    }
-    Ok(out)
+    Ok(rows_to_json(db.query(
+        "SELECT * FROM requests WHERE id > ?1 ORDER BY id LIMIT ?2",
+        &[after.into(), i64::from(limit).into()],
+    )?))
 }
 
 /// The newest `n` requests, oldest first.
-pub fn last_requests(conn: &Connection, n: u32) -> Result<Vec<Map<String, Value>>, StoreError> {
-    let max: Option<i64> = conn.query_row("SELECT max(id) FROM requests", [], |row| row.get(0))?;
+pub fn last_requests(db: &dyn Db, n: u32) -> Result<Vec<Map<String, Value>>, StoreError> {
+    let max = one_int(db, "SELECT max(id) FROM requests", &[])?;
     let after = max.unwrap_or(0) - i64::from(n);
-    requests_after(conn, after, n)
+    requests_after(db, after, n)
 }
 
-/// One row as a JSON object; integer flags become booleans.
-pub fn row_to_json(row: &Row<'_>, names: &[String]) -> rusqlite::Result<Map<String, Value>> {
-    let mut map = Map::with_capacity(names.len());
-    for (i, name) in names.iter().enumerate() {
-        let value = match row.get_ref(i)? {
-            ValueRef::Null => Value::Null,
-            ValueRef::Integer(n) if BOOLEAN_COLUMNS.contains(&name.as_str()) => Value::Bool(n != 0),
-            ValueRef::Integer(n) => Value::from(n),
-            ValueRef::Real(f) => Value::from(f),
-            ValueRef::Text(t) => Value::String(String::from_utf8_lossy(t).into_owned()),
-            ValueRef::Blob(_) => Value::Null,
-        };
-        map.insert(name.clone(), value);
-    }
-    Ok(map)
+/// Rows as JSON objects; integer flags become booleans.
+fn rows_to_json(rows: Rows) -> Vec<Map<String, Value>> {
+    let Rows { names, rows } = rows;
+    rows.into_iter()
+        .map(|row| {
+            let mut map = Map::with_capacity(names.len());
+            for (name, value) in names.iter().zip(row) {
+                let value = match value {
+                    Owned::Null | Owned::Blob(_) => Value::Null,
+                    Owned::Int(n) if BOOLEAN_COLUMNS.contains(&name.as_str()) => {
+                        Value::Bool(n != 0)
+                    }
+                    Owned::Int(n) => Value::from(n),
+                    Owned::Real(f) => Value::from(f),
+                    Owned::Text(t) => Value::String(t),
+                };
+                map.insert(name.clone(), value);
+            }
+            map
+        })
+        .collect()
 }
 
 /// Counts and sizes for `/api/stats/store`.
@@ -317,26 +333,40 @@ pub struct StoreCounts {
     pub wal_bytes: u64,
 }
 
-pub fn store_counts(conn: &Connection, path: &std::path::Path) -> Result<StoreCounts, StoreError> {
-    let one =
-        |sql: &str| -> rusqlite::Result<Option<i64>> { conn.query_row(sql, [], |r| r.get(0)) };
+/// Counts and sizes; `path` is the SQLite file (its size and its WAL's), `None` on PostgreSQL (the database's
+/// size).
+pub fn store_counts(
+    db: &dyn Db,
+    path: Option<&std::path::Path>,
+) -> Result<StoreCounts, StoreError> {
+    let one = |sql: &str| one_int(db, sql, &[]);
     let file_len = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
+    let (db_bytes, wal_bytes) = match (db.dialect(), path) {
+        (Dialect::Sqlite, Some(path)) => {
+            let mut wal = path.as_os_str().to_owned();
+            wal.push("-wal");
+            (file_len(path), file_len(std::path::Path::new(&wal)))
+        }
+        (Dialect::Postgres, _) => (
+            one("SELECT pg_database_size(current_database())")?
+                .unwrap_or(0)
+                .max(0) as u64,
+            0,
+        ),
+        (Dialect::Sqlite, None) => (0, 0),
+    };
     Ok(StoreCounts {
         sessions: one("SELECT count(*) FROM sessions")?.unwrap_or(0),
         requests: one("SELECT count(*) FROM requests")?.unwrap_or(0),
         alerts: one("SELECT count(*) FROM alerts")?.unwrap_or(0),
         unresolved_alerts: one("SELECT count(*) FROM alerts WHERE resolved_at IS NULL")?
             .unwrap_or(0),
-        active_session: one("SELECT id FROM sessions WHERE active = 1 LIMIT 1")
-            .optional()?
-            .flatten(),
+        active_session: one("SELECT id FROM sessions WHERE active = 1 LIMIT 1")?,
         oldest_request_ms: one("SELECT min(started_at) FROM requests")?,
         newest_request_ms: one("SELECT max(started_at) FROM requests")?,
-        schema_version: super::schema_version(conn)?,
-        db_bytes: file_len(path),
-        wal_bytes: file_len(std::path::Path::new(&wal)),
+        schema_version: one("SELECT max(version) FROM schema_version")?.unwrap_or(0),
+        db_bytes,
+        wal_bytes,
     })
 }
 
@@ -359,41 +389,41 @@ pub struct Totals {
 }
 
 /// The requests that started at or after `since_ms`, summed.
-pub fn totals_since(conn: &Connection, since_ms: i64) -> Result<Totals, StoreError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT count(*), coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
-                    coalesce(sum(cached_reported), 0), coalesce(sum(cost_usd), 0.0)
+pub fn totals_since(db: &dyn Db, since_ms: i64) -> Result<Totals, StoreError> {
+    let row = db
+        .first(
+            "SELECT count(*), CAST(coalesce(sum(prompt_tokens), 0) AS BIGINT),
+                    CAST(coalesce(sum(completion_tokens), 0) AS BIGINT),
+                    CAST(coalesce(sum(cached_reported), 0) AS BIGINT), coalesce(sum(cost_usd), 0.0)
              FROM requests WHERE started_at >= ?1",
+            &[since_ms.into()],
         )?
-        .query_row([since_ms], |row| {
-            Ok(Totals {
-                requests: row.get(0)?,
-                prompt_tokens: row.get(1)?,
-                completion_tokens: row.get(2)?,
-                cached_tokens: row.get(3)?,
-                cost_usd: row.get(4)?,
-            })
-        })?)
+        .unwrap_or_default();
+    Ok(Totals {
+        requests: row.int(0)?,
+        prompt_tokens: row.int(1)?,
+        completion_tokens: row.int(2)?,
+        cached_tokens: row.int(3)?,
+        cost_usd: row.real(4)?,
+    })
 }
 
 /// Prompt tokens the context transforms saved over every stored session, and their price.
-pub fn saved_totals(conn: &Connection) -> Result<(u64, f64), StoreError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT coalesce(sum(tokens_saved), 0), coalesce(sum(cost_saved_usd), 0.0) FROM sessions",
+pub fn saved_totals(db: &dyn Db) -> Result<(u64, f64), StoreError> {
+    let row = db
+        .first(
+            "SELECT CAST(coalesce(sum(tokens_saved), 0) AS BIGINT), coalesce(sum(cost_saved_usd), 0.0) FROM sessions",
+            &[],
         )?
-        .query_row([], |row| {
-            Ok((row.get::<_, i64>(0)?.max(0) as u64, row.get(1)?))
-        })?)
+        .unwrap_or_default();
+    Ok((row.int(0)?.max(0) as u64, row.real(1)?))
 }
 
 /// The record id of a session's latest request, if it has any.
-pub fn latest_record_id(conn: &Connection, session_id: i64) -> Result<Option<i64>, StoreError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT record_id FROM requests WHERE session_id = ?1 ORDER BY started_at DESC, id DESC LIMIT 1",
-        )?
-        .query_row([session_id], |row| row.get(0))
-        .optional()?)
+pub fn latest_record_id(db: &dyn Db, session_id: i64) -> Result<Option<i64>, StoreError> {
+    one_int(
+        db,
+        "SELECT record_id FROM requests WHERE session_id = ?1 ORDER BY started_at DESC, id DESC LIMIT 1",
+        &[session_id.into()],
+    )
 }

@@ -121,7 +121,7 @@ pub struct StoreResponses {
 
 impl StoreResponses {
     pub fn new(sink: Arc<StoreSink>, retention_ms: i64) -> StoreResponses {
-        let readers = Arc::new(Readers::new(sink.path()));
+        let readers = Arc::new(Readers::at(sink.location()));
         StoreResponses {
             sink,
             readers,

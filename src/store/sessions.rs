@@ -14,7 +14,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use super::StoreError;
+use super::db::{Db, RowExt, Value};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::accounting::RequestRecord;
@@ -220,13 +221,13 @@ impl SessionResolver {
     }
 
     /// Called at the start of each transaction: the active session may have changed (API, CLI).
-    pub fn begin(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+    pub fn begin(&mut self, conn: &dyn Db) -> Result<(), StoreError> {
         self.verified.clear();
         self.created.clear();
-        self.active = conn
-            .prepare_cached("SELECT id FROM sessions WHERE active = 1 LIMIT 1")?
-            .query_row([], |row| row.get(0))
-            .optional()?;
+        self.active = match conn.first("SELECT id FROM sessions WHERE active = 1 LIMIT 1", &[])? {
+            Some(row) => Some(row.int(0)?),
+            None => None,
+        };
         if let Some(id) = self.active {
             self.verified.insert(id);
         }
@@ -264,9 +265,9 @@ impl SessionResolver {
     /// The session of `record` (created when needed), `None` for a request without messages and no session.
     pub fn resolve(
         &mut self,
-        conn: &Connection,
+        conn: &dyn Db,
         record: &RequestRecord,
-    ) -> rusqlite::Result<Option<i64>> {
+    ) -> Result<Option<i64>, StoreError> {
         let prefixes = prefix_hashes(&record.message_hashes);
         let session = if let Some(key) = record.client_session.as_deref() {
             Some(self.client(conn, key, record)?)
@@ -333,20 +334,23 @@ impl SessionResolver {
 
     fn client(
         &mut self,
-        conn: &Connection,
+        conn: &dyn Db,
         key: &str,
         record: &RequestRecord,
-    ) -> rusqlite::Result<i64> {
+    ) -> Result<i64, StoreError> {
         if let Some(&id) = self.clients.get(key) {
             if self.exists(conn, id)? {
                 return Ok(id);
             }
             self.forget(id);
         }
-        let found: Option<i64> = conn
-            .prepare_cached("SELECT id FROM sessions WHERE client_key = ?1")?
-            .query_row([key], |row| row.get(0))
-            .optional()?;
+        let found = match conn.first(
+            "SELECT id FROM sessions WHERE client_key = ?1",
+            &[Value::Text(key)],
+        )? {
+            Some(row) => Some(row.int(0)?),
+            None => None,
+        };
         let id = match found {
             Some(id) => {
                 self.verified.insert(id);
@@ -373,14 +377,12 @@ impl SessionResolver {
         Ok(id)
     }
 
-    fn exists(&mut self, conn: &Connection, id: i64) -> rusqlite::Result<bool> {
+    fn exists(&mut self, conn: &dyn Db, id: i64) -> Result<bool, StoreError> {
         if self.verified.contains(&id) {
             return Ok(true);
         }
         let found = conn
-            .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")?
-            .query_row([id], |_| Ok(()))
-            .optional()?
+            .first("SELECT 1 FROM sessions WHERE id = ?1", &[Value::Int(id)])?
             .is_some();
         if found {
             self.verified.insert(id);
@@ -388,30 +390,45 @@ impl SessionResolver {
         Ok(found)
     }
 
-    /// Inserts a session (deactivating any other when it is to be active).
-    pub fn create(&mut self, conn: &Connection, new: &NewSession<'_>) -> rusqlite::Result<i64> {
+    /// Inserts a session (deactivating any other when it is to be active). A client session another instance
+    /// created meanwhile (same `client_key`) is taken, not duplicated: `ON CONFLICT DO NOTHING`, then read back.
+    pub fn create(&mut self, conn: &dyn Db, new: &NewSession<'_>) -> Result<i64, StoreError> {
         if new.active {
-            conn.prepare_cached("UPDATE sessions SET active = 0 WHERE active = 1")?
-                .execute([])?;
+            conn.execute("UPDATE sessions SET active = 0 WHERE active = 1", &[])?;
         }
-        conn.prepare_cached(
+        let inserted = conn.first(
             "INSERT INTO sessions (name, model, created_at, last_activity, source, client_key, context_window, active,
                                    client_app)
-             VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?
-        .execute(params![
-            new.name,
-            new.model,
-            new.created_at,
-            new.source,
-            new.client_key,
-            new.context_window.map(clamp),
-            new.active,
-            new.client_app,
-        ])?;
-        let id = conn.last_insert_rowid();
+             VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (client_key) DO NOTHING
+             RETURNING id",
+            &[
+                new.name.into(),
+                new.model.into(),
+                new.created_at.into(),
+                new.source.into(),
+                new.client_key.into(),
+                new.context_window.map(clamp).into(),
+                new.active.into(),
+                new.client_app.into(),
+            ],
+        )?;
+        let id = match (inserted, new.client_key) {
+            (Some(row), _) => {
+                let id = row.int(0)?;
+                self.created.push(id);
+                id
+            }
+            (None, Some(key)) => conn
+                .first(
+                    "SELECT id FROM sessions WHERE client_key = ?1",
+                    &[Value::Text(key)],
+                )?
+                .ok_or_else(|| StoreError::Other(format!("session `{key}` vanished")))?
+                .int(0)?,
+            (None, None) => return Err(StoreError::Other("session not inserted".into())),
+        };
         self.verified.insert(id);
-        self.created.push(id);
         if new.active {
             self.active = Some(id);
         }

@@ -1,14 +1,15 @@
 //! The single writer: a bounded queue filled on the request path, drained by one thread that commits batches.
 //!
 //! A batch is committed when it holds `batch_rows` records or `batch_bytes` bytes, or `flush_interval` after its
-//! first record arrived. When the database cannot be written (disk full, read-only, file gone or unopenable)
+//! first record arrived. When the database cannot be written (disk full, read-only, file gone or unopenable;
+//! PostgreSQL down, restarting or unreachable)
 //! the writer holds the records in memory — at most `queue_capacity` records and `queue_bytes` bytes — and
 //! retries with backoff, reopening the file, until the disk recovers; then it writes them in order. Records
 //! beyond that bound are dropped and counted, so memory stays bounded and the proxy never waits. Any other
 //! failure (a record SQLite refuses) is retried [`MAX_BATCH_ATTEMPTS`] times, then its batch is dropped.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, OnceLock};
@@ -18,6 +19,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use super::db::Db;
+use super::pg::{Location, PgStore};
 use super::query::{self, Session};
 use super::sessions::SessionResolver;
 use super::{BatchReport, Store, StoreError, unix_ms};
@@ -122,27 +125,35 @@ pub struct WriterStats {
 
 /// What the writer thread works on; commands get it mutably.
 pub struct WriterState {
-    path: PathBuf,
+    location: Location,
+    /// The SQLite store (when the location is a file).
     store: Option<Store>,
+    /// The PostgreSQL store (when the location is a URL).
+    pg: Option<PgStore>,
     /// The file the resolver's session ids belong to.
     identity: Option<(u64, u64)>,
     pub resolver: SessionResolver,
 }
 
 impl WriterState {
-    /// The open database, reopening it when needed.
+    /// The open SQLite database, reopening it when needed. On PostgreSQL: [`StoreError::NotOnPostgres`] (the
+    /// commands that need it are SQLite-only so far).
     pub fn store(&mut self) -> Result<&mut Store, StoreError> {
+        let path = match &self.location {
+            Location::Sqlite(path) => path.clone(),
+            Location::Postgres(_) => return Err(StoreError::NotOnPostgres("this operation")),
+        };
         if let Some(store) = &self.store
             && store.check_file().is_err()
         {
-            tracing::warn!(path = %self.path.display(), "database file removed or replaced; reopening");
+            tracing::warn!(path = %path.display(), "database file removed or replaced; reopening");
             self.store = None;
         }
         if self.store.is_none() {
-            let store = Store::open(&self.path)?;
+            let store = Store::open(&path)?;
             if store.identity() != self.identity {
                 // Another file (recreated after a loss): its session ids are not the ones remembered.
-                tracing::warn!(path = %self.path.display(), "a different database file: session memory reset");
+                tracing::warn!(path = %path.display(), "a different database file: session memory reset");
                 self.resolver.reset();
                 self.identity = store.identity();
             }
@@ -161,6 +172,74 @@ impl WriterState {
             Some(store) => Ok((store, &mut self.resolver)),
             None => Err(StoreError::Closed),
         }
+    }
+
+    /// The PostgreSQL store, reconnecting when needed.
+    fn pg(&mut self) -> Result<&mut PgStore, StoreError> {
+        let Location::Postgres(url) = &self.location else {
+            return Err(StoreError::Other("not a PostgreSQL store".into()));
+        };
+        if self.pg.is_none() {
+            self.pg = Some(PgStore::open(url)?);
+        }
+        self.pg.as_mut().ok_or(StoreError::Closed)
+    }
+
+    /// Writes a batch on whichever backend the store is.
+    fn write_batch(&mut self, batch: &[Arc<RequestRecord>]) -> Result<BatchReport, StoreError> {
+        if self.location.is_postgres() {
+            self.pg()?;
+            match self.pg.as_mut() {
+                Some(pg) => pg.write_batch(batch, &mut self.resolver),
+                None => Err(StoreError::Closed),
+            }
+        } else {
+            let (store, resolver) = self.parts()?;
+            store.write_batch(batch, resolver)
+        }
+    }
+
+    /// Runs shared statements on the writer's connection, either backend.
+    pub fn with_db<T>(
+        &mut self,
+        f: impl FnOnce(&dyn Db) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if self.location.is_postgres() {
+            self.pg()?.with(f)
+        } else {
+            f(self.store()?.connection())
+        }
+    }
+
+    /// Runs `f` in one transaction on whichever backend the store is; on failure the resolver forgets what the
+    /// transaction created.
+    pub fn transact<T>(
+        &mut self,
+        f: impl FnOnce(&dyn Db, &mut SessionResolver) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let result = if self.location.is_postgres() {
+            self.pg()?;
+            match (self.pg.as_mut(), &mut self.resolver) {
+                (Some(pg), resolver) => pg.transact(|db| f(db, resolver)),
+                (None, _) => Err(StoreError::Closed),
+            }
+        } else {
+            self.store()?;
+            match (self.store.as_mut(), &mut self.resolver) {
+                (Some(store), resolver) => store.transact(|db| f(db, resolver)),
+                (None, _) => Err(StoreError::Closed),
+            }
+        };
+        if result.is_err() {
+            self.resolver.rollback();
+        }
+        result
+    }
+
+    /// Forgets the connections (after an error): the next use reopens them.
+    fn disconnect(&mut self) {
+        self.store = None;
+        self.pg = None;
     }
 }
 
@@ -211,15 +290,35 @@ pub struct StoreSink {
     stopping: Arc<AtomicBool>,
     thread: Mutex<Option<JoinHandle<()>>>,
     options: WriterOptions,
-    path: PathBuf,
+    location: Location,
     listener: SharedListener,
 }
 
 impl StoreSink {
-    /// Opens the database (errors here are reported: a newer schema, an unusable path) and starts the writer.
+    /// Opens the SQLite database (errors here are reported: a newer schema, an unusable path) and starts the
+    /// writer.
     pub fn start(path: &Path, options: WriterOptions) -> Result<Arc<StoreSink>, StoreError> {
-        let store = Store::open(path)?;
-        let identity = store.identity();
+        StoreSink::start_at(&Location::Sqlite(path.to_path_buf()), options)
+    }
+
+    /// Opens the store at `location` (SQLite file or PostgreSQL URL: unreachable, a newer schema or settings the
+    /// PostgreSQL store cannot honour yet are reported here) and starts the writer.
+    pub fn start_at(
+        location: &Location,
+        options: WriterOptions,
+    ) -> Result<Arc<StoreSink>, StoreError> {
+        let (store, pg) = match location {
+            Location::Sqlite(path) => (Some(Store::open(path)?), None),
+            Location::Postgres(url) => {
+                if options.retention_days.is_some() {
+                    return Err(StoreError::NotOnPostgres(
+                        "retention (`[store] retention_days`)",
+                    ));
+                }
+                (None, Some(PgStore::open(url)?))
+            }
+        };
+        let identity = store.as_ref().and_then(Store::identity);
         let (sender, receiver) = mpsc::sync_channel(options.queue_capacity.max(1));
         let counters = Arc::new(Counters::default());
         let healthy = Arc::new(AtomicBool::new(true));
@@ -228,8 +327,9 @@ impl StoreSink {
         let writer = Writer {
             listener: Arc::clone(&listener),
             state: WriterState {
-                path: path.to_path_buf(),
-                store: Some(store),
+                location: location.clone(),
+                store,
+                pg,
                 identity,
                 resolver: SessionResolver::new(
                     options.session_mode,
@@ -260,7 +360,7 @@ impl StoreSink {
             stopping,
             thread: Mutex::new(Some(thread)),
             options,
-            path: path.to_path_buf(),
+            location: location.clone(),
             listener,
         }))
     }
@@ -279,8 +379,17 @@ impl StoreSink {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the store is.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The SQLite file (`None` on PostgreSQL).
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match &self.location {
+            Location::Sqlite(path) => Some(path),
+            Location::Postgres(_) => None,
+        }
     }
 
     pub fn options(&self) -> &WriterOptions {
@@ -604,10 +713,7 @@ impl Writer {
         let mut attempts = 0;
         loop {
             self.wait_for_retry();
-            let result = self
-                .state
-                .parts()
-                .and_then(|(store, resolver)| store.write_batch(batch, resolver));
+            let result = self.state.write_batch(batch);
             match result {
                 Ok(report) => {
                     self.report(&report);
@@ -647,13 +753,18 @@ impl Writer {
         let Some(listener) = self.listener.get().cloned() else {
             return;
         };
-        let sessions = match self.state.store() {
-            Ok(store) if listener.watching() => report
-                .sessions
-                .iter()
-                .filter_map(|id| query::get_session(store.connection(), *id).ok().flatten())
-                .collect(),
-            _ => Vec::new(),
+        let sessions = if listener.watching() {
+            self.state
+                .with_db(|db| {
+                    Ok(report
+                        .sessions
+                        .iter()
+                        .filter_map(|id| query::get_session(db, *id).ok().flatten())
+                        .collect())
+                })
+                .unwrap_or_default()
+        } else {
+            Vec::new()
         };
         listener.batch_committed(&report.assignments, sessions, &report.created);
     }
@@ -700,10 +811,7 @@ impl Writer {
                 .take(n)
                 .map(|(r, _)| Arc::clone(r))
                 .collect();
-            let result = self
-                .state
-                .parts()
-                .and_then(|(store, resolver)| store.write_batch(&chunk, resolver));
+            let result = self.state.write_batch(&chunk);
             match result {
                 Ok(report) => {
                     self.report(&report);
@@ -749,8 +857,8 @@ impl Writer {
         if self.healthy.swap(false, Ordering::Relaxed) {
             tracing::error!(%error, "store write failed; retrying with backoff");
         }
-        // The connection may be broken (file gone, I/O error): reopen it next time.
-        self.state.store = None;
+        // The connection may be broken (file gone, I/O error, server restarted): reopen it next time.
+        self.state.disconnect();
         self.retry_at = Some(Instant::now() + self.backoff);
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
@@ -798,7 +906,11 @@ impl Writer {
 fn is_unavailable(error: &StoreError) -> bool {
     use rusqlite::ErrorCode;
     match error {
-        StoreError::Open { .. } | StoreError::Missing(_) | StoreError::Replaced(_) => true,
+        StoreError::Open { .. }
+        | StoreError::Missing(_)
+        | StoreError::Replaced(_)
+        | StoreError::Connect { .. } => true,
+        StoreError::Postgres(error) => super::pg::unavailable(error),
         StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => matches!(
             failure.code,
             ErrorCode::ReadOnly

@@ -11,6 +11,8 @@ use tokio::process::{Child, Command};
 
 pub use mock_upstream::MockUpstream;
 
+pub mod pg;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_kimi-proxy");
 
 /// A running proxy process. Killed on drop.

@@ -1,0 +1,354 @@
+//! The PostgreSQL backend (`--db postgres://USER@HOST:PORT/DB`): the same schema, version numbers and shared
+//! statements as SQLite ([`super::db`]), through the sync `postgres` client on the writer thread and the blocking
+//! pool — the places rusqlite runs today, so the request path stays free of database I/O on both backends.
+//!
+//! Schema: a new database is created at [`PG_BASELINE`] from SQLite's own tables, translated ([`super::db::pg_ddl`]);
+//! every later migration in [`super::schema::MIGRATIONS`] is applied translated the same way, so versions match.
+//! Instances starting together serialise on an advisory lock.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use super::db::{Db, Pg, PgStatements, pg_ddl};
+use super::sessions::SessionResolver;
+use super::{BatchReport, LATEST_VERSION, StoreError, schema, write_records};
+use crate::accounting::RequestRecord;
+
+/// The schema version a new PostgreSQL database starts at.
+pub const PG_BASELINE: i64 = 9;
+/// The tables PostgreSQL has; the ledger import (`ledger_files`, `usage_entries`) is SQLite-only for now.
+const PG_TABLES: &[&str] = &[
+    "sessions",
+    "requests",
+    "alerts",
+    "masked_content",
+    "responses",
+];
+/// Rows per `INSERT` (59 parameters each, under PostgreSQL's 65,535).
+const PG_CHUNK: usize = 256;
+/// Key of the advisory lock held while the schema is created or upgraded.
+const MIGRATION_LOCK: i64 = 0x6b69_6d69_0001;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the store lives.
+#[derive(Debug, Clone)]
+pub enum Location {
+    Sqlite(PathBuf),
+    Postgres(Box<PgUrl>),
+}
+
+impl Location {
+    /// A `postgres://` or `postgresql://` URL is PostgreSQL; anything else is an SQLite file path.
+    pub fn parse(text: &str) -> Result<Location, StoreError> {
+        if is_postgres_url(text) {
+            Ok(Location::Postgres(Box::new(PgUrl::parse(text)?)))
+        } else {
+            Ok(Location::Sqlite(PathBuf::from(text)))
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Location::Postgres(_))
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "{}", path.display()),
+            Location::Postgres(url) => write!(f, "{url}"),
+        }
+    }
+}
+
+pub fn is_postgres_url(text: &str) -> bool {
+    text.starts_with("postgres://") || text.starts_with("postgresql://")
+}
+
+/// A PostgreSQL connection URL; shown without its password.
+#[derive(Clone)]
+pub struct PgUrl {
+    config: postgres::Config,
+    shown: String,
+}
+
+impl std::fmt::Debug for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl std::fmt::Display for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl PgUrl {
+    pub fn parse(text: &str) -> Result<PgUrl, StoreError> {
+        let mut config = postgres::Config::from_str(text)
+            .map_err(|e| StoreError::Other(format!("invalid PostgreSQL URL: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.application_name("kimi-proxy");
+        let host = match config.get_hosts().first() {
+            Some(postgres::config::Host::Tcp(host)) => host.clone(),
+            #[cfg(unix)]
+            Some(postgres::config::Host::Unix(path)) => path.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let shown = format!(
+            "postgres://{}@{host}:{port}/{}",
+            config.get_user().unwrap_or(""),
+            config.get_dbname().unwrap_or("")
+        );
+        Ok(PgUrl { config, shown })
+    }
+
+    fn connect(&self) -> Result<postgres::Client, StoreError> {
+        // TLS (`sslmode=require`) is not wired yet: such a URL fails here with the client's own message.
+        self.config
+            .connect(postgres::NoTls)
+            .map_err(|source| StoreError::Connect {
+                url: self.shown.clone(),
+                source,
+            })
+    }
+}
+
+/// Whether a PostgreSQL error means the server cannot be reached or written right now (down, restarting, the
+/// connection lost, out of resources): the writer holds records and retries, as for a full disk.
+pub fn unavailable(error: &postgres::Error) -> bool {
+    if error.is_closed() {
+        return true;
+    }
+    if std::error::Error::source(error).is_some_and(|s| s.is::<std::io::Error>()) {
+        return true;
+    }
+    error.code().is_some_and(|code| {
+        let code = code.code();
+        // 08: connection exception; 53: insufficient resources; 57P01-03: shutdown, crash, not accepting yet.
+        code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")
+    })
+}
+
+/// The write side on PostgreSQL: one connection, owned by the writer thread.
+pub struct PgStore {
+    client: postgres::Client,
+    statements: PgStatements,
+}
+
+impl PgStore {
+    /// Connects and creates or upgrades the schema; a database written by a newer version is refused.
+    pub fn open(url: &PgUrl) -> Result<PgStore, StoreError> {
+        let mut client = url.connect()?;
+        migrate(&mut client, url)?;
+        Ok(PgStore {
+            client,
+            statements: PgStatements::default(),
+        })
+    }
+
+    /// [`super::Store::write_batch`] on PostgreSQL: one transaction, multi-row inserts.
+    pub fn write_batch(
+        &mut self,
+        records: &[Arc<RequestRecord>],
+        resolver: &mut SessionResolver,
+    ) -> Result<BatchReport, StoreError> {
+        let result = self.write_batch_inner(records, resolver);
+        if result.is_err() {
+            resolver.rollback();
+        }
+        result
+    }
+
+    fn write_batch_inner(
+        &mut self,
+        records: &[Arc<RequestRecord>],
+        resolver: &mut SessionResolver,
+    ) -> Result<BatchReport, StoreError> {
+        let mut tx = self.client.transaction()?;
+        let written = {
+            let db = Pg::new(&mut tx, &mut self.statements);
+            write_records(&db, records, resolver, PG_CHUNK)?
+        };
+        tx.commit()?;
+        Ok(written.committed(resolver))
+    }
+
+    /// Runs `f` in one transaction, committed when it succeeds.
+    pub(crate) fn transact<T>(
+        &mut self,
+        f: impl FnOnce(&dyn Db) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut tx = self.client.transaction()?;
+        let value = {
+            let db = Pg::new(&mut tx, &mut self.statements);
+            f(&db)?
+        };
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// Runs shared statements outside a transaction (each its own).
+    pub fn with<T>(
+        &mut self,
+        f: impl FnOnce(&dyn Db) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let db = Pg::new(&mut self.client, &mut self.statements);
+        f(&db)
+    }
+}
+
+/// The tables and indexes of [`PG_BASELINE`], as PostgreSQL DDL: SQLite's schema at that version, translated.
+pub fn baseline_ddl() -> Result<Vec<String>, StoreError> {
+    let conn = rusqlite::Connection::open_in_memory()?;
+    for migration in schema::MIGRATIONS.iter().take(PG_BASELINE as usize) {
+        conn.execute_batch(migration)?;
+    }
+    let mut stmt = conn.prepare(
+        "SELECT tbl_name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY type = 'index', rowid",
+    )?;
+    let rows = stmt.query_map([], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (table, sql) = row?;
+        if PG_TABLES.contains(&table.as_str()) {
+            out.push(pg_ddl(&sql));
+        }
+    }
+    Ok(out)
+}
+
+fn migrate(client: &mut postgres::Client, url: &PgUrl) -> Result<(), StoreError> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
+    let found: i64 = tx
+        .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])?
+        .try_get(0)?;
+    if found > LATEST_VERSION {
+        return Err(StoreError::TooNew {
+            path: PathBuf::from(url.to_string()),
+            found,
+            supported: LATEST_VERSION,
+        });
+    }
+    if found == LATEST_VERSION {
+        return Ok(());
+    }
+    let from = if found == 0 {
+        for statement in baseline_ddl()? {
+            tx.batch_execute(&statement)?;
+        }
+        PG_BASELINE
+    } else if found < PG_BASELINE {
+        return Err(StoreError::Other(format!(
+            "the PostgreSQL database {url} has schema version {found}, older than any this kimi-proxy created"
+        )));
+    } else {
+        found
+    };
+    for (version, migration) in schema::MIGRATIONS.iter().enumerate().skip(from as usize) {
+        tx.batch_execute(&pg_ddl(migration)).map_err(|e| {
+            StoreError::Other(format!(
+                "upgrading {url} from schema version {version} to {}: {e}",
+                version + 1
+            ))
+        })?;
+    }
+    tx.execute("DELETE FROM schema_version", &[])?;
+    tx.execute(
+        "INSERT INTO schema_version (version) VALUES ($1)",
+        &[&LATEST_VERSION],
+    )?;
+    tx.commit()?;
+    tracing::info!(url = %url, from = found, to = LATEST_VERSION, "PostgreSQL schema created or upgraded");
+    Ok(())
+}
+
+/// A small pool of PostgreSQL connections for readers, each used by one blocking task at a time.
+pub struct PgReaders {
+    url: PgUrl,
+    idle: Mutex<Vec<(postgres::Client, PgStatements)>>,
+}
+
+const IDLE_READERS: usize = 4;
+
+impl PgReaders {
+    pub fn new(url: &PgUrl) -> PgReaders {
+        PgReaders {
+            url: url.clone(),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `f` on a connection (blocking); a connection that saw an error is not reused.
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&dyn Db) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.idle.lock().pop();
+        let (mut client, mut statements) = match pooled {
+            Some(pair) => pair,
+            None => (self.url.connect()?, PgStatements::default()),
+        };
+        let result = {
+            let db = Pg::new(&mut client, &mut statements);
+            f(&db)
+        };
+        if result.is_ok() {
+            let mut idle = self.idle.lock();
+            if idle.len() < IDLE_READERS {
+                idle.push((client, statements));
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn urls_select_postgresql_and_never_show_the_password() {
+        let location = Location::parse("postgres://kimi:s3cret@db.internal:5433/kimi").unwrap();
+        assert!(location.is_postgres());
+        assert_eq!(
+            location.to_string(),
+            "postgres://kimi@db.internal:5433/kimi"
+        );
+        assert!(!format!("{location:?}").contains("s3cret"));
+        assert!(
+            !Location::parse("/var/lib/kimi-proxy.db")
+                .unwrap()
+                .is_postgres()
+        );
+        assert!(Location::parse("postgres://h:notaport/db").is_err());
+    }
+
+    #[test]
+    fn the_baseline_schema_translates_the_core_tables() {
+        let ddl = baseline_ddl().unwrap().join(";\n");
+        for table in PG_TABLES {
+            assert!(
+                ddl.contains(&format!("CREATE TABLE {table} "))
+                    || ddl.contains(&format!("CREATE TABLE \"{table}\"")),
+                "{table}: {ddl}"
+            );
+        }
+        assert!(!ddl.contains("usage_entries"));
+        assert!(!ddl.contains(" INTEGER"), "{ddl}");
+        assert!(!ddl.contains("REAL"), "{ddl}");
+    }
+}
