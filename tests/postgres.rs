@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::pg::TestDb;
-use common::{MockUpstream, Proxy, client, mock_config};
+use common::{MockUpstream, Proxy, client, get_with_status, mock_config, wait_written};
 use serde_json::{Value, json};
 
 /// Prices so that cost is checked too (USD per million tokens).
@@ -38,29 +38,6 @@ async fn chat(proxy: &Proxy, text: &str, session: Option<&str>) -> u16 {
     status
 }
 
-async fn get(proxy: &Proxy, path: &str) -> (u16, Value) {
-    let response = client().get(proxy.url(path)).send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-/// Waits until the proxy's writer has written `n` records.
-async fn wait_written(proxy: &Proxy, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (_, stats) = get(proxy, "/api/stats/store").await;
-        if stats["writer"]["written"].as_u64().unwrap_or(0) >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not written: {stats}\n{}",
-            proxy.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn sum(rows: &[Value], key: &str) -> f64 {
     rows.iter().map(|r| r[key].as_f64().unwrap()).sum()
 }
@@ -88,7 +65,7 @@ async fn requests_through_the_proxy_are_stored_in_postgresql() {
         kimi_proxy::store::LATEST_VERSION
     );
 
-    let (status, list) = get(&proxy, "/api/sessions?limit=100").await;
+    let (status, list) = get_with_status(&proxy, "/api/sessions?limit=100").await;
     assert_eq!(status, 200, "{list}");
     assert_eq!(list["total"], 2, "{list}");
     let sessions = list["data"].as_array().unwrap();
@@ -106,7 +83,8 @@ async fn requests_through_the_proxy_are_stored_in_postgresql() {
 
     // Aggregates are the sums of the session's requests; tokens and cost are what the proxy counted.
     let id = agent["id"].as_i64().unwrap();
-    let (status, page) = get(&proxy, &format!("/api/sessions/{id}/requests?limit=100")).await;
+    let (status, page) =
+        get_with_status(&proxy, &format!("/api/sessions/{id}/requests?limit=100")).await;
     assert_eq!(status, 200, "{page}");
     let rows = page["data"].as_array().unwrap();
     assert_eq!(rows.len(), 5);
@@ -128,7 +106,7 @@ async fn requests_through_the_proxy_are_stored_in_postgresql() {
     assert_eq!(rows[0]["client_session"], "pg-agent");
 
     // The proxy's own in-memory records agree with what was stored.
-    let (_, recent) = get(&proxy, "/api/requests/recent?limit=100").await;
+    let (_, recent) = get_with_status(&proxy, "/api/requests/recent?limit=100").await;
     let recent = recent.as_array().unwrap();
     let recent_prompt: f64 = recent
         .iter()
@@ -137,16 +115,16 @@ async fn requests_through_the_proxy_are_stored_in_postgresql() {
         .sum();
     assert_eq!(recent_prompt, sum(rows, "prompt_tokens"), "{recent:?}");
 
-    let (status, one) = get(&proxy, &format!("/api/sessions/{id}")).await;
+    let (status, one) = get_with_status(&proxy, &format!("/api/sessions/{id}")).await;
     assert_eq!(status, 200);
     assert_eq!(one["request_count"], 5, "{one}");
-    let (_, stats) = get(&proxy, "/api/stats/store").await;
+    let (_, stats) = get_with_status(&proxy, "/api/stats/store").await;
     assert_eq!(stats["database"]["requests"], 6, "{stats}");
     assert_eq!(stats["database"]["sessions"], 2);
     assert!(!stats["path"].as_str().unwrap().contains("password"));
 
     // What is not on PostgreSQL yet says so.
-    let (status, body) = get(&proxy, "/api/export?format=csv").await;
+    let (status, body) = get_with_status(&proxy, "/api/export?format=csv").await;
     assert_eq!(status, 501, "{body}");
     assert!(
         body["error"]["message"]
@@ -212,8 +190,10 @@ async fn two_proxies_on_one_database_share_rows_and_session_aggregates() {
     assert_eq!(mismatched, 0, "{:?}", db.rows("SELECT * FROM sessions"));
 
     // Both instances show the same sessions.
-    let (_, from_a) = get(&a, "/api/sessions?limit=100&sort=created_at&order=asc").await;
-    let (_, from_b) = get(&b, "/api/sessions?limit=100&sort=created_at&order=asc").await;
+    let (_, from_a) =
+        get_with_status(&a, "/api/sessions?limit=100&sort=created_at&order=asc").await;
+    let (_, from_b) =
+        get_with_status(&b, "/api/sessions?limit=100&sort=created_at&order=asc").await;
     assert_eq!(from_a, from_b);
     assert_eq!(from_a["total"], 3, "{from_a}");
     let shared = from_a["data"]
@@ -225,7 +205,7 @@ async fn two_proxies_on_one_database_share_rows_and_session_aggregates() {
         .clone();
     assert_eq!(shared["request_count"], 2 * (EACH - EACH / 4), "{shared}");
     let id = shared["id"].as_i64().unwrap();
-    let (_, page) = get(&b, &format!("/api/sessions/{id}/requests?limit=1000")).await;
+    let (_, page) = get_with_status(&b, &format!("/api/sessions/{id}/requests?limit=1000")).await;
     let rows = page["data"].as_array().unwrap();
     assert_eq!(rows.len(), 2 * (EACH - EACH / 4));
     assert!((shared["cost_usd"].as_f64().unwrap() - sum(rows, "cost_usd")).abs() < 1e-9);
@@ -262,7 +242,7 @@ async fn a_postgresql_outage_is_survived_records_held_then_written_in_order() {
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, stats) = get(&proxy, "/api/stats/store").await;
+        let (_, stats) = get_with_status(&proxy, "/api/stats/store").await;
         let writer = &stats["writer"];
         if writer["held"] == 5 {
             assert_eq!(writer["written"], 3, "{stats}");
@@ -282,7 +262,7 @@ async fn a_postgresql_outage_is_survived_records_held_then_written_in_order() {
 
     relay.up();
     wait_written(&proxy, 8).await;
-    let (_, stats) = get(&proxy, "/api/stats/store").await;
+    let (_, stats) = get_with_status(&proxy, "/api/stats/store").await;
     assert_eq!(stats["writer"]["held"], 0, "{stats}");
     assert_eq!(stats["writer"]["dropped"], 0, "{stats}");
     assert_eq!(stats["writer"]["healthy"], true, "{stats}");
@@ -302,7 +282,7 @@ async fn a_postgresql_outage_is_survived_records_held_then_written_in_order() {
         previews[3..].iter().all(|p| p.starts_with("during")),
         "{previews:?}"
     );
-    let (_, list) = get(&proxy, "/api/sessions?limit=10").await;
+    let (_, list) = get_with_status(&proxy, "/api/sessions?limit=10").await;
     assert_eq!(list["total"], 1, "{list}");
     assert_eq!(list["data"][0]["request_count"], 8, "{list}");
 }
@@ -339,7 +319,7 @@ async fn sessions_are_managed_through_the_api_on_postgresql() {
     // The active session takes requests without a client id.
     assert_eq!(chat(&proxy, "inside the manual session", None).await, 200);
     wait_written(&proxy, 1).await;
-    let (_, manual) = get(&proxy, &format!("/api/sessions/{id}")).await;
+    let (_, manual) = get_with_status(&proxy, &format!("/api/sessions/{id}")).await;
     assert_eq!(manual["request_count"], 1, "{manual}");
 
     let (status, _) = send(
@@ -368,6 +348,6 @@ async fn sessions_are_managed_through_the_api_on_postgresql() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(db.int("SELECT count(*) FROM sessions"), 0);
     assert_eq!(db.int("SELECT count(*) FROM requests"), 0);
-    let (status, _) = get(&proxy, &format!("/api/sessions/{id}")).await;
+    let (status, _) = get_with_status(&proxy, &format!("/api/sessions/{id}")).await;
     assert_eq!(status, 404);
 }

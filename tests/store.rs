@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{MockUpstream, Proxy, client, get_json, mock_config};
+use common::{MockUpstream, Proxy, client, get_json, get_with_status, mock_config, wait_written};
 use futures_util::StreamExt;
 use kimi_proxy::accounting::RequestRecord;
 use kimi_proxy::config::{Config, SessionMode};
@@ -133,12 +133,6 @@ async fn chat(proxy: &Proxy, messages: Value, headers: &[(&str, &str)]) -> u16 {
     status
 }
 
-async fn get(proxy: &Proxy, path: &str) -> (u16, Value) {
-    let response = client().get(proxy.url(path)).send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 async fn send(proxy: &Proxy, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let mut request = client().request(method, proxy.url(path));
@@ -151,20 +145,7 @@ async fn send(proxy: &Proxy, method: &str, path: &str, body: Option<Value>) -> (
 }
 
 async fn writer_stats(proxy: &Proxy) -> Value {
-    get(proxy, "/api/stats/store").await.1["writer"].clone()
-}
-
-/// Waits until the writer has written at least `n` records.
-async fn wait_written(proxy: &Proxy, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stats = writer_stats(proxy).await;
-        if stats["written"].as_u64().unwrap_or(0) >= n {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not written: {stats}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    get_with_status(proxy, "/api/stats/store").await.1["writer"].clone()
 }
 
 fn user(text: &str) -> Value {
@@ -758,7 +739,7 @@ async fn sessions_follow_client_ids_conversations_and_activation() {
     ]);
     go(a2_edited, &[]).await;
 
-    let (_, list) = get(&proxy, "/api/sessions?limit=100").await;
+    let (_, list) = get_with_status(&proxy, "/api/sessions?limit=100").await;
     let sessions = list["data"].as_array().unwrap().clone();
     let by_preview = |needle: &str| {
         sessions
@@ -783,7 +764,8 @@ async fn sessions_follow_client_ids_conversations_and_activation() {
     assert_eq!(list["total"], 4);
 
     // Aggregates equal the sums of the session's requests; the gauge shows the latest request.
-    let (_, requests) = get(&proxy, &format!("/api/sessions/{}/requests", a["id"])).await;
+    let (_, requests) =
+        get_with_status(&proxy, &format!("/api/sessions/{}/requests", a["id"])).await;
     let rows = requests["data"].as_array().unwrap();
     assert_eq!(rows.len(), 3);
     let sum = |key: &str| rows.iter().map(|r| r[key].as_i64().unwrap()).sum::<i64>();
@@ -820,7 +802,7 @@ async fn sessions_follow_client_ids_conversations_and_activation() {
         &[("x-session-id", "agent-42")],
     )
     .await;
-    let (_, manual) = get(&proxy, &format!("/api/sessions/{id}")).await;
+    let (_, manual) = get_with_status(&proxy, &format!("/api/sessions/{id}")).await;
     assert_eq!(manual["request_count"], 1, "{manual}");
     // Deactivated: new conversations get their own session again.
     let (status, _) = send(
@@ -832,9 +814,9 @@ async fn sessions_follow_client_ids_conversations_and_activation() {
     .await;
     assert_eq!(status, 200);
     go(json!([user("a brand new task")]), &[]).await;
-    let (_, list) = get(&proxy, "/api/sessions?limit=100").await;
+    let (_, list) = get_with_status(&proxy, "/api/sessions?limit=100").await;
     assert_eq!(list["total"], 6);
-    let (_, manual) = get(&proxy, &format!("/api/sessions/{id}")).await;
+    let (_, manual) = get_with_status(&proxy, &format!("/api/sessions/{id}")).await;
     assert_eq!(manual["request_count"], 1);
     assert_eq!(manual["active"], false);
 }
@@ -889,7 +871,7 @@ async fn the_api_validates_and_manages_sessions() {
         "/api/sessions/1/export?format=xml",
         "/api/export?format=xml",
     ] {
-        let (status, body) = get(&proxy, bad).await;
+        let (status, body) = get_with_status(&proxy, bad).await;
         assert_eq!(status, 400, "{bad}: {body}");
         assert_eq!(body["error"]["type"], "invalid_request_error", "{bad}");
         assert!(body["error"]["message"].is_string());
@@ -899,7 +881,7 @@ async fn the_api_validates_and_manages_sessions() {
         "/api/sessions/999/requests",
         "/api/sessions/999/export",
     ] {
-        let (status, body) = get(&proxy, unknown).await;
+        let (status, body) = get_with_status(&proxy, unknown).await;
         assert_eq!(status, 404, "{unknown}");
         assert_eq!(body["error"]["code"], "unknown_session");
     }
@@ -917,7 +899,7 @@ async fn the_api_validates_and_manages_sessions() {
     assert_eq!(status, 400);
 
     // Sorted lists, paging.
-    let (_, page) = get(
+    let (_, page) = get_with_status(
         &proxy,
         "/api/sessions?limit=2&offset=1&sort=created_at&order=asc",
     )
@@ -945,13 +927,13 @@ async fn the_api_validates_and_manages_sessions() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(renamed["name"], "renamed");
-    let (_, rows) = get(
+    let (_, rows) = get_with_status(
         &proxy,
         &format!("/api/sessions/{first}/requests?status=200&model=mock/model"),
     )
     .await;
     assert_eq!(rows["data"].as_array().unwrap().len(), 1);
-    let (_, rows) = get(
+    let (_, rows) = get_with_status(
         &proxy,
         &format!("/api/sessions/{first}/requests?status=500"),
     )
@@ -968,7 +950,7 @@ async fn the_api_validates_and_manages_sessions() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(deleted["deleted"], 1);
-    let (_, stats) = get(&proxy, "/api/stats/store").await;
+    let (_, stats) = get_with_status(&proxy, "/api/stats/store").await;
     assert_eq!(stats["database"]["sessions"], 2, "{stats}");
     assert_eq!(stats["database"]["requests"], 2, "{stats}");
     assert_eq!(stats["database"]["schema_version"], LATEST_VERSION);
@@ -996,7 +978,7 @@ async fn the_api_validates_and_manages_sessions() {
     assert_eq!(status, 400);
 
     // Exports of one session: CSV with a header, JSON that parses.
-    let (_, list) = get(&proxy, "/api/sessions").await;
+    let (_, list) = get_with_status(&proxy, "/api/sessions").await;
     let id = list["data"][0]["id"].as_i64().unwrap();
     let csv = client()
         .get(proxy.url(&format!("/api/sessions/{id}/export?format=csv")))
@@ -1165,12 +1147,12 @@ async fn the_command_line_reads_and_deletes_while_the_server_runs() {
     let deleted = run(&["sessions", "delete", &id.to_string()]);
     assert!(deleted.contains("deleted 1 of 1"), "{deleted}");
     // The server sees the deletion, and a later request of that client starts afresh.
-    let (_, list) = get(&proxy, "/api/sessions").await;
+    let (_, list) = get_with_status(&proxy, "/api/sessions").await;
     assert_eq!(list["total"], 1);
     let key = json_list[0]["client_key"].as_str().unwrap().to_string();
     chat(&proxy, json!([user("again")]), &[("x-session-id", &key)]).await;
     wait_written(&proxy, 3).await;
-    let (_, list) = get(&proxy, "/api/sessions").await;
+    let (_, list) = get_with_status(&proxy, "/api/sessions").await;
     assert_eq!(list["total"], 2);
 }
 
@@ -1260,7 +1242,7 @@ async fn csv_exports_neutralise_formulas() {
     check(&csv);
     assert!(csv.contains("\"'=HYPERLINK"), "{csv}");
     assert!(csv.contains("\"'@SUM(1+1)*cmd\""), "{csv}");
-    let (_, list) = get(&proxy, "/api/sessions").await;
+    let (_, list) = get_with_status(&proxy, "/api/sessions").await;
     for session in list["data"].as_array().unwrap() {
         let id = session["id"].as_i64().unwrap();
         let output = std::process::Command::new(common::BIN)
@@ -1321,10 +1303,10 @@ async fn without_a_store_its_routes_answer_404_and_the_proxy_serves() {
     let (_mock, proxy) = setup("enabled = false\n").await;
     assert_eq!(chat(&proxy, json!([user("hi")]), &[]).await, 200);
     for path in ["/api/sessions", "/api/sessions/1/requests", "/api/usage"] {
-        let (status, body) = get(&proxy, path).await;
+        let (status, body) = get_with_status(&proxy, path).await;
         assert_eq!(status, 404, "{path}: {body}");
         assert_eq!(body["error"]["code"], "store_disabled", "{path}: {body}");
     }
-    let (status, _) = get(&proxy, "/api/stats").await;
+    let (status, _) = get_with_status(&proxy, "/api/stats").await;
     assert_eq!(status, 200);
 }

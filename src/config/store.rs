@@ -122,7 +122,8 @@ impl StoreConfig {
             errors.push("store.path must not be empty".to_string());
         }
         if let Some(url) = &self.url
-            && !(url.expose().starts_with("postgres://") || url.expose().starts_with("postgresql://"))
+            && !(url.expose().starts_with("postgres://")
+                || url.expose().starts_with("postgresql://"))
         {
             errors.push(
                 "store.url must be a PostgreSQL URL (postgres://USER@HOST:PORT/DB)".to_string(),

@@ -811,12 +811,6 @@ impl<'s> Exchange<'s> {
                 key.set_sensitive(true);
                 headers.insert(header::AUTHORIZATION, key);
             }
-        } else if anthropic_provider {
-            apply_anthropic_credentials(
-                &mut headers,
-                provider,
-                self.state.config.server.forward_client_key,
-            )?;
         } else {
             apply_credentials(
                 &mut headers,
@@ -1153,65 +1147,39 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ProxyError> {
     }
 }
 
-/// Puts the right `Authorization` on the upstream request: the provider's key when it has one; otherwise the
-/// client's own key when forwarding is allowed; otherwise a clear 503 naming the missing variable.
+/// Puts the provider's key on the upstream request, in the header its API takes: `Authorization: Bearer` for
+/// chat completions; `x-api-key` for an Anthropic-native provider (Anthropic's header, which the
+/// Anthropic-compatible endpoints of Moonshot, Kimi Code and DeepSeek take too: api-docs.deepseek.com/guides/anthropic_api
+/// lists `x-api-key` as "Fully Supported"), the client's `Authorization` removed. Without a provider key, the
+/// client's own key goes when forwarding is allowed; otherwise a clear 503 names the missing variable.
 fn apply_credentials(
     headers: &mut HeaderMap,
     provider: &Provider,
     forward_client_key: bool,
 ) -> Result<(), ProxyError> {
-    let client_sent_key = headers.contains_key(header::AUTHORIZATION);
+    let anthropic = provider.kind == ProviderKind::Anthropic;
+    let client_sent_key = headers.contains_key(header::AUTHORIZATION)
+        || (anthropic && headers.contains_key("x-api-key"));
     match &provider.api_key {
         ApiKey::Ready(secret) => {
-            let mut value =
-                HeaderValue::from_str(&format!("Bearer {}", secret.expose())).map_err(|_| {
-                    ProxyError::InvalidRequest(format!(
-                        "provider `{}` has an API key that is not a valid header",
-                        provider.key
-                    ))
-                })?;
-            value.set_sensitive(true);
-            headers.insert(header::AUTHORIZATION, value);
-        }
-        ApiKey::Missing { var } => {
-            if !(forward_client_key && client_sent_key) {
-                return Err(ProxyError::MissingApiKey {
-                    provider: provider.key.clone(),
-                    var: var.clone(),
-                });
-            }
-        }
-        ApiKey::None => {
-            if !forward_client_key {
-                headers.remove(header::AUTHORIZATION);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The provider's key as an Anthropic-native provider takes it: `x-api-key` (Anthropic's header, which the
-/// Anthropic-compatible endpoints of Moonshot, Kimi Code and DeepSeek take too: api-docs.deepseek.com/guides/anthropic_api
-/// lists `x-api-key` as "Fully Supported"); the client's `Authorization` removed. Without a provider key, the
-/// client's own (`x-api-key` or `Authorization`) goes when forwarding is allowed.
-fn apply_anthropic_credentials(
-    headers: &mut HeaderMap,
-    provider: &Provider,
-    forward_client_key: bool,
-) -> Result<(), ProxyError> {
-    let client_sent_key =
-        headers.contains_key("x-api-key") || headers.contains_key(header::AUTHORIZATION);
-    match &provider.api_key {
-        ApiKey::Ready(secret) => {
-            let mut value = HeaderValue::from_str(secret.expose()).map_err(|_| {
+            let text = if anthropic {
+                secret.expose().to_string()
+            } else {
+                format!("Bearer {}", secret.expose())
+            };
+            let mut value = HeaderValue::from_str(&text).map_err(|_| {
                 ProxyError::InvalidRequest(format!(
                     "provider `{}` has an API key that is not a valid header",
                     provider.key
                 ))
             })?;
             value.set_sensitive(true);
-            headers.remove(header::AUTHORIZATION);
-            headers.insert("x-api-key", value);
+            if anthropic {
+                headers.remove(header::AUTHORIZATION);
+                headers.insert("x-api-key", value);
+            } else {
+                headers.insert(header::AUTHORIZATION, value);
+            }
         }
         ApiKey::Missing { var } => {
             if !(forward_client_key && client_sent_key) {
@@ -1224,7 +1192,9 @@ fn apply_anthropic_credentials(
         ApiKey::None => {
             if !forward_client_key {
                 headers.remove(header::AUTHORIZATION);
-                headers.remove("x-api-key");
+                if anthropic {
+                    headers.remove("x-api-key");
+                }
             }
         }
     }

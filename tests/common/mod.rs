@@ -223,6 +223,33 @@ pub async fn read_body(response: reqwest::Response) -> (Vec<u8>, bool) {
 }
 
 /// GET `path` on the proxy and parse the JSON answer.
+/// `GET path`: the status and the JSON body (`null` when the body is not JSON).
+pub async fn get_with_status(proxy: &Proxy, path: &str) -> (u16, serde_json::Value) {
+    let response = client().get(proxy.url(path)).send().await.unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Waits (up to 15 s) until the proxy's store writer has written at least `n` records.
+pub async fn wait_written(proxy: &Proxy, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, stats) = get_with_status(proxy, "/api/stats/store").await;
+        if stats["writer"]["written"].as_u64().unwrap_or(0) >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not written: {stats}\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn get_json<T: serde::de::DeserializeOwned>(proxy: &Proxy, path: &str) -> T {
     client()
         .get(proxy.url(path))
