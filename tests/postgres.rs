@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::pg::TestDb;
-use common::{MockUpstream, Proxy, client, get_with_status, mock_config, wait_written};
+use common::{MockUpstream, Proxy, client, get_with_status, mock_config, send, wait_written};
 use serde_json::{Value, json};
 
 /// Prices so that cost is checked too (USD per million tokens).
@@ -285,17 +285,6 @@ async fn a_postgresql_outage_is_survived_records_held_then_written_in_order() {
     let (_, list) = get_with_status(&proxy, "/api/sessions?limit=10").await;
     assert_eq!(list["total"], 1, "{list}");
     assert_eq!(list["data"][0]["request_count"], 8, "{list}");
-}
-
-async fn send(proxy: &Proxy, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut request = client().request(method, proxy.url(path));
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 #[tokio::test]

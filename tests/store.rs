@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{MockUpstream, Proxy, client, get_json, get_with_status, mock_config, wait_written};
+use common::{
+    MockUpstream, Proxy, client, get_json, get_with_status, mock_config, send, wait_written,
+};
 use futures_util::StreamExt;
 use kimi_proxy::accounting::RequestRecord;
 use kimi_proxy::config::{Config, SessionMode};
@@ -131,17 +133,6 @@ async fn chat(proxy: &Proxy, messages: Value, headers: &[(&str, &str)]) -> u16 {
     let status = response.status().as_u16();
     response.bytes().await.unwrap();
     status
-}
-
-async fn send(proxy: &Proxy, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut request = client().request(method, proxy.url(path));
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 async fn writer_stats(proxy: &Proxy) -> Value {

@@ -233,6 +233,26 @@ pub async fn get_with_status(proxy: &Proxy, path: &str) -> (u16, serde_json::Val
     )
 }
 
+/// `METHOD path` with an optional JSON body: the status and the JSON answer (`null` when not JSON).
+pub async fn send(
+    proxy: &Proxy,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = client().request(method, proxy.url(path));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
 /// Waits (up to 15 s) until the proxy's store writer has written at least `n` records.
 pub async fn wait_written(proxy: &Proxy, n: u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
