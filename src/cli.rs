@@ -37,6 +37,24 @@ pub enum Command {
     Import(ImportArgs),
     /// Usage by day, week, month, session or project: proxied requests and imported agent records together.
     Report(ReportArgs),
+    /// Copy an SQLite store into PostgreSQL (resumable; verified by counts and totals at the end).
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    /// The SQLite database file to copy (kimi-proxy.db in the data directory by default).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The PostgreSQL database to copy into: postgres://USER@HOST:PORT/DB (created or upgraded as `serve` does).
+    #[arg(long, env = "KIMI_PROXY_MIGRATE_TO")]
+    pub to: String,
+    /// Copy at most this many rows in this run, then stop; the next run continues where this one stopped.
+    #[arg(long)]
+    pub max_rows: Option<u64>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -53,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Command::Requests(args) => requests(args),
         Command::Import(args) => import(args),
         Command::Report(args) => report(args),
+        Command::Migrate(args) => migrate(args),
         Command::Serve(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -215,6 +216,19 @@ fn report(args: cli::ReportArgs) -> anyhow::Result<()> {
     };
     let mut out = std::io::stdout().lock();
     kimi_proxy::ledgers::run_report(&path, &options, args.json, &mut out)?;
+    Ok(())
+}
+
+fn migrate(args: cli::MigrateArgs) -> anyhow::Result<()> {
+    use kimi_proxy::store::{migrate, pg::PgUrl};
+    let to = PgUrl::parse(&args.to)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let report = migrate::migrate(&args.from, &to, args.max_rows, &mut std::io::sink())?;
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+    } else {
+        migrate::migrate(&args.from, &to, args.max_rows, &mut out)?;
+    }
     Ok(())
 }
 

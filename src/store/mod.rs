@@ -13,6 +13,7 @@ pub use commands::SessionSettings;
 pub mod export;
 pub mod ledgers;
 pub mod masks;
+pub mod migrate;
 pub mod pg;
 pub mod query;
 pub mod responses;
@@ -81,7 +82,7 @@ pub enum StoreError {
     Missing(PathBuf),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("PostgreSQL error: {0}")]
+    #[error("PostgreSQL error: {}", pg::describe(.0))]
     Postgres(#[from] postgres::Error),
     #[error("cannot connect to PostgreSQL at {url}: {source}")]
     Connect {

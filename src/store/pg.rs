@@ -21,7 +21,7 @@ use crate::accounting::RequestRecord;
 /// The schema version a new PostgreSQL database starts at.
 pub const PG_BASELINE: i64 = 9;
 /// The tables PostgreSQL has; the ledger import (`ledger_files`, `usage_entries`) is SQLite-only for now.
-const PG_TABLES: &[&str] = &[
+pub(crate) const PG_TABLES: &[&str] = &[
     "sessions",
     "requests",
     "alerts",
@@ -111,7 +111,7 @@ impl PgUrl {
         Ok(PgUrl { config, shown })
     }
 
-    fn connect(&self) -> Result<postgres::Client, StoreError> {
+    pub(crate) fn connect(&self) -> Result<postgres::Client, StoreError> {
         // TLS (`sslmode=require`) is not wired yet: such a URL fails here with the client's own message.
         self.config
             .connect(postgres::NoTls)
@@ -119,6 +119,18 @@ impl PgUrl {
                 url: self.shown.clone(),
                 source,
             })
+    }
+}
+
+/// A PostgreSQL error as a person reads it: the server's own message (and detail), which the client's `Display`
+/// reduces to "db error".
+pub fn describe(error: &postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => error.to_string(),
     }
 }
 
