@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+mod tls;
+
 use super::db::{Db, Pg, PgStatements, pg_ddl};
 use super::sessions::SessionResolver;
 use super::{BatchReport, LATEST_VERSION, StoreError, schema, write_records};
@@ -74,6 +76,7 @@ pub fn is_postgres_url(text: &str) -> bool {
 pub struct PgUrl {
     config: postgres::Config,
     shown: String,
+    tls: tls::Mode,
 }
 
 impl std::fmt::Debug for PgUrl {
@@ -90,7 +93,8 @@ impl std::fmt::Display for PgUrl {
 
 impl PgUrl {
     pub fn parse(text: &str) -> Result<PgUrl, StoreError> {
-        let mut config = postgres::Config::from_str(text)
+        let (text, tls) = tls::Mode::split_from(text)?;
+        let mut config = postgres::Config::from_str(&text)
             .map_err(|e| StoreError::Other(format!("invalid PostgreSQL URL: {e}")))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
@@ -108,17 +112,18 @@ impl PgUrl {
             config.get_user().unwrap_or(""),
             config.get_dbname().unwrap_or("")
         );
-        Ok(PgUrl { config, shown })
+        Ok(PgUrl { config, shown, tls })
     }
 
     pub(crate) fn connect(&self) -> Result<postgres::Client, StoreError> {
-        // TLS (`sslmode=require`) is not wired yet: such a URL fails here with the client's own message.
-        self.config
-            .connect(postgres::NoTls)
-            .map_err(|source| StoreError::Connect {
-                url: self.shown.clone(),
-                source,
-            })
+        let connected = match self.tls.connector()? {
+            Some(tls) => self.config.connect(tls),
+            None => self.config.connect(postgres::NoTls),
+        };
+        connected.map_err(|source| StoreError::Connect {
+            url: self.shown.clone(),
+            source,
+        })
     }
 }
 
