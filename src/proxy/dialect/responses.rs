@@ -440,7 +440,11 @@ impl Turn {
         }
         match dialect::chat_to_response(&bytes, &self.translated.answer) {
             Ok(response) => {
-                let body = serde_json::to_vec(&response).unwrap_or_default();
+                // The Response echoes the request's parameters beside the answer: room for both, no regrowth.
+                let mut body = Vec::with_capacity(bytes.len() * 2 + 4096);
+                if serde_json::to_writer(&mut body, &response).is_err() {
+                    body.clear();
+                }
                 self.keep(&response);
                 parts.headers.insert(
                     header::CONTENT_TYPE,
