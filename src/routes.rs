@@ -25,9 +25,11 @@ enum Endpoint {
     Messages,
     MessagesCountTokens,
     Models,
-    /// OpenAI Responses: create (translated to chat completions), and the stored responses.
+    /// OpenAI Responses: create (translated to chat completions, or passed to a provider that speaks it), and the
+    /// stored responses (answered here, or by the Responses provider that keeps them).
     Responses,
     Response,
+    ResponseCancel,
     ResponseInputItems,
 }
 
@@ -39,6 +41,7 @@ const PROXY: &[(&str, Endpoint)] = &[
     ("/models", Endpoint::Models),
     ("/responses", Endpoint::Responses),
     ("/responses/{id}", Endpoint::Response),
+    ("/responses/{id}/cancel", Endpoint::ResponseCancel),
     ("/responses/{id}/input_items", Endpoint::ResponseInputItems),
 ];
 
@@ -100,9 +103,10 @@ where
         Endpoint::MessagesCountTokens => post(proxy::count_tokens),
         Endpoint::Models => get(proxy::list_models),
         Endpoint::Responses => post(proxy::create_response),
-        Endpoint::Response => get(proxy::dialect::responses::get_response)
-            .delete(proxy::dialect::responses::delete_response),
-        Endpoint::ResponseInputItems => get(proxy::dialect::responses::input_items),
+        Endpoint::Response => get(proxy::dialect::responses_stored::get_response)
+            .delete(proxy::dialect::responses_stored::delete_response),
+        Endpoint::ResponseCancel => post(proxy::dialect::responses_stored::cancel_response),
+        Endpoint::ResponseInputItems => get(proxy::dialect::responses_stored::input_items),
     }
 }
 

@@ -363,7 +363,7 @@ async fn stored_responses_outlive_a_restart_of_the_proxy() {
 /// The official OpenAI Python SDK (latest from PyPI, in a venv under `target/`) through the proxy to the chat
 /// mock: `responses.create` plain and streamed, the stream helper's final response, a function tool call and
 /// its result sent back with `previous_response_id` (plain and streamed), `retrieve`, `input_items.list`,
-/// `delete`, and the 404 a deleted id then gets.
+/// `cancel` (refused: nothing runs in the background), `delete`, and the 404 a deleted id then gets.
 #[tokio::test]
 async fn the_openai_python_sdk_speaks_responses_through_the_proxy() {
     let Some(python) =
@@ -374,25 +374,7 @@ async fn the_openai_python_sdk_speaks_responses_through_the_proxy() {
         return;
     };
     let (mock, proxy) = start().await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/openai_responses_sdk.py"
-    );
-    let output = tokio::process::Command::new(&python)
-        .arg(script)
-        .env_clear()
-        .env("BASE_URL", proxy.url("/v1"))
-        .env("MODEL", "mock/model")
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "the SDK script failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let seen = common::run_openai_responses_sdk_script(&python, &proxy, "mock/model", false).await;
     assert_eq!(seen["text"]["model"], "mock/model");
     assert!(
         seen["stream"]["types"]
@@ -402,6 +384,10 @@ async fn the_openai_python_sdk_speaks_responses_through_the_proxy() {
     );
     assert_eq!(
         seen["not_found"]["code"], "previous_response_not_found",
+        "{seen}"
+    );
+    assert_eq!(
+        seen["cancel_refused"]["message"], "Cannot cancel a synchronous response.",
         "{seen}"
     );
 

@@ -250,7 +250,37 @@ impl<'s> Exchange<'s> {
         let (uri, headers) = self.admit(parts, route).await?;
         let ready_at = Instant::now();
         let answer = self.send(route, uri, headers, shaped).await?;
-        Ok(self.respond(route, answer, ready_at))
+        let response = self.respond(route, answer, ready_at);
+        let keeps = match &self.adapter {
+            ClientAdapter::Responses(adapter) => adapter.provider_keeps(),
+            _ => false,
+        };
+        if !(keeps && response.status().is_success()) {
+            return Ok(response);
+        }
+        // The provider keeps the response: which provider made its id is noted as the answer passes, for the
+        // stored-response routes.
+        let event_stream = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let length = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        let store = Arc::clone(&self.state.responses);
+        let provider = route.provider().key.as_str();
+        Ok(response.map(|body| {
+            Body::new(dialect::responses_stored::NativeIdTap::new(
+                body,
+                store,
+                provider,
+                event_stream,
+                length,
+            ))
+        }))
     }
 
     fn shape_responses_native(
@@ -864,6 +894,7 @@ impl<'s> Exchange<'s> {
         let upstream = route.upstream();
         let provider = route.provider();
         let mut outgoing = OutgoingRequest {
+            method: http::Method::POST,
             uri,
             headers,
             body: shaped.with_usage.unwrap_or_else(|| shaped.plain.clone()),
@@ -1152,7 +1183,7 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ProxyError> {
 /// Anthropic-compatible endpoints of Moonshot, Kimi Code and DeepSeek take too: api-docs.deepseek.com/guides/anthropic_api
 /// lists `x-api-key` as "Fully Supported"), the client's `Authorization` removed. Without a provider key, the
 /// client's own key goes when forwarding is allowed; otherwise a clear 503 names the missing variable.
-fn apply_credentials(
+pub(crate) fn apply_credentials(
     headers: &mut HeaderMap,
     provider: &Provider,
     forward_client_key: bool,
@@ -1202,7 +1233,11 @@ fn apply_credentials(
 }
 
 /// `{base_url}{path}` with the query, e.g. `/chat/completions`, `/responses` or `/v1/messages`.
-fn upstream_uri(provider: &Provider, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+pub(crate) fn upstream_uri(
+    provider: &Provider,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Uri, ProxyError> {
     let base_url = match &provider.base_url {
         BaseUrl::Ready(base_url) => base_url,
         BaseUrl::Missing { var } => {

@@ -17,6 +17,7 @@ use crate::net::{HttpClient, find_forbidden};
 
 /// Everything needed to (re)build the upstream request for each attempt.
 pub struct OutgoingRequest {
+    pub method: Method,
     pub uri: Uri,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -51,7 +52,7 @@ pub async fn send_with_retries(
     loop {
         attempt += 1;
         let mut builder = Request::builder()
-            .method(Method::POST)
+            .method(request.method.clone())
             .uri(request.uri.clone());
         if let Some(headers) = builder.headers_mut() {
             headers.clone_from(&request.headers);

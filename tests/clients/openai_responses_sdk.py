@@ -1,7 +1,8 @@
 """The official OpenAI Python SDK's `client.responses` against kimi-proxy (run by tests/responses.rs).
 
-Environment: BASE_URL (the proxy's /v1), MODEL. Prints one JSON object with what it saw; any failed check
-raises (non-zero exit, traceback on stderr).
+Environment: BASE_URL (the proxy's /v1), MODEL, and NATIVE=1 when the model's provider speaks Responses itself
+(then a `background` response is made and cancelled too). Prints one JSON object with what it saw; any failed
+check raises (non-zero exit, traceback on stderr).
 """
 
 import json
@@ -12,6 +13,7 @@ from openai import OpenAI
 
 client = OpenAI(base_url=os.environ["BASE_URL"], api_key="sk-test", max_retries=0)
 MODEL = os.environ["MODEL"]
+NATIVE = os.environ.get("NATIVE") == "1"
 TOOLS = [
     {
         "type": "function",
@@ -105,6 +107,11 @@ retrieved = client.responses.retrieve(text.id)
 assert retrieved.id == text.id and retrieved.output_text == text.output_text, retrieved
 items = list(client.responses.input_items.list(text.id))
 assert [i.type for i in items] == ["message"], items
+try:
+    client.responses.cancel(text.id)
+    raise AssertionError("a response that was not made in the background was cancelled")
+except openai.BadRequestError as error:
+    seen["cancel_refused"] = error.body
 client.responses.delete(text.id)
 try:
     client.responses.retrieve(text.id)
@@ -116,5 +123,13 @@ try:
     raise AssertionError("a deleted previous_response_id was accepted")
 except openai.NotFoundError as error:
     seen["not_found"] = error.body
+
+# 6. A background response, cancelled (only a provider that speaks Responses runs one).
+if NATIVE:
+    queued = client.responses.create(model=MODEL, input="Write a long story.", background=True)
+    assert queued.status in ("queued", "in_progress"), queued
+    cancelled = client.responses.cancel(queued.id)
+    assert cancelled.id == queued.id and cancelled.status == "cancelled", cancelled
+    seen["cancelled"] = cancelled.status
 
 print(json.dumps(seen))

@@ -580,3 +580,35 @@ pub async fn run_anthropic_sdk_script(python: &std::path::Path, proxy: &Proxy, m
             .join("\n")
     );
 }
+
+/// Runs `tests/clients/openai_responses_sdk.py` (the official OpenAI SDK's `client.responses`: create plain and
+/// streamed, tool round trips with `previous_response_id`, retrieve, input items, cancel, delete) with `python`
+/// against the proxy, asking for `model`; `native` when its provider speaks Responses itself. Returns what the
+/// script saw; fails the test with its output unless every check passed.
+pub async fn run_openai_responses_sdk_script(
+    python: &std::path::Path,
+    proxy: &Proxy,
+    model: &str,
+    native: bool,
+) -> serde_json::Value {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/clients/openai_responses_sdk.py"
+    );
+    let output = tokio::process::Command::new(python)
+        .arg(script)
+        .env_clear()
+        .env("BASE_URL", proxy.url("/v1"))
+        .env("MODEL", model)
+        .env("NATIVE", if native { "1" } else { "0" })
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the SDK script failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}

@@ -120,11 +120,13 @@ async fn respond(shared: &Shared, seq: u64, parts: &Parts, body: Bytes) -> Respo
     let is_models = route == "/models";
     let is_chat = route == "/chat/completions";
     let is_responses = route == "/responses";
-    if !is_models && !is_chat && !is_responses {
+    let stored = crate::responses::stored_route(route);
+    if !is_models && !is_chat && !is_responses && stored.is_none() {
         return error_response(StatusCode::NOT_FOUND, &format!("unknown route {path}"));
     }
     let method_ok = (is_models && parts.method == Method::GET)
-        || ((is_chat || is_responses) && parts.method == Method::POST);
+        || ((is_chat || is_responses) && parts.method == Method::POST)
+        || stored.is_some_and(|(_, sub)| crate::responses::stored_method_ok(&parts.method, sub));
     if !method_ok {
         return error_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -174,6 +176,9 @@ async fn respond(shared: &Shared, seq: u64, parts: &Parts, body: Bytes) -> Respo
 
     if is_models {
         return json_response(StatusCode::OK, &ModelList::mock());
+    }
+    if let Some((id, sub)) = stored {
+        return crate::responses::stored(shared, &parts.method, id, sub, parts.uri.query());
     }
     if is_responses {
         return crate::responses::respond(shared, seq, &opts, &body, shutdown);

@@ -4,7 +4,8 @@
 //! without the `/v1` prefix): `GET /models`, `POST /chat/completions`, `POST /messages` and
 //! `POST /messages/count_tokens` (Anthropic's Messages API; see `anthropic.rs`), and `POST /responses` (OpenAI's
 //! Responses API: a Response object, or its event stream from `response.created` to `response.completed`;
-//! see `responses.rs`).
+//! see `responses.rs`), with the stored responses' routes `GET`/`DELETE /responses/{id}`,
+//! `POST /responses/{id}/cancel` and `GET /responses/{id}/input_items`.
 //! Behaviour comes from [`MockConfig`] and per-request headers:
 //!
 //! - `x-mock-chunks`, `x-mock-chunk-delay-ms`, `x-mock-ttft-ms`: stream shape.
@@ -137,9 +138,11 @@ pub(crate) struct Shared {
     fail_counts: Mutex<HashMap<String, u64>>,
     next_id: AtomicU64,
     shutdown: watch::Receiver<bool>,
+    /// Responses kept for `GET`/`DELETE /responses/{id}`, `…/cancel` and `…/input_items` (Responses mode).
+    pub(crate) kept: Arc<Mutex<responses::Kept>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -204,6 +207,7 @@ impl MockUpstream {
             fail_counts: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             shutdown: shutdown_rx.clone(),
+            kept: Arc::default(),
         });
         let app = Router::new()
             .fallback(handler::handle)

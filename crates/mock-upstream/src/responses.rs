@@ -11,13 +11,25 @@
 //! `x-mock-cached-tokens: N` of its input tokens cached.
 //! Faults and delays behave as for chat completions. This is an independent implementation: it does not use
 //! kimi-dialects, so it can check the proxy's translation and passthrough from the outside.
+//!
+//! State, as the API keeps it: a response made with `store` (default true) is kept (the last [`KEPT_CAPACITY`]),
+//! with its input items, once complete (a stream's at `response.completed`). `GET /responses/{id}` answers it,
+//! `DELETE` removes it (`{"id","object":"response","deleted":true}`), `GET …/input_items` lists its input as a
+//! list page (`limit`, `order` default `desc`, `after`; openai-python `types/responses/input_item_list_params.py`
+//! and `response_item_list.py`), `POST …/cancel` cancels a `background` one. A `previous_response_id` that is not
+//! kept is a 404. Not-found and cancel errors are worded as vLLM's implementation of the API words them
+//! (vllm-project/vllm `entrypoints/openai/serving_responses.py`: 404 `Response with id '…' not found.`, 400
+//! `Cannot cancel a synchronous response.`, both `invalid_request_error`). A `background` request (not
+//! streamed) is answered at once with status `queued` and no output, and stays queued until cancelled: the mock
+//! runs nothing in the background.
 
+use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::http::header::CACHE_CONTROL;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -31,7 +43,58 @@ use crate::payload::{
     reasoning_text, sse_chunk_text,
 };
 use crate::stream::{FLUSH_GRACE, StreamGuard, shutdown_error, sleep_or_shutdown, wait_shutdown};
-use crate::{MockStats, Shared};
+use crate::{MockStats, Shared, lock};
+
+/// How many stored responses the mock keeps (the oldest go first).
+pub const KEPT_CAPACITY: usize = 1024;
+
+/// One stored response and the input items of its request.
+struct KeptResponse {
+    response: Value,
+    input: Vec<Value>,
+}
+
+/// The stored responses, bounded, oldest first out.
+#[derive(Default)]
+pub(crate) struct Kept {
+    map: HashMap<String, KeptResponse>,
+    order: VecDeque<String>,
+}
+
+impl Kept {
+    fn put(&mut self, response: Value, input: Vec<Value>) {
+        let Some(id) = response
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+        else {
+            return;
+        };
+        if self
+            .map
+            .insert(id.clone(), KeptResponse { response, input })
+            .is_none()
+        {
+            self.order.push_back(id);
+        }
+        while self.order.len() > KEPT_CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &str) -> bool {
+        if self.map.remove(id).is_none() {
+            return false;
+        }
+        self.order.retain(|kept| kept != id);
+        true
+    }
+}
+
+/// What a stored response is kept with until it completes.
+type Keep = (Arc<Mutex<Kept>>, Vec<Value>);
 
 /// Everything one answer needs, for both the JSON and the streamed form.
 #[derive(Clone, Debug)]
@@ -420,6 +483,21 @@ pub(crate) fn respond(
             "total_tokens": input_tokens.saturating_add(output_tokens),
         })
     });
+    if let Some(previous) = request.get("previous_response_id").and_then(Value::as_str)
+        && !lock(&shared.kept).map.contains_key(previous)
+    {
+        // The API's answer (as kimi-dialects `responses/state.rs` documents it).
+        let body = json!({"error": {
+            "message": format!("Previous response with id '{previous}' not found."),
+            "type": "invalid_request_error", "param": "previous_response_id",
+            "code": "previous_response_not_found"}});
+        let mut response = json_body_response(Body::from(to_json_bytes(&body)));
+        *response.status_mut() = StatusCode::NOT_FOUND;
+        return response;
+    }
+    let store = request.get("store").and_then(Value::as_bool) != Some(false);
+    let background = request.get("background").and_then(Value::as_bool) == Some(true);
+    let input = input_items(request.get("input"), &id);
     let mut echo = request;
     echo.remove("input");
     echo.remove("model");
@@ -434,8 +512,15 @@ pub(crate) fn respond(
         body_kb: opts.body_kb,
     };
 
+    if background && !streaming {
+        let mut queued = plan.response("queued", Vec::new(), None);
+        queued["background"] = Value::Bool(true);
+        lock(&shared.kept).put(queued.clone(), input);
+        return json_body_response(Body::from(to_json_bytes(&queued)));
+    }
+    let keep = store.then(|| (Arc::clone(&shared.kept), input));
     if streaming {
-        let stream = event_stream(plan, opts, shared.stats.clone(), shutdown);
+        let stream = event_stream(plan, opts, shared.stats.clone(), shutdown, keep);
         let mut response = with_content_type(
             Response::new(Body::from_stream(stream)),
             "text/event-stream",
@@ -448,6 +533,11 @@ pub(crate) fn respond(
 
     let answer = plan.response("completed", plan.output(), plan.usage.clone());
     let bytes = to_json_bytes(&answer);
+    if let Some((kept, input)) = keep
+        && opts.fault.is_none()
+    {
+        lock(&kept).put(answer, input);
+    }
     match opts.fault {
         Some(Fault::CloseMidStream) => {
             let half = bytes.slice(..bytes.len() / 2);
@@ -480,6 +570,7 @@ struct State {
     chunk_delay: std::time::Duration,
     guard: StreamGuard,
     shutdown: watch::Receiver<bool>,
+    keep: Option<Keep>,
 }
 
 type Item = Result<Bytes, io::Error>;
@@ -518,6 +609,12 @@ async fn next(mut st: State) -> Option<(Item, State)> {
     if event == Event::Completed {
         st.finished = true;
         st.guard.complete();
+        if let Some((kept, input)) = st.keep.take() {
+            let mut streamed = st.plan.clone();
+            streamed.body_kb = None;
+            let response = streamed.response("completed", streamed.output(), st.plan.usage.clone());
+            lock(&kept).put(response, input);
+        }
     }
     st.pos += 1;
     Some((Ok(frame), st))
@@ -528,6 +625,7 @@ fn event_stream(
     opts: &MockOptions,
     stats: Arc<MockStats>,
     shutdown: watch::Receiver<bool>,
+    keep: Option<Keep>,
 ) -> impl Stream<Item = Item> + Send + 'static {
     let fault = opts
         .fault
@@ -545,8 +643,158 @@ fn event_stream(
         chunk_delay: opts.chunk_delay,
         guard,
         shutdown,
+        keep,
     };
     futures_util::stream::unfold(state, next)
+}
+
+/// The request's `input` as the API lists it: a string is one user message of an `input_text` part; a message
+/// with string content gets that content as one part; every item has an `id` (`msg_<response>_in<n>` when it
+/// had none).
+fn input_items(input: Option<&Value>, response_id: &str) -> Vec<Value> {
+    let base = response_id.strip_prefix("resp_").unwrap_or(response_id);
+    let items = match input {
+        Some(Value::String(text)) => {
+            vec![json!({"type": "message", "role": "user", "content": text})]
+        }
+        Some(Value::Array(items)) => items.clone(),
+        _ => Vec::new(),
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(n, mut item)| {
+            if let Value::Object(map) = &mut item {
+                let is_message =
+                    map.get("type").is_none_or(|t| t == "message") && map.contains_key("role");
+                if is_message {
+                    map.insert("type".into(), json!("message"));
+                    if let Some(Value::String(text)) = map.get("content") {
+                        let part = json!([{"type": "input_text", "text": text}]);
+                        map.insert("content".into(), part);
+                    }
+                    map.entry("status").or_insert(json!("completed"));
+                }
+                map.entry("id")
+                    .or_insert_with(|| Value::String(format!("msg_{base}_in{n}")));
+            }
+            item
+        })
+        .collect()
+}
+
+fn not_found(id: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        &format!("Response with id '{id}' not found."),
+    )
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": "invalid_request_error",
+                                "param": null, "code": null}});
+    let mut response = json_body_response(Body::from(to_json_bytes(&body)));
+    *response.status_mut() = status;
+    response
+}
+
+/// `/responses/{id}` or `/responses/{id}/{cancel|input_items}`: the id and the sub-resource.
+pub(crate) fn stored_route(route: &str) -> Option<(&str, Option<&str>)> {
+    let rest = route.strip_prefix("/responses/")?;
+    let (id, sub) = match rest.split_once('/') {
+        Some((id, sub @ ("cancel" | "input_items"))) => (id, Some(sub)),
+        Some(_) => return None,
+        None => (rest, None),
+    };
+    (!id.is_empty()).then_some((id, sub))
+}
+
+/// The methods each stored-response route takes.
+pub(crate) fn stored_method_ok(method: &Method, sub: Option<&str>) -> bool {
+    match sub {
+        None => *method == Method::GET || *method == Method::DELETE,
+        Some("cancel") => *method == Method::POST,
+        _ => *method == Method::GET,
+    }
+}
+
+/// Answers the stored-response routes (the common checks passed).
+pub(crate) fn stored(
+    shared: &Shared,
+    method: &Method,
+    id: &str,
+    sub: Option<&str>,
+    query: Option<&str>,
+) -> Response {
+    let mut kept = lock(&shared.kept);
+    if *method == Method::DELETE {
+        if !kept.remove(id) {
+            return not_found(id);
+        }
+        let body = json!({"id": id, "object": "response", "deleted": true});
+        return json_body_response(Body::from(to_json_bytes(&body)));
+    }
+    let Some(entry) = kept.map.get_mut(id) else {
+        return not_found(id);
+    };
+    match sub {
+        None => json_body_response(Body::from(to_json_bytes(&entry.response))),
+        Some("cancel") => {
+            let status = entry.response.get("status").and_then(Value::as_str);
+            match status {
+                Some("queued" | "in_progress") => {
+                    entry.response["status"] = json!("cancelled");
+                }
+                Some("cancelled") => {}
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "Cannot cancel a synchronous response.",
+                    );
+                }
+            }
+            json_body_response(Body::from(to_json_bytes(&entry.response)))
+        }
+        _ => {
+            let page = list_page(&entry.input, query);
+            json_body_response(Body::from(to_json_bytes(&page)))
+        }
+    }
+}
+
+/// A list page of `items` for the query's `limit` (1–100, default 20), `order` (default `desc`) and `after`.
+fn list_page(items: &[Value], query: Option<&str>) -> Value {
+    let param = |name: &str| {
+        query?
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.to_owned())
+    };
+    let limit = param("limit")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(20)
+        .clamp(1, 100);
+    let mut page: Vec<&Value> = items.iter().collect();
+    if param("order").as_deref() != Some("asc") {
+        page.reverse();
+    }
+    if let Some(after) = param("after")
+        && let Some(at) = page
+            .iter()
+            .position(|item| item.get("id").and_then(Value::as_str) == Some(after.as_str()))
+    {
+        page.drain(..=at);
+    }
+    let has_more = page.len() > limit;
+    page.truncate(limit);
+    json!({
+        "object": "list",
+        "data": page,
+        "first_id": page.first().and_then(|i| i.get("id")),
+        "last_id": page.last().and_then(|i| i.get("id")),
+        "has_more": has_more,
+    })
 }
 
 #[cfg(test)]

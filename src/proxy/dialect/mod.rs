@@ -18,6 +18,7 @@
 
 pub mod messages;
 pub mod responses;
+pub mod responses_stored;
 
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;

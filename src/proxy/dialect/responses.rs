@@ -16,7 +16,8 @@
 //! - **state**: with `store` (default true) the response and the conversation up to it are kept under the
 //!   response id in [`ResponseStore`]: a bounded in-memory index (moka, weighed in bytes) in front of the
 //!   database, written through the store writer's queue (never waiting), read back on a miss on the blocking
-//!   pool. `GET`/`DELETE /v1/responses/{id}` and `GET /v1/responses/{id}/input_items` read it.
+//!   pool. The stored-response routes read it (`responses_stored`). Beside it, which Responses provider made
+//!   each id that provider keeps (a bounded index too), so those routes can go to it.
 //!
 //! Accounting always reads the provider's chat answer: the translation sits after the tracker.
 
@@ -27,7 +28,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -61,7 +61,7 @@ const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 pub use crate::store::responses::{ResponseBacking, StoredResponse};
 
 /// The conversation a stored response holds, as items.
-fn stored_items(stored: &StoredResponse) -> Result<Vec<Value>, ProxyError> {
+pub(crate) fn stored_items(stored: &StoredResponse) -> Result<Vec<Value>, ProxyError> {
     serde_json::from_str(stored.items.get()).map_err(|e| {
         ProxyError::InvalidRequest(format!("stored response {} unreadable: {e}", stored.id))
     })
@@ -72,7 +72,13 @@ fn stored_items(stored: &StoredResponse) -> Result<Vec<Value>, ProxyError> {
 pub struct ResponseStore {
     memory: moka::sync::Cache<String, Arc<StoredResponse>>,
     backing: OnceLock<Arc<dyn ResponseBacking>>,
+    /// The id of each response a Responses provider made and keeps → that provider's key (memory only: after a
+    /// restart the stored-response routes ask the Responses providers in turn).
+    native: moka::sync::Cache<String, Arc<str>>,
 }
+
+/// How many ids of responses kept by Responses providers the proxy remembers (about 100 bytes each).
+const NATIVE_IDS: u64 = 100_000;
 
 impl ResponseStore {
     pub fn new(max_bytes: u64, retention: Duration) -> ResponseStore {
@@ -85,7 +91,32 @@ impl ResponseStore {
                 .time_to_live(retention)
                 .build(),
             backing: OnceLock::new(),
+            native: moka::sync::Cache::builder()
+                .max_capacity(NATIVE_IDS)
+                .time_to_live(retention)
+                .build(),
         }
+    }
+
+    /// Notes that `provider` (a Responses provider) made and keeps the response `id`.
+    pub fn remember_native(&self, id: &str, provider: Arc<str>) {
+        self.native.insert(id.to_string(), provider);
+    }
+
+    /// The Responses provider that made the response `id`, when noted.
+    pub fn native_provider(&self, id: &str) -> Option<Arc<str>> {
+        self.native.get(id)
+    }
+
+    /// Forgets the provider of `id` (deleted there).
+    pub fn forget_native(&self, id: &str) {
+        self.native.invalidate(id);
+    }
+
+    /// How many provider-kept ids are noted.
+    pub fn native_ids(&self) -> u64 {
+        self.native.run_pending_tasks();
+        self.native.entry_count()
     }
 
     /// Connects the database (once, at start).
@@ -189,6 +220,8 @@ pub struct ResponsesAdapter {
     previous_id: Option<String>,
     /// Where the model name is in the body (spliced when passed through to a Responses provider).
     model_range: Range<usize>,
+    /// The request said `store: false`: the provider keeps nothing of it.
+    store_off: bool,
     turn: Option<Box<Turn>>,
 }
 
@@ -210,6 +243,7 @@ struct PeekBody<'a> {
     stream: Option<bool>,
     prompt_cache_key: Option<String>,
     previous_response_id: Option<String>,
+    store: Option<bool>,
 }
 
 impl ResponsesAdapter {
@@ -257,6 +291,7 @@ impl ResponsesAdapter {
         };
         self.store = Some(Arc::clone(&state.responses));
         self.previous_id = parsed.previous_response_id;
+        self.store_off = parsed.store == Some(false);
         self.model_range = raw_model.map_or(0..0, |raw| request::offset_in(body, raw.get()));
         let client_session = ["session-id", "session_id", "thread-id"]
             .iter()
@@ -277,6 +312,11 @@ impl ResponsesAdapter {
     /// Where the model name is in the body.
     pub fn model_range(&self) -> Range<usize> {
         self.model_range.clone()
+    }
+
+    /// Whether a provider that speaks Responses keeps the answer (`store`, default true).
+    pub fn provider_keeps(&self) -> bool {
+        !self.store_off
     }
 
     /// Whether the request continues a previous response.
@@ -400,7 +440,11 @@ impl Turn {
         }
         match dialect::chat_to_response(&bytes, &self.translated.answer) {
             Ok(response) => {
-                let body = serde_json::to_vec(&response).unwrap_or_default();
+                // The Response echoes the request's parameters beside the answer: room for both, no regrowth.
+                let mut body = Vec::with_capacity(bytes.len() * 2 + 4096);
+                if serde_json::to_writer(&mut body, &response).is_err() {
+                    body.clear();
+                }
                 self.keep(&response);
                 parts.headers.insert(
                     header::CONTENT_TYPE,
@@ -616,129 +660,6 @@ impl http_body::Body for TranslatingBody {
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
     }
-}
-
-// --- stored responses over HTTP ----------------------------------------------------------------------------
-
-fn not_found(id: &str) -> Response {
-    let body = dialect::error_body(
-        "invalid_request_error",
-        &format!("Response with id '{id}' not found."),
-        None,
-        None,
-    );
-    json_response(StatusCode::NOT_FOUND, body)
-}
-
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
-}
-
-/// `GET /v1/responses/{id}`: the stored Response object.
-pub async fn get_response(
-    State(state): State<Arc<ProxyState>>,
-    Path(id): Path<String>,
-) -> Response {
-    match state.responses.get(&id).await {
-        Ok(Some(stored)) => {
-            json_response(StatusCode::OK, stored.response.get().as_bytes().to_vec())
-        }
-        Ok(None) => not_found(&id),
-        Err(error) => error.into_response(),
-    }
-}
-
-/// `DELETE /v1/responses/{id}`: `{"id","object":"response","deleted":true}` (developers.openai.com, "Delete
-/// a model response").
-pub async fn delete_response(
-    State(state): State<Arc<ProxyState>>,
-    Path(id): Path<String>,
-) -> Response {
-    match state.responses.delete(&id).await {
-        Ok(true) => {
-            let body = serde_json::json!({"id": id, "object": "response", "deleted": true});
-            json_response(StatusCode::OK, body.to_string().into_bytes())
-        }
-        Ok(false) => not_found(&id),
-        Err(error) => error.into_response(),
-    }
-}
-
-/// `input_items` query: `limit` (1–100, default 20), `order` (`asc`/`desc`, default `desc`), `after` (an
-/// item id), as openai-python `types/responses/input_item_list_params.py`.
-#[derive(Deserialize)]
-pub struct InputItemsQuery {
-    limit: Option<usize>,
-    order: Option<String>,
-    after: Option<String>,
-}
-
-/// `GET /v1/responses/{id}/input_items`: the items the request that produced the response gave as its input,
-/// as a list page.
-pub async fn input_items(
-    State(state): State<Arc<ProxyState>>,
-    Path(id): Path<String>,
-    Query(query): Query<InputItemsQuery>,
-) -> Response {
-    let stored = match state.responses.get(&id).await {
-        Ok(Some(stored)) => stored,
-        Ok(None) => return not_found(&id),
-        Err(error) => return error.into_response(),
-    };
-    let items = match stored_items(&stored) {
-        Ok(items) => items,
-        Err(error) => return error.into_response(),
-    };
-    let input = stored.input.start.min(items.len())..stored.input.end.min(items.len());
-    let mut page: Vec<Value> = items[input]
-        .iter()
-        .enumerate()
-        .map(|(i, item)| with_id(item, &id, i))
-        .collect();
-    if query.order.as_deref() != Some("asc") {
-        page.reverse();
-    }
-    if let Some(after) = &query.after
-        && let Some(at) = page
-            .iter()
-            .position(|item| item.get("id").and_then(Value::as_str) == Some(after))
-    {
-        page.drain(..=at);
-    }
-    let limit = query.limit.unwrap_or(20).clamp(1, 100);
-    let has_more = page.len() > limit;
-    page.truncate(limit);
-    let first = page.first().and_then(|i| i.get("id")).cloned();
-    let last = page.last().and_then(|i| i.get("id")).cloned();
-    let body = serde_json::json!({
-        "object": "list",
-        "data": page,
-        "first_id": first,
-        "last_id": last,
-        "has_more": has_more,
-    });
-    json_response(StatusCode::OK, body.to_string().into_bytes())
-}
-
-/// An input item with an `id` (the API lists every item with one; a plain input message has none until
-/// stored): `msg_<response id>_<n>` when it had none.
-fn with_id(item: &Value, response_id: &str, index: usize) -> Value {
-    let mut item = item.clone();
-    if let Value::Object(map) = &mut item
-        && !map.get("id").is_some_and(Value::is_string)
-    {
-        let stem = response_id.strip_prefix("resp_").unwrap_or(response_id);
-        map.insert("id".into(), Value::from(format!("msg_{stem}_{index}")));
-    }
-    item
 }
 
 #[cfg(test)]

@@ -22,9 +22,14 @@ pub(crate) fn item_id(ctx: &AnswerContext, prefix: &str, n: usize) -> String {
 }
 
 fn echo_or(ctx: &AnswerContext, key: &str, default: Value) -> Value {
+    echo_or_else(ctx, key, || default)
+}
+
+/// The echoed parameter, else a default made only when needed (an object default allocates).
+fn echo_or_else(ctx: &AnswerContext, key: &str, default: impl FnOnce() -> Value) -> Value {
     match ctx.echo.get(key) {
         Some(v) if !v.is_null() => v.clone(),
-        _ => default,
+        _ => default(),
     }
 }
 
@@ -76,7 +81,11 @@ pub(crate) fn response_object(
     );
     r.insert(
         "reasoning".into(),
-        echo_or(ctx, "reasoning", json!({"effort": null, "summary": null})),
+        echo_or_else(
+            ctx,
+            "reasoning",
+            || json!({"effort": null, "summary": null}),
+        ),
     );
     r.insert(
         "safety_identifier".into(),
@@ -93,13 +102,13 @@ pub(crate) fn response_object(
     );
     r.insert(
         "text".into(),
-        echo_or(ctx, "text", json!({"format": {"type": "text"}})),
+        echo_or_else(ctx, "text", || json!({"format": {"type": "text"}})),
     );
     r.insert(
         "tool_choice".into(),
         echo_or(ctx, "tool_choice", Value::String("auto".into())),
     );
-    r.insert("tools".into(), echo_or(ctx, "tools", json!([])));
+    r.insert("tools".into(), echo_or_else(ctx, "tools", || json!([])));
     r.insert(
         "top_logprobs".into(),
         echo_or(ctx, "top_logprobs", Value::from(0)),
@@ -111,7 +120,10 @@ pub(crate) fn response_object(
     );
     r.insert("usage".into(), usage.unwrap_or(Value::Null));
     r.insert("user".into(), echo_or(ctx, "user", Value::Null));
-    r.insert("metadata".into(), echo_or(ctx, "metadata", json!({})));
+    r.insert(
+        "metadata".into(),
+        echo_or_else(ctx, "metadata", || json!({})),
+    );
     Value::Object(r)
 }
 

@@ -158,19 +158,31 @@ pub(crate) fn new_response_id() -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let count = ID_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let seed = format!("{nanos}:{count}:{}", std::process::id());
-    let mut out = String::from("resp_");
+    // The seed's words hashed directly (no text made of them: this runs for every request).
+    let seed = [
+        nanos as u64,
+        (nanos >> 64) as u64,
+        count,
+        u64::from(std::process::id()),
+    ];
+    let mut out = String::with_capacity(5 + 48);
+    out.push_str("resp_");
     for salt in 0u8..3 {
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(salt);
-        for &b in seed.as_bytes() {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        for word in seed {
+            for b in word.to_le_bytes() {
+                hash ^= u64::from(b);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
         }
         // A final avalanche so the three words differ in every digit.
         hash ^= hash >> 33;
         hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
         hash ^= hash >> 33;
-        out.push_str(&format!("{hash:016x}"));
+        for shift in (0..16).rev() {
+            let digit = ((hash >> (shift * 4)) & 0xf) as u32;
+            out.push(char::from_digit(digit, 16).unwrap_or('0'));
+        }
     }
     out
 }
@@ -205,7 +217,7 @@ pub fn request_to_chat(
             None,
         )
     })?;
-    let Value::Object(req) = parsed else {
+    let Value::Object(mut req) = parsed else {
         return Err(TranslateError::invalid(
             "The request body must be a JSON object.",
             None,
@@ -260,14 +272,15 @@ pub fn request_to_chat(
         }
     }
 
-    let input = req.get("input").unwrap_or(&Value::Null);
-    let input_items: Vec<Value> = match input {
+    // Taken out of the request (nothing else reads it), not copied: the input is most of a request's bytes.
+    let input = req.remove("input").unwrap_or(Value::Null);
+    let mut input_items: Vec<Value> = match input {
         Value::String(text) => vec![json!({
             "type": "message",
             "role": "user",
             "content": [{"type": "input_text", "text": text}],
         })],
-        Value::Array(items) => items.clone(),
+        Value::Array(items) => items,
         Value::Null => Vec::new(),
         _ => {
             return Err(TranslateError::invalid(
@@ -277,13 +290,16 @@ pub fn request_to_chat(
             ));
         }
     };
+    let stored_input = store.then(|| input_items.clone());
     {
         let mut builder = MessageBuilder::new(&mut names, &mut dropped);
         for (i, item) in previous.unwrap_or_default().iter().enumerate() {
             builder.item(item, "previous_response_id", i)?;
         }
-        for (i, item) in input_items.iter().enumerate() {
-            builder.item(item, "input", i)?;
+        // The input's texts are moved into the chat messages, not copied: a stored conversation keeps its own
+        // copy of the items (taken before), a `store: false` request (Codex's) needs none.
+        for (i, item) in input_items.iter_mut().enumerate() {
+            builder.item_moving(item, "input", i)?;
         }
         messages.extend(builder.finish());
     }
@@ -375,7 +391,9 @@ pub fn request_to_chat(
         }
     }
 
-    let body = serde_json::to_vec(&Value::Object(chat)).map_err(|err| TranslateError {
+    // Sized for the whole request up front (the chat body is about the client's size): no regrowth.
+    let mut body = Vec::with_capacity(body.len() + 256);
+    serde_json::to_writer(&mut body, &Value::Object(chat)).map_err(|err| TranslateError {
         status: 500,
         kind: "server_error",
         message: format!("could not encode the chat request: {err}"),
@@ -410,12 +428,13 @@ pub fn request_to_chat(
         }
     }
 
-    let conversation = if store {
-        let mut all: Vec<Value> = previous.unwrap_or_default().to_vec();
-        all.extend(input_items.into_iter().map(normalize_item));
-        all
-    } else {
-        Vec::new()
+    let conversation = match stored_input {
+        Some(input_items) => {
+            let mut all: Vec<Value> = previous.unwrap_or_default().to_vec();
+            all.extend(input_items.into_iter().map(normalize_item));
+            all
+        }
+        None => Vec::new(),
     };
     let prompt_cache_key = str_field(&req, "prompt_cache_key").map(str::to_owned);
     let include = req
@@ -631,6 +650,47 @@ fn translate_text_format(
 
 /// A stored form of an input item: bare `{role, content}` messages become `type: "message"` items with
 /// content parts, so every stored item is typed.
+/// The chat role of a message item (`developer` is a system message).
+fn chat_role(
+    obj: &Map<String, Value>,
+    field: &str,
+    index: usize,
+) -> Result<&'static str, TranslateError> {
+    match str_field(obj, "role").unwrap_or_default() {
+        "user" => Ok("user"),
+        "assistant" => Ok("assistant"),
+        "system" | "developer" => Ok("system"),
+        other => Err(TranslateError::invalid(
+            format!("Invalid value for '{field}[{index}].role': '{other}'."),
+            Some(&format!("{field}[{index}].role")),
+            Some("invalid_value"),
+        )),
+    }
+}
+
+/// A message content that is one text — a string, or a single text part — taken out of it (left empty); `None`
+/// for anything else (several parts, images, refusals), which is translated from the item as it is.
+fn sole_text(content: Option<&mut Value>) -> Option<String> {
+    match content? {
+        Value::String(text) => Some(std::mem::take(text)),
+        Value::Array(parts) if parts.len() == 1 => {
+            let part = parts.first_mut()?.as_object_mut()?;
+            let kind = str_field(part, "type")?;
+            if !matches!(
+                kind,
+                "input_text" | "output_text" | "text" | "summary_text" | "reasoning_text"
+            ) {
+                return None;
+            }
+            match part.get_mut("text")? {
+                Value::String(text) => Some(std::mem::take(text)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 fn normalize_item(item: Value) -> Value {
     let Value::Object(mut obj) = item else {
         return item;
@@ -678,6 +738,30 @@ impl<'a> MessageBuilder<'a> {
         self.messages
     }
 
+    /// [`item`](Self::item), with a message's text moved out of `item` rather than copied when it is one
+    /// string (a string `content`, or a single text part without images): most of a request's bytes.
+    fn item_moving(
+        &mut self,
+        item: &mut Value,
+        field: &str,
+        index: usize,
+    ) -> Result<(), TranslateError> {
+        if let Value::Object(obj) = item {
+            let is_message = match str_field(obj, "type") {
+                Some(kind) => kind == "message",
+                None => obj.contains_key("role"),
+            };
+            if is_message {
+                let role = chat_role(obj, field, index)?;
+                if let Some(text) = sole_text(obj.get_mut("content")) {
+                    self.push_message(role, Value::String(text));
+                    return Ok(());
+                }
+            }
+        }
+        self.item(item, field, index)
+    }
+
     fn item(&mut self, item: &Value, field: &str, index: usize) -> Result<(), TranslateError> {
         let Some(obj) = item.as_object() else {
             return Err(TranslateError::invalid(
@@ -718,19 +802,13 @@ impl<'a> MessageBuilder<'a> {
         field: &str,
         index: usize,
     ) -> Result<(), TranslateError> {
-        let role = match str_field(obj, "role").unwrap_or_default() {
-            "user" => "user",
-            "assistant" => "assistant",
-            "system" | "developer" => "system",
-            other => {
-                return Err(TranslateError::invalid(
-                    format!("Invalid value for '{field}[{index}].role': '{other}'."),
-                    Some(&format!("{field}[{index}].role")),
-                    Some("invalid_value"),
-                ));
-            }
-        };
+        let role = chat_role(obj, field, index)?;
         let content = self.content(obj.get("content"), role == "user");
+        self.push_message(role, content);
+        Ok(())
+    }
+
+    fn push_message(&mut self, role: &'static str, content: Value) {
         if role == "assistant" {
             let mut msg = Map::new();
             msg.insert("role".into(), Value::String("assistant".into()));
@@ -743,7 +821,6 @@ impl<'a> MessageBuilder<'a> {
             self.messages
                 .push(json!({"role": role, "content": content}));
         }
-        Ok(())
     }
 
     /// Message content: a string, or (for user messages with images) a part array.
@@ -753,16 +830,24 @@ impl<'a> MessageBuilder<'a> {
             Some(Value::Array(parts)) => parts,
             _ => return Value::String(String::new()),
         };
+        // The text parts become one string unless an image comes with them: the part array is built only then
+        // (the texts are most of a request's bytes; each copy of them costs).
+        let has_image = images_allowed
+            && parts.iter().any(|part| {
+                part.get("type").and_then(Value::as_str) == Some("input_image")
+                    && part.get("image_url").is_some_and(Value::is_string)
+            });
         let mut texts: Vec<&str> = Vec::new();
         let mut chat_parts: Vec<Value> = Vec::new();
-        let mut has_image = false;
         for part in parts {
             let kind = part.get("type").and_then(Value::as_str).unwrap_or_default();
             match kind {
                 "input_text" | "output_text" | "text" | "summary_text" | "reasoning_text" => {
                     let text = part.get("text").and_then(Value::as_str).unwrap_or_default();
                     texts.push(text);
-                    chat_parts.push(json!({"type": "text", "text": text}));
+                    if has_image {
+                        chat_parts.push(json!({"type": "text", "text": text}));
+                    }
                 }
                 "refusal" => {
                     let text = part
@@ -770,11 +855,12 @@ impl<'a> MessageBuilder<'a> {
                         .and_then(Value::as_str)
                         .unwrap_or_default();
                     texts.push(text);
-                    chat_parts.push(json!({"type": "text", "text": text}));
+                    if has_image {
+                        chat_parts.push(json!({"type": "text", "text": text}));
+                    }
                 }
                 "input_image" => match part.get("image_url").and_then(Value::as_str) {
                     Some(url) if images_allowed => {
-                        has_image = true;
                         let mut image = Map::new();
                         image.insert("url".into(), Value::String(url.to_owned()));
                         if let Some(detail) = part.get("detail").filter(|d| d.is_string()) {
