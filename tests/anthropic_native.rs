@@ -479,3 +479,86 @@ async fn masking_rewrites_a_bulky_tool_result_block_on_the_native_route() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn count_tokens_goes_to_a_provider_that_offers_it_and_is_local_otherwise() {
+    let mock = MockUpstream::start().await.unwrap();
+    let extra = format!(
+        "{}\n[model_aliases]\n\"claude-*\" = \"mock-anthropic/claude-mock\"\n",
+        anthropic_provider(
+            &mock,
+            "count_tokens = true\nanthropic_betas = [\"token-counting-2024-11-01\"]\nanthropic_drop_fields = [\"context_management\"]"
+        )
+    );
+    let proxy = start_proxy(&mock, &extra).await;
+    let mut body = native_body(false);
+    body.as_object_mut().unwrap().remove("max_tokens");
+    body["model"] = json!("claude-sonnet-4-5-20250929");
+    body["context_management"] = json!({"edits": []});
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let response = post_raw(
+        &proxy.url("/v1/messages/count_tokens?beta=true"),
+        &bytes,
+        &[(
+            "anthropic-beta",
+            "token-counting-2024-11-01,context-management-2025-06-27",
+        )],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        !response.headers().contains_key("x-kimi-proxy-estimate"),
+        "the provider's count is not an estimate"
+    );
+    let count: Value = response.json().await.unwrap();
+    let upstream = mock.last_request().unwrap();
+    assert_eq!(upstream.path, "/v1/messages/count_tokens");
+    assert_eq!(upstream.query.as_deref(), Some("beta=true"));
+    assert_eq!(upstream.header("x-api-key"), Some("mock-provider-key"));
+    assert_eq!(upstream.header("anthropic-version"), Some("2023-06-01"));
+    assert_eq!(
+        upstream.header("anthropic-beta"),
+        Some("token-counting-2024-11-01")
+    );
+    let sent = upstream.json().unwrap();
+    assert_eq!(sent["model"], "claude-mock");
+    assert!(sent.get("context_management").is_none());
+    // The mock counts a quarter of the body it received: the provider's number, not the proxy's.
+    assert_eq!(
+        count,
+        json!({"input_tokens": upstream.body.len() / 4}),
+        "the mock's own count"
+    );
+    // The provider's errors come back as it sent them.
+    let response = post_raw(
+        &proxy.url("/v1/messages/count_tokens"),
+        &bytes,
+        &[("x-mock-status", "400")],
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mock upstream error"),
+        "{error}"
+    );
+
+    // Without `count_tokens` the same provider's requests are counted locally, nothing goes upstream.
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = start_proxy(&mock, &anthropic_provider(&mock, "")).await;
+    let mut body = native_body(false);
+    body.as_object_mut().unwrap().remove("max_tokens");
+    let response = post_raw(
+        &proxy.url("/v1/messages/count_tokens"),
+        &serde_json::to_vec(&body).unwrap(),
+        &[],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-kimi-proxy-estimate"));
+    assert!(mock.requests().is_empty());
+}

@@ -73,7 +73,7 @@ pub struct Exchange<'s> {
     client_app: Option<String>,
     /// The provider speaks the client's API: the request goes to it as the client sent it (but for the
     /// model id), the answer comes back byte for byte.
-    native: bool,
+    pub(crate) native: bool,
 }
 
 /// What the record of a routed request holds until its answer starts.
@@ -117,11 +117,11 @@ impl Route<'_> {
         }
     }
 
-    fn provider(&self) -> &Provider {
+    pub(crate) fn provider(&self) -> &Provider {
         &self.upstream().provider
     }
 
-    fn is_passthrough(&self) -> bool {
+    pub(crate) fn is_passthrough(&self) -> bool {
         matches!(self.upstream, RoutedUpstream::Passthrough(_))
     }
 }
@@ -788,36 +788,7 @@ impl<'s> Exchange<'s> {
         route: &Route<'_>,
     ) -> Result<(Uri, HeaderMap), ProxyError> {
         let provider = route.provider();
-        let mut headers = headers::upstream_request_headers(&parts.headers);
-        headers.remove(CONTEXT_HEADER);
-        let anthropic_provider = provider.kind == ProviderKind::Anthropic;
-        if !self.native {
-            self.adapter.upstream_headers(&mut headers);
-        }
-        if anthropic_provider {
-            let dropped = dialect::messages::native_headers(
-                &mut headers,
-                provider.anthropic_betas.as_deref(),
-            );
-            if let Some(context) = self.context_mut() {
-                context.dropped_fields += dropped;
-            }
-        }
-        if route.is_passthrough() {
-            // The client's own key for the target: `X-Target-Authorization` when given (required when
-            // `Authorization` carries a virtual key, which the guard has removed), else its `Authorization`.
-            if let Some(key) = parts.headers.get(passthrough::TARGET_AUTH_HEADER) {
-                let mut key = key.clone();
-                key.set_sensitive(true);
-                headers.insert(header::AUTHORIZATION, key);
-            }
-        } else {
-            apply_credentials(
-                &mut headers,
-                provider,
-                self.state.config.server.forward_client_key,
-            )?;
-        }
+        let headers = self.upstream_headers(parts, route)?;
         // The query is the client API's (Anthropic's `?beta=true`); it goes only to a provider of the same API.
         let query = match self.adapter {
             ClientAdapter::None => parts.uri.query(),
@@ -848,6 +819,46 @@ impl<'s> Exchange<'s> {
             }
         }
         Ok((uri, headers))
+    }
+
+    /// The client's headers cleaned for the provider, with its API's headers and the right credentials.
+    pub(crate) fn upstream_headers(
+        &mut self,
+        parts: &Parts,
+        route: &Route<'_>,
+    ) -> Result<HeaderMap, ProxyError> {
+        let provider = route.provider();
+        let mut headers = headers::upstream_request_headers(&parts.headers);
+        headers.remove(CONTEXT_HEADER);
+        let anthropic_provider = provider.kind == ProviderKind::Anthropic;
+        if !self.native {
+            self.adapter.upstream_headers(&mut headers);
+        }
+        if anthropic_provider {
+            let dropped = dialect::messages::native_headers(
+                &mut headers,
+                provider.anthropic_betas.as_deref(),
+            );
+            if let Some(context) = self.context_mut() {
+                context.dropped_fields += dropped;
+            }
+        }
+        if route.is_passthrough() {
+            // The client's own key for the target: `X-Target-Authorization` when given (required when
+            // `Authorization` carries a virtual key, which the guard has removed), else its `Authorization`.
+            if let Some(key) = parts.headers.get(passthrough::TARGET_AUTH_HEADER) {
+                let mut key = key.clone();
+                key.set_sensitive(true);
+                headers.insert(header::AUTHORIZATION, key);
+            }
+        } else {
+            apply_credentials(
+                &mut headers,
+                provider,
+                self.state.config.server.forward_client_key,
+            )?;
+        }
+        Ok(headers)
     }
 
     // --- send ---------------------------------------------------------------------------------------------
@@ -1202,7 +1213,11 @@ fn apply_credentials(
 }
 
 /// `{base_url}{path}` with the query, e.g. `/chat/completions`, `/responses` or `/v1/messages`.
-fn upstream_uri(provider: &Provider, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+pub(crate) fn upstream_uri(
+    provider: &Provider,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Uri, ProxyError> {
     let base_url = match &provider.base_url {
         BaseUrl::Ready(base_url) => base_url,
         BaseUrl::Missing { var } => {
