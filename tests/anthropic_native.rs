@@ -562,3 +562,99 @@ async fn count_tokens_goes_to_a_provider_that_offers_it_and_is_local_otherwise()
     assert!(response.headers().contains_key("x-kimi-proxy-estimate"));
     assert!(mock.requests().is_empty());
 }
+
+#[tokio::test]
+async fn observation_masking_and_masking_rewrite_old_tool_results_on_the_native_route() {
+    let mock = MockUpstream::start().await.unwrap();
+    let extra = format!(
+        "{}\n[context.observation]\nenabled = true\nkeep_last_tool_turns = 1\n\
+         [context.masking]\nenabled = true\nthreshold_tokens = 200\n",
+        anthropic_provider(&mock, "")
+    );
+    let proxy = start_proxy(&mock, &extra).await;
+    let listing = |tag: &str| -> String {
+        (0..300)
+            .map(|i| format!("src/{tag}/file_{i}.rs: fn item_{i}() {{}}\n"))
+            .collect()
+    };
+    let tool_use = |id: &str, name: &str| {
+        json!({"role": "assistant", "content": [
+            {"type": "tool_use", "id": id, "name": name, "input": {}}
+        ]})
+    };
+    let body = json!({
+        "model": "claude-mock",
+        "max_tokens": 1024,
+        "messages": [
+            {"role": "user", "content": "Look around."},
+            tool_use("toolu_1", "Read"),
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": listing("a"), "cache_control": {"type": "ephemeral"}}
+            ]},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "toolu_2", "name": "Grep", "input": {}},
+                {"type": "tool_use", "id": "toolu_3", "name": "Bash", "input": {}}
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_2", "content": [{"type": "text", "text": listing("b")}]},
+                {"type": "tool_result", "tool_use_id": "toolu_3", "content": "exit status 2", "is_error": true}
+            ]},
+            tool_use("toolu_4", "Read"),
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_4", "content": listing("c")}
+            ]},
+            {"role": "assistant", "content": [{"type": "text", "text": "Seen."}]},
+            {"role": "user", "content": "Now fix it."}
+        ]
+    });
+    let response = post_raw(
+        &proxy.url("/v1/messages"),
+        &serde_json::to_vec(&body).unwrap(),
+        &[],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let sent = mock.last_request().unwrap().json().unwrap();
+    let messages = sent["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 9, "no message added or removed");
+    // Results older than the last tool turn: the observation placeholder, the block's other members kept.
+    let first = &messages[2]["content"][0];
+    let text = first["content"].as_str().unwrap();
+    assert!(
+        text.starts_with("[kimi-proxy: earlier result of tool `Read` omitted ("),
+        "{text}"
+    );
+    assert_eq!(first["tool_use_id"], "toolu_1");
+    assert_eq!(first["cache_control"], json!({"type": "ephemeral"}));
+    let second = &messages[4]["content"];
+    assert!(
+        second[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("tool `Grep` omitted"),
+        "{second}"
+    );
+    assert_eq!(
+        second[1], body["messages"][4]["content"][1],
+        "an error stays"
+    );
+    // The last tool turn's result is not observed, but masked (bulky).
+    let last = messages[6]["content"][0]["content"].as_str().unwrap();
+    assert!(last.starts_with("[kimi-proxy masked"), "{last}");
+    assert!(last.contains("src/c/file_0.rs"), "{last}");
+    for i in [0, 1, 3, 5, 7, 8] {
+        assert_eq!(messages[i], body["messages"][i], "message {i} as sent");
+    }
+
+    let record = &recent_records(&proxy, 1).await[0];
+    let context = &record["context"];
+    assert_eq!(context["transforms"], "observe,mask", "{record}");
+    assert_eq!(context["observed_messages"], 2);
+    assert_eq!(context["masked_messages"], 1);
+    let before = context["tokens_before"].as_u64().unwrap();
+    let after = context["tokens_after"].as_u64().unwrap();
+    let after_masking = context["after_masking"].as_u64().unwrap();
+    assert!(after * 20 < before, "{before} -> {after}");
+    assert!(after < after_masking && after_masking < before, "{context}");
+    assert_eq!(record["tokens_saved"].as_u64().unwrap(), before - after);
+}

@@ -612,8 +612,8 @@ impl<'s> Exchange<'s> {
         })
     }
 
-    /// Masking on a native Messages request (`tool_result` blocks), when the context settings turn it on;
-    /// observation masking and compaction work on chat requests only.
+    /// Observation masking and masking on a native Messages request (`tool_result` blocks), when the context
+    /// settings turn them on; compaction works on chat requests only.
     fn mask_native(
         &mut self,
         parts: &Parts,
@@ -638,29 +638,21 @@ impl<'s> Exchange<'s> {
             .context
             .resolve(header, session.as_deref(), &route.model)
             .map_err(|e| ProxyError::InvalidRequest(format!("`{CONTEXT_HEADER}`: {e}")))?;
-        if !resolved.enabled.masking {
+        if !(resolved.enabled.masking || resolved.enabled.observation) {
             return Ok(bytes);
         }
         let started = Instant::now();
         let tokenizer = state.accounting.tokenizer_for(&route.model).tokenizer;
-        let Some((body, masked, before, after)) = context::masking::mask_messages_body(
+        let Some((body, mut outcome)) = context::anthropic::apply(
             &bytes,
-            &state.context.config.masking,
+            &resolved,
+            &state.context.config,
             &tokenizer,
             &state.context.masks,
         ) else {
             return Ok(bytes);
         };
-        // The figures cover the masked blocks (the whole prompt is counted on its chat form elsewhere).
-        let outcome = context::Outcome {
-            transforms: "mask".to_string(),
-            tokens_before: before,
-            after_masking: Some(after),
-            tokens_after: after,
-            masked_messages: masked,
-            elapsed_us: started.elapsed().as_micros() as u64,
-            ..context::Outcome::default()
-        };
+        outcome.elapsed_us = started.elapsed().as_micros() as u64;
         state.context.count(&outcome);
         if let Some(context) = self.context_mut() {
             context.savings = Some(Box::new(outcome));
