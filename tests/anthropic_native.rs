@@ -658,3 +658,93 @@ async fn observation_masking_and_masking_rewrite_old_tool_results_on_the_native_
     assert!(after < after_masking && after_masking < before, "{context}");
     assert_eq!(record["tokens_saved"].as_u64().unwrap(), before - after);
 }
+
+/// The official SDK asks the same deterministic question three times: the answer, then the same answer from the
+/// cache, then the cached answer replayed as Anthropic's event stream (which the SDK assembles into the same
+/// message). One request reaches the provider.
+const CACHE_SCRIPT: &str = r#"
+import os, anthropic
+client = anthropic.Anthropic(
+    base_url=os.environ["PROXY_URL"], api_key="sk-ant-client-key",
+    default_headers={"x-mock-tool-call": "1", "x-mock-reasoning": "2", "x-mock-cache-read": "30"},
+)
+ask = dict(model="claude-mock", max_tokens=256, extra_body={"temperature": 0},
+           messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+           tools=[{"name": "get_weather", "description": "Weather", "input_schema": {"type": "object"}}])
+first = client.messages.with_raw_response.create(**ask)
+assert first.headers.get("x-kimi-proxy-cache") is None, first.headers
+message = first.parse()
+# An answer is stored when its record is finished (the prompt count may still run after the body ends).
+import json, time, urllib.request
+for _ in range(100):
+    with urllib.request.urlopen(os.environ["PROXY_URL"] + "/api/requests/recent?limit=5") as recent:
+        if json.load(recent):
+            break
+    time.sleep(0.05)
+kinds = [b.type for b in message.content]
+assert "thinking" in kinds and "tool_use" in kinds and "text" in kinds, kinds
+second = client.messages.with_raw_response.create(**ask)
+assert second.headers.get("x-kimi-proxy-cache") == "hit", second.headers
+assert second.parse().model_dump() == message.model_dump()
+with client.messages.stream(**ask) as stream:
+    events = [event.type for event in stream]
+    replayed = stream.get_final_message()
+assert "content_block_delta" in events, events
+assert replayed.model_dump() == message.model_dump(), (replayed, message)
+print("all checks passed")
+"#;
+
+#[tokio::test]
+async fn the_response_cache_answers_an_anthropic_client_as_json_and_as_a_replayed_stream() {
+    let Some(python) = common::anthropic_sdk_python() else {
+        return;
+    };
+    let mock = MockUpstream::start().await.unwrap();
+    let extra = format!(
+        "{}\n[cache]\nenabled = true\n",
+        anthropic_provider(&mock, "")
+    );
+    let proxy = start_proxy(&mock, &extra).await;
+    let output = tokio::process::Command::new(&python)
+        .arg("-c")
+        .arg(CACHE_SCRIPT)
+        .env("PROXY_URL", proxy.url(""))
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("all checks passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(mock.requests().len(), 1, "the provider was asked once");
+    let records = recent_records(&proxy, 3).await;
+    let hits: Vec<bool> = records
+        .iter()
+        .map(|r| r["cache_hit"].as_bool().unwrap())
+        .collect();
+    assert_eq!(hits.iter().filter(|h| **h).count(), 2, "{records:?}");
+    // The hits count what the answer counted (Anthropic's usage, the cache read included), at no cost.
+    let miss = records.iter().find(|r| r["cache_hit"] == false).unwrap();
+    for hit in records.iter().filter(|r| r["cache_hit"] == true) {
+        assert_eq!(hit["completion_tokens"], miss["completion_tokens"], "{hit}");
+        assert_eq!(hit["client_api"], "messages");
+    }
+
+    // A chat request is never answered with a cached Anthropic message (nor the reverse): another key.
+    let mut chat = common::chat_body("claude-mock", false);
+    chat["temperature"] = json!(0);
+    chat["messages"] = json!([{"role": "user", "content": "What is the weather in Paris?"}]);
+    let response = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("x-kimi-proxy-cache").is_none());
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["object"], "chat.completion", "{answer}");
+}

@@ -152,6 +152,21 @@ pub fn scoped_key(key: u128, client: Option<&str>, shared: bool) -> u128 {
     }
 }
 
+/// The key of a request in another client API than chat (`api`, e.g. `messages`), with the request headers
+/// that change its answer (Anthropic's `anthropic-version` and `anthropic-beta`): a chat request and an
+/// Anthropic one with the same fields never share an entry, and the answer format is the API's.
+pub fn api_key(key: u128, api: &str, headers: &[&[u8]]) -> u128 {
+    let mut hasher = Xxh3::new();
+    hasher.update(&key.to_le_bytes());
+    hasher.update(b"\0api\0");
+    hasher.update(api.as_bytes());
+    for value in headers {
+        hasher.update(&(value.len() as u64).to_le_bytes());
+        hasher.update(value);
+    }
+    hasher.digest128()
+}
+
 /// Tags that keep values of different kinds apart in the hash.
 const TAG_NULL: u8 = 0;
 const TAG_BOOL: u8 = 1;
@@ -434,6 +449,117 @@ pub fn replay_sse(body: &[u8], include_usage: bool) -> Option<Bytes> {
         out.push_str(&chunk(serde_json::json!([]), Some(usage)));
     }
     out.push_str("data: [DONE]\n\n");
+    Some(Bytes::from(out))
+}
+
+/// One Anthropic SSE event: `event: NAME\ndata: JSON\n\n`.
+fn messages_event(out: &mut Vec<u8>, name: &str, data: &Value) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(data.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+}
+
+/// A stored Anthropic Message replayed as the event stream a streaming Anthropic client expects
+/// (<https://docs.claude.com/en/api/messages-streaming>, the order the mock's Anthropic mode follows too):
+/// `message_start` (the message with no content yet, its usage with `output_tokens` 0), per content block
+/// `content_block_start` / one delta / `content_block_stop` — `text_delta` for text, `thinking_delta` then
+/// `signature_delta` for thinking, `input_json_delta` with the input's JSON for `tool_use` and
+/// `server_tool_use`; any other block (`redacted_thinking`, server tool results) whole in its
+/// `content_block_start`, as Anthropic streams them — then `message_delta` (`stop_reason`, `stop_sequence`, the
+/// usage) and `message_stop`.
+pub fn replay_messages_sse(body: &[u8]) -> Option<Bytes> {
+    let message: Value = serde_json::from_slice(body).ok()?;
+    if message.get("type").and_then(Value::as_str) != Some("message") {
+        return None;
+    }
+    let blocks = message.get("content")?.as_array()?;
+    let usage = message.get("usage").cloned().unwrap_or(Value::Null);
+    let mut start_usage = usage.clone();
+    if let Some(fields) = start_usage.as_object_mut() {
+        fields.insert("output_tokens".into(), Value::from(0));
+    }
+    let mut start = message.clone();
+    if let Some(fields) = start.as_object_mut() {
+        fields.insert("content".into(), Value::Array(Vec::new()));
+        fields.insert("stop_reason".into(), Value::Null);
+        fields.insert("stop_sequence".into(), Value::Null);
+        fields.insert("usage".into(), start_usage);
+    }
+    let mut out = Vec::with_capacity(body.len() * 2);
+    messages_event(
+        &mut out,
+        "message_start",
+        &serde_json::json!({"type": "message_start", "message": start}),
+    );
+    for (index, block) in blocks.iter().enumerate() {
+        let kind = block.get("type").and_then(Value::as_str).unwrap_or("");
+        let field = |name: &str| block.get(name).cloned().unwrap_or(Value::Null);
+        let (opening, deltas): (Value, Vec<Value>) = match kind {
+            "text" => {
+                let mut opening = block.clone();
+                if let Some(fields) = opening.as_object_mut() {
+                    fields.insert("text".into(), Value::from(""));
+                }
+                let delta = serde_json::json!({"type": "text_delta", "text": field("text")});
+                (opening, vec![delta])
+            }
+            "thinking" => (
+                serde_json::json!({"type": "thinking", "thinking": "", "signature": ""}),
+                vec![
+                    serde_json::json!({"type": "thinking_delta", "thinking": field("thinking")}),
+                    serde_json::json!({"type": "signature_delta", "signature": field("signature")}),
+                ],
+            ),
+            "tool_use" | "server_tool_use" => {
+                let mut opening = block.clone();
+                if let Some(fields) = opening.as_object_mut() {
+                    fields.insert("input".into(), Value::Object(Map::new()));
+                }
+                let input = block
+                    .get("input")
+                    .map_or_else(String::new, Value::to_string);
+                let delta = serde_json::json!({"type": "input_json_delta", "partial_json": input});
+                (opening, vec![delta])
+            }
+            _ => (block.clone(), Vec::new()),
+        };
+        messages_event(
+            &mut out,
+            "content_block_start",
+            &serde_json::json!({"type": "content_block_start", "index": index, "content_block": opening}),
+        );
+        for delta in deltas {
+            messages_event(
+                &mut out,
+                "content_block_delta",
+                &serde_json::json!({"type": "content_block_delta", "index": index, "delta": delta}),
+            );
+        }
+        messages_event(
+            &mut out,
+            "content_block_stop",
+            &serde_json::json!({"type": "content_block_stop", "index": index}),
+        );
+    }
+    messages_event(
+        &mut out,
+        "message_delta",
+        &serde_json::json!({
+            "type": "message_delta",
+            "delta": {
+                "stop_reason": message.get("stop_reason").cloned().unwrap_or(Value::Null),
+                "stop_sequence": message.get("stop_sequence").cloned().unwrap_or(Value::Null),
+            },
+            "usage": usage,
+        }),
+    );
+    messages_event(
+        &mut out,
+        "message_stop",
+        &serde_json::json!({"type": "message_stop"}),
+    );
     Some(Bytes::from(out))
 }
 

@@ -187,6 +187,10 @@ impl<'s> Exchange<'s> {
             self.shape(&parts, &route, bytes, parsed).await?
         };
         if let Some(hit) = self.cache(&shaped) {
+            if native {
+                // Stored in the client's API: as it is.
+                return Ok(hit);
+            }
             return Ok(self.adapter.answer(hit).await);
         }
         let (uri, headers) = self.admit(&parts, &route).await?;
@@ -574,7 +578,7 @@ impl<'s> Exchange<'s> {
 
     /// An Anthropic-native provider's request: the client's bytes (model mapped, fields the provider does not
     /// take removed). The prompt is counted on its chat form, as chat requests are, for the record's estimate
-    /// and calibration (the provider's usage is what counts). Not cached: the response cache holds chat answers.
+    /// and calibration (the provider's usage is what counts). Cached as chat requests are, in Anthropic's format.
     fn shape_native(
         &mut self,
         parts: &Parts,
@@ -603,12 +607,27 @@ impl<'s> Exchange<'s> {
             record.context.dropped_fields += dropped;
             record.prompt = job.map(Prompt::Queued);
         }
+        // The same rules as chat's (opt-in, scope), keyed on what goes upstream, apart from chat's entries and
+        // with the Anthropic headers that change the answer.
+        let cache_key = self.cache_key(parts, route, &body).map(|key| {
+            let header = |name: &str| {
+                parts
+                    .headers
+                    .get(name)
+                    .map_or(&b""[..], HeaderValue::as_bytes)
+            };
+            cache::api_key(
+                key,
+                Dialect::Messages.as_str(),
+                &[header("anthropic-version"), header("anthropic-beta")],
+            )
+        });
         Ok(Shaped {
             plain: body,
             with_usage: None,
             streaming,
             client_asked_usage: false,
-            cache_key: None,
+            cache_key,
         })
     }
 
@@ -723,8 +742,13 @@ impl<'s> Exchange<'s> {
             prompt,
         } = record;
         let streaming = context.streaming;
+        let replayed = if self.native {
+            cache::replay_messages_sse(&hit.body)
+        } else {
+            cache::replay_sse(&hit.body, include_usage)
+        };
         let (body, content_type) = if streaming {
-            match cache::replay_sse(&hit.body, include_usage) {
+            match replayed {
                 Some(replay) => (replay, "text/event-stream"),
                 None => {
                     // An entry that cannot be replayed is a fault of the proxy's own: say so, and record it.
