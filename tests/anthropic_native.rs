@@ -748,3 +748,16 @@ async fn the_response_cache_answers_an_anthropic_client_as_json_and_as_a_replaye
     let answer: Value = response.json().await.unwrap();
     assert_eq!(answer["object"], "chat.completion", "{answer}");
 }
+
+#[tokio::test]
+async fn dropped_fields_and_cache_writes_are_stored_and_shown_in_the_request_rows() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = start_proxy(&mock, &anthropic_provider(&mock, common::ADAPTING_PROVIDER)).await;
+    common::adapted_anthropic_request(&proxy).await;
+    let rows = common::stored_requests(&proxy, 1).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["dropped_fields"], 2, "{}", rows[0]);
+    assert_eq!(rows[0]["cache_write_reported"], 50, "{}", rows[0]);
+    assert_eq!(rows[0]["cached_reported"], 200, "{}", rows[0]);
+    assert_eq!(rows[0]["client_api"], "messages");
+}
