@@ -697,4 +697,78 @@ mod tests {
         assert_eq!(events[2]["usage"]["total_tokens"], 4);
         assert!(text.ends_with("data: [DONE]\n\n"));
     }
+
+    #[test]
+    fn an_anthropic_request_never_shares_a_key_with_chat_nor_across_betas() {
+        let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10, "temperature": 0});
+        let chat = key(body, true).unwrap();
+        let messages = api_key(chat, "messages", &[b"2023-06-01", b""]);
+        assert_ne!(messages, chat);
+        assert_eq!(messages, api_key(chat, "messages", &[b"2023-06-01", b""]));
+        assert_ne!(
+            messages,
+            api_key(chat, "messages", &[b"2023-06-01", b"context-1m-2025-08-07"])
+        );
+        // The header boundary counts: ("ab", "") is not ("a", "b").
+        assert_ne!(
+            api_key(chat, "messages", &[b"ab", b""]),
+            api_key(chat, "messages", &[b"a", b"b"])
+        );
+    }
+
+    #[test]
+    fn a_stored_message_replays_as_anthropics_event_stream() {
+        let message = json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-mock",
+            "content": [
+                {"type": "thinking", "thinking": "Hmm.", "signature": "c2ln"},
+                {"type": "text", "text": "Hello"},
+                {"type": "tool_use", "id": "toolu_1", "name": "get", "input": {"a": 1}}
+            ],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": 5, "cache_read_input_tokens": 2, "output_tokens": 7}
+        });
+        let replay = replay_messages_sse(&serde_json::to_vec(&message).unwrap()).unwrap();
+        let text = String::from_utf8(replay.to_vec()).unwrap();
+        let events: Vec<(String, Value)> = text
+            .split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let (name, data) = e.split_once("\ndata: ").unwrap();
+                (
+                    name.strip_prefix("event: ").unwrap().to_string(),
+                    serde_json::from_str(data).unwrap(),
+                )
+            })
+            .collect();
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert_eq!(events[0].1["message"]["content"], json!([]));
+        assert_eq!(events[0].1["message"]["usage"]["output_tokens"], 0);
+        assert_eq!(events[0].1["message"]["usage"]["input_tokens"], 5);
+        assert_eq!(events[3].1["delta"]["signature"], "c2ln");
+        assert_eq!(events[6].1["delta"]["text"], "Hello");
+        assert_eq!(events[8].1["content_block"]["input"], json!({}));
+        assert_eq!(events[9].1["delta"]["partial_json"], "{\"a\":1}");
+        assert_eq!(events[11].1["delta"]["stop_reason"], "tool_use");
+        assert_eq!(events[11].1["usage"], message["usage"]);
+        assert!(replay_messages_sse(b"{\"object\":\"chat.completion\"}").is_none());
+    }
 }
