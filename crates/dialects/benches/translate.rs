@@ -3,7 +3,7 @@
 //! Anthropic provider (`MessagesToChatStream`): time per event (criterion) and heap allocations per event,
 //! counted by a counting global allocator around one whole stream and printed before the timings. The output
 //! buffer is reused between events, as the proxy's `EventBody` does with its own. The end-to-end cost over
-//! loopback is the `kimi-bench --scenarios messages` scenario.
+//! loopback is the `kimi-bench --scenarios messages` scenario. Run: `cargo bench -p kimi-dialects --bench translate`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::alloc::System;
