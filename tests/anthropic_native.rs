@@ -479,3 +479,285 @@ async fn masking_rewrites_a_bulky_tool_result_block_on_the_native_route() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn count_tokens_goes_to_a_provider_that_offers_it_and_is_local_otherwise() {
+    let mock = MockUpstream::start().await.unwrap();
+    let extra = format!(
+        "{}\n[model_aliases]\n\"claude-*\" = \"mock-anthropic/claude-mock\"\n",
+        anthropic_provider(
+            &mock,
+            "count_tokens = true\nanthropic_betas = [\"token-counting-2024-11-01\"]\nanthropic_drop_fields = [\"context_management\"]"
+        )
+    );
+    let proxy = start_proxy(&mock, &extra).await;
+    let mut body = native_body(false);
+    body.as_object_mut().unwrap().remove("max_tokens");
+    body["model"] = json!("claude-sonnet-4-5-20250929");
+    body["context_management"] = json!({"edits": []});
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let response = post_raw(
+        &proxy.url("/v1/messages/count_tokens?beta=true"),
+        &bytes,
+        &[(
+            "anthropic-beta",
+            "token-counting-2024-11-01,context-management-2025-06-27",
+        )],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        !response.headers().contains_key("x-kimi-proxy-estimate"),
+        "the provider's count is not an estimate"
+    );
+    let count: Value = response.json().await.unwrap();
+    let upstream = mock.last_request().unwrap();
+    assert_eq!(upstream.path, "/v1/messages/count_tokens");
+    assert_eq!(upstream.query.as_deref(), Some("beta=true"));
+    assert_eq!(upstream.header("x-api-key"), Some("mock-provider-key"));
+    assert_eq!(upstream.header("anthropic-version"), Some("2023-06-01"));
+    assert_eq!(
+        upstream.header("anthropic-beta"),
+        Some("token-counting-2024-11-01")
+    );
+    let sent = upstream.json().unwrap();
+    assert_eq!(sent["model"], "claude-mock");
+    assert!(sent.get("context_management").is_none());
+    // The mock counts a quarter of the body it received: the provider's number, not the proxy's.
+    assert_eq!(
+        count,
+        json!({"input_tokens": upstream.body.len() / 4}),
+        "the mock's own count"
+    );
+    // The provider's errors come back as it sent them.
+    let response = post_raw(
+        &proxy.url("/v1/messages/count_tokens"),
+        &bytes,
+        &[("x-mock-status", "400")],
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("mock upstream error"),
+        "{error}"
+    );
+
+    // Without `count_tokens` the same provider's requests are counted locally, nothing goes upstream.
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = start_proxy(&mock, &anthropic_provider(&mock, "")).await;
+    let mut body = native_body(false);
+    body.as_object_mut().unwrap().remove("max_tokens");
+    let response = post_raw(
+        &proxy.url("/v1/messages/count_tokens"),
+        &serde_json::to_vec(&body).unwrap(),
+        &[],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-kimi-proxy-estimate"));
+    assert!(mock.requests().is_empty());
+}
+
+#[tokio::test]
+async fn observation_masking_and_masking_rewrite_old_tool_results_on_the_native_route() {
+    let mock = MockUpstream::start().await.unwrap();
+    let extra = format!(
+        "{}\n[context.observation]\nenabled = true\nkeep_last_tool_turns = 1\n\
+         [context.masking]\nenabled = true\nthreshold_tokens = 200\n",
+        anthropic_provider(&mock, "")
+    );
+    let proxy = start_proxy(&mock, &extra).await;
+    let listing = |tag: &str| -> String {
+        (0..300)
+            .map(|i| format!("src/{tag}/file_{i}.rs: fn item_{i}() {{}}\n"))
+            .collect()
+    };
+    let tool_use = |id: &str, name: &str| {
+        json!({"role": "assistant", "content": [
+            {"type": "tool_use", "id": id, "name": name, "input": {}}
+        ]})
+    };
+    let body = json!({
+        "model": "claude-mock",
+        "max_tokens": 1024,
+        "messages": [
+            {"role": "user", "content": "Look around."},
+            tool_use("toolu_1", "Read"),
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": listing("a"), "cache_control": {"type": "ephemeral"}}
+            ]},
+            {"role": "assistant", "content": [
+                {"type": "tool_use", "id": "toolu_2", "name": "Grep", "input": {}},
+                {"type": "tool_use", "id": "toolu_3", "name": "Bash", "input": {}}
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_2", "content": [{"type": "text", "text": listing("b")}]},
+                {"type": "tool_result", "tool_use_id": "toolu_3", "content": "exit status 2", "is_error": true}
+            ]},
+            tool_use("toolu_4", "Read"),
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_4", "content": listing("c")}
+            ]},
+            {"role": "assistant", "content": [{"type": "text", "text": "Seen."}]},
+            {"role": "user", "content": "Now fix it."}
+        ]
+    });
+    let response = post_raw(
+        &proxy.url("/v1/messages"),
+        &serde_json::to_vec(&body).unwrap(),
+        &[],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let sent = mock.last_request().unwrap().json().unwrap();
+    let messages = sent["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 9, "no message added or removed");
+    // Results older than the last tool turn: the observation placeholder, the block's other members kept.
+    let first = &messages[2]["content"][0];
+    let text = first["content"].as_str().unwrap();
+    assert!(
+        text.starts_with("[kimi-proxy: earlier result of tool `Read` omitted ("),
+        "{text}"
+    );
+    assert_eq!(first["tool_use_id"], "toolu_1");
+    assert_eq!(first["cache_control"], json!({"type": "ephemeral"}));
+    let second = &messages[4]["content"];
+    assert!(
+        second[0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("tool `Grep` omitted"),
+        "{second}"
+    );
+    assert_eq!(
+        second[1], body["messages"][4]["content"][1],
+        "an error stays"
+    );
+    // The last tool turn's result is not observed, but masked (bulky).
+    let last = messages[6]["content"][0]["content"].as_str().unwrap();
+    assert!(last.starts_with("[kimi-proxy masked"), "{last}");
+    assert!(last.contains("src/c/file_0.rs"), "{last}");
+    for i in [0, 1, 3, 5, 7, 8] {
+        assert_eq!(messages[i], body["messages"][i], "message {i} as sent");
+    }
+
+    let record = &recent_records(&proxy, 1).await[0];
+    let context = &record["context"];
+    assert_eq!(context["transforms"], "observe,mask", "{record}");
+    assert_eq!(context["observed_messages"], 2);
+    assert_eq!(context["masked_messages"], 1);
+    let before = context["tokens_before"].as_u64().unwrap();
+    let after = context["tokens_after"].as_u64().unwrap();
+    let after_masking = context["after_masking"].as_u64().unwrap();
+    assert!(after * 20 < before, "{before} -> {after}");
+    assert!(after < after_masking && after_masking < before, "{context}");
+    assert_eq!(record["tokens_saved"].as_u64().unwrap(), before - after);
+}
+
+/// The official SDK asks the same deterministic question three times: the answer, then the same answer from the
+/// cache, then the cached answer replayed as Anthropic's event stream (which the SDK assembles into the same
+/// message). One request reaches the provider.
+const CACHE_SCRIPT: &str = r#"
+import os, anthropic
+client = anthropic.Anthropic(
+    base_url=os.environ["PROXY_URL"], api_key="sk-ant-client-key",
+    default_headers={"x-mock-tool-call": "1", "x-mock-reasoning": "2", "x-mock-cache-read": "30"},
+)
+ask = dict(model="claude-mock", max_tokens=256, extra_body={"temperature": 0},
+           messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+           tools=[{"name": "get_weather", "description": "Weather", "input_schema": {"type": "object"}}])
+first = client.messages.with_raw_response.create(**ask)
+assert first.headers.get("x-kimi-proxy-cache") is None, first.headers
+message = first.parse()
+# An answer is stored when its record is finished (the prompt count may still run after the body ends).
+import json, time, urllib.request
+for _ in range(100):
+    with urllib.request.urlopen(os.environ["PROXY_URL"] + "/api/requests/recent?limit=5") as recent:
+        if json.load(recent):
+            break
+    time.sleep(0.05)
+kinds = [b.type for b in message.content]
+assert "thinking" in kinds and "tool_use" in kinds and "text" in kinds, kinds
+second = client.messages.with_raw_response.create(**ask)
+assert second.headers.get("x-kimi-proxy-cache") == "hit", second.headers
+assert second.parse().model_dump() == message.model_dump()
+with client.messages.stream(**ask) as stream:
+    events = [event.type for event in stream]
+    replayed = stream.get_final_message()
+assert "content_block_delta" in events, events
+assert replayed.model_dump() == message.model_dump(), (replayed, message)
+print("all checks passed")
+"#;
+
+#[tokio::test]
+async fn the_response_cache_answers_an_anthropic_client_as_json_and_as_a_replayed_stream() {
+    let Some(python) = common::anthropic_sdk_python() else {
+        return;
+    };
+    let mock = MockUpstream::start().await.unwrap();
+    let extra = format!(
+        "{}\n[cache]\nenabled = true\n",
+        anthropic_provider(&mock, "")
+    );
+    let proxy = start_proxy(&mock, &extra).await;
+    let output = tokio::process::Command::new(&python)
+        .arg("-c")
+        .arg(CACHE_SCRIPT)
+        .env("PROXY_URL", proxy.url(""))
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("all checks passed"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(mock.requests().len(), 1, "the provider was asked once");
+    let records = recent_records(&proxy, 3).await;
+    let hits: Vec<bool> = records
+        .iter()
+        .map(|r| r["cache_hit"].as_bool().unwrap())
+        .collect();
+    assert_eq!(hits.iter().filter(|h| **h).count(), 2, "{records:?}");
+    // The hits count what the answer counted (Anthropic's usage, the cache read included), at no cost.
+    let miss = records.iter().find(|r| r["cache_hit"] == false).unwrap();
+    for hit in records.iter().filter(|r| r["cache_hit"] == true) {
+        assert_eq!(hit["completion_tokens"], miss["completion_tokens"], "{hit}");
+        assert_eq!(hit["client_api"], "messages");
+    }
+
+    // A chat request is never answered with a cached Anthropic message (nor the reverse): another key.
+    let mut chat = common::chat_body("claude-mock", false);
+    chat["temperature"] = json!(0);
+    chat["messages"] = json!([{"role": "user", "content": "What is the weather in Paris?"}]);
+    let response = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("x-kimi-proxy-cache").is_none());
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["object"], "chat.completion", "{answer}");
+}
+
+#[tokio::test]
+async fn dropped_fields_and_cache_writes_are_stored_and_shown_in_the_request_rows() {
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = start_proxy(&mock, &anthropic_provider(&mock, common::ADAPTING_PROVIDER)).await;
+    common::adapted_anthropic_request(&proxy).await;
+    let rows = common::stored_requests(&proxy, 1).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["dropped_fields"], 2, "{}", rows[0]);
+    assert_eq!(rows[0]["cache_write_reported"], 50, "{}", rows[0]);
+    assert_eq!(rows[0]["cached_reported"], 200, "{}", rows[0]);
+    assert_eq!(rows[0]["client_api"], "messages");
+}

@@ -340,3 +340,30 @@ async fn sessions_are_managed_through_the_api_on_postgresql() {
     let (status, _) = get_with_status(&proxy, &format!("/api/sessions/{id}")).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn dropped_fields_and_cache_writes_are_stored_in_postgresql() {
+    let Some(db) = TestDb::create("adapted") else {
+        return;
+    };
+    let mock = MockUpstream::start().await.unwrap();
+    let config = mock_config(
+        &mock,
+        &common::anthropic_provider(&mock, common::ADAPTING_PROVIDER),
+    );
+    let proxy = Proxy::start_with_args(
+        &config,
+        &[("MOCK_KEY", "mock-provider-key")],
+        &["--db", &db.url()],
+    )
+    .await;
+    common::adapted_anthropic_request(&proxy).await;
+    let rows = common::stored_requests(&proxy, 1).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["dropped_fields"], 2, "{}", rows[0]);
+    assert_eq!(rows[0]["cache_write_reported"], 50, "{}", rows[0]);
+    assert_eq!(
+        db.int("SELECT sum(dropped_fields) + sum(cache_write_reported) FROM requests"),
+        52
+    );
+}

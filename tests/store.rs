@@ -202,6 +202,8 @@ fn migrations_upgrade_empty_and_v1_databases_and_refuse_newer_ones() {
                         "client_app",
                         "client_api",
                         "dropped_tools",
+                        "dropped_fields",
+                        "cache_write_reported",
                     ]
                     .contains(c)
             })

@@ -167,6 +167,10 @@ pub struct Provider {
     /// so the request succeeds rather than meeting a 400.
     #[serde(default)]
     pub anthropic_drop_fields: Vec<String>,
+    /// `type = "anthropic"` only: the provider answers `POST {base_url}/v1/messages/count_tokens` (Anthropic
+    /// does); an Anthropic client's `count_tokens` is then forwarded to it instead of counted locally.
+    #[serde(default)]
+    pub count_tokens: bool,
     /// The client API the provider speaks besides chat completions (`api`): a client speaking it is passed
     /// through to the provider unchanged instead of being translated to chat.
     #[serde(default)]

@@ -244,198 +244,43 @@ fn rewrite(
 /// is not rewritten as chat): a `tool_result` block whose content (a string, or one text block) has more tokens
 /// than the threshold gets the same placeholder as a chat `tool` message with that content would (same key, same
 /// registry, original kept). Blocks after the last assistant message are left alone when `skip_current_turn`.
-/// Only the changed blocks are written again; every other member keeps its bytes. Returns the new body, how many
-/// blocks were masked, and the tokens of the masked contents before and after.
-pub fn mask_messages_body(
-    body: &[u8],
+/// Returns the block's new content (a JSON string), its tokens before and after, or `None` to keep it.
+pub fn mask_tool_result_block(
+    block: &super::anthropic::ToolResult<'_>,
     config: &MaskingConfig,
     tokenizer: &crate::tokens::Tokenizer,
     registry: &MaskRegistry,
-) -> Option<(Vec<u8>, u32, u64, u64)> {
-    use crate::util::{JsonMembers, json_object};
-    use serde_json::value::RawValue;
-
-    #[derive(serde::Deserialize)]
-    struct Block<'a> {
-        #[serde(rename = "type", default)]
-        kind: Option<std::borrow::Cow<'a, str>>,
-        #[serde(borrow, default)]
-        id: Option<std::borrow::Cow<'a, str>>,
-        #[serde(borrow, default)]
-        name: Option<std::borrow::Cow<'a, str>>,
-        #[serde(borrow, default)]
-        tool_use_id: Option<std::borrow::Cow<'a, str>>,
-        #[serde(borrow, default)]
-        text: Option<&'a RawValue>,
-    }
-
-    let JsonMembers(top) = serde_json::from_slice(body).ok()?;
-    let (_, raw_messages) = top.iter().find(|(k, _)| k == "messages")?;
-    let messages: Vec<&RawValue> = serde_json::from_str(raw_messages.get()).ok()?;
-    let parsed: Vec<JsonMembers<'_>> = messages
-        .iter()
-        .map(|m| serde_json::from_str(m.get()).unwrap_or(JsonMembers(Vec::new())))
-        .collect();
-    fn member<'a>(m: &JsonMembers<'a>, key: &str) -> Option<&'a RawValue> {
-        m.0.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
-    }
-    let role = |m: &JsonMembers<'_>| -> Option<String> {
-        serde_json::from_str(member(m, "role")?.get()).ok()
-    };
-    let current_turn = if config.skip_current_turn {
-        parsed
-            .iter()
-            .rposition(|m| role(m).as_deref() == Some("assistant"))
-            .map_or(0, |i| i + 1)
-    } else {
-        parsed.len()
-    };
-    // Tool names by `tool_use` id, for the placeholder's wording.
-    let mut names: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-    for m in &parsed {
-        let Some(content) = member(m, "content") else {
-            continue;
-        };
-        let Ok(blocks) = serde_json::from_str::<Vec<Block<'_>>>(content.get()) else {
-            continue;
-        };
-        for b in blocks {
-            if b.kind.as_deref() == Some("tool_use")
-                && let (Some(id), Some(name)) = (b.id, b.name)
-            {
-                names.insert(id.into_owned(), name.into_owned());
-            }
-        }
-    }
-    let (mut masked, mut before, mut after) = (0u32, 0u64, 0u64);
-    let mut new_messages: Vec<Option<Vec<u8>>> = vec![None; parsed.len()];
-    for (index, m) in parsed.iter().enumerate().take(current_turn) {
-        if role(m).as_deref() != Some("user") {
-            continue;
-        }
-        let Some(content) = member(m, "content") else {
-            continue;
-        };
-        let Ok(blocks) = serde_json::from_str::<Vec<&RawValue>>(content.get()) else {
-            continue;
-        };
-        let mut new_blocks: Vec<Option<Vec<u8>>> = vec![None; blocks.len()];
-        for (b, raw_block) in blocks.iter().enumerate() {
-            let Ok(JsonMembers(fields)) = serde_json::from_str::<JsonMembers<'_>>(raw_block.get())
-            else {
-                continue;
-            };
-            let Ok(block) = serde_json::from_str::<Block<'_>>(raw_block.get()) else {
-                continue;
-            };
-            if block.kind.as_deref() != Some("tool_result") {
-                continue;
-            }
-            let Some((_, result)) = fields.iter().find(|(k, _)| k == "content") else {
-                continue;
-            };
-            // The content's text as a JSON string: the content itself, or its one text block's `text`.
-            let raw_text: &RawValue = if result.get().starts_with('"') {
-                result
-            } else {
-                match serde_json::from_str::<Vec<Block<'_>>>(result.get())
-                    .ok()
-                    .as_deref()
-                {
-                    Some([only]) if only.kind.as_deref() == Some("text") => match only.text {
-                        Some(text) => text,
-                        None => continue,
-                    },
-                    _ => continue,
-                }
-            };
-            // A token covers at least a byte: shorter texts cannot pass the threshold.
-            if (raw_text.get().len() as u64) <= config.threshold_tokens {
-                continue;
-            }
-            let key = xxhash_rust::xxh3::xxh3_128(raw_text.get().as_bytes());
-            let Ok(text) = serde_json::from_str::<String>(raw_text.get()) else {
-                continue;
-            };
-            if text.starts_with(MARKER) {
-                continue;
-            }
-            let tokens = tokenizer.count(&text) as u64;
-            if tokens <= config.threshold_tokens {
-                continue;
-            }
-            let name = block.tool_use_id.as_deref().and_then(|id| names.get(id));
-            let Some(placeholder) = registry.placeholder(
-                key,
-                raw_text.get().as_bytes(),
-                tokens,
-                What::Tool(name.map(String::as_str)),
-                config.preview_chars,
-            ) else {
-                continue;
-            };
-            let placeholder_tokens = tokenizer.count(&placeholder) as u64;
-            if placeholder_tokens >= tokens {
-                continue;
-            }
-            let placeholder_json = serde_json::to_vec(&*placeholder).ok()?;
-            new_blocks[b] = Some(json_object(fields.iter().map(|(k, v)| {
-                let value: &[u8] = if k == "content" {
-                    &placeholder_json
-                } else {
-                    v.get().as_bytes()
-                };
-                (k.as_ref(), value)
-            })));
-            masked += 1;
-            before += tokens;
-            after += placeholder_tokens;
-        }
-        if new_blocks.iter().any(Option::is_some) {
-            let mut content_bytes = vec![b'['];
-            for (b, raw_block) in blocks.iter().enumerate() {
-                if b > 0 {
-                    content_bytes.push(b',');
-                }
-                match &new_blocks[b] {
-                    Some(bytes) => content_bytes.extend_from_slice(bytes),
-                    None => content_bytes.extend_from_slice(raw_block.get().as_bytes()),
-                }
-            }
-            content_bytes.push(b']');
-            new_messages[index] = Some(json_object(m.0.iter().map(|(k, v)| {
-                let value: &[u8] = if k == "content" {
-                    &content_bytes
-                } else {
-                    v.get().as_bytes()
-                };
-                (k.as_ref(), value)
-            })));
-        }
-    }
-    if masked == 0 {
+) -> Option<(Vec<u8>, u64, u64)> {
+    if config.skip_current_turn && block.in_current_turn {
         return None;
     }
-    let mut messages_bytes = vec![b'['];
-    for (i, raw) in messages.iter().enumerate() {
-        if i > 0 {
-            messages_bytes.push(b',');
-        }
-        match &new_messages[i] {
-            Some(bytes) => messages_bytes.extend_from_slice(bytes),
-            None => messages_bytes.extend_from_slice(raw.get().as_bytes()),
-        }
+    let raw_text = block.raw_text?;
+    // A token covers at least a byte: shorter texts cannot pass the threshold.
+    if (raw_text.get().len() as u64) <= config.threshold_tokens {
+        return None;
     }
-    messages_bytes.push(b']');
-    let out = json_object(top.iter().map(|(k, v)| {
-        let value: &[u8] = if k == "messages" {
-            &messages_bytes
-        } else {
-            v.get().as_bytes()
-        };
-        (k.as_ref(), value)
-    }));
-    Some((out, masked, before, after))
+    let key = xxhash_rust::xxh3::xxh3_128(raw_text.get().as_bytes());
+    let text = serde_json::from_str::<String>(raw_text.get()).ok()?;
+    if text.starts_with(MARKER) {
+        return None;
+    }
+    let tokens = tokenizer.count(&text) as u64;
+    if tokens <= config.threshold_tokens {
+        return None;
+    }
+    let placeholder = registry.placeholder(
+        key,
+        raw_text.get().as_bytes(),
+        tokens,
+        What::Tool(block.tool),
+        config.preview_chars,
+    )?;
+    let placeholder_tokens = tokenizer.count(&placeholder) as u64;
+    if placeholder_tokens >= tokens {
+        return None;
+    }
+    let placeholder_json = serde_json::to_vec(&*placeholder).ok()?;
+    Some((placeholder_json, tokens, placeholder_tokens))
 }
 
 /// About `chars` characters: the start (two thirds) and the end (one third) of `text`.

@@ -5,6 +5,7 @@
 //! token counts from the per-message cache, decides per message, and rebuilds the body copying every
 //! unchanged message as it is. With nothing enabled the proxy never gets here.
 
+pub mod anthropic;
 pub mod compaction;
 pub mod conversation;
 pub mod masking;

@@ -152,6 +152,21 @@ pub fn scoped_key(key: u128, client: Option<&str>, shared: bool) -> u128 {
     }
 }
 
+/// The key of a request in another client API than chat (`api`, e.g. `messages`), with the request headers
+/// that change its answer (Anthropic's `anthropic-version` and `anthropic-beta`): a chat request and an
+/// Anthropic one with the same fields never share an entry, and the answer format is the API's.
+pub fn api_key(key: u128, api: &str, headers: &[&[u8]]) -> u128 {
+    let mut hasher = Xxh3::new();
+    hasher.update(&key.to_le_bytes());
+    hasher.update(b"\0api\0");
+    hasher.update(api.as_bytes());
+    for value in headers {
+        hasher.update(&(value.len() as u64).to_le_bytes());
+        hasher.update(value);
+    }
+    hasher.digest128()
+}
+
 /// Tags that keep values of different kinds apart in the hash.
 const TAG_NULL: u8 = 0;
 const TAG_BOOL: u8 = 1;
@@ -437,6 +452,117 @@ pub fn replay_sse(body: &[u8], include_usage: bool) -> Option<Bytes> {
     Some(Bytes::from(out))
 }
 
+/// One Anthropic SSE event: `event: NAME\ndata: JSON\n\n`.
+fn messages_event(out: &mut Vec<u8>, name: &str, data: &Value) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(data.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+}
+
+/// A stored Anthropic Message replayed as the event stream a streaming Anthropic client expects
+/// (<https://docs.claude.com/en/api/messages-streaming>, the order the mock's Anthropic mode follows too):
+/// `message_start` (the message with no content yet, its usage with `output_tokens` 0), per content block
+/// `content_block_start` / one delta / `content_block_stop` — `text_delta` for text, `thinking_delta` then
+/// `signature_delta` for thinking, `input_json_delta` with the input's JSON for `tool_use` and
+/// `server_tool_use`; any other block (`redacted_thinking`, server tool results) whole in its
+/// `content_block_start`, as Anthropic streams them — then `message_delta` (`stop_reason`, `stop_sequence`, the
+/// usage) and `message_stop`.
+pub fn replay_messages_sse(body: &[u8]) -> Option<Bytes> {
+    let message: Value = serde_json::from_slice(body).ok()?;
+    if message.get("type").and_then(Value::as_str) != Some("message") {
+        return None;
+    }
+    let blocks = message.get("content")?.as_array()?;
+    let usage = message.get("usage").cloned().unwrap_or(Value::Null);
+    let mut start_usage = usage.clone();
+    if let Some(fields) = start_usage.as_object_mut() {
+        fields.insert("output_tokens".into(), Value::from(0));
+    }
+    let mut start = message.clone();
+    if let Some(fields) = start.as_object_mut() {
+        fields.insert("content".into(), Value::Array(Vec::new()));
+        fields.insert("stop_reason".into(), Value::Null);
+        fields.insert("stop_sequence".into(), Value::Null);
+        fields.insert("usage".into(), start_usage);
+    }
+    let mut out = Vec::with_capacity(body.len() * 2);
+    messages_event(
+        &mut out,
+        "message_start",
+        &serde_json::json!({"type": "message_start", "message": start}),
+    );
+    for (index, block) in blocks.iter().enumerate() {
+        let kind = block.get("type").and_then(Value::as_str).unwrap_or("");
+        let field = |name: &str| block.get(name).cloned().unwrap_or(Value::Null);
+        let (opening, deltas): (Value, Vec<Value>) = match kind {
+            "text" => {
+                let mut opening = block.clone();
+                if let Some(fields) = opening.as_object_mut() {
+                    fields.insert("text".into(), Value::from(""));
+                }
+                let delta = serde_json::json!({"type": "text_delta", "text": field("text")});
+                (opening, vec![delta])
+            }
+            "thinking" => (
+                serde_json::json!({"type": "thinking", "thinking": "", "signature": ""}),
+                vec![
+                    serde_json::json!({"type": "thinking_delta", "thinking": field("thinking")}),
+                    serde_json::json!({"type": "signature_delta", "signature": field("signature")}),
+                ],
+            ),
+            "tool_use" | "server_tool_use" => {
+                let mut opening = block.clone();
+                if let Some(fields) = opening.as_object_mut() {
+                    fields.insert("input".into(), Value::Object(Map::new()));
+                }
+                let input = block
+                    .get("input")
+                    .map_or_else(String::new, Value::to_string);
+                let delta = serde_json::json!({"type": "input_json_delta", "partial_json": input});
+                (opening, vec![delta])
+            }
+            _ => (block.clone(), Vec::new()),
+        };
+        messages_event(
+            &mut out,
+            "content_block_start",
+            &serde_json::json!({"type": "content_block_start", "index": index, "content_block": opening}),
+        );
+        for delta in deltas {
+            messages_event(
+                &mut out,
+                "content_block_delta",
+                &serde_json::json!({"type": "content_block_delta", "index": index, "delta": delta}),
+            );
+        }
+        messages_event(
+            &mut out,
+            "content_block_stop",
+            &serde_json::json!({"type": "content_block_stop", "index": index}),
+        );
+    }
+    messages_event(
+        &mut out,
+        "message_delta",
+        &serde_json::json!({
+            "type": "message_delta",
+            "delta": {
+                "stop_reason": message.get("stop_reason").cloned().unwrap_or(Value::Null),
+                "stop_sequence": message.get("stop_sequence").cloned().unwrap_or(Value::Null),
+            },
+            "usage": usage,
+        }),
+    );
+    messages_event(
+        &mut out,
+        "message_stop",
+        &serde_json::json!({"type": "message_stop"}),
+    );
+    Some(Bytes::from(out))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -570,5 +696,79 @@ mod tests {
         assert_eq!(events[1]["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(events[2]["usage"]["total_tokens"], 4);
         assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn an_anthropic_request_never_shares_a_key_with_chat_nor_across_betas() {
+        let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10, "temperature": 0});
+        let chat = key(body, true).unwrap();
+        let messages = api_key(chat, "messages", &[b"2023-06-01", b""]);
+        assert_ne!(messages, chat);
+        assert_eq!(messages, api_key(chat, "messages", &[b"2023-06-01", b""]));
+        assert_ne!(
+            messages,
+            api_key(chat, "messages", &[b"2023-06-01", b"context-1m-2025-08-07"])
+        );
+        // The header boundary counts: ("ab", "") is not ("a", "b").
+        assert_ne!(
+            api_key(chat, "messages", &[b"ab", b""]),
+            api_key(chat, "messages", &[b"a", b"b"])
+        );
+    }
+
+    #[test]
+    fn a_stored_message_replays_as_anthropics_event_stream() {
+        let message = json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-mock",
+            "content": [
+                {"type": "thinking", "thinking": "Hmm.", "signature": "c2ln"},
+                {"type": "text", "text": "Hello"},
+                {"type": "tool_use", "id": "toolu_1", "name": "get", "input": {"a": 1}}
+            ],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": 5, "cache_read_input_tokens": 2, "output_tokens": 7}
+        });
+        let replay = replay_messages_sse(&serde_json::to_vec(&message).unwrap()).unwrap();
+        let text = String::from_utf8(replay.to_vec()).unwrap();
+        let events: Vec<(String, Value)> = text
+            .split("\n\n")
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                let (name, data) = e.split_once("\ndata: ").unwrap();
+                (
+                    name.strip_prefix("event: ").unwrap().to_string(),
+                    serde_json::from_str(data).unwrap(),
+                )
+            })
+            .collect();
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert_eq!(events[0].1["message"]["content"], json!([]));
+        assert_eq!(events[0].1["message"]["usage"]["output_tokens"], 0);
+        assert_eq!(events[0].1["message"]["usage"]["input_tokens"], 5);
+        assert_eq!(events[3].1["delta"]["signature"], "c2ln");
+        assert_eq!(events[6].1["delta"]["text"], "Hello");
+        assert_eq!(events[8].1["content_block"]["input"], json!({}));
+        assert_eq!(events[9].1["delta"]["partial_json"], "{\"a\":1}");
+        assert_eq!(events[11].1["delta"]["stop_reason"], "tool_use");
+        assert_eq!(events[11].1["usage"], message["usage"]);
+        assert!(replay_messages_sse(b"{\"object\":\"chat.completion\"}").is_none());
     }
 }

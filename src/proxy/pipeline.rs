@@ -73,7 +73,7 @@ pub struct Exchange<'s> {
     client_app: Option<String>,
     /// The provider speaks the client's API: the request goes to it as the client sent it (but for the
     /// model id), the answer comes back byte for byte.
-    native: bool,
+    pub(crate) native: bool,
 }
 
 /// What the record of a routed request holds until its answer starts.
@@ -117,11 +117,11 @@ impl Route<'_> {
         }
     }
 
-    fn provider(&self) -> &Provider {
+    pub(crate) fn provider(&self) -> &Provider {
         &self.upstream().provider
     }
 
-    fn is_passthrough(&self) -> bool {
+    pub(crate) fn is_passthrough(&self) -> bool {
         matches!(self.upstream, RoutedUpstream::Passthrough(_))
     }
 }
@@ -187,6 +187,10 @@ impl<'s> Exchange<'s> {
             self.shape(&parts, &route, bytes, parsed).await?
         };
         if let Some(hit) = self.cache(&shaped) {
+            if native {
+                // Stored in the client's API: as it is.
+                return Ok(hit);
+            }
             return Ok(self.adapter.answer(hit).await);
         }
         let (uri, headers) = self.admit(&parts, &route).await?;
@@ -604,7 +608,7 @@ impl<'s> Exchange<'s> {
 
     /// An Anthropic-native provider's request: the client's bytes (model mapped, fields the provider does not
     /// take removed). The prompt is counted on its chat form, as chat requests are, for the record's estimate
-    /// and calibration (the provider's usage is what counts). Not cached: the response cache holds chat answers.
+    /// and calibration (the provider's usage is what counts). Cached as chat requests are, in Anthropic's format.
     fn shape_native(
         &mut self,
         parts: &Parts,
@@ -633,17 +637,32 @@ impl<'s> Exchange<'s> {
             record.context.dropped_fields += dropped;
             record.prompt = job.map(Prompt::Queued);
         }
+        // The same rules as chat's (opt-in, scope), keyed on what goes upstream, apart from chat's entries and
+        // with the Anthropic headers that change the answer.
+        let cache_key = self.cache_key(parts, route, &body).map(|key| {
+            let header = |name: &str| {
+                parts
+                    .headers
+                    .get(name)
+                    .map_or(&b""[..], HeaderValue::as_bytes)
+            };
+            cache::api_key(
+                key,
+                Dialect::Messages.as_str(),
+                &[header("anthropic-version"), header("anthropic-beta")],
+            )
+        });
         Ok(Shaped {
             plain: body,
             with_usage: None,
             streaming,
             client_asked_usage: false,
-            cache_key: None,
+            cache_key,
         })
     }
 
-    /// Masking on a native Messages request (`tool_result` blocks), when the context settings turn it on;
-    /// observation masking and compaction work on chat requests only.
+    /// Observation masking and masking on a native Messages request (`tool_result` blocks), when the context
+    /// settings turn them on; compaction works on chat requests only.
     fn mask_native(
         &mut self,
         parts: &Parts,
@@ -668,29 +687,21 @@ impl<'s> Exchange<'s> {
             .context
             .resolve(header, session.as_deref(), &route.model)
             .map_err(|e| ProxyError::InvalidRequest(format!("`{CONTEXT_HEADER}`: {e}")))?;
-        if !resolved.enabled.masking {
+        if !(resolved.enabled.masking || resolved.enabled.observation) {
             return Ok(bytes);
         }
         let started = Instant::now();
         let tokenizer = state.accounting.tokenizer_for(&route.model).tokenizer;
-        let Some((body, masked, before, after)) = context::masking::mask_messages_body(
+        let Some((body, mut outcome)) = context::anthropic::apply(
             &bytes,
-            &state.context.config.masking,
+            &resolved,
+            &state.context.config,
             &tokenizer,
             &state.context.masks,
         ) else {
             return Ok(bytes);
         };
-        // The figures cover the masked blocks (the whole prompt is counted on its chat form elsewhere).
-        let outcome = context::Outcome {
-            transforms: "mask".to_string(),
-            tokens_before: before,
-            after_masking: Some(after),
-            tokens_after: after,
-            masked_messages: masked,
-            elapsed_us: started.elapsed().as_micros() as u64,
-            ..context::Outcome::default()
-        };
+        outcome.elapsed_us = started.elapsed().as_micros() as u64;
         state.context.count(&outcome);
         if let Some(context) = self.context_mut() {
             context.savings = Some(Box::new(outcome));
@@ -761,8 +772,13 @@ impl<'s> Exchange<'s> {
             prompt,
         } = record;
         let streaming = context.streaming;
+        let replayed = if self.native {
+            cache::replay_messages_sse(&hit.body)
+        } else {
+            cache::replay_sse(&hit.body, include_usage)
+        };
         let (body, content_type) = if streaming {
-            match cache::replay_sse(&hit.body, include_usage) {
+            match replayed {
                 Some(replay) => (replay, "text/event-stream"),
                 None => {
                     // An entry that cannot be replayed is a fault of the proxy's own: say so, and record it.
@@ -818,36 +834,7 @@ impl<'s> Exchange<'s> {
         route: &Route<'_>,
     ) -> Result<(Uri, HeaderMap), ProxyError> {
         let provider = route.provider();
-        let mut headers = headers::upstream_request_headers(&parts.headers);
-        headers.remove(CONTEXT_HEADER);
-        let anthropic_provider = provider.kind == ProviderKind::Anthropic;
-        if !self.native {
-            self.adapter.upstream_headers(&mut headers);
-        }
-        if anthropic_provider {
-            let dropped = dialect::messages::native_headers(
-                &mut headers,
-                provider.anthropic_betas.as_deref(),
-            );
-            if let Some(context) = self.context_mut() {
-                context.dropped_fields += dropped;
-            }
-        }
-        if route.is_passthrough() {
-            // The client's own key for the target: `X-Target-Authorization` when given (required when
-            // `Authorization` carries a virtual key, which the guard has removed), else its `Authorization`.
-            if let Some(key) = parts.headers.get(passthrough::TARGET_AUTH_HEADER) {
-                let mut key = key.clone();
-                key.set_sensitive(true);
-                headers.insert(header::AUTHORIZATION, key);
-            }
-        } else {
-            apply_credentials(
-                &mut headers,
-                provider,
-                self.state.config.server.forward_client_key,
-            )?;
-        }
+        let headers = self.upstream_headers(parts, route)?;
         // The query is the client API's (Anthropic's `?beta=true`); it goes only to a provider of the same API.
         let query = match self.adapter {
             ClientAdapter::None => parts.uri.query(),
@@ -878,6 +865,46 @@ impl<'s> Exchange<'s> {
             }
         }
         Ok((uri, headers))
+    }
+
+    /// The client's headers cleaned for the provider, with its API's headers and the right credentials.
+    pub(crate) fn upstream_headers(
+        &mut self,
+        parts: &Parts,
+        route: &Route<'_>,
+    ) -> Result<HeaderMap, ProxyError> {
+        let provider = route.provider();
+        let mut headers = headers::upstream_request_headers(&parts.headers);
+        headers.remove(CONTEXT_HEADER);
+        let anthropic_provider = provider.kind == ProviderKind::Anthropic;
+        if !self.native {
+            self.adapter.upstream_headers(&mut headers);
+        }
+        if anthropic_provider {
+            let dropped = dialect::messages::native_headers(
+                &mut headers,
+                provider.anthropic_betas.as_deref(),
+            );
+            if let Some(context) = self.context_mut() {
+                context.dropped_fields += dropped;
+            }
+        }
+        if route.is_passthrough() {
+            // The client's own key for the target: `X-Target-Authorization` when given (required when
+            // `Authorization` carries a virtual key, which the guard has removed), else its `Authorization`.
+            if let Some(key) = parts.headers.get(passthrough::TARGET_AUTH_HEADER) {
+                let mut key = key.clone();
+                key.set_sensitive(true);
+                headers.insert(header::AUTHORIZATION, key);
+            }
+        } else {
+            apply_credentials(
+                &mut headers,
+                provider,
+                self.state.config.server.forward_client_key,
+            )?;
+        }
+        Ok(headers)
     }
 
     // --- send ---------------------------------------------------------------------------------------------

@@ -535,6 +535,8 @@ fn request_values<'a>(
         record.client_app.as_deref().into(),
         record.client_api.into(),
         i64::from(record.dropped_tools).into(),
+        i64::from(record.dropped_fields).into(),
+        record.cache_write_reported.map(clamp).into(),
     ]);
 }
 

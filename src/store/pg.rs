@@ -30,7 +30,7 @@ pub(crate) const PG_TABLES: &[&str] = &[
     "masked_content",
     "responses",
 ];
-/// Rows per `INSERT` (59 parameters each, under PostgreSQL's 65,535).
+/// Rows per `INSERT` (61 parameters each, under PostgreSQL's 65,535).
 const PG_CHUNK: usize = 256;
 /// Key of the advisory lock held while the schema is created or upgraded.
 const MIGRATION_LOCK: i64 = 0x6b69_6d69_0001;

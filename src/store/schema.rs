@@ -185,6 +185,13 @@ CREATE TABLE responses (
 CREATE INDEX responses_by_time ON responses (created_at);
 ALTER TABLE requests ADD COLUMN dropped_tools INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 9 → 10: what the proxy removed from a request for its provider (Anthropic fields and beta features it does
+    // not take, Anthropic fields a translation has no equivalent for), and the cache writes the provider reported
+    // (Anthropic's `cache_creation_input_tokens`), per request.
+    r#"
+ALTER TABLE requests ADD COLUMN dropped_fields INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE requests ADD COLUMN cache_write_reported INTEGER;
+"#,
 ];
 
 /// The columns of `requests` in the order the writer binds them (`id` excluded).
@@ -248,6 +255,8 @@ pub const REQUEST_COLUMNS: &[&str] = &[
     "client_app",
     "client_api",
     "dropped_tools",
+    "dropped_fields",
+    "cache_write_reported",
 ];
 
 /// Columns read back as booleans.

@@ -611,4 +611,50 @@ pub async fn run_openai_responses_sdk_script(
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()
+
+/// The stored `requests` rows (every column) as the API shows them, once the writer has written `n`: each
+/// session's `GET /api/sessions/{id}/requests`.
+pub async fn stored_requests(proxy: &Proxy, n: u64) -> Vec<serde_json::Value> {
+    wait_written(proxy, n).await;
+    let (status, sessions) = get_with_status(proxy, "/api/sessions?limit=100").await;
+    assert_eq!(status, 200, "{sessions}");
+    let mut rows = Vec::new();
+    for session in sessions["data"].as_array().unwrap() {
+        let path = format!("/api/sessions/{}/requests?limit=100", session["id"]);
+        let (status, list) = get_with_status(proxy, &path).await;
+        assert_eq!(status, 200, "{list}");
+        rows.extend(list["data"].as_array().unwrap().iter().cloned());
+    }
+    rows
+}
+
+/// The provider-extra lines for [`anthropic_provider`] that make [`adapted_anthropic_request`] lose two
+/// things: one beta feature and one field.
+pub const ADAPTING_PROVIDER: &str = "anthropic_betas = [\"claude-code-20250219\"]\nanthropic_drop_fields = [\"context_management\"]";
+
+/// An Anthropic request to the native mock model through `proxy` (its provider set up with
+/// [`ADAPTING_PROVIDER`]) that loses one beta feature and one field on the way, and whose answer reports 50
+/// cache-write and 200 cache-read tokens.
+pub async fn adapted_anthropic_request(proxy: &Proxy) {
+    let response = client()
+        .post(proxy.url("/v1/messages"))
+        .header("x-api-key", "sk-ant-client-key")
+        .header("anthropic-version", "2023-06-01")
+        .header(
+            "anthropic-beta",
+            "claude-code-20250219,context-management-2025-06-27",
+        )
+        .header("x-mock-cache-write", "50")
+        .header("x-mock-cache-read", "200")
+        .json(&serde_json::json!({
+            "model": "claude-mock",
+            "max_tokens": 64,
+            "messages": [{"role": "user", "content": "Say hello."}],
+            "context_management": {"edits": []}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap();
 }

@@ -141,6 +141,24 @@ pub fn responses_body(stream: bool) -> Bytes {
     Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
 }
 
+/// The Anthropic-native model's upstream id (served by the mock's Anthropic mode through a `type = "anthropic"`
+/// provider in the proxy's configuration).
+pub const NATIVE_MODEL: &str = "claude-mock";
+
+/// The same request in Anthropic's Messages API (`POST /v1/messages`) for `model`: the system text as `system`,
+/// the user text as a message, the same temperature and `max_tokens`, non-streaming.
+pub fn messages_body(model: &str) -> Bytes {
+    let (system, user) = texts();
+    let body = json!({
+        "model": model,
+        "system": system,
+        "messages": [{"role": "user", "content": user}],
+        "temperature": 0.2,
+        "max_tokens": 512,
+    });
+    Bytes::from(serde_json::to_vec(&body).unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,7 @@ mod cpu;
 mod dashboards;
 mod endurance;
 mod loadgen;
+mod messages;
 mod peers;
 mod procs;
 mod report;
@@ -418,6 +419,9 @@ async fn run(
             }
             Scenario::Responses => {
                 results.responses = Some(responses::run(settings, &targets).await?);
+            }
+            Scenario::Messages => {
+                results.messages = Some(messages::run(settings, &targets).await?);
             }
             Scenario::MemoryRuns => {
                 let candidates =

@@ -222,7 +222,8 @@ pub fn proxy_args<'a>(config: &'a str, data_dir: &'a str) -> [&'a str; 7] {
     ]
 }
 
-/// The proxy's configuration: one provider, the mock, serving `mock/model` as `mock-model`. With
+/// The proxy's configuration: the mock as a chat provider serving `mock/model` as `mock-model`, and as an
+/// Anthropic-native provider (`type = "anthropic"`, its Anthropic mode) serving `mock-anthropic/claude-mock`. With
 /// `accounting_and_store` false, `[server] token_accounting = false` and `[store] enabled = false` are added
 /// (each table once).
 pub fn proxy_config(mock: SocketAddr, accounting_and_store: bool) -> String {
@@ -242,6 +243,16 @@ pub fn proxy_config(mock: SocketAddr, accounting_and_store: bool) -> String {
          [models.\"mock/model\"]\n\
          provider = \"mock\"\n\
          model = \"mock-model\"\n\
+         max_context_size = 262144\n\
+         \n\
+         [providers.mock-anthropic]\n\
+         type = \"anthropic\"\n\
+         base_url = \"http://{mock}\"\n\
+         api_key = \"${{MOCK_KEY}}\"\n\
+         \n\
+         [models.\"mock-anthropic/claude-mock\"]\n\
+         provider = \"mock-anthropic\"\n\
+         model = \"claude-mock\"\n\
          max_context_size = 262144\n"
     )
 }

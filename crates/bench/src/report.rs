@@ -531,6 +531,35 @@ pub fn render(settings: &Settings, machine: &Machine, results: &Results) -> Stri
             pass: share.map(|s| clean && s >= crate::responses::TARGET_THROUGHPUT_SHARE),
         });
     }
+    if let Some(messages) = &results.messages {
+        crate::messages::render(&mut out, settings, messages);
+        let clean = messages.errors() == 0;
+        let over = messages.native_over_chat();
+        targets.push(Target {
+            what: "Messages native adds no more than chat completions (added p50, c=1)".into(),
+            measured: fmt_added(over),
+            pass: Some(clean && over <= 0),
+        });
+        let ratio = messages.translated_ratio();
+        targets.push(Target {
+            what: format!(
+                "Messages translated adds ≤ {}× the native path's added p50 (c=1)",
+                crate::messages::TARGET_ADDED_RATIO
+            ),
+            measured: ratio.map_or("n/a".into(), |r| format!("{r:.2}×")),
+            pass: ratio.map(|r| clean && r <= crate::messages::TARGET_ADDED_RATIO),
+        });
+        let share = messages.throughput_share();
+        targets.push(Target {
+            what: format!(
+                "Messages translated keeps ≥ {:.0} % of the native path's throughput (c={})",
+                crate::messages::TARGET_THROUGHPUT_SHARE * 100.0,
+                settings.throughput_concurrency
+            ),
+            measured: share.map_or("n/a".into(), |s| format!("{:.1} %", s * 100.0)),
+            pass: share.map(|s| clean && s >= crate::messages::TARGET_THROUGHPUT_SHARE),
+        });
+    }
     for phase in results.dashboards.iter().filter(|p| p.dashboards > 0) {
         targets.push(Target {
             what: format!("event delivery p99 ≤ 10 ms ({})", phase.label),

@@ -31,6 +31,8 @@ pub enum Scenario {
     Cache,
     /// A Responses client vs a chat client through the proxy to the chat mock.
     Responses,
+    /// An Anthropic Messages client through the proxy, native and translated, vs a chat client.
+    Messages,
     /// The streams load repeated run after run, per build (`--candidate`); not in the defaults.
     MemoryRuns,
     /// Mixed traffic for `--soak-minutes`; not in the defaults.
@@ -50,6 +52,7 @@ impl Scenario {
             Scenario::Dashboards,
             Scenario::Cache,
             Scenario::Responses,
+            Scenario::Messages,
         ];
         if quick {
             all.retain(|&s| s != Scenario::Frontier);
@@ -68,6 +71,7 @@ impl Scenario {
             Scenario::Dashboards => "dashboards",
             Scenario::Cache => "cache",
             Scenario::Responses => "responses",
+            Scenario::Messages => "messages",
             Scenario::MemoryRuns => "memory-runs",
             Scenario::Soak => "soak",
         }
@@ -248,6 +252,8 @@ pub struct Results {
     pub cache: Option<crate::cache::CacheResults>,
     /// The responses scenario.
     pub responses: Option<crate::responses::ResponsesResults>,
+    /// The messages scenario.
+    pub messages: Option<crate::messages::MessagesResults>,
 }
 
 /// One endpoint under test: where it listens, its process, and the headers every request to it carries.

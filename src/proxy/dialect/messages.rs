@@ -32,9 +32,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::Peek;
+use crate::config::{ApiKey, ProviderKind};
 use crate::proxy::error::{PROXY_ERROR_HEADER, ProxyError};
+use crate::proxy::headers;
 use crate::proxy::pipeline::{Exchange, Route};
 use crate::proxy::request::{self, ChatRequestView};
+use crate::proxy::upstream::{self, OutgoingRequest};
 use crate::proxy::{ProxyState, pipeline};
 use crate::tokens::stream::SseParser;
 use crate::util::JsonMembers;
@@ -422,14 +425,55 @@ pub(crate) async fn count_prompt(
 }
 
 impl Exchange<'_> {
-    /// Read, parse and route as a Messages request, then count instead of sending.
+    /// Read, parse and route as a Messages request, then count instead of sending: the provider's own count
+    /// when it is Anthropic-native and offers `count_tokens`, else the local estimate.
     async fn count_tokens(&mut self, request: Request) -> Result<Response, ProxyError> {
         let (parts, body) = request.into_parts();
         self.note_request(&parts);
         let bytes = self.read(&parts, body).await?;
         let peek = peek(&parts.headers, &bytes)?;
         let route = self.route(&parts, &peek.model)?;
+        let provider = route.provider();
+        if provider.kind == ProviderKind::Anthropic
+            && provider.count_tokens
+            && !route.is_passthrough()
+        {
+            return self.count_upstream(&parts, &route, &bytes).await;
+        }
         count_prompt(self.state(), &route, &bytes).await
+    }
+
+    /// `POST {base_url}/v1/messages/count_tokens` at the provider: the body as for `/v1/messages` (model mapped,
+    /// undocumented fields removed), the same headers, credentials and retries; its answer (count or error)
+    /// goes back as it is. Not held to the provider's request budget: Anthropic limits token counting apart
+    /// from message creation (platform.claude.com/docs/en/build-with-claude/token-counting, "Pricing and rate
+    /// limits"). Nothing is recorded (no tokens are spent), as for the local count.
+    async fn count_upstream(
+        &mut self,
+        parts: &http::request::Parts,
+        route: &Route<'_>,
+        bytes: &Bytes,
+    ) -> Result<Response, ProxyError> {
+        self.native = true;
+        let provider = route.provider();
+        let headers = self.upstream_headers(parts, route)?;
+        let uri = pipeline::upstream_uri(provider, "/v1/messages/count_tokens", parts.uri.query())?;
+        let (body, _) = native_body(
+            bytes,
+            &route.model.upstream_id,
+            &provider.anthropic_drop_fields,
+        );
+        let outgoing = OutgoingRequest { uri, headers, body };
+        let upstream = route.upstream();
+        let answer =
+            upstream::send_with_retries(&upstream.client, provider, &outgoing, &upstream.throttled)
+                .await?;
+        let (mut response_parts, incoming) = answer.response.into_parts();
+        response_parts.headers = headers::client_response_headers(&response_parts.headers);
+        if let ApiKey::Ready(secret) = &provider.api_key {
+            headers::drop_echoed_secret(&mut response_parts.headers, secret.expose().as_bytes());
+        }
+        Ok(Response::from_parts(response_parts, Body::new(incoming)))
     }
 }
 
