@@ -611,6 +611,7 @@ pub async fn run_openai_responses_sdk_script(
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()
+}
 
 /// The stored `requests` rows (every column) as the API shows them, once the writer has written `n`: each
 /// session's `GET /api/sessions/{id}/requests`.

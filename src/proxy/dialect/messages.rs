@@ -463,7 +463,12 @@ impl Exchange<'_> {
             &route.model.upstream_id,
             &provider.anthropic_drop_fields,
         );
-        let outgoing = OutgoingRequest { uri, headers, body };
+        let outgoing = OutgoingRequest {
+            method: http::Method::POST,
+            uri,
+            headers,
+            body,
+        };
         let upstream = route.upstream();
         let answer =
             upstream::send_with_retries(&upstream.client, provider, &outgoing, &upstream.throttled)
