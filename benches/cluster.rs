@@ -17,7 +17,7 @@ use kimi_proxy::config::{ClusterConfig, Secret};
 use kimi_proxy::proxy::ratelimit::RateLimiter;
 use kimi_proxy::proxy::shared_limit::{Acquire, RedisLink, SharedRate};
 
-const RPM: u32 = 100_000_000;
+const RPM: u32 = 6_000_000;
 const ALLOWANCE: u32 = 2_000;
 /// Decisions timed per round: what a fresh lease covers without a refill.
 const ROUND: u32 = ALLOWANCE / 2;

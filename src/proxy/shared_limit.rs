@@ -270,7 +270,8 @@ impl SharedRate {
         Some(Arc::new(SharedRate {
             link: Arc::clone(link),
             key: format!("{}:rpm:{provider}", link.prefix),
-            interval_us: 60_000_000 / u64::from(rpm),
+            // Whole microseconds: budgets above 60,000,000 a minute are 60,000,000.
+            interval_us: (60_000_000 / u64::from(rpm)).max(1),
             burst: rpm,
             allowance,
             max_wait,
@@ -432,8 +433,10 @@ impl SharedRate {
                     }
                     lease.slots += granted;
                     lease.expires = now + LEASE_TTL;
-                    lease.blocked_until =
-                        (*granted < self.allowance && !retry.is_zero()).then(|| now + *retry);
+                    // Short of the lease: no new one before Redis says one is free (at least 1 ms, so an answer
+                    // of "none, now" cannot turn into a storm of calls).
+                    lease.blocked_until = (*granted < self.allowance)
+                        .then(|| now + (*retry).max(Duration::from_millis(1)));
                 }
                 Err(_) => {
                     lease.down_until = Some(now + RETRY_DOWN);
