@@ -8,6 +8,7 @@
 
 mod alerts;
 mod aliases;
+mod cluster;
 pub mod context;
 mod providers;
 mod raw;
@@ -22,6 +23,9 @@ use std::sync::Arc;
 
 pub use alerts::{AlertsConfig, WebhookConfig, WebhookFormat};
 pub use aliases::ModelAlias;
+pub use cluster::{
+    ClusterConfig, DEFAULT_CLUSTER_KEY_PREFIX, DEFAULT_REDIS_TIMEOUT_MS, RedisFailure,
+};
 pub use providers::{
     ApiKey, BaseUrl, Model, Prices, Provider, ProviderApi, ProviderKind, RetryPolicy, Timeouts,
     TokenizerSpec, default_tokenizer,
@@ -87,6 +91,8 @@ pub struct Config {
     pub cache: CacheConfig,
     pub alerts: AlertsConfig,
     pub ledgers: LedgersConfig,
+    /// `[cluster]`: budgets shared by several instances through Redis.
+    pub cluster: ClusterConfig,
     pub context: crate::config::context::ContextConfig,
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub models: BTreeMap<String, Arc<Model>>,

@@ -19,8 +19,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::{
-    AlertsConfig, BUILTIN_CATALOG, CacheConfig, Config, ConfigError, EnvSource, LedgersConfig,
-    Model, ModelAlias, PassthroughConfig, Provider, ServerConfig, StoreConfig,
+    AlertsConfig, BUILTIN_CATALOG, CacheConfig, ClusterConfig, Config, ConfigError, EnvSource,
+    LedgersConfig, Model, ModelAlias, PassthroughConfig, Provider, ServerConfig, StoreConfig,
     context::{ContextConfig, SummaryMode},
 };
 
@@ -38,6 +38,7 @@ struct Document {
     passthrough: PassthroughConfig,
     alerts: AlertsConfig,
     ledgers: LedgersConfig,
+    cluster: ClusterConfig,
     providers: BTreeMap<String, Provider>,
     models: BTreeMap<String, Model>,
     /// A model name or glob pattern → a catalog key.
@@ -203,6 +204,7 @@ impl Document {
         self.cache.validate(&mut errors);
         self.alerts.resolve(env, &mut errors);
         self.ledgers.resolve(&mut errors);
+        self.cluster.resolve(env, &mut errors);
         self.context.resolve(env, &mut errors);
 
         let mut providers = BTreeMap::new();
@@ -248,6 +250,7 @@ impl Document {
             cache: self.cache,
             alerts: self.alerts,
             ledgers: self.ledgers,
+            cluster: self.cluster,
             context: self.context,
             providers,
             models,

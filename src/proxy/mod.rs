@@ -16,6 +16,7 @@ pub mod reasoning;
 pub mod request;
 pub mod route;
 mod shape;
+pub mod shared_limit;
 pub mod summary;
 pub mod toolcalls;
 pub mod upstream;
@@ -51,8 +52,10 @@ pub const CACHE_HEADER: &str = "x-kimi-proxy-cache";
 pub struct Upstream {
     pub provider: Arc<Provider>,
     pub client: HttpClient,
-    /// The provider's budgets, when it has any.
+    /// The provider's budgets, when it has any (with `[cluster] redis`: its tokens per minute only).
     pub limiter: Option<Arc<RateLimiter>>,
+    /// Its requests per minute shared by every instance through Redis (`[cluster] redis`).
+    pub shared: Option<Arc<shared_limit::SharedRate>>,
     /// 429 answers from the provider since start (retried ones included).
     pub throttled: Arc<AtomicU64>,
 }
@@ -97,7 +100,20 @@ impl ProxyState {
     pub fn rate_limits(&self) -> std::collections::BTreeMap<String, ratelimit::Usage> {
         self.upstreams
             .iter()
-            .filter_map(|(key, u)| u.limiter.as_ref().map(|l| (key.clone(), l.usage())))
+            .filter_map(|(key, u)| {
+                let mut usage = match (&u.limiter, &u.shared) {
+                    (Some(limiter), _) => limiter.usage(),
+                    (None, Some(shared)) => shared.fallback().usage(),
+                    (None, None) => return None,
+                };
+                if let Some(shared) = &u.shared {
+                    let own = shared.fallback().usage();
+                    usage.requests_per_minute = own.requests_per_minute;
+                    usage.requests_last_minute = shared.admitted_last_minute();
+                    usage.shared = Some(shared.usage());
+                }
+                Some((key.clone(), usage))
+            })
             .collect()
     }
 
@@ -112,9 +128,25 @@ impl ProxyState {
     pub fn new(config: Arc<Config>) -> Result<ProxyState, crate::net::ClientBuildError> {
         let catalog = Catalog::new(&config);
         let mut upstreams = HashMap::new();
+        // The configuration checked the URL already: an error here leaves budgets per instance, said loudly.
+        let redis = shared_limit::RedisLink::new(&config.cluster).unwrap_or_else(|error| {
+            tracing::error!(%error, "[cluster] redis unusable: budgets are per instance");
+            None
+        });
         for (key, provider) in &config.providers {
+            let shared = match (&redis, provider.requests_per_minute) {
+                (Some(link), Some(rpm)) => shared_limit::SharedRate::new(
+                    link,
+                    key,
+                    rpm,
+                    config.cluster.local_allowance,
+                    provider.rate_limit_max_wait,
+                ),
+                _ => None,
+            };
             let limiter = RateLimiter::new(
-                provider.requests_per_minute,
+                // Shared, the requests per minute are Redis's; the tokens per minute stay per instance.
+                provider.requests_per_minute.filter(|_| shared.is_none()),
                 provider.tokens_per_minute,
                 provider.rate_limit_max_wait,
             )
@@ -125,9 +157,14 @@ impl ProxyState {
                     provider: provider.clone(),
                     client: crate::net::build_https_client(provider.timeouts.connect)?,
                     limiter,
+                    shared,
                     throttled: Arc::new(AtomicU64::new(0)),
                 },
             );
+        }
+        if let Some(link) = &redis {
+            tracing::info!(redis = %link.shown(), "provider request budgets shared through Redis");
+            link.warm_up();
         }
         let models_json = Bytes::from(render_models(&catalog).to_string());
         let accounting = Accounting::new(DEFAULT_MESSAGE_CACHE_BYTES, config.store.preview_chars);

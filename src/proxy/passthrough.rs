@@ -82,6 +82,7 @@ pub fn route(
             provider,
             client: client.clone(),
             limiter: None,
+            shared: None,
             // Pass-through targets are not providers of the catalog: their 429s are not watched.
             throttled: Arc::new(AtomicU64::new(0)),
         },

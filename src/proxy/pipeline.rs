@@ -40,6 +40,7 @@ use super::dialect::{self, ClientAdapter, Parsed};
 use super::error::ProxyError;
 use super::reasoning::ReasoningCapture;
 use super::request;
+use super::shared_limit::Acquire;
 use super::toolcalls::ToolCallFixes;
 use super::upstream::{self, OutgoingRequest, UpstreamResponse};
 use super::{
@@ -848,21 +849,22 @@ impl<'s> Exchange<'s> {
             ProviderKind::OpenAiCompatible => "/chat/completions",
         };
         let uri = upstream_uri(provider, path, query)?;
-        if let Some(limiter) = &route.upstream().limiter {
-            match limiter.reserve(tokio::time::Instant::now()) {
-                Ok(wait) if wait.is_zero() => {}
-                Ok(wait) => {
-                    tracing::debug!(provider = %provider.key, wait_ms = wait.as_millis() as u64, "waiting for the provider's budget");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(refusal) => {
+        if let Some(shared) = &route.upstream().shared {
+            match shared.acquire().await {
+                Acquire::Admitted => {}
+                Acquire::Refused(refusal) => {
                     return Err(ProxyError::RateLimited {
                         provider: provider.key.clone(),
                         limit: refusal.limit,
                         retry_after: refusal.retry_after,
                     });
                 }
+                // Redis unreachable, `on_redis_error = "open"`: this instance applies the budget alone.
+                Acquire::Local => take_budget(shared.fallback(), provider).await?,
             }
+        }
+        if let Some(limiter) = &route.upstream().limiter {
+            take_budget(limiter, provider).await?;
         }
         Ok((uri, headers))
     }
@@ -1280,4 +1282,24 @@ pub(crate) fn upstream_uri(
     };
     text.parse::<Uri>()
         .map_err(|e| ProxyError::InvalidRequest(format!("cannot build the upstream URL: {e}")))
+}
+
+/// Takes a slot of a local budget: waits for it when it is near enough, else the 429.
+async fn take_budget(
+    limiter: &super::ratelimit::RateLimiter,
+    provider: &crate::config::Provider,
+) -> Result<(), ProxyError> {
+    match limiter.reserve(tokio::time::Instant::now()) {
+        Ok(wait) if wait.is_zero() => Ok(()),
+        Ok(wait) => {
+            tracing::debug!(provider = %provider.key, wait_ms = wait.as_millis() as u64, "waiting for the provider's budget");
+            tokio::time::sleep(wait).await;
+            Ok(())
+        }
+        Err(refusal) => Err(ProxyError::RateLimited {
+            provider: provider.key.clone(),
+            limit: refusal.limit,
+            retry_after: refusal.retry_after,
+        }),
+    }
 }

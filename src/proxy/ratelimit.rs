@@ -42,6 +42,10 @@ pub struct Usage {
     pub tokens_per_minute: Option<u32>,
     pub tokens_last_minute: u64,
     pub max_wait_ms: u64,
+    /// Shared through Redis (`[cluster] redis`): the shared budget's counters; the requests counted above are
+    /// this instance's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<super::shared_limit::SharedUsage>,
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -155,6 +159,7 @@ impl RateLimiter {
                 .map(|(_, n)| n)
                 .sum(),
             max_wait_ms: self.max_wait.as_millis() as u64,
+            shared: None,
         }
     }
 }

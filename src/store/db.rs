@@ -33,6 +33,11 @@ pub enum Value<'a> {
     Int(i64),
     Real(f64),
     Text(&'a str),
+    /// Arrays, for PostgreSQL only (`unnest(?1::bigint[], …)` in bulk statements); SQLite refuses them.
+    Ints(&'a [i64]),
+    OptInts(&'a [Option<i64>]),
+    Reals(&'a [f64]),
+    Texts(&'a [&'a str]),
 }
 
 impl From<i64> for Value<'_> {
@@ -143,6 +148,18 @@ pub trait Db {
     fn first(&self, sql: &str, params: &[Value<'_>]) -> Result<Option<Vec<Owned>>, StoreError> {
         Ok(self.query(sql, params)?.rows.into_iter().next())
     }
+
+    /// Appends rows to `table` in bulk when the engine has a faster way than `INSERT` (PostgreSQL: binary
+    /// `COPY`). `values` holds the rows one after another, `columns.len()` values each. `Ok(false)`: the engine
+    /// has none (SQLite, in process, inserts as fast), the caller inserts.
+    fn copy_rows(
+        &self,
+        _table: &str,
+        _columns: &[&str],
+        _values: &[Value<'_>],
+    ) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 impl rusqlite::ToSql for Value<'_> {
@@ -152,6 +169,11 @@ impl rusqlite::ToSql for Value<'_> {
             Value::Int(n) => ValueRef::Integer(n),
             Value::Real(f) => ValueRef::Real(f),
             Value::Text(s) => ValueRef::Text(s.as_bytes()),
+            Value::Ints(_) | Value::OptInts(_) | Value::Reals(_) | Value::Texts(_) => {
+                return Err(rusqlite::Error::ToSqlConversionFailure(
+                    "arrays are PostgreSQL-only parameters".into(),
+                ));
+            }
         }))
     }
 }
@@ -237,6 +259,16 @@ pub fn pg_ddl(sql: &str) -> String {
 #[derive(Default)]
 pub struct PgStatements {
     map: HashMap<String, postgres::Statement>,
+}
+
+/// The binary `COPY` of `columns` into `table`, and a query whose result columns have their types (the binary
+/// format needs each column's exact type).
+fn copy_sql(table: &str, columns: &[&str]) -> (String, String) {
+    let columns = columns.join(", ");
+    (
+        format!("COPY {table} ({columns}) FROM STDIN (FORMAT binary)"),
+        format!("SELECT {columns} FROM {table} LIMIT 0"),
+    )
 }
 
 /// Statements kept per connection; beyond that the cache starts over (queries are a small fixed set).
@@ -340,6 +372,54 @@ impl<C: postgres::GenericClient> Db for Pg<'_, C> {
         }
         Ok(Rows { names, rows: out })
     }
+
+    // Binary COPY, as the postgres crate offers it (`Client::copy_in` + `binary_copy::BinaryCopyInWriter`, which
+    // writes PostgreSQL's binary COPY format — header, per row a field count then each field's length and its
+    // binary send format — https://www.postgresql.org/docs/current/sql-copy.html, "Binary Format"). Both the
+    // COPY statement and the type probe are prepared once per connection and cached like any other statement.
+    fn copy_rows(
+        &self,
+        table: &str,
+        columns: &[&str],
+        values: &[Value<'_>],
+    ) -> Result<bool, StoreError> {
+        if columns.is_empty() || values.is_empty() {
+            return Ok(true);
+        }
+        let mut client = self
+            .client
+            .try_borrow_mut()
+            .map_err(|_| StoreError::Other("connection in use".into()))?;
+        let (copy, probe) = copy_sql(table, columns);
+        let types: Vec<postgres::types::Type> = self
+            .statement(&mut client, &probe)?
+            .columns()
+            .iter()
+            .map(|c| c.type_().clone())
+            .collect();
+        if types.len() != columns.len() || !values.len().is_multiple_of(columns.len()) {
+            return Err(StoreError::Other(format!(
+                "COPY {table}: {} values for {} columns",
+                values.len(),
+                columns.len()
+            )));
+        }
+        let statement = self.statement(&mut client, &copy)?;
+        let sink = client.copy_in(&statement)?;
+        let mut writer = postgres::binary_copy::BinaryCopyInWriter::new(sink, &types);
+        let mut row: Vec<&(dyn postgres::types::ToSql + Sync)> = Vec::with_capacity(columns.len());
+        for chunk in values.chunks(columns.len()) {
+            row.clear();
+            row.extend(
+                chunk
+                    .iter()
+                    .map(|v| v as &(dyn postgres::types::ToSql + Sync)),
+            );
+            writer.write(&row)?;
+        }
+        writer.finish()?;
+        Ok(true)
+    }
 }
 
 impl postgres::types::ToSql for Value<'_> {
@@ -359,6 +439,10 @@ impl postgres::types::ToSql for Value<'_> {
             Value::Real(f) if *ty == Type::FLOAT4 => (f as f32).to_sql(ty, out),
             Value::Real(f) => f.to_sql(ty, out),
             Value::Text(s) => s.to_sql(ty, out),
+            Value::Ints(v) => v.to_sql(ty, out),
+            Value::OptInts(v) => v.to_sql(ty, out),
+            Value::Reals(v) => v.to_sql(ty, out),
+            Value::Texts(v) => v.to_sql(ty, out),
         }
     }
 
@@ -376,6 +460,9 @@ impl postgres::types::ToSql for Value<'_> {
             Type::BPCHAR,
             Type::NAME,
             Type::UNKNOWN,
+            Type::INT8_ARRAY,
+            Type::FLOAT8_ARRAY,
+            Type::TEXT_ARRAY,
         ]
         .contains(ty)
     }

@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use crate::accounting::RequestRecord;
-use db::{Db, Value};
+use db::{Db, Dialect, Value};
 pub use schema::LATEST_VERSION;
 use sessions::{NewSession, SessionResolver, clamp, truncate_chars};
 pub use writer::{SessionChange, StoreListener, StoreSink, WriterOptions, WriterStats};
@@ -411,6 +411,7 @@ pub(crate) fn write_records(
     // are given on arrival), so a conversation's turns are seen in order.
     let mut ordered: Vec<&Arc<RequestRecord>> = records.iter().collect();
     ordered.sort_by_key(|r| r.id);
+    resolver.prefetch(db, &ordered)?;
     let mut sessions = Vec::with_capacity(ordered.len());
     for record in &ordered {
         let session = resolver.resolve(db, record)?;
@@ -436,28 +437,35 @@ pub(crate) fn write_records(
                 .and_then(|p| truncate_chars(p, resolver.preview_chars()))
         })
         .collect();
-    let chunk = chunk.max(1);
-    let mut values: Vec<Value<'_>> = Vec::with_capacity(chunk * schema::REQUEST_COLUMNS.len());
-    let mut full_sql: Option<String> = None;
-    for ((records, sessions), previews) in ordered
-        .chunks(chunk)
-        .zip(sessions.chunks(chunk))
-        .zip(previews.chunks(chunk))
-    {
-        values.clear();
-        for ((record, session), preview) in records.iter().zip(sessions).zip(previews) {
-            request_values(record, *session, preview.as_deref(), &mut values);
-        }
-        let sql = if records.len() == chunk {
-            full_sql.get_or_insert_with(|| insert_request_sql(chunk))
-        } else {
-            &insert_request_sql(records.len())
-        };
-        db.execute(sql, &values)?;
+    let mut values: Vec<Value<'_>> =
+        Vec::with_capacity(ordered.len() * schema::REQUEST_COLUMNS.len());
+    for ((record, session), preview) in ordered.iter().zip(&sessions).zip(&previews) {
+        request_values(record, *session, preview.as_deref(), &mut values);
     }
+    if !db.copy_rows("requests", schema::REQUEST_COLUMNS, &values)? {
+        let chunk = chunk.max(1);
+        let row = schema::REQUEST_COLUMNS.len();
+        let mut full_sql: Option<String> = None;
+        for rows in values.chunks(chunk * row) {
+            let n = rows.len() / row;
+            let sql = if n == chunk {
+                full_sql.get_or_insert_with(|| insert_request_sql(chunk))
+            } else {
+                &insert_request_sql(n)
+            };
+            db.execute(sql, rows)?;
+        }
+    }
+    // Aggregates are added (`x = x + delta`), never overwritten, and sessions are locked in id order, so
+    // writers of several instances touching the same sessions neither lose updates nor deadlock.
     deltas.sort_by_key(|(id, _)| *id);
-    for (id, delta) in &deltas {
-        apply_delta(db, *id, delta)?;
+    match db.dialect() {
+        Dialect::Postgres => apply_deltas_bulk(db, &deltas)?,
+        Dialect::Sqlite => {
+            for (id, delta) in &deltas {
+                apply_delta(db, *id, delta)?;
+            }
+        }
     }
     Ok(Written {
         assignments,
@@ -625,6 +633,74 @@ fn apply_delta(db: &dyn Db, id: i64, delta: &SessionDelta) -> Result<(), StoreEr
             delta.model.as_str().into(),
             delta.tokens_saved.into(),
             delta.cost_saved.into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// [`apply_delta`] for every session of a batch in two statements (PostgreSQL): the rows are locked in id order
+/// (`ORDER BY id FOR UPDATE`: the lock step runs over the sorted rows), then updated from arrays with
+/// `unnest(…)` — two round trips instead of one per session. `deltas` is sorted by id.
+fn apply_deltas_bulk(db: &dyn Db, deltas: &[(i64, SessionDelta)]) -> Result<(), StoreError> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = deltas.iter().map(|(id, _)| *id).collect();
+    let column =
+        |f: fn(&SessionDelta) -> i64| -> Vec<i64> { deltas.iter().map(|(_, d)| f(d)).collect() };
+    let requests = column(|d| d.requests);
+    let errors = column(|d| d.errors);
+    let prompt = column(|d| d.prompt);
+    let completion = column(|d| d.completion);
+    let cached = column(|d| d.cached);
+    let last_activity = column(|d| d.last_activity);
+    let context_tokens = column(|d| d.context_tokens);
+    let tokens_saved = column(|d| d.tokens_saved);
+    let cost: Vec<f64> = deltas.iter().map(|(_, d)| d.cost).collect();
+    let cost_saved: Vec<f64> = deltas.iter().map(|(_, d)| d.cost_saved).collect();
+    let windows: Vec<Option<i64>> = deltas
+        .iter()
+        .map(|(_, d)| d.context_window.map(clamp))
+        .collect();
+    let models: Vec<&str> = deltas.iter().map(|(_, d)| d.model.as_str()).collect();
+    db.query(
+        "SELECT id FROM sessions WHERE id = ANY(?1::bigint[]) ORDER BY id FOR UPDATE",
+        &[Value::Ints(&ids)],
+    )?;
+    db.execute(
+        "UPDATE sessions AS s SET
+            request_count = s.request_count + d.requests,
+            error_count = s.error_count + d.errors,
+            prompt_tokens = s.prompt_tokens + d.prompt,
+            completion_tokens = s.completion_tokens + d.completion,
+            cached_tokens = s.cached_tokens + d.cached,
+            cost_usd = s.cost_usd + d.cost,
+            last_activity = CASE WHEN s.last_activity > d.last_activity THEN s.last_activity ELSE d.last_activity END,
+            context_tokens = d.context_tokens,
+            context_window = coalesce(d.context_window, s.context_window),
+            model = CASE WHEN s.source = 'manual' AND s.model IS NOT NULL THEN s.model ELSE d.model END,
+            tokens_saved = s.tokens_saved + d.tokens_saved,
+            cost_saved_usd = s.cost_saved_usd + d.cost_saved
+         FROM unnest(?1::bigint[], ?2::bigint[], ?3::bigint[], ?4::bigint[], ?5::bigint[], ?6::bigint[],
+                     ?7::double precision[], ?8::bigint[], ?9::bigint[], ?10::bigint[], ?11::text[],
+                     ?12::bigint[], ?13::double precision[])
+              AS d(id, requests, errors, prompt, completion, cached, cost, last_activity, context_tokens,
+                   context_window, model, tokens_saved, cost_saved)
+         WHERE s.id = d.id",
+        &[
+            Value::Ints(&ids),
+            Value::Ints(&requests),
+            Value::Ints(&errors),
+            Value::Ints(&prompt),
+            Value::Ints(&completion),
+            Value::Ints(&cached),
+            Value::Reals(&cost),
+            Value::Ints(&last_activity),
+            Value::Ints(&context_tokens),
+            Value::OptInts(&windows),
+            Value::Texts(&models),
+            Value::Ints(&tokens_saved),
+            Value::Reals(&cost_saved),
         ],
     )?;
     Ok(())

@@ -234,6 +234,48 @@ impl SessionResolver {
         Ok(())
     }
 
+    /// On PostgreSQL, checks in one query that the sessions this batch's records will be matched to still exist
+    /// (instead of one `SELECT` per session as [`SessionResolver::resolve`] meets them: a round trip each to a
+    /// server). SQLite is in process: nothing to save there.
+    pub fn prefetch(
+        &mut self,
+        conn: &dyn Db,
+        records: &[&std::sync::Arc<RequestRecord>],
+    ) -> Result<(), StoreError> {
+        if conn.dialect() != super::db::Dialect::Postgres {
+            return Ok(());
+        }
+        let mut ids: Vec<i64> = Vec::new();
+        for record in records {
+            let candidate = if let Some(key) = record.client_session.as_deref() {
+                self.clients.get(key).copied()
+            } else if self.active.is_some() || self.mode == SessionMode::Active {
+                None
+            } else {
+                self.conversations
+                    .find(&prefix_hashes(&record.message_hashes))
+            };
+            if let Some(id) = candidate
+                && !self.verified.contains(&id)
+            {
+                ids.push(id);
+            }
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let found = conn.query(
+            "SELECT id FROM sessions WHERE id = ANY(?1::bigint[])",
+            &[Value::Ints(&ids)],
+        )?;
+        for row in &found.rows {
+            self.verified.insert(row.int(0)?);
+        }
+        Ok(())
+    }
+
     /// The transaction failed: sessions it created do not exist.
     pub fn rollback(&mut self) {
         for id in std::mem::take(&mut self.created) {

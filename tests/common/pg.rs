@@ -89,8 +89,8 @@ impl Drop for TestDb {
     }
 }
 
-/// A TCP relay in front of the PostgreSQL server that the test can cut and restore: "the database is down"
-/// without stopping the machine's shared server.
+/// A TCP relay in front of the PostgreSQL server (or another, [`PgRelay::start_to`]) that the test can cut and
+/// restore: "the database is down" without stopping the machine's shared server.
 pub struct PgRelay {
     pub port: u16,
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -99,13 +99,18 @@ pub struct PgRelay {
 
 impl PgRelay {
     pub async fn start() -> PgRelay {
-        use std::sync::atomic::Ordering;
         let target = server()
             .rsplit('@')
             .next()
             .unwrap()
             .trim_end_matches('/')
             .to_string();
+        Self::start_to(target).await
+    }
+
+    /// A relay to any TCP server (`HOST:PORT`): Redis too.
+    pub async fn start_to(target: String) -> PgRelay {
+        use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
