@@ -15,12 +15,22 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::conversation::MARKER;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::conversation::{Conversation, Counter, Facts, MARKER, Message, Role};
 use super::masking::{MaskRegistry, mask_tool_result_block};
 use super::observation::looks_like_error;
 use super::{Outcome, Resolved};
 use crate::config::context::ContextConfig;
 use crate::tokens::Tokenizer;
+use crate::tokens::cache::MessageTokens;
+use crate::tokens::chat::{
+    IMAGE_DEFAULT_TOKENS, REPLY_PRIMING, RequestLayout, TOKENS_PER_MESSAGE, TOKENS_PER_TOOL_CALL,
+    message_key,
+};
 use crate::util::{JsonMembers, json_object};
 
 /// One `tool_result` block, as the transforms see it.
@@ -326,4 +336,169 @@ pub fn apply(
         ..Outcome::default()
     };
     Some((new_body, outcome))
+}
+
+/// Separates the Anthropic reader's cache entries from chat's: the same bytes count differently.
+const ANTHROPIC_SEED: u128 = 0x616e_7468_726f_7069_635f_6d73_6773_5f5f;
+
+/// Tokens of one content value of a Messages request (a string, or content blocks): text, `tool_use` name and
+/// input, `tool_result` content, thinking; images at chat's fixed estimate; any other block by its JSON.
+fn count_content(content: &serde_json::Value, tokenizer: &Tokenizer, tokens: &mut MessageTokens) {
+    use serde_json::Value;
+    let blocks = match content {
+        Value::String(text) => {
+            tokens.text += tokenizer.count(text) as u32;
+            return;
+        }
+        Value::Array(blocks) => blocks,
+        _ => return,
+    };
+    for block in blocks {
+        let text = |key: &str| block.get(key).and_then(Value::as_str);
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => tokens.text += tokenizer.count(text("text").unwrap_or("")) as u32,
+            Some("thinking") => {
+                tokens.text += tokenizer.count(text("thinking").unwrap_or("")) as u32;
+            }
+            Some("image") => {
+                tokens.media += IMAGE_DEFAULT_TOKENS;
+                tokens.estimated = true;
+            }
+            Some("tool_use") => {
+                let input = block.get("input").map(Value::to_string).unwrap_or_default();
+                tokens.tool_calls += (tokenizer.count(text("name").unwrap_or(""))
+                    + tokenizer.count(&input)) as u32
+                    + TOKENS_PER_TOOL_CALL;
+                tokens.estimated = true;
+            }
+            Some("tool_result") => {
+                if let Some(inner) = block.get("content") {
+                    count_content(inner, tokenizer, tokens);
+                }
+                tokens.framing += tokenizer.count(text("tool_use_id").unwrap_or("")) as u32;
+                tokens.estimated = true;
+            }
+            _ => {
+                tokens.text += tokenizer.count(&block.to_string()) as u32;
+                tokens.estimated = true;
+            }
+        }
+    }
+}
+
+/// How a member of a Messages request is counted.
+#[derive(Clone, Copy)]
+enum Part {
+    /// A turn of `messages`.
+    Message,
+    /// A content value (`system`: a string or text blocks).
+    Content,
+    /// By its JSON (`tools`).
+    Json,
+}
+
+/// Tokens of one member's JSON (a Messages message, `system` or `tools`), through the counter's cache.
+fn cached_tokens(bytes: &[u8], counter: &Counter<'_>, kind: Part) -> (u64, u64) {
+    let (hash, key) = message_key(bytes, counter.tokenizer);
+    let (tokens, _) = counter.cache.get_or_count(key ^ ANTHROPIC_SEED, || {
+        let mut tokens = MessageTokens {
+            estimated: true,
+            ..MessageTokens::default()
+        };
+        match (kind, serde_json::from_slice::<serde_json::Value>(bytes)) {
+            (Part::Message, Ok(value)) => {
+                tokens.framing = TOKENS_PER_MESSAGE;
+                if let Some(role) = value.get("role").and_then(serde_json::Value::as_str) {
+                    tokens.framing += counter.tokenizer.count(role) as u32;
+                }
+                if let Some(content) = value.get("content") {
+                    count_content(content, counter.tokenizer, &mut tokens);
+                }
+            }
+            (Part::Content, Ok(value)) => count_content(&value, counter.tokenizer, &mut tokens),
+            _ => tokens.text = counter.tokenizer.count(&String::from_utf8_lossy(bytes)) as u32,
+        }
+        tokens
+    });
+    (tokens.total(), hash)
+}
+
+/// Where `part` (a slice of `body`) lies in `body`.
+fn offset_in(body: &[u8], part: &[u8]) -> Range<usize> {
+    let start = (part.as_ptr() as usize).saturating_sub(body.as_ptr() as usize);
+    start..start + part.len()
+}
+
+/// A Messages request's turns as compaction sees them, with their byte ranges (the layout) in `body`. A `user`
+/// turn carrying `tool_result` blocks is a tool result (answering the `tool_use` blocks of the assistant turn
+/// before it, so a cut never falls between the two); a `system` turn inside `messages` (Claude Code's
+/// mid-conversation system beta) stays like chat's system messages; `system` and `tools` are the fixed part.
+/// `None` when the body is not a Messages request.
+pub fn read_conversation(
+    body: Bytes,
+    counter: &Counter<'_>,
+) -> Option<(Conversation, RequestLayout)> {
+    let top: JsonMembers<'_> = serde_json::from_slice(&body).ok()?;
+    let raw_messages = member(&top, "messages")?;
+    let raw: Vec<&RawValue> = serde_json::from_str(raw_messages.get()).ok()?;
+    let mut messages = Vec::with_capacity(raw.len());
+    let mut layout = RequestLayout::default();
+    for m in raw {
+        let bytes = m.get().as_bytes();
+        let range = offset_in(&body, bytes);
+        let fields: JsonMembers<'_> =
+            serde_json::from_str(m.get()).unwrap_or(JsonMembers(Vec::new()));
+        let content = member(&fields, "content");
+        let blocks: Vec<Block<'_>> = content
+            .and_then(|c| serde_json::from_str(c.get()).ok())
+            .unwrap_or_default();
+        let mut role = match role(&fields).as_deref() {
+            Some("system") => Role::System,
+            Some("user") => Role::User,
+            Some("assistant") => Role::Assistant,
+            _ => Role::Other,
+        };
+        let mut answers = None;
+        let mut calls = Vec::new();
+        for b in &blocks {
+            match b.kind.as_deref() {
+                Some("tool_result") if role == Role::User => {
+                    role = Role::Tool;
+                    if answers.is_none() {
+                        answers = b.tool_use_id.as_deref().map(Box::<str>::from);
+                    }
+                }
+                Some("tool_use") if role == Role::Assistant => calls.push((
+                    b.id.as_deref().unwrap_or_default().to_string(),
+                    b.name.as_deref().unwrap_or_default().to_string(),
+                )),
+                _ => {}
+            }
+        }
+        let (tokens, hash) = cached_tokens(bytes, counter, Part::Message);
+        let facts = Facts::other_api(role, tokens, hash, answers, calls);
+        messages.push(Message {
+            range: range.clone(),
+            role,
+            content: content.map(|c| offset_in(&body, c.get().as_bytes())),
+            tokens,
+            hash,
+            facts: Arc::new(facts),
+        });
+        layout.messages.push(range);
+    }
+    let mut fixed_tokens = if messages.is_empty() { 0 } else { REPLY_PRIMING };
+    for (key, kind) in [("system", Part::Content), ("tools", Part::Json)] {
+        if let Some(value) = member(&top, key) {
+            fixed_tokens += cached_tokens(value.get().as_bytes(), counter, kind).0;
+        }
+    }
+    Some((
+        Conversation {
+            body: body.clone(),
+            messages,
+            fixed_tokens,
+        },
+        layout,
+    ))
 }

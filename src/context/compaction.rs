@@ -58,6 +58,17 @@ pub fn summary_message(text: &str) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({"role": "system", "content": text})).unwrap_or_default()
 }
 
+/// The summary as an Anthropic Messages turn: a `user` turn with one text block (Messages has no `system`
+/// role inside `messages` outside a beta). A kept `user` turn may follow it: "Consecutive user or assistant
+/// turns in your request will be combined into a single turn" (<https://docs.anthropic.com/en/api/messages>,
+/// the `messages` parameter).
+pub fn summary_turn(text: &str) -> Vec<u8> {
+    serde_json::to_vec(
+        &serde_json::json!({"role": "user", "content": [{"type": "text", "text": text}]}),
+    )
+    .unwrap_or_default()
+}
+
 /// What to do for one request.
 #[derive(Debug, Clone)]
 pub enum Decision {
@@ -362,11 +373,28 @@ fn fit(lines: Vec<String>, budget: usize) -> String {
     out
 }
 
-/// `name(arguments…)` of each tool call in an assistant message.
+/// `name(arguments…)` of each tool call in an assistant message: chat's `tool_calls`, or an Anthropic turn's
+/// `tool_use` blocks (`name`, `input`).
 fn assistant_calls(message: &[u8]) -> Vec<String> {
     let Ok(value) = serde_json::from_slice::<Value>(message) else {
         return Vec::new();
     };
+    let tool_uses: Vec<String> = value
+        .get("content")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_use"))
+        .map(|b| {
+            let name = b.get("name").and_then(Value::as_str).unwrap_or("?");
+            let input = b.get("input").map(Value::to_string).unwrap_or_default();
+            let input: String = one_line(&input).chars().take(120).collect();
+            format!("{name}({input})")
+        })
+        .collect();
+    if !tool_uses.is_empty() {
+        return tool_uses;
+    }
     value
         .get("tool_calls")
         .and_then(Value::as_array)
@@ -403,9 +431,17 @@ pub fn text_prefix(raw: &[u8], chars: usize) -> String {
             let Ok(parts) = serde_json::from_slice::<Vec<Value>>(raw) else {
                 return String::new();
             };
+            // Text parts, and an Anthropic `tool_result` block's content (a string or text blocks).
             let text: Vec<&str> = parts
                 .iter()
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .flat_map(|p| match p.get("content") {
+                    Some(Value::String(s)) => vec![s.as_str()],
+                    Some(Value::Array(inner)) => inner
+                        .iter()
+                        .filter_map(|b| b.get("text").and_then(Value::as_str))
+                        .collect(),
+                    _ => p.get("text").and_then(Value::as_str).into_iter().collect(),
+                })
                 .collect();
             text.join(" ").chars().take(chars).collect()
         }

@@ -158,6 +158,25 @@ impl Facts {
         facts
     }
 
+    /// What another API's message (an Anthropic Messages turn) says, read by its own reader: the role as
+    /// the transforms treat it, its tokens and hash, the result it answers and the calls it makes.
+    pub fn other_api(
+        role: Role,
+        tokens: u64,
+        hash: u64,
+        tool_call_id: Option<Box<str>>,
+        calls: Vec<(String, String)>,
+    ) -> Facts {
+        Facts {
+            role,
+            tokens,
+            hash,
+            tool_call_id,
+            calls,
+            ..Facts::default()
+        }
+    }
+
     /// Approximate memory, for the cache's bound (placeholders made later are counted in advance).
     fn weight(&self) -> u32 {
         let strings = self.tool_call_id.as_deref().map_or(0, str::len)

@@ -63,6 +63,28 @@ impl Outcome {
     pub fn tokens_saved(&self) -> u64 {
         self.tokens_before.saturating_sub(self.tokens_after)
     }
+
+    /// This outcome (masking and observation on the blocks they changed) followed by `next` (a plan over the
+    /// whole prompt as they left it): one outcome over the whole prompt, as the client sent it.
+    pub fn then(self, next: Outcome) -> Outcome {
+        let offset = next.tokens_before.saturating_sub(self.tokens_after);
+        let transforms = match (self.transforms.is_empty(), next.transforms.is_empty()) {
+            (false, false) => format!("{},{}", self.transforms, next.transforms),
+            (false, true) => self.transforms,
+            _ => next.transforms,
+        };
+        Outcome {
+            transforms,
+            tokens_before: self.tokens_before + offset,
+            after_masking: self.after_masking.map(|t| t + offset),
+            after_observation: self.after_observation.map(|t| t + offset),
+            masked_messages: self.masked_messages,
+            observed_messages: self.observed_messages,
+            error: self.error.or(next.error),
+            elapsed_us: self.elapsed_us + next.elapsed_us,
+            ..next
+        }
+    }
 }
 
 /// Totals since start.
@@ -261,7 +283,51 @@ impl ContextEngine {
     pub fn plan(&self, request: PlanRequest, counter: &Counter<'_>) -> Plan {
         let started = Instant::now();
         let conversation =
-            Conversation::read_with(request.body, &request.layout, counter, Some(&self.facts));
+            Conversation::read_with(request.body.clone(), &request.layout, counter, Some(&self.facts));
+        self.plan_read(conversation, request, Shape::Chat, started, counter)
+    }
+
+    /// Compaction of an Anthropic Messages request (the native route; masking and observation ran on its
+    /// `tool_result` blocks already, their outcome is `prior`): the same decision and summary as chat's, the
+    /// summary a `user` turn with one text block. `None` when the body is not a Messages request.
+    pub fn plan_anthropic(
+        &self,
+        body: Bytes,
+        resolved: Resolved,
+        window: u64,
+        client_session: Option<&str>,
+        prior: Option<Outcome>,
+        counter: &Counter<'_>,
+    ) -> Option<Plan> {
+        let started = Instant::now();
+        let (conversation, layout) = anthropic::read_conversation(body, counter)?;
+        let request = PlanRequest {
+            conversation_key: conversation_key(client_session, &conversation.body, &layout),
+            body: conversation.body.clone(),
+            layout,
+            resolved: Resolved {
+                enabled: Enabled {
+                    compaction: resolved.enabled.compaction,
+                    ..Enabled::default()
+                },
+                force_compact: resolved.force_compact,
+            },
+            window,
+            dry_run: false,
+        };
+        let mut plan = self.plan_read(conversation, request, Shape::Anthropic, started, counter);
+        plan.prior = prior;
+        Some(plan)
+    }
+
+    fn plan_read(
+        &self,
+        conversation: Conversation,
+        request: PlanRequest,
+        shape: Shape,
+        started: Instant,
+        counter: &Counter<'_>,
+    ) -> Plan {
         let mut slots = vec![Slot::Keep; conversation.messages.len()];
         let before = conversation.total();
         let mut outcome = Outcome {
@@ -342,18 +408,18 @@ impl ContextEngine {
                 &self.config.compaction,
                 state,
                 request.resolved.force_compact,
-                |s| counter.message(&compaction::summary_message(&s.text())),
+                |s| counter.message(&shape.summary_message(&s.text())),
                 Instant::now(),
             );
             match decision {
                 Decision::Nothing => {}
                 Decision::Reuse(state) => {
-                    apply_state(&conversation, &mut slots, &state, counter, &mut outcome);
+                    apply_state(&conversation, &mut slots, &state, shape, counter, &mut outcome);
                     outcome.compaction = Some("reused".into());
                 }
                 Decision::Held { reason, reuse } => {
                     if let Some(state) = reuse {
-                        apply_state(&conversation, &mut slots, &state, counter, &mut outcome);
+                        apply_state(&conversation, &mut slots, &state, shape, counter, &mut outcome);
                     }
                     outcome.compaction = Some(reason.into());
                 }
@@ -381,6 +447,8 @@ impl ContextEngine {
             conversation_key: request.conversation_key,
             window: request.window,
             dry_run: request.dry_run,
+            shape,
+            prior: None,
         }
     }
 
@@ -435,7 +503,7 @@ impl ContextEngine {
                         .filter(|m| m.role != conversation::Role::System)
                         .count();
                     let text = compaction::summary_text(replaced, replaced_tokens, &digest);
-                    let message = compaction::summary_message(&text);
+                    let message = plan.shape.summary_message(&text);
                     let summary_tokens = counter.message(&message);
                     let after = pending.occupancy.after(
                         messages,
@@ -504,6 +572,9 @@ impl ContextEngine {
             Some(_) => total_of(&plan.conversation, &plan.slots, counter),
             None => outcome.tokens_before,
         };
+        if let Some(prior) = plan.prior {
+            outcome = prior.then(outcome);
+        }
         outcome.elapsed_us += started.elapsed().as_micros() as u64;
         if !plan.dry_run {
             self.count(&outcome);
@@ -612,10 +683,11 @@ fn apply_state(
     conversation: &Conversation,
     slots: &mut [Slot],
     state: &State,
+    shape: Shape,
     counter: &Counter<'_>,
     outcome: &mut Outcome,
 ) {
-    let message = compaction::summary_message(&state.text());
+    let message = shape.summary_message(&state.text());
     let n = compaction::apply(
         slots,
         &conversation.messages,
@@ -669,6 +741,25 @@ pub struct Plan {
     conversation_key: u64,
     window: u64,
     dry_run: bool,
+    shape: Shape,
+    /// Masking and observation done before the plan (the native route's), reported with it.
+    prior: Option<Outcome>,
+}
+
+/// The API a planned request is in.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    Chat,
+    Anthropic,
+}
+
+impl Shape {
+    fn summary_message(self, text: &str) -> Vec<u8> {
+        match self {
+            Shape::Chat => compaction::summary_message(text),
+            Shape::Anthropic => compaction::summary_turn(text),
+        }
+    }
 }
 
 struct PendingCompaction {

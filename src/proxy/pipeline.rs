@@ -183,7 +183,8 @@ impl<'s> Exchange<'s> {
         let native = self.is_native(&route);
         self.native = native;
         let shaped = if native {
-            self.shape_native(&parts, &route, bytes, parsed.streaming())?
+            self.shape_native(&parts, &route, bytes, parsed.streaming())
+                .await?
         } else {
             self.shape(&parts, &route, bytes, parsed).await?
         };
@@ -610,7 +611,7 @@ impl<'s> Exchange<'s> {
     /// An Anthropic-native provider's request: the client's bytes (model mapped, fields the provider does not
     /// take removed). The prompt is counted on its chat form, as chat requests are, for the record's estimate
     /// and calibration (the provider's usage is what counts). Cached as chat requests are, in Anthropic's format.
-    fn shape_native(
+    async fn shape_native(
         &mut self,
         parts: &Parts,
         route: &Route<'_>,
@@ -619,7 +620,7 @@ impl<'s> Exchange<'s> {
     ) -> Result<Shaped, ProxyError> {
         let state = self.state;
         let provider = route.provider();
-        let bytes = self.mask_native(parts, route, bytes)?;
+        let bytes = self.context_native(parts, route, bytes).await?;
         let (body, dropped) = dialect::messages::native_body(
             &bytes,
             &route.model.upstream_id,
@@ -662,9 +663,10 @@ impl<'s> Exchange<'s> {
         })
     }
 
-    /// Observation masking and masking on a native Messages request (`tool_result` blocks), when the context
-    /// settings turn them on; compaction works on chat requests only.
-    fn mask_native(
+    /// The context transforms on a native Messages request, when the context settings turn them on:
+    /// observation masking and masking of its `tool_result` blocks, then compaction (chat's decision and
+    /// summary, the summary a `user` turn).
+    async fn context_native(
         &mut self,
         parts: &Parts,
         route: &Route<'_>,
@@ -688,26 +690,58 @@ impl<'s> Exchange<'s> {
             .context
             .resolve(header, session.as_deref(), &route.model)
             .map_err(|e| ProxyError::InvalidRequest(format!("`{CONTEXT_HEADER}`: {e}")))?;
-        if !(resolved.enabled.masking || resolved.enabled.observation) {
-            return Ok(bytes);
-        }
-        let started = Instant::now();
-        let tokenizer = state.accounting.tokenizer_for(&route.model).tokenizer;
-        let Some((body, mut outcome)) = context::anthropic::apply(
-            &bytes,
-            &resolved,
-            &state.context.config,
-            &tokenizer,
-            &state.context.masks,
-        ) else {
-            return Ok(bytes);
+        let (bytes, masked) = if resolved.enabled.masking || resolved.enabled.observation {
+            let started = Instant::now();
+            let tokenizer = state.accounting.tokenizer_for(&route.model).tokenizer;
+            match context::anthropic::apply(
+                &bytes,
+                &resolved,
+                &state.context.config,
+                &tokenizer,
+                &state.context.masks,
+            ) {
+                Some((body, mut outcome)) => {
+                    outcome.elapsed_us = started.elapsed().as_micros() as u64;
+                    (Bytes::from(body), Some(outcome))
+                }
+                None => (bytes, None),
+            }
+        } else {
+            (bytes, None)
         };
-        outcome.elapsed_us = started.elapsed().as_micros() as u64;
-        state.context.count(&outcome);
-        if let Some(context) = self.context_mut() {
+        let (bytes, outcome) = if resolved.enabled.compaction {
+            // Reported with compaction's outcome (and counted once, by it).
+            match shape::native_compaction_step(
+                state,
+                &route.model,
+                &bytes,
+                resolved,
+                session,
+                masked.clone(),
+            )
+            .await
+            {
+                Some((Some((body, _)), outcome)) => (body, Some(outcome)),
+                Some((None, outcome)) => (bytes, Some(outcome)),
+                None => {
+                    if let Some(outcome) = &masked {
+                        state.context.count(outcome);
+                    }
+                    (bytes, masked)
+                }
+            }
+        } else {
+            if let Some(outcome) = &masked {
+                state.context.count(outcome);
+            }
+            (bytes, masked)
+        };
+        if let Some(outcome) = outcome
+            && let Some(context) = self.context_mut()
+        {
             context.savings = Some(Box::new(outcome));
         }
-        Ok(Bytes::from(body))
+        Ok(bytes)
     }
 
     // --- cache --------------------------------------------------------------------------------------------

@@ -28,9 +28,6 @@ pub(super) async fn context_step(
     resolved: context::Resolved,
     client_session: Option<String>,
 ) -> (Option<context::Rendered>, ContextOutcome) {
-    let engine = Arc::clone(&state.context);
-    let accounting = Arc::clone(&state.accounting);
-    let tokenizer = accounting.tokenizer_for(model).tokenizer;
     let plan_request = context::PlanRequest {
         body: bytes.clone(),
         layout: view.layout.clone(),
@@ -39,7 +36,52 @@ pub(super) async fn context_step(
         conversation_key: context::conversation_key(client_session.as_deref(), bytes, &view.layout),
         dry_run: false,
     };
-    let blocking = bytes.len() > INLINE_CONTEXT_LIMIT || !tokenizer.is_ready();
+    let step = run_plan(state, model, bytes.len(), client_session, move |engine, counter| {
+        Some(engine.plan(plan_request, counter))
+    })
+    .await;
+    match step {
+        Some(done) => done,
+        // The chat plan always exists.
+        None => (None, ContextOutcome::default()),
+    }
+}
+
+/// Compaction of an Anthropic Messages request on the native route (`prior`: what masking and observation
+/// did to its `tool_result` blocks): chat's decision, summary and outcome, on the Messages body. `None` when
+/// the body is not a Messages request (nothing was counted).
+pub(super) async fn native_compaction_step(
+    state: &ProxyState,
+    model: &Arc<Model>,
+    bytes: &Bytes,
+    resolved: context::Resolved,
+    client_session: Option<String>,
+    prior: Option<ContextOutcome>,
+) -> Option<(Option<context::Rendered>, ContextOutcome)> {
+    let body = bytes.clone();
+    let window = model.max_context_size;
+    let session = client_session.clone();
+    run_plan(state, model, bytes.len(), client_session, move |engine, counter| {
+        engine.plan_anthropic(body, resolved, window, session.as_deref(), prior, counter)
+    })
+    .await
+}
+
+/// Plans (on the blocking pool for a large body or a tokenizer still loading), asks the summary model when a
+/// compaction is pending and one is configured, then finishes the plan.
+async fn run_plan(
+    state: &ProxyState,
+    model: &Arc<Model>,
+    body_len: usize,
+    client_session: Option<String>,
+    plan: impl FnOnce(&context::ContextEngine, &context::conversation::Counter<'_>) -> Option<context::Plan>
+    + Send
+    + 'static,
+) -> Option<(Option<context::Rendered>, ContextOutcome)> {
+    let engine = Arc::clone(&state.context);
+    let accounting = Arc::clone(&state.accounting);
+    let tokenizer = accounting.tokenizer_for(model).tokenizer;
+    let blocking = body_len > INLINE_CONTEXT_LIMIT || !tokenizer.is_ready();
     let plan = if blocking {
         let (engine, accounting, tokenizer) = (
             Arc::clone(&engine),
@@ -51,18 +93,18 @@ pub(super) async fn context_step(
                 tokenizer: &tokenizer,
                 cache: accounting.message_cache(),
             };
-            engine.plan(plan_request, &counter)
+            plan(&engine, &counter)
         })
         .await
         {
-            Ok(plan) => plan,
+            Ok(plan) => plan?,
             Err(error) => {
-                return (
+                return Some((
                     None,
                     state
                         .context
                         .failed(&format!("context step failed: {error}")),
-                );
+                ));
             }
         }
     } else {
@@ -70,7 +112,7 @@ pub(super) async fn context_step(
             tokenizer: &tokenizer,
             cache: accounting.message_cache(),
         };
-        engine.plan(plan_request, &counter)
+        plan(&engine, &counter)?
     };
     let llm = match (
         engine.summary_model(),
@@ -103,7 +145,7 @@ pub(super) async fn context_step(
         };
         engine.finish(plan, llm, &counter)
     };
-    if blocking {
+    Some(if blocking {
         match tokio::task::spawn_blocking(finish).await {
             Ok(done) => done,
             Err(error) => (
@@ -115,8 +157,9 @@ pub(super) async fn context_step(
         }
     } else {
         finish()
-    }
+    })
 }
+
 
 fn encode(json: &Value) -> Result<Bytes, ProxyError> {
     serde_json::to_vec(json)
