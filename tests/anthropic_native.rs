@@ -761,3 +761,107 @@ async fn dropped_fields_and_cache_writes_are_stored_and_shown_in_the_request_row
     assert_eq!(rows[0]["cached_reported"], 200, "{}", rows[0]);
     assert_eq!(rows[0]["client_api"], "messages");
 }
+
+/// A long agent conversation in Anthropic's shape: a task, `steps` tool turns (a `tool_use` turn and the
+/// `user` turn with its bulky `tool_result`), an answer and a new question.
+fn long_agent_conversation(steps: usize) -> Value {
+    let mut messages = vec![json!({"role": "user", "content": "Look around the repository."})];
+    for step in 0..steps {
+        let id = format!("toolu_{step}");
+        messages.push(json!({"role": "assistant", "content": [
+            {"type": "text", "text": format!("Reading part {step}.")},
+            {"type": "tool_use", "id": id, "name": "Read", "input": {"path": format!("src/part_{step}")}}
+        ]}));
+        let listing: String = (0..120)
+            .map(|i| format!("src/part_{step}/file_{i}.rs: fn item_{i}() {{}}\n"))
+            .collect();
+        messages.push(json!({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": id, "content": listing}
+        ]}));
+    }
+    messages.push(json!({"role": "assistant", "content": [{"type": "text", "text": "Seen."}]}));
+    messages.push(json!({"role": "user", "content": "Now fix it."}));
+    json!({
+        "model": "claude-mock",
+        "max_tokens": 1024,
+        "system": [{"type": "text", "text": "You are an agent.", "cache_control": {"type": "ephemeral"}}],
+        "tools": [{"name": "Read", "description": "Reads a path", "input_schema": {"type": "object"}}],
+        "messages": messages
+    })
+}
+
+#[tokio::test]
+async fn compaction_replaces_older_turns_with_a_user_summary_on_the_native_route() {
+    let mock = MockUpstream::start().await.unwrap();
+    // About 13k prompt tokens against a 200k window: over a 2% threshold.
+    let extra = format!(
+        "{}\n[context.compaction]\nenabled = true\nthreshold = 0.02\nkeep_last_exchanges = 3\n",
+        anthropic_provider(&mock, "")
+    );
+    let proxy = start_proxy(&mock, &extra).await;
+    let body = long_agent_conversation(8);
+    let bytes = serde_json::to_vec(&body).unwrap();
+
+    // Compaction off for this request: the body reaches the provider byte for byte.
+    let response = post_raw(
+        &proxy.url("/v1/messages"),
+        &bytes,
+        &[("x-kimi-context", "-compact")],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(&mock.last_request().unwrap().body[..], &bytes[..]);
+    let record = &recent_records(&proxy, 1).await[0];
+    assert!(
+        record["context"]["compacted_messages"]
+            .as_u64()
+            .unwrap_or(0)
+            == 0,
+        "{record}"
+    );
+
+    // On: the task and the first seven tool turns become one summary turn; the last tool turn (its `tool_use`
+    // with its `tool_result`), the answer and the question stay as sent, and so does everything else.
+    let response = post_raw(&proxy.url("/v1/messages"), &bytes, &[]).await;
+    assert_eq!(response.status(), 200);
+    let sent: Value = mock.last_request().unwrap().json().unwrap();
+    let messages = sent["messages"].as_array().unwrap();
+    let original = body["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 5, "{sent}");
+    assert_eq!(messages[0]["role"], "user");
+    assert_eq!(messages[0]["content"][0]["type"], "text");
+    let summary = messages[0]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        summary.starts_with("[kimi-proxy compacted 15 earlier messages ("),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("Task: Look around the repository."),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("Read({\"path\":\"src/part_6\"})"),
+        "{summary}"
+    );
+    assert_eq!(&messages[1..], &original[15..]);
+    assert_eq!(messages[1]["content"][1]["id"], "toolu_7");
+    assert_eq!(messages[2]["content"][0]["tool_use_id"], "toolu_7");
+    for key in ["model", "max_tokens", "system", "tools"] {
+        assert_eq!(sent[key], body[key], "{key}");
+    }
+
+    let record = &recent_records(&proxy, 1).await[0];
+    let context = &record["context"];
+    assert_eq!(context["transforms"], "compact", "{record}");
+    assert_eq!(context["compaction"], "new", "{record}");
+    assert_eq!(context["compacted_messages"], 15);
+    let before = context["tokens_before"].as_u64().unwrap();
+    let after = context["tokens_after"].as_u64().unwrap();
+    assert_eq!(
+        context["after_compaction"].as_u64(),
+        Some(after),
+        "{context}"
+    );
+    assert!(before > 10_000 && after * 4 < before, "{before} -> {after}");
+    assert_eq!(record["tokens_saved"].as_u64().unwrap(), before - after);
+}

@@ -487,7 +487,11 @@ pub fn read_conversation(
         });
         layout.messages.push(range);
     }
-    let mut fixed_tokens = if messages.is_empty() { 0 } else { REPLY_PRIMING };
+    let mut fixed_tokens = if messages.is_empty() {
+        0
+    } else {
+        REPLY_PRIMING
+    };
     for (key, kind) in [("system", Part::Content), ("tools", Part::Json)] {
         if let Some(value) = member(&top, key) {
             fixed_tokens += cached_tokens(value.get().as_bytes(), counter, kind).0;

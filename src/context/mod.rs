@@ -282,8 +282,12 @@ impl ContextEngine {
     /// blocking pool for a large body seen for the first time.
     pub fn plan(&self, request: PlanRequest, counter: &Counter<'_>) -> Plan {
         let started = Instant::now();
-        let conversation =
-            Conversation::read_with(request.body.clone(), &request.layout, counter, Some(&self.facts));
+        let conversation = Conversation::read_with(
+            request.body.clone(),
+            &request.layout,
+            counter,
+            Some(&self.facts),
+        );
         self.plan_read(conversation, request, Shape::Chat, started, counter)
     }
 
@@ -414,12 +418,26 @@ impl ContextEngine {
             match decision {
                 Decision::Nothing => {}
                 Decision::Reuse(state) => {
-                    apply_state(&conversation, &mut slots, &state, shape, counter, &mut outcome);
+                    apply_state(
+                        &conversation,
+                        &mut slots,
+                        &state,
+                        shape,
+                        counter,
+                        &mut outcome,
+                    );
                     outcome.compaction = Some("reused".into());
                 }
                 Decision::Held { reason, reuse } => {
                     if let Some(state) = reuse {
-                        apply_state(&conversation, &mut slots, &state, shape, counter, &mut outcome);
+                        apply_state(
+                            &conversation,
+                            &mut slots,
+                            &state,
+                            shape,
+                            counter,
+                            &mut outcome,
+                        );
                     }
                     outcome.compaction = Some(reason.into());
                 }

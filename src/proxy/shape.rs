@@ -36,9 +36,13 @@ pub(super) async fn context_step(
         conversation_key: context::conversation_key(client_session.as_deref(), bytes, &view.layout),
         dry_run: false,
     };
-    let step = run_plan(state, model, bytes.len(), client_session, move |engine, counter| {
-        Some(engine.plan(plan_request, counter))
-    })
+    let step = run_plan(
+        state,
+        model,
+        bytes.len(),
+        client_session,
+        move |engine, counter| Some(engine.plan(plan_request, counter)),
+    )
     .await;
     match step {
         Some(done) => done,
@@ -61,9 +65,15 @@ pub(super) async fn native_compaction_step(
     let body = bytes.clone();
     let window = model.max_context_size;
     let session = client_session.clone();
-    run_plan(state, model, bytes.len(), client_session, move |engine, counter| {
-        engine.plan_anthropic(body, resolved, window, session.as_deref(), prior, counter)
-    })
+    run_plan(
+        state,
+        model,
+        bytes.len(),
+        client_session,
+        move |engine, counter| {
+            engine.plan_anthropic(body, resolved, window, session.as_deref(), prior, counter)
+        },
+    )
     .await
 }
 
@@ -74,7 +84,10 @@ async fn run_plan(
     model: &Arc<Model>,
     body_len: usize,
     client_session: Option<String>,
-    plan: impl FnOnce(&context::ContextEngine, &context::conversation::Counter<'_>) -> Option<context::Plan>
+    plan: impl FnOnce(
+        &context::ContextEngine,
+        &context::conversation::Counter<'_>,
+    ) -> Option<context::Plan>
     + Send
     + 'static,
 ) -> Option<(Option<context::Rendered>, ContextOutcome)> {
@@ -159,7 +172,6 @@ async fn run_plan(
         finish()
     })
 }
-
 
 fn encode(json: &Value) -> Result<Bytes, ProxyError> {
     serde_json::to_vec(json)
