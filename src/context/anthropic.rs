@@ -506,3 +506,88 @@ pub fn read_conversation(
         layout,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::context::Outcome;
+    use crate::tokens::cache::MessageCache;
+    use serde_json::json;
+
+    #[test]
+    fn turns_are_read_with_their_links_and_tool_results_counted() {
+        let listing = "src/file.rs: fn item() {}\n".repeat(50);
+        let body = serde_json::to_vec(&json!({
+            "model": "m",
+            "system": "Be terse.",
+            "messages": [
+                {"role": "user", "content": "Look."},
+                {"role": "assistant", "content": [
+                    {"type": "tool_use", "id": "t1", "name": "Read", "input": {"path": "src"}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": listing}]},
+                {"role": "system", "content": "Mid-conversation note."},
+                {"role": "assistant", "content": [{"type": "text", "text": "Seen."}]}
+            ]
+        }))
+        .unwrap();
+        let tokenizer = Tokenizer::cl100k_base();
+        let cache = MessageCache::new(1 << 20);
+        let counter = Counter {
+            tokenizer: &tokenizer,
+            cache: &cache,
+        };
+        let (conv, layout) = read_conversation(Bytes::from(body.clone()), &counter).unwrap();
+        let roles: Vec<Role> = conv.messages.iter().map(|m| m.role).collect();
+        assert_eq!(
+            roles,
+            [
+                Role::User,
+                Role::Assistant,
+                Role::Tool,
+                Role::System,
+                Role::Assistant
+            ]
+        );
+        assert_eq!(conv.messages[1].calls(), [("t1".into(), "Read".into())]);
+        assert_eq!(conv.messages[2].tool_call_id(), Some("t1"));
+        // The result's text is counted, not only its framing.
+        assert!(conv.messages[2].tokens > tokenizer.count(&listing) as u64);
+        assert!(conv.fixed_tokens > REPLY_PRIMING);
+        for (m, range) in conv.messages.iter().zip(&layout.messages) {
+            assert_eq!(&m.range, range);
+            let value: serde_json::Value = serde_json::from_slice(&body[range.clone()]).unwrap();
+            assert!(value.get("role").is_some());
+        }
+    }
+
+    #[test]
+    fn masking_then_compaction_reads_as_one_outcome_over_the_whole_prompt() {
+        // Masking saved 900 of the 1000 tokens of the blocks it changed; compaction took the whole prompt
+        // as masking left it (5000) down to 2000.
+        let masked = Outcome {
+            transforms: "mask".into(),
+            tokens_before: 1000,
+            after_masking: Some(100),
+            tokens_after: 100,
+            masked_messages: 1,
+            ..Outcome::default()
+        };
+        let compacted = Outcome {
+            transforms: "compact".into(),
+            tokens_before: 5000,
+            after_compaction: Some(2000),
+            tokens_after: 2000,
+            compacted_messages: 6,
+            ..Outcome::default()
+        };
+        let both = masked.then(compacted);
+        assert_eq!(both.transforms, "mask,compact");
+        assert_eq!(both.tokens_before, 5900);
+        assert_eq!(both.after_masking, Some(5000));
+        assert_eq!(both.after_compaction, Some(2000));
+        assert_eq!(both.tokens_saved(), 3900);
+        assert_eq!((both.masked_messages, both.compacted_messages), (1, 6));
+    }
+}

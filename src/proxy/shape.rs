@@ -44,11 +44,8 @@ pub(super) async fn context_step(
         move |engine, counter| Some(engine.plan(plan_request, counter)),
     )
     .await;
-    match step {
-        Some(done) => done,
-        // The chat plan always exists.
-        None => (None, ContextOutcome::default()),
-    }
+    // The chat plan always exists.
+    step.unwrap_or_default()
 }
 
 /// Compaction of an Anthropic Messages request on the native route (`prior`: what masking and observation
