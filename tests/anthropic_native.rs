@@ -850,7 +850,7 @@ async fn compaction_replaces_older_turns_with_a_user_summary_on_the_native_route
         assert_eq!(sent[key], body[key], "{key}");
     }
 
-    let record = &recent_records(&proxy, 1).await[0];
+    let record = &recent_records(&proxy, 2).await[0];
     let context = &record["context"];
     assert_eq!(context["transforms"], "compact", "{record}");
     assert_eq!(context["compaction"], "new", "{record}");
@@ -864,4 +864,13 @@ async fn compaction_replaces_older_turns_with_a_user_summary_on_the_native_route
     );
     assert!(before > 10_000 && after * 4 < before, "{before} -> {after}");
     assert_eq!(record["tokens_saved"].as_u64().unwrap(), before - after);
+
+    // The conversation resent (here: the same request): the remembered compaction, the same bytes upstream
+    // (so the provider's prompt cache still hits).
+    let compacted = mock.last_request().unwrap().body;
+    let response = post_raw(&proxy.url("/v1/messages"), &bytes, &[]).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(mock.last_request().unwrap().body, compacted);
+    let record = &recent_records(&proxy, 3).await[0];
+    assert_eq!(record["context"]["compaction"], "reused", "{record}");
 }
