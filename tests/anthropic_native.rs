@@ -874,3 +874,49 @@ async fn compaction_replaces_older_turns_with_a_user_summary_on_the_native_route
     let record = &recent_records(&proxy, 3).await[0];
     assert_eq!(record["context"]["compaction"], "reused", "{record}");
 }
+
+#[tokio::test]
+async fn observation_then_compaction_on_the_native_route_is_one_outcome() {
+    let mock = MockUpstream::start().await.unwrap();
+    // Observation leaves the old turns small (a few hundred tokens): a short summary, or it would not be smaller
+    // (the record then says `summary not smaller` and nothing is compacted).
+    let extra = format!(
+        "{}\n[context.observation]\nenabled = true\nkeep_last_tool_turns = 1\n\
+         [context.compaction]\nenabled = true\nthreshold = 0.002\nkeep_last_exchanges = 3\nsummary_max_tokens = 60\n",
+        anthropic_provider(&mock, "")
+    );
+    let proxy = start_proxy(&mock, &extra).await;
+    let body = long_agent_conversation(8);
+    let response = post_raw(
+        &proxy.url("/v1/messages"),
+        &serde_json::to_vec(&body).unwrap(),
+        &[],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let sent: Value = mock.last_request().unwrap().json().unwrap();
+    let messages = sent["messages"].as_array().unwrap();
+    let record = &recent_records(&proxy, 1).await[0];
+    assert_eq!(messages.len(), 5, "{}", record["context"]);
+    assert!(
+        messages[0]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("[kimi-proxy compacted 15 earlier messages")
+    );
+    // The last tool turn's result is kept whole (observation keeps the last tool turn).
+    assert_eq!(messages[2], body["messages"][16]);
+
+    let context = &record["context"];
+    assert_eq!(context["transforms"], "observe,compact", "{record}");
+    assert_eq!(context["observed_messages"], 7, "{context}");
+    assert_eq!(context["compacted_messages"], 15, "{context}");
+    let before = context["tokens_before"].as_u64().unwrap();
+    let after_observation = context["after_observation"].as_u64().unwrap();
+    let after = context["tokens_after"].as_u64().unwrap();
+    assert!(
+        after < after_observation && after_observation * 2 < before,
+        "{context}"
+    );
+    assert_eq!(record["tokens_saved"].as_u64().unwrap(), before - after);
+}
