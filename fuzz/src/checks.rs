@@ -117,11 +117,13 @@ pub fn request(data: &[u8]) {
     let original: Value = match serde_json::from_slice(data) {
         Ok(value) => value,
         // JSON's grammar allows a lone surrogate escape (`\ud800`, or a high one followed by anything but a low
-        // one); the body is forwarded as the client sent it, but it has no tree.
+        // one) and a number of any size (`9E99999999`, beyond f64); the body is forwarded as the client sent it,
+        // but serde_json builds no tree of it.
         Err(error)
             if error.to_string().contains("unicode code point")
                 || error.to_string().contains("surrogate")
-                || error.to_string().contains("end of hex escape") =>
+                || error.to_string().contains("end of hex escape")
+                || error.to_string().contains("number out of range") =>
         {
             return;
         }
