@@ -14,7 +14,7 @@ use http::StatusCode;
 use crate::body;
 use crate::loadgen::{self, RunResult, Spec, Summary};
 use crate::report::{fmt_added, fmt_us};
-use crate::scenarios::{Endpoint, PATH, Settings, Targets, round_order};
+use crate::scenarios::{Endpoint, PATH, Settings, Targets, latency_then_throughput, round_order};
 
 /// The Responses route.
 pub const RESPONSES_PATH: &str = "/v1/responses";
@@ -143,18 +143,16 @@ pub async fn run(settings: &Settings, targets: &Targets) -> anyhow::Result<Respo
                     expect: None,
                 })
             };
-            let requests = settings.per_round(settings.latency_requests, round);
-            let result = loadgen::run(spec(1, requests, Duration::from_secs(60))).await?;
-            progress("c=1", name, &result);
-            lat.merge(&result)?;
-            let result =
-                loadgen::run(spec(settings.throughput_concurrency, 10_000_000, per_round)).await?;
-            progress(
-                &format!("c={}", settings.throughput_concurrency),
+            latency_then_throughput(
+                "responses",
                 name,
-                &result,
-            );
-            thr.merge(&result)?;
+                settings,
+                round,
+                per_round,
+                spec,
+                (lat, thr),
+            )
+            .await?;
         }
     }
     let [direct_l, chat_l, responses_l] = latency;
@@ -175,22 +173,6 @@ pub async fn run(settings: &Settings, targets: &Targets) -> anyhow::Result<Respo
         chat_bytes: chat.len(),
         responses_bytes: responses.len(),
     })
-}
-
-fn progress(label: &str, side: &str, result: &RunResult) {
-    let latency = Summary::of(&result.latency);
-    eprintln!(
-        "kimi-bench: responses {label} {side:<9} ok={} errors={} {:.0} req/s p50={}µs p99={}µs{}",
-        result.ok,
-        result.errors,
-        result.rps(),
-        latency.p50,
-        latency.p99,
-        result
-            .error_samples
-            .first()
-            .map_or(String::new(), |e| format!(" first error: {e}"))
-    );
 }
 
 fn fmt_ratio(ratio: Option<f64>) -> String {

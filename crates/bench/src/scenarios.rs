@@ -681,6 +681,44 @@ impl RssSampler {
     }
 }
 
+/// One round of one side of a client-API scenario (messages, responses): `latency_requests` for the round at
+/// concurrency 1, then the throughput concurrency for `per_round`, each merged into its side's result.
+pub async fn latency_then_throughput(
+    scenario: &str,
+    side: &str,
+    settings: &Settings,
+    round: usize,
+    per_round: Duration,
+    spec: impl Fn(usize, u64, Duration) -> crate::loadgen::Spec,
+    (latency, throughput): (&mut RunResult, &mut RunResult),
+) -> anyhow::Result<()> {
+    let requests = settings.per_round(settings.latency_requests, round);
+    let result = crate::loadgen::run(spec(1, requests, Duration::from_secs(60))).await?;
+    side_progress(scenario, "c=1", side, &result);
+    latency.merge(&result)?;
+    let result =
+        crate::loadgen::run(spec(settings.throughput_concurrency, 10_000_000, per_round)).await?;
+    let label = format!("c={}", settings.throughput_concurrency);
+    side_progress(scenario, &label, side, &result);
+    throughput.merge(&result)
+}
+
+fn side_progress(scenario: &str, label: &str, side: &str, result: &RunResult) {
+    let latency = crate::loadgen::Summary::of(&result.latency);
+    eprintln!(
+        "kimi-bench: {scenario} {label} {side:<10} ok={} errors={} {:.0} req/s p50={}µs p99={}µs{}",
+        result.ok,
+        result.errors,
+        result.rps(),
+        latency.p50,
+        latency.p99,
+        result
+            .error_samples
+            .first()
+            .map_or(String::new(), |e| format!(" first error: {e}"))
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
