@@ -367,3 +367,59 @@ async fn dropped_fields_and_cache_writes_are_stored_in_postgresql() {
         52
     );
 }
+
+#[tokio::test]
+async fn a_conversation_continued_on_the_other_instance_stays_one_session() {
+    let Some(db) = TestDb::create("conversation") else {
+        return;
+    };
+    let mock = MockUpstream::start().await.unwrap();
+    let a = start(&mock, &db).await;
+    let b = start(&mock, &db).await;
+    let mut history = vec![json!({"role": "system", "content": "You review Rust code."})];
+    let mut written = [0u64; 2];
+    for turn in 0..4 {
+        let (proxy, which) = if turn % 2 == 0 { (&a, 0) } else { (&b, 1) };
+        history
+            .push(json!({"role": "user", "content": format!("Question {turn} about lifetimes.")}));
+        let response = client()
+            .post(proxy.url("/v1/chat/completions"))
+            .json(&json!({"model": "mock/model", "messages": history}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+        history.push(json!({"role": "assistant", "content": format!("Answer {turn}.")}));
+        written[which] += 1;
+        // The next turn goes to the other instance once this one's row is in the database.
+        wait_written(proxy, written[which]).await;
+    }
+    // Another conversation, on B only, is a session of its own.
+    let response = client()
+        .post(b.url("/v1/chat/completions"))
+        .json(&json!({"model": "mock/model", "messages": [
+            {"role": "system", "content": "You review Rust code."},
+            {"role": "user", "content": "Something else entirely."}
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap();
+    wait_written(&b, 3).await;
+
+    let sessions = db.rows("SELECT id, request_count, source FROM sessions ORDER BY id");
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert_eq!(
+        db.int("SELECT request_count FROM sessions ORDER BY id LIMIT 1"),
+        4,
+        "all four turns, served by both instances, in one session: {sessions:?}"
+    );
+    assert_eq!(
+        db.int("SELECT count(DISTINCT session_id) FROM requests"),
+        2,
+        "{:?}",
+        db.rows("SELECT id, session_id, message_count FROM requests ORDER BY started_at")
+    );
+}
