@@ -184,6 +184,7 @@ async fn start_alerts(state: &Arc<ProxyState>, sink: Option<&Arc<StoreSink>>) ->
         monitor: Arc::clone(&state.accounting.monitor),
         throttled: state.throttle_counters(),
         store: sink.cloned(),
+        redis_failures: state.redis_failures(),
     };
     let _ = engine.start(sources, stop.clone());
     stop

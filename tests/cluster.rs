@@ -156,7 +156,7 @@ async fn redis_down_fails_open_counted_and_logged_then_shares_again() {
             "key_prefix = \"{}\"\nlocal_allowance = 1\nredis_timeout_ms = 100",
             prefix("down")
         ),
-    );
+    ) + "\n[alerts]\ninterval_ms = 100\n";
     let proxy = Proxy::start(&config, &[("MOCK_KEY", "k")]).await;
     for _ in 0..5 {
         assert_eq!(chat(&proxy).await, 200);
@@ -180,6 +180,19 @@ async fn redis_down_fails_open_counted_and_logged_then_shares_again() {
     assert_eq!(down["on_redis_error"], "open", "{down}");
     let log = proxy.log();
     assert!(log.contains("Redis unreachable"), "{log}");
+    // And alerted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let alerts: Value = get_json(&proxy, "/api/alerts").await;
+        if alerts.to_string().contains("redis_unavailable") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no redis_unavailable alert: {alerts}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     relay.up();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -192,6 +192,13 @@ impl ResponseCache {
             .insert(key, Arc::new(CachedAnswer { body, counts }));
     }
 
+    /// Shared reads and writes that failed (`[cluster] response_cache`).
+    pub fn shared_failures(&self) -> u64 {
+        self.shared.as_ref().map_or(0, |shared| {
+            shared.failures.load(Ordering::Relaxed) + shared.write_failures.load(Ordering::Relaxed)
+        })
+    }
+
     pub fn stats(&self) -> ResponseCacheStats {
         // moka updates its counts lazily; settle them so the figures are exact (a stats read is rare).
         self.cache.run_pending_tasks();

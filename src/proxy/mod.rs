@@ -123,6 +123,27 @@ impl ProxyState {
             .collect()
     }
 
+    /// Failed Redis calls since start (shared budgets, shared cache), for the alert engine; `None` without
+    /// `[cluster] redis`.
+    pub fn redis_failures(self: &Arc<Self>) -> Option<Arc<dyn Fn() -> u64 + Send + Sync>> {
+        self.config.cluster.redis.as_ref()?;
+        let state = Arc::clone(self);
+        Some(Arc::new(move || {
+            let budgets: u64 = state
+                .upstreams
+                .values()
+                .map(|u| {
+                    u.shared.as_ref().map_or(0, |s| s.usage().redis_failures)
+                        + u.shared_tokens
+                            .as_ref()
+                            .map_or(0, |s| s.usage().redis_failures)
+                })
+                .sum();
+            let cache = state.response_cache.shared_failures();
+            budgets + cache
+        }))
+    }
+
     /// Each provider's count of upstream 429 answers, for the alert engine.
     pub fn throttle_counters(&self) -> Vec<(String, Arc<AtomicU64>)> {
         self.upstreams
