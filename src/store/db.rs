@@ -33,6 +33,8 @@ pub enum Value<'a> {
     Int(i64),
     Real(f64),
     Text(&'a str),
+    /// Bytes (`BLOB` / `BYTEA`).
+    Blob(&'a [u8]),
     /// Arrays, for PostgreSQL only (`unnest(?1::bigint[], …)` in bulk statements); SQLite refuses them.
     Ints(&'a [i64]),
     OptInts(&'a [Option<i64>]),
@@ -92,6 +94,8 @@ pub trait RowExt {
     fn int(&self, i: usize) -> Result<i64, StoreError>;
     fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError>;
     fn real(&self, i: usize) -> Result<f64, StoreError>;
+    fn opt_real(&self, i: usize) -> Result<Option<f64>, StoreError>;
+    fn blob(&self, i: usize) -> Result<Vec<u8>, StoreError>;
     fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError>;
     fn text(&self, i: usize) -> Result<String, StoreError>;
 }
@@ -122,6 +126,22 @@ impl RowExt for [Owned] {
         }
     }
 
+    fn opt_real(&self, i: usize) -> Result<Option<f64>, StoreError> {
+        match self.get(i) {
+            Some(Owned::Null) => Ok(None),
+            _ => self.real(i).map(Some),
+        }
+    }
+
+    fn blob(&self, i: usize) -> Result<Vec<u8>, StoreError> {
+        match self.get(i) {
+            Some(Owned::Blob(b)) => Ok(b.clone()),
+            // SQLite keeps what was bound: text written as text reads back as text.
+            Some(Owned::Text(s)) => Ok(s.clone().into_bytes()),
+            other => Err(mismatch(i, "bytes", other.unwrap_or(&Owned::Null))),
+        }
+    }
+
     fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
         match self.get(i) {
             Some(Owned::Text(s)) => Ok(Some(s.clone())),
@@ -149,6 +169,20 @@ pub trait Db {
         Ok(self.query(sql, params)?.rows.into_iter().next())
     }
 
+    /// Runs a query and hands each row to `row` (SQLite: as it is read, for long reads like the usage report;
+    /// PostgreSQL: after reading them all).
+    fn each(
+        &self,
+        sql: &str,
+        params: &[Value<'_>],
+        row: &mut dyn FnMut(&[Owned]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for values in self.query(sql, params)?.rows {
+            row(&values)?;
+        }
+        Ok(())
+    }
+
     /// Appends rows to `table` in bulk when the engine has a faster way than `INSERT` (PostgreSQL: binary
     /// `COPY`). `values` holds the rows one after another, `columns.len()` values each. `Ok(false)`: the engine
     /// has none (SQLite, in process, inserts as fast), the caller inserts.
@@ -169,6 +203,7 @@ impl rusqlite::ToSql for Value<'_> {
             Value::Int(n) => ValueRef::Integer(n),
             Value::Real(f) => ValueRef::Real(f),
             Value::Text(s) => ValueRef::Text(s.as_bytes()),
+            Value::Blob(b) => ValueRef::Blob(b),
             Value::Ints(_) | Value::OptInts(_) | Value::Reals(_) | Value::Texts(_) => {
                 return Err(rusqlite::Error::ToSqlConversionFailure(
                     "arrays are PostgreSQL-only parameters".into(),
@@ -191,14 +226,34 @@ impl Db for rusqlite::Connection {
     }
 
     fn query(&self, sql: &str, params: &[Value<'_>]) -> Result<Rows, StoreError> {
-        let mut stmt = self.prepare_cached(sql)?;
-        let names: Vec<String> = stmt.column_names().map(str::to_string).collect();
-        let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
+        let names: Vec<String> = self
+            .prepare_cached(sql)?
+            .column_names()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
         let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            let mut values = Vec::with_capacity(names.len());
-            for i in 0..names.len() {
-                values.push(match row.get_ref(i)? {
+        self.each(sql, params, &mut |values| {
+            out.push(values.to_vec());
+            Ok(())
+        })?;
+        Ok(Rows { names, rows: out })
+    }
+
+    fn each(
+        &self,
+        sql: &str,
+        params: &[Value<'_>],
+        row: &mut dyn FnMut(&[Owned]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.prepare_cached(sql)?;
+        let n = stmt.column_count();
+        let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
+        let mut values = Vec::with_capacity(n);
+        while let Some(r) = rows.next()? {
+            values.clear();
+            for i in 0..n {
+                values.push(match r.get_ref(i)? {
                     ValueRef::Null => Owned::Null,
                     ValueRef::Integer(n) => Owned::Int(n),
                     ValueRef::Real(f) => Owned::Real(f),
@@ -206,9 +261,9 @@ impl Db for rusqlite::Connection {
                     ValueRef::Blob(b) => Owned::Blob(b.to_vec()),
                 });
             }
-            out.push(values);
+            row(&values)?;
         }
-        Ok(Rows { names, rows: out })
+        Ok(())
     }
 }
 
@@ -239,6 +294,8 @@ pub fn pg_ddl(sql: &str) -> String {
             "INTEGER" => "BIGINT",
             "REAL" => "DOUBLE PRECISION",
             "BLOB" => "BYTEA",
+            // A reserved word in PostgreSQL (`ledger_files.offset`); shared statements quote it too.
+            "offset" => "\"offset\"",
             other => other,
         });
         word.clear();
@@ -439,6 +496,7 @@ impl postgres::types::ToSql for Value<'_> {
             Value::Real(f) if *ty == Type::FLOAT4 => (f as f32).to_sql(ty, out),
             Value::Real(f) => f.to_sql(ty, out),
             Value::Text(s) => s.to_sql(ty, out),
+            Value::Blob(b) => b.to_sql(ty, out),
             Value::Ints(v) => v.to_sql(ty, out),
             Value::OptInts(v) => v.to_sql(ty, out),
             Value::Reals(v) => v.to_sql(ty, out),
@@ -460,6 +518,7 @@ impl postgres::types::ToSql for Value<'_> {
             Type::BPCHAR,
             Type::NAME,
             Type::UNKNOWN,
+            Type::BYTEA,
             Type::INT8_ARRAY,
             Type::FLOAT8_ARRAY,
             Type::TEXT_ARRAY,
