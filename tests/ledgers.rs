@@ -270,7 +270,7 @@ fn an_import_into_postgresql_reports_what_sqlite_does() {
         entries.len() as i64
     );
     assert_eq!(db.int("SELECT count(*) FROM ledger_files"), 3);
-    let own = add_sidechains(&claude);
+    add_sidechains(&claude);
     assert_eq!(
         pg.import("claude-code", &claude),
         sqlite.import("claude-code", &claude)

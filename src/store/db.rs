@@ -229,7 +229,6 @@ impl Db for rusqlite::Connection {
         let names: Vec<String> = self
             .prepare_cached(sql)?
             .column_names()
-            .into_iter()
             .map(str::to_string)
             .collect();
         let mut out = Vec::new();
