@@ -364,7 +364,15 @@ async fn stored_responses_live_in_postgresql() {
     proxy.terminate();
     let mut proxy = proxy;
     proxy.child.wait().await.unwrap();
+    // A row older than the retention (30 days by default): deleted by the next instance's first write.
+    db.rows(
+        "INSERT INTO responses (id, created_at, response, items) VALUES ('resp_old', 1000, '{}', '[]')",
+    );
     outlive_a_restart(&db.url()).await;
+    assert_eq!(
+        db.int("SELECT count(*) FROM responses WHERE id = 'resp_old'"),
+        0
+    );
     assert_eq!(db.int("SELECT count(*) FROM responses"), 3);
 }
 
