@@ -169,8 +169,8 @@ pub trait Db {
         Ok(self.query(sql, params)?.rows.into_iter().next())
     }
 
-    /// Runs a query and hands each row to `row` (SQLite: as it is read, for long reads like the usage report;
-    /// PostgreSQL: after reading them all).
+    /// Runs a query and hands each row to `row` as it is read, never holding them all (long reads like the usage
+    /// report); `row` must not use the connection meanwhile.
     fn each(
         &self,
         sql: &str,
@@ -384,7 +384,6 @@ impl<C: postgres::GenericClient> Db for Pg<'_, C> {
     }
 
     fn query(&self, sql: &str, params: &[Value<'_>]) -> Result<Rows, StoreError> {
-        use postgres::types::Type;
         let mut client = self
             .client
             .try_borrow_mut()
@@ -396,37 +395,28 @@ impl<C: postgres::GenericClient> Db for Pg<'_, C> {
             .map(|c| c.name().to_string())
             .collect();
         let rows = client.query(&statement, &pg_params(params))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut values = Vec::with_capacity(row.len());
-            for (i, column) in row.columns().iter().enumerate() {
-                let ty = column.type_();
-                let value = if *ty == Type::INT8 {
-                    row.try_get::<_, Option<i64>>(i)?.map(Owned::Int)
-                } else if *ty == Type::INT4 {
-                    row.try_get::<_, Option<i32>>(i)?
-                        .map(|n| Owned::Int(i64::from(n)))
-                } else if *ty == Type::INT2 {
-                    row.try_get::<_, Option<i16>>(i)?
-                        .map(|n| Owned::Int(i64::from(n)))
-                } else if *ty == Type::BOOL {
-                    row.try_get::<_, Option<bool>>(i)?
-                        .map(|b| Owned::Int(i64::from(b)))
-                } else if *ty == Type::FLOAT8 {
-                    row.try_get::<_, Option<f64>>(i)?.map(Owned::Real)
-                } else if *ty == Type::FLOAT4 {
-                    row.try_get::<_, Option<f32>>(i)?
-                        .map(|f| Owned::Real(f64::from(f)))
-                } else if *ty == Type::BYTEA {
-                    row.try_get::<_, Option<Vec<u8>>>(i)?.map(Owned::Blob)
-                } else {
-                    row.try_get::<_, Option<String>>(i)?.map(Owned::Text)
-                };
-                values.push(value.unwrap_or(Owned::Null));
-            }
-            out.push(values);
+        let rows = rows.iter().map(pg_row).collect::<Result<_, _>>()?;
+        Ok(Rows { names, rows })
+    }
+
+    // Rows as the server sends them (`query_raw`: a row iterator over the portal), not collected first.
+    fn each(
+        &self,
+        sql: &str,
+        params: &[Value<'_>],
+        row: &mut dyn FnMut(&[Owned]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let mut client = self
+            .client
+            .try_borrow_mut()
+            .map_err(|_| StoreError::Other("connection in use".into()))?;
+        let statement = self.statement(&mut client, sql)?;
+        let mut rows = client.query_raw(&statement, pg_params(params))?;
+        while let Some(r) = rows.next()? {
+            row(&pg_row(&r)?)?;
         }
-        Ok(Rows { names, rows: out })
+        Ok(())
     }
 
     // Binary COPY, as the postgres crate offers it (`Client::copy_in` + `binary_copy::BinaryCopyInWriter`, which
@@ -476,6 +466,38 @@ impl<C: postgres::GenericClient> Db for Pg<'_, C> {
         writer.finish()?;
         Ok(true)
     }
+}
+
+/// One PostgreSQL row as the values SQLite would have read.
+fn pg_row(row: &postgres::Row) -> Result<Vec<Owned>, StoreError> {
+    use postgres::types::Type;
+    let mut values = Vec::with_capacity(row.len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let ty = column.type_();
+        let value = if *ty == Type::INT8 {
+            row.try_get::<_, Option<i64>>(i)?.map(Owned::Int)
+        } else if *ty == Type::INT4 {
+            row.try_get::<_, Option<i32>>(i)?
+                .map(|n| Owned::Int(i64::from(n)))
+        } else if *ty == Type::INT2 {
+            row.try_get::<_, Option<i16>>(i)?
+                .map(|n| Owned::Int(i64::from(n)))
+        } else if *ty == Type::BOOL {
+            row.try_get::<_, Option<bool>>(i)?
+                .map(|b| Owned::Int(i64::from(b)))
+        } else if *ty == Type::FLOAT8 {
+            row.try_get::<_, Option<f64>>(i)?.map(Owned::Real)
+        } else if *ty == Type::FLOAT4 {
+            row.try_get::<_, Option<f32>>(i)?
+                .map(|f| Owned::Real(f64::from(f)))
+        } else if *ty == Type::BYTEA {
+            row.try_get::<_, Option<Vec<u8>>>(i)?.map(Owned::Blob)
+        } else {
+            row.try_get::<_, Option<String>>(i)?.map(Owned::Text)
+        };
+        values.push(value.unwrap_or(Owned::Null));
+    }
+    Ok(values)
 }
 
 impl postgres::types::ToSql for Value<'_> {
