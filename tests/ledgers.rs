@@ -767,6 +767,9 @@ async fn follow(extra: &str, pg: Option<&TestDb>) {
             (proxy, db)
         }
     };
+    // An answer over HTTP means the server has opened its store: `report` finds the file from then on.
+    let (status, _) = common::get_with_status(&proxy, "/api/stats/store").await;
+    assert_eq!(status, 200);
     wait_for_requests(&db, 1).await;
     // Watching (inotify) unless told not to; the log line ends with the `watching` field.
     let log = proxy.log();
