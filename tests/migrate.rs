@@ -68,6 +68,36 @@ async fn a_store_is_copied_in_steps_then_verified_and_served_from_postgresql() {
     let (sqlite, sessions_before) = sqlite_store_with(&mock, 12).await;
     let from = sqlite.db_path();
     let from = from.to_str().unwrap();
+    // Usage imported from Claude Code's records moves too.
+    let ledger = tempfile::tempdir().unwrap();
+    let project = ledger.path().join("projects/-home-u-alpha");
+    std::fs::create_dir_all(&project).unwrap();
+    let entry = |n: u32| {
+        format!(
+            r#"{{"type":"assistant","isSidechain":false,"cwd":"/home/u/alpha","sessionId":"s","message":{{"id":"msg_{n}","model":"claude-sonnet-4-5","usage":{{"input_tokens":{n}0,"output_tokens":{n},"cache_creation_input_tokens":0,"cache_read_input_tokens":0}}}},"requestId":"req_{n}","timestamp":"2025-01-0{n}T10:00:00.000Z"}}"#
+        ) + "\n"
+    };
+    std::fs::write(project.join("s.jsonl"), entry(1) + &entry(2)).unwrap();
+    let imported = run_cli(
+        &[
+            "import",
+            "claude-code",
+            "--path",
+            ledger.path().to_str().unwrap(),
+            "--db",
+            from,
+            "--json",
+        ],
+        &[],
+    );
+    assert!(imported.contains("\"imported\":2"), "{imported}");
+    let usage_report = |db: &str| {
+        run_cli(
+            &["report", "daily", "--timezone", "UTC", "--json", "--db", db],
+            &[],
+        )
+    };
+    let report_before = usage_report(from);
 
     // A first run stopped after 5 rows: the three sessions and two requests.
     let (ok, out, err) = migrate(&["--from", from, "--to", &db.url(), "--max-rows", "5"]);
@@ -106,6 +136,14 @@ async fn a_store_is_copied_in_steps_then_verified_and_served_from_postgresql() {
         "{again}"
     );
     assert_eq!(again["verified"], true);
+
+    assert_eq!(db.int("SELECT count(*) FROM usage_entries"), 2);
+    assert_eq!(db.int("SELECT count(*) FROM ledger_files"), 1);
+    assert_eq!(
+        usage_report(&db.url()),
+        report_before,
+        "the report reads the same"
+    );
 
     // A proxy on the PostgreSQL database shows the same sessions, and its new requests get new ids.
     let proxy =

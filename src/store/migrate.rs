@@ -2,7 +2,7 @@
 //! moving one instance's history onto the shared database.
 //!
 //! - **What:** the tables PostgreSQL has ([`super::pg::PG_TABLES`]: sessions, requests, alerts, masked originals,
-//!   stored responses), with their ids, so sessions keep their requests and links keep working. Both sides are
+//!   stored responses; and the imported agents' usage, [`super::pg::PG_LEDGER_TABLES`]), with their ids, so sessions keep their requests and links keep working. Both sides are
 //!   brought to this build's schema version first, so their columns match.
 //! - **Resumable:** rows go in key order, a committed transaction per page; a run that stopped (or was stopped
 //!   with `--max-rows`) continues after the highest id already copied, and a row already there is skipped
@@ -20,7 +20,7 @@ use postgres::types::ToSql;
 use super::StoreError;
 use super::cli::{CliError, reader};
 use super::db::{Db, Owned, Value};
-use super::pg::{PG_TABLES, PgStore, PgUrl};
+use super::pg::{PG_LEDGER_TABLES, PG_TABLES, PgStore, PgUrl};
 
 /// Rows read and written per transaction.
 const PAGE_ROWS: i64 = 500;
@@ -80,7 +80,7 @@ pub fn migrate(
     claim(&mut target, &source_name, to)?;
     let mut report = MigrateReport::default();
     let mut budget = max_rows.map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX));
-    for &table in PG_TABLES {
+    for table in migrated_tables() {
         let columns = target_columns(&mut target, table)?;
         let copied = copy_table(&source, &mut target, table, &columns, &mut budget)?;
         let source_rows = count(&source, table)?;
@@ -142,7 +142,7 @@ fn claim(target: &mut postgres::Client, source: &str, to: &PgUrl) -> Result<(), 
     if known {
         return Ok(());
     }
-    for &table in PG_TABLES {
+    for table in migrated_tables() {
         let rows = pg_count(target, table)?;
         if rows > 0 {
             return Err(StoreError::Other(format!(
@@ -254,6 +254,11 @@ fn copy_table(
     Ok(copied)
 }
 
+/// Every table copied, in an order that keeps references valid (sessions before their requests).
+fn migrated_tables() -> impl Iterator<Item = &'static str> {
+    PG_TABLES.iter().chain(PG_LEDGER_TABLES).copied()
+}
+
 fn sqlite_columns(source: &rusqlite::Connection, table: &str) -> Result<Vec<String>, StoreError> {
     let rows = source.query(
         &format!("SELECT name FROM pragma_table_info('{table}')"),
@@ -313,7 +318,7 @@ fn pg_count(target: &mut postgres::Client, table: &str) -> Result<i64, StoreErro
 
 /// Moves each identity past the ids copied in, so the next row `serve` writes gets a fresh one.
 fn advance_sequences(target: &mut postgres::Client) -> Result<(), StoreError> {
-    for &table in PG_TABLES {
+    for table in migrated_tables() {
         let sequence: Option<String> = match target.query_opt(
             "SELECT pg_get_serial_sequence($1::text, 'id') FROM information_schema.columns
              WHERE table_schema = current_schema() AND table_name::text = $1::text AND column_name = 'id'",
@@ -350,7 +355,7 @@ const TOTALS: &[(&str, &str)] = &[
 
 fn verify(source: &rusqlite::Connection, target: &mut postgres::Client) -> Result<(), StoreError> {
     let mut differences = Vec::new();
-    for &table in PG_TABLES {
+    for table in migrated_tables() {
         let (ours, theirs) = (count(source, table)?, pg_count(target, table)?);
         if ours != theirs {
             differences.push(format!(
