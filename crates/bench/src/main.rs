@@ -10,6 +10,7 @@ mod cache;
 mod cpu;
 mod dashboards;
 mod endurance;
+mod fleet;
 mod loadgen;
 mod messages;
 mod peers;
@@ -41,7 +42,8 @@ struct Args {
     #[arg(long, default_value = "bench-results/report.md")]
     out: PathBuf,
     /// Scenarios to run, comma-separated: latency, throughput, streaming, streams-concurrency, frontier,
-    /// memory, dashboards, cache, responses (default: all; --quick: all but frontier).
+    /// memory, dashboards, cache, responses, messages (default: all; --quick: all but frontier); not in the
+    /// default: memory-runs, soak, store-backends, instances.
     #[arg(long, value_enum, value_delimiter = ',')]
     scenarios: Option<Vec<Scenario>>,
     /// Worker threads of the load generator's runtime (the servers need the other cores).
@@ -91,6 +93,10 @@ struct Args {
     /// Length of the soak scenario.
     #[arg(long, default_value_t = 20)]
     soak_minutes: u64,
+    /// The PostgreSQL server of store-backends and instances (`postgres://USER@HOST:PORT`, no database): each
+    /// creates a throwaway database on it with `psql` and drops it afterwards.
+    #[arg(long, default_value = fleet::DEFAULT_PG)]
+    pg: String,
     /// `@portkey-ai/gateway` version to install from npm.
     #[arg(long, default_value = peers::PORTKEY_VERSION)]
     portkey_version: String,
@@ -117,6 +123,7 @@ fn main() -> anyhow::Result<()> {
     settings.off = args.modes.contains(&scenarios::Mode::Off);
     settings.memory_settle = Duration::from_secs(args.memory_settle_secs);
     settings.peers = args.peers.clone();
+    settings.pg = args.pg.clone();
     settings.peers.sort();
     settings.peers.dedup();
     if settings.has(Scenario::StreamsConcurrency) || settings.has(Scenario::MemoryRuns) {
@@ -439,6 +446,20 @@ async fn run(
                 )
                 .await?;
             }
+            Scenario::StoreBackends | Scenario::Instances => {
+                let setup = fleet::Setup {
+                    binaries,
+                    mock: &targets.direct,
+                    scratch: &scratch.0,
+                    log_dir,
+                };
+                if *scenario == Scenario::StoreBackends {
+                    results.store_backends =
+                        Some(fleet::store_backends(settings, &setup, &plain).await?);
+                } else {
+                    results.instances = Some(fleet::instances(settings, &setup, &plain).await?);
+                }
+            }
             Scenario::Soak => {
                 results.soak = Some(
                     endurance::soak(
@@ -664,5 +685,32 @@ mod tests {
         assert!(endurance_candidates(&default, &["default=".into()], &[]).is_err());
         assert!(endurance_candidates(&default, &[], &["ghost:A=1".into()]).is_err());
         assert!(endurance_candidates(&default, &[], &["default:=1".into()]).is_err());
+    }
+
+    #[test]
+    fn store_scenarios_are_asked_for_by_name_only() {
+        let args = Args::try_parse_from([
+            "kimi-bench",
+            "--scenarios",
+            "store-backends,instances",
+            "--pg",
+            "postgres://kimi@db:6432",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.scenarios,
+            Some(vec![Scenario::StoreBackends, Scenario::Instances])
+        );
+        assert_eq!(args.pg, "postgres://kimi@db:6432");
+        assert_eq!(
+            Args::try_parse_from(["kimi-bench"]).unwrap().pg,
+            fleet::DEFAULT_PG
+        );
+        for quick in [false, true] {
+            let defaults = Scenario::defaults(quick);
+            assert!(!defaults.contains(&Scenario::StoreBackends));
+            assert!(!defaults.contains(&Scenario::Instances));
+        }
+        assert_eq!(Scenario::StoreBackends.name(), "store-backends");
     }
 }

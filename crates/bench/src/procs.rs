@@ -222,6 +222,38 @@ pub fn proxy_args<'a>(config: &'a str, data_dir: &'a str) -> [&'a str; 7] {
     ]
 }
 
+/// Writes `config` to `<scratch>/<file>.toml` and starts a kimi-proxy under test on it, with the data directory
+/// `<scratch>/<file>-data`, `extra` arguments after [`proxy_args`] (e.g. `--db URL`) and its log `<file>.log` in
+/// `log_dir`.
+pub async fn start_proxy(
+    name: &'static str,
+    bin: &Path,
+    (scratch, log_dir, file): (&Path, &Path, &str),
+    config: &str,
+    extra: &[&str],
+) -> anyhow::Result<Server> {
+    let config_path = scratch.join(format!("{file}.toml"));
+    std::fs::write(&config_path, config)
+        .with_context(|| format!("cannot write {}", config_path.display()))?;
+    let config_arg = config_path.to_string_lossy().into_owned();
+    let data_arg = scratch
+        .join(format!("{file}-data"))
+        .to_string_lossy()
+        .into_owned();
+    let mut args = proxy_args(&config_arg, &data_arg).to_vec();
+    args.extend_from_slice(extra);
+    let server = Server::start(
+        name,
+        bin,
+        &args,
+        &log_dir.join(format!("{file}.log")),
+        "kimi-proxy listening on",
+    )
+    .await?;
+    eprintln!("kimi-bench: {name} on {} (pid {})", server.addr, server.pid);
+    Ok(server)
+}
+
 /// The proxy's configuration: the mock as a chat provider serving `mock/model` as `mock-model`, and as an
 /// Anthropic-native provider (`type = "anthropic"`, its Anthropic mode) serving `mock-anthropic/claude-mock`. With
 /// `accounting_and_store` false, `[server] token_accounting = false` and `[store] enabled = false` are added
