@@ -204,20 +204,60 @@ pub struct Setup<'a> {
 impl Setup<'_> {
     async fn proxy(
         &self,
-        name: &'static str,
-        file: &str,
+        plan: &ProxyPlan,
         db: Option<&str>,
+        config: &str,
     ) -> anyhow::Result<Server> {
         let extra: Vec<&str> = db.map(|db| vec!["--db", db]).unwrap_or_default();
         procs::start_proxy(
-            name,
+            plan.name,
             &self.binaries.proxy,
-            (self.scratch, self.log_dir, file),
-            &procs::proxy_config(self.mock.addr, true),
+            (self.scratch, self.log_dir, plan.file),
+            config,
             &extra,
         )
         .await
     }
+}
+
+/// One instance's shared-budget counters (`/api/stats` → `rate_limits.mock.shared`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SharedCounters {
+    pub admitted_from_lease: u64,
+    pub admitted_after_wait: u64,
+    pub refused: u64,
+    pub redis_calls: u64,
+    pub redis_failures: u64,
+}
+
+impl SharedCounters {
+    /// From the body of `/api/stats`.
+    pub fn parse(body: &[u8]) -> anyhow::Result<SharedCounters> {
+        let stats: serde_json::Value = serde_json::from_slice(body)?;
+        let shared = &stats["rate_limits"]["mock"]["shared"];
+        let n = |key: &str| {
+            shared[key]
+                .as_u64()
+                .with_context(|| format!("/api/stats has no rate_limits.mock.shared.{key}"))
+        };
+        Ok(SharedCounters {
+            admitted_from_lease: n("admitted_from_lease")?,
+            admitted_after_wait: n("admitted_after_wait")?,
+            refused: n("refused")?,
+            redis_calls: n("redis_calls")?,
+            redis_failures: n("redis_failures")?,
+        })
+    }
+}
+
+async fn shared_counters(addr: std::net::SocketAddr) -> anyhow::Result<SharedCounters> {
+    let answer = loadgen::fetch(addr, "/api/stats", &[], None).await?;
+    ensure!(
+        answer.status == http::StatusCode::OK,
+        "/api/stats answered {}",
+        answer.status
+    );
+    SharedCounters::parse(&answer.body)
 }
 
 /// One of a scenario's two proxies: its name, log/config file stem, side name, and whether it is on the
@@ -227,7 +267,17 @@ struct ProxyPlan {
     file: &'static str,
     side: &'static str,
     on_pg: bool,
+    /// Shares the mock's budget on `--redis` when one is given.
+    shared_budget: bool,
 }
+
+/// What [`direct_and_two_proxies`] measured: direct, first proxy, third side; the writers' counters after each
+/// round; each proxy's shared-budget counters at the end (when on Redis).
+type Measured = (
+    [RunResult; 3],
+    Vec<RoundCounters>,
+    Vec<(String, SharedCounters)>,
+);
 
 /// Starts `proxies` (one after the other: the second finds the schema the first created), then measures
 /// direct, the first proxy alone and `third` (the second proxy alone, or both at once with `both`), and stops
@@ -237,12 +287,18 @@ async fn direct_and_two_proxies(
     (settings, setup, body): (&Settings, &Setup<'_>, &Bytes),
     proxies: [ProxyPlan; 2],
     (third, both): (&'static str, bool),
-) -> anyhow::Result<([RunResult; 3], Vec<RoundCounters>)> {
+) -> anyhow::Result<Measured> {
     let db = ScratchDb::create(&settings.pg, label)?;
     let mut servers = Vec::with_capacity(2);
     for plan in &proxies {
         let on = plan.on_pg.then_some(db.url.as_str());
-        servers.push(setup.proxy(plan.name, plan.file, on).await?);
+        let config = match &settings.redis {
+            Some(redis) if plan.shared_budget => {
+                procs::shared_budget_config(setup.mock.addr, redis, &db.name)
+            }
+            _ => procs::proxy_config(setup.mock.addr, true),
+        };
+        servers.push(setup.proxy(plan, on, &config).await?);
     }
     let ends: Vec<Endpoint> = proxies
         .iter()
@@ -274,6 +330,12 @@ async fn direct_and_two_proxies(
         },
     ];
     let measured = alternate_sides(label, settings, setup.mock, &sides, body).await;
+    let mut shared = Vec::new();
+    for (plan, end) in proxies.iter().zip(&ends) {
+        if settings.redis.is_some() && plan.shared_budget {
+            shared.push((end.name.clone(), shared_counters(end.addr).await?));
+        }
+    }
     for server in &mut servers {
         server.check_alive()?;
     }
@@ -285,7 +347,7 @@ async fn direct_and_two_proxies(
         .try_into()
         .map_err(|_| anyhow::anyhow!("{label}: not three sides"))?;
     drop(db);
-    Ok((results, counters))
+    Ok((results, counters, shared))
 }
 
 /// What the store-backends scenario measured.
@@ -326,17 +388,19 @@ pub async fn store_backends(
             file: "store-sqlite",
             side: "sqlite",
             on_pg: false,
+            shared_budget: false,
         },
         ProxyPlan {
             name: "kimi-proxy (PostgreSQL store)",
             file: "store-postgres",
             side: "postgres",
             on_pg: true,
+            shared_budget: false,
         },
     ];
     let at = (settings, setup, body);
     let measured = direct_and_two_proxies("store-backends", at, proxies, ("postgres", false));
-    let ([direct, sqlite, postgres], counters) = measured.await?;
+    let ([direct, sqlite, postgres], counters, _) = measured.await?;
     Ok(StoreBackends {
         direct,
         sqlite,
@@ -352,6 +416,10 @@ pub struct Instances {
     pub one: RunResult,
     pub two: RunResult,
     pub counters: Vec<RoundCounters>,
+    /// The instances shared the mock's budget on `--redis`.
+    pub redis: bool,
+    /// Each instance's shared-budget counters at the end (with `--redis`).
+    pub shared: Vec<(String, SharedCounters)>,
 }
 
 impl Instances {
@@ -373,22 +441,26 @@ pub async fn instances(
             file: "instance-a",
             side: "A",
             on_pg: true,
+            shared_budget: true,
         },
         ProxyPlan {
             name: "kimi-proxy (instance B)",
             file: "instance-b",
             side: "B",
             on_pg: true,
+            shared_budget: true,
         },
     ];
     let at = (settings, setup, body);
     let measured = direct_and_two_proxies("instances", at, proxies, ("A+B", true));
-    let ([direct, one, two], counters) = measured.await?;
+    let ([direct, one, two], counters, shared) = measured.await?;
     Ok(Instances {
         direct,
         one,
         two,
         counters,
+        redis: settings.redis.is_some(),
+        shared,
     })
 }
 
@@ -492,13 +564,18 @@ pub fn render_instances(out: &mut String, settings: &Settings, results: &Instanc
     );
     let _ = writeln!(
         out,
-        "Two proxies (A and B) on one fresh PostgreSQL database, `[cluster] redis` not set. \"one\" is A alone \
-         at c={c}; \"two\" spreads the same c={c} over A and B at once (half the connections each) and counts \
+        "Two proxies (A and B) on one fresh PostgreSQL database, {r}. \"one\" is A alone at c={c}; \"two\" spreads the same c={c} over A and B at once (half the connections each) and counts \
          their aggregate. {m} On a machine with few cores the two instances compete with the mock and the load \
          generator for them: the aggregate shows what a second instance on the same machine adds, not how a \
          fleet scales.\n",
         c = settings.throughput_concurrency,
-        m = method(settings)
+        m = method(settings),
+        r = if results.redis {
+            "sharing the mock provider's `requests_per_minute` on Redis (`[cluster] redis`, a budget of 10⁹ a \
+             minute that nothing reaches, `local_allowance = 100`: a lease renewed every 50 or so requests)"
+        } else {
+            "`[cluster] redis` not set (each instance's budgets its own)"
+        }
     );
     side_head(out, settings.throughput_concurrency);
     side_row(out, "direct", &results.direct);
@@ -510,6 +587,29 @@ pub fn render_instances(out: &mut String, settings: &Settings, results: &Instanc
         fmt_share(results.two_over_one())
     );
     counters_table(out, &results.counters);
+    if !results.shared.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nThe shared budget's counters at the end (`/api/stats` → `rate_limits.mock.shared`):\n"
+        );
+        let _ = writeln!(
+            out,
+            "| instance | admitted from the lease | admitted after asking Redis | refused | Redis calls | Redis \
+             failures |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+        for (name, c) in &results.shared {
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {} | {} | {} |",
+                c.admitted_from_lease,
+                c.admitted_after_wait,
+                c.refused,
+                c.redis_calls,
+                c.redis_failures
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -614,6 +714,8 @@ mod tests {
                 proxy: "B".into(),
                 counters: None,
             }],
+            redis: false,
+            shared: Vec::new(),
         };
         let mut out = String::new();
         render_instances(&mut out, &Settings::new(true), &results);
@@ -626,5 +728,31 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("| 2 | B | unreadable | | | |"), "{out}");
+        assert!(out.contains("`[cluster] redis` not set") && !out.contains("Redis calls"));
+    }
+
+    #[test]
+    fn instances_on_redis_report_the_shared_budget() {
+        let body = br#"{"rate_limits":{"mock":{"requests_per_minute":1000000000,"shared":{
+            "redis":"redis://127.0.0.1:6379","local_allowance":100,"leased":40,"admitted_from_lease":9000,
+            "admitted_after_wait":2,"refused":0,"redis_calls":181,"redis_failures":1,"redis_unavailable":0}}}}"#;
+        let counters = SharedCounters::parse(body).unwrap();
+        assert_eq!(counters.redis_calls, 181);
+        assert!(SharedCounters::parse(br#"{"rate_limits":{"mock":{}}}"#).is_err());
+        let results = Instances {
+            direct: run(30_000, 3, 0),
+            one: run(9_000, 3, 0),
+            two: run(9_000, 3, 0),
+            counters: Vec::new(),
+            redis: true,
+            shared: vec![("A".into(), counters)],
+        };
+        let mut out = String::new();
+        render_instances(&mut out, &Settings::new(true), &results);
+        assert!(
+            out.contains("sharing the mock provider's `requests_per_minute` on Redis"),
+            "{out}"
+        );
+        assert!(out.contains("| A | 9000 | 2 | 0 | 181 | 1 |"), "{out}");
     }
 }

@@ -97,6 +97,10 @@ struct Args {
     /// creates a throwaway database on it with `psql` and drops it afterwards.
     #[arg(long, default_value = fleet::DEFAULT_PG)]
     pg: String,
+    /// Redis for the instances scenario (`redis://HOST:PORT`): both instances then share the mock provider's
+    /// `requests_per_minute` budget on it (`[cluster] redis`, a budget nothing reaches, local allowance 100).
+    #[arg(long)]
+    redis: Option<String>,
     /// `@portkey-ai/gateway` version to install from npm.
     #[arg(long, default_value = peers::PORTKEY_VERSION)]
     portkey_version: String,
@@ -124,6 +128,7 @@ fn main() -> anyhow::Result<()> {
     settings.memory_settle = Duration::from_secs(args.memory_settle_secs);
     settings.peers = args.peers.clone();
     settings.pg = args.pg.clone();
+    settings.redis = args.redis.clone();
     settings.peers.sort();
     settings.peers.dedup();
     if settings.has(Scenario::StreamsConcurrency) || settings.has(Scenario::MemoryRuns) {

@@ -289,6 +289,21 @@ pub fn proxy_config(mock: SocketAddr, accounting_and_store: bool) -> String {
     )
 }
 
+/// The default configuration with the mock provider's `requests_per_minute` budget shared on Redis
+/// (`[cluster]`, keys under `prefix`): a budget far above any rate the machine reaches, so nothing waits, and a
+/// local allowance of 100 so each instance still renews its lease from Redis every 50 or so requests.
+pub fn shared_budget_config(mock: SocketAddr, redis: &str, prefix: &str) -> String {
+    let key = "api_key = \"${MOCK_KEY}\"\n";
+    let base = proxy_config(mock, true).replacen(
+        key,
+        &format!("{key}requests_per_minute = 1000000000\n"),
+        1,
+    );
+    format!(
+        "{base}\n[cluster]\nredis = \"{redis}\"\nkey_prefix = \"{prefix}\"\nlocal_allowance = 100\n"
+    )
+}
+
 /// The configuration of the caching proxy (cache scenario): the default one with the response cache on for
 /// the model.
 pub fn cache_proxy_config(mock: SocketAddr) -> String {
@@ -441,6 +456,18 @@ mod tests {
         assert!(off.contains("token_accounting = false"));
         assert!(off.contains("enabled = false"));
         assert!(off.starts_with("builtin_catalog = false\n"));
+        let shared = shared_budget_config(mock, "redis://127.0.0.1:6379", "kimi-bench-1");
+        let budget = shared.find("requests_per_minute").unwrap_or(0);
+        assert!(shared.find("[providers.mock]").is_some_and(|p| p < budget));
+        assert!(
+            shared
+                .find("[models.\"mock/model\"]")
+                .is_some_and(|m| budget < m)
+        );
+        assert_eq!(shared.matches("requests_per_minute").count(), 1);
+        assert!(shared.ends_with(
+            "\n[cluster]\nredis = \"redis://127.0.0.1:6379\"\nkey_prefix = \"kimi-bench-1\"\nlocal_allowance = 100\n"
+        ));
         let cached = cache_proxy_config(mock);
         assert!(cached.ends_with("max_context_size = 262144\ncache = true\n"));
     }

@@ -138,6 +138,8 @@ pub struct Settings {
     pub memory_settle: Duration,
     /// The PostgreSQL server of the store-backends and instances scenarios (`--pg`, no database in it).
     pub pg: String,
+    /// Redis for the instances scenario's shared budgets (`--redis`); none: each instance's budgets alone.
+    pub redis: Option<String>,
 }
 
 impl Settings {
@@ -168,6 +170,7 @@ impl Settings {
             cache_stream_requests: if quick { 1_000 } else { 5_000 },
             memory_settle: Duration::from_secs(5),
             pg: crate::fleet::DEFAULT_PG.into(),
+            redis: None,
         }
     }
 
