@@ -311,23 +311,14 @@ async fn run(
     );
     // `--modes on,off`: a second proxy with token accounting and the store switched off.
     let mut proxy_off = if settings.off {
-        let off_config = scratch.0.join("kimi-proxy-off.toml");
-        std::fs::write(&off_config, procs::proxy_config(mock.addr, false))
-            .with_context(|| format!("cannot write {}", off_config.display()))?;
-        let off_config_arg = off_config.to_string_lossy().into_owned();
-        let off_data_arg = scratch.0.join("data-off").to_string_lossy().into_owned();
-        let server = Server::start(
+        let server = procs::start_proxy(
             "kimi-proxy (accounting and store off)",
             &binaries.proxy,
-            &procs::proxy_args(&off_config_arg, &off_data_arg),
-            &log_dir.join("kimi-proxy-off.log"),
-            "kimi-proxy listening on",
+            (&scratch.0, log_dir, "kimi-proxy-off"),
+            &procs::proxy_config(mock.addr, false),
+            &[],
         )
         .await?;
-        eprintln!(
-            "kimi-bench: kimi-proxy with accounting and store off on {} (pid {})",
-            server.addr, server.pid
-        );
         Some(server)
     } else {
         None
@@ -543,23 +534,14 @@ async fn cache_scenario(
     scratch: &Path,
     log_dir: &Path,
 ) -> anyhow::Result<cache::CacheResults> {
-    let config = scratch.join("kimi-proxy-cache.toml");
-    std::fs::write(&config, procs::cache_proxy_config(mock))
-        .with_context(|| format!("cannot write {}", config.display()))?;
-    let config_arg = config.to_string_lossy().into_owned();
-    let data_arg = scratch.join("data-cache").to_string_lossy().into_owned();
-    let mut server = Server::start(
+    let mut server = procs::start_proxy(
         "kimi-proxy (response cache on)",
         &binaries.proxy,
-        &procs::proxy_args(&config_arg, &data_arg),
-        &log_dir.join("kimi-proxy-cache.log"),
-        "kimi-proxy listening on",
+        (scratch, log_dir, "kimi-proxy-cache"),
+        &procs::cache_proxy_config(mock),
+        &[],
     )
     .await?;
-    eprintln!(
-        "kimi-bench: kimi-proxy with the response cache on {} (pid {})",
-        server.addr, server.pid
-    );
     let cached = Endpoint::new("cache hit", server.addr, server.pid);
     let forwarding = Endpoint::new("forwarded", targets.proxy.addr, targets.proxy.pid);
     let results = cache::run(settings, &targets.direct, &cached, &forwarding).await;
