@@ -66,6 +66,8 @@ pub async fn writer_counters(addr: std::net::SocketAddr) -> anyhow::Result<Write
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RoundCounters {
     pub round: usize,
+    /// The side just measured (the counters are read after it).
+    pub side: String,
     pub proxy: String,
     pub counters: Option<WriterCounters>,
 }
@@ -184,6 +186,7 @@ async fn alternate_sides(
                 }
                 counters.push(RoundCounters {
                     round,
+                    side: side.name.clone(),
                     proxy: server.name.clone(),
                     counters: read.ok(),
                 });
@@ -496,15 +499,19 @@ fn counters_table(out: &mut String, counters: &[RoundCounters]) {
         out,
         "\nThe store writer's counters after each round (cumulative since the proxy started):\n"
     );
-    let _ = writeln!(out, "| round | proxy | written | dropped | queued | held |");
-    let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "| round | after side | proxy | written | dropped | queued | held |"
+    );
+    let _ = writeln!(out, "|---:|---|---|---:|---:|---:|---:|");
     for row in counters {
         match row.counters {
             Some(c) => {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} |",
                     row.round + 1,
+                    row.side,
                     row.proxy,
                     c.written,
                     c.dropped,
@@ -515,8 +522,9 @@ fn counters_table(out: &mut String, counters: &[RoundCounters]) {
             None => {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | unreadable | | | |",
+                    "| {} | {} | {} | unreadable | | | |",
                     row.round + 1,
+                    row.side,
                     row.proxy
                 );
             }
@@ -676,11 +684,13 @@ mod tests {
             counters: vec![
                 RoundCounters {
                     round: 0,
+                    side: "sqlite".into(),
                     proxy: "sqlite".into(),
                     counters: Some(counters(0)),
                 },
                 RoundCounters {
                     round: 0,
+                    side: "postgres".into(),
                     proxy: "postgres".into(),
                     counters: None,
                 },
@@ -699,7 +709,10 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("PostgreSQL vs SQLite: 93.3 % of the throughput (target ≥ 90 %)"));
-        assert!(out.contains("| 1 | postgres | 4000 | 0 | 0 | 0 |"), "{out}");
+        assert!(
+            out.contains("| 1 | postgres | postgres | 4000 | 0 | 0 | 0 |"),
+            "{out}"
+        );
         assert!(out.contains("3 rounds per side"), "{out}");
     }
 
@@ -711,6 +724,7 @@ mod tests {
             two: run(7_500, 3, 1),
             counters: vec![RoundCounters {
                 round: 1,
+                side: "A+B".into(),
                 proxy: "B".into(),
                 counters: None,
             }],
@@ -727,7 +741,7 @@ mod tests {
             out.contains("Two instances vs one: 83.3 % of the throughput."),
             "{out}"
         );
-        assert!(out.contains("| 2 | B | unreadable | | | |"), "{out}");
+        assert!(out.contains("| 2 | A+B | B | unreadable | | | |"), "{out}");
         assert!(out.contains("`[cluster] redis` not set") && !out.contains("Redis calls"));
     }
 
