@@ -297,23 +297,8 @@ pub async fn soak(
     let samples = sampler.await.unwrap_or_default();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let after = procs::rss_bytes(proxy.pid);
-    let store = match loadgen::fetch(proxy.addr, "/api/stats/store", &[], None).await {
-        Ok(answer) if answer.status == http::StatusCode::OK => {
-            serde_json::from_slice::<serde_json::Value>(&answer.body)
-                .ok()
-                .map(|stats| {
-                    let writer = &stats["writer"];
-                    let n = |key: &str| writer[key].as_u64().unwrap_or(0);
-                    (n("written"), n("dropped"), n("queued") + n("held"))
-                })
-        }
-        Ok(answer) => {
-            eprintln!(
-                "kimi-bench: soak: /api/stats/store answered {}",
-                answer.status
-            );
-            None
-        }
+    let store = match crate::fleet::writer_counters(proxy.addr).await {
+        Ok(c) => Some((c.written, c.dropped, c.queued + c.held)),
         Err(err) => {
             eprintln!("kimi-bench: soak: cannot read the store's counters: {err:#}");
             None

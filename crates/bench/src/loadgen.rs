@@ -187,12 +187,21 @@ impl RunResult {
         Ok(())
     }
 
-    /// Successful requests per second of measured time.
+    /// Merges a run that went on at the same time as this one (the load spread over several servers): the
+    /// counts add up, but the measured time is the longer of the two, so `rps` is the aggregate rate.
+    pub fn merge_concurrent(&mut self, other: &RunResult) -> anyhow::Result<()> {
+        let longer = self.elapsed.max(other.elapsed);
+        self.merge(other)?;
+        self.elapsed = longer;
+        Ok(())
+    }
+
     /// Every request the servers handled in the runs merged here, warm-up included.
     pub fn handled(&self) -> u64 {
         self.ok + self.errors + self.warmup_ok + self.warmup_errors
     }
 
+    /// Successful requests per second of measured time.
     pub fn rps(&self) -> f64 {
         let secs = self.elapsed.as_secs_f64();
         if secs > 0.0 {
@@ -630,6 +639,24 @@ mod tests {
         assert_eq!(a.errors, 2);
         assert!((a.rps() - 2.0).abs() < 1e-9);
         assert_eq!(a.error_samples, vec!["HTTP 502".to_owned()]);
+        Ok(())
+    }
+
+    #[test]
+    fn concurrent_runs_add_their_rates() -> anyhow::Result<()> {
+        let mut a = RunResult::empty()?;
+        a.ok = 1_000;
+        a.elapsed = Duration::from_secs(2);
+        let mut b = RunResult::empty()?;
+        b.ok = 900;
+        b.elapsed = Duration::from_millis(1_800);
+        let mut sequential = a.clone();
+        sequential.merge(&b)?;
+        assert_eq!(sequential.rps(), 500.0);
+        a.merge_concurrent(&b)?;
+        assert_eq!(a.ok, 1_900);
+        assert_eq!(a.elapsed, Duration::from_secs(2));
+        assert_eq!(a.rps(), 950.0);
         Ok(())
     }
 }

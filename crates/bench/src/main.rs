@@ -10,6 +10,7 @@ mod cache;
 mod cpu;
 mod dashboards;
 mod endurance;
+mod fleet;
 mod loadgen;
 mod messages;
 mod peers;
@@ -41,7 +42,8 @@ struct Args {
     #[arg(long, default_value = "bench-results/report.md")]
     out: PathBuf,
     /// Scenarios to run, comma-separated: latency, throughput, streaming, streams-concurrency, frontier,
-    /// memory, dashboards, cache, responses (default: all; --quick: all but frontier).
+    /// memory, dashboards, cache, responses, messages (default: all; --quick: all but frontier); not in the
+    /// default: memory-runs, soak, store-backends, instances.
     #[arg(long, value_enum, value_delimiter = ',')]
     scenarios: Option<Vec<Scenario>>,
     /// Worker threads of the load generator's runtime (the servers need the other cores).
@@ -91,6 +93,14 @@ struct Args {
     /// Length of the soak scenario.
     #[arg(long, default_value_t = 20)]
     soak_minutes: u64,
+    /// The PostgreSQL server of store-backends and instances (`postgres://USER@HOST:PORT`, no database): each
+    /// creates a throwaway database on it with `psql` and drops it afterwards.
+    #[arg(long, default_value = fleet::DEFAULT_PG)]
+    pg: String,
+    /// Redis for the instances scenario (`redis://HOST:PORT`): both instances then share the mock provider's
+    /// `requests_per_minute` budget on it (`[cluster] redis`, a budget nothing reaches, local allowance 100).
+    #[arg(long)]
+    redis: Option<String>,
     /// `@portkey-ai/gateway` version to install from npm.
     #[arg(long, default_value = peers::PORTKEY_VERSION)]
     portkey_version: String,
@@ -117,6 +127,8 @@ fn main() -> anyhow::Result<()> {
     settings.off = args.modes.contains(&scenarios::Mode::Off);
     settings.memory_settle = Duration::from_secs(args.memory_settle_secs);
     settings.peers = args.peers.clone();
+    settings.pg = args.pg.clone();
+    settings.redis = args.redis.clone();
     settings.peers.sort();
     settings.peers.dedup();
     if settings.has(Scenario::StreamsConcurrency) || settings.has(Scenario::MemoryRuns) {
@@ -299,23 +311,14 @@ async fn run(
     );
     // `--modes on,off`: a second proxy with token accounting and the store switched off.
     let mut proxy_off = if settings.off {
-        let off_config = scratch.0.join("kimi-proxy-off.toml");
-        std::fs::write(&off_config, procs::proxy_config(mock.addr, false))
-            .with_context(|| format!("cannot write {}", off_config.display()))?;
-        let off_config_arg = off_config.to_string_lossy().into_owned();
-        let off_data_arg = scratch.0.join("data-off").to_string_lossy().into_owned();
-        let server = Server::start(
+        let server = procs::start_proxy(
             "kimi-proxy (accounting and store off)",
             &binaries.proxy,
-            &procs::proxy_args(&off_config_arg, &off_data_arg),
-            &log_dir.join("kimi-proxy-off.log"),
-            "kimi-proxy listening on",
+            (&scratch.0, log_dir, "kimi-proxy-off"),
+            &procs::proxy_config(mock.addr, false),
+            &[],
         )
         .await?;
-        eprintln!(
-            "kimi-bench: kimi-proxy with accounting and store off on {} (pid {})",
-            server.addr, server.pid
-        );
         Some(server)
     } else {
         None
@@ -439,6 +442,20 @@ async fn run(
                 )
                 .await?;
             }
+            Scenario::StoreBackends | Scenario::Instances => {
+                let setup = fleet::Setup {
+                    binaries,
+                    mock: &targets.direct,
+                    scratch: &scratch.0,
+                    log_dir,
+                };
+                if *scenario == Scenario::StoreBackends {
+                    results.store_backends =
+                        Some(fleet::store_backends(settings, &setup, &plain).await?);
+                } else {
+                    results.instances = Some(fleet::instances(settings, &setup, &plain).await?);
+                }
+            }
             Scenario::Soak => {
                 results.soak = Some(
                     endurance::soak(
@@ -517,23 +534,14 @@ async fn cache_scenario(
     scratch: &Path,
     log_dir: &Path,
 ) -> anyhow::Result<cache::CacheResults> {
-    let config = scratch.join("kimi-proxy-cache.toml");
-    std::fs::write(&config, procs::cache_proxy_config(mock))
-        .with_context(|| format!("cannot write {}", config.display()))?;
-    let config_arg = config.to_string_lossy().into_owned();
-    let data_arg = scratch.join("data-cache").to_string_lossy().into_owned();
-    let mut server = Server::start(
+    let mut server = procs::start_proxy(
         "kimi-proxy (response cache on)",
         &binaries.proxy,
-        &procs::proxy_args(&config_arg, &data_arg),
-        &log_dir.join("kimi-proxy-cache.log"),
-        "kimi-proxy listening on",
+        (scratch, log_dir, "kimi-proxy-cache"),
+        &procs::cache_proxy_config(mock),
+        &[],
     )
     .await?;
-    eprintln!(
-        "kimi-bench: kimi-proxy with the response cache on {} (pid {})",
-        server.addr, server.pid
-    );
     let cached = Endpoint::new("cache hit", server.addr, server.pid);
     let forwarding = Endpoint::new("forwarded", targets.proxy.addr, targets.proxy.pid);
     let results = cache::run(settings, &targets.direct, &cached, &forwarding).await;
@@ -664,5 +672,32 @@ mod tests {
         assert!(endurance_candidates(&default, &["default=".into()], &[]).is_err());
         assert!(endurance_candidates(&default, &[], &["ghost:A=1".into()]).is_err());
         assert!(endurance_candidates(&default, &[], &["default:=1".into()]).is_err());
+    }
+
+    #[test]
+    fn store_scenarios_are_asked_for_by_name_only() {
+        let args = Args::try_parse_from([
+            "kimi-bench",
+            "--scenarios",
+            "store-backends,instances",
+            "--pg",
+            "postgres://kimi@db:6432",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.scenarios,
+            Some(vec![Scenario::StoreBackends, Scenario::Instances])
+        );
+        assert_eq!(args.pg, "postgres://kimi@db:6432");
+        assert_eq!(
+            Args::try_parse_from(["kimi-bench"]).unwrap().pg,
+            fleet::DEFAULT_PG
+        );
+        for quick in [false, true] {
+            let defaults = Scenario::defaults(quick);
+            assert!(!defaults.contains(&Scenario::StoreBackends));
+            assert!(!defaults.contains(&Scenario::Instances));
+        }
+        assert_eq!(Scenario::StoreBackends.name(), "store-backends");
     }
 }

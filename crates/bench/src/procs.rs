@@ -222,6 +222,38 @@ pub fn proxy_args<'a>(config: &'a str, data_dir: &'a str) -> [&'a str; 7] {
     ]
 }
 
+/// Writes `config` to `<scratch>/<file>.toml` and starts a kimi-proxy under test on it, with the data directory
+/// `<scratch>/<file>-data`, `extra` arguments after [`proxy_args`] (e.g. `--db URL`) and its log `<file>.log` in
+/// `log_dir`.
+pub async fn start_proxy(
+    name: &'static str,
+    bin: &Path,
+    (scratch, log_dir, file): (&Path, &Path, &str),
+    config: &str,
+    extra: &[&str],
+) -> anyhow::Result<Server> {
+    let config_path = scratch.join(format!("{file}.toml"));
+    std::fs::write(&config_path, config)
+        .with_context(|| format!("cannot write {}", config_path.display()))?;
+    let config_arg = config_path.to_string_lossy().into_owned();
+    let data_arg = scratch
+        .join(format!("{file}-data"))
+        .to_string_lossy()
+        .into_owned();
+    let mut args = proxy_args(&config_arg, &data_arg).to_vec();
+    args.extend_from_slice(extra);
+    let server = Server::start(
+        name,
+        bin,
+        &args,
+        &log_dir.join(format!("{file}.log")),
+        "kimi-proxy listening on",
+    )
+    .await?;
+    eprintln!("kimi-bench: {name} on {} (pid {})", server.addr, server.pid);
+    Ok(server)
+}
+
 /// The proxy's configuration: the mock as a chat provider serving `mock/model` as `mock-model`, and as an
 /// Anthropic-native provider (`type = "anthropic"`, its Anthropic mode) serving `mock-anthropic/claude-mock`. With
 /// `accounting_and_store` false, `[server] token_accounting = false` and `[store] enabled = false` are added
@@ -254,6 +286,21 @@ pub fn proxy_config(mock: SocketAddr, accounting_and_store: bool) -> String {
          provider = \"mock-anthropic\"\n\
          model = \"claude-mock\"\n\
          max_context_size = 262144\n"
+    )
+}
+
+/// The default configuration with the mock provider's `requests_per_minute` budget shared on Redis
+/// (`[cluster]`, keys under `prefix`): a budget far above any rate the machine reaches, so nothing waits, and a
+/// local allowance of 100 so each instance still renews its lease from Redis every 50 or so requests.
+pub fn shared_budget_config(mock: SocketAddr, redis: &str, prefix: &str) -> String {
+    let key = "api_key = \"${MOCK_KEY}\"\n";
+    let base = proxy_config(mock, true).replacen(
+        key,
+        &format!("{key}requests_per_minute = 1000000000\n"),
+        1,
+    );
+    format!(
+        "{base}\n[cluster]\nredis = \"{redis}\"\nkey_prefix = \"{prefix}\"\nlocal_allowance = 100\n"
     )
 }
 
@@ -409,6 +456,18 @@ mod tests {
         assert!(off.contains("token_accounting = false"));
         assert!(off.contains("enabled = false"));
         assert!(off.starts_with("builtin_catalog = false\n"));
+        let shared = shared_budget_config(mock, "redis://127.0.0.1:6379", "kimi-bench-1");
+        let budget = shared.find("requests_per_minute").unwrap_or(0);
+        assert!(shared.find("[providers.mock]").is_some_and(|p| p < budget));
+        assert!(
+            shared
+                .find("[models.\"mock/model\"]")
+                .is_some_and(|m| budget < m)
+        );
+        assert_eq!(shared.matches("requests_per_minute").count(), 1);
+        assert!(shared.ends_with(
+            "\n[cluster]\nredis = \"redis://127.0.0.1:6379\"\nkey_prefix = \"kimi-bench-1\"\nlocal_allowance = 100\n"
+        ));
         let cached = cache_proxy_config(mock);
         assert!(cached.ends_with("max_context_size = 262144\ncache = true\n"));
     }

@@ -560,6 +560,23 @@ pub fn render(settings: &Settings, machine: &Machine, results: &Results) -> Stri
             pass: share.map(|s| clean && s >= crate::messages::TARGET_THROUGHPUT_SHARE),
         });
     }
+    if let Some(stores) = &results.store_backends {
+        crate::fleet::render_store_backends(&mut out, settings, stores);
+        let share = stores.pg_share();
+        targets.push(Target {
+            what: format!(
+                "proxy with the PostgreSQL store keeps ≥ {:.0} % of the SQLite store's throughput (c={}, no \
+                 record dropped)",
+                crate::fleet::TARGET_PG_SHARE * 100.0,
+                settings.throughput_concurrency
+            ),
+            measured: share.map_or("n/a".into(), |s| format!("{:.1} %", s * 100.0)),
+            pass: share.map(|s| stores.clean() && s >= crate::fleet::TARGET_PG_SHARE),
+        });
+    }
+    if let Some(instances) = &results.instances {
+        crate::fleet::render_instances(&mut out, settings, instances);
+    }
     for phase in results.dashboards.iter().filter(|p| p.dashboards > 0) {
         targets.push(Target {
             what: format!("event delivery p99 ≤ 10 ms ({})", phase.label),

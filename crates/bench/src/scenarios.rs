@@ -37,6 +37,10 @@ pub enum Scenario {
     MemoryRuns,
     /// Mixed traffic for `--soak-minutes`; not in the defaults.
     Soak,
+    /// Throughput with the SQLite store vs the PostgreSQL store (`--pg`); not in the defaults.
+    StoreBackends,
+    /// Two instances on one PostgreSQL database vs one (`--pg`); not in the defaults.
+    Instances,
 }
 
 impl Scenario {
@@ -74,6 +78,8 @@ impl Scenario {
             Scenario::Messages => "messages",
             Scenario::MemoryRuns => "memory-runs",
             Scenario::Soak => "soak",
+            Scenario::StoreBackends => "store-backends",
+            Scenario::Instances => "instances",
         }
     }
 }
@@ -130,6 +136,10 @@ pub struct Settings {
     pub cache_stream_requests: u64,
     /// Pause before each RSS reading of the memory-runs scenario.
     pub memory_settle: Duration,
+    /// The PostgreSQL server of the store-backends and instances scenarios (`--pg`, no database in it).
+    pub pg: String,
+    /// Redis for the instances scenario's shared budgets (`--redis`); none: each instance's budgets alone.
+    pub redis: Option<String>,
 }
 
 impl Settings {
@@ -159,6 +169,8 @@ impl Settings {
             cache_concurrency: 8,
             cache_stream_requests: if quick { 1_000 } else { 5_000 },
             memory_settle: Duration::from_secs(5),
+            pg: crate::fleet::DEFAULT_PG.into(),
+            redis: None,
         }
     }
 
@@ -254,6 +266,10 @@ pub struct Results {
     pub responses: Option<crate::responses::ResponsesResults>,
     /// The messages scenario.
     pub messages: Option<crate::messages::MessagesResults>,
+    /// The store-backends scenario.
+    pub store_backends: Option<crate::fleet::StoreBackends>,
+    /// The instances scenario.
+    pub instances: Option<crate::fleet::Instances>,
 }
 
 /// One endpoint under test: where it listens, its process, and the headers every request to it carries.
@@ -360,18 +376,59 @@ async fn alternate(
                 }
                 None => 0,
             };
-            let mock = targets.direct.pid;
-            let ticks = |pid| crate::cpu::process_ticks(pid).unwrap_or(0);
-            let (server_before, mock_before) = (ticks(side.pid), ticks(mock));
-            let mut result = loadgen::run(side.aim(make_spec(side.addr, round))).await?;
-            result.server_ticks = ticks(side.pid).saturating_sub(server_before);
-            result.mock_ticks = ticks(mock).saturating_sub(mock_before);
+            let at = (label, round, rounds, side.name.as_str());
+            let spec = make_spec(side.addr, round);
+            let mut result = measure(at, &[*side], targets.direct.pid, spec).await?;
             result.warmup_errors += warm_errors;
-            progress(label, round, rounds, &side.name, &result);
             total.merge(&result)?;
         }
     }
     into_pair(merged, has_off)
+}
+
+/// `n` VUs spread over `parts` servers as evenly as they go: the first ones get one more.
+pub(crate) fn spread(n: usize, parts: usize) -> Vec<usize> {
+    let parts = parts.max(1);
+    (0..parts)
+        .map(|i| n / parts + usize::from(i < n % parts))
+        .collect()
+}
+
+/// One measured run of `spec` (its progress line labelled by `(label, round, rounds, side)`), its VUs and
+/// requests spread over `servers` running at the same time, with the CPU ticks the servers and the mock spent.
+/// The result's rate is the servers' aggregate ([`RunResult::merge_concurrent`]).
+pub(crate) async fn measure(
+    (label, round, rounds, side): (&str, usize, usize, &str),
+    servers: &[&Endpoint],
+    mock: u32,
+    spec: Spec,
+) -> anyhow::Result<RunResult> {
+    let ticks = |pid| crate::cpu::process_ticks(pid).unwrap_or(0);
+    let server_ticks = || servers.iter().map(|s| ticks(s.pid)).sum::<u64>();
+    let (server_before, mock_before) = (server_ticks(), ticks(mock));
+    let shares = spread(spec.concurrency, servers.len());
+    let requests = spread(
+        usize::try_from(spec.requests).unwrap_or(usize::MAX),
+        servers.len(),
+    );
+    let runs = servers
+        .iter()
+        .zip(shares.into_iter().zip(requests))
+        .filter(|(_, (vus, _))| *vus > 0)
+        .map(|(server, (vus, requests))| {
+            let mut spec = spec.clone();
+            spec.concurrency = vus;
+            spec.requests = u64::try_from(requests).unwrap_or(u64::MAX);
+            loadgen::run(server.aim(spec))
+        });
+    let mut result = RunResult::empty()?;
+    for run in futures_util::future::join_all(runs).await {
+        result.merge_concurrent(&run?)?;
+    }
+    result.server_ticks = server_ticks().saturating_sub(server_before);
+    result.mock_ticks = ticks(mock).saturating_sub(mock_before);
+    progress(label, round, rounds, side, &result);
+    Ok(result)
 }
 
 fn progress(label: &str, round: usize, rounds: usize, side: &str, result: &RunResult) {
@@ -431,30 +488,35 @@ pub async fn throughput(
     targets: &Targets,
     body: Bytes,
 ) -> anyhow::Result<Pair> {
-    let rounds = u32::try_from(settings.rounds.max(1)).unwrap_or(1);
-    let per_round = settings.throughput_duration / rounds;
     alternate(
         "throughput",
         targets,
         settings.rounds,
         true,
         None,
-        |addr, _| Spec {
-            addr,
-            path: PATH.into(),
-            body: body.clone(),
-            headers: Vec::new(),
-            concurrency: settings.throughput_concurrency,
-            requests: 10_000_000,
-            warmup: settings.warmup,
-            duration: per_round,
-            request_timeout: Duration::from_secs(10),
-            streaming: false,
-            stagger: Duration::ZERO,
-            expect: None,
-        },
+        |addr, _| throughput_spec(settings, addr, &body),
     )
     .await
+}
+
+/// One round of the throughput scenario's load: the usual request at the throughput concurrency, after a
+/// warm-up, for the round's share of the measured time.
+pub(crate) fn throughput_spec(settings: &Settings, addr: SocketAddr, body: &Bytes) -> Spec {
+    let rounds = u32::try_from(settings.rounds.max(1)).unwrap_or(1);
+    Spec {
+        addr,
+        path: PATH.into(),
+        body: body.clone(),
+        headers: Vec::new(),
+        concurrency: settings.throughput_concurrency,
+        requests: 10_000_000,
+        warmup: settings.warmup,
+        duration: settings.throughput_duration / rounds,
+        request_timeout: Duration::from_secs(10),
+        streaming: false,
+        stagger: Duration::ZERO,
+        expect: None,
+    }
 }
 
 pub async fn streaming(
@@ -747,6 +809,22 @@ mod tests {
         assert_eq!(best_under(&steps, 500), None);
         assert!(!Scenario::defaults(true).contains(&Scenario::Frontier));
         assert!(Scenario::defaults(false).contains(&Scenario::Frontier));
+    }
+
+    #[test]
+    fn load_spreads_evenly_over_instances() {
+        assert_eq!(spread(50, 2), vec![25, 25]);
+        assert_eq!(spread(51, 2), vec![26, 25]);
+        assert_eq!(spread(50, 1), vec![50]);
+        assert_eq!(spread(1, 3), vec![1, 0, 0]);
+        assert_eq!(spread(7, 0), vec![7]);
+        let spec = throughput_spec(
+            &Settings::new(true),
+            SocketAddr::from(([127, 0, 0, 1], 9)),
+            &Bytes::new(),
+        );
+        assert_eq!(spec.concurrency, 50);
+        assert_eq!(spec.duration, Duration::from_secs(1));
     }
 
     #[test]
