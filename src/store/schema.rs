@@ -192,6 +192,12 @@ ALTER TABLE requests ADD COLUMN dropped_tools INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE requests ADD COLUMN dropped_fields INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE requests ADD COLUMN cache_write_reported INTEGER;
 "#,
+    // 10 → 11: the instance that served each request (`[cluster] instance_id`), several sharing one database;
+    // the index finds one instance's newest rows (the fleet's live view reads a batch back by it).
+    r#"
+ALTER TABLE requests ADD COLUMN instance TEXT;
+CREATE INDEX requests_by_instance ON requests (instance, id);
+"#,
 ];
 
 /// The columns of `requests` in the order the writer binds them (`id` excluded).
@@ -257,6 +263,7 @@ pub const REQUEST_COLUMNS: &[&str] = &[
     "dropped_tools",
     "dropped_fields",
     "cache_write_reported",
+    "instance",
 ];
 
 /// Columns read back as booleans.
