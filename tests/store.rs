@@ -205,6 +205,7 @@ fn migrations_upgrade_empty_and_v1_databases_and_refuse_newer_ones() {
                         "dropped_tools",
                         "dropped_fields",
                         "cache_write_reported",
+                        "instance",
                     ]
                     .contains(c)
             })
