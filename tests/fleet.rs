@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use bytes::Bytes;
-use common::pg::TestDb;
+use common::pg::{PgRelay, TestDb};
 use common::{MockUpstream, Proxy, client, get_with_status, mock_config, sized_prompt};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -72,6 +72,37 @@ fn fleet_ids(stats: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Opens a dashboard on `on`, sends a request through `via`, and returns the `request.finished` event's data
+/// that `on` shows for it.
+async fn seen_on(on: &Proxy, via: &Proxy, via_id: &str) -> Value {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", on.addr))
+        .await
+        .unwrap();
+    // The dashboard counts as watching once the server has sent its snapshot.
+    let init = ws.next().await.unwrap().unwrap();
+    assert!(init.to_text().unwrap().contains("\"init\""));
+    assert_eq!(
+        chat(via, "mock/model", "served elsewhere", "fleet-view").await,
+        200
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = tokio::time::timeout(left, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no request.finished from {via_id}\n{}", on.log()))
+            .unwrap()
+            .unwrap();
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let event: Value = serde_json::from_str(&text).unwrap();
+        if event["type"] == "request.finished" && event["data"]["instance"] == via_id {
+            return event["data"].clone();
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_dashboard_on_one_instance_sees_the_others_requests_and_the_fleet() {
     let Some(db) = TestDb::create("fleet_view") else {
@@ -95,33 +126,7 @@ async fn a_dashboard_on_one_instance_sees_the_others_requests_and_the_fleet() {
     })
     .await;
 
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", a.addr))
-        .await
-        .unwrap();
-    // The dashboard counts as watching once the server has sent its snapshot.
-    let init = ws.next().await.unwrap().unwrap();
-    assert!(init.to_text().unwrap().contains("\"init\""));
-
-    assert_eq!(
-        chat(&b, "mock/model", "served by b", "fleet-view").await,
-        200
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let remote = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let message = tokio::time::timeout(left, ws.next())
-            .await
-            .unwrap_or_else(|_| panic!("no request.finished from B on A\n{}", a.log()))
-            .unwrap()
-            .unwrap();
-        let Message::Text(text) = message else {
-            continue;
-        };
-        let event: Value = serde_json::from_str(&text).unwrap();
-        if event["type"] == "request.finished" && event["data"]["instance"] == "edge-b" {
-            break event["data"].clone();
-        }
-    };
+    let remote = seen_on(&a, &b, "edge-b").await;
     assert_eq!(remote["model"], "mock/model", "{remote}");
     assert!(remote["session_id"].as_i64().is_some(), "{remote}");
     assert!(
@@ -309,4 +314,50 @@ async fn alerts_fire_once_per_fleet_and_the_leadership_passes_when_the_leader_di
     wait_count(&fired, 2, "the new leader fires", &[&b]).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(fired.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn the_live_view_comes_back_after_the_database_connection_is_cut() {
+    let Some(db) = TestDb::create("fleet_cut") else {
+        return;
+    };
+    let relay = PgRelay::start().await;
+    let mock = MockUpstream::start().await.unwrap();
+    let url = relay.url(&db);
+    let config = |id: &str| {
+        mock_config(
+            &mock,
+            &format!("[store]\nflush_interval_ms = 20\n\n[cluster]\ninstance_id = \"{id}\"\n"),
+        )
+    };
+    let a = Proxy::start_with_args(&config("cut-a"), &[("MOCK_KEY", KEY)], &["--db", &url]).await;
+    let b = Proxy::start_with_args(&config("cut-b"), &[("MOCK_KEY", KEY)], &["--db", &url]).await;
+    let connected = |s: &Value| s["fleet"]["connection"]["connected"] == true;
+    wait_for(&a, "/api/stats?fleet=1", "A connected", connected).await;
+    wait_for(&b, "/api/stats?fleet=1", "B connected", connected).await;
+
+    // Every connection to the database cut, and refused for a while: PostgreSQL restarting, as the proxies see it.
+    relay.down();
+    wait_for(&a, "/api/stats?fleet=1", "A notices", |s| {
+        s["fleet"]["connection"]["connected"] == false
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    relay.up();
+    for proxy in [&a, &b] {
+        wait_for(proxy, "/api/stats?fleet=1", "reconnected", |s| {
+            connected(s) && s["fleet"]["connection"]["reconnects"].as_u64() >= Some(1)
+        })
+        .await;
+    }
+    let remote = seen_on(&a, &b, "cut-b").await;
+    assert_eq!(remote["model"], "mock/model", "{remote}");
+    // Exactly one leader again.
+    let (_, sa) = get_with_status(&a, "/api/stats").await;
+    let (_, sb) = get_with_status(&b, "/api/stats").await;
+    let leaders = [&sa, &sb]
+        .iter()
+        .filter(|s| s["alerts"]["leader"] == true)
+        .count();
+    assert_eq!(leaders, 1, "{sa}\n{sb}");
 }

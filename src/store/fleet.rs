@@ -237,7 +237,6 @@ impl Fleet {
         client.batch_execute(&format!(
             "LISTEN {REQUESTS_CHANNEL}; LISTEN {STATS_CHANNEL}"
         ))?;
-        self.connected.store(true, Ordering::Relaxed);
         tracing::info!(instance = %self.instance, "fleet: listening for the other instances");
         let mut statements = PgStatements::default();
         let try_lock = client.prepare("SELECT pg_try_advisory_lock($1)")?;
@@ -257,6 +256,8 @@ impl Fleet {
                     tracing::info!(instance = %self.instance, "fleet: this instance is the leader (alerts fire here)");
                 }
             }
+            // Connected counts from after the first try for the lock: whoever reads it sees the leadership settled.
+            self.connected.store(true, Ordering::Relaxed);
             if now >= next_stats {
                 next_stats = now + STATS_EVERY;
                 let mut snapshot = (hooks.snapshot)();
