@@ -128,6 +128,8 @@ async fn a_dashboard_on_one_instance_sees_the_others_requests_and_the_fleet() {
 
     let remote = seen_on(&a, &b, "edge-b").await;
     assert_eq!(remote["model"], "mock/model", "{remote}");
+    assert_eq!(remote["remote"], true, "{remote}");
+    assert!(remote["row_id"].as_i64().is_some(), "{remote}");
     assert!(remote["session_id"].as_i64().is_some(), "{remote}");
     assert!(
         remote["completion_tokens"].as_u64().unwrap() > 0,

@@ -128,7 +128,8 @@ const ROW_FIELDS: &[(&str, &str)] = &[
     ("cost_saved_usd", "cost_saved_usd"),
 ];
 
-/// Another instance's stored request as the same fields a local [`RequestView`] has, and whether it failed.
+/// Another instance's stored request as the same fields a local [`RequestView`] has (plus `remote` and its
+/// `row_id`: record ids are per instance), and whether it failed.
 pub fn row_view(row: &Map<String, Value>) -> (Map<String, Value>, bool) {
     let view: Map<String, Value> = ROW_FIELDS
         .iter()
@@ -139,6 +140,12 @@ pub fn row_view(row: &Map<String, Value>) -> (Map<String, Value>, bool) {
             )
         })
         .collect();
+    let mut view = view;
+    view.insert("remote".into(), Value::Bool(true));
+    view.insert(
+        "row_id".into(),
+        row.get("id").cloned().unwrap_or(Value::Null),
+    );
     let status = row.get("status").and_then(Value::as_u64).unwrap_or(0);
     let failed =
         status == 0 || status >= 400 || row.get("error_kind").is_some_and(|kind| !kind.is_null());
