@@ -287,8 +287,16 @@ impl Fleet {
             for (channel, payload) in received {
                 if channel == STATS_CHANNEL {
                     self.heard_stats(&payload);
-                } else if channel == REQUESTS_CHANNEL {
-                    self.announced_batch(&mut client, &mut statements, hooks, &payload)?;
+                } else if channel == REQUESTS_CHANNEL
+                    && let Err(error) =
+                        self.announced_batch(&mut client, &mut statements, hooks, &payload)
+                {
+                    // A batch that cannot be read back is skipped; only a lost connection ends the session (and
+                    // with it the leadership).
+                    if client.is_closed() {
+                        return Err(error);
+                    }
+                    tracing::warn!(%error, "fleet: cannot read another instance's batch");
                 }
             }
         }
