@@ -162,6 +162,27 @@ fn db_path(args: &cli::DbArgs) -> anyhow::Result<std::path::PathBuf> {
     ))
 }
 
+/// Where a command that runs on both backends works: `--db` (a file or a PostgreSQL URL), then `[store] url`,
+/// then the file.
+fn db_location(args: &cli::DbArgs) -> anyhow::Result<kimi_proxy::store::pg::Location> {
+    use kimi_proxy::store::pg::Location;
+    let config = Config::load(args.config.as_deref(), &ProcessEnv)?;
+    match (&args.db, &config.store.url) {
+        (Some(db), _) if kimi_proxy::store::pg::is_postgres_url(&db.to_string_lossy()) => {
+            Ok(Location::parse(&db.to_string_lossy())?)
+        }
+        (None, Some(url)) => Ok(Location::parse(url.expose())?),
+        _ => {
+            let data_dir = args.data_dir.clone().unwrap_or_else(cli::default_data_dir);
+            Ok(Location::Sqlite(cli::resolve_db_path(
+                args.db.clone(),
+                config.store.path.as_deref(),
+                &data_dir,
+            )))
+        }
+    }
+}
+
 fn sessions(args: cli::SessionsArgs) -> anyhow::Result<()> {
     use kimi_proxy::store::cli as store_cli;
     let path = db_path(&args.db)?;
@@ -196,15 +217,22 @@ fn requests(args: cli::RequestsArgs) -> anyhow::Result<()> {
 
 fn import(args: cli::ImportArgs) -> anyhow::Result<()> {
     let config = Config::load(args.db.config.as_deref(), &ProcessEnv)?;
-    let path = db_path(&args.db)?;
+    let location = db_location(&args.db)?;
     let mut out = std::io::stdout().lock();
-    kimi_proxy::ledgers::run_import(&path, &config, &args.agent, &args.path, args.json, &mut out)?;
+    kimi_proxy::ledgers::run_import(
+        &location,
+        &config,
+        &args.agent,
+        &args.path,
+        args.json,
+        &mut out,
+    )?;
     Ok(())
 }
 
 fn report(args: cli::ReportArgs) -> anyhow::Result<()> {
     use kimi_proxy::ledgers::{Period, ReportOptions, parse_date};
-    let path = db_path(&args.db)?;
+    let location = db_location(&args.db)?;
     let options = ReportOptions {
         period: Period::parse(&args.period)?,
         since: args.since.as_deref().map(parse_date).transpose()?,
@@ -215,7 +243,7 @@ fn report(args: cli::ReportArgs) -> anyhow::Result<()> {
         breakdown: args.breakdown,
     };
     let mut out = std::io::stdout().lock();
-    kimi_proxy::ledgers::run_report(&path, &options, args.json, &mut out)?;
+    kimi_proxy::ledgers::run_report(&location, &options, args.json, &mut out)?;
     Ok(())
 }
 

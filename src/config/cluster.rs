@@ -40,9 +40,13 @@ pub struct ClusterConfig {
     pub on_redis_error_name: Option<String>,
     #[serde(skip)]
     pub on_redis_error: RedisFailure,
+    /// The response cache (`[cache]`) is shared by every instance on this Redis: an answer stored by one is a hit
+    /// on the others. Needs `redis`.
+    pub response_cache: bool,
     /// This instance's name in the fleet: stored with each request row, in logs, metrics and the live view.
-    /// Default: the host name, `:`, the port listened on (known once bound: `with_instance`). At most [`MAX_INSTANCE_ID`] characters of `A-Z a-z 0-9 . _ : @ / -`, so it is safe as a
-    /// Prometheus label and in a NOTIFY payload.
+    /// Default: the host name, `:`, the port listened on (known once bound: `with_instance`). At most
+    /// [`MAX_INSTANCE_ID`] characters of `A-Z a-z 0-9 . _ : @ / -`, so it is safe as a Prometheus label and in a
+    /// NOTIFY payload.
     pub instance_id: Option<String>,
 }
 
@@ -86,6 +90,7 @@ impl Default for ClusterConfig {
             redis_timeout: Duration::from_millis(DEFAULT_REDIS_TIMEOUT_MS),
             on_redis_error_name: None,
             on_redis_error: RedisFailure::Open,
+            response_cache: false,
             instance_id: None,
         }
     }
@@ -105,6 +110,9 @@ impl ClusterConfig {
                 },
                 Err(error) => errors.push(format!("cluster.redis: {error}")),
             }
+        }
+        if self.response_cache && self.redis.is_none() {
+            errors.push("cluster.response_cache needs cluster.redis".into());
         }
         if self.key_prefix.trim().is_empty() {
             errors.push("cluster.key_prefix must not be empty".into());

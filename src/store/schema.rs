@@ -192,7 +192,14 @@ ALTER TABLE requests ADD COLUMN dropped_tools INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE requests ADD COLUMN dropped_fields INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE requests ADD COLUMN cache_write_reported INTEGER;
 "#,
-    // 10 → 11: the instance that served each request (`[cluster] instance_id`), several sharing one database;
+    // 10 → 11: each session's conversation tip (the hash of its latest request's whole message list), so that a
+    // conversation continued on another instance, or after a restart, is found in the database when the
+    // writer's in-memory index does not know it.
+    r#"
+ALTER TABLE sessions ADD COLUMN conversation_tip INTEGER;
+CREATE INDEX sessions_by_conversation_tip ON sessions (conversation_tip);
+"#,
+    // 11 → 12: the instance that served each request (`[cluster] instance_id`), several sharing one database;
     // the index finds one instance's newest rows (the fleet's live view reads a batch back by it).
     r#"
 ALTER TABLE requests ADD COLUMN instance TEXT;
