@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+use tracing::Instrument;
 
 use crate::admin::StoreApi;
 use crate::config::Config;
@@ -55,8 +56,16 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
+    // The instance id defaults to the host name and the port actually bound (`--listen …:0` included).
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let config = {
+        let mut named = (*config).clone();
+        named.cluster.instance_id = Some(config.cluster.with_instance(port));
+        Arc::new(named)
+    };
     let state = Arc::new(ProxyState::new(Arc::clone(&config))?);
     let sink = start_store(&config, &state).await?;
+    let fleet = join_fleet(&config, &state, sink.as_ref());
     let mask_key = config
         .context
         .encryption_key
@@ -88,6 +97,10 @@ pub async fn serve(
     let result = run(&config, Arc::clone(&state), store, listener, shutdown).await;
     // Alert writes still pending go to the store before it closes.
     alerts.cancel();
+    // Leaving the fleet releases the leadership at once (another instance takes it on its next try).
+    if let Some(fleet) = fleet {
+        let _ = tokio::task::spawn_blocking(move || fleet.stop()).await;
+    }
     if let Some(sink) = sink {
         // The last records are finished on tasks of their own (a prompt count may still be running): wait for
         // them (bounded), then commit everything queued before the process ends.
@@ -167,6 +180,43 @@ async fn start_store(
     Ok(Some(sink))
 }
 
+/// On PostgreSQL, joins the other instances on the database: the fleet connection (live view of their
+/// requests, stats snapshots, the alert leader). `None` on SQLite, or when the thread cannot start.
+fn join_fleet(
+    config: &Config,
+    state: &Arc<ProxyState>,
+    sink: Option<&Arc<StoreSink>>,
+) -> Option<Arc<crate::store::fleet::Fleet>> {
+    let crate::store::pg::Location::Postgres(url) = sink?.location() else {
+        return None;
+    };
+    let instance: Arc<str> = Arc::from(config.cluster.instance_id.as_deref().unwrap_or_default());
+    let snapshot_state = Arc::downgrade(state);
+    let hooks = crate::store::fleet::FleetHooks {
+        snapshot: Box::new(move || {
+            snapshot_state
+                .upgrade()
+                .map(|state| crate::admin::stats::instance_snapshot(&state))
+                .unwrap_or_default()
+        }),
+        context: state
+            .alerts
+            .enabled()
+            .then(|| state.alerts.context_listener()),
+    };
+    match crate::store::fleet::Fleet::start(url, instance, hooks) {
+        Ok(fleet) => {
+            state.alerts.follow(Arc::clone(&fleet));
+            let _ = state.fleet.set(Arc::clone(&fleet));
+            Some(fleet)
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot join the fleet: this instance sees only its own requests and fires its alerts alone");
+            None
+        }
+    }
+}
+
 /// Connects the alert engine to the store and starts its evaluation task; cancel the token to stop it.
 async fn start_alerts(state: &Arc<ProxyState>, sink: Option<&Arc<StoreSink>>) -> CancellationToken {
     let stop = CancellationToken::new();
@@ -201,6 +251,14 @@ async fn run(
     let hub = Hub::start(
         Arc::clone(&state),
         store.as_ref().map(|api| Arc::clone(&api.sink)),
+    );
+    if let Some(fleet) = state.fleet.get() {
+        fleet.set_listener(Arc::clone(&hub) as Arc<dyn crate::store::fleet::FleetListener>);
+    }
+    // Every log line of a request names the instance that served it (a fleet's logs are read together).
+    let span = tracing::info_span!(
+        "instance",
+        instance = %config.cluster.instance_id.as_deref().unwrap_or_default()
     );
     let app = crate::routes::app(state, store, Arc::clone(&hub));
     let builder = Arc::new(connection_builder(&config.server));
@@ -245,15 +303,18 @@ async fn run(
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        tokio::spawn(serve_connection(
-            Arc::clone(&builder),
-            app.clone(),
-            tcp,
-            remote,
-            shutdown.clone(),
-            connection,
-            deadlines,
-        ));
+        tokio::spawn(
+            serve_connection(
+                Arc::clone(&builder),
+                app.clone(),
+                tcp,
+                remote,
+                shutdown.clone(),
+                connection,
+                deadlines,
+            )
+            .instrument(span.clone()),
+        );
     }
     drop(listener);
     // Dashboards are told the server goes away; they would otherwise hold the shutdown up.

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use bytes::Bytes;
-use common::{MockUpstream, Proxy, client, get_json, mock_config};
+use common::{MockUpstream, Proxy, client, get_json, mock_config, sized_prompt};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
@@ -279,13 +279,6 @@ async fn webhook_retries_with_backoff_and_gives_up_after_max_attempts() {
         !proxy.log().contains("hook-secret-token"),
         "the webhook URL is a secret"
     );
-}
-
-/// A user message whose request makes the mock report about `tokens` tokens of context (the mock counts a
-/// prompt as its body's bytes / 4, plus one token per answer chunk).
-fn sized_prompt(tokens: usize) -> String {
-    let overhead = r#"{"model":"mock-small","messages":[{"role":"user","content":""}]}"#.len();
-    "x".repeat((tokens * 4).saturating_sub(overhead + 4 * 8))
 }
 
 #[tokio::test]

@@ -33,6 +33,7 @@ use serde_json::{Value, json};
 fn record(id: u64, started: i64, hashes: Vec<u64>, client: Option<&str>) -> Arc<RequestRecord> {
     Arc::new(RequestRecord {
         id,
+        instance: None,
         started_at_ms: started,
         model: "mock/model".into(),
         provider: "mock".into(),
@@ -204,6 +205,7 @@ fn migrations_upgrade_empty_and_v1_databases_and_refuse_newer_ones() {
                         "dropped_tools",
                         "dropped_fields",
                         "cache_write_reported",
+                        "instance",
                     ]
                     .contains(c)
             })

@@ -6,6 +6,7 @@ use kimi_proxy::accounting::RequestRecord;
 pub fn agent_turn(id: u64) -> RequestRecord {
     RequestRecord {
         id,
+        instance: None,
         started_at_ms: 1_700_000_000_000 + id as i64,
         model: "moonshot/kimi-k2.5".into(),
         provider: "moonshot".into(),

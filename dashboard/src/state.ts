@@ -238,11 +238,14 @@ export function apply(msg: Envelope): boolean {
     case "request.finished":
     case "request.failed": {
       const r = d as unknown as Rec;
-      const known = state.log.get(r.id);
+      // Another instance's request: ids are numbered per instance, so it is kept under its stored row's id.
+      const key = r.remote && r.row_id !== undefined ? -(1e12 + r.row_id) : r.id;
+      const known = state.log.get(key);
       const entry = entryFromRec(r, msg.type === "request.failed");
+      entry.id = key;
       if (known && known.session_id !== null && entry.session_id === null) entry.session_id = known.session_id;
-      state.log.set(r.id, entry);
-      dirty.log.add(r.id);
+      state.log.set(key, entry);
+      dirty.log.add(key);
       trimLog();
       if (state.today && r.started_at_ms >= state.today.since_ms) {
         const t = state.today;

@@ -53,6 +53,10 @@ export interface CompactionPreview {
 /** A finished request as the hub sends it (request.finished / request.failed, init.recent). */
 export interface Rec {
   id: number;
+  /** The instance that served it; `remote` (with the stored row's id) when another instance of the fleet did. */
+  instance?: string | null;
+  remote?: boolean;
+  row_id?: number;
   session_id?: number | null;
   started_at_ms: number;
   model: string;

@@ -175,6 +175,8 @@ pub struct Accounting {
     calibration: Mutex<HashMap<String, Calibration>>,
     recent: Mutex<VecDeque<Arc<RequestRecord>>>,
     next_id: AtomicU64,
+    /// This instance's id, put on every record.
+    pub instance: Option<Arc<str>>,
     pub totals: Totals,
     sinks: parking_lot::RwLock<Vec<Arc<dyn RecordSink>>>,
     /// Requests in flight with their running counts.
@@ -228,7 +230,17 @@ pub struct Totals {
 
 impl Accounting {
     pub fn new(message_cache_bytes: u64, preview_chars: usize) -> Arc<Accounting> {
+        Accounting::for_instance(message_cache_bytes, preview_chars, None)
+    }
+
+    /// [`Accounting::new`] for a named instance of a fleet.
+    pub fn for_instance(
+        message_cache_bytes: u64,
+        preview_chars: usize,
+        instance: Option<Arc<str>>,
+    ) -> Arc<Accounting> {
         Arc::new(Accounting {
+            instance,
             cache: MessageCache::new(message_cache_bytes),
             loaded: Mutex::new(HashMap::new()),
             calibration: Mutex::new(HashMap::new()),

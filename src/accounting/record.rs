@@ -25,6 +25,8 @@ impl RequestRecord {
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestRecord {
     pub id: u64,
+    /// The instance that served it (`[cluster] instance_id`); `None` outside a server (tests, benchmarks).
+    pub instance: Option<std::sync::Arc<str>>,
     /// Unix time in milliseconds when the request arrived.
     pub started_at_ms: i64,
     /// Catalog key, provider key and the id sent upstream.

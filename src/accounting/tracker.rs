@@ -488,7 +488,11 @@ impl Tracker {
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(job);
+                // In the request's span: its log lines name the instance too.
+                runtime.spawn(tracing::Instrument::instrument(
+                    job,
+                    tracing::Span::current(),
+                ));
             }
             Err(_) => tracing::debug!("no runtime left to finish a record"),
         }
@@ -747,6 +751,7 @@ fn build_record(
     let cost_saved_usd = tokens_saved as f64 * model.prices.input / 1_000_000.0;
     RequestRecord {
         id: context.id,
+        instance: accounting.instance.clone(),
         started_at_ms: context.started_at_ms,
         model: model.key.clone(),
         provider: model.provider.clone(),

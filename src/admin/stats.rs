@@ -31,11 +31,93 @@ pub(crate) async fn live_requests(State(state): State<Arc<ProxyState>>) -> Respo
     Json(accounting.in_flight.snapshot()).into_response()
 }
 
-/// The proxy's own performance: percentiles per histogram and window, rates, memory, open streams, cache.
-pub(crate) async fn stats(State(state): State<Arc<ProxyState>>) -> Response {
+#[derive(Deserialize)]
+pub(crate) struct StatsQuery {
+    /// `1` or `true`: add the fleet view.
+    fleet: Option<String>,
+}
+
+/// The figures an instance publishes to its fleet (and shows for itself in the fleet view): small, summable.
+pub fn instance_snapshot(state: &ProxyState) -> serde_json::Value {
     let accounting = &state.accounting;
     let monitor = accounting.monitor.snapshot();
+    let totals = &accounting.totals;
+    serde_json::json!({
+        "instance": state.config.cluster.instance_id.as_deref(),
+        "leader": state.alerts.is_leader(),
+        "at_ms": crate::util::unix_ms(),
+        "uptime_s": monitor.uptime_s,
+        "requests_total": monitor.requests_total,
+        "errors_total": monitor.errors_total.values().sum::<u64>(),
+        "requests_per_s": monitor.requests_per_s,
+        "open_requests": accounting.in_flight.len(),
+        "prompt_tokens": totals.prompt_tokens.load(Ordering::Relaxed),
+        "completion_tokens": totals.completion_tokens.load(Ordering::Relaxed),
+        "cost_usd": totals.cost_micro_usd.load(Ordering::Relaxed) as f64 / 1e6,
+        "dashboard_clients": accounting.monitor.dashboard_clients.load(Ordering::Relaxed),
+    })
+}
+
+/// The fields of [`instance_snapshot`] the fleet's total adds up.
+const SUMMED: &[&str] = &[
+    "requests_total",
+    "errors_total",
+    "requests_per_s",
+    "open_requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "dashboard_clients",
+];
+
+/// Every instance heard of recently (this one first, fresh), and their total. Peers' figures are as of their
+/// last snapshot (`age_ms` old, published every 2 s).
+fn fleet_view(state: &ProxyState) -> serde_json::Value {
+    let mut own = instance_snapshot(state);
+    if let Some(object) = own.as_object_mut() {
+        object.insert("age_ms".into(), 0.into());
+        object.insert("this".into(), true.into());
+    }
+    let mut instances = vec![own];
+    if let Some(fleet) = state.fleet.get() {
+        for (mut peer, age) in fleet.peers() {
+            if let Some(object) = peer.as_object_mut() {
+                object.insert("age_ms".into(), age.into());
+                object.insert("this".into(), false.into());
+            }
+            instances.push(peer);
+        }
+    }
+    let mut total = serde_json::Map::new();
+    for key in SUMMED {
+        let values = instances.iter().filter_map(|i| i.get(*key));
+        let value = if *key == "requests_per_s" || *key == "cost_usd" {
+            serde_json::Value::from(values.filter_map(serde_json::Value::as_f64).sum::<f64>())
+        } else {
+            serde_json::Value::from(values.filter_map(serde_json::Value::as_u64).sum::<u64>())
+        };
+        total.insert((*key).to_string(), value);
+    }
+    total.insert("instances".into(), instances.len().into());
+    serde_json::json!({
+        "instances": instances,
+        "total": total,
+        "connection": state.fleet.get().map(|f| f.status()),
+    })
+}
+
+/// The proxy's own performance: percentiles per histogram and window, rates, memory, open streams, cache;
+/// with `?fleet=1`, every instance on the same database and their total.
+pub(crate) async fn stats(
+    State(state): State<Arc<ProxyState>>,
+    Query(query): Query<StatsQuery>,
+) -> Response {
+    let accounting = &state.accounting;
+    let monitor = accounting.monitor.snapshot();
+    let fleet = matches!(query.fleet.as_deref(), Some("1" | "true")).then(|| fleet_view(&state));
     Json(serde_json::json!({
+        "instance": state.config.cluster.instance_id.as_deref(),
+        "fleet": fleet,
         "uptime_s": monitor.uptime_s,
         "requests_total": monitor.requests_total,
         "requests_per_s": monitor.requests_per_s,
@@ -91,7 +173,17 @@ pub(crate) async fn metrics(State(state): State<Arc<ProxyState>>) -> Response {
             cache.entries as f64,
         ),
     ];
-    let text = crate::monitor::prometheus::render(&accounting.monitor, &gauges);
+    let mut text = crate::monitor::prometheus::render(&accounting.monitor, &gauges);
+    crate::monitor::prometheus::instance_info(
+        &mut text,
+        state
+            .config
+            .cluster
+            .instance_id
+            .as_deref()
+            .unwrap_or_default(),
+        state.alerts.is_leader(),
+    );
     (
         [(
             http::header::CONTENT_TYPE,

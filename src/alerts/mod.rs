@@ -4,6 +4,10 @@
 //! subscribers (the live dashboard), written to the alerts table through the store's writer (never waiting),
 //! and POSTed to a webhook when one is configured ([`webhook`]).
 //!
+//! Several instances on one PostgreSQL database fire once per fleet: only the leader
+//! ([`crate::store::fleet::Fleet`], an advisory lock) evaluates; it hears the other instances' sessions through
+//! the fleet connection. Without a fleet (SQLite) every instance is its own leader.
+//!
 //! Context alerts have one source: the store writer reports each session's context after a commit
 //! ([`crate::store::ContextListener`]); the engine alone decides which thresholds were crossed.
 
@@ -22,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AlertsConfig;
 use crate::monitor::{Metric, Monitor};
+use crate::store::fleet::Fleet;
 use crate::store::{ContextListener, ContextUpdate, Readers, StoreError, StoreSink};
 use crate::util::unix_ms;
 use rules::{ContextEvent, Evaluator, Sample, StoreSample, Transition};
@@ -47,6 +52,8 @@ pub struct AlertEvent {
 #[derive(Debug, Clone, Serialize)]
 pub struct AlertStats {
     pub enabled: bool,
+    /// Whether this instance evaluates and fires (the fleet's leader, or alone).
+    pub leader: bool,
     pub active: usize,
     pub fired: u64,
     pub resolved: u64,
@@ -185,6 +192,8 @@ pub struct AlertEngine {
     store: OnceLock<StoreLink>,
     webhook: Option<webhook::Webhook>,
     counters: Counters,
+    /// The fleet this instance belongs to (PostgreSQL): only its leader evaluates.
+    fleet: OnceLock<Arc<Fleet>>,
 }
 
 impl AlertEngine {
@@ -205,6 +214,25 @@ impl AlertEngine {
                 .then(|| config.webhook.as_ref().map(webhook::Webhook::new))
                 .flatten(),
             counters: Counters::default(),
+            fleet: OnceLock::new(),
+        })
+    }
+
+    /// Joins a fleet: from now on this engine evaluates only while its instance leads.
+    pub fn follow(&self, fleet: Arc<Fleet>) {
+        let _ = self.fleet.set(fleet);
+    }
+
+    /// Whether this engine evaluates and fires now.
+    pub fn is_leader(&self) -> bool {
+        self.fleet.get().is_none_or(|fleet| fleet.is_leader())
+    }
+
+    /// A feed of sessions' context into the engine (the fleet's leader hears other instances' through it).
+    pub fn context_listener(&self) -> Arc<dyn ContextListener> {
+        Arc::new(FeedListener {
+            feed: Arc::clone(&self.feed),
+            dropped: Arc::clone(&self.counters.context_reports_dropped),
         })
     }
 
@@ -231,6 +259,7 @@ impl AlertEngine {
         let c = &self.counters;
         AlertStats {
             enabled: self.config.enabled,
+            leader: self.is_leader(),
             active: self.active.lock().len(),
             fired: c.fired.load(Ordering::Relaxed),
             resolved: c.resolved.load(Ordering::Relaxed),
@@ -302,6 +331,13 @@ impl AlertEngine {
                 tokio::select! {
                     _ = ticks.tick() => {}
                     () = shutdown.cancelled() => break,
+                }
+                if !engine.is_leader() {
+                    // A follower: the leader fires; reports meanwhile are the leader's to judge.
+                    let mut feed = engine.feed.lock();
+                    feed.updates.clear();
+                    feed.deleted.clear();
+                    continue;
                 }
                 let sample = sources.sample(engine.started, engine.config.latency_window);
                 engine.evaluate(sample);

@@ -1,4 +1,5 @@
-//! `[cluster]`: what several instances share beyond the database — provider request budgets through Redis.
+//! `[cluster]`: what several instances share beyond the database — provider request budgets through Redis —
+//! and each instance's name in the fleet (`instance_id`).
 
 use std::time::Duration;
 
@@ -42,6 +43,42 @@ pub struct ClusterConfig {
     /// The response cache (`[cache]`) is shared by every instance on this Redis: an answer stored by one is a hit
     /// on the others. Needs `redis`.
     pub response_cache: bool,
+    /// This instance's name in the fleet: stored with each request row, in logs, metrics and the live view.
+    /// Default: the host name, `:`, the port listened on (known once bound: `with_instance`). At most
+    /// [`MAX_INSTANCE_ID`] characters of `A-Z a-z 0-9 . _ : @ / -`, so it is safe as a Prometheus label and in a
+    /// NOTIFY payload.
+    pub instance_id: Option<String>,
+}
+
+/// Longest `[cluster] instance_id`.
+pub const MAX_INSTANCE_ID: usize = 128;
+
+/// Whether `id` is a usable instance id.
+pub fn valid_instance_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_INSTANCE_ID
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._:@/-".contains(c))
+}
+
+/// The machine's host name (Linux: the kernel's; else `$HOSTNAME`), `localhost` when neither says.
+fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let name: String = name
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+        .take(MAX_INSTANCE_ID - 6)
+        .collect();
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name
+    }
 }
 
 impl Default for ClusterConfig {
@@ -54,6 +91,7 @@ impl Default for ClusterConfig {
             on_redis_error_name: None,
             on_redis_error: RedisFailure::Open,
             response_cache: false,
+            instance_id: None,
         }
     }
 }
@@ -82,6 +120,13 @@ impl ClusterConfig {
         if self.redis_timeout.is_zero() {
             errors.push("cluster.redis_timeout_ms must be at least 1".into());
         }
+        if let Some(id) = &self.instance_id
+            && !valid_instance_id(id)
+        {
+            errors.push(format!(
+                "cluster.instance_id must be 1 to {MAX_INSTANCE_ID} characters of letters, digits and . _ : @ / - (got `{id}`)"
+            ));
+        }
         self.on_redis_error = match self.on_redis_error_name.as_deref() {
             None | Some("open") => RedisFailure::Open,
             Some("closed") => RedisFailure::Closed,
@@ -92,6 +137,14 @@ impl ClusterConfig {
                 RedisFailure::Open
             }
         };
+    }
+
+    /// The configured instance id, or the host name and `port`.
+    pub fn with_instance(&self, port: u16) -> String {
+        match &self.instance_id {
+            Some(id) => id.clone(),
+            None => format!("{}:{port}", host_name()),
+        }
     }
 
     /// The Redis URL without its password, for logs.
@@ -137,6 +190,27 @@ mod tests {
         };
         bad.resolve(&|_: &str| None, &mut errors);
         assert_eq!(errors.len(), 2, "{errors:?}");
+
+        for (id, ok) in [
+            ("edge-b", true),
+            ("host.example:8080", true),
+            ("", false),
+            ("a b", false),
+            ("a\"}", false),
+        ] {
+            let mut named = ClusterConfig {
+                instance_id: Some(id.into()),
+                ..ClusterConfig::default()
+            };
+            let mut found = Vec::new();
+            named.resolve(&|_: &str| None, &mut found);
+            assert_eq!(found.is_empty(), ok, "{id}: {found:?}");
+        }
+        let default = ClusterConfig::default().with_instance(4100);
+        assert!(
+            default.ends_with(":4100") && valid_instance_id(&default),
+            "{default}"
+        );
         assert!(errors.iter().all(|e| !e.contains("s3cret")));
     }
 }

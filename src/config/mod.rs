@@ -24,7 +24,8 @@ use std::sync::Arc;
 pub use alerts::{AlertsConfig, WebhookConfig, WebhookFormat};
 pub use aliases::ModelAlias;
 pub use cluster::{
-    ClusterConfig, DEFAULT_CLUSTER_KEY_PREFIX, DEFAULT_REDIS_TIMEOUT_MS, RedisFailure,
+    ClusterConfig, DEFAULT_CLUSTER_KEY_PREFIX, DEFAULT_REDIS_TIMEOUT_MS, MAX_INSTANCE_ID,
+    RedisFailure, valid_instance_id,
 };
 pub use providers::{
     ApiKey, BaseUrl, Model, Prices, Provider, ProviderApi, ProviderKind, RetryPolicy, Timeouts,

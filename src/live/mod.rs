@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::accounting::in_flight::{LiveRequest, StartListener};
 use crate::accounting::{RecordSink, Refusal, RequestRecord};
 use crate::proxy::ProxyState;
+use crate::store::fleet::FleetListener;
 use crate::store::query::Session;
 use crate::store::{Readers, SessionChange, StoreListener, StoreSink};
 use protocol::{Envelope, RequestView};
@@ -56,6 +57,8 @@ enum Input {
         created: Vec<i64>,
     },
     Session(SessionChange),
+    /// Other instances' requests, as stored rows (the fleet connection).
+    Remote(Vec<serde_json::Map<String, serde_json::Value>>),
 }
 
 /// What the hub reads of the store: its writer's queue (for its figures) and read connections of its own.
@@ -258,6 +261,18 @@ impl StoreListener for Hub {
     }
 }
 
+impl FleetListener for Hub {
+    fn watching(&self) -> bool {
+        self.watched()
+    }
+
+    fn requests(&self, rows: Vec<serde_json::Map<String, serde_json::Value>>) {
+        if self.watched() && !rows.is_empty() {
+            self.push(Input::Remote(rows));
+        }
+    }
+}
+
 /// The hub task's own state.
 struct Worker {
     hub: Arc<Hub>,
@@ -329,6 +344,18 @@ impl Worker {
                 self.publish(kind, &RequestView::of(&record, session));
             }
             Input::Refused(refusal) => self.publish("request.refused", &*refusal),
+            // As they finished elsewhere: already stored, so with their session.
+            Input::Remote(rows) => {
+                for row in &rows {
+                    let (view, failed) = protocol::row_view(row);
+                    let kind = if failed {
+                        "request.failed"
+                    } else {
+                        "request.finished"
+                    };
+                    self.publish(kind, &view);
+                }
+            }
             Input::Stored {
                 assignments,
                 sessions,

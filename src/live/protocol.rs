@@ -24,6 +24,8 @@ pub struct Envelope<'a, T: Serialize> {
 #[derive(Serialize)]
 pub struct RequestView<'a> {
     pub id: u64,
+    /// The instance that served it (`[cluster] instance_id`): ids are per instance.
+    pub instance: Option<&'a str>,
     pub session_id: Option<i64>,
     pub started_at_ms: i64,
     pub model: &'a str,
@@ -59,6 +61,7 @@ impl<'a> RequestView<'a> {
     pub fn of(record: &'a RequestRecord, session_id: Option<i64>) -> RequestView<'a> {
         RequestView {
             id: record.id,
+            instance: record.instance.as_deref(),
             session_id,
             started_at_ms: record.started_at_ms,
             model: &record.model,
@@ -89,6 +92,64 @@ impl<'a> RequestView<'a> {
             cost_saved_usd: record.cost_saved_usd,
         }
     }
+}
+
+/// The `requests` columns a [`RequestView`] shows, by field name where the two differ.
+const ROW_FIELDS: &[(&str, &str)] = &[
+    ("id", "record_id"),
+    ("instance", "instance"),
+    ("session_id", "session_id"),
+    ("started_at_ms", "started_at"),
+    ("model", "model"),
+    ("provider", "provider"),
+    ("streaming", "streaming"),
+    ("status", "status"),
+    ("error_kind", "error_kind"),
+    ("prompt_tokens", "prompt_tokens"),
+    ("completion_tokens", "completion_tokens"),
+    ("prompt_estimated", "prompt_estimated"),
+    ("prompt_reported", "prompt_reported"),
+    ("completion_estimated", "completion_estimated"),
+    ("completion_reported", "completion_reported"),
+    ("cached_reported", "cached_reported"),
+    ("tokens_estimated", "tokens_estimated"),
+    ("prompt_accuracy", "prompt_accuracy"),
+    ("completion_accuracy", "completion_accuracy"),
+    ("cost_usd", "cost_usd"),
+    ("cache_hit", "cache_hit"),
+    ("latency_us", "latency_us"),
+    ("ttft_us", "ttft_us"),
+    ("overhead_us", "overhead_us"),
+    ("finish_reason", "finish_reason"),
+    ("preview", "preview"),
+    ("client_app", "client_app"),
+    ("client_api", "client_api"),
+    ("tokens_saved", "tokens_saved"),
+    ("cost_saved_usd", "cost_saved_usd"),
+];
+
+/// Another instance's stored request as the same fields a local [`RequestView`] has (plus `remote` and its
+/// `row_id`: record ids are per instance), and whether it failed.
+pub fn row_view(row: &Map<String, Value>) -> (Map<String, Value>, bool) {
+    let view: Map<String, Value> = ROW_FIELDS
+        .iter()
+        .map(|(field, column)| {
+            (
+                (*field).to_string(),
+                row.get(*column).cloned().unwrap_or(Value::Null),
+            )
+        })
+        .collect();
+    let mut view = view;
+    view.insert("remote".into(), Value::Bool(true));
+    view.insert(
+        "row_id".into(),
+        row.get("id").cloned().unwrap_or(Value::Null),
+    );
+    let status = row.get("status").and_then(Value::as_u64).unwrap_or(0);
+    let failed =
+        status == 0 || status >= 400 || row.get("error_kind").is_some_and(|kind| !kind.is_null());
+    (view, failed)
 }
 
 /// Whether a record goes out as `request.failed` rather than `request.finished`.

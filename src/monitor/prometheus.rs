@@ -101,6 +101,27 @@ pub fn render(monitor: &Monitor, gauges: &[Gauge<'_>]) -> String {
     out
 }
 
+/// `kimi_proxy_instance_info{instance="…"} 1` (join other series on it) and whether this instance is the
+/// fleet's alert leader.
+pub fn instance_info(out: &mut String, instance: &str, leader: bool) {
+    let _ = writeln!(
+        out,
+        "# HELP kimi_proxy_instance_info This instance's id ([cluster] instance_id)."
+    );
+    let _ = writeln!(out, "# TYPE kimi_proxy_instance_info gauge");
+    let _ = writeln!(
+        out,
+        "kimi_proxy_instance_info{{instance=\"{}\"}} 1",
+        escape(instance)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP kimi_proxy_fleet_leader 1 while this instance evaluates and fires alerts for the fleet."
+    );
+    let _ = writeln!(out, "# TYPE kimi_proxy_fleet_leader gauge");
+    let _ = writeln!(out, "kimi_proxy_fleet_leader {}", u8::from(leader));
+}
+
 fn help(metric: Metric) -> &'static str {
     match metric {
         Metric::Latency => "Request arrival to the last byte sent to the client",

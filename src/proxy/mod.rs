@@ -96,6 +96,8 @@ pub struct ProxyState {
     pub reasoning: Arc<reasoning::ReasoningMemory>,
     /// Responses API state (`store: true`), for `previous_response_id` and `/v1/responses/{id}`.
     pub responses: Arc<dialect::responses::ResponseStore>,
+    /// The other instances on the same PostgreSQL database, once joined (`None` on SQLite).
+    pub fleet: std::sync::OnceLock<Arc<crate::store::fleet::Fleet>>,
 }
 
 impl ProxyState {
@@ -202,7 +204,11 @@ impl ProxyState {
             link.warm_up();
         }
         let models_json = Bytes::from(render_models(&catalog).to_string());
-        let accounting = Accounting::new(DEFAULT_MESSAGE_CACHE_BYTES, config.store.preview_chars);
+        let accounting = Accounting::for_instance(
+            DEFAULT_MESSAGE_CACHE_BYTES,
+            config.store.preview_chars,
+            config.cluster.instance_id.as_deref().map(Arc::from),
+        );
         accounting.preload(&config);
         let limiters: HashMap<String, Arc<RateLimiter>> = upstreams
             .iter()
@@ -247,6 +253,7 @@ impl ProxyState {
             models_json,
             reasoning: Arc::new(reasoning::ReasoningMemory::default()),
             responses,
+            fleet: std::sync::OnceLock::new(),
         })
     }
 }

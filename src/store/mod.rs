@@ -11,6 +11,7 @@ mod commands;
 pub mod db;
 pub use commands::SessionSettings;
 pub mod export;
+pub mod fleet;
 pub mod ledgers;
 pub mod masks;
 pub mod migrate;
@@ -545,6 +546,7 @@ fn request_values<'a>(
         i64::from(record.dropped_tools).into(),
         i64::from(record.dropped_fields).into(),
         record.cache_write_reported.map(clamp).into(),
+        record.instance.as_deref().into(),
     ]);
 }
 

@@ -33,7 +33,7 @@ pub(crate) const PG_TABLES: &[&str] = &[
 /// The ledger import's tables ([`super::ledgers`]): PostgreSQL has them too (a database created before they were
 /// ported gets them at its next open, see [`migrate`]); no migration after [`PG_BASELINE`] touches them.
 pub(crate) const PG_LEDGER_TABLES: &[&str] = &["ledger_files", "usage_entries"];
-/// Rows per `INSERT` (61 parameters each, under PostgreSQL's 65,535).
+/// Rows per `INSERT` (62 parameters each, under PostgreSQL's 65,535).
 const PG_CHUNK: usize = 256;
 /// Key of the advisory lock held while the schema is created or upgraded.
 const MIGRATION_LOCK: i64 = 0x6b69_6d69_0001;
@@ -214,6 +214,10 @@ impl PgStore {
             let db = Pg::new(&mut tx, &mut self.statements);
             write_records(&db, records, resolver, PG_CHUNK)?
         };
+        // Every record of a process carries the same instance id (none in tests and benchmarks).
+        if let Some(instance) = records.first().and_then(|r| r.instance.as_deref()) {
+            super::fleet::notify_batch(&mut tx, instance, records.len())?;
+        }
         tx.commit()?;
         Ok(written.committed(resolver))
     }

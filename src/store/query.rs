@@ -293,6 +293,19 @@ pub fn requests_after(
     )?))
 }
 
+/// One instance's newest `limit` requests up to row `last_id`, newest first (a batch it announced).
+pub fn instance_rows(
+    db: &dyn Db,
+    instance: &str,
+    last_id: i64,
+    limit: i64,
+) -> Result<Vec<Map<String, Value>>, StoreError> {
+    Ok(rows_to_json(db.query(
+        "SELECT * FROM requests WHERE instance = ?1 AND id <= ?2 ORDER BY instance, id DESC LIMIT ?3",
+        &[instance.into(), last_id.into(), limit.into()],
+    )?))
+}
+
 /// The newest `n` requests, oldest first.
 pub fn last_requests(db: &dyn Db, n: u32) -> Result<Vec<Map<String, Value>>, StoreError> {
     let max = one_int(db, "SELECT max(id) FROM requests", &[])?;

@@ -199,6 +199,12 @@ ALTER TABLE requests ADD COLUMN cache_write_reported INTEGER;
 ALTER TABLE sessions ADD COLUMN conversation_tip INTEGER;
 CREATE INDEX sessions_by_conversation_tip ON sessions (conversation_tip);
 "#,
+    // 11 → 12: the instance that served each request (`[cluster] instance_id`), several sharing one database;
+    // the index finds one instance's newest rows (the fleet's live view reads a batch back by it).
+    r#"
+ALTER TABLE requests ADD COLUMN instance TEXT;
+CREATE INDEX requests_by_instance ON requests (instance, id);
+"#,
 ];
 
 /// The columns of `requests` in the order the writer binds them (`id` excluded).
@@ -264,6 +270,7 @@ pub const REQUEST_COLUMNS: &[&str] = &[
     "dropped_tools",
     "dropped_fields",
     "cache_write_reported",
+    "instance",
 ];
 
 /// Columns read back as booleans.

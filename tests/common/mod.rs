@@ -659,3 +659,10 @@ pub async fn adapted_anthropic_request(proxy: &Proxy) {
     assert_eq!(response.status(), 200);
     response.bytes().await.unwrap();
 }
+
+/// A user message whose request to `mock-small` makes the mock report about `tokens` tokens of context (the
+/// mock counts a prompt as its body's bytes / 4, plus one token per answer chunk: send `x-mock-chunks: 8`).
+pub fn sized_prompt(tokens: usize) -> String {
+    let overhead = r#"{"model":"mock-small","messages":[{"role":"user","content":""}]}"#.len();
+    "x".repeat((tokens * 4).saturating_sub(overhead + 4 * 8))
+}
