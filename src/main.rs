@@ -8,6 +8,7 @@ use clap::Parser;
 use kimi_proxy::cli::{self, Cli, Command};
 use kimi_proxy::config::{self, Config, ProcessEnv};
 use kimi_proxy::server;
+use kimi_proxy::store::pg::{Location, is_postgres_url};
 use tokio_util::sync::CancellationToken;
 
 /// jemalloc (the default feature), with a background thread that returns freed pages to the system within about
@@ -144,27 +145,38 @@ fn count_tokens(args: cli::CountTokensArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The database file of a store command.
-fn db_path(args: &cli::DbArgs) -> anyhow::Result<std::path::PathBuf> {
+/// The database of a store command: `--db` (a file or a `postgres://` URL), else `[store] url`, else the file
+/// (`[store] path` or the data directory's), as `serve` chooses.
+fn db_location(args: &cli::DbArgs) -> anyhow::Result<Location> {
     let config = Config::load(args.config.as_deref(), &ProcessEnv)?;
-    let on_postgres = match &args.db {
-        Some(db) => kimi_proxy::store::pg::is_postgres_url(&db.to_string_lossy()),
-        None => config.store.url.is_some(),
+    let url = match &args.db {
+        Some(db) => Some(db.to_string_lossy().into_owned()).filter(|d| is_postgres_url(d)),
+        None => config.store.url.as_ref().map(|u| u.expose().to_string()),
     };
-    if on_postgres {
-        anyhow::bail!("this command is not available on the PostgreSQL store yet");
+    if let Some(url) = url {
+        return Ok(Location::parse(&url)?);
     }
     let data_dir = args.data_dir.clone().unwrap_or_else(cli::default_data_dir);
-    Ok(cli::resolve_db_path(
+    Ok(Location::Sqlite(cli::resolve_db_path(
         args.db.clone(),
         config.store.path.as_deref(),
         &data_dir,
-    ))
+    )))
+}
+
+/// The database file of a store command that is SQLite-only.
+fn db_path(args: &cli::DbArgs) -> anyhow::Result<std::path::PathBuf> {
+    match db_location(args)? {
+        Location::Sqlite(path) => Ok(path),
+        Location::Postgres(_) => {
+            anyhow::bail!("this command is not available on the PostgreSQL store yet")
+        }
+    }
 }
 
 fn sessions(args: cli::SessionsArgs) -> anyhow::Result<()> {
     use kimi_proxy::store::cli as store_cli;
-    let path = db_path(&args.db)?;
+    let path = db_location(&args.db)?;
     let mut out = std::io::stdout().lock();
     match args.command {
         cli::SessionsCommand::List { limit, sort, json } => {
@@ -182,7 +194,7 @@ fn sessions(args: cli::SessionsArgs) -> anyhow::Result<()> {
 }
 
 fn requests(args: cli::RequestsArgs) -> anyhow::Result<()> {
-    let path = db_path(&args.db)?;
+    let path = db_location(&args.db)?;
     let mut out = std::io::stdout().lock();
     match args.command {
         cli::RequestsCommand::Tail {
