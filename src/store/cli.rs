@@ -248,6 +248,15 @@ pub fn requests_tail(
     if !follow {
         return Ok(());
     }
+    if lines == 0 {
+        // Nothing printed: follow from the newest request, not from the first one ever stored.
+        let newest = conn.with(|db| query::last_requests(db, 1))?;
+        last = newest
+            .first()
+            .and_then(|row| row.get("id"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+    }
     loop {
         std::thread::sleep(Duration::from_millis(500));
         let rows = conn.with(|db| query::requests_after(db, last, 1000))?;
