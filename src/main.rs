@@ -8,7 +8,6 @@ use clap::Parser;
 use kimi_proxy::cli::{self, Cli, Command};
 use kimi_proxy::config::{self, Config, ProcessEnv};
 use kimi_proxy::server;
-use kimi_proxy::store::pg::{Location, is_postgres_url};
 use tokio_util::sync::CancellationToken;
 
 /// jemalloc (the default feature), with a background thread that returns freed pages to the system within about
@@ -145,31 +144,23 @@ fn count_tokens(args: cli::CountTokensArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The database of a store command: `--db` (a file or a `postgres://` URL), else `[store] url`, else the file
-/// (`[store] path` or the data directory's), as `serve` chooses.
-fn db_location(args: &cli::DbArgs) -> anyhow::Result<Location> {
+/// Where a command that runs on both backends works: `--db` (a file or a PostgreSQL URL), then `[store] url`,
+/// then the file.
+fn db_location(args: &cli::DbArgs) -> anyhow::Result<kimi_proxy::store::pg::Location> {
+    use kimi_proxy::store::pg::Location;
     let config = Config::load(args.config.as_deref(), &ProcessEnv)?;
-    let url = match &args.db {
-        Some(db) => Some(db.to_string_lossy().into_owned()).filter(|d| is_postgres_url(d)),
-        None => config.store.url.as_ref().map(|u| u.expose().to_string()),
-    };
-    if let Some(url) = url {
-        return Ok(Location::parse(&url)?);
-    }
-    let data_dir = args.data_dir.clone().unwrap_or_else(cli::default_data_dir);
-    Ok(Location::Sqlite(cli::resolve_db_path(
-        args.db.clone(),
-        config.store.path.as_deref(),
-        &data_dir,
-    )))
-}
-
-/// The database file of a store command that is SQLite-only.
-fn db_path(args: &cli::DbArgs) -> anyhow::Result<std::path::PathBuf> {
-    match db_location(args)? {
-        Location::Sqlite(path) => Ok(path),
-        Location::Postgres(_) => {
-            anyhow::bail!("this command is not available on the PostgreSQL store yet")
+    match (&args.db, &config.store.url) {
+        (Some(db), _) if kimi_proxy::store::pg::is_postgres_url(&db.to_string_lossy()) => {
+            Ok(Location::parse(&db.to_string_lossy())?)
+        }
+        (None, Some(url)) => Ok(Location::parse(url.expose())?),
+        _ => {
+            let data_dir = args.data_dir.clone().unwrap_or_else(cli::default_data_dir);
+            Ok(Location::Sqlite(cli::resolve_db_path(
+                args.db.clone(),
+                config.store.path.as_deref(),
+                &data_dir,
+            )))
         }
     }
 }
@@ -208,15 +199,22 @@ fn requests(args: cli::RequestsArgs) -> anyhow::Result<()> {
 
 fn import(args: cli::ImportArgs) -> anyhow::Result<()> {
     let config = Config::load(args.db.config.as_deref(), &ProcessEnv)?;
-    let path = db_path(&args.db)?;
+    let location = db_location(&args.db)?;
     let mut out = std::io::stdout().lock();
-    kimi_proxy::ledgers::run_import(&path, &config, &args.agent, &args.path, args.json, &mut out)?;
+    kimi_proxy::ledgers::run_import(
+        &location,
+        &config,
+        &args.agent,
+        &args.path,
+        args.json,
+        &mut out,
+    )?;
     Ok(())
 }
 
 fn report(args: cli::ReportArgs) -> anyhow::Result<()> {
     use kimi_proxy::ledgers::{Period, ReportOptions, parse_date};
-    let path = db_path(&args.db)?;
+    let location = db_location(&args.db)?;
     let options = ReportOptions {
         period: Period::parse(&args.period)?,
         since: args.since.as_deref().map(parse_date).transpose()?,
@@ -227,7 +225,7 @@ fn report(args: cli::ReportArgs) -> anyhow::Result<()> {
         breakdown: args.breakdown,
     };
     let mut out = std::io::stdout().lock();
-    kimi_proxy::ledgers::run_report(&path, &options, args.json, &mut out)?;
+    kimi_proxy::ledgers::run_report(&location, &options, args.json, &mut out)?;
     Ok(())
 }
 

@@ -161,7 +161,7 @@ async fn start_store(
     tracing::info!(path = %shown, session_mode = config.store.session_mode.as_str(), "store open");
     if config.store.url.is_some() {
         tracing::warn!(
-            "PostgreSQL store: exports, the alert history, masked originals, stored Responses API state, saved context settings, retention and the store commands are not available on it yet (their API answers 501)"
+            "PostgreSQL store: exports, the alert history, saved context settings, retention and the `sessions`/`requests` commands are not available on it yet (their API answers 501)"
         );
     }
     Ok(Some(sink))
@@ -184,6 +184,7 @@ async fn start_alerts(state: &Arc<ProxyState>, sink: Option<&Arc<StoreSink>>) ->
         monitor: Arc::clone(&state.accounting.monitor),
         throttled: state.throttle_counters(),
         store: sink.cloned(),
+        redis_failures: state.redis_failures(),
     };
     let _ = engine.start(sources, stop.clone());
     stop

@@ -156,7 +156,7 @@ async fn redis_down_fails_open_counted_and_logged_then_shares_again() {
             "key_prefix = \"{}\"\nlocal_allowance = 1\nredis_timeout_ms = 100",
             prefix("down")
         ),
-    );
+    ) + "\n[alerts]\ninterval_ms = 100\n";
     let proxy = Proxy::start(&config, &[("MOCK_KEY", "k")]).await;
     for _ in 0..5 {
         assert_eq!(chat(&proxy).await, 200);
@@ -180,6 +180,19 @@ async fn redis_down_fails_open_counted_and_logged_then_shares_again() {
     assert_eq!(down["on_redis_error"], "open", "{down}");
     let log = proxy.log();
     assert!(log.contains("Redis unreachable"), "{log}");
+    // And alerted.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let alerts: Value = get_json(&proxy, "/api/alerts").await;
+        if alerts.to_string().contains("redis_unavailable") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no redis_unavailable alert: {alerts}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     relay.up();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -230,4 +243,178 @@ async fn redis_down_fails_closed_when_configured() {
     let shared = shared_stats(&proxy).await;
     assert_eq!(shared["on_redis_error"], "closed", "{shared}");
     assert!(shared["refused"].as_u64().unwrap() >= 4, "{shared}");
+}
+
+#[tokio::test]
+async fn an_answer_cached_by_one_instance_is_a_hit_on_the_other() {
+    if !redis_up().await {
+        return;
+    }
+    let mock = MockUpstream::start().await.unwrap();
+    let config = mock_config(
+        &mock,
+        &format!(
+            "[cluster]\nredis = \"redis://{}\"\nkey_prefix = \"{}\"\nresponse_cache = true\n\n[cache]\nenabled = true\nttl_secs = 60\n",
+            redis_addr(),
+            prefix("cache")
+        ),
+    );
+    let a = Proxy::start(&config, &[("MOCK_KEY", "k")]).await;
+    let b = Proxy::start(&config, &[("MOCK_KEY", "k")]).await;
+    let mut body = chat_body("mock/model", false);
+    body["temperature"] = serde_json::json!(0);
+    let ask = |proxy: &Proxy, body: &Value| {
+        client()
+            .post(proxy.url("/v1/chat/completions"))
+            .json(body)
+            .send()
+    };
+
+    let first = ask(&a, &body).await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert!(first.headers().get("x-kimi-proxy-cache").is_none());
+    let first_body = first.bytes().await.unwrap();
+    // A's answer reaches Redis from a background writer once its record is finished.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats: Value = get_json(&a, "/api/stats").await;
+        if stats["response_cache"]["shared"]["written"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never written: {stats}\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let second = ask(&b, &body).await.unwrap();
+    assert_eq!(second.status(), 200);
+    assert_eq!(second.headers()["x-kimi-proxy-cache"], "hit", "{}", b.log());
+    assert_eq!(
+        second.bytes().await.unwrap(),
+        first_body,
+        "A's bytes, exactly"
+    );
+    let requests = || {
+        mock.stats()
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    assert_eq!(requests(), 1, "the provider was asked once for both");
+
+    // B counted the answer it served from the shared entry itself, like A did.
+    let records_a = common::recent_records(&a, 1).await;
+    let records_b = common::recent_records(&b, 1).await;
+    assert_eq!(records_b[0]["cache_hit"], true);
+    assert_eq!(
+        records_b[0]["completion_tokens"], records_a[0]["completion_tokens"],
+        "{records_a:?}\n{records_b:?}"
+    );
+    let shared = get_json::<Value>(&b, "/api/stats").await["response_cache"]["shared"].clone();
+    assert_eq!(shared["hits"], 1, "{shared}");
+    assert_eq!(shared["read_failures"], 0, "{shared}");
+
+    // Another request is a miss on both tiers and goes to the provider.
+    body["messages"][1]["content"] = Value::from("Say goodbye.");
+    assert_eq!(ask(&b, &body).await.unwrap().status(), 200);
+    assert_eq!(requests(), 2);
+    let shared = get_json::<Value>(&b, "/api/stats").await["response_cache"]["shared"].clone();
+    assert_eq!(shared["misses"], 1, "{shared}");
+}
+
+#[tokio::test]
+async fn an_unreachable_shared_cache_is_a_miss_and_the_request_is_served() {
+    // Nothing listens on a port bound and released at once: every shared read fails.
+    let mock = MockUpstream::start().await.unwrap();
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let config = mock_config(
+        &mock,
+        &format!(
+            "[cluster]\nredis = \"redis://{dead}\"\nresponse_cache = true\nredis_timeout_ms = 50\n\n[cache]\nenabled = true\nttl_secs = 60\n"
+        ),
+    );
+    let proxy = Proxy::start(&config, &[("MOCK_KEY", "k")]).await;
+    let mut body = chat_body("mock/model", false);
+    body["temperature"] = serde_json::json!(0);
+    let started = Instant::now();
+    let answer = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the request did not wait on Redis beyond its timeout"
+    );
+    let shared = get_json::<Value>(&proxy, "/api/stats").await["response_cache"]["shared"].clone();
+    assert_eq!(shared["read_failures"], 1, "{shared}");
+    assert!(!shared.to_string().contains("password"), "{shared}");
+}
+
+#[tokio::test]
+async fn an_instance_refuses_once_the_fleet_has_spent_the_token_budget() {
+    if !redis_up().await {
+        return;
+    }
+    let mock = MockUpstream::start().await.unwrap();
+    const TPM: u64 = 400;
+    let config = mock_config(
+        &mock,
+        &format!(
+            "[cluster]\nredis = \"redis://{}\"\nkey_prefix = \"{}\"\n",
+            redis_addr(),
+            prefix("tokens")
+        ),
+    )
+    .replace(
+        "[providers.mock.retry]",
+        &format!("tokens_per_minute = {TPM}\nrate_limit_max_wait_ms = 0\n\n[providers.mock.retry]"),
+    );
+    let a = Proxy::start(&config, &[("MOCK_KEY", "k")]).await;
+    let b = Proxy::start(&config, &[("MOCK_KEY", "k")]).await;
+
+    // Alternate between the instances, each request after the last one's tokens were synced (100 ms), until
+    // both refuse.
+    let mut spent = [0u64; 2];
+    let mut refused = [false; 2];
+    for i in 0..100 {
+        if refused == [true, true] {
+            break;
+        }
+        let which = i % 2;
+        let proxy = if which == 0 { &a } else { &b };
+        match chat(proxy).await {
+            200 => {
+                let record = common::recent_records(proxy, 1).await.remove(0);
+                spent[which] += record["prompt_tokens"].as_u64().unwrap()
+                    + record["completion_tokens"].as_u64().unwrap();
+            }
+            429 => refused[which] = true,
+            other => panic!("status {other}\n{}\n{}", a.log(), b.log()),
+        }
+        tokio::time::sleep(Duration::from_millis(350)).await;
+    }
+    assert_eq!(refused, [true, true], "spent {spent:?}");
+    let per_request = spent[0].max(spent[1]) / 2;
+    // Alone, each instance would spend the whole budget; shared, the fleet spends it once (plus what refills
+    // during the test, 400 a minute, and the request that empties the bucket on each instance).
+    assert!(
+        spent[0] < TPM && spent[1] < TPM,
+        "each instance refused before spending the budget alone: {spent:?}"
+    );
+    assert!(
+        spent[0] + spent[1] <= TPM + TPM / 4 + 2 * per_request.max(50),
+        "the fleet spent {spent:?} of a budget of {TPM}"
+    );
+    let stats: Value = get_json(&b, "/api/stats").await;
+    let shared = &stats["rate_limits"]["mock"]["shared_tokens"];
+    assert!(shared["redis_syncs"].as_u64().unwrap() > 0, "{stats}");
+    assert_eq!(shared["redis_failures"], 0, "{stats}");
 }

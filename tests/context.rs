@@ -284,6 +284,84 @@ async fn masked_originals_are_encrypted_at_rest_with_a_key() {
     assert!(preview.is_none());
 }
 
+/// On the PostgreSQL store: originals kept (plain, and sealed with a key) and read back through the API.
+#[tokio::test]
+async fn masked_originals_are_kept_in_postgresql() {
+    let Some(db) = common::pg::TestDb::create("masks") else {
+        return;
+    };
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = Proxy::start_with_args(
+        &mock_config(&mock, MASK_AND_OBSERVE),
+        &[("MOCK_KEY", "k")],
+        &["--db", &db.url()],
+    )
+    .await;
+    let (status, _) = post(&proxy, &agent_conversation(2, 60), &[]).await;
+    assert_eq!(status, 200);
+    let id = mask_id(&first_masked(&mock));
+    let kept = eventually(&proxy, &format!("/api/mask/{id}"), |s, _| s == 200).await;
+    assert_eq!(kept["encrypted"], false);
+    assert!(kept["content"].as_str().unwrap().contains("compute_1"));
+    assert!(kept["preview"].as_str().unwrap().len() < kept["content"].as_str().unwrap().len());
+    let (status, _) = api(
+        &proxy,
+        "GET",
+        &format!("/api/mask/{}", "0".repeat(32)),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        db.int(&format!(
+            "SELECT count(*) FROM masked_content WHERE hash = '{id}'"
+        )),
+        1
+    );
+    proxy.terminate();
+
+    // With a key: sealed in the database, opened by the API.
+    let config = format!("[context]\nencryption_key = \"${{MASK_KEY}}\"\n{MASK_AND_OBSERVE}");
+    let key = "11".repeat(32);
+    let proxy = Proxy::start_with_args(
+        &mock_config(&mock, &config),
+        &[("MOCK_KEY", "k"), ("MASK_KEY", &key)],
+        &["--db", &db.url()],
+    )
+    .await;
+    let (status, _) = post(&proxy, &agent_conversation(3, 50), &[]).await;
+    assert_eq!(status, 200);
+    let id = mask_id(&first_masked(&mock));
+    let kept = eventually(&proxy, &format!("/api/mask/{id}"), |s, _| s == 200).await;
+    assert_eq!(kept["encrypted"], true);
+    assert!(kept["content"].as_str().unwrap().contains("compute_"));
+    let raw = db.rows(&format!(
+        "SELECT encode(content, 'escape'), preview IS NULL FROM masked_content WHERE hash = '{id}'"
+    ));
+    assert!(
+        !raw[0][0].as_deref().unwrap().contains("compute_"),
+        "{raw:?}"
+    );
+    assert_eq!(raw[0][1].as_deref(), Some("t"));
+    proxy.terminate();
+}
+
+/// The first masked placeholder the mock received last.
+fn first_masked(mock: &MockUpstream) -> String {
+    let sent = mock.last_request().unwrap().json().unwrap();
+    sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|m| {
+            m["content"]
+                .as_str()
+                .filter(|c| c.starts_with("[kimi-proxy masked"))
+        })
+        .unwrap()
+        .to_string()
+}
+
 const COMPACT: &str = r#"
 [context.compaction]
 enabled = true

@@ -6,6 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::pg::TestDb;
 use common::{MockUpstream, Proxy, mock_config, run_cli};
 use serde_json::Value;
 
@@ -136,21 +137,36 @@ fn add_sidechains(root: &Path) -> Vec<Claude> {
 
 struct Env {
     dir: tempfile::TempDir,
+    /// The PostgreSQL store instead of the SQLite file.
+    pg: Option<TestDb>,
 }
 
 impl Env {
     fn new() -> Env {
         Env {
             dir: tempfile::tempdir().unwrap(),
+            pg: None,
         }
     }
 
+    /// An environment whose store is a fresh PostgreSQL database (`None`: the server cannot be reached).
+    fn postgres(test: &str) -> Option<Env> {
+        Some(Env {
+            dir: tempfile::tempdir().unwrap(),
+            pg: Some(TestDb::create(test)?),
+        })
+    }
+
     fn db(&self) -> String {
-        self.dir
-            .path()
-            .join("data/kimi-proxy.db")
-            .display()
-            .to_string()
+        match &self.pg {
+            Some(pg) => pg.url(),
+            None => self
+                .dir
+                .path()
+                .join("data/kimi-proxy.db")
+                .display()
+                .to_string(),
+        }
     }
 
     fn home(&self) -> PathBuf {
@@ -230,6 +246,68 @@ fn claude_code_import_is_idempotent_and_counts_what_it_skipped() {
         report["totals"]["output_tokens"],
         sum(&entries, |e| e.output) + sum(&own, |e| e.output)
     );
+}
+
+/// The same fixture imported into SQLite and into PostgreSQL: the second import into PostgreSQL adds nothing,
+/// and every report (per day, project, session; with the sidechains added later) is the same on both.
+#[test]
+fn an_import_into_postgresql_reports_what_sqlite_does() {
+    let Some(pg) = Env::postgres("ledgers") else {
+        return;
+    };
+    let sqlite = Env::new();
+    let claude = sqlite.dir.path().join("claude");
+    let entries = claude_fixture(&claude);
+    let first = pg.import("claude-code", &claude);
+    assert_eq!(first["imported"], entries.len() as u64, "{first}");
+    assert_eq!(first, sqlite.import("claude-code", &claude));
+    let again = pg.import("claude-code", &claude);
+    assert_eq!(again["imported"], 0, "{again}");
+    assert_eq!(again["entries_read"], 0, "{again}");
+    let db = pg.pg.as_ref().unwrap();
+    assert_eq!(
+        db.int("SELECT count(*) FROM usage_entries"),
+        entries.len() as i64
+    );
+    assert_eq!(db.int("SELECT count(*) FROM ledger_files"), 3);
+    add_sidechains(&claude);
+    assert_eq!(
+        pg.import("claude-code", &claude),
+        sqlite.import("claude-code", &claude)
+    );
+    for args in [
+        &["daily", "--timezone", "UTC", "--breakdown"][..],
+        &["weekly", "--timezone", "Europe/Paris"],
+        &["project", "--timezone", "UTC"],
+        &[
+            "session",
+            "--since",
+            "2025-01-01",
+            "--until",
+            "2025-01-01",
+            "--timezone",
+            "UTC",
+        ],
+        &["daily", "--timezone", "UTC", "--project", "/home/u/beta"],
+    ] {
+        let ours = pg.report(args);
+        assert!(
+            ours["totals"]["requests"].as_u64().unwrap() > 0,
+            "{args:?}: {ours}"
+        );
+        assert_eq!(ours, sqlite.report(args), "{args:?}");
+    }
+    assert_eq!(
+        pg.run(&["report", "project", "--timezone", "UTC"]),
+        sqlite.run(&["report", "project", "--timezone", "UTC"])
+    );
+
+    // A database created before the ledger tables were on PostgreSQL gets them when next opened.
+    db.rows("DROP TABLE usage_entries; DROP TABLE ledger_files");
+    let fresh = pg.import("claude-code", &claude);
+    assert!(fresh["imported"].as_u64().unwrap() > 0, "{fresh}");
+    let args = ["daily", "--timezone", "UTC", "--breakdown"];
+    assert_eq!(pg.report(&args), sqlite.report(&args));
 }
 
 #[test]
@@ -386,30 +464,43 @@ fn cline_continue_and_kimi_cli_records_import() {
 
 #[tokio::test]
 async fn a_request_the_proxy_served_is_counted_once() {
+    served_once(None).await;
+}
+
+/// The same on PostgreSQL: the import matches the proxied request there, `report` and `/api/usage` read it.
+#[tokio::test]
+async fn a_request_the_proxy_served_is_counted_once_on_postgresql() {
+    let Some(db) = TestDb::create("served") else {
+        return;
+    };
+    served_once(Some(&db)).await;
+    assert_eq!(
+        db.int("SELECT count(*) FROM usage_entries WHERE proxied_request_id IS NOT NULL"),
+        1
+    );
+}
+
+async fn served_once(pg: Option<&TestDb>) {
     let mock = MockUpstream::start().await.unwrap();
-    let proxy = Proxy::start(&mock_config(&mock, ""), &[("MOCK_KEY", "k")]).await;
+    let config = mock_config(&mock, "");
+    let proxy = match pg {
+        Some(pg) => {
+            Proxy::start_with_args(&config, &[("MOCK_KEY", "k")], &["--db", &pg.url()]).await
+        }
+        None => Proxy::start(&config, &[("MOCK_KEY", "k")]).await,
+    };
     common::assert_answers(&proxy, "mock/model").await;
     let records = common::recent_records(&proxy, 1).await;
     let r = &records[0];
     let started = r["started_at_ms"].as_i64().unwrap();
     let prompt = r["prompt_tokens"].as_u64().unwrap();
     let completion = r["completion_tokens"].as_u64().unwrap();
-    // Give the writer time to commit before the import looks for the request.
-    let db = proxy.db_path();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while common::run_cli(
-        &["requests", "tail", "--json", "--db", db.to_str().unwrap()],
-        &[],
-    )
-    .trim()
-    .is_empty()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the request was not written"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    // The writer commits before the import looks for the request.
+    common::wait_written(&proxy, 1).await;
+    let db = match pg {
+        Some(pg) => pg.url(),
+        None => proxy.db_path().display().to_string(),
+    };
 
     // The same call as an agent recorded it (written on completion, a second later), and one it made directly.
     let ts = jiff::Timestamp::from_millisecond(started + 1000)
@@ -442,18 +533,15 @@ async fn a_request_the_proxy_served_is_counted_once() {
             dir.path().to_str().unwrap(),
             "--json",
             "--db",
-            db.to_str().unwrap(),
+            &db,
         ],
         &[],
     );
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["sources"][0]["served_by_proxy"], 1, "{v}");
     assert_eq!(v["sources"][0]["imported"], 2, "{v}");
-    let report: Value = serde_json::from_str(&run_cli(
-        &["report", "daily", "--json", "--db", db.to_str().unwrap()],
-        &[],
-    ))
-    .unwrap();
+    let report: Value =
+        serde_json::from_str(&run_cli(&["report", "daily", "--json", "--db", &db], &[])).unwrap();
     // The proxied request and the direct call: two, not three.
     assert_eq!(report["totals"]["requests"], 2, "{report}");
     let sources = report["rows"][0]["sources"].as_array().unwrap();
@@ -477,6 +565,23 @@ async fn a_request_the_proxy_served_is_counted_once() {
         .unwrap()
         .status();
     assert_eq!(status, 400);
+    // The dashboard's report is the command's.
+    let api: Value = common::get_json(&proxy, "/api/usage?period=daily&timezone=UTC").await;
+    let cli: Value = serde_json::from_str(&run_cli(
+        &[
+            "report",
+            "daily",
+            "--json",
+            "--timezone",
+            "UTC",
+            "--db",
+            &db,
+        ],
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(api, cli);
+    proxy.terminate();
 }
 
 /// ccusage, pinned: the last release that runs as plain JavaScript (`dist/index.js`; later ones need a native
@@ -601,19 +706,11 @@ fn ccusage_daily_totals_equal_ours_and_ours_include_sidechains() {
 }
 
 /// Polls `report` until its total of requests is `n` (up to 10 s).
-async fn wait_for_requests(db: &Path, n: u64) -> Value {
+async fn wait_for_requests(db: &str, n: u64) -> Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let report: Value = serde_json::from_str(&run_cli(
-            &[
-                "report",
-                "daily",
-                "--json",
-                "--timezone",
-                "UTC",
-                "--db",
-                db.to_str().unwrap(),
-            ],
+            &["report", "daily", "--json", "--timezone", "UTC", "--db", db],
             &[],
         ))
         .unwrap();
@@ -631,15 +728,24 @@ async fn wait_for_requests(db: &Path, n: u64) -> Value {
 
 #[tokio::test]
 async fn serve_follows_a_growing_file_and_survives_rotation_and_truncation() {
-    follow("").await;
+    follow("", None).await;
 }
 
 #[tokio::test]
 async fn serve_follows_by_polling_when_not_watching() {
-    follow("watch = false\n").await;
+    follow("watch = false\n", None).await;
 }
 
-async fn follow(extra: &str) {
+#[tokio::test]
+async fn serve_follows_into_postgresql() {
+    let Some(db) = TestDb::create("follow") else {
+        return;
+    };
+    follow("", Some(&db)).await;
+    assert_eq!(db.int("SELECT count(*) FROM usage_entries"), 5);
+}
+
+async fn follow(extra: &str, pg: Option<&TestDb>) {
     let mock = MockUpstream::start().await.unwrap();
     let claude = tempfile::tempdir().unwrap();
     let file = claude.path().join("projects/p/sess.jsonl");
@@ -649,8 +755,21 @@ async fn follow(extra: &str) {
         &format!("[ledgers]\nfollow = [\"claude-code\"]\npoll_ms = 100\n{extra}"),
     );
     let dir = claude.path().to_str().unwrap().to_string();
-    let proxy = Proxy::start(&config, &[("MOCK_KEY", "k"), ("CLAUDE_CONFIG_DIR", &dir)]).await;
-    let db = proxy.db_path();
+    let env = [("MOCK_KEY", "k"), ("CLAUDE_CONFIG_DIR", dir.as_str())];
+    let (proxy, db) = match pg {
+        Some(pg) => (
+            Proxy::start_with_args(&config, &env, &["--db", &pg.url()]).await,
+            pg.url(),
+        ),
+        None => {
+            let proxy = Proxy::start(&config, &env).await;
+            let db = proxy.db_path().display().to_string();
+            (proxy, db)
+        }
+    };
+    // An answer over HTTP means the server has opened its store: `report` finds the file from then on.
+    let (status, _) = common::get_with_status(&proxy, "/api/stats/store").await;
+    assert_eq!(status, 200);
     wait_for_requests(&db, 1).await;
     // Watching (inotify) unless told not to; the log line ends with the `watching` field.
     let log = proxy.log();

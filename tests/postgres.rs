@@ -357,6 +357,119 @@ async fn dropped_fields_and_cache_writes_are_stored_in_postgresql() {
     );
 }
 
+#[tokio::test]
+async fn a_conversation_continued_on_the_other_instance_stays_one_session() {
+    let Some(db) = TestDb::create("conversation") else {
+        return;
+    };
+    let mock = MockUpstream::start().await.unwrap();
+    let a = start(&mock, &db).await;
+    let b = start(&mock, &db).await;
+    let mut history = vec![json!({"role": "system", "content": "You review Rust code."})];
+    let mut written = [0u64; 2];
+    for turn in 0..4 {
+        let (proxy, which) = if turn % 2 == 0 { (&a, 0) } else { (&b, 1) };
+        history
+            .push(json!({"role": "user", "content": format!("Question {turn} about lifetimes.")}));
+        let response = client()
+            .post(proxy.url("/v1/chat/completions"))
+            .json(&json!({"model": "mock/model", "messages": history}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.bytes().await.unwrap();
+        history.push(json!({"role": "assistant", "content": format!("Answer {turn}.")}));
+        written[which] += 1;
+        // The next turn goes to the other instance once this one's row is in the database.
+        wait_written(proxy, written[which]).await;
+    }
+    // Another conversation, on B only, is a session of its own.
+    let response = client()
+        .post(b.url("/v1/chat/completions"))
+        .json(&json!({"model": "mock/model", "messages": [
+            {"role": "system", "content": "You review Rust code."},
+            {"role": "user", "content": "Something else entirely."}
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.bytes().await.unwrap();
+    wait_written(&b, 3).await;
+
+    let sessions = db.rows("SELECT id, request_count, source FROM sessions ORDER BY id");
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    assert_eq!(
+        db.int("SELECT request_count FROM sessions ORDER BY id LIMIT 1"),
+        4,
+        "all four turns, served by both instances, in one session: {sessions:?}"
+    );
+    assert_eq!(
+        db.int("SELECT count(DISTINCT session_id) FROM requests"),
+        2,
+        "{:?}",
+        db.rows("SELECT id, session_id, message_count FROM requests ORDER BY started_at")
+    );
+}
+
+#[tokio::test]
+async fn killing_one_instance_mid_stream_loses_nothing_already_written() {
+    let Some(db) = TestDb::create("killed") else {
+        return;
+    };
+    let mock = MockUpstream::start().await.unwrap();
+    let mut a = start(&mock, &db).await;
+    let b = start(&mock, &db).await;
+    for i in 0..10 {
+        assert_eq!(chat(&a, &format!("a {i}"), Some("both")).await, 200);
+    }
+    wait_written(&a, 10).await;
+
+    // A long stream on A, cut by A's death after its first chunk.
+    let mut stream = client()
+        .post(a.url("/v1/chat/completions"))
+        .header("x-mock-chunks", "200")
+        .header("x-mock-chunk-delay-ms", "50")
+        .json(&json!({"model": "mock/model", "stream": true,
+                      "messages": [{"role": "user", "content": "a long answer"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert!(stream.chunk().await.unwrap().is_some());
+    for i in 0..5 {
+        assert_eq!(chat(&b, &format!("b {i}"), Some("both")).await, 200);
+    }
+    a.child.start_kill().unwrap();
+    a.child.wait().await.unwrap();
+    let mut cut = false;
+    while !cut {
+        match stream.chunk().await {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => cut = true,
+        }
+    }
+    // B goes on serving, and writing.
+    for i in 5..10 {
+        assert_eq!(chat(&b, &format!("b {i}"), Some("both")).await, 200);
+    }
+    wait_written(&b, 10).await;
+
+    // Everything A had written is there, with B's; the stream A never finished is not.
+    assert_eq!(db.int("SELECT count(*) FROM requests"), 20);
+    assert_eq!(
+        db.int("SELECT request_count FROM sessions WHERE client_key = 'both'"),
+        20
+    );
+    assert_eq!(
+        db.int("SELECT count(*) FROM requests WHERE streaming = 1"),
+        0,
+        "{:?}",
+        db.rows("SELECT id, status, error_kind FROM requests WHERE streaming = 1")
+    );
+}
+
 /// The same traffic, one request at a time, through `proxy`: a client session whose id and text a spreadsheet
 /// would run as formulas, a conversation of its own, an upstream failure.
 async fn export_traffic(proxy: &Proxy) {

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::pg::TestDb;
 use common::{MockUpstream, Proxy, client, mock_config, recent_records};
 use serde_json::{Value, json};
 
@@ -139,8 +140,12 @@ async fn a_streamed_tool_call_arrives_as_a_function_call_item() {
 #[tokio::test]
 async fn previous_response_id_continues_the_stored_conversation() {
     let (mock, proxy) = start().await;
+    continues_the_stored_conversation(&mock, &proxy).await;
+}
+
+async fn continues_the_stored_conversation(mock: &MockUpstream, proxy: &Proxy) {
     let first: Value = create(
-        &proxy,
+        proxy,
         &json!({"model": "mock/model", "input": "My name is Ada."}),
         &[],
     )
@@ -152,13 +157,13 @@ async fn previous_response_id_continues_the_stored_conversation() {
     let said = first["output"][0]["content"][0]["text"].as_str().unwrap();
 
     let second = create(
-        &proxy,
+        proxy,
         &json!({"model": "mock/model", "input": "What is my name?", "previous_response_id": id}),
         &[],
     )
     .await;
     assert_eq!(second.status(), 200);
-    let chat = last_chat_request(&mock);
+    let chat = last_chat_request(mock);
     let messages = chat["messages"].as_array().unwrap();
     assert_eq!(messages.len(), 3, "{chat}");
     assert_eq!(messages[0]["content"], "My name is Ada.");
@@ -170,8 +175,12 @@ async fn previous_response_id_continues_the_stored_conversation() {
 #[tokio::test]
 async fn a_stored_response_can_be_read_listed_and_deleted() {
     let (_mock, proxy) = start().await;
+    read_listed_and_deleted(&proxy).await;
+}
+
+async fn read_listed_and_deleted(proxy: &Proxy) {
     let first: Value = create(
-        &proxy,
+        proxy,
         &json!({"model": "mock/model", "input": [
             {"role": "user", "content": "one"},
             {"role": "user", "content": "two"},
@@ -184,10 +193,10 @@ async fn a_stored_response_can_be_read_listed_and_deleted() {
     .unwrap();
     let id = first["id"].as_str().unwrap();
 
-    let got: Value = common::get_json(&proxy, &format!("/v1/responses/{id}")).await;
+    let got: Value = common::get_json(proxy, &format!("/v1/responses/{id}")).await;
     assert_eq!(got, first);
 
-    let items: Value = common::get_json(&proxy, &format!("/v1/responses/{id}/input_items")).await;
+    let items: Value = common::get_json(proxy, &format!("/v1/responses/{id}/input_items")).await;
     assert_eq!(items["object"], "list");
     let data = items["data"].as_array().unwrap();
     assert_eq!(data.len(), 2);
@@ -197,7 +206,7 @@ async fn a_stored_response_can_be_read_listed_and_deleted() {
     );
     assert_eq!(items["has_more"], false);
     let asc: Value = common::get_json(
-        &proxy,
+        proxy,
         &format!("/v1/responses/{id}/input_items?order=asc&limit=1"),
     )
     .await;
@@ -332,10 +341,44 @@ async fn the_session_comes_from_codex_headers_or_the_prompt_cache_key() {
 
 #[tokio::test]
 async fn stored_responses_outlive_a_restart_of_the_proxy() {
-    let mock = MockUpstream::start().await.unwrap();
     let db = tempfile::tempdir().unwrap();
-    let db_path = db.path().join("kimi.db");
-    let args = ["--db", db_path.to_str().unwrap()];
+    outlive_a_restart(db.path().join("kimi.db").to_str().unwrap()).await;
+}
+
+/// The same on PostgreSQL: the follow-up, `GET` and `DELETE` after a restart can only come from the database.
+#[tokio::test]
+async fn stored_responses_live_in_postgresql() {
+    let Some(db) = TestDb::create("responses") else {
+        return;
+    };
+    let mock = MockUpstream::start().await.unwrap();
+    let proxy = Proxy::start_with_args(
+        &mock_config(&mock, ""),
+        &[("MOCK_KEY", "k")],
+        &["--db", &db.url()],
+    )
+    .await;
+    continues_the_stored_conversation(&mock, &proxy).await;
+    read_listed_and_deleted(&proxy).await;
+    assert_eq!(db.int("SELECT count(*) FROM responses"), 2);
+    proxy.terminate();
+    let mut proxy = proxy;
+    proxy.child.wait().await.unwrap();
+    // A row older than the retention (30 days by default): deleted by the next instance's first write.
+    db.rows(
+        "INSERT INTO responses (id, created_at, response, items) VALUES ('resp_old', 1000, '{}', '[]')",
+    );
+    outlive_a_restart(&db.url()).await;
+    assert_eq!(
+        db.int("SELECT count(*) FROM responses WHERE id = 'resp_old'"),
+        0
+    );
+    assert_eq!(db.int("SELECT count(*) FROM responses"), 3);
+}
+
+async fn outlive_a_restart(db: &str) {
+    let mock = MockUpstream::start().await.unwrap();
+    let args = ["--db", db];
     let config = mock_config(&mock, "");
     let proxy = Proxy::start_with_args(&config, &[("MOCK_KEY", "k")], &args).await;
     let first: Value = create(&proxy, &json!({"model": "mock/model", "input": "hi"}), &[])
@@ -358,6 +401,31 @@ async fn stored_responses_outlive_a_restart_of_the_proxy() {
     )
     .await;
     assert_eq!(follow_up.status(), 200);
+    let chat = last_chat_request(&mock);
+    assert_eq!(chat["messages"][0]["content"], "hi", "{chat}");
+    assert_eq!(chat["messages"].as_array().unwrap().len(), 3, "{chat}");
+    let follow_up: Value = follow_up.json().await.unwrap();
+    let follow_id = follow_up["id"].as_str().unwrap().to_string();
+    // Deleted from the database; the follow-up's own row stays.
+    let deleted = client()
+        .delete(again.url(&format!("/v1/responses/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    again.terminate();
+    let mut again = again;
+    again.child.wait().await.unwrap();
+    let last = Proxy::start_with_args(&config, &[("MOCK_KEY", "k")], &args).await;
+    let gone = client()
+        .get(last.url(&format!("/v1/responses/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+    let kept: Value = common::get_json(&last, &format!("/v1/responses/{follow_id}")).await;
+    assert_eq!(kept["id"], follow_id.as_str());
+    last.terminate();
 }
 
 /// The official OpenAI Python SDK (latest from PyPI, in a venv under `target/`) through the proxy to the chat

@@ -460,6 +460,41 @@ fn session_mode_active_puts_everything_in_one_session() {
     );
 }
 
+#[test]
+fn a_conversation_continued_after_a_restart_joins_its_session() {
+    use kimi_proxy::accounting::RecordSink;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("restart.db");
+    let sink = StoreSink::start(&path, WriterOptions::default()).unwrap();
+    sink.offer(&record(1, 1, vec![1, 2], None));
+    sink.shutdown();
+
+    // A new writer (a restarted or another instance) knows no conversation in memory: the database does.
+    let sink = StoreSink::start(&path, WriterOptions::default()).unwrap();
+    sink.offer(&record(2, 2, vec![1, 2, 3, 4], None));
+    // The same opening sent again is a new conversation, not a continuation.
+    sink.offer(&record(3, 3, vec![1, 2], None));
+    sink.shutdown();
+
+    let conn = open_read_only(&path).unwrap();
+    assert_eq!(count(&conn, "SELECT count(*) FROM sessions"), 2);
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT count(DISTINCT session_id) FROM requests WHERE record_id IN (1, 2)"
+        ),
+        1,
+        "the continuation is in the first session"
+    );
+    assert_eq!(
+        count(
+            &conn,
+            "SELECT request_count FROM sessions ORDER BY id LIMIT 1"
+        ),
+        2
+    );
+}
+
 /// The store only reports each session's context after a commit; deciding on alerts is the alert engine's.
 #[derive(Default)]
 struct Heard {

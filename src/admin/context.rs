@@ -32,8 +32,8 @@ pub async fn get_mask(Store(api): Store, Path(hash): Path<String>) -> ApiResult 
     let api2 = Arc::clone(&api);
     let found = tokio::task::spawn_blocking(move || {
         let mut outcome = None;
-        let result = api2.readers.with(|conn| {
-            outcome = Some(masks::get(conn, &hash, key.as_ref(), preview_chars));
+        let result = api2.readers.with_db(|db| {
+            outcome = Some(masks::get(db, &hash, key.as_ref(), preview_chars));
             Ok(())
         });
         match (result, outcome) {

@@ -55,8 +55,8 @@ pub(crate) async fn usage(
         }
     };
     let joined = tokio::task::spawn_blocking(move || {
-        store.readers.with(|conn| {
-            build_report(conn, &options).map_err(|e| match e {
+        store.readers.with_db(|db| {
+            build_report(db, &options).map_err(|e| match e {
                 LedgerError::Store(s) => s,
                 other => crate::store::StoreError::Other(other.to_string()),
             })

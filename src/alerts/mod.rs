@@ -141,6 +141,8 @@ pub struct Sources {
     /// Upstream 429 answers since start, per provider.
     pub throttled: Vec<(String, Arc<AtomicU64>)>,
     pub store: Option<Arc<StoreSink>>,
+    /// Failed Redis calls since start, with `[cluster] redis`.
+    pub redis_failures: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
 }
 
 impl Sources {
@@ -165,6 +167,7 @@ impl Sources {
                     dropped: stats.dropped,
                 }
             }),
+            redis_failures: self.redis_failures.as_ref().map(|count| count()),
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct Sample {
     pub rss_bytes: Option<u64>,
     /// The store writer, when the store runs.
     pub store: Option<StoreSample>,
+    /// Failed Redis calls since start (`[cluster] redis`), `None` without Redis.
+    pub redis_failures: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -59,6 +61,8 @@ pub const SESSION_DELETED: &str = "session_deleted";
 pub const MAX_CONTEXT_ALERTS: usize = 4096;
 /// Samples kept for windowed counts.
 const MAX_SAMPLES: usize = 4096;
+/// The window of the Redis rule.
+const REDIS_WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
@@ -68,6 +72,7 @@ enum Key {
     Memory,
     StoreBacklog,
     StoreDropped,
+    RedisUnavailable,
     Context { session: i64, level: usize },
 }
 
@@ -226,6 +231,7 @@ impl Evaluator {
             return;
         };
         let c = self.config.clone();
+        self.redis_rule(&sample, now_ms, out);
 
         // p95 end-to-end latency, sustained.
         if c.latency_p95_ms > 0 {
@@ -384,6 +390,34 @@ impl Evaluator {
                 },
             );
         }
+    }
+
+    /// Redis failing its calls: fires at the first failure in [`REDIS_WINDOW`], clears after a window without.
+    fn redis_rule(&mut self, sample: &Sample, now_ms: i64, out: &mut Vec<Transition>) {
+        if sample.redis_failures.is_none() {
+            return;
+        }
+        let failed = self.growth(REDIS_WINDOW, |s| s.redis_failures.unwrap_or(0));
+        let window = REDIS_WINDOW.as_secs();
+        self.step(
+            Key::RedisUnavailable,
+            level(Some(failed as f64), 1.0, 1.0),
+            Duration::ZERO,
+            sample.at,
+            now_ms,
+            out,
+            || Draft {
+                kind: AlertKind::RedisUnavailable,
+                severity: Severity::Warning,
+                session_id: None,
+                subject: None,
+                value: failed as f64,
+                threshold: 1.0,
+                message: format!(
+                    "Redis failed {failed} calls in the last {window} s: shared budgets and cache are decided by each instance alone meanwhile"
+                ),
+            },
+        );
     }
 
     fn context_rules(&mut self, events: &[ContextEvent], now_ms: i64, out: &mut Vec<Transition>) {
@@ -733,6 +767,31 @@ mod tests {
         assert!(e.evaluate(s.clone(), &[], 0).is_empty());
         s.at = Duration::from_secs(81);
         assert_eq!(resolved(&e.evaluate(s, &[], 0)).len(), 1);
+    }
+
+    #[test]
+    fn redis_failures_fire_once_and_clear_after_a_quiet_window() {
+        let mut e = Evaluator::new(config());
+        let mut s = at(0);
+        s.redis_failures = Some(0);
+        assert!(fired(&e.evaluate(s.clone(), &[], 0)).is_empty());
+        s.at = Duration::from_secs(1);
+        s.redis_failures = Some(3);
+        let t = e.evaluate(s.clone(), &[], 0);
+        assert_eq!(fired(&t).len(), 1);
+        assert_eq!(fired(&t)[0].kind, AlertKind::RedisUnavailable);
+        assert_eq!(fired(&t)[0].value, 3.0);
+        // Still failing: the same alert, not another.
+        s.at = Duration::from_secs(2);
+        s.redis_failures = Some(5);
+        assert!(fired(&e.evaluate(s.clone(), &[], 0)).is_empty());
+        // A minute without a failure clears it.
+        s.at = Duration::from_secs(70);
+        let t = e.evaluate(s.clone(), &[], 0);
+        assert_eq!(resolved(&t).len(), 1, "{t:?}");
+        // Without Redis, no rule.
+        let mut quiet = Evaluator::new(config());
+        assert!(quiet.evaluate(at(0), &[], 0).is_empty());
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct ClusterConfig {
     pub on_redis_error_name: Option<String>,
     #[serde(skip)]
     pub on_redis_error: RedisFailure,
+    /// The response cache (`[cache]`) is shared by every instance on this Redis: an answer stored by one is a hit
+    /// on the others. Needs `redis`.
+    pub response_cache: bool,
 }
 
 impl Default for ClusterConfig {
@@ -50,6 +53,7 @@ impl Default for ClusterConfig {
             redis_timeout: Duration::from_millis(DEFAULT_REDIS_TIMEOUT_MS),
             on_redis_error_name: None,
             on_redis_error: RedisFailure::Open,
+            response_cache: false,
         }
     }
 }
@@ -68,6 +72,9 @@ impl ClusterConfig {
                 },
                 Err(error) => errors.push(format!("cluster.redis: {error}")),
             }
+        }
+        if self.response_cache && self.redis.is_none() {
+            errors.push("cluster.response_cache needs cluster.redis".into());
         }
         if self.key_prefix.trim().is_empty() {
             errors.push("cluster.key_prefix must not be empty".into());

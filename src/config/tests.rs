@@ -255,3 +255,26 @@ fn the_store_url_is_a_postgresql_url_and_a_secret() {
     .to_string();
     assert!(err.contains("store.url must be a PostgreSQL URL"), "{err}");
 }
+
+#[test]
+fn a_shared_response_cache_needs_the_cluster_redis() {
+    let err = Config::from_sources(
+        Some(("c.toml", "[cluster]\nresponse_cache = true\n")),
+        &env_of(&[]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("cluster.response_cache needs cluster.redis"),
+        "{err}"
+    );
+    let config = Config::from_sources(
+        Some((
+            "c.toml",
+            "[cluster]\nredis = \"redis://127.0.0.1:6379\"\nresponse_cache = true\n",
+        )),
+        &env_of(&[]),
+    )
+    .unwrap();
+    assert!(config.cluster.response_cache);
+}

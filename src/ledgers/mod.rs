@@ -11,8 +11,12 @@ use kimi_ledgers::{Agent, UsageEntry};
 use serde_json::json;
 
 use crate::config::{Config, Prices};
-use crate::store::ledgers::{ImportOutcome, PricedEntry, UsageFilter, UsageRow, usage_rows};
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
+use crate::store::db::Db;
+use crate::store::ledgers::{
+    ImportOutcome, LedgerStore, PricedEntry, UsageFilter, UsageRow, usage_rows,
+};
+use crate::store::pg::{Location, PgStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -200,7 +204,7 @@ pub struct ImportSummary {
 
 /// Imports what `agent` recorded under `roots` (its default places when empty) that the store does not have yet.
 pub fn import_agent(
-    store: &mut Store,
+    store: &mut LedgerStore,
     pricer: &mut Pricer,
     agent: Agent,
     roots: &[PathBuf],
@@ -231,7 +235,7 @@ pub fn import_agent(
 
 /// Imports one file from where the last import of it stopped.
 pub fn import_file(
-    store: &mut Store,
+    store: &mut LedgerStore,
     pricer: &mut Pricer,
     agent: Agent,
     file: &Path,
@@ -239,7 +243,7 @@ pub fn import_file(
 ) -> Result<ImportOutcome, LedgerError> {
     let source = agent.name();
     let key = file.to_string_lossy().into_owned();
-    let cursor = store.ledger_cursor(source, &key)?.unwrap_or_default();
+    let cursor = store.cursor(source, &key)?.unwrap_or_default();
     let replace = !agent.append_only();
     let mut batch: Vec<PricedEntry> = Vec::with_capacity(BATCH);
     let mut outcome = ImportOutcome::default();
@@ -256,7 +260,7 @@ pub fn import_file(
         summary.last_ms = Some(summary.last_ms.map_or(ts, |l| l.max(ts)));
         batch.push(priced);
         if batch.len() >= BATCH {
-            match store.import_ledger_batch(source, &key, None, &batch, replace) {
+            match store.import_batch(source, &key, None, &batch, replace) {
                 Ok(o) => outcome.add(o),
                 Err(e) => failed = Some(e),
             }
@@ -266,7 +270,7 @@ pub fn import_file(
     if let Some(error) = failed {
         return Err(error.into());
     }
-    outcome.add(store.import_ledger_batch(source, &key, Some(&read.cursor), &batch, replace)?);
+    outcome.add(store.import_batch(source, &key, Some(&read.cursor), &batch, replace)?);
     summary.bytes += read.bytes;
     summary.malformed += read.malformed;
     summary.pending_bytes += read.pending_bytes;
@@ -291,7 +295,7 @@ pub fn agents_named(name: &str) -> Result<Vec<Agent>, LedgerError> {
 
 /// `kimi-proxy import`: imports and prints what it did.
 pub fn run_import(
-    db: &Path,
+    db: &Location,
     config: &Config,
     agent: &str,
     paths: &[PathBuf],
@@ -299,11 +303,12 @@ pub fn run_import(
     out: &mut dyn Write,
 ) -> Result<(), LedgerError> {
     let agents = agents_named(agent)?;
-    if let Some(parent) = db.parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Location::Sqlite(path) = db
+        && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(parent)?;
     }
-    let mut store = Store::open(db)?;
-    store.prepare_for_import()?;
+    let mut store = LedgerStore::open(db)?;
     let mut pricer = Pricer::new(config);
     let mut summaries = Vec::new();
     for agent in agents {
@@ -503,10 +508,7 @@ fn day_start_ms(date: Date, tz: &TimeZone) -> Result<i64, LedgerError> {
 }
 
 /// Builds a report from the store.
-pub fn build_report(
-    conn: &rusqlite::Connection,
-    options: &ReportOptions,
-) -> Result<Report, LedgerError> {
+pub fn build_report(db: &dyn Db, options: &ReportOptions) -> Result<Report, LedgerError> {
     let tz = time_zone(options.timezone.as_deref())?;
     let mut filter = UsageFilter {
         source: options.source.clone(),
@@ -525,7 +527,7 @@ pub fn build_report(
     let period = options.period;
     let mut rows: BTreeMap<String, ReportRow> = BTreeMap::new();
     let mut totals = Totals::default();
-    usage_rows(conn, &filter, &mut |r| {
+    usage_rows(db, &filter, &mut |r| {
         let key = match period {
             Period::Session => format!("{}/{}", r.source, r.session.as_deref().unwrap_or("-")),
             Period::Project => r.project.clone().unwrap_or_else(|| "(none)".to_string()),
@@ -575,13 +577,22 @@ pub fn build_report(
 
 /// `kimi-proxy report`.
 pub fn run_report(
-    db: &Path,
+    db: &Location,
     options: &ReportOptions,
     json_output: bool,
     out: &mut dyn Write,
 ) -> Result<(), LedgerError> {
-    let conn = crate::store::cli::reader(db)?;
-    let report = build_report(&conn, options)?;
+    let report = match db {
+        Location::Sqlite(path) => build_report(&crate::store::cli::reader(path)?, options)?,
+        // Opened as the writer opens it: a database no proxy has written yet gets its schema (as an outdated
+        // SQLite file is upgraded by `cli::reader`).
+        Location::Postgres(url) => PgStore::open(url)?.with(|conn| {
+            build_report(conn, options).map_err(|e| match e {
+                LedgerError::Store(s) => s,
+                other => StoreError::Other(other.to_string()),
+            })
+        })?,
+    };
     if json_output {
         writeln!(
             out,
@@ -702,7 +713,7 @@ type Stamp = (u64, Option<std::time::SystemTime>);
 
 /// Imports `file` when its length or modification time changed since it was last imported.
 fn follow_file(
-    store: &mut Store,
+    store: &mut LedgerStore,
     pricer: &mut Pricer,
     agent: Agent,
     file: &Path,
@@ -749,14 +760,23 @@ pub fn spawn_follower(
     if agents.is_empty() || !config.store.enabled {
         return None;
     }
-    let db = config.store.path.clone()?;
+    let db = match &config.store.url {
+        Some(url) => match Location::parse(url.expose()) {
+            Ok(location) => location,
+            Err(error) => {
+                tracing::error!(%error, "cannot follow the agents' records");
+                return None;
+            }
+        },
+        None => Location::Sqlite(config.store.path.clone()?),
+    };
     let poll = config.ledgers.poll;
     let use_watcher = config.ledgers.watch;
     let mut pricer = Pricer::new(config);
     let spawned = std::thread::Builder::new()
         .name("ledgers-follow".into())
         .spawn(move || {
-            let mut store = match Store::open(&db) {
+            let mut store = match LedgerStore::open(&db) {
                 Ok(store) => store,
                 Err(error) => {
                     tracing::error!(%error, "cannot follow the agents' records");

@@ -1,6 +1,11 @@
 //! Exact-match response cache (off by default): a deterministic request asked again gets the stored answer
 //! without calling the provider. Only successful non-streaming answers are stored; a streaming request may be
 //! answered from one, replayed as SSE. Bounded by bytes, entries expire after a TTL, errors are never stored.
+//!
+//! With `[cluster] response_cache = true` the answers are also shared by every instance on the cluster's Redis
+//! ([`SharedTier`]): a local miss asks Redis (within `redis_timeout_ms`; no answer is a miss), and an answer
+//! stored here is also written there, with the same TTL, by a background task fed through a bounded queue (full:
+//! the write is dropped and counted, never waited for).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +16,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use xxhash_rust::xxh3::Xxh3;
 
+use super::shared_limit::RedisLink;
 use crate::accounting::tracker::{CompletionHook, StoredCounts};
 
 /// A stored answer: the upstream's JSON body, exactly as it came, and what its request's record counted — a
@@ -25,6 +31,38 @@ pub struct ResponseCache {
     hits: AtomicU64,
     misses: AtomicU64,
     stored: AtomicU64,
+    shared: Option<SharedTier>,
+}
+
+/// Answers waiting to be written to Redis; beyond this the newest is dropped (and counted).
+const SHARED_WRITE_QUEUE: usize = 256;
+
+/// The tier every instance shares through Redis. Only the answer's bytes are shared: an instance answering from
+/// it counts the tokens itself, as the instance that stored it did.
+struct SharedTier {
+    link: Arc<RedisLink>,
+    writes: tokio::sync::mpsc::Sender<(u128, Bytes)>,
+    /// Larger answers stay local.
+    max_entry_bytes: usize,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    /// Reads that got no answer in time or an error (served as misses).
+    failures: AtomicU64,
+    written: Arc<AtomicU64>,
+    write_failures: Arc<AtomicU64>,
+    dropped: AtomicU64,
+}
+
+/// `/api/stats` → `response_cache.shared`.
+#[derive(Debug, Serialize)]
+pub struct SharedCacheStats {
+    pub redis: String,
+    pub hits: u64,
+    pub misses: u64,
+    pub read_failures: u64,
+    pub written: u64,
+    pub write_failures: u64,
+    pub dropped: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -35,6 +73,8 @@ pub struct ResponseCacheStats {
     pub misses: u64,
     pub stored: u64,
     pub hit_rate: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedCacheStats>,
 }
 
 /// Bookkeeping counted per entry on top of its body.
@@ -55,6 +95,77 @@ impl ResponseCache {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             stored: AtomicU64::new(0),
+            shared: None,
+        }
+    }
+
+    /// The same, also shared through `link` (call within the runtime: the writer task starts here). Entries keep
+    /// the local TTL in Redis too; what Redis holds is bounded by that TTL and the server's own `maxmemory`.
+    pub fn shared(max_bytes: u64, ttl: Duration, link: Arc<RedisLink>) -> ResponseCache {
+        let mut cache = ResponseCache::new(max_bytes, ttl);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!("no runtime: the response cache is not shared");
+            return cache;
+        };
+        let (writes, mut queue) = tokio::sync::mpsc::channel::<(u128, Bytes)>(SHARED_WRITE_QUEUE);
+        let written = Arc::new(AtomicU64::new(0));
+        let write_failures = Arc::new(AtomicU64::new(0));
+        let task_link = Arc::clone(&link);
+        let (task_written, task_failures) = (Arc::clone(&written), Arc::clone(&write_failures));
+        runtime.spawn(async move {
+            let log = crate::util::LogThrottle::new();
+            while let Some((key, body)) = queue.recv().await {
+                let name = task_link.key("cache", &format!("{key:032x}"));
+                match task_link.set_bytes(&name, &body, ttl).await {
+                    Ok(()) => task_written.fetch_add(1, Ordering::Relaxed),
+                    Err(error) => {
+                        if log.ready(std::time::Duration::from_secs(60)) {
+                            tracing::warn!(redis = %task_link.shown(), %error, "shared response cache: write failed");
+                        }
+                        task_failures.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        });
+        cache.shared = Some(SharedTier {
+            link,
+            writes,
+            max_entry_bytes: usize::try_from(max_bytes / 8).unwrap_or(usize::MAX),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            written,
+            write_failures,
+            dropped: AtomicU64::new(0),
+        });
+        cache
+    }
+
+    /// [`ResponseCache::get`], then on a miss the shared tier (an answer found there is kept locally too).
+    pub async fn get_or_shared(&self, key: u128) -> Option<Arc<CachedAnswer>> {
+        if let Some(found) = self.get(key) {
+            return Some(found);
+        }
+        let shared = self.shared.as_ref()?;
+        let name = shared.link.key("cache", &format!("{key:032x}"));
+        match shared.link.get_bytes(&name).await {
+            Ok(Some(body)) => {
+                shared.hits.fetch_add(1, Ordering::Relaxed);
+                let answer = Arc::new(CachedAnswer {
+                    body: Bytes::from(body),
+                    counts: None,
+                });
+                self.cache.insert(key, Arc::clone(&answer));
+                Some(answer)
+            }
+            Ok(None) => {
+                shared.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Err(_) => {
+                shared.failures.fetch_add(1, Ordering::Relaxed);
+                None
+            }
         }
     }
 
@@ -71,8 +182,21 @@ impl ResponseCache {
 
     pub fn put(&self, key: u128, body: Bytes, counts: Option<StoredCounts>) {
         self.stored.fetch_add(1, Ordering::Relaxed);
+        if let Some(shared) = &self.shared
+            && body.len() <= shared.max_entry_bytes
+            && shared.writes.try_send((key, body.clone())).is_err()
+        {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
+        }
         self.cache
             .insert(key, Arc::new(CachedAnswer { body, counts }));
+    }
+
+    /// Shared reads and writes that failed (`[cluster] response_cache`).
+    pub fn shared_failures(&self) -> u64 {
+        self.shared.as_ref().map_or(0, |shared| {
+            shared.failures.load(Ordering::Relaxed) + shared.write_failures.load(Ordering::Relaxed)
+        })
     }
 
     pub fn stats(&self) -> ResponseCacheStats {
@@ -91,6 +215,15 @@ impl ResponseCache {
             } else {
                 hits as f64 / (hits + misses) as f64
             },
+            shared: self.shared.as_ref().map(|shared| SharedCacheStats {
+                redis: shared.link.shown().to_string(),
+                hits: shared.hits.load(Ordering::Relaxed),
+                misses: shared.misses.load(Ordering::Relaxed),
+                read_failures: shared.failures.load(Ordering::Relaxed),
+                written: shared.written.load(Ordering::Relaxed),
+                write_failures: shared.write_failures.load(Ordering::Relaxed),
+                dropped: shared.dropped.load(Ordering::Relaxed),
+            }),
         }
     }
 }

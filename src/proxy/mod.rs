@@ -17,6 +17,7 @@ pub mod request;
 pub mod route;
 mod shape;
 pub mod shared_limit;
+pub mod shared_tokens;
 pub mod summary;
 pub mod toolcalls;
 pub mod upstream;
@@ -56,6 +57,8 @@ pub struct Upstream {
     pub limiter: Option<Arc<RateLimiter>>,
     /// Its requests per minute shared by every instance through Redis (`[cluster] redis`).
     pub shared: Option<Arc<shared_limit::SharedRate>>,
+    /// Its tokens per minute shared by every instance through Redis (`[cluster] redis`).
+    pub shared_tokens: Option<Arc<shared_tokens::SharedTokens>>,
     /// 429 answers from the provider since start (retried ones included).
     pub throttled: Arc<AtomicU64>,
 }
@@ -112,9 +115,33 @@ impl ProxyState {
                     usage.requests_last_minute = shared.admitted_last_minute();
                     usage.shared = Some(shared.usage());
                 }
+                if let Some(shared) = &u.shared_tokens {
+                    usage.shared_tokens = Some(shared.usage());
+                }
                 Some((key.clone(), usage))
             })
             .collect()
+    }
+
+    /// Failed Redis calls since start (shared budgets, shared cache), for the alert engine; `None` without
+    /// `[cluster] redis`.
+    pub fn redis_failures(self: &Arc<Self>) -> Option<Arc<dyn Fn() -> u64 + Send + Sync>> {
+        self.config.cluster.redis.as_ref()?;
+        let state = Arc::clone(self);
+        Some(Arc::new(move || {
+            let budgets: u64 = state
+                .upstreams
+                .values()
+                .map(|u| {
+                    u.shared.as_ref().map_or(0, |s| s.usage().redis_failures)
+                        + u.shared_tokens
+                            .as_ref()
+                            .map_or(0, |s| s.usage().redis_failures)
+                })
+                .sum();
+            let cache = state.response_cache.shared_failures();
+            budgets + cache
+        }))
     }
 
     /// Each provider's count of upstream 429 answers, for the alert engine.
@@ -145,12 +172,19 @@ impl ProxyState {
                 _ => None,
             };
             let limiter = RateLimiter::new(
-                // Shared, the requests per minute are Redis's; the tokens per minute stay per instance.
+                // Shared, the requests per minute are Redis's; the tokens per minute are admitted here, from a
+                // bucket that follows the fleet's.
                 provider.requests_per_minute.filter(|_| shared.is_none()),
                 provider.tokens_per_minute,
                 provider.rate_limit_max_wait,
             )
             .map(Arc::new);
+            let shared_tokens = match (&redis, &limiter) {
+                (Some(link), Some(limiter)) => {
+                    shared_tokens::SharedTokens::start(link, key, limiter)
+                }
+                _ => None,
+            };
             upstreams.insert(
                 key.clone(),
                 Upstream {
@@ -158,12 +192,13 @@ impl ProxyState {
                     client: crate::net::build_https_client(provider.timeouts.connect)?,
                     limiter,
                     shared,
+                    shared_tokens,
                     throttled: Arc::new(AtomicU64::new(0)),
                 },
             );
         }
         if let Some(link) = &redis {
-            tracing::info!(redis = %link.shown(), "provider request budgets shared through Redis");
+            tracing::info!(redis = %link.shown(), "provider request and token budgets shared through Redis");
             link.warm_up();
         }
         let models_json = Bytes::from(render_models(&catalog).to_string());
@@ -179,7 +214,13 @@ impl ProxyState {
         {
             accounting.add_sink(Arc::new(BudgetCharger(limiters)));
         }
-        let response_cache = Arc::new(ResponseCache::new(config.cache.max_bytes, config.cache.ttl));
+        let response_cache = Arc::new(match (&redis, config.cluster.response_cache) {
+            (Some(link), true) => {
+                tracing::info!(redis = %link.shown(), "response cache shared through Redis");
+                ResponseCache::shared(config.cache.max_bytes, config.cache.ttl, Arc::clone(link))
+            }
+            _ => ResponseCache::new(config.cache.max_bytes, config.cache.ttl),
+        });
         let context = Arc::new(ContextEngine::new(&config));
         let passthrough = if config.passthrough.enabled() {
             Some(crate::net::build_passthrough_client(

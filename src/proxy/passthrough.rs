@@ -83,6 +83,7 @@ pub fn route(
             client: client.clone(),
             limiter: None,
             shared: None,
+            shared_tokens: None,
             // Pass-through targets are not providers of the catalog: their 429s are not watched.
             throttled: Arc::new(AtomicU64::new(0)),
         },

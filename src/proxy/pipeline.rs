@@ -188,7 +188,7 @@ impl<'s> Exchange<'s> {
         } else {
             self.shape(&parts, &route, bytes, parsed).await?
         };
-        if let Some(hit) = self.cache(&shaped) {
+        if let Some(hit) = self.cache(&shaped).await {
             if native {
                 // Stored in the client's API: as it is.
                 return Ok(hit);
@@ -771,10 +771,10 @@ impl<'s> Exchange<'s> {
 
     /// Answers from the response cache on a hit; on a miss of a non-streaming request, arranges for the answer
     /// to be stored.
-    fn cache(&mut self, shaped: &Shaped) -> Option<Response> {
+    async fn cache(&mut self, shaped: &Shaped) -> Option<Response> {
         let key = shaped.cache_key?;
         let cache = &self.state.response_cache;
-        match cache.get(key) {
+        match cache.get_or_shared(key).await {
             Some(hit) => {
                 let record = self.record.take()?;
                 Some(self.answer_from_cache(record, &hit, shaped.client_asked_usage))

@@ -4,6 +4,7 @@
 //! `Retry-After` — the provider is never hit over its limit.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -15,6 +16,9 @@ pub struct RateLimiter {
     tpm: Option<u32>,
     max_wait: Duration,
     state: Mutex<State>,
+    /// The token budget is shared (`shared_tokens.rs`): tokens charged here and not yet added to the fleet's.
+    sharing: AtomicBool,
+    unsynced: AtomicU64,
 }
 
 struct State {
@@ -46,6 +50,10 @@ pub struct Usage {
     /// this instance's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shared: Option<super::shared_limit::SharedUsage>,
+    /// `tokens_per_minute` shared through Redis: the sync's counters; the tokens counted above are this
+    /// instance's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_tokens: Option<super::shared_tokens::SharedTokensUsage>,
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -69,7 +77,36 @@ impl RateLimiter {
                 admitted: VecDeque::new(),
                 tokens_last_minute: VecDeque::new(),
             }),
+            sharing: AtomicBool::new(false),
+            unsynced: AtomicU64::new(0),
         })
+    }
+
+    pub fn tokens_per_minute(&self) -> Option<u32> {
+        self.tpm
+    }
+
+    /// The tokens charged since the last call, for the fleet's bucket (from now on they are counted).
+    pub fn take_unsynced(&self) -> u64 {
+        self.sharing.store(true, Ordering::Relaxed);
+        self.unsynced.swap(0, Ordering::Relaxed)
+    }
+
+    /// Tokens taken by [`RateLimiter::take_unsynced`] that did not reach the fleet's bucket.
+    pub fn return_unsynced(&self, tokens: u64) {
+        self.unsynced.fetch_add(tokens, Ordering::Relaxed);
+    }
+
+    /// The fleet's bucket holds `level` tokens (spending of this instance synced up to now included): the local
+    /// bucket follows it, less what was charged here since.
+    pub fn follow(&self, level: f64, now: Instant) {
+        let Some(tpm) = self.tpm else {
+            return;
+        };
+        let mut state = self.state.lock();
+        let pending = self.unsynced.load(Ordering::Relaxed) as f64;
+        state.tokens = (level - pending).min(f64::from(tpm));
+        state.refilled_at = now;
     }
 
     /// Reserves a slot for one request: `Ok(wait)` (possibly zero) to sleep before sending, or the refusal.
@@ -128,6 +165,9 @@ impl RateLimiter {
         if self.tpm.is_none() {
             return;
         }
+        if self.sharing.load(Ordering::Relaxed) {
+            self.unsynced.fetch_add(tokens, Ordering::Relaxed);
+        }
         let mut state = self.state.lock();
         state.tokens -= tokens as f64;
         state.tokens_last_minute.push_back((now, tokens));
@@ -160,6 +200,7 @@ impl RateLimiter {
                 .sum(),
             max_wait_ms: self.max_wait.as_millis() as u64,
             shared: None,
+            shared_tokens: None,
         }
     }
 }

@@ -147,6 +147,60 @@ impl RedisLink {
         }
     }
 
+    /// `<prefix>:<kind>:<name>`: the keys of everything this fleet shares.
+    pub fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}:{kind}:{name}", self.prefix)
+    }
+
+    /// Runs `script` on `key` with integer arguments (`EVALSHA`, loading it first when Redis does not know it),
+    /// within the link's timeout (from a background task: it may wait for the connection).
+    pub async fn run_script<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        key: &str,
+        args: &[i64],
+    ) -> Result<T, String> {
+        let mut connection = self.connection().await?;
+        let mut invocation = script.key(key);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let call = invocation.invoke_async::<T>(&mut connection);
+        match tokio::time::timeout(self.timeout.max(Duration::from_millis(250)), call).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+
+    /// `GET key` within the link's timeout (a connection not made yet is waited for no longer either).
+    pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        let call = async {
+            let mut connection = self.connection().await?;
+            redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<Vec<u8>>>(&mut connection)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+
+    /// `SET key value PX ttl` (from a background task: it may wait for the connection).
+    pub async fn set_bytes(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), String> {
+        let mut connection = self.connection().await?;
+        let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut command = redis::cmd("SET");
+        command.arg(key).arg(value).arg("PX").arg(millis);
+        let call = command.query_async::<()>(&mut connection);
+        match tokio::time::timeout(self.timeout.max(Duration::from_millis(250)), call).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+
     /// Runs the GCRA script: requests granted now (≤ `want`) and the wait until the next one is free.
     async fn take(
         &self,

@@ -26,6 +26,9 @@ pub enum AlertKind {
     StoreBacklog,
     /// Records the store lost (value: records in the window).
     StoreDropped,
+    /// Redis calls of the cluster's shared budgets and cache that failed (value: count in the window): the
+    /// instance decides alone meanwhile (`on_redis_error`).
+    RedisUnavailable,
 }
 
 impl AlertKind {
@@ -38,6 +41,7 @@ impl AlertKind {
             AlertKind::Memory => "memory",
             AlertKind::StoreBacklog => "store_backlog",
             AlertKind::StoreDropped => "store_dropped",
+            AlertKind::RedisUnavailable => "redis_unavailable",
         }
     }
 
@@ -50,6 +54,7 @@ impl AlertKind {
             AlertKind::Memory,
             AlertKind::StoreBacklog,
             AlertKind::StoreDropped,
+            AlertKind::RedisUnavailable,
         ]
         .into_iter()
         .find(|k| k.as_str() == text)

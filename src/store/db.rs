@@ -33,6 +33,8 @@ pub enum Value<'a> {
     Int(i64),
     Real(f64),
     Text(&'a str),
+    /// Bytes (`BLOB` / `BYTEA`).
+    Blob(&'a [u8]),
     /// Arrays, for PostgreSQL only (`unnest(?1::bigint[], …)` in bulk statements); SQLite refuses them.
     Ints(&'a [i64]),
     OptInts(&'a [Option<i64>]),
@@ -92,6 +94,8 @@ pub trait RowExt {
     fn int(&self, i: usize) -> Result<i64, StoreError>;
     fn opt_int(&self, i: usize) -> Result<Option<i64>, StoreError>;
     fn real(&self, i: usize) -> Result<f64, StoreError>;
+    fn opt_real(&self, i: usize) -> Result<Option<f64>, StoreError>;
+    fn blob(&self, i: usize) -> Result<Vec<u8>, StoreError>;
     fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError>;
     fn text(&self, i: usize) -> Result<String, StoreError>;
 }
@@ -122,6 +126,22 @@ impl RowExt for [Owned] {
         }
     }
 
+    fn opt_real(&self, i: usize) -> Result<Option<f64>, StoreError> {
+        match self.get(i) {
+            Some(Owned::Null) => Ok(None),
+            _ => self.real(i).map(Some),
+        }
+    }
+
+    fn blob(&self, i: usize) -> Result<Vec<u8>, StoreError> {
+        match self.get(i) {
+            Some(Owned::Blob(b)) => Ok(b.clone()),
+            // SQLite keeps what was bound: text written as text reads back as text.
+            Some(Owned::Text(s)) => Ok(s.clone().into_bytes()),
+            other => Err(mismatch(i, "bytes", other.unwrap_or(&Owned::Null))),
+        }
+    }
+
     fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
         match self.get(i) {
             Some(Owned::Text(s)) => Ok(Some(s.clone())),
@@ -149,6 +169,20 @@ pub trait Db {
         Ok(self.query(sql, params)?.rows.into_iter().next())
     }
 
+    /// Runs a query and hands each row to `row` as it is read, never holding them all (long reads like the usage
+    /// report); `row` must not use the connection meanwhile.
+    fn each(
+        &self,
+        sql: &str,
+        params: &[Value<'_>],
+        row: &mut dyn FnMut(&[Owned]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for values in self.query(sql, params)?.rows {
+            row(&values)?;
+        }
+        Ok(())
+    }
+
     /// Appends rows to `table` in bulk when the engine has a faster way than `INSERT` (PostgreSQL: binary
     /// `COPY`). `values` holds the rows one after another, `columns.len()` values each. `Ok(false)`: the engine
     /// has none (SQLite, in process, inserts as fast), the caller inserts.
@@ -169,6 +203,7 @@ impl rusqlite::ToSql for Value<'_> {
             Value::Int(n) => ValueRef::Integer(n),
             Value::Real(f) => ValueRef::Real(f),
             Value::Text(s) => ValueRef::Text(s.as_bytes()),
+            Value::Blob(b) => ValueRef::Blob(b),
             Value::Ints(_) | Value::OptInts(_) | Value::Reals(_) | Value::Texts(_) => {
                 return Err(rusqlite::Error::ToSqlConversionFailure(
                     "arrays are PostgreSQL-only parameters".into(),
@@ -191,14 +226,33 @@ impl Db for rusqlite::Connection {
     }
 
     fn query(&self, sql: &str, params: &[Value<'_>]) -> Result<Rows, StoreError> {
-        let mut stmt = self.prepare_cached(sql)?;
-        let names: Vec<String> = stmt.column_names().map(str::to_string).collect();
-        let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
+        let names: Vec<String> = self
+            .prepare_cached(sql)?
+            .column_names()
+            .map(str::to_string)
+            .collect();
         let mut out = Vec::new();
-        while let Some(row) = rows.next()? {
-            let mut values = Vec::with_capacity(names.len());
-            for i in 0..names.len() {
-                values.push(match row.get_ref(i)? {
+        self.each(sql, params, &mut |values| {
+            out.push(values.to_vec());
+            Ok(())
+        })?;
+        Ok(Rows { names, rows: out })
+    }
+
+    fn each(
+        &self,
+        sql: &str,
+        params: &[Value<'_>],
+        row: &mut dyn FnMut(&[Owned]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.prepare_cached(sql)?;
+        let n = stmt.column_count();
+        let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
+        let mut values = Vec::with_capacity(n);
+        while let Some(r) = rows.next()? {
+            values.clear();
+            for i in 0..n {
+                values.push(match r.get_ref(i)? {
                     ValueRef::Null => Owned::Null,
                     ValueRef::Integer(n) => Owned::Int(n),
                     ValueRef::Real(f) => Owned::Real(f),
@@ -206,9 +260,9 @@ impl Db for rusqlite::Connection {
                     ValueRef::Blob(b) => Owned::Blob(b.to_vec()),
                 });
             }
-            out.push(values);
+            row(&values)?;
         }
-        Ok(Rows { names, rows: out })
+        Ok(())
     }
 }
 
@@ -239,6 +293,8 @@ pub fn pg_ddl(sql: &str) -> String {
             "INTEGER" => "BIGINT",
             "REAL" => "DOUBLE PRECISION",
             "BLOB" => "BYTEA",
+            // A reserved word in PostgreSQL (`ledger_files.offset`); shared statements quote it too.
+            "offset" => "\"offset\"",
             other => other,
         });
         word.clear();
@@ -328,7 +384,6 @@ impl<C: postgres::GenericClient> Db for Pg<'_, C> {
     }
 
     fn query(&self, sql: &str, params: &[Value<'_>]) -> Result<Rows, StoreError> {
-        use postgres::types::Type;
         let mut client = self
             .client
             .try_borrow_mut()
@@ -340,37 +395,28 @@ impl<C: postgres::GenericClient> Db for Pg<'_, C> {
             .map(|c| c.name().to_string())
             .collect();
         let rows = client.query(&statement, &pg_params(params))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut values = Vec::with_capacity(row.len());
-            for (i, column) in row.columns().iter().enumerate() {
-                let ty = column.type_();
-                let value = if *ty == Type::INT8 {
-                    row.try_get::<_, Option<i64>>(i)?.map(Owned::Int)
-                } else if *ty == Type::INT4 {
-                    row.try_get::<_, Option<i32>>(i)?
-                        .map(|n| Owned::Int(i64::from(n)))
-                } else if *ty == Type::INT2 {
-                    row.try_get::<_, Option<i16>>(i)?
-                        .map(|n| Owned::Int(i64::from(n)))
-                } else if *ty == Type::BOOL {
-                    row.try_get::<_, Option<bool>>(i)?
-                        .map(|b| Owned::Int(i64::from(b)))
-                } else if *ty == Type::FLOAT8 {
-                    row.try_get::<_, Option<f64>>(i)?.map(Owned::Real)
-                } else if *ty == Type::FLOAT4 {
-                    row.try_get::<_, Option<f32>>(i)?
-                        .map(|f| Owned::Real(f64::from(f)))
-                } else if *ty == Type::BYTEA {
-                    row.try_get::<_, Option<Vec<u8>>>(i)?.map(Owned::Blob)
-                } else {
-                    row.try_get::<_, Option<String>>(i)?.map(Owned::Text)
-                };
-                values.push(value.unwrap_or(Owned::Null));
-            }
-            out.push(values);
+        let rows = rows.iter().map(pg_row).collect::<Result<_, _>>()?;
+        Ok(Rows { names, rows })
+    }
+
+    // Rows as the server sends them (`query_raw`: a row iterator over the portal), not collected first.
+    fn each(
+        &self,
+        sql: &str,
+        params: &[Value<'_>],
+        row: &mut dyn FnMut(&[Owned]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        use postgres::fallible_iterator::FallibleIterator;
+        let mut client = self
+            .client
+            .try_borrow_mut()
+            .map_err(|_| StoreError::Other("connection in use".into()))?;
+        let statement = self.statement(&mut client, sql)?;
+        let mut rows = client.query_raw(&statement, pg_params(params))?;
+        while let Some(r) = rows.next()? {
+            row(&pg_row(&r)?)?;
         }
-        Ok(Rows { names, rows: out })
+        Ok(())
     }
 
     // Binary COPY, as the postgres crate offers it (`Client::copy_in` + `binary_copy::BinaryCopyInWriter`, which
@@ -422,6 +468,38 @@ impl<C: postgres::GenericClient> Db for Pg<'_, C> {
     }
 }
 
+/// One PostgreSQL row as the values SQLite would have read.
+fn pg_row(row: &postgres::Row) -> Result<Vec<Owned>, StoreError> {
+    use postgres::types::Type;
+    let mut values = Vec::with_capacity(row.len());
+    for (i, column) in row.columns().iter().enumerate() {
+        let ty = column.type_();
+        let value = if *ty == Type::INT8 {
+            row.try_get::<_, Option<i64>>(i)?.map(Owned::Int)
+        } else if *ty == Type::INT4 {
+            row.try_get::<_, Option<i32>>(i)?
+                .map(|n| Owned::Int(i64::from(n)))
+        } else if *ty == Type::INT2 {
+            row.try_get::<_, Option<i16>>(i)?
+                .map(|n| Owned::Int(i64::from(n)))
+        } else if *ty == Type::BOOL {
+            row.try_get::<_, Option<bool>>(i)?
+                .map(|b| Owned::Int(i64::from(b)))
+        } else if *ty == Type::FLOAT8 {
+            row.try_get::<_, Option<f64>>(i)?.map(Owned::Real)
+        } else if *ty == Type::FLOAT4 {
+            row.try_get::<_, Option<f32>>(i)?
+                .map(|f| Owned::Real(f64::from(f)))
+        } else if *ty == Type::BYTEA {
+            row.try_get::<_, Option<Vec<u8>>>(i)?.map(Owned::Blob)
+        } else {
+            row.try_get::<_, Option<String>>(i)?.map(Owned::Text)
+        };
+        values.push(value.unwrap_or(Owned::Null));
+    }
+    Ok(values)
+}
+
 impl postgres::types::ToSql for Value<'_> {
     fn to_sql(
         &self,
@@ -439,6 +517,7 @@ impl postgres::types::ToSql for Value<'_> {
             Value::Real(f) if *ty == Type::FLOAT4 => (f as f32).to_sql(ty, out),
             Value::Real(f) => f.to_sql(ty, out),
             Value::Text(s) => s.to_sql(ty, out),
+            Value::Blob(b) => b.to_sql(ty, out),
             Value::Ints(v) => v.to_sql(ty, out),
             Value::OptInts(v) => v.to_sql(ty, out),
             Value::Reals(v) => v.to_sql(ty, out),
@@ -460,6 +539,7 @@ impl postgres::types::ToSql for Value<'_> {
             Type::BPCHAR,
             Type::NAME,
             Type::UNKNOWN,
+            Type::BYTEA,
             Type::INT8_ARRAY,
             Type::FLOAT8_ARRAY,
             Type::TEXT_ARRAY,

@@ -5,10 +5,10 @@
 //! writes the entries read up to it. An entry the proxy itself served is linked to that request
 //! (`proxied_request_id`) and left out of the picture, so nothing is counted twice.
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-
 use kimi_ledgers::{Cursor, FileIdentity, UsageEntry};
 
+use super::db::{Db, RowExt, Value};
+use super::pg::{Location, PgStore};
 use super::{Store, StoreError, unix_ms};
 
 /// Schema v7 (appended to [`super::schema::MIGRATIONS`]).
@@ -99,38 +99,10 @@ impl Store {
 
     /// Where the last import of `path` stopped.
     pub fn ledger_cursor(&self, source: &str, path: &str) -> Result<Option<Cursor>, StoreError> {
-        let cursor = self
-            .conn
-            .query_row(
-                "SELECT offset, device, inode, state, stamp_len, stamp_mtime FROM ledger_files
-                 WHERE source = ?1 AND path = ?2",
-                params![source, path],
-                |row| {
-                    let device: Option<i64> = row.get(1)?;
-                    let inode: Option<i64> = row.get(2)?;
-                    let stamp_len: Option<i64> = row.get(4)?;
-                    let stamp_mtime: Option<i64> = row.get(5)?;
-                    Ok(Cursor {
-                        offset: row.get::<_, i64>(0)?.max(0) as u64,
-                        identity: device.zip(inode).map(|(d, i)| FileIdentity {
-                            device: d as u64,
-                            inode: i as u64,
-                        }),
-                        state: row.get(3)?,
-                        stamp: stamp_len
-                            .zip(stamp_mtime)
-                            .map(|(l, m)| (l.max(0) as u64, m)),
-                    })
-                },
-            )
-            .optional()?;
-        Ok(cursor)
+        ledger_cursor(&self.conn, source, path)
     }
 
-    /// Writes `entries` read from `path` of agent `source` and, given one, saves the file's cursor, in one
-    /// transaction (a long file is written in several batches, the cursor with the last: a crash in between
-    /// reads the file again, and the keys make that harmless). `replace` (whole-document sources) updates entries
-    /// whose aggregates changed.
+    /// [`import_batch`] in one transaction.
     pub fn import_ledger_batch(
         &mut self,
         source: &str,
@@ -139,204 +111,282 @@ impl Store {
         entries: &[PricedEntry],
         replace: bool,
     ) -> Result<ImportOutcome, StoreError> {
-        let now = unix_ms();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut outcome = ImportOutcome::default();
-        {
-            let mut existing = tx.prepare_cached(
+        self.transact(|db| import_batch(db, source, path, cursor, entries, replace))
+    }
+}
+
+/// Where the importer writes: the SQLite file or the PostgreSQL database, through its own connection (as
+/// `kimi-proxy import` does from another process), the same statements on both.
+pub enum LedgerStore {
+    Sqlite(Store),
+    Postgres(PgStore),
+}
+
+impl LedgerStore {
+    /// Opens (creating or upgrading) the store at `location`.
+    pub fn open(location: &Location) -> Result<LedgerStore, StoreError> {
+        match location {
+            Location::Sqlite(path) => {
+                let store = Store::open(path)?;
+                store.prepare_for_import()?;
+                Ok(LedgerStore::Sqlite(store))
+            }
+            Location::Postgres(url) => Ok(LedgerStore::Postgres(PgStore::open(url)?)),
+        }
+    }
+
+    /// Where the last import of `path` stopped.
+    pub fn cursor(&mut self, source: &str, path: &str) -> Result<Option<Cursor>, StoreError> {
+        match self {
+            LedgerStore::Sqlite(store) => ledger_cursor(store.connection(), source, path),
+            LedgerStore::Postgres(pg) => pg.with(|db| ledger_cursor(db, source, path)),
+        }
+    }
+
+    /// [`import_batch`] in one transaction.
+    pub fn import_batch(
+        &mut self,
+        source: &str,
+        path: &str,
+        cursor: Option<&Cursor>,
+        entries: &[PricedEntry],
+        replace: bool,
+    ) -> Result<ImportOutcome, StoreError> {
+        let f = |db: &dyn Db| import_batch(db, source, path, cursor, entries, replace);
+        match self {
+            LedgerStore::Sqlite(store) => store.transact(f),
+            LedgerStore::Postgres(pg) => pg.transact(f),
+        }
+    }
+}
+
+/// Where the last import of `path` stopped.
+pub fn ledger_cursor(db: &dyn Db, source: &str, path: &str) -> Result<Option<Cursor>, StoreError> {
+    let Some(row) = db.first(
+        "SELECT \"offset\", device, inode, state, stamp_len, stamp_mtime FROM ledger_files
+         WHERE source = ?1 AND path = ?2",
+        &[Value::Text(source), Value::Text(path)],
+    )?
+    else {
+        return Ok(None);
+    };
+    let (device, inode) = (row.opt_int(1)?, row.opt_int(2)?);
+    let (stamp_len, stamp_mtime) = (row.opt_int(4)?, row.opt_int(5)?);
+    Ok(Some(Cursor {
+        offset: row.int(0)?.max(0) as u64,
+        identity: device.zip(inode).map(|(d, i)| FileIdentity {
+            device: d as u64,
+            inode: i as u64,
+        }),
+        state: row.opt_text(3)?,
+        stamp: stamp_len
+            .zip(stamp_mtime)
+            .map(|(l, m)| (l.max(0) as u64, m)),
+    }))
+}
+
+/// Writes `entries` read from `path` of agent `source` and, given one, saves the file's cursor; the caller runs it
+/// in one transaction (a long file is written in several batches, the cursor with the last: a crash in between
+/// reads the file again, and the keys make that harmless). `replace` (whole-document sources) updates entries
+/// whose aggregates changed.
+pub fn import_batch(
+    db: &dyn Db,
+    source: &str,
+    path: &str,
+    cursor: Option<&Cursor>,
+    entries: &[PricedEntry],
+    replace: bool,
+) -> Result<ImportOutcome, StoreError> {
+    let now = unix_ms();
+    let mut outcome = ImportOutcome::default();
+    // Look-ups most imports never need: proxied requests in the batch's time range, sidechain entries.
+    let lo = entries
+        .iter()
+        .map(|p| p.entry.timestamp_ms)
+        .min()
+        .unwrap_or(0);
+    let hi = entries
+        .iter()
+        .map(|p| p.entry.timestamp_ms)
+        .max()
+        .unwrap_or(0);
+    let exists = |sql: &str, params: &[Value<'_>]| -> Result<bool, StoreError> {
+        Ok(db.first(sql, params)?.map_or(Ok(0), |r| r.int(0))? != 0)
+    };
+    let any_requests = exists(
+        "SELECT EXISTS (SELECT 1 FROM requests WHERE started_at BETWEEN ?1 AND ?2)",
+        &[
+            Value::Int(lo - MATCH_BEFORE_MS),
+            Value::Int(hi + MATCH_AFTER_MS),
+        ],
+    )?;
+    let mut any_sidechains = exists(
+        "SELECT EXISTS (SELECT 1 FROM usage_entries WHERE source = ?1 AND sidechain = 1)",
+        &[Value::Text(source)],
+    )?;
+    for priced in entries {
+        let e = &priced.entry;
+        if replace {
+            let found = db.first(
                 "SELECT id, input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, agent_cost_usd
                  FROM usage_entries WHERE source = ?1 AND entry_key = ?2",
+                &[Value::Text(source), Value::Text(&e.key)],
             )?;
-            let mut replayed = tx.prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM usage_entries
-                 WHERE source = ?1 AND message_id = ?2 AND entry_key <> ?3)",
-            )?;
-            let mut delete_replays = tx.prepare_cached(
-                "DELETE FROM usage_entries
-                 WHERE source = ?1 AND message_id = ?2 AND sidechain = 1 AND entry_key <> ?3",
-            )?;
-            let mut update = tx.prepare_cached(
-                "UPDATE usage_entries SET timestamp = ?2, model = ?3, input_tokens = ?4, output_tokens = ?5,
-                     cache_creation_tokens = ?6, cache_read_tokens = ?7, cost_usd = ?8, cost_estimated = ?9,
-                     agent_cost_usd = ?10, imported_at = ?11
-                 WHERE id = ?1",
-            )?;
-            let mut proxied = tx.prepare_cached(
-                "SELECT r.id FROM requests r
-                 WHERE r.started_at BETWEEN ?1 AND ?2
-                   AND (r.upstream_model = ?3 OR r.model = ?3)
-                   AND r.completion_tokens = ?4
-                   AND r.prompt_tokens IN (?5, ?6)
-                   AND NOT EXISTS (SELECT 1 FROM usage_entries u WHERE u.proxied_request_id = r.id)
-                 ORDER BY abs(r.started_at - ?7) LIMIT 1",
-            )?;
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO usage_entries (source, entry_key, timestamp, session, project, model, message_id,
-                     request_id, input_tokens, output_tokens, cache_creation_tokens, cache_creation_1h_tokens,
-                     cache_read_tokens, reasoning_tokens, cost_usd, cost_estimated, agent_cost_usd, sidechain,
-                     proxied_request_id, imported_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)
-                 ON CONFLICT (source, entry_key) DO NOTHING",
-            )?;
-            // Look-ups most imports never need: proxied requests in the batch's time range, sidechain entries.
-            let lo = entries
-                .iter()
-                .map(|p| p.entry.timestamp_ms)
-                .min()
-                .unwrap_or(0);
-            let hi = entries
-                .iter()
-                .map(|p| p.entry.timestamp_ms)
-                .max()
-                .unwrap_or(0);
-            let any_requests: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM requests WHERE started_at BETWEEN ?1 AND ?2)",
-                params![lo - MATCH_BEFORE_MS, hi + MATCH_AFTER_MS],
-                |r| r.get(0),
-            )?;
-            let mut any_sidechains: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM usage_entries WHERE source = ?1 AND sidechain = 1)",
-                [source],
-                |r| r.get(0),
-            )?;
-            for priced in entries {
-                let e = &priced.entry;
-                if replace {
-                    type Existing = (i64, i64, i64, i64, i64, Option<f64>);
-                    let found: Option<Existing> = existing
-                        .query_row(params![source, e.key], |r| {
-                            Ok((
-                                r.get(0)?,
-                                r.get(1)?,
-                                r.get(2)?,
-                                r.get(3)?,
-                                r.get(4)?,
-                                r.get(5)?,
-                            ))
-                        })
-                        .optional()?;
-                    if let Some((id, input, output, creation, read, agent_cost)) = found {
-                        let changed = (input, output, creation, read, agent_cost)
-                            != (
-                                clamp(e.input_tokens),
-                                clamp(e.output_tokens),
-                                clamp(e.cache_creation_tokens),
-                                clamp(e.cache_read_tokens),
-                                e.agent_cost_usd,
-                            );
-                        if changed {
-                            update.execute(params![
-                                id,
-                                e.timestamp_ms,
-                                e.model,
-                                clamp(e.input_tokens),
-                                clamp(e.output_tokens),
-                                clamp(e.cache_creation_tokens),
-                                clamp(e.cache_read_tokens),
-                                priced.cost_usd,
-                                priced.cost_estimated,
-                                e.agent_cost_usd,
-                                now,
-                            ])?;
-                            outcome.updated += 1;
-                        } else {
-                            outcome.known += 1;
-                        }
-                        continue;
-                    }
-                }
-                // A sidechain replaying a parent message (same message id, another request id) is the parent's
-                // copy: the parent's entry is kept, whichever file was read first.
-                if e.sidechain
-                    && let Some(message_id) = e.message_id.as_deref()
-                    && replayed
-                        .query_row(params![source, message_id, e.key], |r| r.get::<_, bool>(0))?
-                {
+            if let Some(r) = found {
+                let changed = (r.int(1)?, r.int(2)?, r.int(3)?, r.int(4)?, r.opt_real(5)?)
+                    != (
+                        clamp(e.input_tokens),
+                        clamp(e.output_tokens),
+                        clamp(e.cache_creation_tokens),
+                        clamp(e.cache_read_tokens),
+                        e.agent_cost_usd,
+                    );
+                if changed {
+                    db.execute(
+                        "UPDATE usage_entries SET timestamp = ?2, model = ?3, input_tokens = ?4, output_tokens = ?5,
+                             cache_creation_tokens = ?6, cache_read_tokens = ?7, cost_usd = ?8, cost_estimated = ?9,
+                             agent_cost_usd = ?10, imported_at = ?11
+                         WHERE id = ?1",
+                        &[
+                            Value::Int(r.int(0)?),
+                            Value::Int(e.timestamp_ms),
+                            e.model.as_deref().into(),
+                            Value::Int(clamp(e.input_tokens)),
+                            Value::Int(clamp(e.output_tokens)),
+                            Value::Int(clamp(e.cache_creation_tokens)),
+                            Value::Int(clamp(e.cache_read_tokens)),
+                            Value::Real(priced.cost_usd),
+                            priced.cost_estimated.into(),
+                            e.agent_cost_usd.into(),
+                            Value::Int(now),
+                        ],
+                    )?;
+                    outcome.updated += 1;
+                } else {
                     outcome.known += 1;
-                    continue;
                 }
-                let proxied_id: Option<i64> = match e.model.as_deref() {
-                    Some(model) if any_requests => proxied
-                        .query_row(
-                            params![
-                                e.timestamp_ms - MATCH_BEFORE_MS,
-                                e.timestamp_ms + MATCH_AFTER_MS,
-                                model,
-                                clamp(e.output_tokens),
-                                clamp(e.input_tokens + e.cache_read_tokens),
-                                clamp(
-                                    e.input_tokens + e.cache_read_tokens + e.cache_creation_tokens
-                                ),
-                                e.timestamp_ms,
-                            ],
-                            |r| r.get(0),
-                        )
-                        .optional()?,
-                    _ => None,
-                };
-                let inserted = insert.execute(params![
-                    source,
-                    e.key,
-                    e.timestamp_ms,
-                    e.session,
-                    e.project,
-                    e.model,
-                    e.message_id,
-                    e.request_id,
-                    clamp(e.input_tokens),
-                    clamp(e.output_tokens),
-                    clamp(e.cache_creation_tokens),
-                    clamp(e.cache_creation_1h_tokens),
-                    clamp(e.cache_read_tokens),
-                    clamp(e.reasoning_tokens),
-                    priced.cost_usd,
-                    priced.cost_estimated,
-                    e.agent_cost_usd,
-                    e.sidechain,
-                    proxied_id,
-                    now,
-                ])?;
-                if inserted == 0 {
-                    outcome.known += 1;
-                    continue;
-                }
-                outcome.imported += 1;
-                if proxied_id.is_some() {
-                    outcome.proxied += 1;
-                }
-                if e.sidechain {
-                    any_sidechains = true;
-                } else if any_sidechains && let Some(message_id) = e.message_id.as_deref() {
-                    // The parent came after its replay: the replay goes.
-                    delete_replays.execute(params![source, message_id, e.key])?;
-                }
+                continue;
             }
         }
-        if let Some(cursor) = cursor {
-            tx.execute(
-            "INSERT INTO ledger_files (source, path, offset, device, inode, state, stamp_len, stamp_mtime, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT (source, path) DO UPDATE SET offset = excluded.offset, device = excluded.device,
-                 inode = excluded.inode, state = excluded.state, stamp_len = excluded.stamp_len,
-                 stamp_mtime = excluded.stamp_mtime, updated_at = excluded.updated_at",
-            params![
-                source,
-                path,
-                clamp(cursor.offset),
-                cursor.identity.map(|i| i.device as i64),
-                cursor.identity.map(|i| i.inode as i64),
-                cursor.state,
-                cursor.stamp.map(|(l, _)| clamp(l)),
-                cursor.stamp.map(|(_, m)| m),
-                now,
+        // A sidechain replaying a parent message (same message id, another request id) is the parent's copy:
+        // the parent's entry is kept, whichever file was read first.
+        if e.sidechain
+            && let Some(message_id) = e.message_id.as_deref()
+            && exists(
+                "SELECT EXISTS (SELECT 1 FROM usage_entries
+                 WHERE source = ?1 AND message_id = ?2 AND entry_key <> ?3)",
+                &[
+                    Value::Text(source),
+                    Value::Text(message_id),
+                    Value::Text(&e.key),
+                ],
+            )?
+        {
+            outcome.known += 1;
+            continue;
+        }
+        let proxied_id: Option<i64> = match e.model.as_deref() {
+            Some(model) if any_requests => db
+                .first(
+                    "SELECT r.id FROM requests r
+                     WHERE r.started_at BETWEEN ?1 AND ?2
+                       AND (r.upstream_model = ?3 OR r.model = ?3)
+                       AND r.completion_tokens = ?4
+                       AND r.prompt_tokens IN (?5, ?6)
+                       AND NOT EXISTS (SELECT 1 FROM usage_entries u WHERE u.proxied_request_id = r.id)
+                     ORDER BY abs(r.started_at - ?7) LIMIT 1",
+                    &[
+                        Value::Int(e.timestamp_ms - MATCH_BEFORE_MS),
+                        Value::Int(e.timestamp_ms + MATCH_AFTER_MS),
+                        Value::Text(model),
+                        Value::Int(clamp(e.output_tokens)),
+                        Value::Int(clamp(e.input_tokens + e.cache_read_tokens)),
+                        Value::Int(clamp(
+                            e.input_tokens + e.cache_read_tokens + e.cache_creation_tokens,
+                        )),
+                        Value::Int(e.timestamp_ms),
+                    ],
+                )?
+                .map(|r| r.int(0))
+                .transpose()?,
+            _ => None,
+        };
+        let inserted = db.execute(
+            "INSERT INTO usage_entries (source, entry_key, timestamp, session, project, model, message_id,
+                 request_id, input_tokens, output_tokens, cache_creation_tokens, cache_creation_1h_tokens,
+                 cache_read_tokens, reasoning_tokens, cost_usd, cost_estimated, agent_cost_usd, sidechain,
+                 proxied_request_id, imported_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)
+             ON CONFLICT (source, entry_key) DO NOTHING",
+            &[
+                Value::Text(source),
+                Value::Text(&e.key),
+                Value::Int(e.timestamp_ms),
+                e.session.as_deref().into(),
+                e.project.as_deref().into(),
+                e.model.as_deref().into(),
+                e.message_id.as_deref().into(),
+                e.request_id.as_deref().into(),
+                Value::Int(clamp(e.input_tokens)),
+                Value::Int(clamp(e.output_tokens)),
+                Value::Int(clamp(e.cache_creation_tokens)),
+                Value::Int(clamp(e.cache_creation_1h_tokens)),
+                Value::Int(clamp(e.cache_read_tokens)),
+                Value::Int(clamp(e.reasoning_tokens)),
+                Value::Real(priced.cost_usd),
+                priced.cost_estimated.into(),
+                e.agent_cost_usd.into(),
+                e.sidechain.into(),
+                proxied_id.into(),
+                Value::Int(now),
             ],
         )?;
+        if inserted == 0 {
+            outcome.known += 1;
+            continue;
         }
-        tx.commit()?;
-        Ok(outcome)
+        outcome.imported += 1;
+        if proxied_id.is_some() {
+            outcome.proxied += 1;
+        }
+        if e.sidechain {
+            any_sidechains = true;
+        } else if any_sidechains && let Some(message_id) = e.message_id.as_deref() {
+            // The parent came after its replay: the replay goes.
+            db.execute(
+                "DELETE FROM usage_entries
+                 WHERE source = ?1 AND message_id = ?2 AND sidechain = 1 AND entry_key <> ?3",
+                &[
+                    Value::Text(source),
+                    Value::Text(message_id),
+                    Value::Text(&e.key),
+                ],
+            )?;
+        }
     }
+    if let Some(cursor) = cursor {
+        let identity = cursor.identity;
+        db.execute(
+            "INSERT INTO ledger_files (source, path, \"offset\", device, inode, state, stamp_len, stamp_mtime,
+                 updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (source, path) DO UPDATE SET \"offset\" = excluded.\"offset\", device = excluded.device,
+                 inode = excluded.inode, state = excluded.state, stamp_len = excluded.stamp_len,
+                 stamp_mtime = excluded.stamp_mtime, updated_at = excluded.updated_at",
+            &[
+                Value::Text(source),
+                Value::Text(path),
+                Value::Int(clamp(cursor.offset)),
+                identity.map(|i| i.device as i64).into(),
+                identity.map(|i| i.inode as i64).into(),
+                cursor.state.as_deref().into(),
+                cursor.stamp.map(|(l, _)| clamp(l)).into(),
+                cursor.stamp.map(|(_, m)| m).into(),
+                Value::Int(now),
+            ],
+        )?;
+    }
+    Ok(outcome)
 }
 
 fn clamp(v: u64) -> i64 {
@@ -373,48 +423,50 @@ pub struct UsageFilter {
 /// Streams the picture's rows, oldest first, to `row`: proxied requests (input excluding cached tokens) and
 /// imported entries the proxy did not serve.
 pub fn usage_rows(
-    conn: &Connection,
+    db: &dyn Db,
     filter: &UsageFilter,
     row: &mut dyn FnMut(UsageRow),
 ) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare(
+    // Filters compare against typed placeholders (`CAST`): PostgreSQL cannot type `?1 IS NULL` alone.
+    db.each(
         "SELECT source, ts, session, project, model, input, output, creation, cache_read, cost, agent_cost FROM (
-             SELECT 'proxy' AS source, started_at AS ts, CAST(session_id AS TEXT) AS session, NULL AS project,
-                    model, prompt_tokens - coalesce(cached_reported, 0) AS input, completion_tokens AS output,
+             SELECT 'proxy' AS source, started_at AS ts, CAST(session_id AS TEXT) AS session,
+                    CAST(NULL AS TEXT) AS project, model,
+                    prompt_tokens - coalesce(cached_reported, 0) AS input, completion_tokens AS output,
                     0 AS creation, coalesce(cached_reported, 0) AS cache_read, cost_usd AS cost,
-                    NULL AS agent_cost
+                    CAST(NULL AS REAL) AS agent_cost
              FROM requests
              UNION ALL
              SELECT source, timestamp, session, project, coalesce(model, 'unknown'), input_tokens, output_tokens,
                     cache_creation_tokens, cache_read_tokens, cost_usd, agent_cost_usd
              FROM usage_entries WHERE proxied_request_id IS NULL
-         )
-         WHERE (?1 IS NULL OR ts >= ?1) AND (?2 IS NULL OR ts < ?2) AND (?3 IS NULL OR source = ?3)
-           AND (?4 IS NULL OR project = ?4)
+         ) AS picture
+         WHERE (CAST(?1 AS BIGINT) IS NULL OR ts >= ?1) AND (CAST(?2 AS BIGINT) IS NULL OR ts < ?2)
+           AND (CAST(?3 AS TEXT) IS NULL OR source = ?3) AND (CAST(?4 AS TEXT) IS NULL OR project = ?4)
          ORDER BY ts",
-    )?;
-    let mut rows = stmt.query(params![
-        filter.since_ms,
-        filter.until_ms,
-        filter.source,
-        filter.project
-    ])?;
-    while let Some(r) = rows.next()? {
-        row(UsageRow {
-            source: r.get(0)?,
-            timestamp_ms: r.get(1)?,
-            session: r.get(2)?,
-            project: r.get(3)?,
-            model: r.get(4)?,
-            input_tokens: r.get(5)?,
-            output_tokens: r.get(6)?,
-            cache_creation_tokens: r.get(7)?,
-            cache_read_tokens: r.get(8)?,
-            cost_usd: r.get(9)?,
-            agent_cost_usd: r.get(10)?,
-        });
-    }
-    Ok(())
+        &[
+            filter.since_ms.into(),
+            filter.until_ms.into(),
+            filter.source.as_deref().into(),
+            filter.project.as_deref().into(),
+        ],
+        &mut |r| {
+            row(UsageRow {
+                source: r.text(0)?,
+                timestamp_ms: r.int(1)?,
+                session: r.opt_text(2)?,
+                project: r.opt_text(3)?,
+                model: r.text(4)?,
+                input_tokens: r.int(5)?,
+                output_tokens: r.int(6)?,
+                cache_creation_tokens: r.int(7)?,
+                cache_read_tokens: r.int(8)?,
+                cost_usd: r.real(9)?,
+                agent_cost_usd: r.opt_real(10)?,
+            });
+            Ok(())
+        },
+    )
 }
 
 #[cfg(test)]

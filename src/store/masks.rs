@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+use super::db::{Db, RowExt, Value};
 use super::{StoreError, StoreSink};
 use crate::context::masking::{MaskSink, MaskedOriginal, head_and_tail};
 
@@ -52,9 +52,9 @@ impl MaskKey {
     }
 }
 
-/// Writes one original (kept once: the first write of a hash wins).
+/// Writes one original (kept once: the first write of a hash wins), on either backend.
 pub fn insert(
-    conn: &Connection,
+    db: &dyn Db,
     original: &MaskedOriginal,
     key: Option<&MaskKey>,
 ) -> Result<(), StoreError> {
@@ -71,20 +71,21 @@ pub fn insert(
             false,
         ),
     };
-    conn.prepare_cached(
-        "INSERT OR IGNORE INTO masked_content (hash, created_at, role, tool, tokens, preview, content, encrypted)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?
-    .execute(params![
-        original.hash,
-        original.created_at_ms,
-        original.role,
-        original.tool,
-        super::sessions::clamp(original.tokens),
-        preview,
-        content,
-        encrypted,
-    ])?;
+    db.execute(
+        "INSERT INTO masked_content (hash, created_at, role, tool, tokens, preview, content, encrypted)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (hash) DO NOTHING",
+        &[
+            Value::Text(&original.hash),
+            Value::Int(original.created_at_ms),
+            Value::Text(original.role),
+            original.tool.as_deref().into(),
+            Value::Int(super::sessions::clamp(original.tokens)),
+            preview.into(),
+            Value::Blob(&content),
+            encrypted.into(),
+        ],
+    )?;
     Ok(())
 }
 
@@ -111,46 +112,28 @@ pub enum MaskReadError {
     WrongKey,
 }
 
-impl From<rusqlite::Error> for MaskReadError {
-    fn from(error: rusqlite::Error) -> Self {
-        MaskReadError::Store(error.into())
-    }
-}
-
 pub fn get(
-    conn: &Connection,
+    db: &dyn Db,
     hash: &str,
     key: Option<&MaskKey>,
     preview_chars: usize,
 ) -> Result<Option<MaskedRow>, MaskReadError> {
-    type Row = (
-        i64,
-        String,
-        Option<String>,
-        i64,
-        Option<String>,
-        Vec<u8>,
-        bool,
-    );
-    let row: Option<Row> = conn
-        .prepare_cached(
-            "SELECT created_at, role, tool, tokens, preview, content, encrypted FROM masked_content WHERE hash = ?1",
-        )?
-        .query_row([hash], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-            ))
-        })
-        .optional()?;
-    let Some((created_at_ms, role, tool, tokens, preview, content, encrypted)) = row else {
+    let Some(row) = db.first(
+        "SELECT created_at, role, tool, tokens, preview, content, encrypted FROM masked_content WHERE hash = ?1",
+        &[Value::Text(hash)],
+    )?
+    else {
         return Ok(None);
     };
+    let (created_at_ms, role, tool, tokens, preview, content, encrypted) = (
+        row.int(0)?,
+        row.text(1)?,
+        row.opt_text(2)?,
+        row.int(3)?,
+        row.opt_text(4)?,
+        row.blob(5)?,
+        row.int(6)? != 0,
+    );
     let content = if encrypted {
         let key = key.ok_or(MaskReadError::NoKey)?;
         key.open(hash, &content).ok_or(MaskReadError::WrongKey)?
@@ -182,9 +165,7 @@ impl MaskSink for StoreMasks {
         let key = self.key.clone();
         let bytes = original.content.len() + original.preview.len() + 128;
         self.sink.try_execute_sized(bytes, move |state| {
-            let result = state
-                .store()
-                .and_then(|store| insert(store.connection(), &original, key.as_ref()));
+            let result = state.with_db(|db| insert(db, &original, key.as_ref()));
             if let Err(error) = result {
                 tracing::warn!(%error, hash = %original.hash, "cannot keep a masked original");
             }

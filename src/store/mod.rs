@@ -605,6 +605,8 @@ struct SessionDelta {
     context_tokens: i64,
     context_window: Option<u64>,
     model: String,
+    /// The latest request's conversation tip ([`sessions::conversation_tip`]).
+    tip: Option<i64>,
 }
 
 impl SessionDelta {
@@ -637,6 +639,9 @@ impl SessionDelta {
             self.context_window = window;
         }
         record.model.clone_into(&mut self.model);
+        if let Some(tip) = sessions::conversation_tip(&record.message_hashes) {
+            self.tip = Some(tip);
+        }
     }
 }
 
@@ -659,7 +664,8 @@ fn apply_delta(db: &dyn Db, id: i64, delta: &SessionDelta) -> Result<(), StoreEr
             context_window = coalesce(?10, context_window),
             model = CASE WHEN source = 'manual' AND model IS NOT NULL THEN model ELSE ?11 END,
             tokens_saved = tokens_saved + ?12,
-            cost_saved_usd = cost_saved_usd + ?13
+            cost_saved_usd = cost_saved_usd + ?13,
+            conversation_tip = coalesce(?14, conversation_tip)
          WHERE id = ?1",
         &[
             id.into(),
@@ -675,6 +681,7 @@ fn apply_delta(db: &dyn Db, id: i64, delta: &SessionDelta) -> Result<(), StoreEr
             delta.model.as_str().into(),
             delta.tokens_saved.into(),
             delta.cost_saved.into(),
+            delta.tip.into(),
         ],
     )?;
     Ok(())
@@ -705,6 +712,7 @@ fn apply_deltas_bulk(db: &dyn Db, deltas: &[(i64, SessionDelta)]) -> Result<(), 
         .map(|(_, d)| d.context_window.map(clamp))
         .collect();
     let models: Vec<&str> = deltas.iter().map(|(_, d)| d.model.as_str()).collect();
+    let tips: Vec<Option<i64>> = deltas.iter().map(|(_, d)| d.tip).collect();
     db.query(
         "SELECT id FROM sessions WHERE id = ANY(?1::bigint[]) ORDER BY id FOR UPDATE",
         &[Value::Ints(&ids)],
@@ -722,12 +730,13 @@ fn apply_deltas_bulk(db: &dyn Db, deltas: &[(i64, SessionDelta)]) -> Result<(), 
             context_window = coalesce(d.context_window, s.context_window),
             model = CASE WHEN s.source = 'manual' AND s.model IS NOT NULL THEN s.model ELSE d.model END,
             tokens_saved = s.tokens_saved + d.tokens_saved,
-            cost_saved_usd = s.cost_saved_usd + d.cost_saved
+            cost_saved_usd = s.cost_saved_usd + d.cost_saved,
+            conversation_tip = coalesce(d.tip, s.conversation_tip)
          FROM unnest(?1::bigint[], ?2::bigint[], ?3::bigint[], ?4::bigint[], ?5::bigint[], ?6::bigint[],
                      ?7::double precision[], ?8::bigint[], ?9::bigint[], ?10::bigint[], ?11::text[],
-                     ?12::bigint[], ?13::double precision[])
+                     ?12::bigint[], ?13::double precision[], ?14::bigint[])
               AS d(id, requests, errors, prompt, completion, cached, cost, last_activity, context_tokens,
-                   context_window, model, tokens_saved, cost_saved)
+                   context_window, model, tokens_saved, cost_saved, tip)
          WHERE s.id = d.id",
         &[
             Value::Ints(&ids),
@@ -743,6 +752,7 @@ fn apply_deltas_bulk(db: &dyn Db, deltas: &[(i64, SessionDelta)]) -> Result<(), 
             Value::Texts(&models),
             Value::Ints(&tokens_saved),
             Value::Reals(&cost_saved),
+            Value::OptInts(&tips),
         ],
     )?;
     Ok(())

@@ -22,7 +22,7 @@ use crate::accounting::RequestRecord;
 
 /// The schema version a new PostgreSQL database starts at.
 pub const PG_BASELINE: i64 = 9;
-/// The tables PostgreSQL has; the ledger import (`ledger_files`, `usage_entries`) is SQLite-only for now.
+/// The tables `kimi-proxy migrate` copies into PostgreSQL.
 pub(crate) const PG_TABLES: &[&str] = &[
     "sessions",
     "requests",
@@ -30,6 +30,9 @@ pub(crate) const PG_TABLES: &[&str] = &[
     "masked_content",
     "responses",
 ];
+/// The ledger import's tables ([`super::ledgers`]): PostgreSQL has them too (a database created before they were
+/// ported gets them at its next open, see [`migrate`]); no migration after [`PG_BASELINE`] touches them.
+pub(crate) const PG_LEDGER_TABLES: &[&str] = &["ledger_files", "usage_entries"];
 /// Rows per `INSERT` (61 parameters each, under PostgreSQL's 65,535).
 const PG_CHUNK: usize = 256;
 /// Key of the advisory lock held while the schema is created or upgraded.
@@ -241,6 +244,13 @@ impl PgStore {
 
 /// The tables and indexes of [`PG_BASELINE`], as PostgreSQL DDL: SQLite's schema at that version, translated.
 pub fn baseline_ddl() -> Result<Vec<String>, StoreError> {
+    let mut tables = PG_TABLES.to_vec();
+    tables.extend_from_slice(PG_LEDGER_TABLES);
+    baseline_ddl_of(&tables)
+}
+
+/// The baseline DDL of `tables` (with their indexes).
+fn baseline_ddl_of(tables: &[&str]) -> Result<Vec<String>, StoreError> {
     let conn = rusqlite::Connection::open_in_memory()?;
     for migration in schema::MIGRATIONS.iter().take(PG_BASELINE as usize) {
         conn.execute_batch(migration)?;
@@ -254,7 +264,7 @@ pub fn baseline_ddl() -> Result<Vec<String>, StoreError> {
     let mut out = Vec::new();
     for row in rows {
         let (table, sql) = row?;
-        if PG_TABLES.contains(&table.as_str()) {
+        if tables.contains(&table.as_str()) {
             out.push(pg_ddl(&sql));
         }
     }
@@ -278,7 +288,20 @@ fn migrate(client: &mut postgres::Client, url: &PgUrl) -> Result<(), StoreError>
             supported: LATEST_VERSION,
         });
     }
+    if found >= PG_BASELINE {
+        // Created by a kimi-proxy whose PostgreSQL store had no ledger tables yet.
+        let missing: bool = tx
+            .query_one("SELECT to_regclass('usage_entries') IS NULL", &[])?
+            .try_get(0)?;
+        if missing {
+            for statement in baseline_ddl_of(PG_LEDGER_TABLES)? {
+                tx.batch_execute(&statement)?;
+            }
+            tracing::info!(url = %url, "PostgreSQL: the ledger import's tables created");
+        }
+    }
     if found == LATEST_VERSION {
+        tx.commit()?;
         return Ok(());
     }
     let from = if found == 0 {
@@ -383,7 +406,8 @@ mod tests {
                 "{table}: {ddl}"
             );
         }
-        assert!(!ddl.contains("usage_entries"));
+        assert!(ddl.contains("CREATE TABLE usage_entries "), "{ddl}");
+        assert!(ddl.contains("\"offset\" "), "{ddl}");
         assert!(!ddl.contains(" INTEGER"), "{ddl}");
         assert!(!ddl.contains("REAL"), "{ddl}");
     }

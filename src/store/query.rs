@@ -207,6 +207,7 @@ impl RequestFilter {
                 P::Int(n) => rusqlite::types::Value::Integer(n),
                 P::Real(f) => rusqlite::types::Value::Real(f),
                 P::Text(t) => rusqlite::types::Value::Text(t.to_string()),
+                P::Blob(b) => rusqlite::types::Value::Blob(b.to_vec()),
                 // The filter's parameters are scalars.
                 P::Ints(_) | P::OptInts(_) | P::Reals(_) | P::Texts(_) => {
                     rusqlite::types::Value::Null

@@ -6,9 +6,9 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::value::RawValue;
 
+use super::db::{Db, RowExt, Value};
 use super::{Readers, StoreError, StoreSink, unix_ms};
 
 /// One stored response: the Response object as the client got it, and the conversation up to and including
@@ -45,68 +45,64 @@ pub trait ResponseBacking: Send + Sync {
 /// How often the writer deletes expired rows (at most), piggybacking on an insert.
 const PRUNE_EVERY_MS: i64 = 3_600_000;
 
-/// Writes one stored response (a second write of an id replaces it).
-pub fn insert(conn: &Connection, stored: &StoredResponse) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT OR REPLACE INTO responses (id, created_at, response, items, input_from, input_to)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        stored.id,
-        stored.created_at_ms,
-        stored.response.get(),
-        stored.items.get(),
-        stored.input.start as i64,
-        stored.input.end as i64,
-    ])?;
+/// Writes one stored response (a second write of an id replaces it), on either backend.
+pub fn insert(db: &dyn Db, stored: &StoredResponse) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO responses (id, created_at, response, items, input_from, input_to)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (id) DO UPDATE SET created_at = excluded.created_at, response = excluded.response,
+             items = excluded.items, input_from = excluded.input_from, input_to = excluded.input_to",
+        &[
+            Value::Text(&stored.id),
+            Value::Int(stored.created_at_ms),
+            Value::Text(stored.response.get()),
+            Value::Text(stored.items.get()),
+            Value::Int(stored.input.start as i64),
+            Value::Int(stored.input.end as i64),
+        ],
+    )?;
     Ok(())
 }
 
 /// The stored response `id`, unless it was written before `not_before_ms`.
 pub fn get(
-    conn: &Connection,
+    db: &dyn Db,
     id: &str,
     not_before_ms: i64,
 ) -> Result<Option<StoredResponse>, StoreError> {
-    type Row = (i64, String, String, i64, i64);
-    let row: Option<Row> = conn
-        .prepare_cached(
-            "SELECT created_at, response, items, input_from, input_to FROM responses
-             WHERE id = ?1 AND created_at >= ?2",
-        )?
-        .query_row(params![id, not_before_ms], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })
-        .optional()?;
-    let Some((created_at_ms, response, items, from, to)) = row else {
+    let Some(row) = db.first(
+        "SELECT created_at, response, items, input_from, input_to FROM responses
+         WHERE id = ?1 AND created_at >= ?2",
+        &[Value::Text(id), Value::Int(not_before_ms)],
+    )?
+    else {
         return Ok(None);
     };
     let raw = |text: String| {
         serde_json::value::RawValue::from_string(text)
             .map_err(|e| StoreError::Other(format!("stored response {id} unreadable: {e}")))
     };
+    let (from, to) = (row.int(3)?, row.int(4)?);
     Ok(Some(StoredResponse {
         id: id.to_string(),
-        created_at_ms,
-        response: raw(response)?,
-        items: raw(items)?,
+        created_at_ms: row.int(0)?,
+        response: raw(row.text(1)?)?,
+        items: raw(row.text(2)?)?,
         input: usize::try_from(from).unwrap_or(0)..usize::try_from(to).unwrap_or(0),
     }))
 }
 
 /// Deletes the stored response `id`; true when there was one.
-pub fn delete(conn: &Connection, id: &str) -> Result<bool, StoreError> {
-    let n = conn
-        .prepare_cached("DELETE FROM responses WHERE id = ?1")?
-        .execute([id])?;
-    Ok(n > 0)
+pub fn delete(db: &dyn Db, id: &str) -> Result<bool, StoreError> {
+    Ok(db.execute("DELETE FROM responses WHERE id = ?1", &[Value::Text(id)])? > 0)
 }
 
 /// Deletes every stored response written before `before_ms`; how many.
-pub fn prune(conn: &Connection, before_ms: i64) -> Result<usize, StoreError> {
-    Ok(conn
-        .prepare_cached("DELETE FROM responses WHERE created_at < ?1")?
-        .execute([before_ms])?)
+pub fn prune(db: &dyn Db, before_ms: i64) -> Result<u64, StoreError> {
+    db.execute(
+        "DELETE FROM responses WHERE created_at < ?1",
+        &[Value::Int(before_ms)],
+    )
 }
 
 /// The proxy's Responses state backed by the database: writes through the writer's queue, reads from the
@@ -137,13 +133,12 @@ impl ResponseBacking for StoreResponses {
         let retention_ms = self.retention_ms;
         let last_prune = Arc::clone(&self.last_prune_ms);
         self.sink.try_execute_sized(bytes, move |state| {
-            let result = state.store().and_then(|store| {
-                let conn = store.connection();
-                insert(conn, &stored)?;
+            let result = state.with_db(|db| {
+                insert(db, &stored)?;
                 let now = unix_ms();
                 if now - last_prune.load(Ordering::Relaxed) >= PRUNE_EVERY_MS {
                     last_prune.store(now, Ordering::Relaxed);
-                    prune(conn, now - retention_ms)?;
+                    prune(db, now - retention_ms)?;
                 }
                 Ok(())
             });
@@ -155,13 +150,13 @@ impl ResponseBacking for StoreResponses {
 
     fn load(&self, id: &str) -> Result<Option<StoredResponse>, StoreError> {
         let not_before = unix_ms() - self.retention_ms;
-        self.readers.with(|conn| get(conn, id, not_before))
+        self.readers.with_db(|db| get(db, id, not_before))
     }
 
     fn delete(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
         self.sink
-            .execute_blocking(move |state| delete(state.store()?.connection(), &id))
+            .execute_blocking(move |state| state.with_db(|db| delete(db, &id)))
     }
 }
 

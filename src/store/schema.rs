@@ -192,6 +192,13 @@ ALTER TABLE requests ADD COLUMN dropped_tools INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE requests ADD COLUMN dropped_fields INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE requests ADD COLUMN cache_write_reported INTEGER;
 "#,
+    // 10 → 11: each session's conversation tip (the hash of its latest request's whole message list), so that a
+    // conversation continued on another instance, or after a restart, is found in the database when the
+    // writer's in-memory index does not know it.
+    r#"
+ALTER TABLE sessions ADD COLUMN conversation_tip INTEGER;
+CREATE INDEX sessions_by_conversation_tip ON sessions (conversation_tip);
+"#,
 ];
 
 /// The columns of `requests` in the order the writer binds them (`id` excluded).

@@ -41,6 +41,19 @@ pub fn prefix_hashes(message_hashes: &[u64]) -> Vec<u64> {
         .collect()
 }
 
+/// The conversation tip of a request with these message hashes: its last prefix hash, as stored in
+/// `sessions.conversation_tip` (the bits of the `u64`, as SQL integers are signed).
+pub fn conversation_tip(message_hashes: &[u64]) -> Option<i64> {
+    prefix_hashes(message_hashes)
+        .last()
+        .map(|&tip| i64::from_ne_bytes(tip.to_ne_bytes()))
+}
+
+/// Prefixes looked up in the database at once (the longest first), and at most in all: a conversation longer
+/// than that continued elsewhere is matched on its latest messages only.
+const STORED_SCAN_CHUNK: usize = 64;
+const MAX_STORED_SCAN: usize = 512;
+
 struct Tip {
     session: i64,
     stamp: u64,
@@ -336,9 +349,9 @@ impl SessionResolver {
                 Some(id) if self.exists(conn, id)? => Some(id),
                 Some(id) => {
                     self.forget(id);
-                    None
+                    self.find_stored(conn, &prefixes)?
                 }
-                None => None,
+                None => self.find_stored(conn, &prefixes)?,
             };
             match found {
                 Some(id) => Some(id),
@@ -365,6 +378,44 @@ impl SessionResolver {
             self.conversations.advance(id, tip);
         }
         Ok(session)
+    }
+
+    /// The session whose stored tip is the longest of `prefixes`: a conversation another instance (or this one
+    /// before a restart) served last, unknown to the in-memory index. Only a strict continuation matches (the
+    /// request's whole message list is left out): the same opening prompt sent again days later is a new
+    /// conversation, not the old session.
+    fn find_stored(&mut self, conn: &dyn Db, prefixes: &[u64]) -> Result<Option<i64>, StoreError> {
+        let earlier = &prefixes[..prefixes.len().saturating_sub(1)];
+        let longest_first: Vec<i64> = earlier
+            .iter()
+            .rev()
+            .take(MAX_STORED_SCAN)
+            .map(|h| i64::from_ne_bytes(h.to_ne_bytes()))
+            .collect();
+        let placeholders: Vec<String> = (1..=STORED_SCAN_CHUNK).map(|i| format!("?{i}")).collect();
+        let sql = format!(
+            "SELECT conversation_tip, id FROM sessions WHERE conversation_tip IN ({})",
+            placeholders.join(", ")
+        );
+        for chunk in longest_first.chunks(STORED_SCAN_CHUNK) {
+            // One statement for every chunk: a short chunk repeats its last prefix.
+            let params: Vec<Value<'_>> = (0..STORED_SCAN_CHUNK)
+                .map(|i| Value::Int(chunk[i.min(chunk.len() - 1)]))
+                .collect();
+            let found = conn.query(&sql, &params)?;
+            let mut owners: HashMap<i64, i64> = HashMap::new();
+            for row in &found.rows {
+                // Two conversations that ended on the same messages: the newer session owns them.
+                let (tip, id) = (row.int(0)?, row.int(1)?);
+                let owner = owners.entry(tip).or_insert(id);
+                *owner = (*owner).max(id);
+            }
+            if let Some(id) = chunk.iter().find_map(|tip| owners.get(tip).copied()) {
+                self.verified.insert(id);
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
     }
 
     fn name_from_preview(&self, record: &RequestRecord) -> Option<String> {
