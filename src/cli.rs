@@ -109,7 +109,8 @@ pub struct DbArgs {
     /// Where the database and other state live.
     #[arg(long, env = "KIMI_PROXY_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
-    /// The database file (overrides `[store] path`).
+    /// The database: a file, or a PostgreSQL URL `postgres://USER@HOST:PORT/DB` (overrides `[store] path` and
+    /// `[store] url`).
     #[arg(long, env = "KIMI_PROXY_DB", global = true)]
     pub db: Option<PathBuf>,
 }

@@ -144,24 +144,6 @@ fn count_tokens(args: cli::CountTokensArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The database file of a store command.
-fn db_path(args: &cli::DbArgs) -> anyhow::Result<std::path::PathBuf> {
-    let config = Config::load(args.config.as_deref(), &ProcessEnv)?;
-    let on_postgres = match &args.db {
-        Some(db) => kimi_proxy::store::pg::is_postgres_url(&db.to_string_lossy()),
-        None => config.store.url.is_some(),
-    };
-    if on_postgres {
-        anyhow::bail!("this command is not available on the PostgreSQL store yet");
-    }
-    let data_dir = args.data_dir.clone().unwrap_or_else(cli::default_data_dir);
-    Ok(cli::resolve_db_path(
-        args.db.clone(),
-        config.store.path.as_deref(),
-        &data_dir,
-    ))
-}
-
 /// Where a command that runs on both backends works: `--db` (a file or a PostgreSQL URL), then `[store] url`,
 /// then the file.
 fn db_location(args: &cli::DbArgs) -> anyhow::Result<kimi_proxy::store::pg::Location> {
@@ -185,7 +167,7 @@ fn db_location(args: &cli::DbArgs) -> anyhow::Result<kimi_proxy::store::pg::Loca
 
 fn sessions(args: cli::SessionsArgs) -> anyhow::Result<()> {
     use kimi_proxy::store::cli as store_cli;
-    let path = db_path(&args.db)?;
+    let path = db_location(&args.db)?;
     let mut out = std::io::stdout().lock();
     match args.command {
         cli::SessionsCommand::List { limit, sort, json } => {
@@ -203,7 +185,7 @@ fn sessions(args: cli::SessionsArgs) -> anyhow::Result<()> {
 }
 
 fn requests(args: cli::RequestsArgs) -> anyhow::Result<()> {
-    let path = db_path(&args.db)?;
+    let path = db_location(&args.db)?;
     let mut out = std::io::stdout().lock();
     match args.command {
         cli::RequestsCommand::Tail {

@@ -60,7 +60,7 @@ pub(crate) async fn list(
         let filter = q.active;
         let readers = Arc::clone(&link.readers);
         let rows = tokio::task::spawn_blocking(move || {
-            readers.with(|conn| table::list_alerts(conn, filter, limit))
+            readers.with_db(|db| table::list_alerts(db, filter, limit))
         })
         .await;
         match rows {
@@ -116,7 +116,7 @@ pub(crate) async fn ack(
     }
     let readers = Arc::clone(&link.readers);
     let found =
-        tokio::task::spawn_blocking(move || readers.with(|conn| table::get_alert(conn, id))).await;
+        tokio::task::spawn_blocking(move || readers.with_db(|db| table::get_alert(db, id))).await;
     match found {
         Ok(Ok(Some(alert))) => Json(alert).into_response(),
         Ok(Ok(None)) => not_found(id),

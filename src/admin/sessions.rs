@@ -485,15 +485,12 @@ fn stream_export(
     format: Format,
     stem: &str,
 ) -> Response {
-    if api.readers.is_postgres() {
-        return HttpError::from(StoreError::NotOnPostgres("export")).into_response();
-    }
     let (sender, receiver) =
         tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_CHANNEL);
     let api = Arc::clone(api);
     tokio::task::spawn_blocking(move || {
-        let result = api.readers.with(|conn| {
-            export::export_requests(conn, &filter, format, export::PAGE_ROWS, |chunk| {
+        let result = api.readers.with_db(|db| {
+            export::export_requests(db, &filter, format, export::PAGE_ROWS, |chunk| {
                 sender.blocking_send(Ok(Bytes::from(chunk))).is_ok()
             })
         });

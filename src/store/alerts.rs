@@ -1,11 +1,11 @@
 //! The alerts table and its row, [`Alert`] (the same shape in the API, events and webhooks). The alert engine
 //! decides; this only writes what it decided (on the writer thread, through
-//! [`super::StoreSink::try_execute`]) and reads the history back for `/api/alerts`.
+//! [`super::StoreSink::try_execute`]) and reads the history back for `/api/alerts`, on either backend.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 
-use super::{Store, StoreError};
+use super::StoreError;
+use super::db::{Db, Owned, RowExt, Rows};
 
 /// What an alert is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -121,85 +121,90 @@ pub struct Restored {
     pub closed: usize,
 }
 
-impl Store {
-    /// Records a fired alert under the engine's id. A session deleted meanwhile is stored as none.
-    pub fn insert_alert(&mut self, alert: &Alert) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT OR REPLACE INTO alerts (id, fired_at, resolved_at, kind, severity, session_id, subject,
-                     message, value, threshold, resolution, acked_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, (SELECT id FROM sessions WHERE id = ?6), ?7, ?8, ?9, ?10, ?11, ?12)",
-            )?
-            .execute(params![
-                alert.id,
-                alert.fired_at_ms,
-                alert.resolved_at_ms,
-                alert.kind.as_str(),
-                alert.severity.as_str(),
-                alert.session_id,
-                alert.subject,
-                alert.message,
-                alert.value,
-                alert.threshold,
-                alert.resolution,
-                alert.acked_at_ms,
-            ])?;
-        Ok(())
-    }
+/// Records a fired alert under the engine's id (again: replaces it). A session deleted meanwhile is stored as
+/// none. `ON CONFLICT … DO UPDATE` is the upsert both engines take (SQLite ≥ 3.24).
+pub(crate) fn insert_alert(db: &dyn Db, alert: &Alert) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO alerts (id, fired_at, resolved_at, kind, severity, session_id, subject, message, value,
+             threshold, resolution, acked_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, (SELECT id FROM sessions WHERE id = ?6), ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT (id) DO UPDATE SET fired_at = excluded.fired_at, resolved_at = excluded.resolved_at,
+             kind = excluded.kind, severity = excluded.severity, session_id = excluded.session_id,
+             subject = excluded.subject, message = excluded.message, value = excluded.value,
+             threshold = excluded.threshold, resolution = excluded.resolution, acked_at = excluded.acked_at",
+        &[
+            alert.id.into(),
+            alert.fired_at_ms.into(),
+            alert.resolved_at_ms.into(),
+            alert.kind.as_str().into(),
+            alert.severity.as_str().into(),
+            alert.session_id.into(),
+            alert.subject.as_deref().into(),
+            alert.message.as_str().into(),
+            alert.value.into(),
+            alert.threshold.into(),
+            alert.resolution.as_deref().into(),
+            alert.acked_at_ms.into(),
+        ],
+    )?;
+    Ok(())
+}
 
-    pub fn resolve_alert(
-        &mut self,
-        id: i64,
-        at_ms: i64,
-        resolution: &str,
-    ) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "UPDATE alerts SET resolved_at = ?2, resolution = ?3 WHERE id = ?1 AND resolved_at IS NULL",
-            )?
-            .execute(params![id, at_ms, resolution])?;
-        Ok(())
-    }
+pub(crate) fn resolve_alert(
+    db: &dyn Db,
+    id: i64,
+    at_ms: i64,
+    resolution: &str,
+) -> Result<(), StoreError> {
+    db.execute(
+        "UPDATE alerts SET resolved_at = ?2, resolution = ?3 WHERE id = ?1 AND resolved_at IS NULL",
+        &[id.into(), at_ms.into(), resolution.into()],
+    )?;
+    Ok(())
+}
 
-    /// Marks an alert seen; false when there is no such alert.
-    pub fn ack_alert(&mut self, id: i64, at_ms: i64) -> Result<bool, StoreError> {
-        let changed = self
-            .conn
-            .prepare_cached("UPDATE alerts SET acked_at = coalesce(acked_at, ?2) WHERE id = ?1")?
-            .execute(params![id, at_ms])?;
-        Ok(changed > 0)
-    }
+/// Marks an alert seen; false when there is no such alert.
+pub(crate) fn ack_alert(db: &dyn Db, id: i64, at_ms: i64) -> Result<bool, StoreError> {
+    let changed = db.execute(
+        "UPDATE alerts SET acked_at = coalesce(acked_at, ?2) WHERE id = ?1",
+        &[id.into(), at_ms.into()],
+    )?;
+    Ok(changed > 0)
+}
 
-    /// At start: where ids continue, which context alerts stay active, and the rest closed as `restart`.
-    pub fn restore_alerts(&mut self, now_ms: i64) -> Result<Restored, StoreError> {
-        let max_id: i64 =
-            self.conn
-                .query_row("SELECT coalesce(max(id), 0) FROM alerts", [], |r| r.get(0))?;
-        let context = {
-            let mut stmt = self.conn.prepare(&format!(
-                "SELECT {COLUMNS} FROM alerts WHERE resolved_at IS NULL AND kind = 'context' \
-                 AND session_id IS NOT NULL ORDER BY id"
-            ))?;
-            let rows = stmt.query_map([], read_alert)?;
-            rows.filter_map(|r| r.transpose())
-                .collect::<Result<Vec<_>, _>>()?
-        };
-        let closed = self.conn.execute(
-            "UPDATE alerts SET resolved_at = ?1, resolution = 'restart'
-             WHERE resolved_at IS NULL AND (kind <> 'context' OR session_id IS NULL)",
-            [now_ms],
-        )?;
-        Ok(Restored {
-            max_id,
-            context,
-            closed,
-        })
-    }
+/// At start: where ids continue, which context alerts stay active, and the rest closed as `restart` (call in one
+/// transaction).
+pub(crate) fn restore_alerts(db: &dyn Db, now_ms: i64) -> Result<Restored, StoreError> {
+    let max_id = db
+        .first(
+            "SELECT CAST(coalesce(max(id), 0) AS BIGINT) FROM alerts",
+            &[],
+        )?
+        .map(|r| r.int(0))
+        .transpose()?
+        .unwrap_or(0);
+    let context = alerts_of(db.query(
+        &format!(
+            "SELECT {COLUMNS} FROM alerts WHERE resolved_at IS NULL AND kind = 'context' \
+             AND session_id IS NOT NULL ORDER BY id"
+        ),
+        &[],
+    )?)?;
+    let closed = db.execute(
+        "UPDATE alerts SET resolved_at = ?1, resolution = 'restart'
+         WHERE resolved_at IS NULL AND (kind <> 'context' OR session_id IS NULL)",
+        &[now_ms.into()],
+    )?;
+    Ok(Restored {
+        max_id,
+        context,
+        closed: closed as usize,
+    })
 }
 
 /// Alerts newest first: `Some(true)` unresolved only, `Some(false)` resolved only.
 pub fn list_alerts(
-    conn: &Connection,
+    db: &dyn Db,
     active: Option<bool>,
     limit: u32,
 ) -> Result<Vec<Alert>, StoreError> {
@@ -208,45 +213,52 @@ pub fn list_alerts(
         Some(true) => "WHERE resolved_at IS NULL",
         Some(false) => "WHERE resolved_at IS NOT NULL",
     };
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {COLUMNS} FROM alerts {filter} ORDER BY fired_at DESC, id DESC LIMIT ?1"
-    ))?;
-    let rows = stmt.query_map([limit], read_alert)?;
-    Ok(rows
-        .filter_map(|r| r.transpose())
-        .collect::<Result<Vec<_>, _>>()?)
+    alerts_of(db.query(
+        &format!("SELECT {COLUMNS} FROM alerts {filter} ORDER BY fired_at DESC, id DESC LIMIT ?1"),
+        &[i64::from(limit).into()],
+    )?)
 }
 
-pub fn get_alert(conn: &Connection, id: i64) -> Result<Option<Alert>, StoreError> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {COLUMNS} FROM alerts WHERE id = ?1"),
-            [id],
-            read_alert,
-        )
-        .optional()?
-        .flatten())
+pub fn get_alert(db: &dyn Db, id: i64) -> Result<Option<Alert>, StoreError> {
+    Ok(alerts_of(db.query(
+        &format!("SELECT {COLUMNS} FROM alerts WHERE id = ?1"),
+        &[id.into()],
+    )?)?
+    .pop())
+}
+
+/// The rows as alerts, leaving out kinds this version does not know.
+fn alerts_of(rows: Rows) -> Result<Vec<Alert>, StoreError> {
+    let mut out = Vec::with_capacity(rows.rows.len());
+    for row in &rows.rows {
+        if let Some(alert) = read_alert(row)? {
+            out.push(alert);
+        }
+    }
+    Ok(out)
 }
 
 /// A row as an alert; `None` for a kind this version does not know.
-fn read_alert(row: &Row<'_>) -> rusqlite::Result<Option<Alert>> {
-    let kind: String = row.get(3)?;
-    let severity: String = row.get(4)?;
-    let Some(kind) = AlertKind::parse(&kind) else {
+fn read_alert(row: &[Owned]) -> Result<Option<Alert>, StoreError> {
+    let Some(kind) = AlertKind::parse(&row.text(3)?) else {
         return Ok(None);
     };
+    let number = |i: usize| match row.get(i) {
+        Some(Owned::Null) | None => Ok(0.0),
+        _ => row.real(i),
+    };
     Ok(Some(Alert {
-        id: row.get(0)?,
-        fired_at_ms: row.get(1)?,
-        resolved_at_ms: row.get(2)?,
+        id: row.int(0)?,
+        fired_at_ms: row.int(1)?,
+        resolved_at_ms: row.opt_int(2)?,
         kind,
-        severity: Severity::parse(&severity).unwrap_or(Severity::Warning),
-        session_id: row.get(5)?,
-        subject: row.get(6)?,
-        message: row.get(7)?,
-        value: row.get::<_, Option<f64>>(8)?.unwrap_or(0.0),
-        threshold: row.get::<_, Option<f64>>(9)?.unwrap_or(0.0),
-        resolution: row.get(10)?,
-        acked_at_ms: row.get(11)?,
+        severity: Severity::parse(&row.text(4)?).unwrap_or(Severity::Warning),
+        session_id: row.opt_int(5)?,
+        subject: row.opt_text(6)?,
+        message: row.text(7)?,
+        value: number(8)?,
+        threshold: number(9)?,
+        resolution: row.opt_text(10)?,
+        acked_at_ms: row.opt_int(11)?,
     }))
 }

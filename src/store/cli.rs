@@ -1,5 +1,6 @@
 //! `kimi-proxy sessions …` and `kimi-proxy requests tail`: the same database, from another process, while the
-//! server runs. Reads use a read-only connection; `delete` writes (WAL and the busy timeout let it share).
+//! server runs, on either backend (the shared queries of [`super::db::Db`]). SQLite reads use a read-only
+//! connection; `delete` writes (WAL and the busy timeout let it share). PostgreSQL: one connection of its own.
 
 use std::io::Write;
 use std::path::Path;
@@ -8,9 +9,11 @@ use std::time::Duration;
 use rusqlite::Connection;
 use serde_json::{Map, Value};
 
+use super::db::Db;
 use super::export::{self, Format};
+use super::pg::{Location, PgStore};
 use super::query::{self, Order, RequestFilter, SessionSort};
-use super::{Store, StoreError, open_read_only};
+use super::{Store, StoreError, delete_sessions_in, open_read_only};
 
 /// Errors of the store commands.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +37,34 @@ pub fn reader(path: &Path) -> Result<Connection, StoreError> {
     }
 }
 
+/// The connection of one command, either backend.
+enum Conn {
+    Sqlite(Connection),
+    Postgres(Box<PgStore>),
+}
+
+impl Conn {
+    /// SQLite: [`reader`]; PostgreSQL: a connection, the schema created or upgraded as `serve` does.
+    fn open(location: &Location) -> Result<Conn, StoreError> {
+        match location {
+            Location::Sqlite(path) => Ok(Conn::Sqlite(reader(path)?)),
+            Location::Postgres(url) => Ok(Conn::Postgres(Box::new(PgStore::open(url)?))),
+        }
+    }
+
+    fn with<T>(
+        &mut self,
+        f: impl FnOnce(&dyn Db) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match self {
+            Conn::Sqlite(conn) => f(conn),
+            Conn::Postgres(pg) => pg.with(f),
+        }
+    }
+}
+
 pub fn sessions_list(
-    path: &Path,
+    location: &Location,
     limit: u32,
     sort: &str,
     json: bool,
@@ -47,8 +76,8 @@ pub fn sessions_list(
                 "--sort must be last_activity, created_at, cost or requests, not `{sort}`"
             ))
         })?;
-    let conn = reader(path)?;
-    let sessions = query::list_sessions(&conn, sort, Order::Desc, limit, 0)?;
+    let sessions =
+        Conn::open(location)?.with(|db| query::list_sessions(db, sort, Order::Desc, limit, 0))?;
     if json {
         writeln!(
             out,
@@ -95,20 +124,20 @@ pub fn sessions_list(
 }
 
 pub fn sessions_show(
-    path: &Path,
+    location: &Location,
     id: i64,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let conn = reader(path)?;
-    let Some(session) = query::get_session(&conn, id)? else {
+    let mut conn = Conn::open(location)?;
+    let Some(session) = conn.with(|db| query::get_session(db, id))? else {
         return Err(StoreError::UnknownSession(id).into());
     };
     let filter = RequestFilter {
         session: Some(id),
         ..RequestFilter::default()
     };
-    let requests = query::list_requests(&conn, &filter, 20, 0)?;
+    let requests = conn.with(|db| query::list_requests(db, &filter, 20, 0))?;
     if json {
         let value = serde_json::json!({"session": session, "latest_requests": requests});
         writeln!(
@@ -132,15 +161,15 @@ pub fn sessions_show(
 }
 
 pub fn sessions_export(
-    path: &Path,
+    location: &Location,
     id: i64,
     format: &str,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
     let format = Format::parse(format)
         .ok_or_else(|| CliError::Usage(format!("--format must be csv or json, not `{format}`")))?;
-    let conn = reader(path)?;
-    if query::get_session(&conn, id)?.is_none() {
+    let mut conn = Conn::open(location)?;
+    if conn.with(|db| query::get_session(db, id))?.is_none() {
         return Err(StoreError::UnknownSession(id).into());
     }
     let filter = RequestFilter {
@@ -148,14 +177,16 @@ pub fn sessions_export(
         ..RequestFilter::default()
     };
     let mut failed = None;
-    export::export_requests(&conn, &filter, format, export::PAGE_ROWS, |chunk| match out
-        .write_all(&chunk)
-    {
-        Ok(()) => true,
-        Err(error) => {
-            failed = Some(error);
-            false
-        }
+    conn.with(|db| {
+        export::export_requests(db, &filter, format, export::PAGE_ROWS, |chunk| {
+            match out.write_all(&chunk) {
+                Ok(()) => true,
+                Err(error) => {
+                    failed = Some(error);
+                    false
+                }
+            }
+        })
     })?;
     match failed {
         Some(error) => Err(error.into()),
@@ -163,24 +194,34 @@ pub fn sessions_export(
     }
 }
 
-pub fn sessions_delete(path: &Path, ids: &[i64], out: &mut dyn Write) -> Result<(), CliError> {
-    if !path.exists() {
-        return Err(StoreError::Missing(path.to_path_buf()).into());
-    }
-    let mut store = Store::open(path)?;
-    let deleted = store.delete_sessions(None, ids)?;
+pub fn sessions_delete(
+    location: &Location,
+    ids: &[i64],
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let deleted = match location {
+        Location::Sqlite(path) => {
+            if !path.exists() {
+                return Err(StoreError::Missing(path.to_path_buf()).into());
+            }
+            Store::open(path)?.delete_sessions(None, ids)?
+        }
+        Location::Postgres(url) => {
+            PgStore::open(url)?.transact(|db| delete_sessions_in(db, ids))?
+        }
+    };
     writeln!(out, "deleted {deleted} of {} sessions", ids.len())?;
     Ok(())
 }
 
 pub fn requests_tail(
-    path: &Path,
+    location: &Location,
     lines: u32,
     follow: bool,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<(), CliError> {
-    let conn = reader(path)?;
+    let mut conn = Conn::open(location)?;
     let mut last = 0;
     let print = |rows: Vec<Map<String, Value>>,
                  last: &mut i64,
@@ -199,13 +240,26 @@ pub fn requests_tail(
         out.flush()?;
         Ok(())
     };
-    print(query::last_requests(&conn, lines)?, &mut last, out)?;
+    print(
+        conn.with(|db| query::last_requests(db, lines))?,
+        &mut last,
+        out,
+    )?;
     if !follow {
         return Ok(());
     }
+    if lines == 0 {
+        // Nothing printed: follow from the newest request, not from the first one ever stored.
+        let newest = conn.with(|db| query::last_requests(db, 1))?;
+        last = newest
+            .first()
+            .and_then(|row| row.get("id"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+    }
     loop {
         std::thread::sleep(Duration::from_millis(500));
-        let rows = query::requests_after(&conn, last, 1000)?;
+        let rows = conn.with(|db| query::requests_after(db, last, 1000))?;
         print(rows, &mut last, out)?;
     }
 }

@@ -62,11 +62,8 @@ impl StoreSink {
         days: u32,
         vacuum: bool,
     ) -> Result<RetentionOutcome, StoreError> {
-        self.execute(move |state| {
-            let (store, resolver) = state.parts()?;
-            store.apply_retention(Some(resolver), days, vacuum)
-        })
-        .await
+        self.execute(move |state| super::apply_retention(state, days, vacuum))
+            .await
     }
 
     /// Saves a session's context settings (`None` clears them); returns the session's client key and whether
@@ -91,7 +88,7 @@ impl StoreSink {
     }
 
     pub async fn ack_alert(self: &Arc<Self>, id: i64, at_ms: i64) -> Result<bool, StoreError> {
-        self.execute(move |state| state.store()?.ack_alert(id, at_ms))
+        self.execute(move |state| state.with_db(|db| super::alerts::ack_alert(db, id, at_ms)))
             .await
     }
 
@@ -104,14 +101,14 @@ impl StoreSink {
     ) -> Result<Restored, StoreError> {
         self.execute_blocking(move |state| {
             state.resolver.set_listener(listener);
-            state.store()?.restore_alerts(now_ms)
+            state.transact(|db, _| super::alerts::restore_alerts(db, now_ms))
         })
     }
 
     /// Queues an alert's insertion without waiting; false when the queue is full (the caller keeps it).
     pub fn queue_alert_insert(&self, alert: Alert) -> bool {
         self.try_execute(move |state| {
-            if let Err(error) = state.store().and_then(|s| s.insert_alert(&alert)) {
+            if let Err(error) = state.with_db(|db| super::alerts::insert_alert(db, &alert)) {
                 tracing::warn!(%error, id = alert.id, "cannot store an alert");
             }
         })
@@ -120,9 +117,8 @@ impl StoreSink {
     /// Queues an alert's resolution without waiting; false when the queue is full.
     pub fn queue_alert_resolution(&self, id: i64, at_ms: i64, resolution: String) -> bool {
         self.try_execute(move |state| {
-            if let Err(error) = state
-                .store()
-                .and_then(|s| s.resolve_alert(id, at_ms, &resolution))
+            if let Err(error) =
+                state.with_db(|db| super::alerts::resolve_alert(db, id, at_ms, &resolution))
             {
                 tracing::warn!(%error, id, "cannot store an alert's resolution");
             }
@@ -132,7 +128,7 @@ impl StoreSink {
     /// Queues an alert's acknowledgement without waiting; false when the queue is full.
     pub fn queue_alert_ack(&self, id: i64, at_ms: i64) -> bool {
         self.try_execute(move |state| {
-            if let Err(error) = state.store().and_then(|s| s.ack_alert(id, at_ms)) {
+            if let Err(error) = state.with_db(|db| super::alerts::ack_alert(db, id, at_ms)) {
                 tracing::warn!(%error, id, "cannot store an alert's acknowledgement");
             }
         })

@@ -1,13 +1,11 @@
-//! Exports of the requests table as CSV or JSON, in bounded memory: rows are read a page at a time (keyset
-//! pagination on `(started_at, id)`, each page its own short read transaction, so the writer's checkpoints are
-//! never held back) and handed on in chunks of about [`CHUNK_BYTES`].
+//! Exports of the requests table as CSV or JSON, on either backend through [`Db`], in bounded memory: rows are
+//! read a page at a time (keyset pagination on `(started_at, id)`, each page its own short read transaction, so
+//! the writer's checkpoints are never held back) and handed on in chunks of about [`CHUNK_BYTES`].
 
 use std::fmt::Write as _;
 
-use rusqlite::Connection;
-use rusqlite::types::{Value as SqlValue, ValueRef};
-
 use super::StoreError;
+use super::db::{Db, Owned, RowExt, Value};
 use super::query::RequestFilter;
 use super::schema::BOOLEAN_COLUMNS;
 
@@ -59,69 +57,18 @@ pub struct ExportSummary {
     pub stopped: bool,
 }
 
-/// Streams the requests matching `filter` (session, since, until; oldest first) to `emit`, chunk by chunk.
-/// `emit` returns `false` to stop. `page_rows` rows are read per query.
+/// Streams the requests matching `filter` (session, since, until; oldest first) to `emit`, chunk by chunk, on
+/// either backend. `emit` returns `false` to stop. `page_rows` rows are read per query.
 pub fn export_requests(
-    conn: &Connection,
+    db: &dyn Db,
     filter: &RequestFilter,
-    format: Format,
-    page_rows: usize,
-    emit: impl FnMut(Vec<u8>) -> bool,
-) -> Result<ExportSummary, StoreError> {
-    let (sql, fixed) = page_sql(filter);
-    let mut stmt = conn.prepare(&sql)?;
-    export_with(&mut stmt, fixed, format, page_rows, emit)
-}
-
-/// The query of one export page: the filter's parameters, then `(started_at, id)` of the last row seen and the
-/// page size.
-pub fn page_sql(filter: &RequestFilter) -> (String, Vec<SqlValue>) {
-    let mut conditions = Vec::new();
-    let mut fixed: Vec<SqlValue> = Vec::new();
-    if let Some(session) = filter.session {
-        fixed.push(SqlValue::Integer(session));
-        conditions.push(format!("session_id = ?{}", fixed.len()));
-    }
-    if let Some(since) = filter.since {
-        fixed.push(SqlValue::Integer(since));
-        conditions.push(format!("started_at >= ?{}", fixed.len()));
-    }
-    if let Some(until) = filter.until {
-        fixed.push(SqlValue::Integer(until));
-        conditions.push(format!("started_at < ?{}", fixed.len()));
-    }
-    let n = fixed.len();
-    conditions.push(format!("(started_at, id) > (?{}, ?{})", n + 1, n + 2));
-    let sql = format!(
-        "SELECT * FROM requests WHERE {} ORDER BY started_at, id LIMIT ?{}",
-        conditions.join(" AND "),
-        n + 3
-    );
-    (sql, fixed)
-}
-
-/// Continues [`export_requests`].
-fn export_with(
-    stmt: &mut rusqlite::Statement<'_>,
-    fixed: Vec<SqlValue>,
     format: Format,
     page_rows: usize,
     mut emit: impl FnMut(Vec<u8>) -> bool,
 ) -> Result<ExportSummary, StoreError> {
+    let (sql, fixed) = page_sql(filter);
+    let page_rows = page_rows.max(1);
     let mut summary = ExportSummary::default();
-    let names: Vec<String> = stmt.column_names().map(str::to_string).collect();
-    let started_col = names.iter().position(|c| c == "started_at");
-    let id_col = names.iter().position(|c| c == "id");
-    let (Some(started_col), Some(id_col)) = (started_col, id_col) else {
-        return Err(StoreError::Other(
-            "the requests table lacks started_at or id".to_string(),
-        ));
-    };
-    let booleans: Vec<bool> = names
-        .iter()
-        .map(|n| BOOLEAN_COLUMNS.contains(&n.as_str()))
-        .collect();
-
     let mut chunk: Vec<u8> = Vec::with_capacity(CHUNK_BYTES + 4096);
     let mut hand_on = |chunk: &mut Vec<u8>, summary: &mut ExportSummary, last: bool| -> bool {
         if chunk.len() < CHUNK_BYTES && (!last || chunk.is_empty()) {
@@ -132,36 +79,44 @@ fn export_with(
         let full = std::mem::replace(chunk, Vec::with_capacity(CHUNK_BYTES + 4096));
         emit(full)
     };
-    match format {
-        Format::Csv => {
-            let header = names.join(",");
-            chunk.extend_from_slice(header.as_bytes());
-            chunk.extend_from_slice(b"\r\n");
-        }
-        Format::Json => chunk.extend_from_slice(b"["),
-    }
 
     let mut after = (i64::MIN, i64::MIN);
     let mut line = String::new();
+    let mut columns: Option<Columns> = None;
     loop {
-        let mut values = fixed.clone();
-        values.push(SqlValue::Integer(after.0));
-        values.push(SqlValue::Integer(after.1));
-        values.push(SqlValue::Integer(page_rows.max(1) as i64));
-        let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
-        let mut in_page = 0;
-        while let Some(row) = rows.next()? {
-            in_page += 1;
-            after = (row.get(started_col)?, row.get(id_col)?);
+        let mut values: Vec<Value<'_>> = fixed.iter().map(|n| Value::Int(*n)).collect();
+        values.extend([
+            Value::Int(after.0),
+            Value::Int(after.1),
+            Value::Int(page_rows as i64),
+        ]);
+        let page = db.query(&sql, &values)?;
+        if columns.is_none() {
+            let found = Columns::of(page.names)?;
+            match format {
+                Format::Csv => {
+                    chunk.extend_from_slice(found.names.join(",").as_bytes());
+                    chunk.extend_from_slice(b"\r\n");
+                }
+                Format::Json => chunk.extend_from_slice(b"["),
+            }
+            columns = Some(found);
+        }
+        let Some(columns) = &columns else {
+            return Err(StoreError::Other("the export's columns are unknown".into()));
+        };
+        let in_page = page.rows.len();
+        for row in &page.rows {
+            after = (row.int(columns.started)?, row.int(columns.id)?);
             line.clear();
             match format {
-                Format::Csv => write_csv_row(&mut line, row, names.len())?,
+                Format::Csv => write_csv_row(&mut line, row),
                 Format::Json => {
                     if summary.rows > 0 {
                         line.push(',');
                     }
                     line.push('\n');
-                    write_json_row(&mut line, row, &names, &booleans)?;
+                    write_json_row(&mut line, row, &columns.names, &columns.booleans);
                 }
             }
             summary.rows += 1;
@@ -171,9 +126,8 @@ fn export_with(
                 return Ok(summary);
             }
         }
-        drop(rows);
         summary.pages += 1;
-        if in_page < page_rows.max(1) {
+        if in_page < page_rows {
             break;
         }
     }
@@ -186,28 +140,81 @@ fn export_with(
     Ok(summary)
 }
 
-fn write_csv_row(
-    out: &mut String,
-    row: &rusqlite::Row<'_>,
-    columns: usize,
-) -> rusqlite::Result<()> {
-    for i in 0..columns {
+/// The export's columns (the table's, in its order: the same on both backends, whose schemas are built from one
+/// list of migrations) and where the keyset's columns are.
+struct Columns {
+    names: Vec<String>,
+    booleans: Vec<bool>,
+    started: usize,
+    id: usize,
+}
+
+impl Columns {
+    fn of(names: Vec<String>) -> Result<Columns, StoreError> {
+        let started = names.iter().position(|c| c == "started_at");
+        let id = names.iter().position(|c| c == "id");
+        let (Some(started), Some(id)) = (started, id) else {
+            return Err(StoreError::Other(
+                "the requests table lacks started_at or id".to_string(),
+            ));
+        };
+        let booleans = names
+            .iter()
+            .map(|n| BOOLEAN_COLUMNS.contains(&n.as_str()))
+            .collect();
+        Ok(Columns {
+            names,
+            booleans,
+            started,
+            id,
+        })
+    }
+}
+
+/// The query of one export page: the filter's parameters, then `(started_at, id)` of the last row seen and the
+/// page size. Row-value comparison and `LIMIT ?N` mean the same on both engines.
+pub fn page_sql(filter: &RequestFilter) -> (String, Vec<i64>) {
+    let mut conditions = Vec::new();
+    let mut fixed: Vec<i64> = Vec::new();
+    if let Some(session) = filter.session {
+        fixed.push(session);
+        conditions.push(format!("session_id = ?{}", fixed.len()));
+    }
+    if let Some(since) = filter.since {
+        fixed.push(since);
+        conditions.push(format!("started_at >= ?{}", fixed.len()));
+    }
+    if let Some(until) = filter.until {
+        fixed.push(until);
+        conditions.push(format!("started_at < ?{}", fixed.len()));
+    }
+    let n = fixed.len();
+    conditions.push(format!("(started_at, id) > (?{}, ?{})", n + 1, n + 2));
+    let sql = format!(
+        "SELECT * FROM requests WHERE {} ORDER BY started_at, id LIMIT ?{}",
+        conditions.join(" AND "),
+        n + 3
+    );
+    (sql, fixed)
+}
+
+fn write_csv_row(out: &mut String, row: &[Owned]) {
+    for (i, value) in row.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        match row.get_ref(i)? {
-            ValueRef::Null | ValueRef::Blob(_) => {}
-            ValueRef::Integer(n) => {
+        match value {
+            Owned::Null | Owned::Blob(_) => {}
+            Owned::Int(n) => {
                 let _ = write!(out, "{n}");
             }
-            ValueRef::Real(f) => {
+            Owned::Real(f) => {
                 let _ = write!(out, "{f}");
             }
-            ValueRef::Text(t) => write_csv_text(out, &String::from_utf8_lossy(t)),
+            Owned::Text(t) => write_csv_text(out, t),
         }
     }
     out.push_str("\r\n");
-    Ok(())
 }
 
 /// Characters that make a spreadsheet read a cell as a formula (OWASP, "CSV Injection").
@@ -230,43 +237,34 @@ pub fn write_csv_text(out: &mut String, text: &str) {
     }
 }
 
-fn write_json_row(
-    out: &mut String,
-    row: &rusqlite::Row<'_>,
-    names: &[String],
-    booleans: &[bool],
-) -> rusqlite::Result<()> {
+fn write_json_row(out: &mut String, row: &[Owned], names: &[String], booleans: &[bool]) {
     out.push('{');
-    for (i, name) in names.iter().enumerate() {
+    for (i, (name, value)) in names.iter().zip(row).enumerate() {
         if i > 0 {
             out.push(',');
         }
         out.push('"');
         out.push_str(name);
         out.push_str("\":");
-        match row.get_ref(i)? {
-            ValueRef::Null | ValueRef::Blob(_) => out.push_str("null"),
-            ValueRef::Integer(n) if booleans.get(i).copied().unwrap_or(false) => {
-                out.push_str(if n != 0 { "true" } else { "false" })
+        match value {
+            Owned::Null | Owned::Blob(_) => out.push_str("null"),
+            Owned::Int(n) if booleans.get(i).copied().unwrap_or(false) => {
+                out.push_str(if *n != 0 { "true" } else { "false" })
             }
-            ValueRef::Integer(n) => {
+            Owned::Int(n) => {
                 let _ = write!(out, "{n}");
             }
-            ValueRef::Real(f) if f.is_finite() => {
+            Owned::Real(f) if f.is_finite() => {
                 let _ = write!(out, "{f}");
             }
-            ValueRef::Real(_) => out.push_str("null"),
-            ValueRef::Text(t) => {
-                let text = String::from_utf8_lossy(t);
-                match serde_json::to_string(text.as_ref()) {
-                    Ok(quoted) => out.push_str(&quoted),
-                    Err(_) => out.push_str("null"),
-                }
-            }
+            Owned::Real(_) => out.push_str("null"),
+            Owned::Text(text) => match serde_json::to_string(text) {
+                Ok(quoted) => out.push_str(&quoted),
+                Err(_) => out.push_str("null"),
+            },
         }
     }
     out.push('}');
-    Ok(())
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use crate::accounting::RequestRecord;
-use db::{Db, Dialect, Value};
+use db::{Db, Dialect, RowExt, Value};
 pub use schema::LATEST_VERSION;
 use sessions::{NewSession, SessionResolver, clamp, truncate_chars};
 pub use writer::{SessionChange, StoreListener, StoreSink, WriterOptions, WriterStats};
@@ -231,57 +231,99 @@ impl Store {
         }
         Ok(deleted)
     }
+}
 
-    /// Deletes requests that started more than `days` days ago and sessions idle since then (with their
-    /// requests); `vacuum` then gives the space back to the file system. Session aggregates are lifetime totals:
-    /// they keep counting deleted requests.
-    pub fn apply_retention(
-        &mut self,
-        resolver: Option<&mut SessionResolver>,
-        days: u32,
-        vacuum: bool,
-    ) -> Result<RetentionOutcome, StoreError> {
-        let cutoff = unix_ms() - i64::from(days) * 86_400_000;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let stale: Vec<i64> = {
-            let mut stmt = tx.prepare(
-                "SELECT id FROM sessions WHERE last_activity < ?1 AND active = 0 ORDER BY id",
-            )?;
-            stmt.query_map([cutoff], |row| row.get(0))?
-                .collect::<Result<_, _>>()?
-        };
-        let sessions_deleted = tx.execute(
-            "DELETE FROM sessions WHERE last_activity < ?1 AND active = 0",
-            [cutoff],
-        )?;
-        let requests_deleted =
-            tx.execute("DELETE FROM requests WHERE started_at < ?1", [cutoff])?;
-        tx.execute(
-            "DELETE FROM alerts WHERE fired_at < ?1 AND resolved_at IS NOT NULL",
-            [cutoff],
-        )?;
-        tx.execute("DELETE FROM masked_content WHERE created_at < ?1", [cutoff])?;
-        tx.commit()?;
-        if let Some(resolver) = resolver {
-            for id in &stale {
-                resolver.forget(*id);
+/// Rows of each table one retention transaction deletes at most: the deletion commits in steps, so neither
+/// engine holds one long transaction over it (PostgreSQL: row locks other instances' writers would wait on;
+/// SQLite: a WAL file the size of the whole deletion).
+const RETENTION_BATCH: i64 = 5_000;
+
+/// Deletes requests that started more than `days` days ago and sessions idle since then (with their requests),
+/// on either backend, in steps of [`RETENTION_BATCH`] rows; the resolver forgets the sessions deleted. `vacuum`
+/// then gives the space back to the file system (SQLite only: PostgreSQL's autovacuum makes the space reusable,
+/// and `VACUUM FULL` would lock the tables other instances write). Session aggregates are lifetime totals: they
+/// keep counting deleted requests.
+pub(crate) fn apply_retention(
+    state: &mut writer::WriterState,
+    days: u32,
+    vacuum: bool,
+) -> Result<RetentionOutcome, StoreError> {
+    let cutoff = unix_ms() - i64::from(days) * 86_400_000;
+    let mut sessions_deleted = 0;
+    let mut requests_deleted = 0;
+    loop {
+        let step = state.transact(|db, _| retention_step(db, cutoff))?;
+        sessions_deleted += step.sessions.len();
+        requests_deleted += step.requests as usize;
+        if !step.sessions.is_empty() {
+            for id in &step.sessions {
+                state.resolver.forget(*id);
             }
-            resolver.notify_deleted(&stale);
+            state.resolver.notify_deleted(&step.sessions);
         }
-        if vacuum {
-            self.conn.execute_batch("VACUUM")?;
+        if !step.more {
+            break;
         }
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        Ok(RetentionOutcome {
-            cutoff_ms: cutoff,
-            sessions_deleted,
-            requests_deleted,
-            vacuumed: vacuum,
-        })
     }
+    let vacuumed = state.with_db(|db| match db.dialect() {
+        Dialect::Sqlite => {
+            if vacuum {
+                db.execute("VACUUM", &[])?;
+            }
+            db.query("PRAGMA wal_checkpoint(TRUNCATE)", &[])?;
+            Ok(vacuum)
+        }
+        Dialect::Postgres => Ok(false),
+    })?;
+    Ok(RetentionOutcome {
+        cutoff_ms: cutoff,
+        sessions_deleted,
+        requests_deleted,
+        vacuumed,
+    })
+}
+
+/// What one retention transaction deleted.
+struct RetentionStep {
+    sessions: Vec<i64>,
+    requests: u64,
+    /// A table had more than one batch to delete.
+    more: bool,
+}
+
+fn retention_step(db: &dyn Db, cutoff: i64) -> Result<RetentionStep, StoreError> {
+    let batch = Value::Int(RETENTION_BATCH);
+    let sessions = db
+        .query(
+            "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE last_activity < ?1 AND active = 0
+                 ORDER BY id LIMIT ?2) RETURNING id",
+            &[cutoff.into(), batch],
+        )?
+        .rows
+        .iter()
+        .map(|r| r.int(0))
+        .collect::<Result<Vec<i64>, _>>()?;
+    let requests = db.execute(
+        "DELETE FROM requests WHERE id IN (SELECT id FROM requests WHERE started_at < ?1
+             ORDER BY started_at LIMIT ?2)",
+        &[cutoff.into(), batch],
+    )?;
+    let alerts = db.execute(
+        "DELETE FROM alerts WHERE id IN (SELECT id FROM alerts WHERE fired_at < ?1 AND resolved_at IS NOT NULL
+             LIMIT ?2)",
+        &[cutoff.into(), batch],
+    )?;
+    let masked = db.execute(
+        "DELETE FROM masked_content WHERE hash IN (SELECT hash FROM masked_content WHERE created_at < ?1
+             LIMIT ?2)",
+        &[cutoff.into(), batch],
+    )?;
+    let full = |n: u64| n >= RETENTION_BATCH as u64;
+    Ok(RetentionStep {
+        more: full(sessions.len() as u64) || full(requests) || full(alerts) || full(masked),
+        sessions,
+        requests,
+    })
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

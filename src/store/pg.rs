@@ -278,6 +278,9 @@ fn baseline_ddl_of(tables: &[&str]) -> Result<Vec<String>, StoreError> {
 fn migrate(client: &mut postgres::Client, url: &PgUrl) -> Result<(), StoreError> {
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    // `CREATE … IF NOT EXISTS` of an existing table sends a NOTICE, which the client logs: noise on every start
+    // and on every store command (`sessions list --db postgres://…`).
+    tx.batch_execute("SET LOCAL client_min_messages TO warning")?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
     let found: i64 = tx
         .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])?

@@ -301,22 +301,15 @@ impl StoreSink {
         StoreSink::start_at(&Location::Sqlite(path.to_path_buf()), options)
     }
 
-    /// Opens the store at `location` (SQLite file or PostgreSQL URL: unreachable, a newer schema or settings the
-    /// PostgreSQL store cannot honour yet are reported here) and starts the writer.
+    /// Opens the store at `location` (SQLite file or PostgreSQL URL: unreachable or a newer schema are reported
+    /// here) and starts the writer.
     pub fn start_at(
         location: &Location,
         options: WriterOptions,
     ) -> Result<Arc<StoreSink>, StoreError> {
         let (store, pg) = match location {
             Location::Sqlite(path) => (Some(Store::open(path)?), None),
-            Location::Postgres(url) => {
-                if options.retention_days.is_some() {
-                    return Err(StoreError::NotOnPostgres(
-                        "retention (`[store] retention_days`)",
-                    ));
-                }
-                (None, Some(PgStore::open(url)?))
-            }
+            Location::Postgres(url) => (None, Some(PgStore::open(url)?)),
         };
         let identity = store.as_ref().and_then(Store::identity);
         let (sender, receiver) = mpsc::sync_channel(options.queue_capacity.max(1));
@@ -885,10 +878,7 @@ impl Writer {
             return;
         }
         self.next_retention = Some(Instant::now() + RETENTION_EVERY);
-        let result = self
-            .state
-            .parts()
-            .and_then(|(store, resolver)| store.apply_retention(Some(resolver), days, false));
+        let result = super::apply_retention(&mut self.state, days, false);
         match result {
             Ok(outcome) => tracing::info!(
                 days,
