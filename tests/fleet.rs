@@ -316,6 +316,13 @@ async fn alerts_fire_once_per_fleet_and_the_leadership_passes_when_the_leader_di
     wait_count(&fired, 2, "the new leader fires", &[&b]).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(fired.load(Ordering::SeqCst), 2);
+    // The new leader numbered its alert after the old one's: both are in the history.
+    assert_eq!(
+        db.int("SELECT count(DISTINCT id) FROM alerts WHERE kind = 'context'"),
+        2,
+        "{:?}",
+        db.rows("SELECT id, kind, session_id, message FROM alerts")
+    );
 }
 
 #[tokio::test]

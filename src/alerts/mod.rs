@@ -327,6 +327,7 @@ impl AlertEngine {
         Some(tokio::spawn(async move {
             let mut ticks = tokio::time::interval(engine.config.interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut leading = false;
             loop {
                 tokio::select! {
                     _ = ticks.tick() => {}
@@ -337,13 +338,41 @@ impl AlertEngine {
                     let mut feed = engine.feed.lock();
                     feed.updates.clear();
                     feed.deleted.clear();
+                    leading = false;
                     continue;
+                }
+                if !leading {
+                    // Leadership came (or came back): the previous leader numbered alerts meanwhile.
+                    leading = engine.catch_up_ids().await;
                 }
                 let sample = sources.sample(engine.started, engine.config.latency_window);
                 engine.evaluate(sample);
             }
             engine.flush_writes();
         }))
+    }
+
+    /// Numbers the next alerts after the highest id in the store (`false`: not read, try again next time).
+    async fn catch_up_ids(&self) -> bool {
+        let Some(store) = self.store.get() else {
+            return true;
+        };
+        let readers = Arc::clone(&store.readers);
+        let read = tokio::task::spawn_blocking(move || {
+            readers.with_db(crate::store::alerts::max_alert_id)
+        })
+        .await;
+        match read {
+            Ok(Ok(max_id)) => {
+                self.evaluator.lock().ids_after(max_id);
+                true
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "alerts: cannot read the highest alert id");
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// One evaluation: the writer's session reports since the last one, then every rule.

@@ -136,6 +136,11 @@ impl Evaluator {
         }
     }
 
+    /// New alerts get ids after `max_id` (another instance led before and numbered some).
+    pub fn ids_after(&mut self, max_id: i64) {
+        self.next_id = self.next_id.max(max_id + 1);
+    }
+
     /// Continues after a previous run: ids after `max_id`; its context alerts stay active. Returns those no
     /// longer matching a configured threshold, resolved.
     pub fn restore(&mut self, max_id: i64, context: Vec<Alert>, now_ms: i64) -> Vec<Transition> {

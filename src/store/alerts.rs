@@ -172,17 +172,22 @@ pub(crate) fn ack_alert(db: &dyn Db, id: i64, at_ms: i64) -> Result<bool, StoreE
     Ok(changed > 0)
 }
 
-/// At start: where ids continue, which context alerts stay active, and the rest closed as `restart` (call in one
-/// transaction).
-pub(crate) fn restore_alerts(db: &dyn Db, now_ms: i64) -> Result<Restored, StoreError> {
-    let max_id = db
+/// The highest alert id written (0 without any).
+pub fn max_alert_id(db: &dyn Db) -> Result<i64, StoreError> {
+    Ok(db
         .first(
             "SELECT CAST(coalesce(max(id), 0) AS BIGINT) FROM alerts",
             &[],
         )?
         .map(|r| r.int(0))
         .transpose()?
-        .unwrap_or(0);
+        .unwrap_or(0))
+}
+
+/// At start: where ids continue, which context alerts stay active, and the rest closed as `restart` (call in one
+/// transaction).
+pub(crate) fn restore_alerts(db: &dyn Db, now_ms: i64) -> Result<Restored, StoreError> {
+    let max_id = max_alert_id(db)?;
     let context = alerts_of(db.query(
         &format!(
             "SELECT {COLUMNS} FROM alerts WHERE resolved_at IS NULL AND kind = 'context' \
