@@ -172,11 +172,6 @@ async fn start_store(
         .accounting
         .add_sink(Arc::clone(&sink) as Arc<dyn crate::accounting::RecordSink>);
     tracing::info!(path = %shown, session_mode = config.store.session_mode.as_str(), "store open");
-    if config.store.url.is_some() {
-        tracing::warn!(
-            "PostgreSQL store: exports, the alert history, saved context settings, retention and the `sessions`/`requests` commands are not available on it yet (their API answers 501)"
-        );
-    }
     Ok(Some(sink))
 }
 

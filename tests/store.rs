@@ -432,6 +432,30 @@ fn a_full_queue_drops_and_counts_and_shutdown_flushes() {
 }
 
 #[test]
+fn a_writer_behind_catches_up_in_larger_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("backlog.db");
+    let options = WriterOptions {
+        batch_rows: 100,
+        queue_capacity: 20_000,
+        ..WriterOptions::default()
+    };
+    let sink = StoreSink::start(&path, options).unwrap();
+    use kimi_proxy::accounting::RecordSink;
+    // Offered far faster than rows are written: the queue holds many batches' worth.
+    for i in 0..10_000u64 {
+        sink.offer(&record(i, i as i64, vec![i], None));
+    }
+    sink.shutdown();
+    let stats = sink.stats();
+    assert_eq!(stats.written, 10_000, "{stats:?}");
+    assert!(
+        stats.batches <= 40,
+        "10,000 records in batches of 100 would take 100 commits; behind, fewer and larger: {stats:?}"
+    );
+}
+
+#[test]
 fn session_mode_active_puts_everything_in_one_session() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("active.db");

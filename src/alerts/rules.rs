@@ -217,10 +217,16 @@ impl Evaluator {
     }
 
     /// How much `counter` grew over the last `window` (since start when the process is younger).
+    /// How much a since-start counter grew over the last `window`. Within the first window after start the
+    /// baseline is the start itself (every counter 0), not the first sample: what happened before the first
+    /// evaluation counts too.
     fn growth(&self, window: Duration, counter: impl Fn(&Sample) -> u64) -> u64 {
         let Some(last) = self.samples.back() else {
             return 0;
         };
+        if last.at <= window {
+            return counter(last);
+        }
         let start = last.at.saturating_sub(window);
         let baseline = self
             .samples
@@ -772,6 +778,18 @@ mod tests {
         assert!(e.evaluate(s.clone(), &[], 0).is_empty());
         s.at = Duration::from_secs(81);
         assert_eq!(resolved(&e.evaluate(s, &[], 0)).len(), 1);
+    }
+
+    #[test]
+    fn errors_before_the_first_evaluation_count() {
+        // The engine's first look comes after a burst of failed requests (a slow start): they are in the window.
+        let mut e = Evaluator::new(config());
+        let mut s = at(2);
+        s.requests = 30;
+        s.errors = 30;
+        let t = e.evaluate(s, &[], 0);
+        assert_eq!(fired(&t).len(), 1, "{t:?}");
+        assert_eq!(fired(&t)[0].kind, AlertKind::ErrorRate);
     }
 
     #[test]

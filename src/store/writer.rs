@@ -1,7 +1,7 @@
 //! The single writer: a bounded queue filled on the request path, drained by one thread that commits batches.
 //!
-//! A batch is committed when it holds `batch_rows` records or `batch_bytes` bytes, or `flush_interval` after its
-//! first record arrived. When the database cannot be written (disk full, read-only, file gone or unopenable;
+//! A batch is committed when it holds `batch_rows` records or `batch_bytes` bytes (more while the writer is
+//! behind: [`BACKLOG_GROWTH`]), or `flush_interval` after its first record arrived. When the database cannot be written (disk full, read-only, file gone or unopenable;
 //! PostgreSQL down, restarting or unreachable)
 //! the writer holds the records in memory — at most `queue_capacity` records and `queue_bytes` bytes — and
 //! retries with backoff, reopening the file, until the disk recovers; then it writes them in order. Records
@@ -31,6 +31,10 @@ use crate::util::LogThrottle;
 /// How long the writer sleeps between looks at the queue while it fills a batch: the most a command (a session
 /// change from the API) or the shutdown waits behind an open batch.
 const FILL_POLL: Duration = Duration::from_millis(5);
+/// While more than a batch waits in the queue, batches may grow to this many times `batch_rows` and
+/// `batch_bytes`: a writer that fell behind catches up in fewer, larger transactions (each batch pays a commit,
+/// the session look-ups and, on PostgreSQL, its round trips). The records are in memory already, in the queue.
+const BACKLOG_GROWTH: usize = 8;
 /// A batch that failed this many times for a reason other than the disk is dropped.
 pub const MAX_BATCH_ATTEMPTS: u32 = 3;
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
@@ -666,8 +670,17 @@ impl Writer {
     /// a second, at most one look per [`FILL_POLL`] instead of one wake-up per record).
     fn fill(&mut self, batch: &mut Vec<Arc<RequestRecord>>, bytes: &mut usize) -> After {
         let deadline = Instant::now() + self.options.flush_interval;
+        let growth = if self.counters.queued.load(Ordering::Relaxed) > self.options.batch_rows {
+            BACKLOG_GROWTH
+        } else {
+            1
+        };
+        let (max_rows, max_bytes) = (
+            self.options.batch_rows.saturating_mul(growth),
+            self.options.batch_bytes.saturating_mul(growth),
+        );
         loop {
-            while batch.len() < self.options.batch_rows && *bytes < self.options.batch_bytes {
+            while batch.len() < max_rows && *bytes < max_bytes {
                 match self.receiver.try_recv() {
                     Ok(Message::Record(record, size)) => {
                         self.took(size);
