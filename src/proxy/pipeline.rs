@@ -993,6 +993,7 @@ impl<'s> Exchange<'s> {
                 context.usage_injected = false;
             }
             let attempts = refused.attempts;
+            let earlier = refused.trail.clone();
             outgoing.body = shaped.plain;
             answer = upstream::send_with_retries(
                 &upstream.client,
@@ -1003,6 +1004,7 @@ impl<'s> Exchange<'s> {
             .await;
             if let Ok(again) = &mut answer {
                 again.attempts += attempts;
+                again.trail.splice(0..0, earlier);
             }
         }
         answer
@@ -1031,6 +1033,19 @@ impl<'s> Exchange<'s> {
         };
         let (mut response_parts, incoming) = answer.response.into_parts();
         context.attempts = answer.attempts;
+        let started = self.started;
+        context.upstream_attempts = answer
+            .trail
+            .iter()
+            .map(|attempt| crate::accounting::UpstreamAttempt {
+                offset_us: attempt
+                    .started
+                    .saturating_duration_since(started)
+                    .as_micros() as u64,
+                duration_us: attempt.took.as_micros() as u64,
+                status: attempt.status,
+            })
+            .collect();
         context.upstream_us = Some(headers_at.duration_since(ready_at).as_micros() as u64);
         context.status = response_parts.status.as_u16();
         context.upstream_headers_us = Some(self.started.elapsed().as_micros() as u64);

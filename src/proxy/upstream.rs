@@ -27,6 +27,16 @@ pub struct OutgoingRequest {
 pub struct UpstreamResponse {
     pub response: Response<Incoming>,
     pub attempts: u32,
+    /// Each attempt: its start, its length, its status (`None`: could not connect). For the trace.
+    pub trail: Vec<AttemptTiming>,
+}
+
+/// One attempt of [`send_with_retries`], as the trace shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptTiming {
+    pub started: std::time::Instant,
+    pub took: Duration,
+    pub status: Option<u16>,
 }
 
 /// Statuses worth another attempt: rate limits and transient gateway failures, and Anthropic's 529
@@ -49,8 +59,10 @@ pub async fn send_with_retries(
     let started = Instant::now();
     let policy = &provider.retry;
     let mut attempt: u32 = 0;
+    let mut trail = Vec::new();
     loop {
         attempt += 1;
+        let attempt_started = std::time::Instant::now();
         let mut builder = Request::builder()
             .method(request.method.clone())
             .uri(request.uri.clone());
@@ -76,6 +88,11 @@ pub async fn send_with_retries(
                 });
             }
             Ok(Ok(response)) => {
+                trail.push(AttemptTiming {
+                    started: attempt_started,
+                    took: attempt_started.elapsed(),
+                    status: Some(response.status().as_u16()),
+                });
                 if response.status() == StatusCode::TOO_MANY_REQUESTS {
                     throttled.fetch_add(1, Ordering::Relaxed);
                 }
@@ -83,6 +100,7 @@ pub async fn send_with_retries(
                     return Ok(UpstreamResponse {
                         response,
                         attempts: attempt,
+                        trail,
                     });
                 }
                 let wait =
@@ -91,6 +109,7 @@ pub async fn send_with_retries(
                     return Ok(UpstreamResponse {
                         response,
                         attempts: attempt,
+                        trail,
                     });
                 }
                 tracing::debug!(
@@ -103,6 +122,11 @@ pub async fn send_with_retries(
                 wait
             }
             Ok(Err(error)) => {
+                trail.push(AttemptTiming {
+                    started: attempt_started,
+                    took: attempt_started.elapsed(),
+                    status: None,
+                });
                 if let Some(forbidden) = find_forbidden(&error) {
                     return Err(ProxyError::ForbiddenTarget(forbidden.to_string()));
                 }
