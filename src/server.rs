@@ -37,6 +37,8 @@ pub enum ServerError {
     Client(#[from] crate::net::ClientBuildError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
 }
 
 /// How long a shutdown waits for the records of the last requests.
@@ -57,6 +59,14 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let state = Arc::new(ProxyState::new(Arc::clone(&config))?);
     let sink = start_store(&config, &state).await?;
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    let telemetry = crate::telemetry::start(&config, crate::telemetry::instance_id(port))?.map(
+        |(telemetry_sink, task)| {
+            let _ = state.telemetry.set(Arc::clone(telemetry_sink.counters()));
+            state.accounting.add_sink(telemetry_sink);
+            task
+        },
+    );
     let mask_key = config
         .context
         .encryption_key
@@ -88,7 +98,7 @@ pub async fn serve(
     let result = run(&config, Arc::clone(&state), store, listener, shutdown).await;
     // Alert writes still pending go to the store before it closes.
     alerts.cancel();
-    if let Some(sink) = sink {
+    if sink.is_some() || telemetry.is_some() {
         // The last records are finished on tasks of their own (a prompt count may still be running): wait for
         // them (bounded), then commit everything queued before the process ends.
         let deadline = tokio::time::Instant::now() + RECORDS_GRACE;
@@ -99,6 +109,11 @@ pub async fn serve(
         if left > 0 {
             tracing::warn!(records = left, "shutting down without the last records");
         }
+    }
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
+    }
+    if let Some(sink) = sink {
         let _ = tokio::task::spawn_blocking(move || sink.shutdown()).await;
     }
     result

@@ -50,6 +50,7 @@ pub(crate) async fn stats(State(state): State<Arc<ProxyState>>) -> Response {
         "response_cache": state.response_cache.stats(),
         "alerts": state.alerts.stats(),
         "context": context_totals(&state),
+        "telemetry": state.telemetry.get().map(|counters| counters.snapshot()),
         "histograms_us": monitor.histograms,
         "by_model_us": monitor.by_label,
     }))

@@ -93,6 +93,8 @@ pub struct ProxyState {
     pub reasoning: Arc<reasoning::ReasoningMemory>,
     /// Responses API state (`store: true`), for `previous_response_id` and `/v1/responses/{id}`.
     pub responses: Arc<dialect::responses::ResponseStore>,
+    /// What became of the trace spans, once telemetry started (`[telemetry] otlp_endpoint`).
+    pub telemetry: std::sync::OnceLock<Arc<crate::telemetry::TelemetryCounters>>,
 }
 
 impl ProxyState {
@@ -206,6 +208,7 @@ impl ProxyState {
             models_json,
             reasoning: Arc::new(reasoning::ReasoningMemory::default()),
             responses,
+            telemetry: std::sync::OnceLock::new(),
         })
     }
 }
