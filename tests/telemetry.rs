@@ -154,9 +154,28 @@ async fn each_request_is_a_span_with_genai_attributes_and_one_child_per_attempt(
         ],
     )
     .await;
+    // The other client APIs: an Anthropic Messages stream and a Responses request, translated to chat.
+    let messages = common::post_messages(
+        &proxy,
+        "/v1/messages",
+        &common::messages_body("mock/model", true),
+        &[],
+    )
+    .await;
+    assert_eq!(messages.status(), 200);
+    messages.bytes().await.unwrap();
+    let responses = client()
+        .post(proxy.url("/v1/responses"))
+        .json(&serde_json::json!({"model": "mock/model", "input": "Say hello."}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(responses.status(), 200);
+    responses.bytes().await.unwrap();
 
-    let records = recent_records(&proxy, 3).await;
-    let roots = received.wait_roots(3).await;
+    let records = recent_records(&proxy, 5).await;
+    assert_eq!(records.len(), 5);
+    let roots = received.wait_roots(5).await;
     let spans = received.spans();
     let mut retried = 0;
     for record in &records {
@@ -167,6 +186,10 @@ async fn each_request_is_a_span_with_genai_attributes_and_one_child_per_attempt(
             .unwrap_or_else(|| panic!("no span for request {id}"));
         let a = &root.attributes;
         assert_eq!(root.name, "chat mock/model");
+        assert_eq!(
+            string(a, "kimi_proxy.client_api"),
+            record["client_api"].as_str().unwrap()
+        );
         assert_eq!(root.kind, span::SpanKind::Server as i32);
         assert_eq!(string(a, "gen_ai.operation.name"), "chat");
         assert_eq!(string(a, "gen_ai.provider.name"), "mock");
@@ -230,6 +253,14 @@ async fn each_request_is_a_span_with_genai_attributes_and_one_child_per_attempt(
         }
     }
     assert_eq!(retried, 1, "the 503 once is retried once: {records:?}");
+    let apis: std::collections::BTreeSet<String> = roots
+        .iter()
+        .map(|root| string(&root.attributes, "kimi_proxy.client_api"))
+        .collect();
+    assert_eq!(
+        apis.into_iter().collect::<Vec<_>>(),
+        ["chat", "messages", "responses"]
+    );
 
     let resource = received.resource_attributes();
     assert_eq!(string(&resource, "service.name"), "proxy-under-test");
