@@ -89,7 +89,8 @@ impl TelemetrySink {
 impl RecordSink for TelemetrySink {
     fn offer(&self, record: &Arc<RequestRecord>) {
         if self.queue.try_send(Arc::clone(record)).is_err() {
-            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            let spans = 1 + record.upstream_attempts.len() as u64;
+            self.counters.dropped.fetch_add(spans, Ordering::Relaxed);
         }
     }
 }
