@@ -335,3 +335,30 @@ async fn a_proxy_whose_collector_is_down_answers_every_request() {
     assert!(lost > 0, "{telemetry}");
     assert_eq!(telemetry["spans_exported"], 0);
 }
+
+#[tokio::test]
+async fn spans_still_queued_are_sent_when_the_proxy_stops() {
+    let (endpoint, received) = receiver().await;
+    let mock = MockUpstream::start().await.unwrap();
+    // A batch would wait a minute: only the shutdown sends it.
+    let config = mock_config(
+        &mock,
+        &format!("[telemetry]\notlp_endpoint = \"{endpoint}\"\nexport_interval_ms = 60000\n"),
+    );
+    let mut proxy = Proxy::start(&config, &[("MOCK_KEY", "mock-provider-key")]).await;
+    post_chat(&proxy, true, &[]).await;
+    recent_records(&proxy, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(received.spans().is_empty());
+    proxy.terminate();
+    let status = tokio::time::timeout(Duration::from_secs(10), proxy.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let roots = received.wait_roots(1).await;
+    assert_eq!(
+        string(&roots[0].attributes, "gen_ai.request.model"),
+        "mock/model"
+    );
+}

@@ -37,6 +37,8 @@ use crate::config::{BaseUrl, Config, TelemetryConfig};
 
 /// The largest answer read from the collector (an `ExportTraceServiceResponse` is a few bytes).
 const MAX_COLLECTOR_ANSWER: usize = 64 * 1024;
+/// Longest a shutdown waits for the last export.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(3);
 /// Failed exports are logged at most this often.
 const FAILURE_LOG_EVERY: Duration = Duration::from_secs(30);
 
@@ -108,10 +110,17 @@ pub struct TelemetryTask {
 }
 
 impl TelemetryTask {
-    /// Sends the spans still queued, then ends the task.
-    pub async fn shutdown(self) {
+    /// Sends the spans still queued, then ends the task; gives up after `SHUTDOWN_WAIT` (a collector that is
+    /// down does not hold the process).
+    pub async fn shutdown(mut self) {
         self.stop.cancel();
-        let _ = self.done.await;
+        if tokio::time::timeout(SHUTDOWN_WAIT, &mut self.done)
+            .await
+            .is_err()
+        {
+            self.done.abort();
+            tracing::warn!("telemetry: the last spans were not sent before shutdown");
+        }
     }
 }
 
