@@ -22,6 +22,7 @@ fn record(id: u64) -> Arc<RequestRecord> {
             offset_us: 150,
             duration_us: 40_000,
             status: Some(200),
+            failure: None,
         }],
         finish_reason: Some("stop".into()),
         ..agent_turn(id)

@@ -362,3 +362,61 @@ async fn spans_still_queued_are_sent_when_the_proxy_stops() {
         "mock/model"
     );
 }
+
+#[tokio::test]
+async fn a_send_that_never_connects_shows_each_failed_attempt() {
+    let (endpoint, received) = receiver().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mock = MockUpstream::start().await.unwrap();
+    let extra = format!(
+        r#"
+[providers.down]
+base_url = "http://{closed}/v1"
+[providers.down.retry]
+max_attempts = 3
+initial_backoff_ms = 5
+max_backoff_ms = 10
+deadline_ms = 5000
+
+[models."down/model"]
+provider = "down"
+model = "down-model"
+max_context_size = 100000
+
+{}"#,
+        telemetry_config(&endpoint, "")
+    );
+    let proxy = Proxy::start(&mock_config(&mock, &extra), &[("MOCK_KEY", "k")]).await;
+    let response = client()
+        .post(proxy.url("/v1/chat/completions"))
+        .json(&chat_body("down/model", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let record = &recent_records(&proxy, 1).await[0];
+    assert_eq!(record["attempts"], 3, "{record}");
+    let root = &received.wait_roots(1).await[0];
+    assert_eq!(int(&root.attributes, "http.response.status_code"), 502);
+    assert_eq!(
+        string(&root.attributes, "error.type"),
+        record["error_kind"].as_str().unwrap()
+    );
+    assert_eq!(
+        root.status.as_ref().unwrap().code,
+        opentelemetry_proto::tonic::trace::v1::status::StatusCode::Error as i32
+    );
+    let children: Vec<Span> = received
+        .spans()
+        .into_iter()
+        .filter(|s| s.parent_span_id == root.span_id)
+        .collect();
+    assert_eq!(children.len(), 3);
+    for child in &children {
+        assert_eq!(string(&child.attributes, "error.type"), "connect");
+        assert!(attr(&child.attributes, "http.response.status_code").is_none());
+    }
+}

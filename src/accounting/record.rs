@@ -118,8 +118,10 @@ pub struct UpstreamAttempt {
     /// From the request's arrival to the attempt's start.
     pub offset_us: u64,
     pub duration_us: u64,
-    /// `None` when it could not connect.
+    /// `None` when no answer came.
     pub status: Option<u16>,
+    /// Why no answer came (`timeout`, `connect`).
+    pub failure: Option<&'static str>,
 }
 
 /// Cost in USD: of the whole prompt, cached (read) tokens at the cached price, tokens written to the cache

@@ -37,6 +37,8 @@ pub struct AttemptTiming {
     pub started: std::time::Instant,
     pub took: Duration,
     pub status: Option<u16>,
+    /// Why no status came back: `timeout` (connect or first byte) or `connect` (refused, unreachable, TLS…).
+    pub failure: Option<&'static str>,
 }
 
 /// Statuses worth another attempt: rate limits and transient gateway failures, and Anthropic's 529
@@ -56,10 +58,21 @@ pub async fn send_with_retries(
     request: &OutgoingRequest,
     throttled: &AtomicU64,
 ) -> Result<UpstreamResponse, ProxyError> {
+    send_traced(client, provider, request, throttled, &mut Vec::new()).await
+}
+
+/// [`send_with_retries`], each attempt noted in `trail` as it ends: what a failed send leaves there is what
+/// its trace shows (a successful one moves it into [`UpstreamResponse::trail`]).
+pub async fn send_traced(
+    client: &HttpClient,
+    provider: &Provider,
+    request: &OutgoingRequest,
+    throttled: &AtomicU64,
+    trail: &mut Vec<AttemptTiming>,
+) -> Result<UpstreamResponse, ProxyError> {
     let started = Instant::now();
     let policy = &provider.retry;
     let mut attempt: u32 = 0;
-    let mut trail = Vec::new();
     loop {
         attempt += 1;
         let attempt_started = std::time::Instant::now();
@@ -81,6 +94,12 @@ pub async fn send_with_retries(
             tokio::time::timeout(provider.timeouts.first_byte, client.request(outgoing)).await;
         let wait = match result {
             Err(_) => {
+                trail.push(AttemptTiming {
+                    started: attempt_started,
+                    took: attempt_started.elapsed(),
+                    status: None,
+                    failure: Some("timeout"),
+                });
                 return Err(ProxyError::UpstreamTimeout {
                     provider: provider.key.clone(),
                     phase: "waiting for the response headers",
@@ -92,6 +111,7 @@ pub async fn send_with_retries(
                     started: attempt_started,
                     took: attempt_started.elapsed(),
                     status: Some(response.status().as_u16()),
+                    failure: None,
                 });
                 if response.status() == StatusCode::TOO_MANY_REQUESTS {
                     throttled.fetch_add(1, Ordering::Relaxed);
@@ -100,7 +120,7 @@ pub async fn send_with_retries(
                     return Ok(UpstreamResponse {
                         response,
                         attempts: attempt,
-                        trail,
+                        trail: std::mem::take(trail),
                     });
                 }
                 let wait =
@@ -109,7 +129,7 @@ pub async fn send_with_retries(
                     return Ok(UpstreamResponse {
                         response,
                         attempts: attempt,
-                        trail,
+                        trail: std::mem::take(trail),
                     });
                 }
                 tracing::debug!(
@@ -126,6 +146,11 @@ pub async fn send_with_retries(
                     started: attempt_started,
                     took: attempt_started.elapsed(),
                     status: None,
+                    failure: Some(if is_timeout(&error) {
+                        "timeout"
+                    } else {
+                        "connect"
+                    }),
                 });
                 if let Some(forbidden) = find_forbidden(&error) {
                     return Err(ProxyError::ForbiddenTarget(forbidden.to_string()));

@@ -361,8 +361,9 @@ impl SpanBuilder {
                     }
                 }
                 None => {
-                    attributes.push(KeyValue::new("error.type", "connect"));
-                    Status::error("connect")
+                    let failure = attempt.failure.unwrap_or("connect");
+                    attributes.push(KeyValue::new("error.type", failure));
+                    Status::error(failure)
                 }
             };
             spans.push(self.span(
