@@ -23,5 +23,6 @@ pub mod proxy;
 pub mod routes;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod tokens;
 pub mod util;

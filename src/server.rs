@@ -38,6 +38,8 @@ pub enum ServerError {
     Client(#[from] crate::net::ClientBuildError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
 }
 
 /// How long a shutdown waits for the records of the last requests.
@@ -66,6 +68,14 @@ pub async fn serve(
     let state = Arc::new(ProxyState::new(Arc::clone(&config))?);
     let sink = start_store(&config, &state).await?;
     let fleet = join_fleet(&config, &state, sink.as_ref());
+    // `service.instance.id` in traces: the fleet's instance id.
+    let telemetry = crate::telemetry::start(&config, config.cluster.with_instance(port))?.map(
+        |(telemetry_sink, task)| {
+            let _ = state.telemetry.set(Arc::clone(telemetry_sink.counters()));
+            state.accounting.add_sink(telemetry_sink);
+            task
+        },
+    );
     let mask_key = config
         .context
         .encryption_key
@@ -101,7 +111,7 @@ pub async fn serve(
     if let Some(fleet) = fleet {
         let _ = tokio::task::spawn_blocking(move || fleet.stop()).await;
     }
-    if let Some(sink) = sink {
+    if sink.is_some() || telemetry.is_some() {
         // The last records are finished on tasks of their own (a prompt count may still be running): wait for
         // them (bounded), then commit everything queued before the process ends.
         let deadline = tokio::time::Instant::now() + RECORDS_GRACE;
@@ -112,6 +122,11 @@ pub async fn serve(
         if left > 0 {
             tracing::warn!(records = left, "shutting down without the last records");
         }
+    }
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown().await;
+    }
+    if let Some(sink) = sink {
         let _ = tokio::task::spawn_blocking(move || sink.shutdown()).await;
     }
     result

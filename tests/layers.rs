@@ -18,6 +18,7 @@ const LAYERS: &[&str] = &[
     "context",
     "accounting",
     "store",
+    "telemetry",
     "alerts",
     "auth",
     "proxy",

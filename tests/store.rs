@@ -68,6 +68,7 @@ fn record(id: u64, started: i64, hashes: Vec<u64>, client: Option<&str>) -> Arc<
         upstream_us: Some(450),
         overhead_us: Some(50),
         attempts: 1,
+        upstream_attempts: Vec::new(),
         tool_call_fixes: 0,
         usage_injected: false,
         cache_hit: false,

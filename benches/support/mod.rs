@@ -41,6 +41,7 @@ pub fn agent_turn(id: u64) -> RequestRecord {
         upstream_us: Some(699_000),
         overhead_us: Some(1_000),
         attempts: 1,
+        upstream_attempts: Vec::new(),
         tool_call_fixes: 0,
         usage_injected: true,
         cache_hit: false,

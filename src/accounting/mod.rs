@@ -24,7 +24,7 @@ pub use calibration::Calibration;
 
 /// Models calibrated at most (the catalog is far smaller; pass-through names are the client's).
 const MAX_CALIBRATED_MODELS: usize = 1024;
-pub use record::RequestRecord;
+pub use record::{RequestRecord, UpstreamAttempt};
 
 /// Requests whose body is larger than this are counted on a blocking-capable thread.
 const INLINE_COUNT_LIMIT: usize = 32 * 1024;

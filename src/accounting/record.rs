@@ -79,6 +79,10 @@ pub struct RequestRecord {
     /// Time spent in the proxy itself before sending and after the upstream's headers, upstream excluded.
     pub overhead_us: Option<u64>,
     pub attempts: u32,
+    /// Each upstream attempt's timing and status (the trace's child spans); empty when the upstream never
+    /// answered (the send failed) or for a cache hit.
+    #[serde(skip)]
+    pub upstream_attempts: Vec<UpstreamAttempt>,
     pub tool_call_fixes: u32,
     pub usage_injected: bool,
     /// Answered from the response cache: no upstream call, no cost.
@@ -108,6 +112,18 @@ pub struct RequestRecord {
     /// Per-message content hashes, for recognising the conversation this request continues.
     #[serde(skip)]
     pub message_hashes: Vec<u64>,
+}
+
+/// One attempt at the upstream: when it started, how long until its response headers, what status came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamAttempt {
+    /// From the request's arrival to the attempt's start.
+    pub offset_us: u64,
+    pub duration_us: u64,
+    /// `None` when no answer came.
+    pub status: Option<u16>,
+    /// Why no answer came (`timeout`, `connect`).
+    pub failure: Option<&'static str>,
 }
 
 /// Cost in USD: of the whole prompt, cached (read) tokens at the cached price, tokens written to the cache

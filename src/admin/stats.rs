@@ -132,6 +132,7 @@ pub(crate) async fn stats(
         "response_cache": state.response_cache.stats(),
         "alerts": state.alerts.stats(),
         "context": context_totals(&state),
+        "telemetry": state.telemetry.get().map(|counters| counters.snapshot()),
         "histograms_us": monitor.histograms,
         "by_model_us": monitor.by_label,
     }))

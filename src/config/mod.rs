@@ -14,6 +14,7 @@ mod providers;
 mod raw;
 mod server;
 mod store;
+mod telemetry;
 mod units;
 
 use std::collections::BTreeMap;
@@ -40,6 +41,7 @@ pub use store::{
     DEFAULT_STORE_FLUSH_INTERVAL_MS, DEFAULT_STORE_PREVIEW_CHARS, DEFAULT_STORE_QUEUE_CAPACITY,
     LedgersConfig, SessionMode, StoreConfig,
 };
+pub use telemetry::{DEFAULT_SERVICE_NAME, TelemetryConfig};
 
 /// The built-in catalog, embedded in the binary.
 pub const BUILTIN_CATALOG: &str = include_str!("catalog.toml");
@@ -94,6 +96,8 @@ pub struct Config {
     pub ledgers: LedgersConfig,
     /// `[cluster]`: budgets shared by several instances through Redis.
     pub cluster: ClusterConfig,
+    /// `[telemetry]`: OpenTelemetry traces over OTLP/HTTP.
+    pub telemetry: TelemetryConfig,
     pub context: crate::config::context::ContextConfig,
     pub providers: BTreeMap<String, Arc<Provider>>,
     pub models: BTreeMap<String, Arc<Model>>,

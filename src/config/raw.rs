@@ -21,6 +21,7 @@ use toml::de::{DeTable, DeValue};
 use super::{
     AlertsConfig, BUILTIN_CATALOG, CacheConfig, ClusterConfig, Config, ConfigError, EnvSource,
     LedgersConfig, Model, ModelAlias, PassthroughConfig, Provider, ServerConfig, StoreConfig,
+    TelemetryConfig,
     context::{ContextConfig, SummaryMode},
 };
 
@@ -39,6 +40,7 @@ struct Document {
     alerts: AlertsConfig,
     ledgers: LedgersConfig,
     cluster: ClusterConfig,
+    telemetry: TelemetryConfig,
     providers: BTreeMap<String, Provider>,
     models: BTreeMap<String, Model>,
     /// A model name or glob pattern → a catalog key.
@@ -205,6 +207,7 @@ impl Document {
         self.alerts.resolve(env, &mut errors);
         self.ledgers.resolve(&mut errors);
         self.cluster.resolve(env, &mut errors);
+        self.telemetry.resolve(env, &mut errors);
         self.context.resolve(env, &mut errors);
 
         let mut providers = BTreeMap::new();
@@ -251,6 +254,7 @@ impl Document {
             alerts: self.alerts,
             ledgers: self.ledgers,
             cluster: self.cluster,
+            telemetry: self.telemetry,
             context: self.context,
             providers,
             models,

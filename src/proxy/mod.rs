@@ -98,6 +98,8 @@ pub struct ProxyState {
     pub responses: Arc<dialect::responses::ResponseStore>,
     /// The other instances on the same PostgreSQL database, once joined (`None` on SQLite).
     pub fleet: std::sync::OnceLock<Arc<crate::store::fleet::Fleet>>,
+    /// What became of the trace spans, once telemetry started (`[telemetry] otlp_endpoint`).
+    pub telemetry: std::sync::OnceLock<Arc<crate::telemetry::TelemetryCounters>>,
 }
 
 impl ProxyState {
@@ -254,6 +256,7 @@ impl ProxyState {
             reasoning: Arc::new(reasoning::ReasoningMemory::default()),
             responses,
             fleet: std::sync::OnceLock::new(),
+            telemetry: std::sync::OnceLock::new(),
         })
     }
 }

@@ -962,8 +962,14 @@ impl<'s> Exchange<'s> {
             headers,
             body: shaped.with_usage.unwrap_or_else(|| shaped.plain.clone()),
         };
-        let send =
-            upstream::send_with_retries(&upstream.client, provider, &outgoing, &upstream.throttled);
+        let mut trail = Vec::new();
+        let send = upstream::send_traced(
+            &upstream.client,
+            provider,
+            &outgoing,
+            &upstream.throttled,
+            &mut trail,
+        );
         let prompt = self.record.as_mut().and_then(|r| r.prompt.take());
         let mut answer = match prompt {
             Some(Prompt::Queued(job)) => {
@@ -993,16 +999,26 @@ impl<'s> Exchange<'s> {
                 context.usage_injected = false;
             }
             let attempts = refused.attempts;
+            trail = refused.trail.clone();
             outgoing.body = shaped.plain;
-            answer = upstream::send_with_retries(
+            answer = upstream::send_traced(
                 &upstream.client,
                 provider,
                 &outgoing,
                 &upstream.throttled,
+                &mut trail,
             )
             .await;
             if let Ok(again) = &mut answer {
                 again.attempts += attempts;
+            }
+        }
+        if answer.is_err() {
+            // What the failed send tried, for the failure's record and trace.
+            let started = self.started;
+            if let Some(context) = self.context_mut() {
+                context.attempts = trail.len() as u32;
+                context.upstream_attempts = attempt_offsets(started, &trail);
             }
         }
         answer
@@ -1031,6 +1047,7 @@ impl<'s> Exchange<'s> {
         };
         let (mut response_parts, incoming) = answer.response.into_parts();
         context.attempts = answer.attempts;
+        context.upstream_attempts = attempt_offsets(self.started, &answer.trail);
         context.upstream_us = Some(headers_at.duration_since(ready_at).as_micros() as u64);
         context.status = response_parts.status.as_u16();
         context.upstream_headers_us = Some(self.started.elapsed().as_micros() as u64);
@@ -1113,6 +1130,25 @@ impl<'s> Exchange<'s> {
             }),
         }
     }
+}
+
+/// The attempts of a send, timed from the request's arrival.
+fn attempt_offsets(
+    started: Instant,
+    trail: &[upstream::AttemptTiming],
+) -> Vec<crate::accounting::UpstreamAttempt> {
+    trail
+        .iter()
+        .map(|attempt| crate::accounting::UpstreamAttempt {
+            offset_us: attempt
+                .started
+                .saturating_duration_since(started)
+                .as_micros() as u64,
+            duration_us: attempt.took.as_micros() as u64,
+            status: attempt.status,
+            failure: attempt.failure,
+        })
+        .collect()
 }
 
 fn record_failure(

@@ -27,6 +27,18 @@ pub struct OutgoingRequest {
 pub struct UpstreamResponse {
     pub response: Response<Incoming>,
     pub attempts: u32,
+    /// Each attempt: its start, its length, its status (`None`: could not connect). For the trace.
+    pub trail: Vec<AttemptTiming>,
+}
+
+/// One attempt of [`send_with_retries`], as the trace shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptTiming {
+    pub started: std::time::Instant,
+    pub took: Duration,
+    pub status: Option<u16>,
+    /// Why no status came back: `timeout` (connect or first byte) or `connect` (refused, unreachable, TLS…).
+    pub failure: Option<&'static str>,
 }
 
 /// Statuses worth another attempt: rate limits and transient gateway failures, and Anthropic's 529
@@ -46,11 +58,24 @@ pub async fn send_with_retries(
     request: &OutgoingRequest,
     throttled: &AtomicU64,
 ) -> Result<UpstreamResponse, ProxyError> {
+    send_traced(client, provider, request, throttled, &mut Vec::new()).await
+}
+
+/// [`send_with_retries`], each attempt noted in `trail` as it ends: what a failed send leaves there is what
+/// its trace shows (a successful one moves it into [`UpstreamResponse::trail`]).
+pub async fn send_traced(
+    client: &HttpClient,
+    provider: &Provider,
+    request: &OutgoingRequest,
+    throttled: &AtomicU64,
+    trail: &mut Vec<AttemptTiming>,
+) -> Result<UpstreamResponse, ProxyError> {
     let started = Instant::now();
     let policy = &provider.retry;
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
+        let attempt_started = std::time::Instant::now();
         let mut builder = Request::builder()
             .method(request.method.clone())
             .uri(request.uri.clone());
@@ -69,6 +94,12 @@ pub async fn send_with_retries(
             tokio::time::timeout(provider.timeouts.first_byte, client.request(outgoing)).await;
         let wait = match result {
             Err(_) => {
+                trail.push(AttemptTiming {
+                    started: attempt_started,
+                    took: attempt_started.elapsed(),
+                    status: None,
+                    failure: Some("timeout"),
+                });
                 return Err(ProxyError::UpstreamTimeout {
                     provider: provider.key.clone(),
                     phase: "waiting for the response headers",
@@ -76,6 +107,12 @@ pub async fn send_with_retries(
                 });
             }
             Ok(Ok(response)) => {
+                trail.push(AttemptTiming {
+                    started: attempt_started,
+                    took: attempt_started.elapsed(),
+                    status: Some(response.status().as_u16()),
+                    failure: None,
+                });
                 if response.status() == StatusCode::TOO_MANY_REQUESTS {
                     throttled.fetch_add(1, Ordering::Relaxed);
                 }
@@ -83,6 +120,7 @@ pub async fn send_with_retries(
                     return Ok(UpstreamResponse {
                         response,
                         attempts: attempt,
+                        trail: std::mem::take(trail),
                     });
                 }
                 let wait =
@@ -91,6 +129,7 @@ pub async fn send_with_retries(
                     return Ok(UpstreamResponse {
                         response,
                         attempts: attempt,
+                        trail: std::mem::take(trail),
                     });
                 }
                 tracing::debug!(
@@ -103,6 +142,16 @@ pub async fn send_with_retries(
                 wait
             }
             Ok(Err(error)) => {
+                trail.push(AttemptTiming {
+                    started: attempt_started,
+                    took: attempt_started.elapsed(),
+                    status: None,
+                    failure: Some(if is_timeout(&error) {
+                        "timeout"
+                    } else {
+                        "connect"
+                    }),
+                });
                 if let Some(forbidden) = find_forbidden(&error) {
                     return Err(ProxyError::ForbiddenTarget(forbidden.to_string()));
                 }
