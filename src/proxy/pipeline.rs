@@ -626,18 +626,20 @@ impl<'s> Exchange<'s> {
             &route.model.upstream_id,
             &provider.anthropic_drop_fields,
         );
-        let accounting_on = state.config.server.token_accounting;
-        let job = dialect::messages::prompt_for_count(route, &bytes).map(|(chat, view)| {
-            let tokenizer = state.accounting.tokenizer_for(&route.model);
-            let job = state
-                .accounting
-                .prompt_job(chat, view.layout, tokenizer.tokenizer);
-            if accounting_on { job } else { job.disabled() }
-        });
+        let tokenizer = state.accounting.tokenizer_for(&route.model);
+        let job = state
+            .accounting
+            .prompt_job(bytes, Default::default(), tokenizer.tokenizer)
+            .derived(dialect::messages::chat_form_for_count(route));
+        let job = if state.config.server.token_accounting {
+            job
+        } else {
+            job.disabled()
+        };
         if let Some(record) = &mut self.record {
             record.context.provider_messages = true;
             record.context.dropped_fields += dropped;
-            record.prompt = job.map(Prompt::Queued);
+            record.prompt = Some(Prompt::Queued(job));
         }
         // The same rules as chat's (opt-in, scope), keyed on what goes upstream, apart from chat's entries and
         // with the Anthropic headers that change the answer.

@@ -577,12 +577,17 @@ pub fn native_headers(headers: &mut HeaderMap, accepted_betas: Option<&[String]>
 /// The version sent when an Anthropic client sent none.
 pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 
-/// The chat form of a Messages request, only to count its prompt as chat requests are counted (an
-/// Anthropic-native provider gets the Messages request itself). `None` when it does not translate.
-pub(crate) fn prompt_for_count(route: &Route<'_>, body: &[u8]) -> Option<(Bytes, ChatRequestView)> {
-    to_chat(route, body)
-        .ok()
-        .map(|(body, view, _)| (body, view))
+/// Makes the chat form of a Messages request, only to count its prompt as chat requests are counted (an
+/// Anthropic-native provider gets the Messages request itself), where the count runs: beside the send, after
+/// the request is on the wire, not before it. `None` when it does not translate.
+pub(crate) fn chat_form_for_count(route: &Route<'_>) -> crate::accounting::DeriveChat {
+    let target = chat_target(route);
+    Box::new(move |body: &[u8]| {
+        let translated = anthropic::request_to_chat(body, &target).ok()?;
+        let chat = Bytes::from(translated.body);
+        let view = request::inspect(&chat).ok()?;
+        Some((chat, view.layout))
+    })
 }
 
 /// What a chat request lost on its way to an Anthropic provider, as one count for the record.
